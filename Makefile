@@ -1,0 +1,53 @@
+# One place for the commands the README documents. Every target sets up the virtual environment first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: run test test-external check lint typecheck proto proto-check demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+## Serve gRPC on 127.0.0.1:50051 and metrics on 127.0.0.1:9464 (embedded PostgreSQL unless GONGJI_DATABASE_URL is set).
+run: $(STAMP)
+	$(BIN)/gongji serve --demo
+
+## The whole test suite, against the embedded PostgreSQL unless GONGJI_TEST_DATABASE_URL is set.
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## The database tests again, against the PostgreSQL server on 127.0.0.1:5432.
+test-external: $(STAMP)
+	GONGJI_TEST_DATABASE_URL=$${GONGJI_TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres} \
+		$(BIN)/pytest -m db $(PYTEST_ARGS)
+
+## Settle 35.00 yuan for the demo patient against a running `make run`.
+demo: $(STAMP)
+	$(BIN)/gongji client settle --patient 610102199203154021 --amount-fen 3500
+
+check: lint typecheck proto-check
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	cd proto && ../$(BIN)/buf lint
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Regenerate the stubs in src/gongji/v1 from proto/ (never edit them by hand).
+proto: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/gen_proto.py src
+
+## Fail when the committed stubs differ from what proto/ generates.
+proto-check: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/gen_proto.py --check src
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
