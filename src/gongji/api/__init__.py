@@ -1,0 +1,1 @@
+"""gRPC servicers: decode, authorize, call one use case, encode. Thin."""

@@ -1,0 +1,32 @@
+"""What every servicer needs, built once at start-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf import timestamp_pb2
+
+from gongji.config import Settings
+from gongji.domain.vouchers import VoucherCodec
+
+# The servicer context of every gongji RPC.
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    settings: Settings
+    pool: asyncpg.Pool
+    vouchers: VoucherCodec
+
+
+def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts

@@ -1,0 +1,87 @@
+"""Build the grpc.aio server and run it until SIGTERM/SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from gongji import limits
+from gongji.api.account import AccountService
+from gongji.api.app import App
+from gongji.api.auth import Authenticator
+from gongji.api.family import FamilyService
+from gongji.api.interceptor import GongjiInterceptor
+from gongji.api.settlement import SettlementService
+from gongji.v1 import (
+    account_pb2,
+    account_pb2_grpc,
+    family_pb2,
+    family_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
+    family_pb2.DESCRIPTOR.services_by_name["FamilyService"].full_name,
+    account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
+)
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, stop accepting, let in-flight RPCs finish within `grace_s`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start(app: App, listen: str) -> Running:
+    server = grpc.aio.server(
+        interceptors=[GongjiInterceptor(Authenticator(app.pool))],
+        maximum_concurrent_rpcs=app.settings.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
+            ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(app), server)
+    family_pb2_grpc.add_FamilyServiceServicer_to_server(FamilyService(app), server)
+    account_pb2_grpc.add_AccountServiceServicer_to_server(AccountService(app), server)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Running(server, port, health_servicer)
+
+
+async def run_until_signalled(running: Running, grace_s: float, on_stop: Callable[[], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight RPCs for up to %.1f s", grace_s)
+    await running.stop(grace_s)
+    await on_stop()
+    log.info("stopped")

@@ -1,0 +1,81 @@
+"""Field checks for requests: collect every violation, then raise one InvalidArgument (or InvalidAmount)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from typing import TypeVar
+
+from gongji import errors, limits
+from gongji.domain.people import person_id_problem, region_code_problem
+
+E = TypeVar("E", bound=enum.Enum)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
+
+
+class Fields:
+    def __init__(self) -> None:
+        self._violations: list[errors.FieldViolation] = []
+        self._amount_only = True
+
+    def bad(self, field: str, description: str, *, amount: bool = False) -> None:
+        self._violations.append(errors.FieldViolation(field, description))
+        self._amount_only &= amount
+
+    def done(self) -> None:
+        if self._violations:
+            cls = errors.InvalidAmount if self._amount_only else errors.InvalidArgument
+            raise cls(self._violations)
+
+    def person_id(self, field: str, value: str) -> str:
+        problem = person_id_problem(value) if value else "is required"
+        if problem:
+            self.bad(field, problem)
+        return value
+
+    def optional_person_id(self, field: str, value: str | None) -> str | None:
+        return self.person_id(field, value) if value else None
+
+    def region_code(self, field: str, value: str) -> str:
+        problem = region_code_problem(value)
+        if problem:
+            self.bad(field, problem)
+        return value
+
+    def amount(self, field: str, value: int, maximum: int) -> int:
+        if not 0 < value <= maximum:
+            self.bad(field, f"must be a whole number of fen from 1 to {maximum}", amount=True)
+        return value
+
+    def request_id(self, field: str, value: str) -> str:
+        if not 0 < len(value) <= limits.REQUEST_ID_LEN_MAX or not _REQUEST_ID.fullmatch(value):
+            self.bad(field, f"must be 1 to {limits.REQUEST_ID_LEN_MAX} characters of A-Z a-z 0-9 . _ : -")
+        return value
+
+    def text(self, field: str, value: str, maximum: int, *, required: bool = True) -> str:
+        if required and not value.strip():
+            self.bad(field, "is required")
+        elif len(value) > maximum or not value.isprintable():
+            self.bad(field, f"must be at most {maximum} printable characters")
+        return value
+
+    def date(self, field: str, value: str) -> dt.date:
+        try:
+            day = dt.date.fromisoformat(value)
+            if len(value) != 10 or not dt.date(1900, 1, 1) <= day <= dt.date.today():
+                raise ValueError(value)
+        except ValueError:
+            self.bad(field, "must be a past date written YYYY-MM-DD")
+            return dt.date(1900, 1, 1)
+        return day
+
+    def enum(self, field: str, value: int, proto_names: dict[int, str], target: type[E], prefix: str) -> E | None:
+        """Map a proto enum number to the domain enum; UNSPECIFIED and unknown numbers are violations."""
+        name = proto_names.get(value, "")
+        member = name.removeprefix(prefix)
+        if not name or member == "UNSPECIFIED" or member not in target.__members__:
+            self.bad(field, "is required and must be one of the listed values")
+            return None
+        return target[member]

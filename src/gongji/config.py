@@ -1,0 +1,56 @@
+"""Configuration from the environment (prefix GONGJI_), with the defaults `make run` needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gongji import limits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GONGJI_", extra="ignore")
+
+    # PostgreSQL. Unset: an embedded server is started with its data under data_dir.
+    database_url: SecretStr | None = None
+    data_dir: Path = Path(".gongji")
+    pool_min_size: int = Field(default=2, ge=1, le=100)
+    pool_max_size: int = Field(default=10, ge=1, le=200)
+    db_command_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    # gRPC and metrics listen addresses.
+    grpc_listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:9464"
+    grace_period_s: float = Field(default=10.0, ge=0, le=120)
+    max_concurrent_rpcs: int = Field(default=limits.GRPC_CONCURRENT_RPCS_MAX, ge=1, le=100_000)
+
+    # E-voucher signing: at least 32 bytes. Unset: a key is generated once and kept in data_dir.
+    voucher_key: SecretStr | None = None
+    voucher_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9]{1,16}$")
+    voucher_ttl_s: int = Field(default=limits.VOUCHER_TTL_S_DEFAULT, ge=5, le=limits.VOUCHER_TTL_S_MAX)
+
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    def voucher_key_bytes(self) -> bytes:
+        """The configured key, or one generated on first use and kept (mode 0600) under data_dir."""
+        if self.voucher_key is not None:
+            key = self.voucher_key.get_secret_value().encode()
+        else:
+            path = self.data_dir / "voucher.key"
+            if not path.exists():
+                import secrets
+
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                path.touch(mode=0o600)
+                path.write_text(secrets.token_urlsafe(48))
+            key = path.read_text().strip().encode()
+        if len(key) < 32:
+            raise ValueError("GONGJI_VOUCHER_KEY must be at least 32 bytes")
+        return key
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)

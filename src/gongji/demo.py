@@ -1,0 +1,97 @@
+"""The small demo data set `make run` loads on first start: the 小明/小丽 family of DOMAIN.md and a few
+more, one pharmacy terminal, and demo tokens kept (mode 0600) in <data_dir>/demo-tokens.json."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import asyncpg
+
+from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, resident_id_check_char
+from gongji.store import credentials, credits, grants, people
+from gongji.store.credentials import Kind
+
+log = logging.getLogger(__name__)
+
+INSTITUTION_ID = "H61010300001"
+INSTITUTION_NAME = "西安市雁塔区共济大药房 (demo)"
+TERMINAL_ID = "POS-01"
+
+
+def _id(first17: str) -> str:
+    return first17 + resident_id_check_char(first17)
+
+
+XIAOMING = Person(
+    _id("61011319880512403"), "王小明", dt.date(1988, 5, 12), "610100", Scheme.EMPLOYEE, PersonStatus.ACTIVE
+)
+XIAOLI = Person(
+    _id("61010219920315402"), "李小丽", dt.date(1992, 3, 15), "610100", Scheme.EMPLOYEE, PersonStatus.ACTIVE
+)
+XIAOBAO = Person(
+    _id("61011320190908001"), "王小宝", dt.date(2019, 9, 8), "610100", Scheme.RESIDENT, PersonStatus.ACTIVE
+)
+ZHANGWEI = Person(_id("61010419800101123"), "张伟", dt.date(1980, 1, 1), "610100", Scheme.EMPLOYEE, PersonStatus.ACTIVE)
+LIUFANG = Person(_id("61010419820202224"), "刘芳", dt.date(1982, 2, 2), "610100", Scheme.RESIDENT, PersonStatus.ACTIVE)
+CHENJING = Person(_id("61030219750707302"), "陈静", dt.date(1975, 7, 7), "610300", Scheme.EMPLOYEE, PersonStatus.ACTIVE)
+ZHAOQIANG = Person(
+    _id("44010619700303561"), "赵强", dt.date(1970, 3, 3), "440100", Scheme.EMPLOYEE, PersonStatus.ACTIVE
+)
+
+PEOPLE = (XIAOMING, XIAOLI, XIAOBAO, ZHANGWEI, LIUFANG, CHENJING, ZHAOQIANG)
+BALANCES_FEN = {XIAOMING: 80_000, XIAOLI: 2_000, ZHANGWEI: 30_000, CHENJING: 12_345, ZHAOQIANG: 50_000}
+GRANTS = (
+    (XIAOMING, XIAOLI, Relationship.SPOUSE),  # 小明 grants his wife 小丽 (both employees)
+    (XIAOMING, XIAOBAO, Relationship.CHILD),
+    (ZHANGWEI, LIUFANG, Relationship.SPOUSE),  # 刘芳 is resident-insured: 张伟's account pays directly
+)
+
+
+def _no_check(_a: Person | None, _b: Person | None) -> None:
+    """The demo grants are eligible by construction."""
+
+
+def _write_tokens(path: Path, tokens: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(tokens, indent=2))
+
+
+async def seed(pool: asyncpg.Pool, data_dir: Path) -> dict[str, str]:
+    """Load the demo data once; return the demo tokens (from the file when already seeded)."""
+    token_file = data_dir / "demo-tokens.json"
+    seeded = await pool.fetchval("select 1 from institution where institution_id = $1", INSTITUTION_ID)
+    if seeded and token_file.exists():
+        tokens: dict[str, str] = json.loads(token_file.read_text())
+        return tokens
+    for person in PEOPLE:
+        await people.enroll(pool, person)
+    for authorizer, beneficiary, relationship in GRANTS:
+        await grants.create(pool, authorizer.person_id, beneficiary.person_id, relationship, _no_check)
+    for person, amount_fen in BALANCES_FEN.items():
+        await credits.credit(
+            pool,
+            request_id=f"demo-credit-{person.person_id}",
+            digest=b"demo",
+            person_id=person.person_id,
+            amount_fen=amount_fen,
+            memo="demo 个人账户划入",
+        )
+    tokens = {
+        "terminal": await credentials.create(
+            pool,
+            Kind.TERMINAL,
+            "demo terminal",
+            institution_id=INSTITUTION_ID,
+            institution_name=INSTITUTION_NAME,
+            terminal_id=TERMINAL_ID,
+        ),
+        "app": await credentials.create(pool, Kind.APP, "demo app backend"),
+        "operator": await credentials.create(pool, Kind.OPERATOR, "demo operator"),
+    }
+    _write_tokens(token_file, tokens)
+    log.info("demo data loaded; tokens in %s", token_file)
+    return tokens

@@ -1,0 +1,79 @@
+"""Who may grant family mutual aid to whom (DOMAIN.md, "Family mutual-aid grant")."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from gongji import errors
+from gongji.domain.people import Person, PersonStatus, Relationship, Scheme
+
+
+class Scope(enum.StrEnum):
+    """How far apart authorizer and beneficiary may live."""
+
+    REGION = "REGION"  # the same 统筹区
+    PROVINCE = "PROVINCE"
+    NATIONAL = "NATIONAL"
+
+
+# Never allowed for a grant, whatever the region's policy says.
+ALWAYS_REFUSED = frozenset({Relationship.PARENT_IN_LAW, Relationship.OTHER})
+
+# Relationships whose direction can be checked against birth dates: the other person is older (+1)
+# or younger (-1) than the requester.
+_OLDER_OR_YOUNGER = {
+    Relationship.PARENT: +1,
+    Relationship.GRANDPARENT: +1,
+    Relationship.CHILD: -1,
+    Relationship.GRANDCHILD: -1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPolicy:
+    scope: Scope = Scope.PROVINCE
+    allowed: frozenset[Relationship] = field(
+        default_factory=lambda: frozenset({Relationship.SPOUSE, Relationship.PARENT, Relationship.CHILD})
+    )
+
+
+DEFAULT_POLICY = RegionPolicy()
+
+
+def in_scope(a_region: str, b_region: str, scope: Scope) -> bool:
+    if scope is Scope.NATIONAL:
+        return True
+    if scope is Scope.PROVINCE:
+        return a_region[:2] == b_region[:2]
+    return a_region == b_region
+
+
+def check_grant(
+    authorizer: Person,
+    beneficiary: Person,
+    relationship: Relationship,
+    policy: RegionPolicy = DEFAULT_POLICY,
+) -> None:
+    """Raise the refusal for a grant from `authorizer` to `beneficiary`, or return when it is allowed.
+
+    `relationship` is the beneficiary's relation to the authorizer.
+    """
+    if authorizer.status is not PersonStatus.ACTIVE:
+        raise errors.PersonNotActive("the authorizer's insurance is not active")
+    if authorizer.scheme is not Scheme.EMPLOYEE:
+        raise errors.NotEmployeeInsured("only an employee-insured person with a personal account can grant")
+    if beneficiary.status is PersonStatus.TERMINATED:
+        raise errors.BeneficiaryNotInsured("the beneficiary's insurance has ended")
+    if beneficiary.status is not PersonStatus.ACTIVE:
+        raise errors.PersonNotActive("the beneficiary's insurance is not active")
+    if relationship in ALWAYS_REFUSED or relationship not in policy.allowed:
+        raise errors.RelationshipNotAllowed(f"{relationship} may not receive mutual aid in this region")
+    direction = _OLDER_OR_YOUNGER.get(relationship)
+    if direction is not None:
+        older = beneficiary.birth_date < authorizer.birth_date
+        younger = beneficiary.birth_date > authorizer.birth_date
+        if (direction > 0 and not older) or (direction < 0 and not younger):
+            raise errors.RelationshipImplausible(f"birth dates contradict {relationship}")
+    if not in_scope(authorizer.region_code, beneficiary.region_code, policy.scope):
+        raise errors.RegionOutOfScope(f"authorizer and beneficiary must be in the same {policy.scope.lower()}")

@@ -1,0 +1,208 @@
+"""Every refusal gongji can answer, as one tree. Each leaf carries the stable `reason` of its
+`google.rpc.ErrorInfo` and the gRPC status code name from API.md; `gongji.api.interceptor` turns them
+into statuses in one place. Nothing here imports grpc, so the domain can raise them freely.
+
+    GongjiError
+    ├── InvalidArgument                 INVALID_ARGUMENT   INVALID_ARGUMENT (with field violations)
+    │   └── InvalidAmount               INVALID_ARGUMENT   INVALID_AMOUNT
+    ├── Unauthenticated                 UNAUTHENTICATED    CREDENTIALS_MISSING, CREDENTIALS_INVALID
+    ├── PermissionDenied                PERMISSION_DENIED  NOT_ALLOWED, VOUCHER_PATIENT_MISMATCH,
+    │                                                      INSTITUTION_MISMATCH
+    ├── NotFound                        NOT_FOUND          PERSON_NOT_FOUND, SETTLEMENT_NOT_FOUND
+    ├── FailedPrecondition              FAILED_PRECONDITION
+    │   ├── eligibility                 PERSON_NOT_ACTIVE, NOT_EMPLOYEE_INSURED, BENEFICIARY_NOT_INSURED,
+    │   │                               RELATIONSHIP_NOT_ALLOWED, RELATIONSHIP_IMPLAUSIBLE,
+    │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND
+    │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
+    │   └── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
+    ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED
+    ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED
+    ├── Unavailable                     UNAVAILABLE        DATABASE_UNAVAILABLE
+    └── Unimplemented                   UNIMPLEMENTED      NOT_IMPLEMENTED
+
+Voucher refusals answer FAILED_PRECONDITION, not UNAUTHENTICATED: UNAUTHENTICATED is kept for the
+terminal's own credentials, so that a POS never mistakes a stale e-voucher for a lost login.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class GongjiError(Exception):
+    code: ClassVar[str] = "UNKNOWN"
+    reason: ClassVar[str] = "UNKNOWN"
+
+    def __init__(self, message: str = "", *, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message or self.reason)
+        self.message = message or self.reason
+        self.metadata = metadata or {}
+
+
+# ---- INVALID_ARGUMENT -------------------------------------------------------------------------------
+class InvalidArgument(GongjiError):
+    code = "INVALID_ARGUMENT"
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation], message: str = "") -> None:
+        assert violations, "an InvalidArgument names at least one field"
+        text = message or "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(text)
+        self.violations = violations
+
+    @classmethod
+    def one(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class InvalidAmount(InvalidArgument):
+    reason = "INVALID_AMOUNT"
+
+
+# ---- UNAUTHENTICATED / PERMISSION_DENIED ------------------------------------------------------------
+class Unauthenticated(GongjiError):
+    code = "UNAUTHENTICATED"
+
+
+class CredentialsMissing(Unauthenticated):
+    reason = "CREDENTIALS_MISSING"
+
+
+class CredentialsInvalid(Unauthenticated):
+    reason = "CREDENTIALS_INVALID"
+
+
+class PermissionDenied(GongjiError):
+    code = "PERMISSION_DENIED"
+
+
+class NotAllowed(PermissionDenied):
+    reason = "NOT_ALLOWED"
+
+
+class VoucherPatientMismatch(PermissionDenied):
+    """The real-name rule: the e-voucher must name the patient being settled (欺诈骗保 otherwise)."""
+
+    reason = "VOUCHER_PATIENT_MISMATCH"
+
+
+class InstitutionMismatch(PermissionDenied):
+    reason = "INSTITUTION_MISMATCH"
+
+
+# ---- NOT_FOUND --------------------------------------------------------------------------------------
+class NotFound(GongjiError):
+    code = "NOT_FOUND"
+
+
+class PersonNotFound(NotFound):
+    reason = "PERSON_NOT_FOUND"
+
+
+class SettlementNotFound(NotFound):
+    reason = "SETTLEMENT_NOT_FOUND"
+
+
+# ---- FAILED_PRECONDITION ----------------------------------------------------------------------------
+class FailedPrecondition(GongjiError):
+    code = "FAILED_PRECONDITION"
+
+
+class PersonNotActive(FailedPrecondition):
+    reason = "PERSON_NOT_ACTIVE"
+
+
+class NotEmployeeInsured(FailedPrecondition):
+    reason = "NOT_EMPLOYEE_INSURED"
+
+
+class BeneficiaryNotInsured(FailedPrecondition):
+    reason = "BENEFICIARY_NOT_INSURED"
+
+
+class RelationshipNotAllowed(FailedPrecondition):
+    reason = "RELATIONSHIP_NOT_ALLOWED"
+
+
+class RelationshipImplausible(FailedPrecondition):
+    reason = "RELATIONSHIP_IMPLAUSIBLE"
+
+
+class RegionOutOfScope(FailedPrecondition):
+    reason = "REGION_OUT_OF_SCOPE"
+
+
+class GrantNotFound(FailedPrecondition):
+    reason = "GRANT_NOT_FOUND"
+
+
+class FaceVerificationRequired(FailedPrecondition):
+    reason = "FACE_VERIFICATION_REQUIRED"
+
+
+class RefundExceedsSettlement(FailedPrecondition):
+    reason = "REFUND_EXCEEDS_SETTLEMENT"
+
+
+class AlreadyReversed(FailedPrecondition):
+    reason = "ALREADY_REVERSED"
+
+
+class VoucherRefused(FailedPrecondition):
+    """An e-voucher that cannot be used: forged or unknown, expired, or used before."""
+
+
+class VoucherInvalid(VoucherRefused):
+    reason = "VOUCHER_INVALID"
+
+
+class VoucherExpired(VoucherRefused):
+    reason = "VOUCHER_EXPIRED"
+
+
+class VoucherAlreadyUsed(VoucherRefused):
+    reason = "VOUCHER_ALREADY_USED"
+
+
+# ---- the rest ---------------------------------------------------------------------------------------
+class FamilyLimitReached(GongjiError):
+    code = "RESOURCE_EXHAUSTED"
+    reason = "FAMILY_LIMIT_REACHED"
+
+
+class IdempotencyKeyReused(GongjiError):
+    """The same request id came back with different content."""
+
+    code = "ALREADY_EXISTS"
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class DatabaseUnavailable(GongjiError):
+    code = "UNAVAILABLE"
+    reason = "DATABASE_UNAVAILABLE"
+
+
+class NotImplementedYet(GongjiError):
+    code = "UNIMPLEMENTED"
+    reason = "NOT_IMPLEMENTED"
+
+
+def _leaves(cls: type[GongjiError]) -> list[type[GongjiError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_leaves(sub))
+    return found
+
+
+# The refusal reasons that the store's SQL functions answer with, mapped back to their classes.
+BY_REASON: dict[str, type[GongjiError]] = {
+    c.reason: c for c in _leaves(GongjiError) if c.reason != "UNKNOWN" and not issubclass(c, InvalidArgument)
+}

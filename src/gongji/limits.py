@@ -1,0 +1,33 @@
+"""Every limit gongji enforces, in one place (TigerBeetle's "put a limit on everything")."""
+
+from __future__ import annotations
+
+# Money. One settlement or credit may not exceed 1,000,000 yuan; balances stay far below int64.
+AMOUNT_FEN_MAX = 100_000_000
+CREDIT_FEN_MAX = 100_000_000
+
+# Strings a client controls.
+PERSON_ID_LEN_MIN = 6
+PERSON_ID_LEN_MAX = 32
+NAME_LEN_MAX = 64
+REQUEST_ID_LEN_MAX = 64
+MEMO_LEN_MAX = 128
+VOUCHER_LEN_MAX = 256
+INSTITUTION_ID_LEN_MAX = 32
+TERMINAL_ID_LEN_MAX = 32
+
+# Vouchers: short-lived so that a screenshot does not work later.
+VOUCHER_TTL_S_DEFAULT = 60
+VOUCHER_TTL_S_MAX = 300
+
+# Kinship binding (亲情账户): "我的家庭成员 (n/5)".
+FAMILY_BOUND_MEMBERS_MAX = 5
+FACE_VERIFICATION_AGE_OVER = 16
+
+# Credential cache: a revoked token stops working within this many seconds.
+CREDENTIAL_CACHE_TTL_S = 30
+CREDENTIAL_CACHE_ENTRIES_MAX = 10_000
+
+# gRPC.
+GRPC_MESSAGE_BYTES_MAX = 1 * 1024 * 1024
+GRPC_CONCURRENT_RPCS_MAX = 2_000

@@ -1,0 +1,89 @@
+"""Start-up and shut-down of a gongji process: database, migrations, servers, signals."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from prometheus_client import start_http_server
+
+from gongji import demo, metrics
+from gongji.api import server
+from gongji.api.app import App
+from gongji.config import Settings, host_port
+from gongji.domain.vouchers import VoucherCodec
+from gongji.store import db, migrate
+
+log = logging.getLogger(__name__)
+
+# Keeps the embedded PostgreSQL's handle alive for the life of the process (it stops at exit).
+_embedded: list[Any] = []
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    url, handle = db.start_embedded(settings.data_dir.resolve())
+    _embedded.append(handle)
+    return url
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings, *, migrate_schema: bool = True) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(
+        database_url(settings),
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        command_timeout_s=settings.db_command_timeout_s,
+    )
+    try:
+        if migrate_schema:
+            async with pool.acquire() as conn:
+                applied = await migrate.migrate(conn)
+            metrics.MIGRATIONS_APPLIED.inc(len(applied))
+        yield pool
+    finally:
+        await pool.close()
+
+
+def voucher_codec(settings: Settings) -> VoucherCodec:
+    return VoucherCodec({settings.voucher_key_id: settings.voucher_key_bytes()}, settings.voucher_key_id)
+
+
+_FIRST_CALL = """
+gongji is serving gRPC on {grpc} and metrics on http://{metrics}/metrics
+Demo data: the 小明/小丽 family of DOMAIN.md; tokens in {tokens}
+Make a first settlement (李小丽 pays 35.00 yuan: her own 20.00, then 15.00 from 王小明's account):
+    .venv/bin/gongji client settle --patient {patient} --amount-fen 3500
+"""
+
+
+async def serve(settings: Settings, *, load_demo: bool) -> None:
+    async with database(settings) as pool:
+        app = App(settings, pool, voucher_codec(settings))
+        if load_demo:
+            await demo.seed(pool, settings.data_dir)
+        metrics_host, metrics_port = host_port(settings.metrics_listen)
+        start_http_server(metrics_port, addr=metrics_host)
+        running = await server.start(app, settings.grpc_listen)
+        log.info("serving gRPC on %s (port %d)", settings.grpc_listen, running.port)
+        if load_demo:
+            print(
+                _FIRST_CALL.format(
+                    grpc=settings.grpc_listen,
+                    metrics=settings.metrics_listen,
+                    tokens=settings.data_dir / "demo-tokens.json",
+                    patient=demo.XIAOLI.person_id,
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+
+        async def close() -> None:
+            pass  # the pool closes when `database` exits; the embedded server stops at process exit
+
+        await server.run_until_signalled(running, settings.grace_period_s, close)

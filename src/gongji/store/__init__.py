@@ -1,0 +1,1 @@
+"""PostgreSQL through asyncpg: the pool, migrations, queries and the locking discipline."""

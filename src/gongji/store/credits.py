@@ -1,0 +1,63 @@
+"""Monthly credits to personal accounts (个人账户划入), idempotent on the operator's request id."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from gongji import errors
+
+_SCOPE = "credit"
+
+_LOCK_KEY = "select pg_advisory_xact_lock(hashtextextended($1, 0))"
+_FIND_KEY = "select request_digest, resource_id from idempotency_key where scope = $1 and request_id = $2"
+_FIND_CREDIT = """
+select c.credit_id, a.balance_fen from credit c join account a on a.person_id = c.person_id where c.credit_id = $1"""
+_LOCK_ACCOUNT = "select balance_fen from account where person_id = $1 for update"
+_APPLY = """
+with c as (
+    insert into credit (credit_id, request_id, person_id, amount_fen, memo) values ($1, $2, $3, $4, $5)
+), a as (
+    update account set balance_fen = balance_fen + $4, updated_at = now() where person_id = $3
+    returning balance_fen
+), l as (
+    insert into ledger_entry (person_id, amount_fen, balance_after_fen, kind, credit_id)
+    select $3, $4, a.balance_fen, 'CREDIT', $1 from a
+)
+select balance_fen from a"""
+_RECORD_KEY = """
+insert into idempotency_key (scope, request_id, request_digest, resource_id) values ($1, $2, $3, $4)"""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditResult:
+    credit_id: uuid.UUID
+    balance_fen: int
+    replayed: bool
+
+
+async def credit(
+    pool: asyncpg.Pool, *, request_id: str, digest: bytes, person_id: str, amount_fen: int, memo: str
+) -> CreditResult:
+    """Credit `amount_fen` once per request id. The caller has checked the person has an account."""
+    assert amount_fen > 0
+    async with pool.acquire() as conn, conn.transaction():
+        # Same-key requests take turns, so a retry racing its original replays instead of failing.
+        await conn.execute(_LOCK_KEY, f"{_SCOPE}/{request_id}")
+        key = await conn.fetchrow(_FIND_KEY, _SCOPE, request_id)
+        if key is not None:
+            if key["request_digest"] != digest:
+                raise errors.IdempotencyKeyReused("request_id was used for another credit")
+            row = await conn.fetchrow(_FIND_CREDIT, key["resource_id"])
+            assert row is not None
+            return CreditResult(row["credit_id"], row["balance_fen"], replayed=True)
+        before = await conn.fetchval(_LOCK_ACCOUNT, person_id)
+        if before is None:
+            raise errors.NotEmployeeInsured("the person has no personal account")
+        credit_id = uuid.uuid4()
+        after = await conn.fetchval(_APPLY, credit_id, request_id, person_id, amount_fen, memo)
+        assert after == before + amount_fen, (before, amount_fen, after)
+        await conn.execute(_RECORD_KEY, _SCOPE, request_id, digest, credit_id)
+        return CreditResult(credit_id, after, replayed=False)

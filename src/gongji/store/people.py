@@ -1,0 +1,113 @@
+"""Insured people and their personal accounts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from gongji.domain.eligibility import DEFAULT_POLICY, in_scope
+from gongji.domain.people import Person, PersonStatus, Scheme
+
+_SELECT_PERSON = """
+select person_id, name, birth_date, region_code, scheme, status from person where person_id = $1"""
+
+_SELECT_ACCOUNT = """
+select p.person_id, p.name, p.birth_date, p.region_code, p.scheme, p.status, a.balance_fen
+  from person p left join account a on a.person_id = p.person_id
+ where p.person_id = $1"""
+
+_UPSERT_PERSON = """
+insert into person as p (person_id, name, birth_date, region_code, scheme, status)
+values ($1, $2, $3, $4, $5, $6)
+on conflict (person_id) do update
+   set name = excluded.name, birth_date = excluded.birth_date, region_code = excluded.region_code,
+       scheme = excluded.scheme, status = excluded.status, updated_at = now()
+returning (xmax = 0) as created"""
+
+_ENSURE_ACCOUNT = "insert into account (person_id) values ($1) on conflict do nothing"
+
+# Grants touching a person, locked, so that ending them serializes with settlements drawing on them.
+_LIVE_GRANTS_OF = """
+select g.grant_id, a.region_code as authorizer_region, b.region_code as beneficiary_region,
+       a.status as authorizer_status, b.status as beneficiary_status, a.scheme as authorizer_scheme
+  from mutual_aid_grant g
+  join person a on a.person_id = g.authorizer_id
+  join person b on b.person_id = g.beneficiary_id
+ where (g.authorizer_id = $1 or g.beneficiary_id = $1) and g.status = 'LIVE'
+ order by g.grant_id
+   for update of g"""
+
+_END_GRANTS = """
+update mutual_aid_grant set status = 'ENDED', ended_at = now(), end_reason = $2
+ where grant_id = any($1::bigint[]) and status = 'LIVE'"""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    person: Person
+    balance_fen: int | None  # None: no personal account (resident-insured)
+
+
+def person_from_row(row: asyncpg.Record) -> Person:
+    return Person(
+        person_id=row["person_id"],
+        name=row["name"],
+        birth_date=row["birth_date"],
+        region_code=row["region_code"],
+        scheme=Scheme(row["scheme"]),
+        status=PersonStatus(row["status"]),
+    )
+
+
+async def get_person(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) -> Person | None:
+    row = await conn.fetchrow(_SELECT_PERSON, person_id)
+    return None if row is None else person_from_row(row)
+
+
+async def get_account(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) -> AccountView | None:
+    row = await conn.fetchrow(_SELECT_ACCOUNT, person_id)
+    if row is None:
+        return None
+    person = person_from_row(row)
+    balance = row["balance_fen"] if person.has_personal_account else None
+    return AccountView(person, balance)
+
+
+async def enroll(pool: asyncpg.Pool, person: Person) -> tuple[bool, int]:
+    """Create or update `person`; return (created, grants ended by the change).
+
+    A grant ends by itself when either side stops being ACTIVE, the authorizer stops being
+    employee-insured, or the two are no longer in the grant's scope (DOMAIN.md).
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        created = await conn.fetchval(
+            _UPSERT_PERSON,
+            person.person_id,
+            person.name,
+            person.birth_date,
+            person.region_code,
+            person.scheme.value,
+            person.status.value,
+        )
+        if person.has_personal_account:
+            # An account stays once opened (a scheme change keeps the money); only employees get one.
+            await conn.execute(_ENSURE_ACCOUNT, person.person_id)
+        if created:
+            return True, 0
+        ended: dict[str, list[int]] = {
+            "PERSON_NOT_ACTIVE": [],
+            "NOT_EMPLOYEE_INSURED": [],
+            "REGION_OUT_OF_SCOPE": [],
+        }
+        for g in await conn.fetch(_LIVE_GRANTS_OF, person.person_id):
+            if g["authorizer_status"] != "ACTIVE" or g["beneficiary_status"] != "ACTIVE":
+                ended["PERSON_NOT_ACTIVE"].append(g["grant_id"])
+            elif g["authorizer_scheme"] != Scheme.EMPLOYEE:
+                ended["NOT_EMPLOYEE_INSURED"].append(g["grant_id"])
+            elif not in_scope(g["authorizer_region"], g["beneficiary_region"], DEFAULT_POLICY.scope):
+                ended["REGION_OUT_OF_SCOPE"].append(g["grant_id"])
+        for reason, ids in ended.items():
+            if ids:
+                await conn.execute(_END_GRANTS, ids, reason)
+        return False, sum(len(ids) for ids in ended.values())

@@ -1,0 +1,121 @@
+"""Quote and Settle: one call each to the server-side functions of 0002_settle.sql."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from gongji import errors
+
+_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
+_SETTLE = "select * from gongji_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteResult:
+    authorizer_id: str | None
+    acct_pay_fen: int
+    acct_mulaid_pay_fen: int
+    psn_cash_pay_fen: int
+    balc_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementRow:
+    settlement_id: uuid.UUID
+    institution_id: str
+    terminal_id: str
+    request_id: str
+    patient_id: str
+    authorizer_id: str | None
+    amount_fen: int
+    acct_pay_fen: int
+    acct_mulaid_pay_fen: int
+    psn_cash_pay_fen: int
+    balc_fen: int
+    refunded_fen: int
+    created_at: dt.datetime
+    replayed: bool
+
+
+def _refuse(outcome: str) -> errors.GongjiError:
+    return errors.BY_REASON[outcome]()
+
+
+async def quote(
+    pool: asyncpg.Pool,
+    *,
+    voucher_id: uuid.UUID,
+    patient_id: str,
+    amount_fen: int,
+    authorizer_id: str | None,
+    use_personal_account: bool,
+) -> QuoteResult:
+    row = await pool.fetchrow(_QUOTE, voucher_id, patient_id, amount_fen, authorizer_id, use_personal_account)
+    assert row is not None
+    if row["outcome"] != "OK":
+        raise _refuse(row["outcome"])
+    result = QuoteResult(
+        row["authorizer_id"],
+        row["acct_pay_fen"],
+        row["acct_mulaid_pay_fen"],
+        row["psn_cash_pay_fen"],
+        row["balc_fen"],
+    )
+    assert result.acct_pay_fen + result.acct_mulaid_pay_fen + result.psn_cash_pay_fen == amount_fen
+    return result
+
+
+async def settle(
+    pool: asyncpg.Pool,
+    *,
+    institution_id: str,
+    terminal_id: str,
+    request_id: str,
+    digest: bytes,
+    voucher_id: uuid.UUID,
+    patient_id: str,
+    amount_fen: int,
+    authorizer_id: str | None,
+    use_personal_account: bool,
+) -> SettlementRow:
+    """Settle in one transaction and one round trip; refusals raise and have written nothing."""
+    row = await pool.fetchrow(
+        _SETTLE,
+        institution_id,
+        terminal_id,
+        request_id,
+        digest,
+        voucher_id,
+        patient_id,
+        amount_fen,
+        authorizer_id,
+        use_personal_account,
+    )
+    assert row is not None
+    if row["outcome"] != "OK":
+        raise _refuse(row["outcome"])
+    s = SettlementRow(
+        settlement_id=row["settlement_id"],
+        institution_id=institution_id,
+        terminal_id=row["terminal_id"],
+        request_id=request_id,
+        patient_id=row["patient_id"],
+        authorizer_id=row["authorizer_id"],
+        amount_fen=row["amount_fen"],
+        acct_pay_fen=row["acct_pay_fen"],
+        acct_mulaid_pay_fen=row["acct_mulaid_pay_fen"],
+        psn_cash_pay_fen=row["psn_cash_pay_fen"],
+        balc_fen=row["balc_fen"],
+        refunded_fen=row["refunded_fen"],
+        created_at=row["created_at"],
+        replayed=row["replayed"],
+    )
+    # Invariants where money moves, checked after the read (TIGER_STYLE).
+    assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == s.amount_fen
+    assert min(s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen) >= 0
+    assert (s.authorizer_id is None) == (s.acct_mulaid_pay_fen == 0)
+    return s
