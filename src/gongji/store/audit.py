@@ -1,0 +1,43 @@
+"""Checks that the books explain every balance. Used after every concurrency test, and by operators."""
+
+from __future__ import annotations
+
+import asyncpg
+import asyncpg.pool
+
+# Every balance equals the sum of its ledger entries (accounts open at zero).
+_BALANCE_VS_LEDGER = """
+select a.person_id, a.balance_fen, coalesce(sum(l.amount_fen), 0)::bigint as ledger_fen
+  from account a left join ledger_entry l on l.person_id = a.person_id
+ group by a.person_id, a.balance_fen
+having a.balance_fen <> coalesce(sum(l.amount_fen), 0)"""
+
+# Every settlement's own-account and mutual-aid parts appear in the ledger exactly once, to the fen.
+_SETTLEMENT_VS_LEDGER = """
+select s.settlement_id
+  from settlement s left join ledger_entry l on l.settlement_id = s.settlement_id
+ group by s.settlement_id, s.acct_pay_fen, s.acct_mulaid_pay_fen
+having coalesce(-sum(l.amount_fen) filter (where l.kind = 'SETTLEMENT'), 0) <> s.acct_pay_fen
+    or coalesce(-sum(l.amount_fen) filter (where l.kind = 'MUTUAL_AID'), 0) <> s.acct_mulaid_pay_fen
+    or count(*) filter (where l.kind = 'SETTLEMENT') > 1
+    or count(*) filter (where l.kind = 'MUTUAL_AID') > 1"""
+
+# A voucher is used exactly when a settlement names it.
+_VOUCHER_VS_SETTLEMENT = """
+select v.voucher_id
+  from voucher v left join settlement s on s.voucher_id = v.voucher_id
+ where (v.used_at is null) <> (s.settlement_id is null) or v.settlement_id is distinct from s.settlement_id"""
+
+
+async def differences(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool) -> list[str]:
+    """Human-readable differences; empty when the books are right. Names accounts by person_id: this
+    is for operators and tests, never for logs."""
+    found = [
+        f"account {r['person_id']}: balance {r['balance_fen']} fen, ledger {r['ledger_fen']} fen"
+        for r in await conn.fetch(_BALANCE_VS_LEDGER)
+    ]
+    found += [
+        f"settlement {r['settlement_id']}: ledger does not match" for r in await conn.fetch(_SETTLEMENT_VS_LEDGER)
+    ]
+    found += [f"voucher {r['voucher_id']}: use does not match" for r in await conn.fetch(_VOUCHER_VS_SETTLEMENT)]
+    return found

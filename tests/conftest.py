@@ -1,0 +1,126 @@
+"""Session fixtures: a real PostgreSQL (embedded, or GONGJI_TEST_DATABASE_URL) with a fresh database,
+and a real gongji gRPC server on a loopback port, started in the tests' own event loop (uvloop)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+import uvloop
+from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, with_database
+
+from gongji.api import server
+from gongji.api.app import App
+from gongji.config import Settings
+from gongji.domain.vouchers import VoucherCodec
+from gongji.store import audit, credentials, db, migrate
+from gongji.store.credentials import Kind
+
+ROOT = Path(__file__).resolve().parent.parent
+VOUCHER_KEY = b"test-voucher-key-0123456789abcdef-0123456789"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything outside tests/unit needs the database (`make test-external` selects these)."""
+    for item in items:
+        if "/unit/" not in str(item.path):
+            item.add_marker(pytest.mark.db)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Run the tests, and so the in-process server, on uvloop as production does."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A maintenance-database URL of the PostgreSQL server the suite uses."""
+    external = os.environ.get("GONGJI_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    url, handle = db.start_embedded(ROOT / ".gongji" / "test", database="postgres")
+    yield url
+    del handle  # stopped when the test process exits
+
+
+@pytest.fixture(scope="session")
+async def db_url(server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session, migrated, dropped afterwards."""
+    name = f"gongji_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f'create database "{name}"')
+    url = with_database(server_url, name)
+    try:
+        conn = await asyncpg.connect(url)
+        await migrate.migrate(conn)
+        await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(db_url, min_size=2, max_size=20, command_timeout_s=30)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+def settings(db_url: str) -> Settings:
+    return Settings(database_url=db_url, voucher_key=VOUCHER_KEY.decode(), grpc_listen="127.0.0.1:0")
+
+
+@pytest.fixture(scope="session")
+async def server_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The server's own pool, sized like production, apart from the connections tests hold."""
+    p = await db.create_pool(db_url, min_size=2, max_size=10, command_timeout_s=30)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+async def running(settings: Settings, server_pool: asyncpg.Pool) -> AsyncIterator[server.Running]:
+    app = App(settings, server_pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1"))
+    r = await server.start(app, "127.0.0.1:0")
+    yield r
+    await r.stop(1.0)
+
+
+@pytest.fixture(scope="session")
+async def tokens(pool: asyncpg.Pool) -> Tokens:
+    return Tokens(
+        terminal_a=await credentials.create(
+            pool, Kind.TERMINAL, "test A", institution_id=INSTITUTION_A, terminal_id="POS-A1"
+        ),
+        terminal_b=await credentials.create(
+            pool, Kind.TERMINAL, "test B", institution_id=INSTITUTION_B, terminal_id="POS-B1"
+        ),
+        app=await credentials.create(pool, Kind.APP, "test app"),
+        operator=await credentials.create(pool, Kind.OPERATOR, "test operator"),
+    )
+
+
+@pytest.fixture(scope="session")
+async def channel(running: server.Running) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+async def api(channel: grpc.aio.Channel, tokens: Tokens) -> Api:
+    return Api(channel, tokens)
+
+
+@pytest.fixture
+async def books(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """Use in tests that move money: after the test, the ledger must explain every balance."""
+    yield
+    assert await audit.differences(pool) == []

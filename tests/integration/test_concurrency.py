@@ -1,0 +1,164 @@
+"""Settlements under contention: exact to the fen, no deadlocks, atomic under cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import random
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from support import CHILD, RESIDENT, SPOUSE, Api
+
+from gongji.v1 import settlement_pb2
+
+pytestmark = pytest.mark.usefixtures("books")
+
+PARENT_BORN = dt.date(1960, 1, 1)
+CHILD_BORN = dt.date(1990, 1, 1)
+
+
+async def _balances(api: Api, people: list[str]) -> dict[str, int]:
+    return {p: await api.balance(p) for p in people}
+
+
+async def test_500_concurrent_settlements_on_one_family(api: Api, pool: asyncpg.Pool) -> None:
+    authorizer = await api.enroll(balance_fen=150_000, birth=PARENT_BORN)
+    members = [await api.enroll(balance_fen=5_000, birth=CHILD_BORN) for _ in range(3)]
+    members.append(await api.enroll(scheme=RESIDENT, birth=CHILD_BORN))
+    for m in members:
+        await api.grant(authorizer, m, SPOUSE if m == members[0] else CHILD)
+    everyone = [authorizer, *members]
+    before = await _balances(api, everyone)
+
+    rng = random.Random(2026)
+    plan = [(rng.choice(members), rng.randint(1, 2_000)) for _ in range(500)]
+    vouchers = [await api.voucher(patient) for patient, _ in plan]
+    results = await asyncio.gather(
+        *(api.settle(p, amount, voucher=v) for (p, amount), v in zip(plan, vouchers, strict=True)),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == [], failures[:3]  # no deadlock, no serialization failure, nothing refused
+    settled = [r.settlement for r in results if isinstance(r, settlement_pb2.SettleResponse)]
+    assert len(settled) == 500
+
+    after = await _balances(api, everyone)
+    own_paid: collections.Counter[str] = collections.Counter()
+    for s in settled:
+        assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == s.amount_fen
+        own_paid[s.patient_id] += s.acct_pay_fen
+        if s.acct_mulaid_pay_fen:
+            assert s.authorizer_id == authorizer
+    for m in members:
+        assert before[m] - after[m] == own_paid[m]
+    assert before[authorizer] - after[authorizer] == sum(s.acct_mulaid_pay_fen for s in settled)
+    assert after[authorizer] == 0, "demand exceeds the authorizer's balance, so it is drawn to zero"
+    assert sum(s.psn_cash_pay_fen for s in settled) > 0
+    assert all(b >= 0 for b in after.values())
+
+    # Every success is in the ledger exactly once per account it moved.
+    ids = [uuid.UUID(s.settlement_id) for s in settled]
+    rows = await pool.fetch(
+        "select settlement_id, kind, count(*) as n from ledger_entry where settlement_id = any($1::uuid[])"
+        " group by settlement_id, kind",
+        ids,
+    )
+    assert all(r["n"] == 1 for r in rows)
+    expected = sum((s.acct_pay_fen > 0) + (s.acct_mulaid_pay_fen > 0) for s in settled)
+    assert len(rows) == expected
+
+
+async def test_opposite_lock_orders_never_deadlock(api: Api) -> None:
+    """Spouses who granted each other: each settlement locks both accounts, from opposite sides."""
+    p = await api.enroll(balance_fen=400_000)
+    q = await api.enroll(balance_fen=400_000)
+    await api.grant(p, q)
+    await api.grant(q, p)
+    rounds = 150
+    plan = [(p, q), (q, p)] * rounds
+    vouchers = [await api.voucher(patient) for patient, _ in plan]
+    results = await asyncio.gather(
+        *(
+            api.settle(patient, 2_000, voucher=v, authorizer_id=other)
+            for (patient, other), v in zip(plan, vouchers, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == [], failures[:3]
+    total = 2 * rounds * 2_000
+    assert await api.balance(p) + await api.balance(q) == 800_000 - total
+
+
+async def test_deadline_while_waiting_for_a_lock_leaves_nothing_half_done(
+    api: Api, pool: asyncpg.Pool, server_pool: asyncpg.Pool
+) -> None:
+    authorizer = await api.enroll(balance_fen=1_000)
+    patient = await api.enroll(balance_fen=100)
+    await api.grant(authorizer, patient)
+    voucher = await api.voucher(patient)
+    async with pool.acquire() as blocker:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("select 1 from account where person_id = $1 for update", authorizer)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.settle(patient, 500, voucher=voucher, request_id="held-up-1", deadline_s=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await tx.rollback()
+
+    await asyncio.sleep(0.2)  # let the server finish cancelling the statement
+    assert await pool.fetchval("select count(*) from settlement where request_id = 'held-up-1'") == 0
+    assert await pool.fetchval(
+        "select used_at is null from voucher where person_id = $1 and settlement_id is null", patient
+    )
+    assert (await api.balance(authorizer), await api.balance(patient)) == (1_000, 100)
+    # The pool still serves, and the POS's retry with the same request id settles exactly once.
+    retry = await api.settle(patient, 500, voucher=voucher, request_id="held-up-1")
+    assert not retry.replayed
+    assert (retry.settlement.acct_pay_fen, retry.settlement.acct_mulaid_pay_fen) == (100, 400)
+    assert server_pool.get_size() <= 10
+
+
+async def test_random_cancellations_converge_on_retry(api: Api, pool: asyncpg.Pool) -> None:
+    """Calls cut off at random points either committed whole or not at all; retrying each with the
+    same request id and voucher gives exactly one settlement per request."""
+    authorizer = await api.enroll(balance_fen=1_000_000, birth=PARENT_BORN)
+    members = [await api.enroll(balance_fen=20_000, birth=CHILD_BORN) for _ in range(3)]
+    for m in members:
+        await api.grant(authorizer, m, CHILD)
+    rng = random.Random(7)
+    plan = [(f"cut-{uuid.uuid4()}", rng.choice(members), rng.randint(1, 3_000)) for _ in range(120)]
+    vouchers = {rid: await api.voucher(patient) for rid, patient, _ in plan}
+
+    # Half get a generous deadline, half one that cuts them off somewhere along the way.
+    deadlines = {rid: 10.0 if i % 2 else rng.uniform(0.001, 0.05) for i, (rid, _, _) in enumerate(plan)}
+
+    async def attempt(rid: str, patient: str, amount: int) -> grpc.StatusCode:
+        try:
+            await api.settle(patient, amount, voucher=vouchers[rid], request_id=rid, deadline_s=deadlines[rid])
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    codes = await asyncio.gather(*(attempt(*p) for p in plan))
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+    first = [code == grpc.StatusCode.OK for code in codes]
+    assert 0 < sum(first) < len(plan), "some calls were cut off and some were answered"
+    await asyncio.sleep(0.5)
+    retries = await asyncio.gather(
+        *(api.settle(patient, amount, voucher=vouchers[rid], request_id=rid) for rid, patient, amount in plan)
+    )
+    for answered, reply in zip(first, retries, strict=True):
+        if answered:
+            assert reply.replayed
+    counts = await pool.fetch(
+        "select request_id, count(*) as n from settlement where request_id = any($1::text[]) group by request_id",
+        [rid for rid, _, _ in plan],
+    )
+    assert len(counts) == len(plan)
+    assert all(r["n"] == 1 for r in counts)
+    assert sum(r.settlement.amount_fen for r in retries) == sum(amount for _, _, amount in plan)

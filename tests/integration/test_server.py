@@ -1,0 +1,76 @@
+"""Credentials, permissions, unimplemented RPCs, health and reflection on the real server."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support import Api, bearer, refused
+
+from gongji.v1 import account_pb2, family_pb2, settlement_pb2
+
+S = grpc.StatusCode
+
+
+async def test_missing_and_unknown_credentials(api: Api) -> None:
+    request = account_pb2.GetAccountRequest(person_id="61010219920315402X")
+    await refused(api.account.GetAccount(request), S.UNAUTHENTICATED, "CREDENTIALS_MISSING")
+    await refused(api.account.GetAccount(request, metadata=bearer("gj_nope")), S.UNAUTHENTICATED, "CREDENTIALS_INVALID")
+    await refused(
+        api.account.GetAccount(request, metadata=(("authorization", "Basic abc"),)),
+        S.UNAUTHENTICATED,
+        "CREDENTIALS_INVALID",
+    )
+
+
+async def test_each_credential_reaches_only_its_service(api: Api) -> None:
+    get_account = account_pb2.GetAccountRequest(person_id="61010219920315402X")
+    issue = family_pb2.IssueVoucherRequest(person_id="61010219920315402X")
+    quote = settlement_pb2.QuoteRequest()
+    for token in (api.tokens.terminal_a, api.tokens.app):
+        await refused(api.account.GetAccount(get_account, metadata=bearer(token)), S.PERMISSION_DENIED, "NOT_ALLOWED")
+    for token in (api.tokens.terminal_a, api.tokens.operator):
+        await refused(api.family.IssueVoucher(issue, metadata=bearer(token)), S.PERMISSION_DENIED, "NOT_ALLOWED")
+    for token in (api.tokens.app, api.tokens.operator):
+        await refused(api.settlement.Quote(quote, metadata=bearer(token)), S.PERMISSION_DENIED, "NOT_ALLOWED")
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "request_type", "kind"),
+    [
+        ("settlement", "Cancel", settlement_pb2.CancelRequest, "terminal_a"),
+        ("settlement", "Reverse", settlement_pb2.ReverseRequest, "terminal_a"),
+        ("settlement", "GetSettlement", settlement_pb2.GetSettlementRequest, "terminal_a"),
+        ("settlement", "Reconcile", settlement_pb2.ReconcileRequest, "operator"),
+        ("family", "Bind", family_pb2.BindRequest, "app"),
+        ("family", "Unbind", family_pb2.UnbindRequest, "app"),
+        ("family", "ListFamily", family_pb2.ListFamilyRequest, "app"),
+        ("account", "ListLedger", account_pb2.ListLedgerRequest, "operator"),
+    ],
+)
+async def test_later_rpcs_answer_unimplemented(
+    api: Api, service: str, method: str, request_type: type, kind: str
+) -> None:
+    stub = getattr(api, service)
+    call = getattr(stub, method)(request_type(), metadata=bearer(getattr(api.tokens, kind)))
+    await refused(call, S.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+
+
+async def test_health_needs_no_credentials(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "gongji.v1.SettlementService"):
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def one() -> object:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    names: set[str] = set()
+    async for reply in stub.ServerReflectionInfo(one()):
+        names |= {s.name for s in reply.list_services_response.service}
+    assert {"gongji.v1.SettlementService", "gongji.v1.FamilyService", "gongji.v1.AccountService"} <= names

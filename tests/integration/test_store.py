@@ -1,0 +1,66 @@
+"""The store's SQL against the reference domain code, and the migration runner."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import with_database
+
+from gongji import limits
+from gongji.domain.waterfall import split
+from gongji.store import migrate
+
+amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
+balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
+
+
+def test_sql_split_agrees_with_the_reference(db_url: str) -> None:
+    """gongji_split (the hot path) and domain.waterfall.split agree on arbitrary balances and amounts."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=400, deadline=None)
+            @given(amounts, balances, balances, st.booleans())
+            def agree(amount: int, own: int | None, mulaid: int | None, use: bool) -> None:
+                row = runner.run(conn.fetchrow("select * from gongji_split($1, $2, $3, $4)", amount, own, mulaid, use))
+                assert row is not None
+                expected = split(amount, own, mulaid, use_personal_account=use)
+                assert (row["acct_pay_fen"], row["acct_mulaid_pay_fen"], row["psn_cash_pay_fen"]) == (
+                    expected.acct_pay_fen,
+                    expected.acct_mulaid_pay_fen,
+                    expected.psn_cash_pay_fen,
+                )
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+async def test_migrations_are_applied_once_and_checked(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        assert await migrate.migrate(conn) == []
+        recorded = await conn.fetch("select version, sha256 from schema_migration order by version")
+        assert [(r["version"], r["sha256"]) for r in recorded] == [(m.version, m.sha256) for m in migrate.bundled()]
+        changed = [migrate.Migration(m.version, m.name, m.sql + "\n-- edited") for m in migrate.bundled()]
+        with pytest.raises(migrate.MigrationError, match="changed after it was applied"):
+            await migrate.migrate(conn, changed)
+
+
+async def test_concurrent_migrators_take_turns(server_url: str) -> None:
+    admin = await asyncpg.connect(server_url)
+    await admin.execute('create database "gongji_migrate_race"')
+    try:
+        url = with_database(server_url, "gongji_migrate_race")
+        conns = [await asyncpg.connect(url) for _ in range(3)]
+        applied = await asyncio.gather(*(migrate.migrate(c) for c in conns))
+        assert sorted(len(a) for a in applied) == [0, 0, len(migrate.bundled())]
+        for c in conns:
+            await c.close()
+    finally:
+        await admin.execute('drop database if exists "gongji_migrate_race" with (force)')
+        await admin.close()

@@ -1,0 +1,227 @@
+"""Helpers for tests that drive the real gRPC server: typed calls per credential, refusal checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from gongji.domain.people import resident_id_check_char
+from gongji.v1 import (
+    account_pb2,
+    account_pb2_grpc,
+    family_pb2,
+    family_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
+    types_pb2,
+)
+
+EMPLOYEE = types_pb2.SCHEME_EMPLOYEE
+RESIDENT = types_pb2.SCHEME_RESIDENT
+ACTIVE = types_pb2.PERSON_STATUS_ACTIVE
+SUSPENDED = types_pb2.PERSON_STATUS_SUSPENDED
+TERMINATED = types_pb2.PERSON_STATUS_TERMINATED
+SPOUSE = types_pb2.RELATIONSHIP_SPOUSE
+PARENT = types_pb2.RELATIONSHIP_PARENT
+CHILD = types_pb2.RELATIONSHIP_CHILD
+
+_used_ids: set[str] = set()
+_rng = random.Random()
+
+
+def new_person_id(birth: dt.date = dt.date(1985, 6, 1)) -> str:
+    """A fresh, valid 18-character ID number, unique within the test session."""
+    while True:
+        first17 = f"{_rng.randint(110000, 659999)}{birth:%Y%m%d}{_rng.randint(0, 999):03d}"
+        person_id = first17 + resident_id_check_char(first17)
+        if person_id not in _used_ids:
+            _used_ids.add(person_id)
+            return person_id
+
+
+def with_database(server_url: str, name: str) -> str:
+    """`server_url` pointing at database `name` (works for TCP and Unix-socket URLs)."""
+    base, _, query = server_url.partition("?")
+    return base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    terminal_a: str
+    terminal_b: str
+    app: str
+    operator: str
+
+
+INSTITUTION_A = "H61010300101"
+INSTITUTION_B = "H61010300202"
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class Api:
+    """The three services, each called with the credential it expects (overridable per call)."""
+
+    def __init__(self, channel: grpc.aio.Channel, tokens: Tokens) -> None:
+        self.tokens = tokens
+        self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
+        self.family = family_pb2_grpc.FamilyServiceStub(channel)
+        self.account = account_pb2_grpc.AccountServiceStub(channel)
+
+    async def enroll(
+        self,
+        *,
+        scheme: int = EMPLOYEE,
+        status: int = ACTIVE,
+        region: str = "610100",
+        birth: dt.date = dt.date(1985, 6, 1),
+        balance_fen: int = 0,
+        person_id: str | None = None,
+    ) -> str:
+        person_id = person_id or new_person_id(birth)
+        await self.account.Enroll(
+            account_pb2.EnrollRequest(
+                person_id=person_id,
+                name="测试人",
+                birth_date=birth.isoformat(),
+                region_code=region,
+                scheme=scheme,
+                status=status,
+            ),
+            metadata=bearer(self.tokens.operator),
+        )
+        if balance_fen:
+            await self.credit(person_id, balance_fen)
+        return person_id
+
+    async def set_status(self, person_id: str, status: int, *, scheme: int = EMPLOYEE, region: str = "610100") -> Any:
+        return await self.account.Enroll(
+            account_pb2.EnrollRequest(
+                person_id=person_id,
+                name="测试人",
+                birth_date="1985-06-01",
+                region_code=region,
+                scheme=scheme,
+                status=status,
+            ),
+            metadata=bearer(self.tokens.operator),
+        )
+
+    async def credit(self, person_id: str, amount_fen: int, request_id: str | None = None) -> Any:
+        return await self.account.Credit(
+            account_pb2.CreditRequest(
+                request_id=request_id or f"credit-{uuid.uuid4()}", person_id=person_id, amount_fen=amount_fen
+            ),
+            metadata=bearer(self.tokens.operator),
+        )
+
+    async def balance(self, person_id: str) -> int:
+        reply = await self.account.GetAccount(
+            account_pb2.GetAccountRequest(person_id=person_id), metadata=bearer(self.tokens.operator)
+        )
+        return int(reply.account.balance_fen)
+
+    async def grant(self, authorizer_id: str, beneficiary_id: str, relationship: int = SPOUSE) -> Any:
+        return await self.family.Grant(
+            family_pb2.GrantRequest(
+                authorizer_id=authorizer_id, beneficiary_id=beneficiary_id, relationship=relationship
+            ),
+            metadata=bearer(self.tokens.app),
+        )
+
+    async def revoke(self, authorizer_id: str, beneficiary_id: str, requester_id: str = "") -> Any:
+        return await self.family.Revoke(
+            family_pb2.RevokeRequest(
+                authorizer_id=authorizer_id, beneficiary_id=beneficiary_id, requester_id=requester_id
+            ),
+            metadata=bearer(self.tokens.app),
+        )
+
+    async def voucher(self, person_id: str, ttl_seconds: int = 0) -> str:
+        reply = await self.family.IssueVoucher(
+            family_pb2.IssueVoucherRequest(person_id=person_id, requester_id=person_id, ttl_seconds=ttl_seconds),
+            metadata=bearer(self.tokens.app),
+        )
+        return str(reply.voucher)
+
+    async def settle(
+        self,
+        patient_id: str,
+        amount_fen: int,
+        *,
+        voucher: str | None = None,
+        request_id: str | None = None,
+        authorizer_id: str | None = None,
+        use_personal_account: bool | None = None,
+        token: str | None = None,
+        deadline_s: float = 30,
+    ) -> settlement_pb2.SettleResponse:
+        request = settlement_pb2.SettleRequest(
+            request_id=request_id or f"r-{uuid.uuid4()}",
+            voucher=voucher if voucher is not None else await self.voucher(patient_id),
+            patient_id=patient_id,
+            amount_fen=amount_fen,
+        )
+        if authorizer_id is not None:
+            request.authorizer_id = authorizer_id
+        if use_personal_account is not None:
+            request.use_personal_account = use_personal_account
+        reply: settlement_pb2.SettleResponse = await self.settlement.Settle(
+            request, metadata=bearer(token or self.tokens.terminal_a), timeout=deadline_s
+        )
+        return reply
+
+    async def quote(
+        self, patient_id: str, amount_fen: int, *, authorizer_id: str | None = None
+    ) -> settlement_pb2.QuoteResponse:
+        request = settlement_pb2.QuoteRequest(
+            voucher=await self.voucher(patient_id), patient_id=patient_id, amount_fen=amount_fen
+        )
+        if authorizer_id is not None:
+            request.authorizer_id = authorizer_id
+        reply: settlement_pb2.QuoteResponse = await self.settlement.Quote(
+            request, metadata=bearer(self.tokens.terminal_a)
+        )
+        return reply
+
+
+async def refused(awaitable: Any, code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
+    """Await a call that must fail with `code` and exactly one ErrorInfo carrying `reason`."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await awaitable
+    error = caught.value
+    assert error.code() == code, (error.code(), error.details())
+    status = rpc_status.from_call(error)
+    assert status is not None, "the status carries details"
+    infos = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+    assert len(infos) == 1, infos
+    assert infos[0].domain == "gongji"
+    assert infos[0].reason == reason, (infos[0].reason, error.details())
+    return error
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields

@@ -1,0 +1,74 @@
+"""Who may grant mutual aid to whom, without a database."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+
+from gongji import errors
+from gongji.domain.eligibility import RegionPolicy, Scope, check_grant, in_scope
+from gongji.domain.people import Person, PersonStatus, Relationship, Scheme
+
+XIAOMING = Person("610113198805124033", "王小明", dt.date(1988, 5, 12), "610100", Scheme.EMPLOYEE, PersonStatus.ACTIVE)
+XIAOLI = Person("61010219920315402X", "李小丽", dt.date(1992, 3, 15), "610100", Scheme.EMPLOYEE, PersonStatus.ACTIVE)
+CHILD = Person("610113201909080017", "王小宝", dt.date(2019, 9, 8), "610100", Scheme.RESIDENT, PersonStatus.ACTIVE)
+
+
+def test_spouse_parent_child_are_allowed_by_default() -> None:
+    check_grant(XIAOMING, XIAOLI, Relationship.SPOUSE)
+    check_grant(XIAOMING, CHILD, Relationship.CHILD)
+    older = dataclasses.replace(XIAOLI, birth_date=dt.date(1960, 1, 1))
+    check_grant(XIAOMING, older, Relationship.PARENT)
+
+
+@pytest.mark.parametrize(
+    ("authorizer", "beneficiary", "relationship", "refusal"),
+    [
+        (
+            dataclasses.replace(XIAOMING, status=PersonStatus.SUSPENDED),
+            XIAOLI,
+            Relationship.SPOUSE,
+            errors.PersonNotActive,
+        ),
+        (dataclasses.replace(XIAOMING, scheme=Scheme.RESIDENT), XIAOLI, Relationship.SPOUSE, errors.NotEmployeeInsured),
+        (
+            XIAOMING,
+            dataclasses.replace(XIAOLI, status=PersonStatus.TERMINATED),
+            Relationship.SPOUSE,
+            errors.BeneficiaryNotInsured,
+        ),
+        (
+            XIAOMING,
+            dataclasses.replace(XIAOLI, status=PersonStatus.SUSPENDED),
+            Relationship.SPOUSE,
+            errors.PersonNotActive,
+        ),
+        (XIAOMING, XIAOLI, Relationship.PARENT_IN_LAW, errors.RelationshipNotAllowed),
+        (XIAOMING, XIAOLI, Relationship.OTHER, errors.RelationshipNotAllowed),
+        (XIAOMING, XIAOLI, Relationship.SIBLING, errors.RelationshipNotAllowed),
+        (XIAOLI, XIAOMING, Relationship.CHILD, errors.RelationshipImplausible),
+        (XIAOMING, CHILD, Relationship.PARENT, errors.RelationshipImplausible),
+        (XIAOMING, dataclasses.replace(XIAOLI, region_code="440100"), Relationship.SPOUSE, errors.RegionOutOfScope),
+    ],
+)
+def test_refusals(
+    authorizer: Person, beneficiary: Person, relationship: Relationship, refusal: type[errors.GongjiError]
+) -> None:
+    with pytest.raises(refusal):
+        check_grant(authorizer, beneficiary, relationship)
+
+
+def test_region_policy_is_data() -> None:
+    close = RegionPolicy(Scope.NATIONAL, frozenset({Relationship.SPOUSE, Relationship.SIBLING}))
+    check_grant(XIAOMING, dataclasses.replace(XIAOLI, region_code="440100"), Relationship.SIBLING, close)
+    with pytest.raises(errors.RelationshipNotAllowed):
+        check_grant(XIAOMING, XIAOLI, Relationship.PARENT_IN_LAW, RegionPolicy(allowed=frozenset(Relationship)))
+
+
+def test_scopes() -> None:
+    assert in_scope("610100", "610300", Scope.PROVINCE)
+    assert not in_scope("610100", "610300", Scope.REGION)
+    assert not in_scope("610100", "440100", Scope.PROVINCE)
+    assert in_scope("610100", "440100", Scope.NATIONAL)

@@ -1,0 +1,82 @@
+"""ID numbers, masking, ages, voucher tokens and the error tree."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gongji import errors
+from gongji.domain.people import age_on, mask_id, person_id_problem, resident_id_check_char
+from gongji.domain.vouchers import VoucherCodec
+
+KEY = b"k" * 32
+
+
+def test_resident_id_check_character() -> None:
+    assert resident_id_check_char("11010519491231002") == "X"  # the GB 11643 example
+    assert person_id_problem("11010519491231002X") is None
+    assert person_id_problem("110105194912310021") is not None
+    assert person_id_problem("short") is not None
+    assert person_id_problem("abc123456") is not None
+
+
+def test_mask_keeps_four_and_four() -> None:
+    assert mask_id("61010219920315402X") == "6101**********402X"
+    assert mask_id("1234") == "****"
+
+
+def test_birthday_today_counts() -> None:
+    born = dt.date(2010, 11, 22)
+    assert age_on(born, dt.date(2026, 11, 22)) == 16
+    assert age_on(born, dt.date(2026, 11, 21)) == 15
+
+
+def test_voucher_round_trip_and_expiry() -> None:
+    codec = VoucherCodec({"k1": KEY}, "k1")
+    vid = uuid.uuid4()
+    token = codec.issue(vid, 1_000)
+    assert codec.verify(token, 999).voucher_id == vid
+    with pytest.raises(errors.VoucherExpired):
+        codec.verify(token, 1_000)
+
+
+def test_voucher_from_another_key_or_tampered_is_invalid() -> None:
+    token = VoucherCodec({"k1": KEY}, "k1").issue(uuid.uuid4(), 2_000)
+    with pytest.raises(errors.VoucherInvalid):
+        VoucherCodec({"k1": b"x" * 32}, "k1").verify(token, 1_000)
+    head, payload, mac = token.rsplit(".", 2)
+    flipped = payload[:-1] + ("A" if payload[-1] != "A" else "B")
+    with pytest.raises(errors.VoucherInvalid):
+        VoucherCodec({"k1": KEY}, "k1").verify(f"{head}.{flipped}.{mac}", 1_000)
+
+
+def test_old_key_still_verifies_after_rotation() -> None:
+    token = VoucherCodec({"k1": KEY}, "k1").issue(uuid.uuid4(), 2_000)
+    rotated = VoucherCodec({"k1": KEY, "k2": b"n" * 32}, "k2")
+    rotated.verify(token, 1_000)
+    assert rotated.issue(uuid.uuid4(), 2_000).startswith("GJ1.k2.")
+
+
+@given(st.text(max_size=300))
+def test_garbage_is_refused_not_crashed(token: str) -> None:
+    with pytest.raises(errors.VoucherRefused):
+        VoucherCodec({"k1": KEY}, "k1").verify(token, 0)
+
+
+def test_every_sql_refusal_reason_maps_to_an_error() -> None:
+    for reason in (
+        "PERSON_NOT_FOUND",
+        "PERSON_NOT_ACTIVE",
+        "VOUCHER_INVALID",
+        "VOUCHER_PATIENT_MISMATCH",
+        "VOUCHER_ALREADY_USED",
+        "VOUCHER_EXPIRED",
+        "GRANT_NOT_FOUND",
+        "IDEMPOTENCY_KEY_REUSED",
+    ):
+        assert errors.BY_REASON[reason].reason == reason
+    assert errors.BY_REASON["VOUCHER_PATIENT_MISMATCH"].code == "PERMISSION_DENIED"

@@ -1,0 +1,59 @@
+"""The deduction order of DOMAIN.md as properties of the reference split."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gongji import limits
+from gongji.domain.waterfall import Split, split
+
+amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
+balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
+
+
+@given(amounts, balances, balances, st.booleans())
+def test_parts_sum_to_amount_and_respect_balances(amount: int, own: int | None, mulaid: int | None, use: bool) -> None:
+    s = split(amount, own, mulaid, use_personal_account=use)
+    assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == amount
+    assert min(s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen) >= 0
+    assert s.acct_pay_fen <= (own or 0)
+    assert s.acct_mulaid_pay_fen <= (mulaid or 0)
+
+
+@given(amounts, balances, balances)
+def test_cash_only_when_accounts_are_exhausted(amount: int, own: int | None, mulaid: int | None) -> None:
+    s = split(amount, own, mulaid)
+    if s.psn_cash_pay_fen > 0:
+        assert s.acct_pay_fen == (own or 0)
+        assert s.acct_mulaid_pay_fen == (mulaid or 0)
+
+
+@given(amounts, balances, balances)
+def test_own_account_before_mutual_aid(amount: int, own: int | None, mulaid: int | None) -> None:
+    s = split(amount, own, mulaid)
+    if s.acct_mulaid_pay_fen > 0:
+        assert s.acct_pay_fen == (own or 0)
+
+
+@given(amounts, balances, balances)
+def test_opting_out_pays_everything_in_cash(amount: int, own: int | None, mulaid: int | None) -> None:
+    assert split(amount, own, mulaid, use_personal_account=False) == Split(0, 0, amount)
+
+
+def test_worked_examples_of_domain_md() -> None:
+    # 小丽 (employee) buys medicine: her own balance first, then 小明's, then cash.
+    assert split(3_500, 2_000, 80_000) == Split(2_000, 1_500, 0)
+    assert split(3_500, 2_000, 1_000) == Split(2_000, 1_000, 500)
+    assert split(3_500, 0, 0) == Split(0, 0, 3_500)
+    # 小丽 is resident-insured: 小明's account directly, then cash.
+    assert split(3_500, None, 80_000) == Split(0, 3_500, 0)
+    assert split(3_500, None, 1_000) == Split(0, 1_000, 2_500)
+
+
+def test_refuses_what_cannot_be_split() -> None:
+    with pytest.raises(AssertionError):
+        split(0, 100, 100)
+    with pytest.raises(AssertionError):
+        split(100, -1, 100)
