@@ -29,7 +29,7 @@ test-external: $(STAMP)
 
 ## Settle 35.00 yuan for the demo patient against a running `make run`.
 demo: $(STAMP)
-	$(BIN)/gongji client settle --patient 610102199203154021 --amount-fen 3500
+	$(BIN)/gongji client settle --patient demo:xiaoli --amount-fen 3500
 
 check: lint typecheck proto-check
 

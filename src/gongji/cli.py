@@ -98,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     sub.add_parser("seed", help="load the demo data set").set_defaults(func=_seed)
 
-    c = sub.add_parser("credential", help="create a bearer token (printed once)")
+    cred = sub.add_parser("credential", help="manage bearer-token credentials")
+    cred_sub = cred.add_subparsers(dest="credential_command", required=True)
+    c = cred_sub.add_parser("create", help="create a bearer token (printed once, stored hashed)")
     c.add_argument("--kind", choices=["terminal", "app", "operator"], required=True)
     c.add_argument("--institution", help="institution id (terminals only)")
     c.add_argument("--institution-name", help="institution name, when it is new")

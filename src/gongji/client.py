@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from gongji.demo import ALIASES
 from gongji.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -57,10 +58,16 @@ async def _voucher(channel: grpc.aio.Channel, tokens: dict[str, str], patient: s
     return str(issued.voucher)
 
 
+def person_id(text: str) -> str:
+    """An ID number, or a demo alias such as `demo:xiaoli`."""
+    person = ALIASES.get(text)
+    return person.person_id if person else text
+
+
 def _payment(args: argparse.Namespace) -> dict[str, Any]:
-    fields: dict[str, Any] = {"patient_id": args.patient, "amount_fen": args.amount_fen}
+    fields: dict[str, Any] = {"patient_id": person_id(args.patient), "amount_fen": args.amount_fen}
     if args.authorizer:
-        fields["authorizer_id"] = args.authorizer
+        fields["authorizer_id"] = person_id(args.authorizer)
     if args.no_account:
         fields["use_personal_account"] = False
     return fields
@@ -68,7 +75,7 @@ def _payment(args: argparse.Namespace) -> dict[str, Any]:
 
 async def settle(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(args.target) as channel:
-        voucher = await _voucher(channel, tokens, args.patient)
+        voucher = await _voucher(channel, tokens, person_id(args.patient))
         stub = settlement_pb2_grpc.SettlementServiceStub(channel)
         request = settlement_pb2.SettleRequest(request_id=args.request_id, voucher=voucher, **_payment(args))
         reply = await stub.Settle(request, metadata=_auth(tokens.get("terminal")), timeout=10)
@@ -77,7 +84,7 @@ async def settle(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, 
 
 async def quote(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(args.target) as channel:
-        voucher = await _voucher(channel, tokens, args.patient)
+        voucher = await _voucher(channel, tokens, person_id(args.patient))
         stub = settlement_pb2_grpc.SettlementServiceStub(channel)
         request = settlement_pb2.QuoteRequest(voucher=voucher, **_payment(args))
         reply = await stub.Quote(request, metadata=_auth(tokens.get("terminal")), timeout=10)
@@ -88,7 +95,7 @@ async def account(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str,
     async with grpc.aio.insecure_channel(args.target) as channel:
         stub = account_pb2_grpc.AccountServiceStub(channel)
         reply = await stub.GetAccount(
-            account_pb2.GetAccountRequest(person_id=args.person),
+            account_pb2.GetAccountRequest(person_id=person_id(args.person)),
             metadata=_auth(tokens.get("operator")),
             timeout=10,
         )

@@ -42,6 +42,16 @@ ZHAOQIANG = Person(
 )
 
 PEOPLE = (XIAOMING, XIAOLI, XIAOBAO, ZHANGWEI, LIUFANG, CHENJING, ZHAOQIANG)
+# `gongji client ... --patient demo:xiaoli`: so that banners and the README need no ID number.
+ALIASES = {
+    "demo:xiaoming": XIAOMING,
+    "demo:xiaoli": XIAOLI,
+    "demo:xiaobao": XIAOBAO,
+    "demo:zhangwei": ZHANGWEI,
+    "demo:liufang": LIUFANG,
+    "demo:chenjing": CHENJING,
+    "demo:zhaoqiang": ZHAOQIANG,
+}
 BALANCES_FEN = {XIAOMING: 80_000, XIAOLI: 2_000, ZHANGWEI: 30_000, CHENJING: 12_345, ZHAOQIANG: 50_000}
 GRANTS = (
     (XIAOMING, XIAOLI, Relationship.SPOUSE),  # 小明 grants his wife 小丽 (both employees)

@@ -58,7 +58,7 @@ _FIRST_CALL = """
 gongji is serving gRPC on {grpc} and metrics on http://{metrics}/metrics
 Demo data: the 小明/小丽 family of DOMAIN.md; tokens in {tokens}
 Make a first settlement (李小丽 pays 35.00 yuan: her own 20.00, then 15.00 from 王小明's account):
-    .venv/bin/gongji client settle --patient {patient} --amount-fen 3500
+    .venv/bin/gongji client settle --patient demo:xiaoli --amount-fen 3500
 """
 
 
@@ -77,7 +77,6 @@ async def serve(settings: Settings, *, load_demo: bool) -> None:
                     grpc=settings.grpc_listen,
                     metrics=settings.metrics_listen,
                     tokens=settings.data_dir / "demo-tokens.json",
-                    patient=demo.XIAOLI.person_id,
                 ),
                 file=sys.stderr,
                 flush=True,

@@ -94,9 +94,19 @@ async def test_opposite_lock_orders_never_deadlock(api: Api) -> None:
     assert await api.balance(p) + await api.balance(q) == 800_000 - total
 
 
+async def _settle_calls_in_flight(pool: asyncpg.Pool) -> int:
+    n: int = await pool.fetchval(
+        "select count(*) from pg_stat_activity where state = 'active' and query like '%gongji_settle(%'"
+        " and pid <> pg_backend_pid()"
+    )
+    return n
+
+
 async def test_deadline_while_waiting_for_a_lock_leaves_nothing_half_done(
     api: Api, pool: asyncpg.Pool, server_pool: asyncpg.Pool
 ) -> None:
+    """The call's deadline passes while its settlement waits for a row lock. Whether the statement
+    was cancelled or went on to commit, it is all or nothing, and the POS's retry converges."""
     authorizer = await api.enroll(balance_fen=1_000)
     patient = await api.enroll(balance_fen=100)
     await api.grant(authorizer, patient)
@@ -109,17 +119,26 @@ async def test_deadline_while_waiting_for_a_lock_leaves_nothing_half_done(
             await api.settle(patient, 500, voucher=voucher, request_id="held-up-1", deadline_s=0.5)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await tx.rollback()
+    for _ in range(100):  # bounded: at most 5 s for the server to finish or cancel the statement
+        if await _settle_calls_in_flight(pool) == 0:
+            break
+        await asyncio.sleep(0.05)
 
-    await asyncio.sleep(0.2)  # let the server finish cancelling the statement
-    assert await pool.fetchval("select count(*) from settlement where request_id = 'held-up-1'") == 0
-    assert await pool.fetchval(
-        "select used_at is null from voucher where person_id = $1 and settlement_id is null", patient
-    )
-    assert (await api.balance(authorizer), await api.balance(patient)) == (1_000, 100)
+    committed = await pool.fetchval("select count(*) from settlement where request_id = 'held-up-1'")
+    used = await pool.fetchval("select used_at is not null from voucher where person_id = $1", patient)
+    balances = (await api.balance(authorizer), await api.balance(patient))
+    if committed:
+        assert used
+        assert balances == (600, 0)
+    else:
+        assert not used
+        assert balances == (1_000, 100)
     # The pool still serves, and the POS's retry with the same request id settles exactly once.
     retry = await api.settle(patient, 500, voucher=voucher, request_id="held-up-1")
-    assert not retry.replayed
+    assert retry.replayed == bool(committed)
     assert (retry.settlement.acct_pay_fen, retry.settlement.acct_mulaid_pay_fen) == (100, 400)
+    assert await pool.fetchval("select count(*) from settlement where request_id = 'held-up-1'") == 1
+    assert (await api.balance(authorizer), await api.balance(patient)) == (600, 0)
     assert server_pool.get_size() <= 10
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
 import grpc
 import pytest
+from conftest import VOUCHER_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support import Api, bearer, refused
 
+from gongji.api import server
+from gongji.api.app import App
+from gongji.config import Settings
+from gongji.domain.vouchers import VoucherCodec
 from gongji.v1 import account_pb2, family_pb2, settlement_pb2
 
 S = grpc.StatusCode
@@ -74,3 +82,30 @@ async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
     async for reply in stub.ServerReflectionInfo(one()):
         names |= {s.name for s in reply.list_services_response.service}
     assert {"gongji.v1.SettlementService", "gongji.v1.FamilyService", "gongji.v1.AccountService"} <= names
+
+
+async def test_graceful_stop_finishes_in_flight_settlements(
+    api: Api, pool: asyncpg.Pool, server_pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """Stop accepting, finish what is in flight within the grace period."""
+    second = await server.start(App(settings, server_pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1")), "127.0.0.1:0")
+    patient = await api.enroll(balance_fen=1_000)
+    voucher = await api.voucher(patient)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as ch:
+        other = Api(ch, api.tokens)
+        async with pool.acquire() as blocker:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("select 1 from account where person_id = $1 for update", patient)
+            in_flight = asyncio.ensure_future(other.settle(patient, 300, voucher=voucher))
+            await asyncio.sleep(0.3)
+            stopping = asyncio.ensure_future(second.stop(5.0))
+            await asyncio.sleep(0.3)
+            await tx.rollback()
+        reply = await in_flight
+        await stopping
+        assert reply.settlement.acct_pay_fen == 300
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await other.settle(patient, 1, deadline_s=2)
+        assert caught.value.code() == S.UNAVAILABLE
+    assert await api.balance(patient) == 700
