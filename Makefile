@@ -34,8 +34,8 @@ demo: $(STAMP)
 check: lint typecheck proto-check
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	cd proto && ../$(BIN)/buf lint
 
 typecheck: $(STAMP)
