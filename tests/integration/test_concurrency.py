@@ -11,7 +11,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from support import CHILD, RESIDENT, SPOUSE, Api
+from support import CHILD, RESIDENT, SPOUSE, Api, bearer
 
 from gongji.v1 import settlement_pb2
 
@@ -102,29 +102,44 @@ async def _settle_calls_in_flight(pool: asyncpg.Pool) -> int:
     return n
 
 
-async def test_deadline_while_waiting_for_a_lock_leaves_nothing_half_done(
-    api: Api, pool: asyncpg.Pool, server_pool: asyncpg.Pool
+@pytest.mark.parametrize("cut_off_by", ["deadline", "client_cancel"])
+async def test_cut_off_while_waiting_for_a_lock_is_all_or_nothing(
+    api: Api, pool: asyncpg.Pool, server_pool: asyncpg.Pool, cut_off_by: str
 ) -> None:
-    """The call's deadline passes while its settlement waits for a row lock. Whether the statement
-    was cancelled or went on to commit, it is all or nothing, and the POS's retry converges."""
+    """The call is cut off (its deadline passes, or the client cancels) while its settlement waits
+    for a row lock. Whether the statement was cancelled or went on to commit, it is all or nothing,
+    and the POS's retry with the same request id converges."""
     authorizer = await api.enroll(balance_fen=1_000)
     patient = await api.enroll(balance_fen=100)
     await api.grant(authorizer, patient)
     voucher = await api.voucher(patient)
+    request_id = f"held-up-{uuid.uuid4()}"
     async with pool.acquire() as blocker:
         tx = blocker.transaction()
         await tx.start()
         await blocker.execute("select 1 from account where person_id = $1 for update", authorizer)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await api.settle(patient, 500, voucher=voucher, request_id="held-up-1", deadline_s=0.5)
-        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        if cut_off_by == "deadline":
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await api.settle(patient, 500, voucher=voucher, request_id=request_id, deadline_s=0.5)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            call = api.settlement.Settle(
+                settlement_pb2.SettleRequest(
+                    request_id=request_id, voucher=voucher, patient_id=patient, amount_fen=500
+                ),
+                metadata=bearer(api.tokens.terminal_a),
+            )
+            await asyncio.sleep(0.5)
+            assert call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
         await tx.rollback()
     for _ in range(100):  # bounded: at most 5 s for the server to finish or cancel the statement
         if await _settle_calls_in_flight(pool) == 0:
             break
         await asyncio.sleep(0.05)
 
-    committed = await pool.fetchval("select count(*) from settlement where request_id = 'held-up-1'")
+    committed = await pool.fetchval("select count(*) from settlement where request_id = $1", request_id)
     used = await pool.fetchval("select used_at is not null from voucher where person_id = $1", patient)
     balances = (await api.balance(authorizer), await api.balance(patient))
     if committed:
@@ -134,10 +149,10 @@ async def test_deadline_while_waiting_for_a_lock_leaves_nothing_half_done(
         assert not used
         assert balances == (1_000, 100)
     # The pool still serves, and the POS's retry with the same request id settles exactly once.
-    retry = await api.settle(patient, 500, voucher=voucher, request_id="held-up-1")
+    retry = await api.settle(patient, 500, voucher=voucher, request_id=request_id)
     assert retry.replayed == bool(committed)
     assert (retry.settlement.acct_pay_fen, retry.settlement.acct_mulaid_pay_fen) == (100, 400)
-    assert await pool.fetchval("select count(*) from settlement where request_id = 'held-up-1'") == 1
+    assert await pool.fetchval("select count(*) from settlement where request_id = $1", request_id) == 1
     assert (await api.balance(authorizer), await api.balance(patient)) == (600, 0)
     assert server_pool.get_size() <= 10
 
