@@ -17,7 +17,9 @@ into statuses in one place. Nothing here imports grpc, so the domain can raise t
     │   └── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
     ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED
     ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED
+    ├── TransactionAborted              ABORTED            TRANSACTION_ABORTED (deadlock, serialization)
     ├── Unavailable                     UNAVAILABLE        DATABASE_UNAVAILABLE
+    ├── Internal                        INTERNAL           INTERNAL (a defect of ours, never the client's)
     └── Unimplemented                   UNIMPLEMENTED      NOT_IMPLEMENTED
 
 Voucher refusals answer FAILED_PRECONDITION, not UNAUTHENTICATED: UNAUTHENTICATED is kept for the
@@ -182,6 +184,18 @@ class IdempotencyKeyReused(GongjiError):
 
     code = "ALREADY_EXISTS"
     reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class TransactionAborted(GongjiError):
+    code = "ABORTED"
+    reason = "TRANSACTION_ABORTED"
+
+
+class Internal(GongjiError):
+    """A defect of ours. The message the client sees is generic; the log has the class and frames."""
+
+    code = "INTERNAL"
+    reason = "INTERNAL"
 
 
 class DatabaseUnavailable(GongjiError):

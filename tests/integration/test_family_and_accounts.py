@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import asyncpg
@@ -65,6 +66,10 @@ async def test_credit_is_idempotent(api: Api) -> None:
     assert again.replayed
     assert again.credit_id == first.credit_id
     assert await api.balance(person) == 12_345
+    await api.credit(person, 55)
+    late = await api.credit(person, 12_345, request_id="credit-once-1")
+    assert (late.replayed, late.balance_fen) == (True, 12_345), "a replay answers as the original did"
+    assert await api.balance(person) == 12_400
     await refused(api.credit(person, 1, request_id="credit-once-1"), S.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
 
 
@@ -165,3 +170,22 @@ async def test_voucher_token_carries_no_personal_data(api: Api, pool: asyncpg.Po
     assert person[-6:] not in token
     row = await pool.fetchrow("select person_id, requester_id from voucher where person_id = $1", person)
     assert (row["person_id"], row["requester_id"]) == (person, person)
+
+
+async def test_grant_racing_revoke_always_answers_cleanly(api: Api) -> None:
+    """Grant and Revoke on one pair, interleaved: every answer is a grant or GRANT_NOT_FOUND."""
+    a = await api.enroll()
+    b = await api.enroll()
+
+    async def revoke() -> str:
+        try:
+            await api.revoke(a, b)
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}:{exc.details()}"
+        return "OK"
+
+    for _ in range(40):  # bounded: 40 rounds of 3 grants racing 3 revokes
+        results = await asyncio.gather(*(api.grant(a, b) for _ in range(3)), *(revoke() for _ in range(3)))
+        grants, revokes = results[:3], results[3:]
+        assert all(g.grant.authorizer_id == a for g in grants)
+        assert set(revokes) <= {"OK", "FAILED_PRECONDITION:there is no live grant between these two people"}

@@ -109,3 +109,18 @@ async def test_graceful_stop_finishes_in_flight_settlements(
             await other.settle(patient, 1, deadline_s=2)
         assert caught.value.code() == S.UNAVAILABLE
     assert await api.balance(patient) == 700
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x12\x02\xff\xfe",  # field 2 (name): a string that is not UTF-8
+        b"\xff\xff\xff\xff",  # not a message at all
+    ],
+)
+async def test_undecodable_requests_are_invalid_argument(channel: grpc.aio.Channel, api: Api, payload: bytes) -> None:
+    enroll = channel.unary_unary("/gongji.v1.AccountService/Enroll")
+    await refused(enroll(payload, metadata=bearer(api.tokens.operator)), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    # Still authenticated first, and the server keeps serving.
+    await refused(enroll(payload), S.UNAUTHENTICATED, "CREDENTIALS_MISSING")
+    assert (await api.enroll()) != ""

@@ -123,6 +123,19 @@ async def test_idempotent_replay_moves_nothing(api: Api) -> None:
     assert await api.balance(patient) == 600
 
 
+async def test_retry_after_the_voucher_expired_still_replays(api: Api) -> None:
+    """A POS that retries after the e-voucher's lifetime gets its original answer, not a refusal."""
+    patient = await api.enroll(balance_fen=1_000)
+    voucher = await api.voucher(patient, ttl_seconds=1)
+    first = await api.settle(patient, 400, voucher=voucher, request_id="pos-late-retry-1")
+    await asyncio.sleep(2.1)
+    again = await api.settle(patient, 400, voucher=voucher, request_id="pos-late-retry-1")
+    assert again.replayed
+    assert again.settlement == first.settlement
+    await refused(api.settle(patient, 400, voucher=voucher), OK.FAILED_PRECONDITION, "VOUCHER_ALREADY_USED")
+    assert await api.balance(patient) == 600
+
+
 async def test_same_key_with_different_content_is_refused(api: Api) -> None:
     patient = await api.enroll(balance_fen=1_000)
     await api.settle(patient, 400, request_id="pos-reuse-1")

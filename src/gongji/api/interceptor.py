@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import asyncpg
 import grpc
+from google.protobuf.message import DecodeError
 
 from gongji import errors, metrics
 from gongji.api.app import Context
@@ -26,16 +27,22 @@ log = logging.getLogger(__name__)
 
 _PREFIX = "/gongji.v1."
 
-# Failures of the database connection itself: the client may retry, so UNAVAILABLE, never INTERNAL.
+# The database is unreachable, restarting, full or read-only (a failover): the client may retry.
 _DB_UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, query cancelled
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
     ConnectionError,
     TimeoutError,
 )
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message (say, a string that is not UTF-8)."""
+
 
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 
@@ -51,12 +58,27 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         method: str = details.method
-        if handler is None or not method.startswith(_PREFIX) or handler.unary_unary is None:
+        if (
+            handler is None
+            or not method.startswith(_PREFIX)
+            or handler.unary_unary is None
+            or handler.request_deserializer is None
+        ):
             return handler
         wrapped = self._wrap(cast(Behavior, handler.unary_unary), method, details.invocation_metadata)
+        deserialize = handler.request_deserializer
+
+        # grpc answers UNKNOWN for a request it cannot parse; it is the client's fault, so let the
+        # wrapped behavior refuse it with INVALID_ARGUMENT (and count it) instead.
+        def tolerant_deserializer(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except DecodeError:
+                return _Undecodable()
+
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -70,6 +92,8 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code = "OK"
             try:
                 principal = await self._auth.authenticate(metadata, method)
+                if isinstance(request, _Undecodable):
+                    raise errors.InvalidArgument.one("request", f"not a valid {name} request message")
                 token = current_principal.set(principal)
                 try:
                     return await inner(request, context)
@@ -82,6 +106,11 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = "UNAVAILABLE"
                 log.warning("database unavailable during %s: %s", method, type(exc).__name__)
                 await _abort(context, errors.DatabaseUnavailable("the database is unavailable; retry"))
+            except asyncpg.exceptions.TransactionRollbackError as exc:
+                # Deadlock or serialization failure: nothing was written; the same request may be retried.
+                code = "ABORTED"
+                log.warning("transaction rolled back during %s: %s", method, type(exc).__name__)
+                await _abort(context, errors.TransactionAborted("the transaction was rolled back; retry"))
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
@@ -89,14 +118,11 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 code = "INTERNAL"
-                # The class and frames only: messages of database errors can quote row values (PII).
-                log.error(
-                    "unhandled %s in %s\n%s",
-                    type(exc).__name__,
-                    method,
-                    "".join(traceback.format_tb(exc.__traceback__)),
-                )
-                raise
+                # The class and frames only, to the log and never to the client: messages of database
+                # errors and failed assertions can quote row values (PII, balances).
+                frames = "".join(traceback.format_tb(exc.__traceback__))
+                log.error("unhandled %s in %s\n%s", type(exc).__name__, method, frames)
+                await _abort(context, errors.Internal("internal error"))
             finally:
                 if code == "OK" and context.cancelled():
                     code = "CANCELLED"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any
 
 from gongji import errors, limits, metrics
@@ -45,7 +44,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
 
-    def _payment(self, request: Any) -> tuple[str, int, str | None, bool]:
+    def _payment(self, request: Any, *, idempotent: bool) -> tuple[str, int, str | None, bool]:
         fields = Fields()
         patient_id = fields.person_id("patient_id", request.patient_id)
         amount_fen = fields.amount("amount_fen", request.amount_fen, limits.AMOUNT_FEN_MAX)
@@ -56,15 +55,15 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             fields.bad("authorizer_id", "must be another person than the patient")
         if not request.voucher:
             fields.bad("voucher", "is required: scan the patient's own e-voucher")
-        if hasattr(request, "request_id"):
+        if idempotent:
             fields.request_id("request_id", request.request_id)
         fields.done()
         use_account = request.use_personal_account if request.HasField("use_personal_account") else True
         return patient_id, amount_fen, authorizer_id, use_account
 
     async def Quote(self, request: settlement_pb2.QuoteRequest, context: Context) -> settlement_pb2.QuoteResponse:
-        patient_id, amount_fen, authorizer_id, use_account = self._payment(request)
-        claims = self._app.vouchers.verify(request.voucher, int(time.time()))
+        patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=False)
+        claims = self._app.vouchers.authentic(request.voucher)
         q = await settlements.quote(
             self._app.pool,
             voucher_id=claims.voucher_id,
@@ -85,9 +84,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
         principal = current_principal.get()
         assert principal.institution_id is not None and principal.terminal_id is not None
-        patient_id, amount_fen, authorizer_id, use_account = self._payment(request)
+        patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=True)
         try:
-            claims = self._app.vouchers.verify(request.voucher, int(time.time()))
+            claims = self._app.vouchers.authentic(request.voucher)
             s = await settlements.settle(
                 self._app.pool,
                 institution_id=principal.institution_id,

@@ -58,6 +58,16 @@ class VoucherCodec:
 
     def verify(self, token: str, now_s: int) -> VoucherClaims:
         """The claims of a genuine, unexpired token; VoucherInvalid or VoucherExpired otherwise."""
+        claims = self.authentic(token)
+        if claims.expires_at_s <= now_s:
+            raise errors.VoucherExpired("the e-voucher has expired; refresh it in the app")
+        return claims
+
+    def authentic(self, token: str) -> VoucherClaims:
+        """The claims of a genuine token, expired or not; VoucherInvalid otherwise.
+
+        Settlement checks only this before the database: a POS retrying after the voucher's lifetime
+        must still get its original answer, so expiry is judged after the idempotency check."""
         if len(token) > limits.VOUCHER_LEN_MAX or not token.isascii():
             raise errors.VoucherInvalid("not an e-voucher")
         parts = token.split(".")
@@ -74,6 +84,4 @@ class VoucherCodec:
         if len(payload) != _PAYLOAD.size:
             raise errors.VoucherInvalid("not an e-voucher")
         raw_id, expires_at_s = _PAYLOAD.unpack(payload)
-        if expires_at_s <= now_s:
-            raise errors.VoucherExpired("the e-voucher has expired; refresh it in the app")
         return VoucherClaims(uuid.UUID(bytes=raw_id), expires_at_s)

@@ -13,8 +13,10 @@ _SCOPE = "credit"
 
 _LOCK_KEY = "select pg_advisory_xact_lock(hashtextextended($1, 0))"
 _FIND_KEY = "select request_digest, resource_id from idempotency_key where scope = $1 and request_id = $2"
+# A replay answers with the balance right after the original credit, as the original answer did.
 _FIND_CREDIT = """
-select c.credit_id, a.balance_fen from credit c join account a on a.person_id = c.person_id where c.credit_id = $1"""
+select c.credit_id, l.balance_after_fen as balance_fen
+  from credit c join ledger_entry l on l.credit_id = c.credit_id where c.credit_id = $1"""
 _LOCK_ACCOUNT = "select balance_fen from account where person_id = $1 for update"
 _APPLY = """
 with c as (

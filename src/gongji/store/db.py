@@ -41,7 +41,13 @@ async def create_pool(url: str, *, min_size: int, max_size: int, command_timeout
         command_timeout=command_timeout_s,
         # Statements are prepared per connection and cached; settlement is one prepared call.
         statement_cache_size=256,
-        server_settings={"application_name": "gongji", "timezone": "UTC"},
+        # gongji_settle relies on READ COMMITTED (each statement sees what committed before it, e.g. the
+        # original of a retried request); pin it against a server default of REPEATABLE READ.
+        server_settings={
+            "application_name": "gongji",
+            "timezone": "UTC",
+            "default_transaction_isolation": "read committed",
+        },
     )
     assert pool is not None
     return pool

@@ -11,19 +11,19 @@ import asyncpg
 from gongji.domain.people import Person, Relationship
 from gongji.store.people import person_from_row
 
-# The partial unique index on live (authorizer, beneficiary) pairs makes a second Grant a no-op.
+# The partial unique index on live (authorizer, beneficiary) pairs makes a second Grant return the
+# live one. DO UPDATE (a no-op update) rather than DO NOTHING: it returns and locks the existing row in
+# the same statement, so a Revoke committing in between cannot leave us with nothing to return.
 _INSERT = """
-insert into mutual_aid_grant (authorizer_id, beneficiary_id, relationship) values ($1, $2, $3)
-on conflict (authorizer_id, beneficiary_id) where status = 'LIVE' do nothing
-returning grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason"""
+insert into mutual_aid_grant as g (authorizer_id, beneficiary_id, relationship) values ($1, $2, $3)
+on conflict (authorizer_id, beneficiary_id) where status = 'LIVE' do update set relationship = g.relationship
+returning grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason,
+          (xmax = 0) as inserted"""
 # Both people are held FOR SHARE while the grant is checked and written, so an Enroll changing either
 # of them waits, and then sees (and ends) the new grant; never a live grant for an ineligible pair.
 _LOCK_PEOPLE = """
 select person_id, name, birth_date, region_code, scheme, status
   from person where person_id = any($1::text[]) order by person_id collate "C" for share"""
-_FIND_LIVE = """
-select grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason
-  from mutual_aid_grant where authorizer_id = $1 and beneficiary_id = $2 and status = 'LIVE'"""
 _REVOKE = """
 update mutual_aid_grant set status = 'REVOKED', ended_at = now(), end_reason = $3
  where authorizer_id = $1 and beneficiary_id = $2 and status = 'LIVE'
@@ -43,7 +43,8 @@ class GrantRow:
 
 
 def _grant(row: asyncpg.Record) -> GrantRow:
-    return GrantRow(**{**dict(row), "relationship": Relationship(row["relationship"])})
+    fields = {k: v for k, v in dict(row).items() if k != "inserted"}
+    return GrantRow(**{**fields, "relationship": Relationship(row["relationship"])})
 
 
 async def create(
@@ -64,11 +65,8 @@ async def create(
         }
         check(people.get(authorizer_id), people.get(beneficiary_id))
         row = await conn.fetchrow(_INSERT, authorizer_id, beneficiary_id, relationship.value)
-        if row is not None:
-            return _grant(row), False
-        existing = await conn.fetchrow(_FIND_LIVE, authorizer_id, beneficiary_id)
-        assert existing is not None, "a conflicting live grant exists"
-        return _grant(existing), True
+        assert row is not None
+        return _grant(row), not row["inserted"]
 
 
 async def revoke(pool: asyncpg.Pool, authorizer_id: str, beneficiary_id: str, reason: str) -> GrantRow | None:

@@ -144,10 +144,13 @@ begin
     if p_use_account then
         v_grant := gongji_live_grant(p_patient_id, p_authorizer_id);
         if v_grant is not null then
-            -- FOR SHARE holds off a concurrent Revoke or status change until this settlement commits;
+            -- The row lock holds off a concurrent Revoke or status change until this settlement commits;
             -- if one committed first, the re-checked status excludes the row and no grant is used.
+            -- FOR NO KEY UPDATE, not FOR SHARE: share lockers would keep jumping ahead of a waiting
+            -- Revoke on a busy grant and starve it; exclusive lockers queue in order. It costs no
+            -- concurrency, as settlements on one grant serialize on the authorizer's account anyway.
             select g.authorizer_id into v_authorizer
-              from mutual_aid_grant g where g.grant_id = v_grant and g.status = 'LIVE' for share;
+              from mutual_aid_grant g where g.grant_id = v_grant and g.status = 'LIVE' for no key update;
             if not found then v_grant := null; end if;
         end if;
         if p_authorizer_id is not null and v_grant is null then
