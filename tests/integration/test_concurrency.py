@@ -285,3 +285,32 @@ async def test_revoke_takes_its_turn_at_the_store(api: Api, db_url: str) -> None
     # are done (about 860 sent after it here); a starved one returned only as the load ended (6).
     assert len(after_revoke) > (workers * per_worker - 100) // 2, len(after_revoke)
     assert all(r.acct_mulaid_pay_fen == 0 for r in after_revoke)
+
+
+async def test_settlement_racing_a_revoke_moves_on_to_the_next_grant(api: Api, pool: asyncpg.Pool) -> None:
+    """The oldest grant is revoked while a settlement waits for its row: the settlement does not use
+    it (not even in part) and draws on the next live grant instead."""
+    mother = await api.enroll(balance_fen=1_000, birth=PARENT_BORN)
+    father = await api.enroll(balance_fen=1_000, birth=PARENT_BORN)
+    child = await api.enroll(scheme=RESIDENT, birth=CHILD_BORN)
+    oldest = int((await api.grant(mother, child, CHILD)).grant.grant_id)
+    await api.grant(father, child, CHILD)
+    voucher = await api.voucher(child)
+    async with pool.acquire() as revoker:
+        tx = revoker.transaction()
+        await tx.start()
+        await revoker.execute("select 1 from mutual_aid_grant where grant_id = $1 for update", oldest)
+        settling = asyncio.ensure_future(api.settle(child, 600, voucher=voucher))
+        for _ in range(100):  # bounded: until the settlement waits for the grant's row
+            if await _settle_calls_in_flight(pool):
+                break
+            await asyncio.sleep(0.02)
+        await revoker.execute(
+            "update mutual_aid_grant set status = 'REVOKED', ended_at = now(), end_reason = 'REVOKED_BY_AUTHORIZER'"
+            " where grant_id = $1",
+            oldest,
+        )
+        await tx.commit()
+    s = (await settling).settlement
+    assert (s.authorizer_id, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen) == (father, 600, 0)
+    assert (await api.balance(mother), await api.balance(father)) == (1_000, 400)

@@ -111,6 +111,7 @@ declare
     v_grant      bigint;
     v_authorizer text;
     v_pid        text;
+    v_attempt    integer;
     v_balance    bigint;
     v_own        bigint;   -- null: the patient's own account is not used
     v_mulaid     bigint;   -- null: no grant is used
@@ -142,17 +143,19 @@ begin
     if v_patient.status <> 'ACTIVE' then outcome := 'PERSON_NOT_ACTIVE'; return next; return; end if;
 
     if p_use_account then
-        v_grant := gongji_live_grant(p_patient_id, p_authorizer_id);
-        if v_grant is not null then
-            -- The row lock holds off a concurrent Revoke or status change until this settlement commits;
-            -- if one committed first, the re-checked status excludes the row and no grant is used.
-            -- FOR NO KEY UPDATE, not FOR SHARE: share lockers would keep jumping ahead of a waiting
-            -- Revoke on a busy grant and starve it; exclusive lockers queue in order. It costs no
-            -- concurrency, as settlements on one grant serialize on the authorizer's account anyway.
+        -- The row lock holds off a concurrent Revoke or status change until this settlement commits;
+        -- if one committed first, the re-checked status excludes the row and the next live grant (if
+        -- any) is tried. FOR NO KEY UPDATE, not FOR SHARE: share lockers would keep jumping ahead of
+        -- a waiting Revoke on a busy grant and starve it; exclusive lockers queue in order. It costs
+        -- no concurrency, as settlements on one grant serialize on the authorizer's account anyway.
+        for v_attempt in 1..3 loop
+            v_grant := gongji_live_grant(p_patient_id, p_authorizer_id);
+            exit when v_grant is null;
             select g.authorizer_id into v_authorizer
               from mutual_aid_grant g where g.grant_id = v_grant and g.status = 'LIVE' for no key update;
-            if not found then v_grant := null; end if;
-        end if;
+            exit when found;
+            v_grant := null;
+        end loop;
         if p_authorizer_id is not null and v_grant is null then
             outcome := 'GRANT_NOT_FOUND'; return next; return;
         end if;
