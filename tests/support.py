@@ -74,6 +74,8 @@ class Api:
 
     def __init__(self, channel: grpc.aio.Channel, tokens: Tokens) -> None:
         self.tokens = tokens
+        # What enroll() recorded of each person, so bind() can present matching identity data.
+        self.people: dict[str, tuple[str, dt.date]] = {}
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
         self.family = family_pb2_grpc.FamilyServiceStub(channel)
         self.account = account_pb2_grpc.AccountServiceStub(channel)
@@ -87,29 +89,36 @@ class Api:
         birth: dt.date = dt.date(1985, 6, 1),
         balance_fen: int = 0,
         person_id: str | None = None,
+        name: str = "测试人",
+        document_type: int = 0,
+        document_number: str = "",
     ) -> str:
         person_id = person_id or new_person_id(birth)
         await self.account.Enroll(
             account_pb2.EnrollRequest(
                 person_id=person_id,
-                name="测试人",
+                name=name,
                 birth_date=birth.isoformat(),
                 region_code=region,
                 scheme=scheme,
                 status=status,
+                document_type=document_type,
+                document_number=document_number,
             ),
             metadata=bearer(self.tokens.operator),
         )
+        self.people[person_id] = (name, birth)
         if balance_fen:
             await self.credit(person_id, balance_fen)
         return person_id
 
     async def set_status(self, person_id: str, status: int, *, scheme: int = EMPLOYEE, region: str = "610100") -> Any:
+        name, birth = self.people[person_id]
         return await self.account.Enroll(
             account_pb2.EnrollRequest(
                 person_id=person_id,
-                name="测试人",
-                birth_date="1985-06-01",
+                name=name,
+                birth_date=birth.isoformat(),
                 region_code=region,
                 scheme=scheme,
                 status=status,
@@ -147,12 +156,55 @@ class Api:
             metadata=bearer(self.tokens.app),
         )
 
-    async def voucher(self, person_id: str, ttl_seconds: int = 0) -> str:
+    async def voucher(self, person_id: str, ttl_seconds: int = 0, *, requester_id: str | None = None) -> str:
         reply = await self.family.IssueVoucher(
-            family_pb2.IssueVoucherRequest(person_id=person_id, requester_id=person_id, ttl_seconds=ttl_seconds),
+            family_pb2.IssueVoucherRequest(
+                person_id=person_id, requester_id=requester_id or person_id, ttl_seconds=ttl_seconds
+            ),
             metadata=bearer(self.tokens.app),
         )
         return str(reply.voucher)
+
+    async def bind(self, holder_id: str, member_id: str, **overrides: Any) -> family_pb2.BindResponse:
+        """Bind with the member's enrolment data; `overrides` replace BindRequest fields."""
+        name, birth = self.people[member_id]
+        fields: dict[str, Any] = {
+            "holder_id": holder_id,
+            "member_id": member_id,
+            "relationship": CHILD,
+            "member_name": name,
+            "document_type": types_pb2.DOCUMENT_TYPE_RESIDENT_ID_CARD,
+            "document_number": member_id,
+            "birth_date": birth.isoformat(),
+            "phone": "13800138000",
+            "reason": "代孩子出示医保码",
+            "face_verification_ref": "face-ok-1",
+        } | overrides
+        reply: family_pb2.BindResponse = await self.family.Bind(
+            family_pb2.BindRequest(**fields), metadata=bearer(self.tokens.app)
+        )
+        return reply
+
+    async def unbind(self, holder_id: str, member_id: str) -> family_pb2.UnbindResponse:
+        reply: family_pb2.UnbindResponse = await self.family.Unbind(
+            family_pb2.UnbindRequest(holder_id=holder_id, member_id=member_id), metadata=bearer(self.tokens.app)
+        )
+        return reply
+
+    async def list_family(self, person_id: str) -> family_pb2.ListFamilyResponse:
+        reply: family_pb2.ListFamilyResponse = await self.family.ListFamily(
+            family_pb2.ListFamilyRequest(person_id=person_id), metadata=bearer(self.tokens.app)
+        )
+        return reply
+
+    async def set_policy(self, region_key: str, scope: int, allowed: list[int]) -> account_pb2.SetRegionPolicyResponse:
+        reply: account_pb2.SetRegionPolicyResponse = await self.account.SetRegionPolicy(
+            account_pb2.SetRegionPolicyRequest(
+                policy=account_pb2.RegionPolicy(region_key=region_key, scope=scope, allowed_relationships=allowed)
+            ),
+            metadata=bearer(self.tokens.operator),
+        )
+        return reply
 
     async def settle(
         self,

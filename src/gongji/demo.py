@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
+from gongji.domain.eligibility import RegionPolicy
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, resident_id_check_char
 from gongji.store import credentials, credits, grants, people
 from gongji.store.credentials import Kind
@@ -60,7 +61,7 @@ GRANTS = (
 )
 
 
-def _no_check(_a: Person | None, _b: Person | None) -> None:
+def _no_check(_a: Person | None, _b: Person | None, _policy: RegionPolicy) -> None:
     """The demo grants are eligible by construction."""
 
 

@@ -8,14 +8,16 @@ into statuses in one place. Nothing here imports grpc, so the domain can raise t
     ├── Unauthenticated                 UNAUTHENTICATED    CREDENTIALS_MISSING, CREDENTIALS_INVALID
     ├── PermissionDenied                PERMISSION_DENIED  NOT_ALLOWED, VOUCHER_PATIENT_MISMATCH,
     │                                                      INSTITUTION_MISMATCH
-    ├── NotFound                        NOT_FOUND          PERSON_NOT_FOUND, SETTLEMENT_NOT_FOUND
+    ├── NotFound                        NOT_FOUND          PERSON_NOT_FOUND, SETTLEMENT_NOT_FOUND,
+    │                                                      BINDING_NOT_FOUND
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── eligibility                 PERSON_NOT_ACTIVE, NOT_EMPLOYEE_INSURED, BENEFICIARY_NOT_INSURED,
     │   │                               RELATIONSHIP_NOT_ALLOWED, RELATIONSHIP_IMPLAUSIBLE,
     │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND
+    │   ├── binding                     IDENTITY_MISMATCH, FACE_VERIFICATION_REQUIRED
     │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
     │   └── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
-    ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED
+    ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED
     ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED
     ├── TransactionAborted              ABORTED            TRANSACTION_ABORTED (deadlock, serialization)
     ├── Unavailable                     UNAVAILABLE        DATABASE_UNAVAILABLE
@@ -112,6 +114,10 @@ class SettlementNotFound(NotFound):
     reason = "SETTLEMENT_NOT_FOUND"
 
 
+class BindingNotFound(NotFound):
+    reason = "BINDING_NOT_FOUND"
+
+
 # ---- FAILED_PRECONDITION ----------------------------------------------------------------------------
 class FailedPrecondition(GongjiError):
     code = "FAILED_PRECONDITION"
@@ -143,6 +149,12 @@ class RegionOutOfScope(FailedPrecondition):
 
 class GrantNotFound(FailedPrecondition):
     reason = "GRANT_NOT_FOUND"
+
+
+class IdentityMismatch(FailedPrecondition):
+    """Binding: the name, document or birth date given do not match the member's enrolment record."""
+
+    reason = "IDENTITY_MISMATCH"
 
 
 class FaceVerificationRequired(FailedPrecondition):
@@ -177,6 +189,11 @@ class VoucherAlreadyUsed(VoucherRefused):
 class FamilyLimitReached(GongjiError):
     code = "RESOURCE_EXHAUSTED"
     reason = "FAMILY_LIMIT_REACHED"
+
+
+class RegionPolicyLimitReached(GongjiError):
+    code = "RESOURCE_EXHAUSTED"
+    reason = "REGION_POLICY_LIMIT_REACHED"
 
 
 class IdempotencyKeyReused(GongjiError):

@@ -23,6 +23,14 @@ VOUCHER_TTL_S_MAX = 300
 # Kinship binding (亲情账户): "我的家庭成员 (n/5)".
 FAMILY_BOUND_MEMBERS_MAX = 5
 FACE_VERIFICATION_AGE_OVER = 16
+PHONE_LEN_MAX = 20
+REASON_LEN_MAX = 128
+DOCUMENT_NUMBER_LEN_MAX = 32
+FACE_VERIFICATION_REF_LEN_MAX = 64
+# ListFamily answers at most this many bindings, grants given and grants held each.
+FAMILY_LIST_ENTRIES_MAX = 50
+# Region policies an operator may set (31 provinces and their 统筹区 fit well below).
+REGION_POLICIES_MAX = 1_000
 
 # Credential cache: a revoked token stops working within this many seconds.
 CREDENTIAL_CACHE_TTL_S = 30

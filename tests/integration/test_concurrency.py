@@ -11,7 +11,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from support import CHILD, RESIDENT, SPOUSE, Api, bearer
+from support import CHILD, RESIDENT, SPOUSE, SUSPENDED, Api, bearer
 
 from gongji.store import db, grants, settlements, vouchers
 from gongji.v1 import settlement_pb2
@@ -314,3 +314,39 @@ async def test_settlement_racing_a_revoke_moves_on_to_the_next_grant(api: Api, p
     s = (await settling).settlement
     assert (s.authorizer_id, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen) == (father, 600, 0)
     assert (await api.balance(mother), await api.balance(father)) == (1_000, 400)
+
+
+async def test_status_change_racing_settlements_ends_the_grant_cleanly(api: Api) -> None:
+    """The authorizer is suspended (Enroll) while family members settle against the grant: each
+    settlement used the grant whole before it ended or not at all, and none sent after the change
+    returned draws on it."""
+    authorizer = await api.enroll(balance_fen=10_000_000, birth=PARENT_BORN)
+    members = [await api.enroll(scheme=RESIDENT, birth=CHILD_BORN) for _ in range(3)]
+    for m in members:
+        await api.grant(authorizer, m, CHILD)
+    workers, per_worker = 9, 25  # bounded: 225 settlements
+    plan = [[(members[w % 3], await api.voucher(members[w % 3])) for _ in range(per_worker)] for w in range(workers)]
+    changed = asyncio.Event()
+    sent_after: list[settlement_pb2.Settlement] = []
+    drawn_fen = 0
+
+    async def worker(mine: list[tuple[str, str]]) -> None:
+        nonlocal drawn_fen
+        for patient, voucher in mine:
+            after = changed.is_set()
+            s = (await api.settle(patient, 100, voucher=voucher)).settlement
+            assert s.acct_mulaid_pay_fen in (0, 100)  # whole or nothing
+            drawn_fen += s.acct_mulaid_pay_fen
+            if after:
+                sent_after.append(s)
+
+    async def suspend_soon() -> None:
+        await asyncio.sleep(0.05)
+        reply = await api.set_status(authorizer, SUSPENDED)
+        assert reply.grants_ended == 3
+        changed.set()
+
+    await asyncio.gather(*(worker(p) for p in plan), suspend_soon())
+    assert sent_after, "the status change finished while settlements were still streaming"
+    assert all(s.acct_mulaid_pay_fen == 0 for s in sent_after)
+    assert await api.balance(authorizer) == 10_000_000 - drawn_fen

@@ -148,7 +148,7 @@ async def test_moving_out_of_the_province_ends_grants(api: Api) -> None:
     assert reply.grants_ended == 1
 
 
-async def test_voucher_is_for_the_person_themself_until_binding_exists(api: Api) -> None:
+async def test_voucher_for_someone_else_needs_a_binding(api: Api) -> None:
     holder = await api.enroll()
     member = await api.enroll()
     await refused(

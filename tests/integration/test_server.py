@@ -51,9 +51,6 @@ async def test_each_credential_reaches_only_its_service(api: Api) -> None:
         ("settlement", "Reverse", settlement_pb2.ReverseRequest, "terminal_a"),
         ("settlement", "GetSettlement", settlement_pb2.GetSettlementRequest, "terminal_a"),
         ("settlement", "Reconcile", settlement_pb2.ReconcileRequest, "operator"),
-        ("family", "Bind", family_pb2.BindRequest, "app"),
-        ("family", "Unbind", family_pb2.UnbindRequest, "app"),
-        ("family", "ListFamily", family_pb2.ListFamilyRequest, "app"),
         ("account", "ListLedger", account_pb2.ListLedgerRequest, "operator"),
     ],
 )

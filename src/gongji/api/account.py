@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from gongji import errors, limits
+from gongji.api import convert
 from gongji.api.app import App, Context
 from gongji.api.validate import Fields
-from gongji.domain.people import Person, PersonStatus, Scheme
-from gongji.store import credits, people
+from gongji.domain.eligibility import ALWAYS_REFUSED, DEFAULT_POLICY, RegionPolicy, Scope
+from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship, Scheme
+from gongji.store import credits, people, policies
 from gongji.v1 import account_pb2, account_pb2_grpc, types_pb2
 
-_SCHEME_NAMES = {v.number: v.name for v in types_pb2.Scheme.DESCRIPTOR.values}
-_STATUS_NAMES = {v.number: v.name for v in types_pb2.PersonStatus.DESCRIPTOR.values}
+_REGION_KEY = re.compile(r"[1-9][0-9]([0-9]{4})?")
 
 
 def _account(view: people.AccountView) -> account_pb2.Account:
@@ -38,15 +40,73 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         name = fields.text("name", request.name, limits.NAME_LEN_MAX)
         birth_date = fields.date("birth_date", request.birth_date)
         region_code = fields.region_code("region_code", request.region_code)
-        scheme = fields.enum("scheme", request.scheme, _SCHEME_NAMES, Scheme, "SCHEME_")
-        status = fields.enum("status", request.status, _STATUS_NAMES, PersonStatus, "PERSON_STATUS_")
+        scheme = fields.enum("scheme", request.scheme, convert.SCHEME_NAMES, Scheme, convert.SCHEME)
+        status = fields.enum("status", request.status, convert.STATUS_NAMES, PersonStatus, convert.STATUS)
+        document_type, document_number = self._document(fields, request, person_id)
         fields.done()
-        assert scheme is not None and status is not None
-        person = Person(person_id, name, birth_date, region_code, scheme, status)
+        assert scheme is not None
+        assert status is not None
+        person = Person(person_id, name, birth_date, region_code, scheme, status, document_type, document_number)
         created, ended = await people.enroll(self._app.pool, person)
         view = await people.get_account(self._app.pool, person_id)
         assert view is not None
         return account_pb2.EnrollResponse(account=_account(view), created=created, grants_ended=ended)
+
+    @staticmethod
+    def _document(
+        fields: Fields, request: account_pb2.EnrollRequest, person_id: str
+    ) -> tuple[DocumentType, str | None]:
+        """The identity document on record; unset means the resident ID card numbered person_id."""
+        if request.document_type == types_pb2.DOCUMENT_TYPE_UNSPECIFIED:
+            if request.document_number:
+                fields.bad("document_type", "is required with a document_number")
+            return DocumentType.RESIDENT_ID_CARD, None
+        kind = fields.enum(
+            "document_type", request.document_type, convert.DOCUMENT_TYPE_NAMES, DocumentType, convert.DOCUMENT_TYPE
+        )
+        number = fields.document_number("document_number", request.document_number, required=False)
+        if kind is DocumentType.RESIDENT_ID_CARD:
+            if number and number != person_id:
+                fields.bad("document_number", "a resident ID card's number is the person_id")
+            return DocumentType.RESIDENT_ID_CARD, None
+        if not number:
+            fields.bad("document_number", "is required for this document type")
+        return kind or DocumentType.RESIDENT_ID_CARD, number or None
+
+    async def SetRegionPolicy(
+        self, request: account_pb2.SetRegionPolicyRequest, context: Context
+    ) -> account_pb2.SetRegionPolicyResponse:
+        fields = Fields()
+        p = request.policy
+        if not _REGION_KEY.fullmatch(p.region_key):
+            fields.bad("policy.region_key", "must be a province ('61') or a 6-digit 统筹区 code ('610100')")
+        scope = fields.enum("policy.scope", p.scope, convert.SCOPE_NAMES, Scope, convert.SCOPE)
+        allowed = [
+            fields.enum(
+                "policy.allowed_relationships", r, convert.RELATIONSHIP_NAMES, Relationship, convert.RELATIONSHIP
+            )
+            for r in p.allowed_relationships
+        ]
+        if not allowed:
+            fields.bad("policy.allowed_relationships", "must list at least one relationship")
+        if any(r in ALWAYS_REFUSED for r in allowed):
+            fields.bad("policy.allowed_relationships", "PARENT_IN_LAW and OTHER can never receive mutual aid")
+        fields.done()
+        assert scope is not None
+        policy = RegionPolicy(scope, frozenset(r for r in allowed if r is not None))
+        row = await policies.set_policy(self._app.pool, p.region_key, policy, limits.REGION_POLICIES_MAX)
+        if row is None:
+            raise errors.RegionPolicyLimitReached(f"at most {limits.REGION_POLICIES_MAX} region policies")
+        return account_pb2.SetRegionPolicyResponse(policy=convert.region_policy(row.region_key, row.policy, row))
+
+    async def ListRegionPolicies(
+        self, request: account_pb2.ListRegionPoliciesRequest, context: Context
+    ) -> account_pb2.ListRegionPoliciesResponse:
+        rows = await policies.list_all(self._app.pool, limits.REGION_POLICIES_MAX)
+        return account_pb2.ListRegionPoliciesResponse(
+            policies=[convert.region_policy(r.region_key, r.policy, r) for r in rows],
+            default_policy=convert.region_policy("", DEFAULT_POLICY),
+        )
 
     async def Credit(self, request: account_pb2.CreditRequest, context: Context) -> account_pb2.CreditResponse:
         fields = Fields()

@@ -1,63 +1,146 @@
-"""FamilyService: mutual-aid grants and e-vouchers for the insured person's app backend."""
+"""FamilyService: kinship binding, mutual-aid grants and e-vouchers, for the insured person's app backend."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from functools import partial
-from typing import Any
+from zoneinfo import ZoneInfo
 
 from gongji import errors, limits
+from gongji.api import convert
 from gongji.api.app import App, Context, timestamp
 from gongji.api.validate import Fields
-from gongji.domain import eligibility
-from gongji.domain.people import Person, PersonStatus, Relationship
-from gongji.store import grants, people, vouchers
-from gongji.v1 import family_pb2, family_pb2_grpc, types_pb2
+from gongji.domain import eligibility, kinship
+from gongji.domain.eligibility import RegionPolicy
+from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship
+from gongji.store import bindings, grants, people, vouchers
+from gongji.v1 import family_pb2, family_pb2_grpc
 
-_LATER = "arrives with the kinship-binding work"
-
-
-def _grant(g: grants.GrantRow) -> family_pb2.MutualAidGrant:
-    return family_pb2.MutualAidGrant(
-        grant_id=str(g.grant_id),
-        authorizer_id=g.authorizer_id,
-        beneficiary_id=g.beneficiary_id,
-        relationship=types_pb2.Relationship.Value(f"RELATIONSHIP_{g.relationship}"),
-        status=types_pb2.GrantStatus.Value(f"GRANT_STATUS_{g.status}"),
-        created_at=timestamp(g.created_at),
-        ended_at=timestamp(g.ended_at),
-        end_reason=g.end_reason or "",
-    )
+# Ages and "today" are the calendar day in China: every 统筹区 keeps Beijing time.
+_CHINA = ZoneInfo("Asia/Shanghai")
 
 
-def _check_grant(relationship: Relationship, authorizer: Person | None, beneficiary: Person | None) -> None:
+def china_today() -> dt.date:
+    return dt.datetime.now(_CHINA).date()
+
+
+def _check_grant(
+    relationship: Relationship, authorizer: Person | None, beneficiary: Person | None, policy: RegionPolicy
+) -> None:
     if authorizer is None:
         raise errors.PersonNotFound("the authorizer is not enrolled")
     if beneficiary is None:
         raise errors.BeneficiaryNotInsured("the beneficiary is not an insured person")
-    eligibility.check_grant(authorizer, beneficiary, relationship)
+    eligibility.check_grant(authorizer, beneficiary, relationship, policy)
 
 
 class FamilyService(family_pb2_grpc.FamilyServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
 
+    async def Bind(self, request: family_pb2.BindRequest, context: Context) -> family_pb2.BindResponse:
+        fields = Fields()
+        holder_id = fields.person_id("holder_id", request.holder_id)
+        member_id = fields.person_id("member_id", request.member_id)
+        if holder_id and holder_id == member_id:
+            fields.bad("member_id", "a holder cannot bind themself")
+        relationship = fields.enum(
+            "relationship", request.relationship, convert.RELATIONSHIP_NAMES, Relationship, convert.RELATIONSHIP
+        )
+        document_type = fields.enum(
+            "document_type", request.document_type, convert.DOCUMENT_TYPE_NAMES, DocumentType, convert.DOCUMENT_TYPE
+        )
+        claim_name = fields.text("member_name", request.member_name, limits.NAME_LEN_MAX)
+        document_number = fields.document_number("document_number", request.document_number)
+        birth_date = fields.date("birth_date", request.birth_date)
+        phone = fields.phone("phone", request.phone)
+        reason = fields.text("reason", request.reason, limits.REASON_LEN_MAX)
+        face_ref = fields.text(
+            "face_verification_ref", request.face_verification_ref, limits.FACE_VERIFICATION_REF_LEN_MAX, required=False
+        )
+        fields.done()
+        assert relationship is not None
+        assert document_type is not None
+        claim = kinship.MemberClaim(claim_name, document_type, document_number, birth_date)
+        today = china_today()
+
+        def check(holder: Person | None, member: Person | None, live: int, already: bool) -> None:
+            if holder is None:
+                raise errors.PersonNotFound("the holder is not enrolled")
+            if member is None:
+                raise errors.PersonNotFound("the member is not an insured person")
+            kinship.check_bind(
+                holder,
+                member,
+                claim,
+                face_verification_ref=face_ref,
+                live_bindings=live,
+                already_bound=already,
+                today=today,
+            )
+
+        binding, _existed = await bindings.bind(
+            self._app.pool,
+            holder_id=holder_id,
+            member_id=member_id,
+            relationship=relationship,
+            phone=phone,
+            reason=reason,
+            face_verification_ref=face_ref,
+            check=check,
+        )
+        return family_pb2.BindResponse(binding=convert.binding(binding))
+
+    async def Unbind(self, request: family_pb2.UnbindRequest, context: Context) -> family_pb2.UnbindResponse:
+        fields = Fields()
+        holder_id = fields.person_id("holder_id", request.holder_id)
+        member_id = fields.person_id("member_id", request.member_id)
+        fields.done()
+        binding = await bindings.unbind(self._app.pool, holder_id, member_id)
+        if binding is None:
+            raise errors.BindingNotFound("this holder never bound this member")
+        return family_pb2.UnbindResponse(binding=convert.binding(binding))
+
+    async def ListFamily(
+        self, request: family_pb2.ListFamilyRequest, context: Context
+    ) -> family_pb2.ListFamilyResponse:
+        fields = Fields()
+        person_id = fields.person_id("person_id", request.person_id)
+        fields.done()
+        if await people.get_person(self._app.pool, person_id) is None:
+            raise errors.PersonNotFound("no insured person with this id")
+        entries = limits.FAMILY_LIST_ENTRIES_MAX
+        bound, live_count = await bindings.of_holder(self._app.pool, person_id, entries)
+        given = await grants.given_by(self._app.pool, person_id, entries)
+        held = await grants.held_by(self._app.pool, person_id, entries)
+        live_held = [g for g in held if g.status == "LIVE"]
+        return family_pb2.ListFamilyResponse(
+            bound_members=[convert.binding(b) for b in bound],
+            grants_given=[convert.grant(g) for g in given],
+            grants_held=[
+                convert.grant(g, settlement_order=live_held.index(g) + 1 if g in live_held else 0) for g in held
+            ],
+            bound_member_limit=limits.FAMILY_BOUND_MEMBERS_MAX,
+            bound_member_count=live_count,
+        )
+
     async def Grant(self, request: family_pb2.GrantRequest, context: Context) -> family_pb2.GrantResponse:
         fields = Fields()
         authorizer_id = fields.person_id("authorizer_id", request.authorizer_id)
         beneficiary_id = fields.person_id("beneficiary_id", request.beneficiary_id)
         relationship = fields.enum(
-            "relationship", request.relationship, _RELATIONSHIP_NAMES, Relationship, "RELATIONSHIP_"
+            "relationship", request.relationship, convert.RELATIONSHIP_NAMES, Relationship, convert.RELATIONSHIP
         )
         if authorizer_id and authorizer_id == beneficiary_id:
             fields.bad("beneficiary_id", "must be another person than the authorizer")
         fields.done()
         assert relationship is not None
-        grant, existed = await grants.create(
-            self._app.pool, authorizer_id, beneficiary_id, relationship, partial(_check_grant, relationship)
-        )
-        return family_pb2.GrantResponse(grant=_grant(grant), already_granted=existed)
+
+        def check(authorizer: Person | None, beneficiary: Person | None, policy: RegionPolicy) -> None:
+            _check_grant(relationship, authorizer, beneficiary, policy)
+
+        grant, existed = await grants.create(self._app.pool, authorizer_id, beneficiary_id, relationship, check)
+        return family_pb2.GrantResponse(grant=convert.grant(grant), already_granted=existed)
 
     async def Revoke(self, request: family_pb2.RevokeRequest, context: Context) -> family_pb2.RevokeResponse:
         fields = Fields()
@@ -71,7 +154,7 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         grant = await grants.revoke(self._app.pool, authorizer_id, beneficiary_id, f"REVOKED_BY_{side}")
         if grant is None:
             raise errors.GrantNotFound("there is no live grant between these two people")
-        return family_pb2.RevokeResponse(grant=_grant(grant))
+        return family_pb2.RevokeResponse(grant=convert.grant(grant))
 
     async def IssueVoucher(
         self, request: family_pb2.IssueVoucherRequest, context: Context
@@ -82,11 +165,11 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         if not 0 <= request.ttl_seconds <= limits.VOUCHER_TTL_S_MAX:
             fields.bad("ttl_seconds", f"must be 0 (the default) to {limits.VOUCHER_TTL_S_MAX}")
         fields.done()
-        if requester_id != person_id:
-            raise errors.NotAllowed("an e-voucher is issued to the person themself")
         person = await people.get_person(self._app.pool, person_id)
         if person is None:
             raise errors.PersonNotFound("no insured person with this id")
+        if requester_id != person_id and not await bindings.is_live(self._app.pool, requester_id, person_id):
+            raise errors.NotAllowed("only the person, or a holder who has bound them, may show their e-voucher")
         if person.status is not PersonStatus.ACTIVE:
             raise errors.PersonNotActive("the person's insurance is not active")
         ttl_s = request.ttl_seconds or self._app.settings.voucher_ttl_s
@@ -96,16 +179,6 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         voucher_id = uuid.uuid4()
         await vouchers.record(self._app.pool, voucher_id, person_id, requester_id, expires_at)
         token = self._app.vouchers.issue(voucher_id, int(expires_at.timestamp()))
-        return family_pb2.IssueVoucherResponse(voucher=token, expires_at=timestamp(expires_at), person_id=person_id)
-
-    async def Bind(self, request: Any, context: Context) -> Any:
-        raise errors.NotImplementedYet(f"Bind {_LATER}")
-
-    async def Unbind(self, request: Any, context: Context) -> Any:
-        raise errors.NotImplementedYet(f"Unbind {_LATER}")
-
-    async def ListFamily(self, request: Any, context: Context) -> Any:
-        raise errors.NotImplementedYet(f"ListFamily {_LATER}")
-
-
-_RELATIONSHIP_NAMES: dict[int, str] = {v.number: v.name for v in types_pb2.Relationship.DESCRIPTOR.values}
+        return family_pb2.IssueVoucherResponse(
+            voucher=token, expires_at=timestamp(expires_at), person_id=person_id, requester_id=requester_id
+        )

@@ -13,6 +13,8 @@ from gongji.domain.people import person_id_problem, region_code_problem
 E = TypeVar("E", bound=enum.Enum)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
+_PHONE = re.compile(rf"\+?[0-9]{{5,{limits.PHONE_LEN_MAX}}}")
+_DOCUMENT_NUMBER = re.compile(r"[0-9A-Za-z]+")
 
 
 class Fields:
@@ -60,6 +62,18 @@ class Fields:
         elif len(value) > maximum or not value.isprintable():
             self.bad(field, f"must be at most {maximum} printable characters")
         return value
+
+    def phone(self, field: str, value: str) -> str:
+        if not _PHONE.fullmatch(value):
+            self.bad(field, f"must be 5 to {limits.PHONE_LEN_MAX} digits, optionally after a +")
+        return value
+
+    def document_number(self, field: str, value: str, *, required: bool = True) -> str:
+        if not value and not required:
+            return value
+        if not 0 < len(value) <= limits.DOCUMENT_NUMBER_LEN_MAX or not _DOCUMENT_NUMBER.fullmatch(value):
+            self.bad(field, f"must be 1 to {limits.DOCUMENT_NUMBER_LEN_MAX} letters and digits")
+        return value.upper()
 
     def date(self, field: str, value: str) -> dt.date:
         try:

@@ -34,6 +34,14 @@ class Relationship(enum.StrEnum):
     OTHER = "OTHER"
 
 
+class DocumentType(enum.StrEnum):
+    RESIDENT_ID_CARD = "RESIDENT_ID_CARD"  # 居民身份证: its number is the person_id
+    HK_MO_TW_RESIDENCE_PERMIT = "HK_MO_TW_RESIDENCE_PERMIT"
+    FOREIGN_PERMANENT_RESIDENCE_ID = "FOREIGN_PERMANENT_RESIDENCE_ID"
+    PASSPORT = "PASSPORT"
+    BIRTH_CERTIFICATE = "BIRTH_CERTIFICATE"  # 出生医学证明, for babies without an ID card
+
+
 @dataclass(frozen=True, slots=True)
 class Person:
     person_id: str
@@ -42,6 +50,12 @@ class Person:
     region_code: str
     scheme: Scheme
     status: PersonStatus
+    document_type: DocumentType = DocumentType.RESIDENT_ID_CARD
+    document_number: str | None = None  # None: the resident ID card whose number is person_id
+
+    @property
+    def document(self) -> tuple[DocumentType, str]:
+        return self.document_type, self.document_number or self.person_id
 
     @property
     def province(self) -> str:
@@ -91,6 +105,15 @@ def mask_id(person_id: str) -> str:
     if len(person_id) <= 8:
         return "*" * len(person_id)
     return person_id[:4] + "*" * (len(person_id) - 8) + person_id[-4:]
+
+
+def mask_name(name: str) -> str:
+    """`王小明` -> `王*明`, `张伟` -> `张*`: as the app shows family members."""
+    if len(name) <= 1:
+        return "*"
+    if len(name) == 2:
+        return name[0] + "*"
+    return name[0] + "*" * (len(name) - 2) + name[-1]
 
 
 def age_on(birth_date: dt.date, day: dt.date) -> int:

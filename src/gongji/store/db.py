@@ -26,7 +26,7 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[s
         data_dir / "pgdata", cleanup_mode="stop"
     )
     # `database` is a constant of ours, never client input.
-    exists = server.psql(f"select 1 from pg_database where datname = '{database}';")  # noqa: S608
+    exists = server.psql(f"select 1 from pg_database where datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'create database "{database}";')
     url: str = server.get_uri(database)

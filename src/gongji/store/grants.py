@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from gongji.domain.eligibility import DEFAULT_POLICY, RegionPolicy
 from gongji.domain.people import Person, Relationship
-from gongji.store.people import person_from_row
+from gongji.store import policies
+from gongji.store.people import PERSON_COLUMNS, person_from_row
 
 # The partial unique index on live (authorizer, beneficiary) pairs makes a second Grant return the
 # live one. DO UPDATE (a no-op update) rather than DO NOTHING: it returns and locks the existing row in
@@ -21,8 +23,8 @@ returning grant_id, authorizer_id, beneficiary_id, relationship, status, created
           (xmax = 0) as inserted"""
 # Both people are held FOR SHARE while the grant is checked and written, so an Enroll changing either
 # of them waits, and then sees (and ends) the new grant; never a live grant for an ineligible pair.
-_LOCK_PEOPLE = """
-select person_id, name, birth_date, region_code, scheme, status
+_LOCK_PEOPLE = f"""
+select {PERSON_COLUMNS}
   from person where person_id = any($1::text[]) order by person_id collate "C" for share"""
 _REVOKE = """
 update mutual_aid_grant set status = 'REVOKED', ended_at = now(), end_reason = $3
@@ -52,18 +54,20 @@ async def create(
     authorizer_id: str,
     beneficiary_id: str,
     relationship: Relationship,
-    check: Callable[[Person | None, Person | None], None],
+    check: Callable[[Person | None, Person | None, RegionPolicy], None],
 ) -> tuple[GrantRow, bool]:
     """The live grant between the two, and whether it already existed.
 
-    `check(authorizer, beneficiary)` raises the refusal when the grant is not allowed; it sees the
-    people as they are while locked (None for someone not enrolled).
+    `check(authorizer, beneficiary, policy)` raises the refusal when the grant is not allowed; it sees
+    the people as they are while locked (None for someone not enrolled) and the policy of the
+    authorizer's region.
     """
     async with pool.acquire() as conn, conn.transaction():
-        people = {
-            r["person_id"]: person_from_row(r) for r in await conn.fetch(_LOCK_PEOPLE, [authorizer_id, beneficiary_id])
-        }
-        check(people.get(authorizer_id), people.get(beneficiary_id))
+        rows = await conn.fetch(_LOCK_PEOPLE, [authorizer_id, beneficiary_id])
+        people = {r["person_id"]: person_from_row(r) for r in rows}
+        authorizer = people.get(authorizer_id)
+        policy = await policies.for_region(conn, authorizer.region_code) if authorizer else DEFAULT_POLICY
+        check(authorizer, people.get(beneficiary_id), policy)
         row = await conn.fetchrow(_INSERT, authorizer_id, beneficiary_id, relationship.value)
         assert row is not None
         return _grant(row), not row["inserted"]
@@ -77,3 +81,25 @@ async def revoke(pool: asyncpg.Pool, authorizer_id: str, beneficiary_id: str, re
     """
     row = await pool.fetchrow(_REVOKE, authorizer_id, beneficiary_id, reason)
     return None if row is None else _grant(row)
+
+
+# Live grants first, in the order a settlement picks them (gongji_live_grant), then ended ones.
+_OF_PERSON = """
+select grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason
+  from mutual_aid_grant
+ where {side} = $1
+ order by (status = 'LIVE') desc,
+          case when status = 'LIVE' then created_at end asc,
+          case when status = 'LIVE' then grant_id end asc,
+          ended_at desc
+ limit $2"""
+_GIVEN = _OF_PERSON.format(side="authorizer_id")
+_HELD = _OF_PERSON.format(side="beneficiary_id")
+
+
+async def given_by(pool: asyncpg.Pool, person_id: str, limit: int) -> list[GrantRow]:
+    return [_grant(r) for r in await pool.fetch(_GIVEN, person_id, limit)]
+
+
+async def held_by(pool: asyncpg.Pool, person_id: str, limit: int) -> list[GrantRow]:
+    return [_grant(r) for r in await pool.fetch(_HELD, person_id, limit)]

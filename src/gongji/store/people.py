@@ -5,24 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
+import asyncpg.pool
 
-from gongji.domain.eligibility import DEFAULT_POLICY, in_scope
-from gongji.domain.people import Person, PersonStatus, Scheme
+from gongji.domain.eligibility import RegionPolicy, in_scope
+from gongji.domain.people import DocumentType, Person, PersonStatus, Scheme
+from gongji.store import policies
 
-_SELECT_PERSON = """
-select person_id, name, birth_date, region_code, scheme, status from person where person_id = $1"""
+PERSON_COLUMNS = "person_id, name, birth_date, region_code, scheme, status, document_type, document_number"
+
+_SELECT_PERSON = f"select {PERSON_COLUMNS} from person where person_id = $1"
 
 _SELECT_ACCOUNT = """
-select p.person_id, p.name, p.birth_date, p.region_code, p.scheme, p.status, a.balance_fen
+select p.person_id, p.name, p.birth_date, p.region_code, p.scheme, p.status, p.document_type, p.document_number,
+       a.balance_fen
   from person p left join account a on a.person_id = p.person_id
  where p.person_id = $1"""
 
 _UPSERT_PERSON = """
-insert into person as p (person_id, name, birth_date, region_code, scheme, status)
-values ($1, $2, $3, $4, $5, $6)
+insert into person as p (person_id, name, birth_date, region_code, scheme, status, document_type, document_number)
+values ($1, $2, $3, $4, $5, $6, $7, $8)
 on conflict (person_id) do update
    set name = excluded.name, birth_date = excluded.birth_date, region_code = excluded.region_code,
-       scheme = excluded.scheme, status = excluded.status, updated_at = now()
+       scheme = excluded.scheme, status = excluded.status, document_type = excluded.document_type,
+       document_number = excluded.document_number, updated_at = now()
 returning (xmax = 0) as created"""
 
 _ENSURE_ACCOUNT = "insert into account (person_id) values ($1) on conflict do nothing"
@@ -57,6 +62,8 @@ def person_from_row(row: asyncpg.Record) -> Person:
         region_code=row["region_code"],
         scheme=Scheme(row["scheme"]),
         status=PersonStatus(row["status"]),
+        document_type=DocumentType(row["document_type"]),
+        document_number=row["document_number"],
     )
 
 
@@ -78,7 +85,8 @@ async def enroll(pool: asyncpg.Pool, person: Person) -> tuple[bool, int]:
     """Create or update `person`; return (created, grants ended by the change).
 
     A grant ends by itself when either side stops being ACTIVE, the authorizer stops being
-    employee-insured, or the two are no longer in the grant's scope (DOMAIN.md).
+    employee-insured, or the two are no longer in the scope of the authorizer's region policy
+    (DOMAIN.md). The grants are locked, so settlements drawing on them finish first or see them ended.
     """
     async with pool.acquire() as conn, conn.transaction():
         created = await conn.fetchval(
@@ -89,25 +97,32 @@ async def enroll(pool: asyncpg.Pool, person: Person) -> tuple[bool, int]:
             person.region_code,
             person.scheme.value,
             person.status.value,
+            person.document_type.value,
+            person.document_number,
         )
         if person.has_personal_account:
             # An account stays once opened (a scheme change keeps the money); only employees get one.
             await conn.execute(_ENSURE_ACCOUNT, person.person_id)
         if created:
             return True, 0
-        ended: dict[str, list[int]] = {
-            "PERSON_NOT_ACTIVE": [],
-            "NOT_EMPLOYEE_INSURED": [],
-            "REGION_OUT_OF_SCOPE": [],
-        }
-        for g in await conn.fetch(_LIVE_GRANTS_OF, person.person_id):
-            if g["authorizer_status"] != "ACTIVE" or g["beneficiary_status"] != "ACTIVE":
-                ended["PERSON_NOT_ACTIVE"].append(g["grant_id"])
-            elif g["authorizer_scheme"] != Scheme.EMPLOYEE:
-                ended["NOT_EMPLOYEE_INSURED"].append(g["grant_id"])
-            elif not in_scope(g["authorizer_region"], g["beneficiary_region"], DEFAULT_POLICY.scope):
-                ended["REGION_OUT_OF_SCOPE"].append(g["grant_id"])
-        for reason, ids in ended.items():
-            if ids:
-                await conn.execute(_END_GRANTS, ids, reason)
-        return False, sum(len(ids) for ids in ended.values())
+        return False, await _end_ineligible_grants(conn, person.person_id)
+
+
+async def _end_ineligible_grants(conn: asyncpg.pool.PoolConnectionProxy, person_id: str) -> int:
+    """End the live grants of `person_id` that its new state makes ineligible; return how many."""
+    ended: dict[str, list[int]] = {"PERSON_NOT_ACTIVE": [], "NOT_EMPLOYEE_INSURED": [], "REGION_OUT_OF_SCOPE": []}
+    scope_of: dict[str, RegionPolicy] = {}
+    for g in await conn.fetch(_LIVE_GRANTS_OF, person_id):
+        region = g["authorizer_region"]
+        if region not in scope_of:
+            scope_of[region] = await policies.for_region(conn, region)
+        if g["authorizer_status"] != "ACTIVE" or g["beneficiary_status"] != "ACTIVE":
+            ended["PERSON_NOT_ACTIVE"].append(g["grant_id"])
+        elif g["authorizer_scheme"] != Scheme.EMPLOYEE:
+            ended["NOT_EMPLOYEE_INSURED"].append(g["grant_id"])
+        elif not in_scope(region, g["beneficiary_region"], scope_of[region].scope):
+            ended["REGION_OUT_OF_SCOPE"].append(g["grant_id"])
+    for reason, ids in ended.items():
+        if ids:
+            await conn.execute(_END_GRANTS, ids, reason)
+    return sum(len(ids) for ids in ended.values())

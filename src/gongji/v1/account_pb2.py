@@ -26,7 +26,7 @@ from gongji.v1 import types_pb2 as gongji_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gongji/v1/account.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\rEnrollRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x13\n\x0bregion_code\x18\x04 \x01(\t\x12!\n\x06scheme\x18\x05 \x01(\x0e\x32\x11.gongji.v1.Scheme\x12\'\n\x06status\x18\x06 \x01(\x0e\x32\x17.gongji.v1.PersonStatus\"\\\n\x0e\x45nrollResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Account\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x14\n\x0cgrants_ended\x18\x03 \x01(\x05\"X\n\rCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tperson_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x0c\n\x04memo\x18\x04 \x01(\t\"J\n\x0e\x43reditResponse\x12\x11\n\tcredit_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"&\n\x11GetAccountRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"9\n\x12GetAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Account\"\xb0\x01\n\x07\x41\x63\x63ount\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12!\n\x06scheme\x18\x02 \x01(\x0e\x32\x11.gongji.v1.Scheme\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.gongji.v1.PersonStatus\x12\x13\n\x0bregion_code\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x05 \x01(\x03\x12\x1c\n\x14has_personal_account\x18\x06 \x01(\x08\"M\n\x11ListLedgerRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.gongji.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd5\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\namount_fen\x18\x02 \x01(\x03\x12\x19\n\x11\x62\x61lance_after_fen\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\rsettlement_id\x18\x05 \x01(\t\x12\x11\n\tcredit_id\x18\x06 \x01(\t\x12\x1d\n\x15\x63ounterpart_id_masked\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa4\x02\n\x0e\x41\x63\x63ountService\x12=\n\x06\x45nroll\x12\x18.gongji.v1.EnrollRequest\x1a\x19.gongji.v1.EnrollResponse\x12=\n\x06\x43redit\x12\x18.gongji.v1.CreditRequest\x1a\x19.gongji.v1.CreditResponse\x12I\n\nGetAccount\x12\x1c.gongji.v1.GetAccountRequest\x1a\x1d.gongji.v1.GetAccountResponse\x12I\n\nListLedger\x12\x1c.gongji.v1.ListLedgerRequest\x1a\x1d.gongji.v1.ListLedgerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gongji/v1/account.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\rEnrollRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x13\n\x0bregion_code\x18\x04 \x01(\t\x12!\n\x06scheme\x18\x05 \x01(\x0e\x32\x11.gongji.v1.Scheme\x12\'\n\x06status\x18\x06 \x01(\x0e\x32\x17.gongji.v1.PersonStatus\x12.\n\rdocument_type\x18\x07 \x01(\x0e\x32\x17.gongji.v1.DocumentType\x12\x17\n\x0f\x64ocument_number\x18\x08 \x01(\t\"\\\n\x0e\x45nrollResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Account\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x14\n\x0cgrants_ended\x18\x03 \x01(\x05\"X\n\rCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tperson_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x0c\n\x04memo\x18\x04 \x01(\t\"J\n\x0e\x43reditResponse\x12\x11\n\tcredit_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"&\n\x11GetAccountRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"9\n\x12GetAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Account\"\xb0\x01\n\x07\x41\x63\x63ount\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12!\n\x06scheme\x18\x02 \x01(\x0e\x32\x11.gongji.v1.Scheme\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.gongji.v1.PersonStatus\x12\x13\n\x0bregion_code\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x05 \x01(\x03\x12\x1c\n\x14has_personal_account\x18\x06 \x01(\x08\"M\n\x11ListLedgerRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.gongji.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd5\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\namount_fen\x18\x02 \x01(\x03\x12\x19\n\x11\x62\x61lance_after_fen\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\rsettlement_id\x18\x05 \x01(\t\x12\x11\n\tcredit_id\x18\x06 \x01(\t\x12\x1d\n\x15\x63ounterpart_id_masked\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb0\x01\n\x0cRegionPolicy\x12\x12\n\nregion_key\x18\x01 \x01(\t\x12$\n\x05scope\x18\x02 \x01(\x0e\x32\x15.gongji.v1.GrantScope\x12\x36\n\x15\x61llowed_relationships\x18\x03 \x03(\x0e\x32\x17.gongji.v1.Relationship\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x16SetRegionPolicyRequest\x12\'\n\x06policy\x18\x01 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy\"B\n\x17SetRegionPolicyResponse\x12\'\n\x06policy\x18\x01 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy\"\x1b\n\x19ListRegionPoliciesRequest\"x\n\x1aListRegionPoliciesResponse\x12)\n\x08policies\x18\x01 \x03(\x0b\x32\x17.gongji.v1.RegionPolicy\x12/\n\x0e\x64\x65\x66\x61ult_policy\x18\x02 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy2\xe1\x03\n\x0e\x41\x63\x63ountService\x12=\n\x06\x45nroll\x12\x18.gongji.v1.EnrollRequest\x1a\x19.gongji.v1.EnrollResponse\x12X\n\x0fSetRegionPolicy\x12!.gongji.v1.SetRegionPolicyRequest\x1a\".gongji.v1.SetRegionPolicyResponse\x12\x61\n\x12ListRegionPolicies\x12$.gongji.v1.ListRegionPoliciesRequest\x1a%.gongji.v1.ListRegionPoliciesResponse\x12=\n\x06\x43redit\x12\x18.gongji.v1.CreditRequest\x1a\x19.gongji.v1.CreditResponse\x12I\n\nGetAccount\x12\x1c.gongji.v1.GetAccountRequest\x1a\x1d.gongji.v1.GetAccountResponse\x12I\n\nListLedger\x12\x1c.gongji.v1.ListLedgerRequest\x1a\x1d.gongji.v1.ListLedgerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gongji.v1.account_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENROLLREQUEST']._serialized_start=95
-  _globals['_ENROLLREQUEST']._serialized_end=260
-  _globals['_ENROLLRESPONSE']._serialized_start=262
-  _globals['_ENROLLRESPONSE']._serialized_end=354
-  _globals['_CREDITREQUEST']._serialized_start=356
-  _globals['_CREDITREQUEST']._serialized_end=444
-  _globals['_CREDITRESPONSE']._serialized_start=446
-  _globals['_CREDITRESPONSE']._serialized_end=520
-  _globals['_GETACCOUNTREQUEST']._serialized_start=522
-  _globals['_GETACCOUNTREQUEST']._serialized_end=560
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=562
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=619
-  _globals['_ACCOUNT']._serialized_start=622
-  _globals['_ACCOUNT']._serialized_end=798
-  _globals['_LISTLEDGERREQUEST']._serialized_start=800
-  _globals['_LISTLEDGERREQUEST']._serialized_end=877
-  _globals['_LISTLEDGERRESPONSE']._serialized_start=879
-  _globals['_LISTLEDGERRESPONSE']._serialized_end=965
-  _globals['_LEDGERENTRY']._serialized_start=968
-  _globals['_LEDGERENTRY']._serialized_end=1181
-  _globals['_ACCOUNTSERVICE']._serialized_start=1184
-  _globals['_ACCOUNTSERVICE']._serialized_end=1476
+  _globals['_ENROLLREQUEST']._serialized_end=333
+  _globals['_ENROLLRESPONSE']._serialized_start=335
+  _globals['_ENROLLRESPONSE']._serialized_end=427
+  _globals['_CREDITREQUEST']._serialized_start=429
+  _globals['_CREDITREQUEST']._serialized_end=517
+  _globals['_CREDITRESPONSE']._serialized_start=519
+  _globals['_CREDITRESPONSE']._serialized_end=593
+  _globals['_GETACCOUNTREQUEST']._serialized_start=595
+  _globals['_GETACCOUNTREQUEST']._serialized_end=633
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=635
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=692
+  _globals['_ACCOUNT']._serialized_start=695
+  _globals['_ACCOUNT']._serialized_end=871
+  _globals['_LISTLEDGERREQUEST']._serialized_start=873
+  _globals['_LISTLEDGERREQUEST']._serialized_end=950
+  _globals['_LISTLEDGERRESPONSE']._serialized_start=952
+  _globals['_LISTLEDGERRESPONSE']._serialized_end=1038
+  _globals['_LEDGERENTRY']._serialized_start=1041
+  _globals['_LEDGERENTRY']._serialized_end=1254
+  _globals['_REGIONPOLICY']._serialized_start=1257
+  _globals['_REGIONPOLICY']._serialized_end=1433
+  _globals['_SETREGIONPOLICYREQUEST']._serialized_start=1435
+  _globals['_SETREGIONPOLICYREQUEST']._serialized_end=1500
+  _globals['_SETREGIONPOLICYRESPONSE']._serialized_start=1502
+  _globals['_SETREGIONPOLICYRESPONSE']._serialized_end=1568
+  _globals['_LISTREGIONPOLICIESREQUEST']._serialized_start=1570
+  _globals['_LISTREGIONPOLICIESREQUEST']._serialized_end=1597
+  _globals['_LISTREGIONPOLICIESRESPONSE']._serialized_start=1599
+  _globals['_LISTREGIONPOLICIESRESPONSE']._serialized_end=1719
+  _globals['_ACCOUNTSERVICE']._serialized_start=1722
+  _globals['_ACCOUNTSERVICE']._serialized_end=2203
 # @@protoc_insertion_point(module_scope)

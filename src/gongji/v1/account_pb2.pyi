@@ -30,6 +30,8 @@ class EnrollRequest(_message.Message):
     REGION_CODE_FIELD_NUMBER: _builtins.int
     SCHEME_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    DOCUMENT_TYPE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_NUMBER_FIELD_NUMBER: _builtins.int
     person_id: _builtins.str
     name: _builtins.str
     birth_date: _builtins.str
@@ -38,6 +40,9 @@ class EnrollRequest(_message.Message):
     """统筹区: a 6-digit administrative-division code, e.g. "610100"."""
     scheme: _types_pb2.Scheme.ValueType
     status: _types_pb2.PersonStatus.ValueType
+    document_type: _types_pb2.DocumentType.ValueType
+    """The identity document on record; unset means the resident ID card whose number is person_id."""
+    document_number: _builtins.str
     def __init__(
         self,
         *,
@@ -47,10 +52,12 @@ class EnrollRequest(_message.Message):
         region_code: _builtins.str = ...,
         scheme: _types_pb2.Scheme.ValueType = ...,
         status: _types_pb2.PersonStatus.ValueType = ...,
+        document_type: _types_pb2.DocumentType.ValueType = ...,
+        document_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["birth_date", b"birth_date", "name", b"name", "person_id", b"person_id", "region_code", b"region_code", "scheme", b"scheme", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birth_date", b"birth_date", "document_number", b"document_number", "document_type", b"document_type", "name", b"name", "person_id", b"person_id", "region_code", b"region_code", "scheme", b"scheme", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -303,3 +310,122 @@ class LedgerEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class RegionPolicy(_message.Message):
+    """The grant policy of a province ("61") or a 统筹区 ("610100"). The most specific one applies to an
+    authorizer's region; where none is set, the default is: same province; spouse, parent, child.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_KEY_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    ALLOWED_RELATIONSHIPS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    region_key: _builtins.str
+    scope: _types_pb2.GrantScope.ValueType
+    @_builtins.property
+    def allowed_relationships(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Relationship.ValueType]:
+        """Relationships a beneficiary may have to the authorizer. PARENT_IN_LAW and OTHER are refused
+        whatever is listed here.
+        """
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        region_key: _builtins.str = ...,
+        scope: _types_pb2.GrantScope.ValueType = ...,
+        allowed_relationships: _abc.Iterable[_types_pb2.Relationship.ValueType] | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_relationships", b"allowed_relationships", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionPolicy: _TypeAlias = RegionPolicy  # noqa: Y015
+
+@_typing.final
+class SetRegionPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___RegionPolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___RegionPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRegionPolicyRequest: _TypeAlias = SetRegionPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetRegionPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___RegionPolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___RegionPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRegionPolicyResponse: _TypeAlias = SetRegionPolicyResponse  # noqa: Y015
+
+@_typing.final
+class ListRegionPoliciesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegionPoliciesRequest: _TypeAlias = ListRegionPoliciesRequest  # noqa: Y015
+
+@_typing.final
+class ListRegionPoliciesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICIES_FIELD_NUMBER: _builtins.int
+    DEFAULT_POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionPolicy]: ...
+    @_builtins.property
+    def default_policy(self) -> Global___RegionPolicy:
+        """What applies where no policy is set."""
+
+    def __init__(
+        self,
+        *,
+        policies: _abc.Iterable[Global___RegionPolicy] | None = ...,
+        default_policy: Global___RegionPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_policy", b"default_policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_policy", b"default_policy", "policies", b"policies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegionPoliciesResponse: _TypeAlias = ListRegionPoliciesResponse  # noqa: Y015

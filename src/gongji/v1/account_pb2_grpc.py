@@ -40,6 +40,16 @@ class AccountServiceStub:
                 request_serializer=gongji_dot_v1_dot_account__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=gongji_dot_v1_dot_account__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.SetRegionPolicy = channel.unary_unary(
+                '/gongji.v1.AccountService/SetRegionPolicy',
+                request_serializer=gongji_dot_v1_dot_account__pb2.SetRegionPolicyRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_account__pb2.SetRegionPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListRegionPolicies = channel.unary_unary(
+                '/gongji.v1.AccountService/ListRegionPolicies',
+                request_serializer=gongji_dot_v1_dot_account__pb2.ListRegionPoliciesRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_account__pb2.ListRegionPoliciesResponse.FromString,
+                _registered_method=True)
         self.Credit = channel.unary_unary(
                 '/gongji.v1.AccountService/Credit',
                 request_serializer=gongji_dot_v1_dot_account__pb2.CreditRequest.SerializeToString,
@@ -64,6 +74,19 @@ class AccountServiceServicer:
     def Enroll(self, request, context):
         """Creates or updates an insured person.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRegionPolicy(self, request, context):
+        """Sets the grant policy of a province or 统筹区 (scope and allowed relationships).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegionPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -95,6 +118,16 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=gongji_dot_v1_dot_account__pb2.EnrollRequest.FromString,
                     response_serializer=gongji_dot_v1_dot_account__pb2.EnrollResponse.SerializeToString,
+            ),
+            'SetRegionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRegionPolicy,
+                    request_deserializer=gongji_dot_v1_dot_account__pb2.SetRegionPolicyRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_account__pb2.SetRegionPolicyResponse.SerializeToString,
+            ),
+            'ListRegionPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegionPolicies,
+                    request_deserializer=gongji_dot_v1_dot_account__pb2.ListRegionPoliciesRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_account__pb2.ListRegionPoliciesResponse.SerializeToString,
             ),
             'Credit': grpc.unary_unary_rpc_method_handler(
                     servicer.Credit,
@@ -140,6 +173,60 @@ class AccountService:
             '/gongji.v1.AccountService/Enroll',
             gongji_dot_v1_dot_account__pb2.EnrollRequest.SerializeToString,
             gongji_dot_v1_dot_account__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRegionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.AccountService/SetRegionPolicy',
+            gongji_dot_v1_dot_account__pb2.SetRegionPolicyRequest.SerializeToString,
+            gongji_dot_v1_dot_account__pb2.SetRegionPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegionPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.AccountService/ListRegionPolicies',
+            gongji_dot_v1_dot_account__pb2.ListRegionPoliciesRequest.SerializeToString,
+            gongji_dot_v1_dot_account__pb2.ListRegionPoliciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

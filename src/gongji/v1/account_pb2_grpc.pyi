@@ -35,6 +35,9 @@ class AccountServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AccountServiceAsyncStub: ...
     Enroll: _grpc.UnaryUnaryMultiCallable[_account_pb2.EnrollRequest, _account_pb2.EnrollResponse]
     """Creates or updates an insured person."""
+    SetRegionPolicy: _grpc.UnaryUnaryMultiCallable[_account_pb2.SetRegionPolicyRequest, _account_pb2.SetRegionPolicyResponse]
+    """Sets the grant policy of a province or 统筹区 (scope and allowed relationships)."""
+    ListRegionPolicies: _grpc.UnaryUnaryMultiCallable[_account_pb2.ListRegionPoliciesRequest, _account_pb2.ListRegionPoliciesResponse]
     Credit: _grpc.UnaryUnaryMultiCallable[_account_pb2.CreditRequest, _account_pb2.CreditResponse]
     """Credits a personal account (个人账户划入). Idempotent on request_id."""
     GetAccount: _grpc.UnaryUnaryMultiCallable[_account_pb2.GetAccountRequest, _account_pb2.GetAccountResponse]
@@ -48,6 +51,9 @@ class AccountServiceAsyncStub(AccountServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Enroll: _aio.UnaryUnaryMultiCallable[_account_pb2.EnrollRequest, _account_pb2.EnrollResponse]  # type: ignore[assignment]
     """Creates or updates an insured person."""
+    SetRegionPolicy: _aio.UnaryUnaryMultiCallable[_account_pb2.SetRegionPolicyRequest, _account_pb2.SetRegionPolicyResponse]  # type: ignore[assignment]
+    """Sets the grant policy of a province or 统筹区 (scope and allowed relationships)."""
+    ListRegionPolicies: _aio.UnaryUnaryMultiCallable[_account_pb2.ListRegionPoliciesRequest, _account_pb2.ListRegionPoliciesResponse]  # type: ignore[assignment]
     Credit: _aio.UnaryUnaryMultiCallable[_account_pb2.CreditRequest, _account_pb2.CreditResponse]  # type: ignore[assignment]
     """Credits a personal account (个人账户划入). Idempotent on request_id."""
     GetAccount: _aio.UnaryUnaryMultiCallable[_account_pb2.GetAccountRequest, _account_pb2.GetAccountResponse]  # type: ignore[assignment]
@@ -64,6 +70,21 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.EnrollResponse, _abc.Awaitable[_account_pb2.EnrollResponse]]:
         """Creates or updates an insured person."""
+
+    @_abc_1.abstractmethod
+    def SetRegionPolicy(
+        self,
+        request: _account_pb2.SetRegionPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.SetRegionPolicyResponse, _abc.Awaitable[_account_pb2.SetRegionPolicyResponse]]:
+        """Sets the grant policy of a province or 统筹区 (scope and allowed relationships)."""
+
+    @_abc_1.abstractmethod
+    def ListRegionPolicies(
+        self,
+        request: _account_pb2.ListRegionPoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ListRegionPoliciesResponse, _abc.Awaitable[_account_pb2.ListRegionPoliciesResponse]]: ...
 
     @_abc_1.abstractmethod
     def Credit(

@@ -26,7 +26,7 @@ from gongji.v1 import types_pb2 as gongji_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gongji/v1/family.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x02\n\x0b\x42indRequest\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12-\n\x0crelationship\x18\x03 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12\x13\n\x0bmember_name\x18\x04 \x01(\t\x12.\n\rdocument_type\x18\x05 \x01(\x0e\x32\x17.gongji.v1.DocumentType\x12\x17\n\x0f\x64ocument_number\x18\x06 \x01(\t\x12\x12\n\nbirth_date\x18\x07 \x01(\t\x12\r\n\x05phone\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x1d\n\x15\x66\x61\x63\x65_verification_ref\x18\n \x01(\t\"3\n\x0c\x42indResponse\x12#\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Binding\"5\n\rUnbindRequest\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"5\n\x0eUnbindResponse\x12#\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Binding\"\xe6\x01\n\x07\x42inding\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x18\n\x10member_id_masked\x18\x02 \x01(\t\x12-\n\x0crelationship\x18\x03 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x12\x11\n\tmember_id\x18\x07 \x01(\t\"l\n\x0cGrantRequest\x12\x15\n\rauthorizer_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x02 \x01(\t\x12-\n\x0crelationship\x18\x03 \x01(\x0e\x32\x17.gongji.v1.Relationship\"R\n\rGrantResponse\x12(\n\x05grant\x18\x01 \x01(\x0b\x32\x19.gongji.v1.MutualAidGrant\x12\x17\n\x0f\x61lready_granted\x18\x02 \x01(\x08\"T\n\rRevokeRequest\x12\x15\n\rauthorizer_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x02 \x01(\t\x12\x14\n\x0crequester_id\x18\x03 \x01(\t\":\n\x0eRevokeResponse\x12(\n\x05grant\x18\x01 \x01(\x0b\x32\x19.gongji.v1.MutualAidGrant\"\x9a\x02\n\x0eMutualAidGrant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x15\n\rauthorizer_id\x18\x02 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x03 \x01(\t\x12-\n\x0crelationship\x18\x04 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.gongji.v1.GrantStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\x08 \x01(\t\"&\n\x11ListFamilyRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"\xbc\x01\n\x12ListFamilyResponse\x12)\n\rbound_members\x18\x01 \x03(\x0b\x32\x12.gongji.v1.Binding\x12/\n\x0cgrants_given\x18\x02 \x03(\x0b\x32\x19.gongji.v1.MutualAidGrant\x12.\n\x0bgrants_held\x18\x03 \x03(\x0b\x32\x19.gongji.v1.MutualAidGrant\x12\x1a\n\x12\x62ound_member_limit\x18\x04 \x01(\x05\"S\n\x13IssueVoucherRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x14\n\x0crequester_id\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\"j\n\x14IssueVoucherResponse\x12\x0f\n\x07voucher\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tperson_id\x18\x03 \x01(\t2\x9e\x03\n\rFamilyService\x12\x37\n\x04\x42ind\x12\x16.gongji.v1.BindRequest\x1a\x17.gongji.v1.BindResponse\x12=\n\x06Unbind\x12\x18.gongji.v1.UnbindRequest\x1a\x19.gongji.v1.UnbindResponse\x12:\n\x05Grant\x12\x17.gongji.v1.GrantRequest\x1a\x18.gongji.v1.GrantResponse\x12=\n\x06Revoke\x12\x18.gongji.v1.RevokeRequest\x1a\x19.gongji.v1.RevokeResponse\x12I\n\nListFamily\x12\x1c.gongji.v1.ListFamilyRequest\x1a\x1d.gongji.v1.ListFamilyResponse\x12O\n\x0cIssueVoucher\x12\x1e.gongji.v1.IssueVoucherRequest\x1a\x1f.gongji.v1.IssueVoucherResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gongji/v1/family.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x02\n\x0b\x42indRequest\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12-\n\x0crelationship\x18\x03 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12\x13\n\x0bmember_name\x18\x04 \x01(\t\x12.\n\rdocument_type\x18\x05 \x01(\x0e\x32\x17.gongji.v1.DocumentType\x12\x17\n\x0f\x64ocument_number\x18\x06 \x01(\t\x12\x12\n\nbirth_date\x18\x07 \x01(\t\x12\r\n\x05phone\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x1d\n\x15\x66\x61\x63\x65_verification_ref\x18\n \x01(\t\"3\n\x0c\x42indResponse\x12#\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Binding\"5\n\rUnbindRequest\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"5\n\x0eUnbindResponse\x12#\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Binding\"\x96\x02\n\x07\x42inding\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x18\n\x10member_id_masked\x18\x02 \x01(\t\x12-\n\x0crelationship\x18\x03 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x12\x11\n\tmember_id\x18\x07 \x01(\t\x12\x12\n\nbinding_id\x18\x08 \x01(\t\x12\x1a\n\x12member_name_masked\x18\t \x01(\t\"l\n\x0cGrantRequest\x12\x15\n\rauthorizer_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x02 \x01(\t\x12-\n\x0crelationship\x18\x03 \x01(\x0e\x32\x17.gongji.v1.Relationship\"R\n\rGrantResponse\x12(\n\x05grant\x18\x01 \x01(\x0b\x32\x19.gongji.v1.MutualAidGrant\x12\x17\n\x0f\x61lready_granted\x18\x02 \x01(\x08\"T\n\rRevokeRequest\x12\x15\n\rauthorizer_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x02 \x01(\t\x12\x14\n\x0crequester_id\x18\x03 \x01(\t\":\n\x0eRevokeResponse\x12(\n\x05grant\x18\x01 \x01(\x0b\x32\x19.gongji.v1.MutualAidGrant\"\xf1\x02\n\x0eMutualAidGrant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x15\n\rauthorizer_id\x18\x02 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x03 \x01(\t\x12-\n\x0crelationship\x18\x04 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.gongji.v1.GrantStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\x08 \x01(\t\x12\x1c\n\x14\x61uthorizer_id_masked\x18\t \x01(\t\x12\x1d\n\x15\x62\x65neficiary_id_masked\x18\n \x01(\t\x12\x18\n\x10settlement_order\x18\x0b \x01(\x05\"&\n\x11ListFamilyRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"\xd8\x01\n\x12ListFamilyResponse\x12)\n\rbound_members\x18\x01 \x03(\x0b\x32\x12.gongji.v1.Binding\x12/\n\x0cgrants_given\x18\x02 \x03(\x0b\x32\x19.gongji.v1.MutualAidGrant\x12.\n\x0bgrants_held\x18\x03 \x03(\x0b\x32\x19.gongji.v1.MutualAidGrant\x12\x1a\n\x12\x62ound_member_limit\x18\x04 \x01(\x05\x12\x1a\n\x12\x62ound_member_count\x18\x05 \x01(\x05\"S\n\x13IssueVoucherRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x14\n\x0crequester_id\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\"\x80\x01\n\x14IssueVoucherResponse\x12\x0f\n\x07voucher\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tperson_id\x18\x03 \x01(\t\x12\x14\n\x0crequester_id\x18\x04 \x01(\t2\x9e\x03\n\rFamilyService\x12\x37\n\x04\x42ind\x12\x16.gongji.v1.BindRequest\x1a\x17.gongji.v1.BindResponse\x12=\n\x06Unbind\x12\x18.gongji.v1.UnbindRequest\x1a\x19.gongji.v1.UnbindResponse\x12:\n\x05Grant\x12\x17.gongji.v1.GrantRequest\x1a\x18.gongji.v1.GrantResponse\x12=\n\x06Revoke\x12\x18.gongji.v1.RevokeRequest\x1a\x19.gongji.v1.RevokeResponse\x12I\n\nListFamily\x12\x1c.gongji.v1.ListFamilyRequest\x1a\x1d.gongji.v1.ListFamilyResponse\x12O\n\x0cIssueVoucher\x12\x1e.gongji.v1.IssueVoucherRequest\x1a\x1f.gongji.v1.IssueVoucherResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,25 +42,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNBINDRESPONSE']._serialized_start=478
   _globals['_UNBINDRESPONSE']._serialized_end=531
   _globals['_BINDING']._serialized_start=534
-  _globals['_BINDING']._serialized_end=764
-  _globals['_GRANTREQUEST']._serialized_start=766
-  _globals['_GRANTREQUEST']._serialized_end=874
-  _globals['_GRANTRESPONSE']._serialized_start=876
-  _globals['_GRANTRESPONSE']._serialized_end=958
-  _globals['_REVOKEREQUEST']._serialized_start=960
-  _globals['_REVOKEREQUEST']._serialized_end=1044
-  _globals['_REVOKERESPONSE']._serialized_start=1046
-  _globals['_REVOKERESPONSE']._serialized_end=1104
-  _globals['_MUTUALAIDGRANT']._serialized_start=1107
-  _globals['_MUTUALAIDGRANT']._serialized_end=1389
-  _globals['_LISTFAMILYREQUEST']._serialized_start=1391
-  _globals['_LISTFAMILYREQUEST']._serialized_end=1429
-  _globals['_LISTFAMILYRESPONSE']._serialized_start=1432
-  _globals['_LISTFAMILYRESPONSE']._serialized_end=1620
-  _globals['_ISSUEVOUCHERREQUEST']._serialized_start=1622
-  _globals['_ISSUEVOUCHERREQUEST']._serialized_end=1705
-  _globals['_ISSUEVOUCHERRESPONSE']._serialized_start=1707
-  _globals['_ISSUEVOUCHERRESPONSE']._serialized_end=1813
-  _globals['_FAMILYSERVICE']._serialized_start=1816
-  _globals['_FAMILYSERVICE']._serialized_end=2230
+  _globals['_BINDING']._serialized_end=812
+  _globals['_GRANTREQUEST']._serialized_start=814
+  _globals['_GRANTREQUEST']._serialized_end=922
+  _globals['_GRANTRESPONSE']._serialized_start=924
+  _globals['_GRANTRESPONSE']._serialized_end=1006
+  _globals['_REVOKEREQUEST']._serialized_start=1008
+  _globals['_REVOKEREQUEST']._serialized_end=1092
+  _globals['_REVOKERESPONSE']._serialized_start=1094
+  _globals['_REVOKERESPONSE']._serialized_end=1152
+  _globals['_MUTUALAIDGRANT']._serialized_start=1155
+  _globals['_MUTUALAIDGRANT']._serialized_end=1524
+  _globals['_LISTFAMILYREQUEST']._serialized_start=1526
+  _globals['_LISTFAMILYREQUEST']._serialized_end=1564
+  _globals['_LISTFAMILYRESPONSE']._serialized_start=1567
+  _globals['_LISTFAMILYRESPONSE']._serialized_end=1783
+  _globals['_ISSUEVOUCHERREQUEST']._serialized_start=1785
+  _globals['_ISSUEVOUCHERREQUEST']._serialized_end=1868
+  _globals['_ISSUEVOUCHERRESPONSE']._serialized_start=1871
+  _globals['_ISSUEVOUCHERRESPONSE']._serialized_end=1999
+  _globals['_FAMILYSERVICE']._serialized_start=2002
+  _globals['_FAMILYSERVICE']._serialized_end=2416
 # @@protoc_insertion_point(module_scope)

@@ -142,16 +142,25 @@ class Binding(_message.Message):
     ENDED_AT_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_NAME_MASKED_FIELD_NUMBER: _builtins.int
     holder_id: _builtins.str
     member_id_masked: _builtins.str
-    """Masked ID number of the member."""
+    """The member's ID number masked for display, e.g. "6101**********402X"."""
     relationship: _types_pb2.Relationship.ValueType
+    """The member's relation to the holder."""
     active: _builtins.bool
     member_id: _builtins.str
+    """The member's ID number, for the app backend to act on (IssueVoucher, Unbind); never for display."""
+    binding_id: _builtins.str
+    member_name_masked: _builtins.str
+    """The member's name masked for display, e.g. "王*明"."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    def ended_at(self) -> _timestamp_pb2.Timestamp:
+        """Set once unbound."""
+
     def __init__(
         self,
         *,
@@ -162,10 +171,12 @@ class Binding(_message.Message):
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         active: _builtins.bool = ...,
         member_id: _builtins.str = ...,
+        binding_id: _builtins.str = ...,
+        member_name_masked: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "ended_at", b"ended_at", "holder_id", b"holder_id", "member_id", b"member_id", "member_id_masked", b"member_id_masked", "relationship", b"relationship"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "binding_id", b"binding_id", "created_at", b"created_at", "ended_at", b"ended_at", "holder_id", b"holder_id", "member_id", b"member_id", "member_id_masked", b"member_id_masked", "member_name_masked", b"member_name_masked", "relationship", b"relationship"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,13 +290,25 @@ class MutualAidGrant(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
+    AUTHORIZER_ID_MASKED_FIELD_NUMBER: _builtins.int
+    BENEFICIARY_ID_MASKED_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_ORDER_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
     authorizer_id: _builtins.str
     beneficiary_id: _builtins.str
     relationship: _types_pb2.Relationship.ValueType
     status: _types_pb2.GrantStatus.ValueType
     end_reason: _builtins.str
-    """Why the grant ended, when it has: REVOKED_BY_AUTHORIZER, REVOKED_BY_BENEFICIARY, PERSON_NOT_ACTIVE, ..."""
+    """Why the grant ended, when it has: REVOKED_BY_AUTHORIZER, REVOKED_BY_BENEFICIARY, PERSON_NOT_ACTIVE,
+    NOT_EMPLOYEE_INSURED, REGION_OUT_OF_SCOPE.
+    """
+    authorizer_id_masked: _builtins.str
+    """ID numbers masked for display."""
+    beneficiary_id_masked: _builtins.str
+    settlement_order: _builtins.int
+    """In ListFamily's grants_held: 1 for the grant a settlement uses when the patient names none, then
+    2, 3, ... in the order they would be used; 0 for grants that are no longer live.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -301,10 +324,13 @@ class MutualAidGrant(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         end_reason: _builtins.str = ...,
+        authorizer_id_masked: _builtins.str = ...,
+        beneficiary_id_masked: _builtins.str = ...,
+        settlement_order: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizer_id", b"authorizer_id", "beneficiary_id", b"beneficiary_id", "created_at", b"created_at", "end_reason", b"end_reason", "ended_at", b"ended_at", "grant_id", b"grant_id", "relationship", b"relationship", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizer_id", b"authorizer_id", "authorizer_id_masked", b"authorizer_id_masked", "beneficiary_id", b"beneficiary_id", "beneficiary_id_masked", b"beneficiary_id_masked", "created_at", b"created_at", "end_reason", b"end_reason", "ended_at", b"ended_at", "grant_id", b"grant_id", "relationship", b"relationship", "settlement_order", b"settlement_order", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,16 +363,21 @@ class ListFamilyResponse(_message.Message):
     GRANTS_GIVEN_FIELD_NUMBER: _builtins.int
     GRANTS_HELD_FIELD_NUMBER: _builtins.int
     BOUND_MEMBER_LIMIT_FIELD_NUMBER: _builtins.int
+    BOUND_MEMBER_COUNT_FIELD_NUMBER: _builtins.int
     bound_member_limit: _builtins.int
+    """"我的家庭成员 (bound_member_count/bound_member_limit)"."""
+    bound_member_count: _builtins.int
     @_builtins.property
-    def bound_members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Binding]: ...
+    def bound_members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Binding]:
+        """Live bindings first (oldest first), then ended ones (newest first); at most 50."""
+
     @_builtins.property
     def grants_given(self) -> _containers.RepeatedCompositeFieldContainer[Global___MutualAidGrant]:
-        """Grants this person gave, oldest first."""
+        """Grants this person gave: live ones oldest first, then ended ones newest first; at most 50."""
 
     @_builtins.property
     def grants_held(self) -> _containers.RepeatedCompositeFieldContainer[Global___MutualAidGrant]:
-        """Grants this person holds, oldest first: the order in which settlement picks one."""
+        """Grants this person holds: live ones in the order settlement picks them, then ended ones; at most 50."""
 
     def __init__(
         self,
@@ -355,10 +386,11 @@ class ListFamilyResponse(_message.Message):
         grants_given: _abc.Iterable[Global___MutualAidGrant] | None = ...,
         grants_held: _abc.Iterable[Global___MutualAidGrant] | None = ...,
         bound_member_limit: _builtins.int = ...,
+        bound_member_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_member_limit", b"bound_member_limit", "bound_members", b"bound_members", "grants_given", b"grants_given", "grants_held", b"grants_held"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_member_count", b"bound_member_count", "bound_member_limit", b"bound_member_limit", "bound_members", b"bound_members", "grants_given", b"grants_given", "grants_held", b"grants_held"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,8 +431,12 @@ class IssueVoucherResponse(_message.Message):
     VOUCHER_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PERSON_ID_FIELD_NUMBER: _builtins.int
+    REQUESTER_ID_FIELD_NUMBER: _builtins.int
     voucher: _builtins.str
     person_id: _builtins.str
+    """The person the voucher names (the patient), never the holder who asked for it."""
+    requester_id: _builtins.str
+    """Who asked for it (recorded for audit)."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -409,10 +445,11 @@ class IssueVoucherResponse(_message.Message):
         voucher: _builtins.str = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         person_id: _builtins.str = ...,
+        requester_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "person_id", b"person_id", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "person_id", b"person_id", "requester_id", b"requester_id", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -138,6 +138,30 @@ DOCUMENT_TYPE_BIRTH_CERTIFICATE: DocumentType.ValueType  # 5
 """出生医学证明"""
 Global___DocumentType: _TypeAlias = DocumentType  # noqa: Y015
 
+class _GrantScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GrantScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GrantScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRANT_SCOPE_UNSPECIFIED: _GrantScope.ValueType  # 0
+    GRANT_SCOPE_REGION: _GrantScope.ValueType  # 1
+    """The same 统筹区 (6-digit region code)."""
+    GRANT_SCOPE_PROVINCE: _GrantScope.ValueType  # 2
+    """The same province (first two digits of the region code)."""
+    GRANT_SCOPE_NATIONAL: _GrantScope.ValueType  # 3
+
+class GrantScope(_GrantScope, metaclass=_GrantScopeEnumTypeWrapper):
+    """How far apart an authorizer and a beneficiary may live (region policy)."""
+
+GRANT_SCOPE_UNSPECIFIED: GrantScope.ValueType  # 0
+GRANT_SCOPE_REGION: GrantScope.ValueType  # 1
+"""The same 统筹区 (6-digit region code)."""
+GRANT_SCOPE_PROVINCE: GrantScope.ValueType  # 2
+"""The same province (first two digits of the region code)."""
+GRANT_SCOPE_NATIONAL: GrantScope.ValueType  # 3
+Global___GrantScope: _TypeAlias = GrantScope  # noqa: Y015
+
 class _GrantStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

@@ -1,0 +1,102 @@
+"""Kinship-account bindings (亲情账户): holders who may show a member's e-voucher."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from gongji.domain.people import Person, Relationship
+from gongji.store.people import PERSON_COLUMNS, person_from_row
+
+_COLUMNS = """b.binding_id, b.holder_id, b.member_id, b.relationship, b.created_at, b.ended_at,
+       m.name as member_name"""
+
+# Both people locked in key order, so the count of a holder's bindings cannot change under us (two
+# Binds for one holder take turns) and two holders binding each other cannot deadlock.
+_LOCK_PEOPLE = f"""
+select {PERSON_COLUMNS} from person
+ where person_id = any($1::text[]) order by person_id collate "C" for no key update"""
+_LIVE_OF_HOLDER = "select member_id from kinship_binding where holder_id = $1 and ended_at is null"
+_INSERT = """
+insert into kinship_binding (holder_id, member_id, relationship, phone, reason, face_verification_ref)
+values ($1, $2, $3, $4, $5, nullif($6, '')) returning binding_id"""
+_ONE = f"""
+select {_COLUMNS} from kinship_binding b join person m on m.person_id = b.member_id
+ where b.holder_id = $1 and b.member_id = $2 order by (b.ended_at is null) desc, b.binding_id desc limit 1"""
+_UNBIND = """
+update kinship_binding set ended_at = now() where holder_id = $1 and member_id = $2 and ended_at is null"""
+_OF_HOLDER = f"""
+select {_COLUMNS} from kinship_binding b join person m on m.person_id = b.member_id
+ where b.holder_id = $1
+ order by (b.ended_at is null) desc,
+          case when b.ended_at is null then b.created_at end asc,
+          b.ended_at desc
+ limit $2"""
+_COUNT_LIVE = "select count(*) from kinship_binding where holder_id = $1 and ended_at is null"
+_IS_LIVE = "select exists (select 1 from kinship_binding where holder_id = $1 and member_id = $2 and ended_at is null)"
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRow:
+    binding_id: int
+    holder_id: str
+    member_id: str
+    relationship: Relationship
+    created_at: dt.datetime
+    ended_at: dt.datetime | None
+    member_name: str
+
+
+def _binding(r: asyncpg.Record) -> BindingRow:
+    return BindingRow(**{**dict(r), "relationship": Relationship(r["relationship"])})
+
+
+# check(holder, member, live bindings of the holder, whether this member is among them) raises a refusal.
+BindCheck = Callable[[Person | None, Person | None, int, bool], None]
+
+
+async def bind(
+    pool: asyncpg.Pool,
+    *,
+    holder_id: str,
+    member_id: str,
+    relationship: Relationship,
+    phone: str,
+    reason: str,
+    face_verification_ref: str,
+    check: BindCheck,
+) -> tuple[BindingRow, bool]:
+    """The live binding, and whether it existed already (binding twice is idempotent)."""
+    async with pool.acquire() as conn, conn.transaction():
+        people = {r["person_id"]: person_from_row(r) for r in await conn.fetch(_LOCK_PEOPLE, [holder_id, member_id])}
+        live = {r["member_id"] for r in await conn.fetch(_LIVE_OF_HOLDER, holder_id)}
+        check(people.get(holder_id), people.get(member_id), len(live), member_id in live)
+        existed = member_id in live
+        if not existed:
+            await conn.execute(_INSERT, holder_id, member_id, relationship.value, phone, reason, face_verification_ref)
+        row = await conn.fetchrow(_ONE, holder_id, member_id)
+        assert row is not None
+        return _binding(row), existed
+
+
+async def unbind(pool: asyncpg.Pool, holder_id: str, member_id: str) -> BindingRow | None:
+    """End the live binding (unbinding an ended one answers it as it is); None when there never was one."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_UNBIND, holder_id, member_id)
+        row = await conn.fetchrow(_ONE, holder_id, member_id)
+        return None if row is None else _binding(row)
+
+
+async def of_holder(pool: asyncpg.Pool, holder_id: str, limit: int) -> tuple[list[BindingRow], int]:
+    """The holder's bindings (live first, oldest first; then ended, newest first) and the live count."""
+    rows = await pool.fetch(_OF_HOLDER, holder_id, limit)
+    live: int = await pool.fetchval(_COUNT_LIVE, holder_id)
+    return [_binding(r) for r in rows], live
+
+
+async def is_live(pool: asyncpg.Pool, holder_id: str, member_id: str) -> bool:
+    live: bool = await pool.fetchval(_IS_LIVE, holder_id, member_id)
+    return live

@@ -1,0 +1,111 @@
+"""Region grant policy is data: an operator sets scope and allowed relationships per province or 统筹区.
+
+These tests use Guangxi (45) and Hainan (46), which no other test uses, so the default policy the
+other tests rely on stays in force for their regions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import pytest
+from support import ACTIVE, RESIDENT, Api, bearer, field_violations, refused
+
+from gongji.v1 import account_pb2, types_pb2
+
+pytestmark = pytest.mark.usefixtures("books")
+S = grpc.StatusCode
+SPOUSE, PARENT, CHILD, SIBLING, GRANDCHILD = (
+    types_pb2.RELATIONSHIP_SPOUSE,
+    types_pb2.RELATIONSHIP_PARENT,
+    types_pb2.RELATIONSHIP_CHILD,
+    types_pb2.RELATIONSHIP_SIBLING,
+    types_pb2.RELATIONSHIP_GRANDCHILD,
+)
+REGION, PROVINCE, NATIONAL = (
+    types_pb2.GRANT_SCOPE_REGION,
+    types_pb2.GRANT_SCOPE_PROVINCE,
+    types_pb2.GRANT_SCOPE_NATIONAL,
+)
+OLD = dt.date(1950, 1, 1)
+YOUNG = dt.date(2012, 1, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def policies(api: Api) -> None:
+    # Guangxi: close relatives allowed, nationwide. Hainan keeps the default except Sanya (460200),
+    # which is limited to its own 统筹区.
+    await api.set_policy("45", NATIONAL, [SPOUSE, PARENT, CHILD, SIBLING, GRANDCHILD])
+    await api.set_policy("460200", REGION, [SPOUSE, PARENT, CHILD])
+
+
+async def test_two_regions_two_policies(api: Api) -> None:
+    nanning = await api.enroll(region="450100", birth=OLD)
+    haikou = await api.enroll(region="460100", birth=OLD)
+    sibling_in_xian = await api.enroll(region="610100", birth=OLD, scheme=RESIDENT)
+    grandchild = await api.enroll(region="460100", birth=YOUNG, scheme=RESIDENT)
+    # Guangxi's authorizer may grant a sibling in another province...
+    g = (await api.grant(nanning, sibling_in_xian, SIBLING)).grant
+    assert g.status == types_pb2.GRANT_STATUS_LIVE
+    assert (await api.grant(nanning, grandchild, GRANDCHILD)).grant.status == types_pb2.GRANT_STATUS_LIVE
+    # ...Hainan's (the default policy) may not grant a sibling, nor anyone outside the province.
+    await refused(
+        api.grant(haikou, await api.enroll(region="460100", birth=OLD, scheme=RESIDENT), SIBLING),
+        S.FAILED_PRECONDITION,
+        "RELATIONSHIP_NOT_ALLOWED",
+    )
+    await refused(api.grant(haikou, sibling_in_xian, SPOUSE), S.FAILED_PRECONDITION, "REGION_OUT_OF_SCOPE")
+
+
+async def test_a_regions_own_policy_wins_over_its_provinces(api: Api) -> None:
+    sanya = await api.enroll(region="460200", birth=OLD)
+    haikou_child = await api.enroll(region="460100", birth=YOUNG, scheme=RESIDENT)
+    sanya_child = await api.enroll(region="460200", birth=YOUNG, scheme=RESIDENT)
+    await refused(api.grant(sanya, haikou_child, CHILD), S.FAILED_PRECONDITION, "REGION_OUT_OF_SCOPE")
+    assert (await api.grant(sanya, sanya_child, CHILD)).grant.status == types_pb2.GRANT_STATUS_LIVE
+
+
+async def test_in_laws_and_others_are_refused_whatever_the_policy(api: Api) -> None:
+    error = await refused(
+        api.set_policy("45", NATIONAL, [SPOUSE, types_pb2.RELATIONSHIP_PARENT_IN_LAW]),
+        S.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert field_violations(error) == ["policy.allowed_relationships"]
+    nanning = await api.enroll(region="450100", birth=OLD)
+    in_law = await api.enroll(region="450100", birth=OLD, scheme=RESIDENT)
+    for relationship in (types_pb2.RELATIONSHIP_PARENT_IN_LAW, types_pb2.RELATIONSHIP_OTHER):
+        await refused(api.grant(nanning, in_law, relationship), S.FAILED_PRECONDITION, "RELATIONSHIP_NOT_ALLOWED")
+
+
+async def test_bad_policies_are_named(api: Api) -> None:
+    error = await refused(api.set_policy("4", 0, []), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert set(field_violations(error)) == {"policy.region_key", "policy.scope", "policy.allowed_relationships"}
+
+
+async def test_list_policies_and_the_default(api: Api) -> None:
+    reply = await api.account.ListRegionPolicies(
+        account_pb2.ListRegionPoliciesRequest(), metadata=bearer(api.tokens.operator)
+    )
+    by_key = {p.region_key: p for p in reply.policies}
+    assert by_key["45"].scope == NATIONAL
+    assert SIBLING in by_key["45"].allowed_relationships
+    assert by_key["460200"].scope == REGION
+    assert reply.default_policy.scope == PROVINCE
+    assert sorted(reply.default_policy.allowed_relationships) == sorted([SPOUSE, PARENT, CHILD])
+
+
+async def test_moving_out_of_scope_ends_grants_by_the_authorizers_policy(api: Api) -> None:
+    nanning = await api.enroll(region="450100", birth=OLD)
+    haikou = await api.enroll(region="460100", birth=OLD)
+    mover_a = await api.enroll(region="450100", birth=YOUNG, scheme=RESIDENT)
+    mover_b = await api.enroll(region="460100", birth=YOUNG, scheme=RESIDENT)
+    await api.grant(nanning, mover_a, CHILD)
+    await api.grant(haikou, mover_b, CHILD)
+    # Guangxi grants are national: moving to Xi'an keeps it. Hainan's are provincial: it ends.
+    kept = await api.set_status(mover_a, ACTIVE, scheme=RESIDENT, region="610100")
+    ended = await api.set_status(mover_b, ACTIVE, scheme=RESIDENT, region="610100")
+    assert (kept.grants_ended, ended.grants_ended) == (0, 1)
+    held = (await api.list_family(mover_b)).grants_held
+    assert [(g.status, g.end_reason) for g in held] == [(types_pb2.GRANT_STATUS_ENDED, "REGION_OUT_OF_SCOPE")]
