@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Coroutine
 from typing import Any
 
+from gongji import client
 from gongji.config import Settings
 
 
@@ -79,11 +80,13 @@ def _credential(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _client(settings: Settings, args: argparse.Namespace) -> int:
-    from gongji import client
+    import grpc
 
-    tokens = client.tokens(settings.data_dir)
-    call = {"settle": client.settle, "quote": client.quote, "account": client.account}[args.client_command]
-    result = _run(call(args, tokens))
+    try:
+        result = _run(client.run(args, client.tokens(settings.data_dir)))
+    except grpc.aio.AioRpcError as exc:
+        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
 
@@ -110,17 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cl = sub.add_parser("client", help="call a running server with the demo tokens (or GONGJI_*_TOKEN)")
     cl.add_argument("--target", default=os.environ.get("GONGJI_TARGET", "127.0.0.1:50051"))
-    csub = cl.add_subparsers(dest="client_command", required=True)
-    for name in ("settle", "quote"):
-        x = csub.add_parser(name, help=f"{name} for a patient, issuing the patient's e-voucher first")
-        x.add_argument("--patient", required=True)
-        x.add_argument("--amount-fen", type=int, required=True)
-        x.add_argument("--authorizer", help="use this authorizer's grant")
-        x.add_argument("--no-account", action="store_true", help="pay everything in cash")
-        if name == "settle":
-            x.add_argument("--request-id", default=None, help="idempotency key (default: a new one)")
-    a = csub.add_parser("account", help="a person's account")
-    a.add_argument("--person", required=True)
+    client.add_arguments(cl.add_subparsers(dest="client_command", required=True))
     cl.set_defaults(func=_client)
     return p
 

@@ -1,10 +1,12 @@
-"""A small client for the README's first call: issue the patient's e-voucher, then quote or settle."""
+"""A small client for the README's example calls: each subcommand is one RPC (settle and quote first
+issue the patient's e-voucher). Person arguments take ID numbers or demo aliases (`demo:xiaoli`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,10 @@ from gongji.v1 import (
     family_pb2_grpc,
     settlement_pb2,
     settlement_pb2_grpc,
+    types_pb2,
 )
+
+Call = Callable[[grpc.aio.Channel, argparse.Namespace, dict[str, str]], Awaitable[Any]]
 
 
 def tokens(data_dir: Path) -> dict[str, str]:
@@ -35,33 +40,30 @@ def tokens(data_dir: Path) -> dict[str, str]:
     return found
 
 
-def _auth(token: str | None) -> tuple[tuple[str, str], ...]:
-    if not token:
-        raise SystemExit("no token: start `make run` (demo tokens) or set GONGJI_TERMINAL_TOKEN/GONGJI_APP_TOKEN")
-    return (("authorization", f"Bearer {token}"),)
-
-
-def _dict(message: Any) -> dict[str, Any]:
-    result: dict[str, Any] = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    return result
-
-
-async def _voucher(channel: grpc.aio.Channel, tokens: dict[str, str], patient: str) -> str:
-    family = family_pb2_grpc.FamilyServiceStub(channel)
-    issued = await family.IssueVoucher(
-        family_pb2.IssueVoucherRequest(person_id=patient, requester_id=patient),
-        metadata=_auth(tokens.get("app")),
-        timeout=10,
-    )
-    return str(issued.voucher)
-
-
 def person_id(text: str) -> str:
     """An ID number, or a demo alias such as `demo:xiaoli`."""
     person = ALIASES.get(text)
     return person.person_id if person else text
+
+
+def _auth(token: str | None) -> tuple[tuple[str, str], ...]:
+    if not token:
+        raise SystemExit("no token: start `make run` (demo tokens) or set GONGJI_{TERMINAL,APP,OPERATOR}_TOKEN")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _enum(enum_type: Any, prefix: str, name: str) -> Any:
+    """The proto enum value named `name` (case-insensitive, without its prefix)."""
+    return enum_type.Value(prefix + name.strip().upper())
+
+
+async def _voucher(channel: grpc.aio.Channel, tokens: dict[str, str], patient: str, holder: str | None) -> str:
+    issued = await family_pb2_grpc.FamilyServiceStub(channel).IssueVoucher(
+        family_pb2.IssueVoucherRequest(person_id=patient, requester_id=holder or patient),
+        metadata=_auth(tokens.get("app")),
+        timeout=10,
+    )
+    return str(issued.voucher)
 
 
 def _payment(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,30 +75,172 @@ def _payment(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-async def settle(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:
+async def settle(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    holder = person_id(args.holder) if args.holder else None
+    voucher = await _voucher(channel, tokens, person_id(args.patient), holder)
+    request = settlement_pb2.SettleRequest(request_id=args.request_id, voucher=voucher, **_payment(args))
+    return await settlement_pb2_grpc.SettlementServiceStub(channel).Settle(
+        request, metadata=_auth(tokens.get("terminal")), timeout=10
+    )
+
+
+async def quote(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    holder = person_id(args.holder) if args.holder else None
+    voucher = await _voucher(channel, tokens, person_id(args.patient), holder)
+    request = settlement_pb2.QuoteRequest(voucher=voucher, **_payment(args))
+    return await settlement_pb2_grpc.SettlementServiceStub(channel).Quote(
+        request, metadata=_auth(tokens.get("terminal")), timeout=10
+    )
+
+
+async def account(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    return await account_pb2_grpc.AccountServiceStub(channel).GetAccount(
+        account_pb2.GetAccountRequest(person_id=person_id(args.person)),
+        metadata=_auth(tokens.get("operator")),
+        timeout=10,
+    )
+
+
+async def voucher(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    requester = person_id(args.requester) if args.requester else person_id(args.person)
+    return await family_pb2_grpc.FamilyServiceStub(channel).IssueVoucher(
+        family_pb2.IssueVoucherRequest(person_id=person_id(args.person), requester_id=requester),
+        metadata=_auth(tokens.get("app")),
+        timeout=10,
+    )
+
+
+async def grant(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    request = family_pb2.GrantRequest(
+        authorizer_id=person_id(args.authorizer),
+        beneficiary_id=person_id(args.beneficiary),
+        relationship=_enum(types_pb2.Relationship, "RELATIONSHIP_", args.relationship),
+    )
+    return await family_pb2_grpc.FamilyServiceStub(channel).Grant(
+        request, metadata=_auth(tokens.get("app")), timeout=10
+    )
+
+
+async def revoke(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    request = family_pb2.RevokeRequest(
+        authorizer_id=person_id(args.authorizer),
+        beneficiary_id=person_id(args.beneficiary),
+        requester_id=person_id(args.requester) if args.requester else "",
+    )
+    return await family_pb2_grpc.FamilyServiceStub(channel).Revoke(
+        request, metadata=_auth(tokens.get("app")), timeout=10
+    )
+
+
+async def bind(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    member = person_id(args.member)
+    request = family_pb2.BindRequest(
+        holder_id=person_id(args.holder),
+        member_id=member,
+        relationship=_enum(types_pb2.Relationship, "RELATIONSHIP_", args.relationship),
+        member_name=args.name,
+        document_type=_enum(types_pb2.DocumentType, "DOCUMENT_TYPE_", args.document_type),
+        document_number=args.document_number or member,
+        birth_date=args.birth_date,
+        phone=args.phone,
+        reason=args.reason,
+        face_verification_ref=args.face_ref or "",
+    )
+    return await family_pb2_grpc.FamilyServiceStub(channel).Bind(request, metadata=_auth(tokens.get("app")), timeout=10)
+
+
+async def unbind(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    request = family_pb2.UnbindRequest(holder_id=person_id(args.holder), member_id=person_id(args.member))
+    return await family_pb2_grpc.FamilyServiceStub(channel).Unbind(
+        request, metadata=_auth(tokens.get("app")), timeout=10
+    )
+
+
+async def family(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    return await family_pb2_grpc.FamilyServiceStub(channel).ListFamily(
+        family_pb2.ListFamilyRequest(person_id=person_id(args.person)), metadata=_auth(tokens.get("app")), timeout=10
+    )
+
+
+async def policy_set(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    policy = account_pb2.RegionPolicy(
+        region_key=args.region,
+        scope=_enum(types_pb2.GrantScope, "GRANT_SCOPE_", args.scope),
+        allowed_relationships=[
+            _enum(types_pb2.Relationship, "RELATIONSHIP_", r) for r in args.allow.split(",") if r.strip()
+        ],
+    )
+    return await account_pb2_grpc.AccountServiceStub(channel).SetRegionPolicy(
+        account_pb2.SetRegionPolicyRequest(policy=policy), metadata=_auth(tokens.get("operator")), timeout=10
+    )
+
+
+async def policies(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    return await account_pb2_grpc.AccountServiceStub(channel).ListRegionPolicies(
+        account_pb2.ListRegionPoliciesRequest(), metadata=_auth(tokens.get("operator")), timeout=10
+    )
+
+
+COMMANDS: dict[str, Call] = {
+    "settle": settle,
+    "quote": quote,
+    "account": account,
+    "voucher": voucher,
+    "grant": grant,
+    "revoke": revoke,
+    "bind": bind,
+    "unbind": unbind,
+    "family": family,
+    "policy-set": policy_set,
+    "policies": policies,
+}
+
+
+def add_arguments(sub: Any) -> None:
+    """The client's subcommands, on the `gongji client` parser's subparsers."""
+    for name in ("settle", "quote"):
+        x = sub.add_parser(name, help=f"{name} for a patient, issuing the patient's e-voucher first")
+        x.add_argument("--patient", required=True)
+        x.add_argument("--amount-fen", type=int, required=True)
+        x.add_argument("--authorizer", help="use this authorizer's grant")
+        x.add_argument("--holder", help="a holder who bound the patient shows the patient's voucher")
+        x.add_argument("--no-account", action="store_true", help="pay everything in cash")
+        if name == "settle":
+            x.add_argument("--request-id", default=None, help="idempotency key (default: a new one)")
+    sub.add_parser("account", help="a person's account").add_argument("--person", required=True)
+    v = sub.add_parser("voucher", help="issue an e-voucher")
+    v.add_argument("--person", required=True, help="whom the voucher names")
+    v.add_argument("--requester", help="a holder who bound the person (default: the person)")
+    for name in ("grant", "revoke"):
+        g = sub.add_parser(name, help=f"{name} family mutual aid")
+        g.add_argument("--authorizer", required=True)
+        g.add_argument("--beneficiary", required=True)
+        if name == "grant":
+            g.add_argument("--relationship", required=True, help="spouse, parent, child, ...")
+        else:
+            g.add_argument("--requester", help="the authorizer (default) or the beneficiary")
+    b = sub.add_parser("bind", help="bind a family member to a holder's kinship account")
+    for flag in ("--holder", "--member", "--name", "--birth-date", "--phone", "--reason"):
+        b.add_argument(flag, required=True)
+    b.add_argument("--relationship", default="child")
+    b.add_argument("--document-type", default="resident_id_card")
+    b.add_argument("--document-number", help="default: the member's ID number")
+    b.add_argument("--face-ref", help="reference of the member's face verification (over 16)")
+    u = sub.add_parser("unbind", help="end a binding")
+    u.add_argument("--holder", required=True)
+    u.add_argument("--member", required=True)
+    sub.add_parser("family", help="a person's bindings and grants").add_argument("--person", required=True)
+    p = sub.add_parser("policy-set", help="set a region's grant policy (operator)")
+    p.add_argument("--region", required=True, help="province ('45') or 统筹区 ('450100')")
+    p.add_argument("--scope", required=True, help="region, province or national")
+    p.add_argument("--allow", required=True, help="comma-separated relationships, e.g. spouse,parent,child,sibling")
+    sub.add_parser("policies", help="list region grant policies (operator)")
+
+
+async def run(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(args.target) as channel:
-        voucher = await _voucher(channel, tokens, person_id(args.patient))
-        stub = settlement_pb2_grpc.SettlementServiceStub(channel)
-        request = settlement_pb2.SettleRequest(request_id=args.request_id, voucher=voucher, **_payment(args))
-        reply = await stub.Settle(request, metadata=_auth(tokens.get("terminal")), timeout=10)
-        return _dict(reply)
-
-
-async def quote(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        voucher = await _voucher(channel, tokens, person_id(args.patient))
-        stub = settlement_pb2_grpc.SettlementServiceStub(channel)
-        request = settlement_pb2.QuoteRequest(voucher=voucher, **_payment(args))
-        reply = await stub.Quote(request, metadata=_auth(tokens.get("terminal")), timeout=10)
-        return _dict(reply)
-
-
-async def account(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = account_pb2_grpc.AccountServiceStub(channel)
-        reply = await stub.GetAccount(
-            account_pb2.GetAccountRequest(person_id=person_id(args.person)),
-            metadata=_auth(tokens.get("operator")),
-            timeout=10,
-        )
-        return _dict(reply)
+        reply = await COMMANDS[args.client_command](channel, args, tokens)
+    result: dict[str, Any] = json_format.MessageToDict(
+        reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return result

@@ -12,7 +12,7 @@ import asyncpg
 
 from gongji.domain.eligibility import RegionPolicy
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, resident_id_check_char
-from gongji.store import credentials, credits, grants, people
+from gongji.store import bindings, credentials, credits, grants, people
 from gongji.store.credentials import Kind
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ GRANTS = (
 )
 
 
+# 王小明 shows his son's e-voucher (a child under 16: no face verification).
+BINDINGS = ((XIAOMING, XIAOBAO, Relationship.CHILD),)
+
+
 def _no_check(_a: Person | None, _b: Person | None, _policy: RegionPolicy) -> None:
     """The demo grants are eligible by construction."""
 
@@ -82,6 +86,17 @@ async def seed(pool: asyncpg.Pool, data_dir: Path) -> dict[str, str]:
         await people.enroll(pool, person)
     for authorizer, beneficiary, relationship in GRANTS:
         await grants.create(pool, authorizer.person_id, beneficiary.person_id, relationship, _no_check)
+    for holder, member, relationship in BINDINGS:
+        await bindings.bind(
+            pool,
+            holder_id=holder.person_id,
+            member_id=member.person_id,
+            relationship=relationship,
+            phone="13800000000",
+            reason="demo: 代孩子出示医保码",
+            face_verification_ref="",
+            check=lambda *_: None,
+        )
     for person, amount_fen in BALANCES_FEN.items():
         await credits.credit(
             pool,

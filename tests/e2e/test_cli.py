@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -137,3 +139,34 @@ def test_make_run_first_call_restart_and_credentials(env: dict[str, str]) -> Non
         assert account["balance_fen"] == str(80_000 - 1_500)  # type: ignore[index]
     finally:
         _stop(proc)
+
+
+def _readme_examples() -> list[list[str]]:
+    """The command lines of the README's family-examples block, as argument lists."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- family-examples -->\n```sh\n(.*?)```", text, re.S)
+    assert block, "README.md has a family-examples block"
+    lines = [ln for ln in block[1].splitlines() if ln.strip() and not ln.startswith("#")]
+    assert all(ln.startswith(".venv/bin/gongji client ") for ln in lines)
+    return [shlex.split(ln)[2:] for ln in lines]
+
+
+def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
+    proc = _serve(env)
+    try:
+        results = [_client(env, *args) for args in _readme_examples()]
+    finally:
+        _stop(proc)
+    family, bound, voucher, settled, unbound, granted, named, revoked, policy, policies = results
+    assert family["bound_member_count"] == 1
+    assert bound["binding"]["active"] is True  # type: ignore[index]
+    assert voucher["person_id"] == demo.LIUFANG.person_id
+    assert voucher["requester_id"] == demo.ZHANGWEI.person_id
+    assert settled["settlement"]["acct_mulaid_pay_fen"] == "1200"  # type: ignore[index]
+    assert unbound["binding"]["active"] is False  # type: ignore[index]
+    assert granted["grant"]["status"] == "GRANT_STATUS_LIVE"  # type: ignore[index]
+    assert named["settlement"]["authorizer_id"] == demo.CHENJING.person_id  # type: ignore[index]
+    assert named["settlement"]["acct_mulaid_pay_fen"] == "500"  # type: ignore[index]
+    assert revoked["grant"]["end_reason"] == "REVOKED_BY_BENEFICIARY"  # type: ignore[index]
+    assert "RELATIONSHIP_SIBLING" in policy["policy"]["allowed_relationships"]  # type: ignore[index]
+    assert [p["region_key"] for p in policies["policies"]] == ["61"]  # type: ignore[index,union-attr]
