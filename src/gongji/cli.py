@@ -53,6 +53,22 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    """Check the books: every balance against its ledger, every settlement and refund against theirs."""
+    from gongji import runtime
+    from gongji.store import audit
+
+    async def go() -> list[str]:
+        async with runtime.database(settings, migrate_schema=False) as pool:
+            return await audit.differences(pool)
+
+    found: list[str] = _run(go())
+    for line in found:
+        print(line)
+    print(f"audit: {len(found)} differences", file=sys.stderr)
+    return 1 if found else 0
+
+
 def _credential(settings: Settings, args: argparse.Namespace) -> int:
     from gongji import runtime
     from gongji.store import credentials
@@ -100,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     sub.add_parser("seed", help="load the demo data set").set_defaults(func=_seed)
+    sub.add_parser("audit", help="check the books; exit 1 naming each difference").set_defaults(func=_audit)
 
     cred = sub.add_parser("credential", help="manage bearer-token credentials")
     cred_sub = cred.add_subparsers(dest="credential_command", required=True)

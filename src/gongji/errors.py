@@ -21,8 +21,7 @@ into statuses in one place. Nothing here imports grpc, so the domain can raise t
     ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED
     ├── TransactionAborted              ABORTED            TRANSACTION_ABORTED (deadlock, serialization)
     ├── Unavailable                     UNAVAILABLE        DATABASE_UNAVAILABLE
-    ├── Internal                        INTERNAL           INTERNAL (a defect of ours, never the client's)
-    └── Unimplemented                   UNIMPLEMENTED      NOT_IMPLEMENTED
+    └── Internal                        INTERNAL           INTERNAL (a defect of ours, never the client's)
 
 Voucher refusals answer FAILED_PRECONDITION, not UNAUTHENTICATED: UNAUTHENTICATED is kept for the
 terminal's own credentials, so that a POS never mistakes a stale e-voucher for a lost login.
@@ -218,11 +217,6 @@ class Internal(GongjiError):
 class DatabaseUnavailable(GongjiError):
     code = "UNAVAILABLE"
     reason = "DATABASE_UNAVAILABLE"
-
-
-class NotImplementedYet(GongjiError):
-    code = "UNIMPLEMENTED"
-    reason = "NOT_IMPLEMENTED"
 
 
 def _leaves(cls: type[GongjiError]) -> list[type[GongjiError]]:

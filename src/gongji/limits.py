@@ -32,6 +32,13 @@ FAMILY_LIST_ENTRIES_MAX = 50
 # Region policies an operator may set (31 provinces and their 统筹区 fit well below).
 REGION_POLICIES_MAX = 1_000
 
+# Pages a client may ask for.
+LEDGER_PAGE_SIZE_DEFAULT = 20
+LEDGER_PAGE_SIZE_MAX = 100
+RECONCILE_PAGE_SIZE_DEFAULT = 100
+RECONCILE_PAGE_SIZE_MAX = 1_000
+PAGE_TOKEN_LEN_MAX = 256
+
 # Credential cache: a revoked token stops working within this many seconds.
 CREDENTIAL_CACHE_TTL_S = 30
 CREDENTIAL_CACHE_ENTRIES_MAX = 10_000

@@ -34,32 +34,34 @@ async def test_missing_and_unknown_credentials(api: Api) -> None:
 
 async def test_each_credential_reaches_only_its_service(api: Api) -> None:
     get_account = account_pb2.GetAccountRequest(person_id="61010219920315402X")
+    enroll = account_pb2.EnrollRequest(person_id="61010219920315402X")
     issue = family_pb2.IssueVoucherRequest(person_id="61010219920315402X")
     quote = settlement_pb2.QuoteRequest()
+    await refused(
+        api.account.GetAccount(get_account, metadata=bearer(api.tokens.terminal_a)), S.PERMISSION_DENIED, "NOT_ALLOWED"
+    )
     for token in (api.tokens.terminal_a, api.tokens.app):
-        await refused(api.account.GetAccount(get_account, metadata=bearer(token)), S.PERMISSION_DENIED, "NOT_ALLOWED")
+        await refused(api.account.Enroll(enroll, metadata=bearer(token)), S.PERMISSION_DENIED, "NOT_ALLOWED")
     for token in (api.tokens.terminal_a, api.tokens.operator):
         await refused(api.family.IssueVoucher(issue, metadata=bearer(token)), S.PERMISSION_DENIED, "NOT_ALLOWED")
     for token in (api.tokens.app, api.tokens.operator):
         await refused(api.settlement.Quote(quote, metadata=bearer(token)), S.PERMISSION_DENIED, "NOT_ALLOWED")
 
 
-@pytest.mark.parametrize(
-    ("service", "method", "request_type", "kind"),
-    [
-        ("settlement", "Cancel", settlement_pb2.CancelRequest, "terminal_a"),
-        ("settlement", "Reverse", settlement_pb2.ReverseRequest, "terminal_a"),
-        ("settlement", "GetSettlement", settlement_pb2.GetSettlementRequest, "terminal_a"),
-        ("settlement", "Reconcile", settlement_pb2.ReconcileRequest, "operator"),
-        ("account", "ListLedger", account_pb2.ListLedgerRequest, "operator"),
-    ],
-)
-async def test_later_rpcs_answer_unimplemented(
-    api: Api, service: str, method: str, request_type: type, kind: str
-) -> None:
-    stub = getattr(api, service)
-    call = getattr(stub, method)(request_type(), metadata=bearer(getattr(api.tokens, kind)))
-    await refused(call, S.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+async def test_the_app_reads_accounts_and_history_but_terminals_do_not(api: Api) -> None:
+    person = await api.enroll(balance_fen=100)
+    get = account_pb2.GetAccountRequest(person_id=person)
+    history = account_pb2.ListLedgerRequest(person_id=person)
+    assert (await api.account.GetAccount(get, metadata=bearer(api.tokens.app))).account.balance_fen == 100
+    assert len((await api.account.ListLedger(history, metadata=bearer(api.tokens.app))).entries) == 1
+    await refused(
+        api.account.ListLedger(history, metadata=bearer(api.tokens.terminal_a)), S.PERMISSION_DENIED, "NOT_ALLOWED"
+    )
+    await refused(
+        api.account.Credit(account_pb2.CreditRequest(), metadata=bearer(api.tokens.app)),
+        S.PERMISSION_DENIED,
+        "NOT_ALLOWED",
+    )
 
 
 async def test_health_needs_no_credentials(channel: grpc.aio.Channel) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
 
 from gongji import errors, limits
-from gongji.api import convert
+from gongji.api import convert, pages
 from gongji.api.app import App, Context
 from gongji.api.validate import Fields
 from gongji.domain.eligibility import ALWAYS_REFUSED, DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship, Scheme
-from gongji.store import credits, people, policies
+from gongji.store import credits, ledger, people, policies
 from gongji.v1 import account_pb2, account_pb2_grpc, types_pb2
 
 _REGION_KEY = re.compile(r"[1-9][0-9]([0-9]{4})?")
@@ -142,5 +141,20 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             raise errors.PersonNotFound("no insured person with this id")
         return account_pb2.GetAccountResponse(account=_account(view))
 
-    async def ListLedger(self, request: Any, context: Context) -> Any:
-        raise errors.NotImplementedYet("ListLedger arrives with the money-lifecycle work")
+    async def ListLedger(
+        self, request: account_pb2.ListLedgerRequest, context: Context
+    ) -> account_pb2.ListLedgerResponse:
+        fields = Fields()
+        person_id = fields.person_id("person_id", request.person_id)
+        page_size = fields.page_size(
+            "page_size", request.page_size, limits.LEDGER_PAGE_SIZE_DEFAULT, limits.LEDGER_PAGE_SIZE_MAX
+        )
+        before = fields.entry_cursor("page_token", request.page_token)
+        fields.done()
+        if await people.get_person(self._app.pool, person_id) is None:
+            raise errors.PersonNotFound("no insured person with this id")
+        entries = await ledger.page(self._app.pool, person_id, before, page_size)
+        reply = account_pb2.ListLedgerResponse(entries=[convert.ledger_entry(e) for e in entries])
+        if len(entries) == page_size:
+            reply.next_page_token = pages.encode(str(entries[-1].entry_id))
+        return reply

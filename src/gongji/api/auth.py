@@ -20,9 +20,12 @@ _SERVICE_KINDS: dict[str, frozenset[Kind]] = {
     "gongji.v1.FamilyService": frozenset({Kind.APP}),
     "gongji.v1.AccountService": frozenset({Kind.OPERATOR}),
 }
-# Operators reconcile any institution (a terminal reconciles its own).
+# Operators reconcile any institution (a terminal reconciles its own). The app backend reads a person's
+# balance and history (交易记录) for the app; everything else of AccountService is for operators.
 _METHOD_KINDS: dict[str, frozenset[Kind]] = {
     "/gongji.v1.SettlementService/Reconcile": frozenset({Kind.TERMINAL, Kind.OPERATOR}),
+    "/gongji.v1.AccountService/GetAccount": frozenset({Kind.OPERATOR, Kind.APP}),
+    "/gongji.v1.AccountService/ListLedger": frozenset({Kind.OPERATOR, Kind.APP}),
 }
 
 

@@ -7,7 +7,10 @@ from gongji.domain.eligibility import RegionPolicy
 from gongji.domain.people import Relationship, mask_id, mask_name
 from gongji.store.bindings import BindingRow
 from gongji.store.grants import GrantRow
+from gongji.store.ledger import EntryRow
+from gongji.store.lifecycle import RefundRow, SettlementView
 from gongji.store.policies import PolicyRow
+from gongji.store.settlements import SettlementRow
 from gongji.v1 import account_pb2, family_pb2, types_pb2
 
 
@@ -72,4 +75,54 @@ def region_policy(key: str, policy: RegionPolicy, row: PolicyRow | None = None) 
         scope=types_pb2.GrantScope.Value(f"GRANT_SCOPE_{policy.scope}"),
         allowed_relationships=sorted(relationship(r) for r in policy.allowed),
         updated_at=timestamp(row.updated_at) if row else None,
+    )
+
+
+def refund(r: RefundRow) -> types_pb2.Refund:
+    return types_pb2.Refund(
+        refund_id=str(r.refund_id),
+        request_id=r.request_id,
+        settlement_id=str(r.settlement_id),
+        kind=r.kind,
+        amount_fen=r.amount_fen,
+        acct_pay_fen=r.acct_pay_fen,
+        acct_mulaid_pay_fen=r.acct_mulaid_pay_fen,
+        psn_cash_pay_fen=r.psn_cash_pay_fen,
+        created_at=timestamp(r.created_at),
+    )
+
+
+def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb2.Settlement:
+    """A settlement as POS terminals see it; with `view`, its refunds and reversal too."""
+    return types_pb2.Settlement(
+        settlement_id=str(s.settlement_id),
+        request_id=s.request_id,
+        institution_id=s.institution_id,
+        terminal_id=s.terminal_id,
+        patient_id=s.patient_id,
+        authorizer_id=s.authorizer_id or "",
+        amount_fen=s.amount_fen,
+        acct_pay_fen=s.acct_pay_fen,
+        acct_mulaid_pay_fen=s.acct_mulaid_pay_fen,
+        psn_cash_pay_fen=s.psn_cash_pay_fen,
+        balc_fen=s.balc_fen,
+        refunded_fen=s.refunded_fen,
+        created_at=timestamp(s.created_at),
+        refunds=[refund(r) for r in view.refunds] if view else [],
+        reversed_at=timestamp(view.reversed_at) if view else None,
+    )
+
+
+def ledger_entry(e: EntryRow) -> account_pb2.LedgerEntry:
+    return account_pb2.LedgerEntry(
+        entry_id=str(e.entry_id),
+        amount_fen=e.amount_fen,
+        balance_after_fen=e.balance_after_fen,
+        kind=e.kind,
+        settlement_id=str(e.settlement_id or ""),
+        credit_id=str(e.credit_id or ""),
+        refund_id=str(e.refund_id or ""),
+        counterpart_id_masked=mask_id(e.counterpart_id) if e.counterpart_id else "",
+        note=e.note or "",
+        created_at=timestamp(e.created_at),
     )

@@ -17,11 +17,11 @@ from gongji.store import bindings, grants, people, vouchers
 from gongji.v1 import family_pb2, family_pb2_grpc
 
 # Ages and "today" are the calendar day in China: every 统筹区 keeps Beijing time.
-_CHINA = ZoneInfo("Asia/Shanghai")
+CHINA = ZoneInfo("Asia/Shanghai")
 
 
 def china_today() -> dt.date:
-    return dt.datetime.now(_CHINA).date()
+    return dt.datetime.now(CHINA).date()
 
 
 def _check_grant(

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from typing import Any
 
 from gongji import errors, limits, metrics
-from gongji.api.app import App, Context, timestamp
+from gongji.api import convert, pages
+from gongji.api.app import App, Context
 from gongji.api.auth import current_principal
+from gongji.api.family import CHINA
 from gongji.api.validate import Fields
-from gongji.store import settlements
-from gongji.v1 import settlement_pb2, settlement_pb2_grpc, types_pb2
-
-_LATER = "arrives with the money-lifecycle work (refunds, reversals, reconciliation)"
+from gongji.store import lifecycle, settlements
+from gongji.store.credentials import Kind
+from gongji.v1 import settlement_pb2, settlement_pb2_grpc
 
 
 def _digest(patient_id: str, amount_fen: int, authorizer_id: str | None, use_account: bool) -> bytes:
@@ -20,24 +22,6 @@ def _digest(patient_id: str, amount_fen: int, authorizer_id: str | None, use_acc
     not content: a retry that rescanned a fresh voucher still replays the original."""
     canonical = f"{patient_id}\x1f{amount_fen}\x1f{authorizer_id or ''}\x1f{int(use_account)}"
     return hashlib.sha256(canonical.encode()).digest()
-
-
-def _settlement(s: settlements.SettlementRow) -> types_pb2.Settlement:
-    return types_pb2.Settlement(
-        settlement_id=str(s.settlement_id),
-        request_id=s.request_id,
-        institution_id=s.institution_id,
-        terminal_id=s.terminal_id,
-        patient_id=s.patient_id,
-        authorizer_id=s.authorizer_id or "",
-        amount_fen=s.amount_fen,
-        acct_pay_fen=s.acct_pay_fen,
-        acct_mulaid_pay_fen=s.acct_mulaid_pay_fen,
-        psn_cash_pay_fen=s.psn_cash_pay_fen,
-        balc_fen=s.balc_fen,
-        refunded_fen=s.refunded_fen,
-        created_at=timestamp(s.created_at),
-    )
 
 
 class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
@@ -109,16 +93,111 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
             metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
             metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
-        return settlement_pb2.SettleResponse(settlement=_settlement(s), replayed=s.replayed)
+        return settlement_pb2.SettleResponse(settlement=convert.settlement(s), replayed=s.replayed)
 
-    async def Cancel(self, request: Any, context: Context) -> Any:
-        raise errors.NotImplementedYet(f"Cancel {_LATER}")
+    async def Cancel(self, request: settlement_pb2.CancelRequest, context: Context) -> settlement_pb2.CancelResponse:
+        institution_id = _institution()
+        fields = Fields()
+        request_id = fields.request_id("request_id", request.request_id)
+        settlement_id = fields.uuid_id("settlement_id", request.settlement_id)
+        if not 0 <= request.amount_fen <= limits.AMOUNT_FEN_MAX:
+            fields.bad("amount_fen", f"must be 0 (all that is left) to {limits.AMOUNT_FEN_MAX} fen", amount=True)
+        fields.done()
+        assert settlement_id is not None
+        digest = hashlib.sha256(f"{settlement_id}\x1f{request.amount_fen}".encode()).digest()
+        refund_id, replayed = await lifecycle.cancel(
+            self._app.pool,
+            institution_id=institution_id,
+            request_id=request_id,
+            digest=digest,
+            settlement_id=settlement_id,
+            amount_fen=request.amount_fen,
+        )
+        view = await lifecycle.get_by_id(self._app.pool, settlement_id)
+        assert view is not None
+        refund = next(r for r in view.refunds if r.refund_id == refund_id)
+        return settlement_pb2.CancelResponse(
+            refund=convert.refund(refund), settlement=convert.settlement(view.settlement, view), replayed=replayed
+        )
 
-    async def Reverse(self, request: Any, context: Context) -> Any:
-        raise errors.NotImplementedYet(f"Reverse {_LATER}")
+    async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Context) -> settlement_pb2.ReverseResponse:
+        institution_id = _institution()
+        fields = Fields()
+        request_id = fields.request_id("original_request_id", request.original_request_id)
+        fields.done()
+        settlement_id = await lifecycle.reverse(self._app.pool, institution_id=institution_id, request_id=request_id)
+        if settlement_id is None:
+            return settlement_pb2.ReverseResponse(undone=False)
+        view = await lifecycle.get_by_id(self._app.pool, settlement_id)
+        assert view is not None
+        return settlement_pb2.ReverseResponse(undone=True, settlement=convert.settlement(view.settlement, view))
 
-    async def GetSettlement(self, request: Any, context: Context) -> Any:
-        raise errors.NotImplementedYet(f"GetSettlement {_LATER}")
+    async def GetSettlement(
+        self, request: settlement_pb2.GetSettlementRequest, context: Context
+    ) -> settlement_pb2.GetSettlementResponse:
+        institution_id = _institution()
+        fields = Fields()
+        key = request.WhichOneof("key")
+        if key == "settlement_id":
+            settlement_id = fields.uuid_id("settlement_id", request.settlement_id)
+            fields.done()
+            assert settlement_id is not None
+            view = await lifecycle.get_by_id(self._app.pool, settlement_id)
+        elif key == "request_id":
+            request_id = fields.request_id("request_id", request.request_id)
+            fields.done()
+            view = await lifecycle.get_by_request(self._app.pool, institution_id, request_id)
+        else:
+            raise errors.InvalidArgument.one("key", "set settlement_id or request_id")
+        if view is None:
+            raise errors.SettlementNotFound("no settlement with this key")
+        if view.settlement.institution_id != institution_id:
+            raise errors.InstitutionMismatch("the settlement belongs to another institution")
+        return settlement_pb2.GetSettlementResponse(settlement=convert.settlement(view.settlement, view))
 
-    async def Reconcile(self, request: Any, context: Context) -> Any:
-        raise errors.NotImplementedYet(f"Reconcile {_LATER}")
+    async def Reconcile(
+        self, request: settlement_pb2.ReconcileRequest, context: Context
+    ) -> settlement_pb2.ReconcileResponse:
+        fields = Fields()
+        institution_id = self._reconciled_institution(fields, request.institution_id)
+        day = fields.date("date", request.date)
+        page_size = fields.page_size(
+            "page_size", request.page_size, limits.RECONCILE_PAGE_SIZE_DEFAULT, limits.RECONCILE_PAGE_SIZE_MAX
+        )
+        after = fields.day_cursor("page_token", request.page_token)
+        fields.done()
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=CHINA)
+        end = start + dt.timedelta(days=1)  # China keeps no daylight saving time
+        reply = settlement_pb2.ReconcileResponse(institution_id=institution_id, date=day.isoformat())
+        if after is None:
+            for name, value in (await lifecycle.day_totals(self._app.pool, institution_id, start, end)).items():
+                setattr(reply, name, value)
+        if request.detail:
+            page = await lifecycle.day_page(self._app.pool, institution_id, start, end, after, page_size)
+            reply.settlements.extend(convert.settlement(v.settlement, v) for v in page)
+            if len(page) == page_size:
+                last = page[-1].settlement
+                reply.next_page_token = pages.encode(last.created_at.isoformat(), str(last.settlement_id))
+        return reply
+
+    @staticmethod
+    def _reconciled_institution(fields: Fields, asked: str) -> str:
+        """A terminal reconciles its own institution; an operator names one."""
+        principal = current_principal.get()
+        if principal.kind is Kind.OPERATOR:
+            if not asked:
+                fields.bad("institution_id", "is required for an operator")
+            elif len(asked) > limits.INSTITUTION_ID_LEN_MAX or not asked.isalnum():
+                fields.bad("institution_id", f"must be 1 to {limits.INSTITUTION_ID_LEN_MAX} letters and digits")
+            return asked
+        assert principal.institution_id is not None
+        if asked and asked != principal.institution_id:
+            raise errors.InstitutionMismatch("a terminal reconciles its own institution only")
+        return principal.institution_id
+
+
+def _institution() -> str:
+    """The calling terminal's institution: never a request field."""
+    institution_id = current_principal.get().institution_id
+    assert institution_id is not None, "SettlementService is for terminals"
+    return institution_id

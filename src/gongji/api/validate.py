@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+import uuid
 from typing import TypeVar
 
 from gongji import errors, limits
+from gongji.api import pages
 from gongji.domain.people import person_id_problem, region_code_problem
 
 E = TypeVar("E", bound=enum.Enum)
@@ -76,14 +78,60 @@ class Fields:
         return value.upper()
 
     def date(self, field: str, value: str) -> dt.date:
+        # Tomorrow by UTC is at most today in China, whatever the time of day.
+        latest = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
         try:
             day = dt.date.fromisoformat(value)
-            if len(value) != 10 or not dt.date(1900, 1, 1) <= day <= dt.date.today():
+            if len(value) != 10 or not dt.date(1900, 1, 1) <= day <= latest:
                 raise ValueError(value)
         except ValueError:
-            self.bad(field, "must be a past date written YYYY-MM-DD")
+            self.bad(field, "must be a date up to today, written YYYY-MM-DD")
             return dt.date(1900, 1, 1)
         return day
+
+    def uuid_id(self, field: str, value: str) -> uuid.UUID | None:
+        try:
+            return uuid.UUID(value) if len(value) == 36 else uuid.UUID("not a uuid")
+        except ValueError:
+            self.bad(field, "must be an id as answered by gongji (a UUID)")
+            return None
+
+    def page_size(self, field: str, value: int, default: int, maximum: int) -> int:
+        if not 0 <= value <= maximum:
+            self.bad(field, f"must be 0 (the default, {default}) to {maximum}")
+        return value or default
+
+    def page_token(self, field: str, value: str, count: int) -> list[str] | None:
+        """The parts of a page token from a previous answer; None for the first page."""
+        if not value:
+            return None
+        if len(value) > limits.PAGE_TOKEN_LEN_MAX:
+            self.bad(field, "is not a token from a previous answer")
+            return None
+        try:
+            return pages.decode(value, count)
+        except errors.InvalidArgument:
+            self.bad(field, "is not a token from a previous answer")
+            return None
+
+    def day_cursor(self, field: str, value: str) -> tuple[dt.datetime, uuid.UUID] | None:
+        parts = self.page_token(field, value, 2)
+        if parts is None:
+            return None
+        try:
+            return dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
+        except ValueError:
+            self.bad(field, "is not a token from a previous answer")
+            return None
+
+    def entry_cursor(self, field: str, value: str) -> int | None:
+        parts = self.page_token(field, value, 1)
+        if parts is None:
+            return None
+        if not parts[0].isdigit() or len(parts[0]) > 19:
+            self.bad(field, "is not a token from a previous answer")
+            return None
+        return int(parts[0])
 
     def enum(self, field: str, value: int, proto_names: dict[int, str], target: type[E], prefix: str) -> E | None:
         """Map a proto enum number to the domain enum; UNSPECIFIED and unknown numbers are violations."""

@@ -45,3 +45,18 @@ def split(
     assert result.amount_fen == amount_fen
     assert result.psn_cash_pay_fen >= 0
     return result
+
+
+def refund_split(amount_fen: int, left: Split) -> Split:
+    """Which sources a refund of `amount_fen` returns to, given what is not refunded yet (`left`).
+
+    Last drawn first: cash, then the authorizer's account, then the patient's own. So a partial refund
+    of a settlement that was paid partly in cash gives the cash back first, and the accounts keep what
+    they paid until the refund reaches them.
+    """
+    assert 0 < amount_fen <= left.amount_fen, (amount_fen, left)
+    cash = min(amount_fen, left.psn_cash_pay_fen)
+    mulaid = min(amount_fen - cash, left.acct_mulaid_pay_fen)
+    result = Split(amount_fen - cash - mulaid, mulaid, cash)
+    assert 0 <= result.acct_pay_fen <= left.acct_pay_fen
+    return result

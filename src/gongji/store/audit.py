@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncpg
 import asyncpg.pool
 
-# Every balance equals the sum of its ledger entries (accounts open at zero).
+# Every balance equals its credits minus its debits plus its refunds: the sum of its ledger entries
+# (accounts open at zero).
 _BALANCE_VS_LEDGER = """
 select a.person_id, a.balance_fen, coalesce(sum(l.amount_fen), 0)::bigint as ledger_fen
   from account a left join ledger_entry l on l.person_id = a.person_id
@@ -21,6 +22,27 @@ having coalesce(-sum(l.amount_fen) filter (where l.kind = 'SETTLEMENT'), 0) <> s
     or coalesce(-sum(l.amount_fen) filter (where l.kind = 'MUTUAL_AID'), 0) <> s.acct_mulaid_pay_fen
     or count(*) filter (where l.kind = 'SETTLEMENT') > 1
     or count(*) filter (where l.kind = 'MUTUAL_AID') > 1"""
+
+# Every refund is in the ledger as split: its own-account part to the patient, its mutual-aid part to
+# the authorizer, one entry for each part that is not zero.
+_REFUND_VS_LEDGER = """
+select r.refund_id
+  from refund r join settlement s on s.settlement_id = r.settlement_id
+  left join ledger_entry l on l.refund_id = r.refund_id
+ group by r.refund_id, r.acct_pay_fen, r.acct_mulaid_pay_fen, s.patient_id, s.authorizer_id
+having coalesce(sum(l.amount_fen) filter (where l.person_id = s.patient_id), 0) <> r.acct_pay_fen
+    or coalesce(sum(l.amount_fen) filter (where l.person_id = s.authorizer_id), 0) <> r.acct_mulaid_pay_fen
+    or count(l.entry_id) <> (r.acct_pay_fen > 0)::int + (r.acct_mulaid_pay_fen > 0)::int"""
+
+# A settlement's refunded_fen is the sum of its refunds, and never more than it settled per source.
+_SETTLEMENT_VS_REFUNDS = """
+select s.settlement_id
+  from settlement s left join refund r on r.settlement_id = s.settlement_id
+ group by s.settlement_id
+having s.refunded_fen <> coalesce(sum(r.amount_fen), 0)
+    or coalesce(sum(r.acct_pay_fen), 0) > s.acct_pay_fen
+    or coalesce(sum(r.acct_mulaid_pay_fen), 0) > s.acct_mulaid_pay_fen
+    or coalesce(sum(r.psn_cash_pay_fen), 0) > s.psn_cash_pay_fen"""
 
 # A voucher is used exactly when a settlement names it.
 _VOUCHER_VS_SETTLEMENT = """

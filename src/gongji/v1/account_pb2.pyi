@@ -228,7 +228,9 @@ class ListLedgerRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     person_id: _builtins.str
     page_size: _builtins.int
+    """Default 20, at most 100."""
     page_token: _builtins.str
+    """From the previous answer's next_page_token; empty for the newest entries."""
     def __init__(
         self,
         *,
@@ -279,6 +281,8 @@ class LedgerEntry(_message.Message):
     CREDIT_ID_FIELD_NUMBER: _builtins.int
     COUNTERPART_ID_MASKED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    REFUND_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     amount_fen: _builtins.int
     """Signed: positive credits the account, negative debits it."""
@@ -288,7 +292,10 @@ class LedgerEntry(_message.Message):
     settlement_id: _builtins.str
     credit_id: _builtins.str
     counterpart_id_masked: _builtins.str
-    """The family member who used the money (masked), for mutual-aid entries."""
+    """The family member who used the money (masked), for mutual-aid entries and their refunds."""
+    refund_id: _builtins.str
+    note: _builtins.str
+    """Why, where the kind alone does not say: e.g. a refund to an authorizer whose grant has ended."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -302,10 +309,12 @@ class LedgerEntry(_message.Message):
         credit_id: _builtins.str = ...,
         counterpart_id_masked: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        refund_id: _builtins.str = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "balance_after_fen", b"balance_after_fen", "counterpart_id_masked", b"counterpart_id_masked", "created_at", b"created_at", "credit_id", b"credit_id", "entry_id", b"entry_id", "kind", b"kind", "settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "balance_after_fen", b"balance_after_fen", "counterpart_id_masked", b"counterpart_id_masked", "created_at", b"created_at", "credit_id", b"credit_id", "entry_id", b"entry_id", "kind", b"kind", "note", b"note", "refund_id", b"refund_id", "settlement_id", b"settlement_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

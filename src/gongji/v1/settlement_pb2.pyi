@@ -194,19 +194,25 @@ class CancelResponse(_message.Message):
 
     REFUND_FIELD_NUMBER: _builtins.int
     SETTLEMENT_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when this answer replays an earlier Cancel with the same request_id."""
     @_builtins.property
     def refund(self) -> _types_pb2.Refund: ...
     @_builtins.property
-    def settlement(self) -> _types_pb2.Settlement: ...
+    def settlement(self) -> _types_pb2.Settlement:
+        """The settlement after the refund, with all its refunds."""
+
     def __init__(
         self,
         *,
         refund: _types_pb2.Refund | None = ...,
         settlement: _types_pb2.Settlement | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "settlement", b"settlement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "settlement", b"settlement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "replayed", b"replayed", "settlement", b"settlement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,10 +244,12 @@ class ReverseResponse(_message.Message):
     UNDONE_FIELD_NUMBER: _builtins.int
     SETTLEMENT_FIELD_NUMBER: _builtins.int
     undone: _builtins.bool
-    """True when a committed settlement was undone; false when nothing had been committed."""
+    """True when a committed settlement was undone; false when nothing had been committed (a late
+    original is then refused with ALREADY_REVERSED).
+    """
     @_builtins.property
     def settlement(self) -> _types_pb2.Settlement:
-        """The settlement that was undone, when there was one."""
+        """The settlement that was undone, when there was one, with the reversal among its refunds."""
 
     def __init__(
         self,
@@ -315,9 +323,11 @@ class ReconcileRequest(_message.Message):
     detail: _builtins.bool
     """Include the settlements themselves (3202), one page at a time."""
     institution_id: _builtins.str
-    """Only operators name the institution; a terminal reconciles its own."""
+    """Operators must name the institution; a terminal reconciles its own (empty, or its own id)."""
     page_size: _builtins.int
+    """Settlements per page with detail: default 100, at most 1000."""
     page_token: _builtins.str
+    """From the previous answer's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
@@ -337,6 +347,11 @@ Global___ReconcileRequest: _TypeAlias = ReconcileRequest  # noqa: Y015
 
 @_typing.final
 class ReconcileResponse(_message.Message):
+    """Totals (3201) of one institution's day: settlements created that day, and refunds (cancellations
+    and reversals) made that day, whichever day their settlement was. The first page (no page_token)
+    carries the totals; later pages carry only settlements.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTITUTION_ID_FIELD_NUMBER: _builtins.int
@@ -350,6 +365,10 @@ class ReconcileResponse(_message.Message):
     REFUNDED_FEN_FIELD_NUMBER: _builtins.int
     SETTLEMENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REFUND_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
     institution_id: _builtins.str
     date: _builtins.str
     settlement_count: _builtins.int
@@ -360,8 +379,16 @@ class ReconcileResponse(_message.Message):
     refund_count: _builtins.int
     refunded_fen: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
+    refund_acct_pay_fen: _builtins.int
+    refund_acct_mulaid_pay_fen: _builtins.int
+    refund_psn_cash_pay_fen: _builtins.int
+    reversal_count: _builtins.int
+    """Of refund_count, how many were reversals."""
     @_builtins.property
-    def settlements(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Settlement]: ...
+    def settlements(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Settlement]:
+        """With detail (3202): this page of the day's settlements, oldest first."""
+
     def __init__(
         self,
         *,
@@ -376,10 +403,14 @@ class ReconcileResponse(_message.Message):
         refunded_fen: _builtins.int = ...,
         settlements: _abc.Iterable[_types_pb2.Settlement] | None = ...,
         next_page_token: _builtins.str = ...,
+        refund_acct_pay_fen: _builtins.int = ...,
+        refund_acct_mulaid_pay_fen: _builtins.int = ...,
+        refund_psn_cash_pay_fen: _builtins.int = ...,
+        reversal_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_count", b"refund_count", "refunded_fen", b"refunded_fen", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -206,6 +206,7 @@ class Settlement(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     TERMINAL_ID_FIELD_NUMBER: _builtins.int
     REFUNDS_FIELD_NUMBER: _builtins.int
+    REVERSED_AT_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     request_id: _builtins.str
     """The terminal's idempotency key."""
@@ -228,7 +229,13 @@ class Settlement(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Refund]: ...
+    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Refund]:
+        """Oldest first. Filled by GetSettlement, Cancel and Reverse."""
+
+    @_builtins.property
+    def reversed_at(self) -> _timestamp_pb2.Timestamp:
+        """Set once the settlement was reversed (2601)."""
+
     def __init__(
         self,
         *,
@@ -246,10 +253,11 @@ class Settlement(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         terminal_id: _builtins.str = ...,
         refunds: _abc.Iterable[Global___Refund] | None = ...,
+        reversed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "created_at", b"created_at", "institution_id", b"institution_id", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "created_at", b"created_at", "institution_id", b"institution_id", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -257,7 +265,9 @@ Global___Settlement: _TypeAlias = Settlement  # noqa: Y015
 
 @_typing.final
 class Refund(_message.Message):
-    """A refund (2208) of part or all of a settlement, by source."""
+    """A refund of part or all of a settlement, by source: money goes back where it came from, last drawn
+    first (cash, then the authorizer's account, then the patient's own).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -269,6 +279,7 @@ class Refund(_message.Message):
     ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
     PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     refund_id: _builtins.str
     request_id: _builtins.str
     settlement_id: _builtins.str
@@ -276,6 +287,8 @@ class Refund(_message.Message):
     acct_pay_fen: _builtins.int
     acct_mulaid_pay_fen: _builtins.int
     psn_cash_pay_fen: _builtins.int
+    kind: _builtins.str
+    """CANCEL (2208) or REVERSAL (2601)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -289,10 +302,11 @@ class Refund(_message.Message):
         acct_mulaid_pay_fen: _builtins.int = ...,
         psn_cash_pay_fen: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "created_at", b"created_at", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_id", b"refund_id", "request_id", b"request_id", "settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "created_at", b"created_at", "kind", b"kind", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_id", b"refund_id", "request_id", b"request_id", "settlement_id", b"settlement_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,3 +1,14 @@
+-- A request id the POS reversed (2601), with the settlement undone when there was one. Settle refuses a
+-- late original with this id (ALREADY_REVERSED); gongji_reverse (0004) writes it.
+create table reversal (
+    institution_id text not null,
+    request_id     text not null,
+    settlement_id  uuid,
+    refund_id      uuid,
+    created_at     timestamptz not null default now(),
+    primary key (institution_id, request_id)
+);
+
 -- Quote (2206) and Settle (2207) as server-side functions, so that a settlement is one round trip:
 -- the account rows stay locked only for the database's own work, never for a network hop.
 -- Refusals are answered as an `outcome` reason (the same reasons as gongji.errors) and write nothing;
@@ -119,8 +130,12 @@ declare
     v_after      bigint;
     v_id         constant uuid := gen_random_uuid();
 begin
-    -- Requests with the same key wait for each other, so a POS retry racing its original replays it.
+    -- Requests with the same key wait for each other, so a POS retry racing its original replays it,
+    -- and a reversal (gongji_reverse takes the same lock) either undoes it or refuses it, never half.
     perform pg_advisory_xact_lock(hashtextextended(v_scope || '/' || p_request_id, 0));
+    if exists (select 1 from reversal r where r.institution_id = p_institution_id and r.request_id = p_request_id) then
+        outcome := 'ALREADY_REVERSED'; return next; return;
+    end if;
     select k.request_digest, k.resource_id into v_digest, v_existing
       from idempotency_key k where k.scope = v_scope and k.request_id = p_request_id;
     if found then

@@ -1,0 +1,149 @@
+"""Refunds (2208), reversals (2601) and reading settlements back: the money lifecycle after Settle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from gongji import errors
+from gongji.store.settlements import SettlementRow
+
+_CANCEL = "select * from gongji_cancel($1, $2, $3, $4, $5)"
+_REVERSE = "select * from gongji_reverse($1, $2)"
+
+_SETTLEMENT_COLUMNS = """settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, amount_fen,
+       acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at"""
+_BY_ID = f"select {_SETTLEMENT_COLUMNS} from settlement where settlement_id = $1"
+_BY_REQUEST = f"select {_SETTLEMENT_COLUMNS} from settlement where institution_id = $1 and request_id = $2"
+_REFUNDS_OF = """
+select refund_id, request_id, settlement_id, kind, amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen,
+       created_at
+  from refund where settlement_id = $1 order by created_at, refund_id"""
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRow:
+    refund_id: uuid.UUID
+    request_id: str
+    settlement_id: uuid.UUID
+    kind: str
+    amount_fen: int
+    acct_pay_fen: int
+    acct_mulaid_pay_fen: int
+    psn_cash_pay_fen: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementView:
+    settlement: SettlementRow
+    reversed_at: dt.datetime | None
+    refunds: list[RefundRow]
+
+
+def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
+    return SettlementRow(**{k: r[k] for k in SettlementRow.__dataclass_fields__ if k != "replayed"}, replayed=replayed)
+
+
+async def _view(conn: asyncpg.Pool, row: asyncpg.Record | None) -> SettlementView | None:
+    if row is None:
+        return None
+    refunds = [RefundRow(**dict(r)) for r in await conn.fetch(_REFUNDS_OF, row["settlement_id"])]
+    view = SettlementView(settlement_row(row), row["reversed_at"], refunds)
+    s = view.settlement
+    assert s.refunded_fen == sum(r.amount_fen for r in refunds) <= s.amount_fen
+    return view
+
+
+async def get_by_id(pool: asyncpg.Pool, settlement_id: uuid.UUID) -> SettlementView | None:
+    return await _view(pool, await pool.fetchrow(_BY_ID, settlement_id))
+
+
+async def get_by_request(pool: asyncpg.Pool, institution_id: str, request_id: str) -> SettlementView | None:
+    return await _view(pool, await pool.fetchrow(_BY_REQUEST, institution_id, request_id))
+
+
+async def cancel(
+    pool: asyncpg.Pool,
+    *,
+    institution_id: str,
+    request_id: str,
+    digest: bytes,
+    settlement_id: uuid.UUID,
+    amount_fen: int,
+) -> tuple[uuid.UUID, bool]:
+    """Refund in one transaction; return (refund id, replayed). Refusals raise and wrote nothing."""
+    row = await pool.fetchrow(_CANCEL, institution_id, request_id, digest, settlement_id, amount_fen)
+    assert row is not None
+    if row["outcome"] != "OK":
+        raise errors.BY_REASON[row["outcome"]]()
+    refund_id: uuid.UUID = row["refund_id"]
+    return refund_id, row["replayed"]
+
+
+async def reverse(pool: asyncpg.Pool, *, institution_id: str, request_id: str) -> uuid.UUID | None:
+    """Reverse by the original request id; return the undone settlement's id, or None when nothing
+    had been committed (the id is then refused to a late original)."""
+    row = await pool.fetchrow(_REVERSE, institution_id, request_id)
+    assert row is not None
+    assert row["outcome"] == "OK"
+    settlement_id: uuid.UUID | None = row["settlement_id"]
+    assert row["undone"] == (settlement_id is not None)
+    return settlement_id
+
+
+# Reconciliation (3201/3202): one institution, one calendar day [start, end).
+_DAY_SETTLEMENTS = """
+select count(*) as settlement_count, coalesce(sum(amount_fen), 0)::bigint as amount_fen,
+       coalesce(sum(acct_pay_fen), 0)::bigint as acct_pay_fen,
+       coalesce(sum(acct_mulaid_pay_fen), 0)::bigint as acct_mulaid_pay_fen,
+       coalesce(sum(psn_cash_pay_fen), 0)::bigint as psn_cash_pay_fen
+  from settlement where institution_id = $1 and created_at >= $2 and created_at < $3"""
+_DAY_REFUNDS = """
+select count(*) as refund_count, count(*) filter (where kind = 'REVERSAL') as reversal_count,
+       coalesce(sum(amount_fen), 0)::bigint as refunded_fen,
+       coalesce(sum(acct_pay_fen), 0)::bigint as refund_acct_pay_fen,
+       coalesce(sum(acct_mulaid_pay_fen), 0)::bigint as refund_acct_mulaid_pay_fen,
+       coalesce(sum(psn_cash_pay_fen), 0)::bigint as refund_psn_cash_pay_fen
+  from refund where institution_id = $1 and created_at >= $2 and created_at < $3"""
+# Keyset pagination on (created_at, settlement_id): each page is one index range, whatever the day's size.
+_DAY_PAGE = f"""
+select {_SETTLEMENT_COLUMNS} from settlement
+ where institution_id = $1 and created_at >= $2 and created_at < $3 and (created_at, settlement_id) > ($4, $5)
+ order by created_at, settlement_id limit $6"""
+_REFUNDS_OF_MANY = """
+select refund_id, request_id, settlement_id, kind, amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen,
+       created_at
+  from refund where settlement_id = any($1::uuid[]) order by created_at, refund_id"""
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+async def day_totals(pool: asyncpg.Pool, institution_id: str, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
+    settled = await pool.fetchrow(_DAY_SETTLEMENTS, institution_id, start, end)
+    refunded = await pool.fetchrow(_DAY_REFUNDS, institution_id, start, end)
+    assert settled is not None
+    assert refunded is not None
+    totals = {**dict(settled), **dict(refunded)}
+    assert totals["acct_pay_fen"] + totals["acct_mulaid_pay_fen"] + totals["psn_cash_pay_fen"] == totals["amount_fen"]
+    return totals
+
+
+async def day_page(
+    pool: asyncpg.Pool,
+    institution_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[SettlementView]:
+    """Up to `limit` settlements of the day after the cursor `after`, oldest first, with their refunds."""
+    after_at, after_id = after or (_EPOCH, uuid.UUID(int=0))
+    rows = await pool.fetch(_DAY_PAGE, institution_id, start, end, after_at, after_id, limit)
+    refunds: dict[uuid.UUID, list[RefundRow]] = {r["settlement_id"]: [] for r in rows}
+    for r in await pool.fetch(_REFUNDS_OF_MANY, list(refunds)):
+        refunds[r["settlement_id"]].append(RefundRow(**dict(r)))
+    return [SettlementView(settlement_row(r), r["reversed_at"], refunds[r["settlement_id"]]) for r in rows]
