@@ -247,6 +247,26 @@ class Api:
         return reply
 
 
+async def cancel(
+    api: Api, settlement_id: str, amount_fen: int, *, request_id: str | None = None, token: str | None = None
+) -> settlement_pb2.CancelResponse:
+    reply: settlement_pb2.CancelResponse = await api.settlement.Cancel(
+        settlement_pb2.CancelRequest(
+            request_id=request_id or f"c-{uuid.uuid4()}", settlement_id=settlement_id, amount_fen=amount_fen
+        ),
+        metadata=bearer(token or api.tokens.terminal_a),
+    )
+    return reply
+
+
+async def reverse(api: Api, original_request_id: str, *, token: str | None = None) -> settlement_pb2.ReverseResponse:
+    reply: settlement_pb2.ReverseResponse = await api.settlement.Reverse(
+        settlement_pb2.ReverseRequest(original_request_id=original_request_id),
+        metadata=bearer(token or api.tokens.terminal_a),
+    )
+    return reply
+
+
 async def refused(awaitable: Any, code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
     """Await a call that must fail with `code` and exactly one ErrorInfo carrying `reason`."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from support import with_database
 
 from gongji import limits
-from gongji.domain.waterfall import split
+from gongji.domain.waterfall import Split, refund_split, split
 from gongji.store import migrate
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
@@ -30,6 +30,35 @@ def test_sql_split_agrees_with_the_reference(db_url: str) -> None:
                 row = runner.run(conn.fetchrow("select * from gongji_split($1, $2, $3, $4)", amount, own, mulaid, use))
                 assert row is not None
                 expected = split(amount, own, mulaid, use_personal_account=use)
+                assert (row["acct_pay_fen"], row["acct_mulaid_pay_fen"], row["psn_cash_pay_fen"]) == (
+                    expected.acct_pay_fen,
+                    expected.acct_mulaid_pay_fen,
+                    expected.psn_cash_pay_fen,
+                )
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+def test_sql_refund_split_agrees_with_the_reference(db_url: str) -> None:
+    """gongji_refund_split and domain.waterfall.refund_split agree on whatever is left to refund."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=300, deadline=None)
+            @given(st.integers(0, 10**8), st.integers(0, 10**8), st.integers(0, 10**8), st.data())
+            def agree(own: int, mulaid: int, cash: int, data: st.DataObject) -> None:
+                left = Split(own, mulaid, cash)
+                if left.amount_fen == 0:
+                    return
+                amount = data.draw(st.integers(1, left.amount_fen))
+                row = runner.run(
+                    conn.fetchrow("select * from gongji_refund_split($1, $2, $3, $4)", amount, own, mulaid, cash)
+                )
+                assert row is not None
+                expected = refund_split(amount, left)
                 assert (row["acct_pay_fen"], row["acct_mulaid_pay_fen"], row["psn_cash_pay_fen"]) == (
                     expected.acct_pay_fen,
                     expected.acct_mulaid_pay_fen,

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gongji import limits
-from gongji.domain.waterfall import Split, split
+from gongji.domain.waterfall import Split, refund_split, split
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
 balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
@@ -57,3 +57,27 @@ def test_refuses_what_cannot_be_split() -> None:
         split(0, 100, 100)
     with pytest.raises(AssertionError):
         split(100, -1, 100)
+
+
+@given(st.integers(0, 10**8), st.integers(0, 10**8), st.integers(0, 10**8), st.data())
+def test_refunds_go_back_last_drawn_first(own: int, mulaid: int, cash: int, data: st.DataObject) -> None:
+    left = Split(own, mulaid, cash)
+    if left.amount_fen == 0:
+        return
+    amount = data.draw(st.integers(1, left.amount_fen))
+    r = refund_split(amount, left)
+    assert r.amount_fen == amount
+    assert 0 <= r.acct_pay_fen <= own
+    assert 0 <= r.acct_mulaid_pay_fen <= mulaid
+    assert 0 <= r.psn_cash_pay_fen <= cash
+    if r.acct_mulaid_pay_fen:
+        assert r.psn_cash_pay_fen == cash  # cash went back first
+    if r.acct_pay_fen:
+        assert r.acct_mulaid_pay_fen == mulaid  # then the authorizer's account
+
+
+def test_refund_example() -> None:
+    # Settled 1,000 own + 1,500 mutual aid + 500 cash; refund 700, then 1,500, then the rest.
+    assert refund_split(700, Split(1_000, 1_500, 500)) == Split(0, 200, 500)
+    assert refund_split(1_500, Split(1_000, 1_300, 0)) == Split(200, 1_300, 0)
+    assert refund_split(800, Split(800, 0, 0)) == Split(800, 0, 0)

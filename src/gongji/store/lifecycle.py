@@ -48,10 +48,14 @@ def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRo
     return SettlementRow(**{k: r[k] for k in SettlementRow.__dataclass_fields__ if k != "replayed"}, replayed=replayed)
 
 
-async def _view(conn: asyncpg.Pool, row: asyncpg.Record | None) -> SettlementView | None:
-    if row is None:
-        return None
-    refunds = [RefundRow(**dict(r)) for r in await conn.fetch(_REFUNDS_OF, row["settlement_id"])]
+async def _view(pool: asyncpg.Pool, query: str, *args: object) -> SettlementView | None:
+    """The settlement and its refunds from one snapshot, so a refund committing in between cannot
+    make them disagree."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(query, *args)
+        if row is None:
+            return None
+        refunds = [RefundRow(**dict(r)) for r in await conn.fetch(_REFUNDS_OF, row["settlement_id"])]
     view = SettlementView(settlement_row(row), row["reversed_at"], refunds)
     s = view.settlement
     assert s.refunded_fen == sum(r.amount_fen for r in refunds) <= s.amount_fen
@@ -59,11 +63,11 @@ async def _view(conn: asyncpg.Pool, row: asyncpg.Record | None) -> SettlementVie
 
 
 async def get_by_id(pool: asyncpg.Pool, settlement_id: uuid.UUID) -> SettlementView | None:
-    return await _view(pool, await pool.fetchrow(_BY_ID, settlement_id))
+    return await _view(pool, _BY_ID, settlement_id)
 
 
 async def get_by_request(pool: asyncpg.Pool, institution_id: str, request_id: str) -> SettlementView | None:
-    return await _view(pool, await pool.fetchrow(_BY_REQUEST, institution_id, request_id))
+    return await _view(pool, _BY_REQUEST, institution_id, request_id)
 
 
 async def cancel(

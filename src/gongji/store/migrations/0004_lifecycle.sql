@@ -59,9 +59,10 @@ declare
     v_id    constant uuid := gen_random_uuid();
 begin
     select * into s from settlement x where x.settlement_id = p_settlement_id;
-    select s.acct_pay_fen - coalesce(sum(r.acct_pay_fen), 0) as own,
-           s.acct_mulaid_pay_fen - coalesce(sum(r.acct_mulaid_pay_fen), 0) as mulaid,
-           s.psn_cash_pay_fen - coalesce(sum(r.psn_cash_pay_fen), 0) as cash
+    -- sum(bigint) is numeric: cast back, the amounts are bounded far below bigint's range.
+    select (s.acct_pay_fen - coalesce(sum(r.acct_pay_fen), 0))::bigint as own,
+           (s.acct_mulaid_pay_fen - coalesce(sum(r.acct_mulaid_pay_fen), 0))::bigint as mulaid,
+           (s.psn_cash_pay_fen - coalesce(sum(r.psn_cash_pay_fen), 0))::bigint as cash
       into v_left
       from refund r where r.settlement_id = p_settlement_id;
     assert p_amount_fen > 0 and p_amount_fen <= v_left.own + v_left.mulaid + v_left.cash;
