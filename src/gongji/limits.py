@@ -32,6 +32,11 @@ FAMILY_LIST_ENTRIES_MAX = 50
 # Region policies an operator may set (31 provinces and their 统筹区 fit well below).
 REGION_POLICIES_MAX = 1_000
 
+# Field violations reported for one request (the rest are implied).
+FIELD_VIOLATIONS_MAX = 20
+# Relationships one region policy may list (there are eight).
+POLICY_RELATIONSHIPS_MAX = 8
+
 # Pages a client may ask for.
 LEDGER_PAGE_SIZE_DEFAULT = 20
 LEDGER_PAGE_SIZE_MAX = 100

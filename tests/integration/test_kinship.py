@@ -191,3 +191,55 @@ async def test_a_holder_may_also_be_a_granting_parent(api: Api) -> None:
     voucher = await api.voucher(child, requester_id=parent)
     s = (await api.settle(child, 500, voucher=voucher, request_id=f"kin-{uuid.uuid4()}")).settlement
     assert (s.acct_mulaid_pay_fen, s.authorizer_id) == (500, parent)
+
+
+async def test_names_compare_as_people_write_them(api: Api) -> None:
+    holder = await api.enroll(birth=PARENT_BORN)
+    uyghur = await api.enroll(birth=dt.date(2014, 4, 4), name="阿依古丽·买买提")
+    foreign = await api.enroll(
+        birth=dt.date(2013, 3, 3),
+        name="Anna Smith",
+        document_type=types_pb2.DOCUMENT_TYPE_PASSPORT,
+        document_number="E7654321",
+    )
+    assert (await api.bind(holder, uyghur, member_name="阿依古丽•买买提")).binding.active
+    passport = {"document_type": types_pb2.DOCUMENT_TYPE_PASSPORT, "document_number": "E7654321"}
+    assert (await api.bind(holder, foreign, member_name=" ＡＮＮＡ  smith ", **passport)).binding.active
+
+
+async def test_a_status_update_keeps_the_document_on_record(api: Api) -> None:
+    holder = await api.enroll(birth=PARENT_BORN)
+    member = await api.enroll(
+        birth=dt.date(2011, 1, 1), name="ANNA", document_type=types_pb2.DOCUMENT_TYPE_PASSPORT, document_number="E1"
+    )
+    await api.set_status(member, types_pb2.PERSON_STATUS_ACTIVE, scheme=RESIDENT)  # no document in the request
+    passport = {"document_type": types_pb2.DOCUMENT_TYPE_PASSPORT, "document_number": "E1"}
+    assert (await api.bind(holder, member, **passport)).binding.active
+
+
+async def test_blank_face_verification_is_no_verification(api: Api) -> None:
+    holder = await api.enroll(birth=PARENT_BORN)
+    adult = await api.enroll(birth=dt.date(1990, 1, 1))
+    error = await refused(api.bind(holder, adult, face_verification_ref="   "), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert field_violations(error) == ["face_verification_ref"]
+
+
+async def test_binding_again_does_not_revive_old_vouchers(api: Api) -> None:
+    holder = await api.enroll(birth=PARENT_BORN)
+    member = await api.enroll(balance_fen=1_000, birth=dt.date(2012, 1, 1))
+    await api.bind(holder, member)
+    before = await api.voucher(member, requester_id=holder)
+    await api.unbind(holder, member)
+    await api.bind(holder, member)
+    await refused(api.settle(member, 100, voucher=before), S.FAILED_PRECONDITION, "VOUCHER_INVALID")
+    assert (await api.settle(member, 100, voucher=await api.voucher(member, requester_id=holder))).settlement
+
+
+async def test_terminated_members_and_suspended_holders(api: Api) -> None:
+    holder = await api.enroll(birth=PARENT_BORN)
+    gone = await api.enroll(birth=dt.date(2012, 1, 1), status=types_pb2.PERSON_STATUS_TERMINATED)
+    await refused(api.bind(holder, gone), S.FAILED_PRECONDITION, "PERSON_NOT_ACTIVE")
+    member = await api.enroll(birth=dt.date(2012, 1, 1))
+    await api.bind(holder, member)
+    await api.set_status(holder, SUSPENDED)
+    await refused(api.voucher(member, requester_id=holder), S.FAILED_PRECONDITION, "PERSON_NOT_ACTIVE")

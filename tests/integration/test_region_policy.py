@@ -109,3 +109,33 @@ async def test_moving_out_of_scope_ends_grants_by_the_authorizers_policy(api: Ap
     assert (kept.grants_ended, ended.grants_ended) == (0, 1)
     held = (await api.list_family(mover_b)).grants_held
     assert [(g.status, g.end_reason) for g in held] == [(types_pb2.GRANT_STATUS_ENDED, "REGION_OUT_OF_SCOPE")]
+
+
+async def test_a_region_policy_beats_its_provinces_in_both_directions(api: Api) -> None:
+    """Hunan (43) is national; Zhuzhou (430200) keeps to itself: the more specific entry wins."""
+    await api.set_policy("43", NATIONAL, [SPOUSE, PARENT, CHILD])
+    await api.set_policy("430200", REGION, [SPOUSE, PARENT, CHILD])
+    changsha = await api.enroll(region="430100", birth=OLD)
+    zhuzhou = await api.enroll(region="430200", birth=OLD)
+    far_child = await api.enroll(region="610100", birth=YOUNG, scheme=RESIDENT)
+    assert (await api.grant(changsha, far_child, CHILD)).grant.status == types_pb2.GRANT_STATUS_LIVE
+    await refused(api.grant(zhuzhou, far_child, CHILD), S.FAILED_PRECONDITION, "REGION_OUT_OF_SCOPE")
+
+
+async def test_a_grant_keeps_the_scope_it_was_made_under(api: Api) -> None:
+    """Narrowing a policy does not end live grants, nor does an unrelated Enroll later."""
+    await api.set_policy("42", NATIONAL, [SPOUSE, PARENT, CHILD])
+    wuhan = await api.enroll(region="420100", birth=OLD, balance_fen=1_000)
+    child = await api.enroll(region="610100", birth=YOUNG, scheme=RESIDENT)
+    await api.grant(wuhan, child, CHILD)
+    await api.set_policy("42", PROVINCE, [SPOUSE, PARENT, CHILD])
+    assert (await api.set_status(child, ACTIVE, scheme=RESIDENT, region="610100")).grants_ended == 0
+    assert (await api.set_status(child, ACTIVE, scheme=RESIDENT, region="440100")).grants_ended == 0
+    assert (await api.settle(child, 300)).settlement.acct_mulaid_pay_fen == 300
+
+
+async def test_many_bad_entries_still_get_a_clear_answer(api: Api) -> None:
+    error = await refused(api.set_policy("45", NATIONAL, [99] * 200), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert set(field_violations(error)) == {"policy.allowed_relationships"}
+    error = await refused(api.set_policy("610000", NATIONAL, [SPOUSE]), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert field_violations(error) == ["policy.region_key"]

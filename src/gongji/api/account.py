@@ -45,8 +45,12 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         fields.done()
         assert scheme is not None
         assert status is not None
-        person = Person(person_id, name, birth_date, region_code, scheme, status, document_type, document_number)
-        created, ended = await people.enroll(self._app.pool, person)
+        person = Person(
+            person_id, name.strip(), birth_date, region_code, scheme, status, document_type, document_number
+        )
+        # No document in the request: keep the one on record (a status change need not repeat it).
+        keep = request.document_type == types_pb2.DOCUMENT_TYPE_UNSPECIFIED and not request.document_number
+        created, ended = await people.enroll(self._app.pool, person, keep_document=keep)
         view = await people.get_account(self._app.pool, person_id)
         assert view is not None
         return account_pb2.EnrollResponse(account=_account(view), created=created, grants_ended=ended)
@@ -55,7 +59,8 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
     def _document(
         fields: Fields, request: account_pb2.EnrollRequest, person_id: str
     ) -> tuple[DocumentType, str | None]:
-        """The identity document on record; unset means the resident ID card numbered person_id."""
+        """The identity document given; unset means the resident ID card numbered person_id for a new
+        person, and the document on record for an update."""
         if request.document_type == types_pb2.DOCUMENT_TYPE_UNSPECIFIED:
             if request.document_number:
                 fields.bad("document_type", "is required with a document_number")
@@ -79,7 +84,12 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         p = request.policy
         if not _REGION_KEY.fullmatch(p.region_key):
             fields.bad("policy.region_key", "must be a province ('61') or a 6-digit 统筹区 code ('610100')")
+        if len(p.region_key) == 6 and p.region_key.endswith("0000"):
+            fields.bad("policy.region_key", "for a whole province use its two digits ('61'), not '610000'")
         scope = fields.enum("policy.scope", p.scope, convert.SCOPE_NAMES, Scope, convert.SCOPE)
+        if len(p.allowed_relationships) > limits.POLICY_RELATIONSHIPS_MAX:
+            fields.bad("policy.allowed_relationships", f"at most {limits.POLICY_RELATIONSHIPS_MAX} relationships")
+            del p.allowed_relationships[limits.POLICY_RELATIONSHIPS_MAX :]
         allowed = [
             fields.enum(
                 "policy.allowed_relationships", r, convert.RELATIONSHIP_NAMES, Relationship, convert.RELATIONSHIP

@@ -38,6 +38,14 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
 
+    async def _check_holder(self, holder_id: str, member_id: str) -> None:
+        """A holder shows a member's e-voucher only with a live binding and while insured themself."""
+        if not await bindings.is_live(self._app.pool, holder_id, member_id):
+            raise errors.NotAllowed("only the person, or a holder who has bound them, may show their e-voucher")
+        holder = await people.get_person(self._app.pool, holder_id)
+        if holder is None or holder.status is not PersonStatus.ACTIVE:
+            raise errors.PersonNotActive("the holder's insurance is not active")
+
     async def Bind(self, request: family_pb2.BindRequest, context: Context) -> family_pb2.BindResponse:
         fields = Fields()
         holder_id = fields.person_id("holder_id", request.holder_id)
@@ -55,9 +63,7 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         birth_date = fields.date("birth_date", request.birth_date)
         phone = fields.phone("phone", request.phone)
         reason = fields.text("reason", request.reason, limits.REASON_LEN_MAX)
-        face_ref = fields.text(
-            "face_verification_ref", request.face_verification_ref, limits.FACE_VERIFICATION_REF_LEN_MAX, required=False
-        )
+        face_ref = fields.reference("face_verification_ref", request.face_verification_ref)
         fields.done()
         assert relationship is not None
         assert document_type is not None
@@ -168,8 +174,8 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         person = await people.get_person(self._app.pool, person_id)
         if person is None:
             raise errors.PersonNotFound("no insured person with this id")
-        if requester_id != person_id and not await bindings.is_live(self._app.pool, requester_id, person_id):
-            raise errors.NotAllowed("only the person, or a holder who has bound them, may show their e-voucher")
+        if requester_id != person_id:
+            await self._check_holder(requester_id, person_id)
         if person.status is not PersonStatus.ACTIVE:
             raise errors.PersonNotActive("the person's insurance is not active")
         ttl_s = request.ttl_seconds or self._app.settings.voucher_ttl_s

@@ -17,6 +17,7 @@ E = TypeVar("E", bound=enum.Enum)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 _PHONE = re.compile(rf"\+?[0-9]{{5,{limits.PHONE_LEN_MAX}}}")
 _DOCUMENT_NUMBER = re.compile(r"[0-9A-Za-z]+")
+_REFERENCE = re.compile(rf"[A-Za-z0-9._:\-]{{4,{limits.FACE_VERIFICATION_REF_LEN_MAX}}}")
 
 
 class Fields:
@@ -25,7 +26,11 @@ class Fields:
         self._amount_only = True
 
     def bad(self, field: str, description: str, *, amount: bool = False) -> None:
-        self._violations.append(errors.FieldViolation(field, description))
+        # Each (field, description) once and at most a few dozen in all: a request with thousands of
+        # bad entries must still get an answer that fits the client's metadata limit.
+        violation = errors.FieldViolation(field, description)
+        if violation not in self._violations and len(self._violations) < limits.FIELD_VIOLATIONS_MAX:
+            self._violations.append(violation)
         self._amount_only &= amount
 
     def done(self) -> None:
@@ -68,6 +73,13 @@ class Fields:
     def phone(self, field: str, value: str) -> str:
         if not _PHONE.fullmatch(value):
             self.bad(field, f"must be 5 to {limits.PHONE_LEN_MAX} digits, optionally after a +")
+        return value
+
+    def reference(self, field: str, value: str) -> str:
+        """An optional reference to a completed check (e.g. face verification): empty, or 4 to 64
+        characters of A-Z a-z 0-9 . _ : - (blank is not a reference)."""
+        if value and not _REFERENCE.fullmatch(value):
+            self.bad(field, f"must be 4 to {limits.FACE_VERIFICATION_REF_LEN_MAX} characters of A-Z a-z 0-9 . _ : -")
         return value
 
     def document_number(self, field: str, value: str, *, required: bool = True) -> str:

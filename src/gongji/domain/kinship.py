@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from gongji import errors, limits
-from gongji.domain.people import DocumentType, Person, PersonStatus, age_on
+from gongji.domain.people import DocumentType, Person, PersonStatus, age_on, normalize_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,7 @@ class MemberClaim:
 
 def identity_matches(member: Person, claim: MemberClaim) -> bool:
     return (
-        member.name == claim.name.strip()
+        normalize_name(member.name) == normalize_name(claim.name)
         and member.birth_date == claim.birth_date
         and member.document == (claim.document_type, claim.document_number.strip().upper())
     )
@@ -52,6 +52,8 @@ def check_bind(
         raise errors.PersonNotActive("the holder's insurance is not active")
     if not identity_matches(member, claim):
         raise errors.IdentityMismatch("name, document or birth date do not match the enrolment record")
+    if member.status is PersonStatus.TERMINATED:
+        raise errors.PersonNotActive("the member's insurance has ended")
     if face_verification_needed(member.birth_date, today) and not face_verification_ref:
         raise errors.FaceVerificationRequired("the member is over 16: complete face verification (刷脸认证) first")
     if not already_bound and live_bindings >= limits.FAMILY_BOUND_MEMBERS_MAX:

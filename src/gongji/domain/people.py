@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from gongji import limits
@@ -105,6 +106,16 @@ def mask_id(person_id: str) -> str:
     if len(person_id) <= 8:
         return "*" * len(person_id)
     return person_id[:4] + "*" * (len(person_id) - 8) + person_id[-4:]
+
+
+_MIDDLE_DOTS = str.maketrans({c: "·" for c in "•‧・･∙⋅"})
+
+
+def normalize_name(name: str) -> str:
+    """A name as compared for identity: NFKC (full-width letters fold), trimmed, inner spaces
+    collapsed, the middle dots of minority and foreign names unified, letters case-folded."""
+    folded = unicodedata.normalize("NFKC", name).translate(_MIDDLE_DOTS)
+    return " ".join(folded.split()).casefold()
 
 
 def mask_name(name: str) -> str:

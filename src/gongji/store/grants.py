@@ -17,7 +17,7 @@ from gongji.store.people import PERSON_COLUMNS, person_from_row
 # live one. DO UPDATE (a no-op update) rather than DO NOTHING: it returns and locks the existing row in
 # the same statement, so a Revoke committing in between cannot leave us with nothing to return.
 _INSERT = """
-insert into mutual_aid_grant as g (authorizer_id, beneficiary_id, relationship) values ($1, $2, $3)
+insert into mutual_aid_grant as g (authorizer_id, beneficiary_id, relationship, scope) values ($1, $2, $3, $4)
 on conflict (authorizer_id, beneficiary_id) where status = 'LIVE' do update set relationship = g.relationship
 returning grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason,
           (xmax = 0) as inserted"""
@@ -68,7 +68,7 @@ async def create(
         authorizer = people.get(authorizer_id)
         policy = await policies.for_region(conn, authorizer.region_code) if authorizer else DEFAULT_POLICY
         check(authorizer, people.get(beneficiary_id), policy)
-        row = await conn.fetchrow(_INSERT, authorizer_id, beneficiary_id, relationship.value)
+        row = await conn.fetchrow(_INSERT, authorizer_id, beneficiary_id, relationship.value, policy.scope.value)
         assert row is not None
         return _grant(row), not row["inserted"]
 

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import asyncpg
 import asyncpg.pool
 
-from gongji.domain.eligibility import RegionPolicy, in_scope
+from gongji.domain.eligibility import Scope, in_scope
 from gongji.domain.people import DocumentType, Person, PersonStatus, Scheme
-from gongji.store import policies
 
 PERSON_COLUMNS = "person_id, name, birth_date, region_code, scheme, status, document_type, document_number"
 
@@ -26,22 +25,24 @@ insert into person as p (person_id, name, birth_date, region_code, scheme, statu
 values ($1, $2, $3, $4, $5, $6, $7, $8)
 on conflict (person_id) do update
    set name = excluded.name, birth_date = excluded.birth_date, region_code = excluded.region_code,
-       scheme = excluded.scheme, status = excluded.status, document_type = excluded.document_type,
-       document_number = excluded.document_number, updated_at = now()
+       scheme = excluded.scheme, status = excluded.status,
+       document_type = case when $9 then p.document_type else excluded.document_type end,
+       document_number = case when $9 then p.document_number else excluded.document_number end,
+       updated_at = now()
 returning (xmax = 0) as created"""
 
 _ENSURE_ACCOUNT = "insert into account (person_id) values ($1) on conflict do nothing"
 
 # Grants touching a person, locked, so that ending them serializes with settlements drawing on them.
 _LIVE_GRANTS_OF = """
-select g.grant_id, a.region_code as authorizer_region, b.region_code as beneficiary_region,
+select g.grant_id, g.scope, a.region_code as authorizer_region, b.region_code as beneficiary_region,
        a.status as authorizer_status, b.status as beneficiary_status, a.scheme as authorizer_scheme
   from mutual_aid_grant g
   join person a on a.person_id = g.authorizer_id
   join person b on b.person_id = g.beneficiary_id
  where (g.authorizer_id = $1 or g.beneficiary_id = $1) and g.status = 'LIVE'
  order by g.grant_id
-   for update of g"""
+   for no key update of g"""
 
 _END_GRANTS = """
 update mutual_aid_grant set status = 'ENDED', ended_at = now(), end_reason = $2
@@ -81,11 +82,12 @@ async def get_account(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) -
     return AccountView(person, balance)
 
 
-async def enroll(pool: asyncpg.Pool, person: Person) -> tuple[bool, int]:
+async def enroll(pool: asyncpg.Pool, person: Person, *, keep_document: bool = False) -> tuple[bool, int]:
     """Create or update `person`; return (created, grants ended by the change).
 
-    A grant ends by itself when either side stops being ACTIVE, the authorizer stops being
-    employee-insured, or the two are no longer in the scope of the authorizer's region policy
+    With `keep_document`, an update leaves the identity document on record as it is. A grant ends by
+    itself when either side stops being ACTIVE, the authorizer stops being employee-insured, or the two
+    are no longer in the grant's scope, as the authorizer's region policy set it when the grant was made
     (DOMAIN.md). The grants are locked, so settlements drawing on them finish first or see them ended.
     """
     async with pool.acquire() as conn, conn.transaction():
@@ -99,6 +101,7 @@ async def enroll(pool: asyncpg.Pool, person: Person) -> tuple[bool, int]:
             person.status.value,
             person.document_type.value,
             person.document_number,
+            keep_document,
         )
         if person.has_personal_account:
             # An account stays once opened (a scheme change keeps the money); only employees get one.
@@ -111,16 +114,12 @@ async def enroll(pool: asyncpg.Pool, person: Person) -> tuple[bool, int]:
 async def _end_ineligible_grants(conn: asyncpg.pool.PoolConnectionProxy, person_id: str) -> int:
     """End the live grants of `person_id` that its new state makes ineligible; return how many."""
     ended: dict[str, list[int]] = {"PERSON_NOT_ACTIVE": [], "NOT_EMPLOYEE_INSURED": [], "REGION_OUT_OF_SCOPE": []}
-    scope_of: dict[str, RegionPolicy] = {}
     for g in await conn.fetch(_LIVE_GRANTS_OF, person_id):
-        region = g["authorizer_region"]
-        if region not in scope_of:
-            scope_of[region] = await policies.for_region(conn, region)
         if g["authorizer_status"] != "ACTIVE" or g["beneficiary_status"] != "ACTIVE":
             ended["PERSON_NOT_ACTIVE"].append(g["grant_id"])
         elif g["authorizer_scheme"] != Scheme.EMPLOYEE:
             ended["NOT_EMPLOYEE_INSURED"].append(g["grant_id"])
-        elif not in_scope(region, g["beneficiary_region"], scope_of[region].scope):
+        elif not in_scope(g["authorizer_region"], g["beneficiary_region"], Scope(g["scope"])):
             ended["REGION_OUT_OF_SCOPE"].append(g["grant_id"])
     for reason, ids in ended.items():
         if ids:

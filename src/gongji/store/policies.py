@@ -49,6 +49,8 @@ async def for_region(conn: Conn, region_code: str) -> RegionPolicy:
 async def set_policy(pool: asyncpg.Pool, region_key: str, policy: RegionPolicy, max_policies: int) -> PolicyRow | None:
     """Store the policy; None when it would be one more than `max_policies`."""
     async with pool.acquire() as conn, conn.transaction():
+        # Policy changes are rare: one at a time keeps the count exact.
+        await conn.execute("lock table region_policy in share row exclusive mode")
         exists = await conn.fetchval("select 1 from region_policy where region_key = $1", region_key)
         if not exists and await conn.fetchval(_COUNT) >= max_policies:
             return None

@@ -23,6 +23,11 @@ create table kinship_binding (
 create unique index kinship_binding_live on kinship_binding (holder_id, member_id) where ended_at is null;
 create index kinship_binding_holder on kinship_binding (holder_id, created_at);
 
+-- The scope a grant was made under, from the authorizer's region policy at the time: a grant ends
+-- when its two people move out of it. Changing a policy later does not narrow live grants.
+alter table mutual_aid_grant
+    add column scope text not null default 'PROVINCE' check (scope in ('REGION', 'PROVINCE', 'NATIONAL'));
+
 -- Grant policy of a province ('61') or a 统筹区 ('610100'); the most specific applies to the
 -- authorizer's region, and where none is set the default is built in (same province; spouse, parent,
 -- child). PARENT_IN_LAW and OTHER are refused by the code whatever is listed here.
@@ -33,8 +38,9 @@ create table region_policy (
     updated_at            timestamptz not null default now()
 );
 
--- A voucher a holder asked for a member is good only while the binding lives: after Unbind, the
--- holder can no longer show the member's voucher, including one issued before.
+-- A voucher a holder asked for a member is good only while the binding it was issued under lives:
+-- after Unbind, the holder can no longer show the member's voucher, including one issued before, and
+-- binding again does not bring back vouchers issued before the new binding.
 create or replace function gongji_voucher_refusal(v voucher, p_patient_id text) returns text
 language sql stable
 as $$
@@ -45,7 +51,8 @@ as $$
         when v.expires_at <= now() then 'VOUCHER_EXPIRED'
         when v.requester_id <> v.person_id and not exists (
             select 1 from kinship_binding b
-             where b.holder_id = v.requester_id and b.member_id = v.person_id and b.ended_at is null)
+             where b.holder_id = v.requester_id and b.member_id = v.person_id and b.ended_at is null
+               and b.created_at <= v.issued_at)
             then 'VOUCHER_INVALID'
     end
 $$;
