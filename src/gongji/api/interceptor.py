@@ -18,7 +18,7 @@ import asyncpg
 import grpc
 from google.protobuf.message import DecodeError
 
-from gongji import errors, metrics
+from gongji import errors, limits, metrics
 from gongji.api.app import Context
 from gongji.api.auth import Authenticator, current_principal
 from gongji.api.status import to_status
@@ -112,7 +112,9 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 log.warning("transaction rolled back during %s: %s", method, type(exc).__name__)
                 await _abort(context, errors.TransactionAborted("the transaction was rolled back; retry"))
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                # grpc.aio cancels the handler both when the client cancels and when the deadline
+                # passes; the remaining time tells them apart.
+                code = _cut_off_code(context)
                 raise
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
@@ -125,11 +127,21 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await _abort(context, errors.Internal("internal error"))
             finally:
                 if code == "OK" and context.cancelled():
-                    code = "CANCELLED"
+                    code = _cut_off_code(context)
                 metrics.GRPC_HANDLED.labels(*labels, code).inc()
                 metrics.GRPC_HANDLING_SECONDS.labels(*labels).observe(time.perf_counter() - started)
 
         return behavior
+
+
+def _cut_off_code(context: Context) -> str:
+    """Why a call ended before its answer: its deadline passed, or else the client cancelled it.
+
+    The client's copy of the deadline runs out first and it cancels the stream; the server hears of it
+    a network trip later, with a little time still left on its own copy (see DEADLINE_SLACK_S)."""
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= limits.DEADLINE_SLACK_S
+    return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
 
 
 async def _abort(context: Context, exc: errors.GongjiError) -> None:
