@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from gongji import errors, limits
+from gongji import errors, limits, metrics
 from gongji.api.app import App, Context
 from gongji.api.validate import Fields
 from gongji.domain.people import Person, PersonStatus, Scheme
@@ -67,6 +67,8 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             amount_fen=amount_fen,
             memo=memo,
         )
+        if result.replayed:
+            metrics.IDEMPOTENT_REPLAYS.labels("Credit").inc()
         return account_pb2.CreditResponse(
             credit_id=str(result.credit_id), balance_fen=result.balance_fen, replayed=result.replayed
         )

@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from gongji import limits
+from gongji import limits, metrics
 from gongji.api.account import AccountService
 from gongji.api.app import App
 from gongji.api.auth import Authenticator
@@ -51,6 +51,7 @@ class Running:
 
 
 async def start(app: App, listen: str) -> Running:
+    metrics.watch_pool(app.pool)
     server = grpc.aio.server(
         interceptors=[GongjiInterceptor(Authenticator(app.pool))],
         maximum_concurrent_rpcs=app.settings.max_concurrent_rpcs,

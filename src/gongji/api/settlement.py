@@ -22,6 +22,25 @@ def _digest(patient_id: str, amount_fen: int, authorizer_id: str | None, use_acc
     return hashlib.sha256(canonical.encode()).digest()
 
 
+def _count_voucher_refusal(method: str, exc: errors.GongjiError) -> None:
+    """Count e-voucher refusals; a real-name mismatch also per institution, as the fraud signal."""
+    if isinstance(exc, errors.VoucherRefused | errors.VoucherPatientMismatch):
+        metrics.VOUCHER_REFUSALS.labels(method, exc.reason).inc()
+    if isinstance(exc, errors.VoucherPatientMismatch):
+        metrics.REAL_NAME_MISMATCHES.labels(current_principal.get().institution_id or "").inc()
+
+
+def _count_settlement(s: settlements.SettlementRow) -> None:
+    if s.replayed:
+        metrics.SETTLEMENTS.labels("REPLAYED").inc()
+        metrics.IDEMPOTENT_REPLAYS.labels("Settle").inc()
+        return
+    metrics.SETTLEMENTS.labels("OK").inc()
+    metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
+    metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
+    metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
+
+
 def _settlement(s: settlements.SettlementRow) -> types_pb2.Settlement:
     return types_pb2.Settlement(
         settlement_id=str(s.settlement_id),
@@ -63,15 +82,19 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def Quote(self, request: settlement_pb2.QuoteRequest, context: Context) -> settlement_pb2.QuoteResponse:
         patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=False)
-        claims = self._app.vouchers.authentic(request.voucher)
-        q = await settlements.quote(
-            self._app.pool,
-            voucher_id=claims.voucher_id,
-            patient_id=patient_id,
-            amount_fen=amount_fen,
-            authorizer_id=authorizer_id,
-            use_personal_account=use_account,
-        )
+        try:
+            claims = self._app.vouchers.authentic(request.voucher)
+            q = await settlements.quote(
+                self._app.pool,
+                voucher_id=claims.voucher_id,
+                patient_id=patient_id,
+                amount_fen=amount_fen,
+                authorizer_id=authorizer_id,
+                use_personal_account=use_account,
+            )
+        except errors.GongjiError as exc:
+            _count_voucher_refusal("Quote", exc)
+            raise
         return settlement_pb2.QuoteResponse(
             amount_fen=amount_fen,
             acct_pay_fen=q.acct_pay_fen,
@@ -101,14 +124,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             )
         except errors.GongjiError as exc:
             metrics.SETTLEMENTS.labels(exc.reason).inc()
+            _count_voucher_refusal("Settle", exc)
             raise
-        if s.replayed:
-            metrics.SETTLEMENTS.labels("REPLAYED").inc()
-        else:
-            metrics.SETTLEMENTS.labels("OK").inc()
-            metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
-            metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
-            metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
+        _count_settlement(s)
         return settlement_pb2.SettleResponse(settlement=_settlement(s), replayed=s.replayed)
 
     async def Cancel(self, request: Any, context: Context) -> Any:
