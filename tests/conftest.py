@@ -3,6 +3,8 @@ and a real gongji gRPC server on a loopback port, started in the tests' own even
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -12,8 +14,9 @@ import asyncpg
 import grpc
 import pytest
 import uvloop
-from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, with_database
+from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, used_person_ids, with_database
 
+from gongji import demo, logs
 from gongji.api import server
 from gongji.api.app import App
 from gongji.config import Settings
@@ -35,6 +38,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """Run the tests, and so the in-process server, on uvloop as production does."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def captured_log() -> Iterator[io.StringIO]:
+    """Every log line of the session as production writes it (JSON, INFO). After the suite, no ID
+    number that any test used may appear in it."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield out
+    root.removeHandler(handler)
+    root.setLevel(level)
+    text = out.getvalue()
+    leaked = [p for p in (*used_person_ids(), *(p.person_id for p in demo.PEOPLE)) if p in text]
+    assert leaked == [], f"{len(leaked)} ID numbers in the log"
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gongji import limits
+from gongji.logs import LogFormat
 
 
 class Settings(BaseSettings):
@@ -32,6 +33,8 @@ class Settings(BaseSettings):
     voucher_ttl_s: int = Field(default=limits.VOUCHER_TTL_S_DEFAULT, ge=5, le=limits.VOUCHER_TTL_S_MAX)
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # json: one object per line, for log shippers; text: for people (`make run` sets it).
+    log_format: LogFormat = "json"
 
     def voucher_key_bytes(self) -> bytes:
         """The configured key, or one generated on first use and kept (mode 0600) under data_dir."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import logging
 import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gongji import errors
+from gongji import errors, logs
 from gongji.domain.people import age_on, mask_id, person_id_problem, resident_id_check_char
 from gongji.domain.vouchers import VoucherCodec
 
@@ -22,6 +24,24 @@ def test_resident_id_check_character() -> None:
     assert person_id_problem("110105194912310021") is not None
     assert person_id_problem("short") is not None
     assert person_id_problem("abc123456") is not None
+
+
+def test_log_lines_mask_id_numbers_and_phones() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger("test.masking")
+    log.addHandler(handler)
+    try:
+        for formatter in (logs.JsonFormatter(), logs.TextFormatter()):
+            handler.setFormatter(formatter)
+            log.warning("person %s called from 13812345678", "61010219920315402X")
+    finally:
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert "61010219920315402X" not in text and "13812345678" not in text
+    assert text.count("6101**********402X") == 2 and text.count("138****5678") == 2
+    # A UUID or a long token is not mistaken for an ID number.
+    assert logs.mask("0123456789012345678901234") == "0123456789012345678901234"
 
 
 def test_mask_keeps_four_and_four() -> None:
