@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import asyncpg
 import grpc
 import pytest
 import uvloop
+from e2e_support import free_port
 from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, used_person_ids, with_database
 
 from gongji import demo, logs
@@ -146,3 +149,25 @@ async def books(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Use in tests that move money: after the test, the ledger must explain every balance."""
     yield
     assert await audit.differences(pool) == []
+
+
+@pytest.fixture
+def env(server_url: str) -> Iterator[dict[str, str]]:
+    """A fresh data dir; the embedded PostgreSQL unless the suite runs against an external server."""
+    data_dir = ROOT / ".gongji" / f"e2e-{uuid.uuid4().hex[:8]}"
+    e = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")}
+    e |= {
+        "GONGJI_DATA_DIR": str(data_dir),
+        "GONGJI_GRPC_LISTEN": f"127.0.0.1:{free_port()}",
+        "GONGJI_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        "GONGJI_GRACE_PERIOD_S": "3",
+    }
+    external = os.environ.get("GONGJI_TEST_DATABASE_URL")
+    name = f"gongji_e2e_{uuid.uuid4().hex[:8]}"
+    if external:
+        subprocess.run(["psql", external, "-qc", f'create database "{name}"'], check=True)
+        e["GONGJI_DATABASE_URL"] = with_database(external, name)
+    yield e
+    if external:
+        subprocess.run(["psql", external, "-qc", f'drop database if exists "{name}" with (force)'], check=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
