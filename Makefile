@@ -16,7 +16,7 @@ venv: $(STAMP)
 
 ## Serve gRPC on 127.0.0.1:50051 and metrics on 127.0.0.1:9464 (embedded PostgreSQL unless GONGJI_DATABASE_URL is set).
 run: $(STAMP)
-	$(BIN)/gongji serve --demo
+	GONGJI_LOG_FORMAT=$${GONGJI_LOG_FORMAT:-text} $(BIN)/gongji serve --demo
 
 ## The whole test suite, against the embedded PostgreSQL unless GONGJI_TEST_DATABASE_URL is set.
 test: $(STAMP)

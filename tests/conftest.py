@@ -3,7 +3,11 @@ and a real gongji gRPC server on a loopback port, started in the tests' own even
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,8 +16,10 @@ import asyncpg
 import grpc
 import pytest
 import uvloop
-from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, with_database
+from e2e_support import free_port
+from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, used_person_ids, with_database
 
+from gongji import demo, logs
 from gongji.api import server
 from gongji.api.app import App
 from gongji.config import Settings
@@ -35,6 +41,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """Run the tests, and so the in-process server, on uvloop as production does."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def captured_log() -> Iterator[io.StringIO]:
+    """Every log line of the session as production writes it (JSON, INFO). After the suite, no ID
+    number that any test used may appear in it."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield out
+    root.removeHandler(handler)
+    root.setLevel(level)
+    text = out.getvalue()
+    leaked = [p for p in (*used_person_ids(), *(p.person_id for p in demo.PEOPLE)) if p in text]
+    assert leaked == [], f"{len(leaked)} ID numbers in the log"
 
 
 @pytest.fixture(scope="session")
@@ -124,3 +149,25 @@ async def books(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Use in tests that move money: after the test, the ledger must explain every balance."""
     yield
     assert await audit.differences(pool) == []
+
+
+@pytest.fixture
+def env(server_url: str) -> Iterator[dict[str, str]]:
+    """A fresh data dir; the embedded PostgreSQL unless the suite runs against an external server."""
+    data_dir = ROOT / ".gongji" / f"e2e-{uuid.uuid4().hex[:8]}"
+    e = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")}
+    e |= {
+        "GONGJI_DATA_DIR": str(data_dir),
+        "GONGJI_GRPC_LISTEN": f"127.0.0.1:{free_port()}",
+        "GONGJI_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        "GONGJI_GRACE_PERIOD_S": "3",
+    }
+    external = os.environ.get("GONGJI_TEST_DATABASE_URL")
+    name = f"gongji_e2e_{uuid.uuid4().hex[:8]}"
+    if external:
+        subprocess.run(["psql", external, "-qc", f'create database "{name}"'], check=True)
+        e["GONGJI_DATABASE_URL"] = with_database(external, name)
+    yield e
+    if external:
+        subprocess.run(["psql", external, "-qc", f'drop database if exists "{name}" with (force)'], check=True)
+    shutil.rmtree(data_dir, ignore_errors=True)

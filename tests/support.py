@@ -47,6 +47,10 @@ def new_person_id(birth: dt.date = dt.date(1985, 6, 1)) -> str:
             return person_id
 
 
+def used_person_ids() -> set[str]:
+    return set(_used_ids)
+
+
 def with_database(server_url: str, name: str) -> str:
     """`server_url` pointing at database `name` (works for TCP and Unix-socket URLs)."""
     base, _, query = server_url.partition("?")

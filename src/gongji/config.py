@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gongji import limits
+from gongji.logs import LogFormat
+
+_KEY_ID = re.compile(r"[A-Za-z0-9]{1,16}")
 
 
 class Settings(BaseSettings):
@@ -26,12 +30,43 @@ class Settings(BaseSettings):
     grace_period_s: float = Field(default=10.0, ge=0, le=120)
     max_concurrent_rpcs: int = Field(default=limits.GRPC_CONCURRENT_RPCS_MAX, ge=1, le=100_000)
 
+    # TLS: certificate chain and key (PEM). With a client CA too: mTLS, a client certificate is required.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
     # E-voucher signing: at least 32 bytes. Unset: a key is generated once and kept in data_dir.
     voucher_key: SecretStr | None = None
     voucher_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9]{1,16}$")
     voucher_ttl_s: int = Field(default=limits.VOUCHER_TTL_S_DEFAULT, ge=5, le=limits.VOUCHER_TTL_S_MAX)
+    # Rotation: keys that still verify but no longer sign, "id:key,id:key". Keep a retired key for at
+    # least the longest voucher lifetime (VOUCHER_TTL_S_MAX) after the new one starts signing.
+    voucher_old_keys: SecretStr | None = None
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # json: one object per line, for log shippers; text: for people (`make run` sets it).
+    log_format: LogFormat = "json"
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("GONGJI_TLS_CERT_FILE and GONGJI_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("GONGJI_TLS_CLIENT_CA_FILE (mTLS) needs GONGJI_TLS_CERT_FILE and GONGJI_TLS_KEY_FILE")
+        return self
+
+    def voucher_keys(self) -> dict[str, bytes]:
+        """Every key that verifies e-vouchers: the current one and the retired ones still accepted."""
+        keys = {self.voucher_key_id: self.voucher_key_bytes()}
+        text = self.voucher_old_keys.get_secret_value() if self.voucher_old_keys else ""
+        for entry in filter(None, (e.strip() for e in text.split(","))):
+            key_id, sep, key = entry.partition(":")
+            if not sep or not _KEY_ID.fullmatch(key_id) or key_id in keys:
+                raise ValueError("GONGJI_VOUCHER_OLD_KEYS: entries are 'id:key' with distinct alphanumeric ids")
+            if len(key.encode()) < 32:
+                raise ValueError("GONGJI_VOUCHER_OLD_KEYS: every key must be at least 32 bytes")
+            keys[key_id] = key.encode()
+        return keys
 
     def voucher_key_bytes(self) -> bytes:
         """The configured key, or one generated on first use and kept (mode 0600) under data_dir."""

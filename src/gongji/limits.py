@@ -51,3 +51,23 @@ CREDENTIAL_CACHE_ENTRIES_MAX = 10_000
 # gRPC.
 GRPC_MESSAGE_BYTES_MAX = 1 * 1024 * 1024
 GRPC_CONCURRENT_RPCS_MAX = 2_000
+
+# Connections from POS terminals behind NAT (see "Operating gongji" in the README for the client side).
+# Carrier-grade and shop-router NATs forget an idle TCP mapping after as little as a minute or two, and
+# the terminal then waits out a dead connection at its next sale. The server therefore pings idle
+# connections every minute (without limit on pings without data), and lets clients ping it every 20 s.
+GRPC_KEEPALIVE_TIME_MS = 60_000
+GRPC_KEEPALIVE_TIMEOUT_MS = 20_000
+GRPC_CLIENT_PING_INTERVAL_MS_MIN = 20_000
+# A client pinging more often than that is told to go away (GOAWAY "too_many_pings") after this many.
+GRPC_PING_STRIKES_MAX = 2
+# Connections are recycled so that clients spread over new instances and pick up rotated certificates;
+# the grace outlasts any sensible Settle deadline, so no call in flight is cut off by it.
+GRPC_CONNECTION_IDLE_MS_MAX = 15 * 60_000
+GRPC_CONNECTION_AGE_MS_MAX = 30 * 60_000
+GRPC_CONNECTION_AGE_GRACE_MS = 60_000
+
+# A call cancelled with less than this left of its deadline is counted as DEADLINE_EXCEEDED: the client's
+# deadline passes on its side first, and the server learns of it as a cancellation one network trip
+# later, a few milliseconds on loopback, up to about a second for a POS on a poor mobile link.
+DEADLINE_SLACK_S = 1.0

@@ -1,8 +1,17 @@
-"""Prometheus metrics. Labels never carry personal data: only methods, codes, reasons and sources."""
+"""Prometheus metrics. Labels never carry personal data: only methods, codes, reasons, sources, lock kinds
+and institution ids (an institution is a pharmacy or hospital, not a person).
+
+The README's "Operating gongji" section says what each family means and which alert reads it.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Iterable, Iterator
+
+import asyncpg
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # The grpc-ecosystem server families (names and labels as go-grpc-prometheus exports them).
 GRPC_STARTED = Counter(
@@ -20,11 +29,98 @@ GRPC_HANDLING_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
-# Domain.
+# Settlement outcomes and money.
 SETTLEMENTS = Counter(
     "gongji_settlements_total", "Settle calls by outcome: OK, REPLAYED, or the refusal reason.", ["outcome"]
 )
 SETTLED_FEN = Counter(
     "gongji_settled_fen_total", "Money settled, in fen, by source: own, mutual_aid, cash.", ["source"]
 )
+IDEMPOTENT_REPLAYS = Counter(
+    "gongji_idempotent_replays_total",
+    "Retried requests answered with the original result, moving nothing again, by method.",
+    ["method"],
+)
+
+# Refunds (Cancel, 2208) and reversals (Reverse, 2601), counted once each: a replayed Cancel or a
+# repeated Reverse moves nothing and is not counted again. A reversal's money is in REFUNDED_FEN too.
+REFUNDS = Counter("gongji_refunds_total", "Refunds (Cancel) committed.")
+REFUNDED_FEN = Counter(
+    "gongji_refunded_fen_total", "Money refunded, in fen, by source: own, mutual_aid, cash.", ["source"]
+)
+REVERSALS = Counter("gongji_reversals_total", "Reversals (Reverse) that undid a settlement.")
+
+# E-vouchers. Every refusal is counted by reason; the real-name mismatch (a voucher naming someone else
+# than the patient: the fraud signal) also has a family of its own, per institution, so that an alert
+# and an investigator see where it happens without digging through the other reasons.
+VOUCHER_REFUSALS = Counter(
+    "gongji_voucher_refusals_total",
+    "E-vouchers refused, by method and reason (VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED, "
+    "VOUCHER_PATIENT_MISMATCH).",
+    ["method", "reason"],
+)
+REAL_NAME_MISMATCHES = Counter(
+    "gongji_real_name_mismatches_total",
+    "E-vouchers presented for another patient than the one they name (real-name rule), by institution.",
+    ["institution"],
+)
+
+# Time inside the database. Lock waits are measured by gongji_settle itself around each locking
+# statement (0002_settle.sql), so they exclude network and pool time.
+_DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SETTLE_LOCK_WAIT_SECONDS = Histogram(
+    "gongji_settle_lock_wait_seconds",
+    "Time a settlement waited for its locks, by lock: idempotency, voucher, grant, account.",
+    ["lock"],
+    buckets=_DB_BUCKETS,
+)
+SETTLE_TRANSACTION_SECONDS = Histogram(
+    "gongji_settle_transaction_seconds",
+    "Time of the settlement transaction (the one gongji_settle call), connection already acquired.",
+    buckets=_DB_BUCKETS,
+)
+POOL_ACQUIRE_SECONDS = Histogram(
+    "gongji_db_pool_acquire_seconds",
+    "Time a settlement waited for a pooled database connection.",
+    buckets=_DB_BUCKETS,
+)
+
 MIGRATIONS_APPLIED = Counter("gongji_migrations_applied_total", "Schema migrations applied by this process.")
+
+LOCK_KINDS = ("idempotency", "voucher", "grant", "account")
+
+
+def _waiting(pool: asyncpg.Pool) -> int:
+    """Callers waiting for a connection. asyncpg has no public count, so read its holder queue's
+    waiters (an asyncio.Queue); tests/integration/test_metrics.py proves it against a real wait."""
+    queue = getattr(pool, "_queue", None)
+    getters: Iterable[object] = getattr(queue, "_getters", ())
+    return sum(1 for g in getters if not getattr(g, "done", lambda: True)())
+
+
+class PoolCollector(Collector):
+    """Pool gauges read at scrape time, so that they are never stale and cost nothing between scrapes."""
+
+    def __init__(self) -> None:
+        self.pool: asyncpg.Pool | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self.pool
+        if pool is None:
+            return
+        size, idle = pool.get_size(), pool.get_idle_size()
+        yield GaugeMetricFamily(
+            "gongji_db_pool_max_connections", "Configured maximum size of the pool.", pool.get_max_size()
+        )
+        yield GaugeMetricFamily("gongji_db_pool_connections", "Connections open in the pool.", size)
+        yield GaugeMetricFamily("gongji_db_pool_connections_in_use", "Connections lent out.", size - idle)
+        yield GaugeMetricFamily("gongji_db_pool_waiting", "Callers waiting for a connection.", _waiting(pool))
+
+
+POOL = PoolCollector()
+REGISTRY.register(POOL)
+
+
+def watch_pool(pool: asyncpg.Pool) -> None:
+    """Report this pool's gauges from now on (the server's pool; one per process)."""
+    POOL.pool = pool

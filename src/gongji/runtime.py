@@ -51,7 +51,7 @@ async def database(settings: Settings, *, migrate_schema: bool = True) -> AsyncI
 
 
 def voucher_codec(settings: Settings) -> VoucherCodec:
-    return VoucherCodec({settings.voucher_key_id: settings.voucher_key_bytes()}, settings.voucher_key_id)
+    return VoucherCodec(settings.voucher_keys(), settings.voucher_key_id)
 
 
 _FIRST_CALL = """

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import asyncpg
-from support import Api
+from support import Api, cancel
 
 GONGJI = str(Path(sys.executable).with_name("gongji"))
 
@@ -33,4 +34,30 @@ async def test_audit_passes_then_names_the_account_that_is_off(api: Api, pool: a
         await pool.execute("update account set balance_fen = balance_fen - 1 where person_id = $1", person)
     assert off.returncode == 1
     assert f"account {person}: balance 701 fen, ledger 700 fen" in off.stdout
+    assert _audit(db_url).returncode == 0
+
+
+async def test_audit_finds_a_refund_that_is_off(api: Api, pool: asyncpg.Pool, db_url: str) -> None:
+    person = await api.enroll(balance_fen=1_000)
+    s = (await api.settle(person, 300)).settlement
+    refund = (await cancel(api, s.settlement_id, 100)).refund
+    assert _audit(db_url).returncode == 0
+    # The refund's record says cash although the account got the money back.
+    shift = "update refund set acct_pay_fen = acct_pay_fen {} 100, psn_cash_pay_fen = psn_cash_pay_fen {} 100"
+    await pool.execute(shift.format("-", "+") + " where refund_id = $1", uuid.UUID(refund.refund_id))
+    try:
+        off = _audit(db_url)
+    finally:
+        await pool.execute(shift.format("+", "-") + " where refund_id = $1", uuid.UUID(refund.refund_id))
+    assert off.returncode == 1
+    assert f"refund {refund.refund_id}: ledger does not match" in off.stdout
+    # And a settlement whose refunded total disagrees with its refunds.
+    await pool.execute("update settlement set refunded_fen = 0 where settlement_id = $1", uuid.UUID(s.settlement_id))
+    try:
+        off = _audit(db_url)
+    finally:
+        await pool.execute(
+            "update settlement set refunded_fen = 100 where settlement_id = $1", uuid.UUID(s.settlement_id)
+        )
+    assert f"settlement {s.settlement_id}: refunds do not add up" in off.stdout
     assert _audit(db_url).returncode == 0

@@ -3,86 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import grpc
-import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import with_database
+from e2e_support import GONGJI, ROOT, serve, stop
 
 from gongji import demo
-
-ROOT = Path(__file__).resolve().parents[2]
-GONGJI = str(Path(sys.executable).with_name("gongji"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def env(server_url: str) -> Iterator[dict[str, str]]:
-    """A fresh data dir; the embedded PostgreSQL unless the suite runs against an external server."""
-    data_dir = ROOT / ".gongji" / f"e2e-{uuid.uuid4().hex[:8]}"
-    e = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")}
-    e |= {
-        "GONGJI_DATA_DIR": str(data_dir),
-        "GONGJI_GRPC_LISTEN": f"127.0.0.1:{_free_port()}",
-        "GONGJI_METRICS_LISTEN": f"127.0.0.1:{_free_port()}",
-        "GONGJI_GRACE_PERIOD_S": "3",
-    }
-    external = os.environ.get("GONGJI_TEST_DATABASE_URL")
-    name = f"gongji_e2e_{uuid.uuid4().hex[:8]}"
-    if external:
-        subprocess.run(["psql", external, "-qc", f'create database "{name}"'], check=True)
-        e["GONGJI_DATABASE_URL"] = with_database(external, name)
-    yield e
-    if external:
-        subprocess.run(["psql", external, "-qc", f'drop database if exists "{name}" with (force)'], check=True)
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _wait_serving(target: str, proc: subprocess.Popen[bytes], limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "gongji serve exited early"
-        try:
-            with grpc.insecure_channel(target) as ch:
-                reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("gongji serve did not become SERVING")
-
-
-def _serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([GONGJI, "serve", "--demo"], env=env, cwd=ROOT, stderr=subprocess.PIPE)
-    _wait_serving(env["GONGJI_GRPC_LISTEN"], proc)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err.decode()
-    return err.decode()
 
 
 def _client(env: dict[str, str], *args: str) -> dict[str, object]:
@@ -99,7 +27,7 @@ def _client(env: dict[str, str], *args: str) -> dict[str, object]:
 
 
 def test_make_run_first_call_restart_and_credentials(env: dict[str, str]) -> None:
-    proc = _serve(env)
+    proc = serve(env)
     try:
         reply = _client(env, "settle", "--patient", "demo:xiaoli", "--amount-fen", "3500")
         s = reply["settlement"]
@@ -127,18 +55,18 @@ def test_make_run_first_call_restart_and_credentials(env: dict[str, str]) -> Non
         )
         assert other["settlement"]["institution_id"] == "H61010300999"  # type: ignore[index]
     finally:
-        log = _stop(proc)
+        log = stop(proc)
     assert "stopped" in log
     for person in demo.PEOPLE:
         assert person.person_id not in log, "no ID number in the server's log"
 
     # Balances survive a restart, and the demo data is not loaded twice.
-    proc = _serve(env)
+    proc = serve(env)
     try:
         account = _client(env, "account", "--person", demo.XIAOMING.person_id)["account"]
         assert account["balance_fen"] == str(80_000 - 1_500)  # type: ignore[index]
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _readme_examples() -> list[list[str]]:
@@ -152,11 +80,11 @@ def _readme_examples() -> list[list[str]]:
 
 
 def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
-    proc = _serve(env)
+    proc = serve(env)
     try:
         results = [_client(env, *args) for args in _readme_examples()]
     finally:
-        _stop(proc)
+        stop(proc)
     family, bound, voucher, settled, unbound, granted, named, revoked, policy, policies = results
     assert family["bound_member_count"] == 1
     assert bound["binding"]["active"] is True  # type: ignore[index]

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from support import EMPLOYEE, RESIDENT, SUSPENDED, Api, bearer, field_violations, new_person_id, refused
 
-from gongji.api.family import china_today
+from gongji.api.validate import china_today
 from gongji.v1 import family_pb2, types_pb2
 
 pytestmark = pytest.mark.usefixtures("books")

@@ -10,6 +10,9 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 from support import CHILD, RESIDENT, SUSPENDED, Api, bearer, cancel, field_violations, refused, reverse
 
 from gongji.v1 import account_pb2, settlement_pb2
@@ -126,6 +129,14 @@ async def test_reverse_before_the_original_arrives(api: Api, pool: asyncpg.Pool)
     assert (await api.settle(patient, 500, voucher=voucher)).settlement.acct_pay_fen == 300
 
 
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info.reason
+
+
 async def _settle_waiting(pool: asyncpg.Pool) -> bool:
     n: int = await pool.fetchval(
         "select count(*) from pg_stat_activity where state = 'active' and query like '%gongji_settle(%'"
@@ -148,6 +159,7 @@ async def test_reverse_racing_a_held_up_original(api: Api, pool: asyncpg.Pool) -
             if await _settle_waiting(pool):
                 break
             await asyncio.sleep(0.02)
+        assert await _settle_waiting(pool), "the original is held up behind the lock"
         reversal = asyncio.ensure_future(reverse(api, "rev-race-1"))
         await asyncio.sleep(0.2)
         assert not reversal.done(), "the reversal waits for the original"
@@ -170,7 +182,7 @@ async def test_many_originals_racing_their_reversals(api: Api) -> None:
         try:
             await api.settle(patient, 700, voucher=vouchers[i], request_id=f"rr-{i}")
         except grpc.aio.AioRpcError as exc:
-            return exc.code().name
+            return _reason(exc)
         return "OK"
 
     async def reversal(i: int) -> bool:
@@ -180,7 +192,7 @@ async def test_many_originals_racing_their_reversals(api: Api) -> None:
     results = await asyncio.gather(*(original(i) for i in range(pairs)), *(reversal(i) for i in range(pairs)))
     originals, undone = results[:pairs], results[pairs:]
     for settled, was_undone in zip(originals, undone, strict=True):
-        assert (settled, was_undone) in {("OK", True), ("FAILED_PRECONDITION", False)}
+        assert (settled, was_undone) in {("OK", True), ("ALREADY_REVERSED", False)}
     assert (await api.balance(authorizer), await api.balance(patient)) == (50_000, 5_000)
 
 
@@ -213,8 +225,8 @@ async def test_get_settlement_by_id_or_request_id(api: Api) -> None:
     assert (by_id.refunded_fen, len(by_id.refunds)) == (100, 1)
     await refused(
         get(settlement_pb2.GetSettlementRequest(settlement_id=s.settlement_id), metadata=bearer(api.tokens.terminal_b)),
-        S.PERMISSION_DENIED,
-        "INSTITUTION_MISMATCH",
+        S.NOT_FOUND,
+        "SETTLEMENT_NOT_FOUND",
     )
     await refused(
         get(settlement_pb2.GetSettlementRequest(request_id="get-me-1"), metadata=bearer(api.tokens.terminal_b)),
@@ -260,6 +272,61 @@ async def test_list_ledger_pages_newest_first(api: Api) -> None:
     await refused(
         api.account.ListLedger(
             account_pb2.ListLedgerRequest(person_id=authorizer, page_size=1_000), metadata=bearer(api.tokens.app)
+        ),
+        S.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+
+
+async def test_refunds_and_reversals_are_counted_once(api: Api) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    _, patient = await _family(api, own_fen=1_000, mulaid_fen=0)
+    s = (await api.settle(patient, 500, request_id="count-me-1")).settlement
+    before = (
+        sample("gongji_refunds_total"),
+        sample("gongji_reversals_total"),
+        sample("gongji_refunded_fen_total", source="own"),
+    )
+    await cancel(api, s.settlement_id, 200, request_id="count-refund-1")
+    await cancel(api, s.settlement_id, 200, request_id="count-refund-1")  # a replay
+    await reverse(api, "count-me-1")
+    await reverse(api, "count-me-1")  # a repeat
+    after = (
+        sample("gongji_refunds_total"),
+        sample("gongji_reversals_total"),
+        sample("gongji_refunded_fen_total", source="own"),
+    )
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (1, 1, 500)
+
+
+async def test_malformed_page_tokens_are_invalid_argument(api: Api) -> None:
+    from gongji.api import pages
+
+    person = await api.enroll(balance_fen=100)
+    for cursor in ("²", "9999999999999999999", "0", "-1", "1e3"):
+        await refused(
+            api.account.ListLedger(
+                account_pb2.ListLedgerRequest(person_id=person, page_token=pages.encode(cursor)),
+                metadata=bearer(api.tokens.app),
+            ),
+            S.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
+    day = "2026-11-01"
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "2026-11-01T10:00:00", "junk"):
+        await refused(
+            api.settlement.Reconcile(
+                settlement_pb2.ReconcileRequest(date=day, detail=True, page_token=pages.encode(at, str(uuid.uuid4()))),
+                metadata=bearer(api.tokens.terminal_a),
+            ),
+            S.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
+    await refused(
+        api.settlement.Reconcile(
+            settlement_pb2.ReconcileRequest(date="2024-W01-1"), metadata=bearer(api.tokens.terminal_a)
         ),
         S.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from support import CHILD, Api, bearer, cancel, field_violations, refused, reverse
 
-from gongji.api.family import china_today
+from gongji.api.validate import china_today
 from gongji.store import credentials
 from gongji.store.credentials import Kind
 from gongji.v1 import settlement_pb2

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import logging
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gongji import errors
+from gongji import errors, logs
+from gongji.config import Settings
 from gongji.domain.people import age_on, mask_id, person_id_problem, resident_id_check_char
 from gongji.domain.vouchers import VoucherCodec
+from gongji.runtime import voucher_codec
 
 KEY = b"k" * 32
 
@@ -22,6 +27,24 @@ def test_resident_id_check_character() -> None:
     assert person_id_problem("110105194912310021") is not None
     assert person_id_problem("short") is not None
     assert person_id_problem("abc123456") is not None
+
+
+def test_log_lines_mask_id_numbers_and_phones() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger("test.masking")
+    log.addHandler(handler)
+    try:
+        for formatter in (logs.JsonFormatter(), logs.TextFormatter()):
+            handler.setFormatter(formatter)
+            log.warning("person %s called from 13812345678", "61010219920315402X")
+    finally:
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert "61010219920315402X" not in text and "13812345678" not in text
+    assert text.count("6101**********402X") == 2 and text.count("138****5678") == 2
+    # A UUID or a long token is not mistaken for an ID number.
+    assert logs.mask("0123456789012345678901234") == "0123456789012345678901234"
 
 
 def test_mask_keeps_four_and_four() -> None:
@@ -80,3 +103,24 @@ def test_every_sql_refusal_reason_maps_to_an_error() -> None:
     ):
         assert errors.BY_REASON[reason].reason == reason
     assert errors.BY_REASON["VOUCHER_PATIENT_MISMATCH"].code == "PERMISSION_DENIED"
+
+
+def test_rotation_old_keys_verify_and_the_new_key_signs(tmp_path: Path) -> None:
+    old_key, new_key = "o" * 32, "n" * 40
+    before = Settings(voucher_key=old_key, voucher_key_id="k1", data_dir=tmp_path)
+    after = Settings(voucher_key=new_key, voucher_key_id="k2", voucher_old_keys=f"k1:{old_key}", data_dir=tmp_path)
+    old_token = voucher_codec(before).issue(uuid.UUID(int=7), 2_000_000_000)
+    rotated = voucher_codec(after)
+    assert rotated.verify(old_token, 1_000).voucher_id == uuid.UUID(int=7)
+    assert rotated.issue(uuid.UUID(int=8), 2_000_000_000).startswith("GJ1.k2.")
+    # Once the old key is dropped from the configuration, its vouchers stop working.
+    without = voucher_codec(Settings(voucher_key=new_key, voucher_key_id="k2", data_dir=tmp_path))
+    with pytest.raises(errors.VoucherInvalid):
+        without.verify(old_token, 1_000)
+
+
+@pytest.mark.parametrize("old_keys", ["k1", "k2:" + "x" * 32, "k1:short", "k-1:" + "x" * 32])
+def test_malformed_old_voucher_keys_are_refused_at_start(tmp_path: Path, old_keys: str) -> None:
+    settings = Settings(voucher_key="n" * 32, voucher_key_id="k2", voucher_old_keys=old_keys, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="GONGJI_VOUCHER_OLD_KEYS"):
+        settings.voucher_keys()

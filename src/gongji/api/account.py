@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from gongji import errors, limits
+from gongji import errors, limits, metrics
 from gongji.api import convert, pages
 from gongji.api.app import App, Context
 from gongji.api.validate import Fields
@@ -136,6 +136,8 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             amount_fen=amount_fen,
             memo=memo,
         )
+        if result.replayed:
+            metrics.IDEMPOTENT_REPLAYS.labels("Credit").inc()
         return account_pb2.CreditResponse(
             credit_id=str(result.credit_id), balance_fen=result.balance_fen, replayed=result.replayed
         )

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from zoneinfo import ZoneInfo
 
 from gongji import errors, limits
 from gongji.api import convert
 from gongji.api.app import App, Context, timestamp
-from gongji.api.validate import Fields
+from gongji.api.validate import Fields, china_today
 from gongji.domain import eligibility, kinship
 from gongji.domain.eligibility import RegionPolicy
 from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship
 from gongji.store import bindings, grants, people, vouchers
 from gongji.v1 import family_pb2, family_pb2_grpc
-
-# Ages and "today" are the calendar day in China: every 统筹区 keeps Beijing time.
-CHINA = ZoneInfo("Asia/Shanghai")
-
-
-def china_today() -> dt.date:
-    return dt.datetime.now(CHINA).date()
 
 
 def _check_grant(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -18,12 +19,17 @@ import asyncpg
 import grpc
 from google.protobuf.message import DecodeError
 
-from gongji import errors, metrics
+from gongji import errors, limits, logs, metrics
 from gongji.api.app import Context
 from gongji.api.auth import Authenticator, current_principal
 from gongji.api.status import to_status
+from gongji.store.credentials import Principal
 
 log = logging.getLogger(__name__)
+# One line per RPC, under a name of its own so that it can be routed or silenced apart.
+rpc_log = logging.getLogger("gongji.rpc")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 
 _PREFIX = "/gongji.v1."
 
@@ -87,51 +93,98 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         labels = ("unary", service, name)
 
         async def behavior(request: Any, context: Context) -> Any:
+            call = _Call(method, labels)
             metrics.GRPC_STARTED.labels(*labels).inc()
-            started = time.perf_counter()
-            code = "OK"
             try:
-                principal = await self._auth.authenticate(metadata, method)
-                if isinstance(request, _Undecodable):
-                    raise errors.InvalidArgument.one("request", f"not a valid {name} request message")
-                token = current_principal.set(principal)
-                try:
-                    return await inner(request, context)
-                finally:
-                    current_principal.reset(token)
-            except errors.GongjiError as exc:
-                code = exc.code
-                await _abort(context, exc)
-            except _DB_UNAVAILABLE as exc:
-                code = "UNAVAILABLE"
-                log.warning("database unavailable during %s: %s", method, type(exc).__name__)
-                await _abort(context, errors.DatabaseUnavailable("the database is unavailable; retry"))
-            except asyncpg.exceptions.TransactionRollbackError as exc:
-                # Deadlock or serialization failure: nothing was written; the same request may be retried.
-                code = "ABORTED"
-                log.warning("transaction rolled back during %s: %s", method, type(exc).__name__)
-                await _abort(context, errors.TransactionAborted("the transaction was rolled back; retry"))
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                code = "INTERNAL"
-                # The class and frames only, to the log and never to the client: messages of database
-                # errors and failed assertions can quote row values (PII, balances).
-                frames = "".join(traceback.format_tb(exc.__traceback__))
-                log.error("unhandled %s in %s\n%s", type(exc).__name__, method, frames)
-                await _abort(context, errors.Internal("internal error"))
+                return await self._run(inner, request, context, metadata, call)
             finally:
-                if code == "OK" and context.cancelled():
-                    code = "CANCELLED"
-                metrics.GRPC_HANDLED.labels(*labels, code).inc()
-                metrics.GRPC_HANDLING_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+                call.finish(request, context)
 
         return behavior
 
+    async def _run(self, inner: Behavior, request: Any, context: Context, metadata: Any, call: _Call) -> Any:
+        """Authenticate, run the servicer, and turn whatever it raises into one status."""
+        try:
+            call.principal = await self._auth.authenticate(metadata, call.method)
+            if isinstance(request, _Undecodable):
+                raise errors.InvalidArgument.one("request", f"not a valid {call.labels[2]} request message")
+            token = current_principal.set(call.principal)
+            try:
+                return await inner(request, context)
+            finally:
+                current_principal.reset(token)
+        except errors.GongjiError as exc:
+            await call.abort(context, exc)
+        except _DB_UNAVAILABLE as exc:
+            log.warning("database unavailable during %s: %s", call.method, type(exc).__name__)
+            await call.abort(context, errors.DatabaseUnavailable("the database is unavailable; retry"))
+        except asyncpg.exceptions.TransactionRollbackError as exc:
+            # Deadlock or serialization failure: nothing was written; the same request may be retried.
+            log.warning("transaction rolled back during %s: %s", call.method, type(exc).__name__)
+            await call.abort(context, errors.TransactionAborted("the transaction was rolled back; retry"))
+        except asyncio.CancelledError:
+            # grpc.aio cancels the handler both when the client cancels and when the deadline
+            # passes; the remaining time tells them apart.
+            call.code = _cut_off_code(context)
+            raise
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            # The class and frames only, to the log and never to the client: messages of database
+            # errors and failed assertions can quote row values (PII, balances).
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("unhandled %s in %s\n%s", type(exc).__name__, call.method, frames)
+            await call.abort(context, errors.Internal("internal error"))
 
-async def _abort(context: Context, exc: errors.GongjiError) -> None:
-    status = to_status(exc)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+
+class _Call:
+    """What the interceptor learns about one RPC on the way, for its metrics and its log line."""
+
+    def __init__(self, method: str, labels: tuple[str, str, str]) -> None:
+        self.method = method
+        self.labels = labels
+        self.started = time.perf_counter()
+        self.code = "OK"
+        self.reason = ""
+        self.principal: Principal | None = None
+
+    async def abort(self, context: Context, exc: errors.GongjiError) -> None:
+        self.code, self.reason = exc.code, exc.reason
+        status = to_status(exc)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def finish(self, request: Any, context: Context) -> None:
+        if self.code == "OK" and context.cancelled():
+            self.code = _cut_off_code(context)
+        duration_s = time.perf_counter() - self.started
+        metrics.GRPC_HANDLED.labels(*self.labels, self.code).inc()
+        metrics.GRPC_HANDLING_SECONDS.labels(*self.labels).observe(duration_s)
+        fields = {
+            "method": self.method,
+            "code": self.code,
+            "reason": self.reason,
+            "duration_ms": round(duration_s * 1000, 3),
+            "institution": self.principal.institution_id if self.principal else None,
+            "terminal": self.principal.terminal_id if self.principal else None,
+            "request_id": _request_id(request),
+        }
+        rpc_log.info("rpc", extra={logs.FIELDS: fields})
+
+
+def _request_id(request: Any) -> str | None:
+    """The request's idempotency key when it has one and it is well formed (a client-chosen string:
+    anything else is not worth a log line's trust)."""
+    value = getattr(request, "request_id", None)
+    if isinstance(value, str) and len(value) <= limits.REQUEST_ID_LEN_MAX and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
+def _cut_off_code(context: Context) -> str:
+    """Why a call ended before its answer: its deadline passed, or else the client cancelled it.
+
+    The client's copy of the deadline runs out first and it cancels the stream; the server hears of it
+    a network trip later, with a little time still left on its own copy (see DEADLINE_SLACK_S)."""
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= limits.DEADLINE_SLACK_S
+    return "DEADLINE_EXCEEDED" if expired else "CANCELLED"

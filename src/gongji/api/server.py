@@ -13,13 +13,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from gongji import limits
+from gongji import limits, metrics
 from gongji.api.account import AccountService
 from gongji.api.app import App
 from gongji.api.auth import Authenticator
 from gongji.api.family import FamilyService
 from gongji.api.interceptor import GongjiInterceptor
 from gongji.api.settlement import SettlementService
+from gongji.config import Settings
 from gongji.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -38,6 +39,32 @@ SERVICE_NAMES = (
 )
 
 
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_time_ms", limits.GRPC_KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", limits.GRPC_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", limits.GRPC_CLIENT_PING_INTERVAL_MS_MIN),
+    ("grpc.http2.max_ping_strikes", limits.GRPC_PING_STRIKES_MAX),
+    ("grpc.max_connection_idle_ms", limits.GRPC_CONNECTION_IDLE_MS_MAX),
+    ("grpc.max_connection_age_ms", limits.GRPC_CONNECTION_AGE_MS_MAX),
+    ("grpc.max_connection_age_grace_ms", limits.GRPC_CONNECTION_AGE_GRACE_MS),
+]
+
+
+def tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; mTLS, with a client certificate required, when a client CA
+    is configured too. None: plaintext (loopback and development only)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
 @dataclass
 class Running:
     server: grpc.aio.Server
@@ -51,14 +78,12 @@ class Running:
 
 
 async def start(app: App, listen: str) -> Running:
+    metrics.watch_pool(app.pool)
     server = grpc.aio.server(
         interceptors=[GongjiInterceptor(Authenticator(app.pool))],
+        # Beyond it grpc itself answers RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!").
         maximum_concurrent_rpcs=app.settings.max_concurrent_rpcs,
-        options=[
-            ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-            ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=SERVER_OPTIONS,
     )
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(app), server)
     family_pb2_grpc.add_FamilyServiceServicer_to_server(FamilyService(app), server)
@@ -66,7 +91,8 @@ async def start(app: App, listen: str) -> Running:
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(listen)
+    credentials = tls_credentials(app.settings)
+    port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()

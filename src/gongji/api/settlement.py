@@ -10,8 +10,7 @@ from gongji import errors, limits, metrics
 from gongji.api import convert, pages
 from gongji.api.app import App, Context
 from gongji.api.auth import current_principal
-from gongji.api.family import CHINA
-from gongji.api.validate import Fields
+from gongji.api.validate import CHINA, Fields
 from gongji.store import lifecycle, settlements
 from gongji.store.credentials import Kind
 from gongji.v1 import settlement_pb2, settlement_pb2_grpc
@@ -22,6 +21,31 @@ def _digest(patient_id: str, amount_fen: int, authorizer_id: str | None, use_acc
     not content: a retry that rescanned a fresh voucher still replays the original."""
     canonical = f"{patient_id}\x1f{amount_fen}\x1f{authorizer_id or ''}\x1f{int(use_account)}"
     return hashlib.sha256(canonical.encode()).digest()
+
+
+def _count_voucher_refusal(method: str, exc: errors.GongjiError) -> None:
+    """Count e-voucher refusals; a real-name mismatch also per institution, as the fraud signal."""
+    if isinstance(exc, errors.VoucherRefused | errors.VoucherPatientMismatch):
+        metrics.VOUCHER_REFUSALS.labels(method, exc.reason).inc()
+    if isinstance(exc, errors.VoucherPatientMismatch):
+        metrics.REAL_NAME_MISMATCHES.labels(current_principal.get().institution_id or "").inc()
+
+
+def _count_settlement(s: settlements.SettlementRow) -> None:
+    if s.replayed:
+        metrics.SETTLEMENTS.labels("REPLAYED").inc()
+        metrics.IDEMPOTENT_REPLAYS.labels("Settle").inc()
+        return
+    metrics.SETTLEMENTS.labels("OK").inc()
+    metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
+    metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
+    metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
+
+
+def _count_refunded(refund: lifecycle.RefundRow) -> None:
+    metrics.REFUNDED_FEN.labels("own").inc(refund.acct_pay_fen)
+    metrics.REFUNDED_FEN.labels("mutual_aid").inc(refund.acct_mulaid_pay_fen)
+    metrics.REFUNDED_FEN.labels("cash").inc(refund.psn_cash_pay_fen)
 
 
 class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
@@ -47,15 +71,19 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def Quote(self, request: settlement_pb2.QuoteRequest, context: Context) -> settlement_pb2.QuoteResponse:
         patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=False)
-        claims = self._app.vouchers.authentic(request.voucher)
-        q = await settlements.quote(
-            self._app.pool,
-            voucher_id=claims.voucher_id,
-            patient_id=patient_id,
-            amount_fen=amount_fen,
-            authorizer_id=authorizer_id,
-            use_personal_account=use_account,
-        )
+        try:
+            claims = self._app.vouchers.authentic(request.voucher)
+            q = await settlements.quote(
+                self._app.pool,
+                voucher_id=claims.voucher_id,
+                patient_id=patient_id,
+                amount_fen=amount_fen,
+                authorizer_id=authorizer_id,
+                use_personal_account=use_account,
+            )
+        except errors.GongjiError as exc:
+            _count_voucher_refusal("Quote", exc)
+            raise
         return settlement_pb2.QuoteResponse(
             amount_fen=amount_fen,
             acct_pay_fen=q.acct_pay_fen,
@@ -85,14 +113,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             )
         except errors.GongjiError as exc:
             metrics.SETTLEMENTS.labels(exc.reason).inc()
+            _count_voucher_refusal("Settle", exc)
             raise
-        if s.replayed:
-            metrics.SETTLEMENTS.labels("REPLAYED").inc()
-        else:
-            metrics.SETTLEMENTS.labels("OK").inc()
-            metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
-            metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
-            metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
+        _count_settlement(s)
         return settlement_pb2.SettleResponse(settlement=convert.settlement(s), replayed=s.replayed)
 
     async def Cancel(self, request: settlement_pb2.CancelRequest, context: Context) -> settlement_pb2.CancelResponse:
@@ -116,6 +139,11 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         view = await lifecycle.get_by_id(self._app.pool, settlement_id)
         assert view is not None
         refund = next(r for r in view.refunds if r.refund_id == refund_id)
+        if replayed:
+            metrics.IDEMPOTENT_REPLAYS.labels("Cancel").inc()
+        else:
+            metrics.REFUNDS.inc()
+            _count_refunded(refund)
         return settlement_pb2.CancelResponse(
             refund=convert.refund(refund), settlement=convert.settlement(view.settlement, view), replayed=replayed
         )
@@ -125,11 +153,18 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         fields = Fields()
         request_id = fields.request_id("original_request_id", request.original_request_id)
         fields.done()
-        settlement_id = await lifecycle.reverse(self._app.pool, institution_id=institution_id, request_id=request_id)
+        settlement_id, replayed = await lifecycle.reverse(
+            self._app.pool, institution_id=institution_id, request_id=request_id
+        )
         if settlement_id is None:
             return settlement_pb2.ReverseResponse(undone=False)
         view = await lifecycle.get_by_id(self._app.pool, settlement_id)
         assert view is not None
+        if not replayed:
+            metrics.REVERSALS.inc()
+            for refund in view.refunds:
+                if refund.kind == "REVERSAL":
+                    _count_refunded(refund)
         return settlement_pb2.ReverseResponse(undone=True, settlement=convert.settlement(view.settlement, view))
 
     async def GetSettlement(
@@ -149,10 +184,10 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             view = await lifecycle.get_by_request(self._app.pool, institution_id, request_id)
         else:
             raise errors.InvalidArgument.one("key", "set settlement_id or request_id")
-        if view is None:
-            raise errors.SettlementNotFound("no settlement with this key")
-        if view.settlement.institution_id != institution_id:
-            raise errors.InstitutionMismatch("the settlement belongs to another institution")
+        # Another institution's settlement is answered as not found, whichever key was asked: a
+        # terminal learns nothing of other institutions' settlements.
+        if view is None or view.settlement.institution_id != institution_id:
+            raise errors.SettlementNotFound("no settlement of this institution with this key")
         return settlement_pb2.GetSettlementResponse(settlement=convert.settlement(view.settlement, view))
 
     async def Reconcile(
@@ -164,7 +199,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         page_size = fields.page_size(
             "page_size", request.page_size, limits.RECONCILE_PAGE_SIZE_DEFAULT, limits.RECONCILE_PAGE_SIZE_MAX
         )
-        after = fields.day_cursor("page_token", request.page_token)
+        after = fields.day_cursor("page_token", request.page_token, day)
         fields.done()
         start = dt.datetime(day.year, day.month, day.day, tzinfo=CHINA)
         end = start + dt.timedelta(days=1)  # China keeps no daylight saving time

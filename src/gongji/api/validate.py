@@ -7,6 +7,7 @@ import enum
 import re
 import uuid
 from typing import TypeVar
+from zoneinfo import ZoneInfo
 
 from gongji import errors, limits
 from gongji.api import pages
@@ -17,6 +18,16 @@ E = TypeVar("E", bound=enum.Enum)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 _PHONE = re.compile(rf"\+?[0-9]{{5,{limits.PHONE_LEN_MAX}}}")
 _DOCUMENT_NUMBER = re.compile(r"[0-9A-Za-z]+")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_ENTRY_ID = re.compile(r"[0-9]{1,19}")
+# Ages, dates and days are the calendar day in China: every 统筹区 keeps Beijing time (no daylight saving).
+CHINA = ZoneInfo("Asia/Shanghai")
+
+
+def china_today() -> dt.date:
+    return dt.datetime.now(CHINA).date()
+
+
 _REFERENCE = re.compile(rf"[A-Za-z0-9._:\-]{{4,{limits.FACE_VERIFICATION_REF_LEN_MAX}}}")
 
 
@@ -90,11 +101,12 @@ class Fields:
         return value.upper()
 
     def date(self, field: str, value: str) -> dt.date:
-        # Tomorrow by UTC is at most today in China, whatever the time of day.
-        latest = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+        """A calendar date from 1900 up to today in China, written YYYY-MM-DD (nothing else)."""
         try:
+            if not _DATE.fullmatch(value):
+                raise ValueError(value)
             day = dt.date.fromisoformat(value)
-            if len(value) != 10 or not dt.date(1900, 1, 1) <= day <= latest:
+            if not dt.date(1900, 1, 1) <= day <= china_today():
                 raise ValueError(value)
         except ValueError:
             self.bad(field, "must be a date up to today, written YYYY-MM-DD")
@@ -126,21 +138,27 @@ class Fields:
             self.bad(field, "is not a token from a previous answer")
             return None
 
-    def day_cursor(self, field: str, value: str) -> tuple[dt.datetime, uuid.UUID] | None:
+    def day_cursor(self, field: str, value: str, day: dt.date) -> tuple[dt.datetime, uuid.UUID] | None:
+        """The (created_at, settlement_id) after which a Reconcile page of `day` continues."""
         parts = self.page_token(field, value, 2)
         if parts is None:
             return None
         try:
-            return dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
+            at, settlement_id = dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
+            # A cursor from a page of this day only: a timestamp far out of range would overflow the driver.
+            if at.tzinfo is None or abs(at.date() - day) > dt.timedelta(days=1):
+                raise ValueError(parts[0])
         except ValueError:
             self.bad(field, "is not a token from a previous answer")
             return None
+        return at, settlement_id
 
     def entry_cursor(self, field: str, value: str) -> int | None:
+        """The ledger entry id below which a ListLedger page continues (a positive bigint)."""
         parts = self.page_token(field, value, 1)
         if parts is None:
             return None
-        if not parts[0].isdigit() or len(parts[0]) > 19:
+        if not _ENTRY_ID.fullmatch(parts[0]) or not 0 < int(parts[0]) < 2**63:
             self.bad(field, "is not a token from a previous answer")
             return None
         return int(parts[0])

@@ -51,15 +51,17 @@ select v.voucher_id
  where (v.used_at is null) <> (s.settlement_id is null) or v.settlement_id is distinct from s.settlement_id"""
 
 
+# Each check and how to name what it found. Every query answers the rows that are off.
+_CHECKS = (
+    (_BALANCE_VS_LEDGER, "account {person_id}: balance {balance_fen} fen, ledger {ledger_fen} fen"),
+    (_SETTLEMENT_VS_LEDGER, "settlement {settlement_id}: ledger does not match"),
+    (_REFUND_VS_LEDGER, "refund {refund_id}: ledger does not match"),
+    (_SETTLEMENT_VS_REFUNDS, "settlement {settlement_id}: refunds do not add up"),
+    (_VOUCHER_VS_SETTLEMENT, "voucher {voucher_id}: use does not match"),
+)
+
+
 async def differences(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool) -> list[str]:
     """Human-readable differences; empty when the books are right. Names accounts by person_id: this
     is for operators and tests, never for logs."""
-    found = [
-        f"account {r['person_id']}: balance {r['balance_fen']} fen, ledger {r['ledger_fen']} fen"
-        for r in await conn.fetch(_BALANCE_VS_LEDGER)
-    ]
-    found += [
-        f"settlement {r['settlement_id']}: ledger does not match" for r in await conn.fetch(_SETTLEMENT_VS_LEDGER)
-    ]
-    found += [f"voucher {r['voucher_id']}: use does not match" for r in await conn.fetch(_VOUCHER_VS_SETTLEMENT)]
-    return found
+    return [template.format(**dict(row)) for query, template in _CHECKS for row in await conn.fetch(query)]

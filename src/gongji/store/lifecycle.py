@@ -88,15 +88,15 @@ async def cancel(
     return refund_id, row["replayed"]
 
 
-async def reverse(pool: asyncpg.Pool, *, institution_id: str, request_id: str) -> uuid.UUID | None:
-    """Reverse by the original request id; return the undone settlement's id, or None when nothing
-    had been committed (the id is then refused to a late original)."""
+async def reverse(pool: asyncpg.Pool, *, institution_id: str, request_id: str) -> tuple[uuid.UUID | None, bool]:
+    """Reverse by the original request id; return the undone settlement's id (None when nothing had
+    been committed: the id is then refused to a late original) and whether this repeats a reversal."""
     row = await pool.fetchrow(_REVERSE, institution_id, request_id)
     assert row is not None
     assert row["outcome"] == "OK"
     settlement_id: uuid.UUID | None = row["settlement_id"]
     assert row["undone"] == (settlement_id is not None)
-    return settlement_id
+    return settlement_id, row["replayed"]
 
 
 # Reconciliation (3201/3202): one institution, one calendar day [start, end).
@@ -107,7 +107,10 @@ select count(*) as settlement_count, coalesce(sum(amount_fen), 0)::bigint as amo
        coalesce(sum(psn_cash_pay_fen), 0)::bigint as psn_cash_pay_fen
   from settlement where institution_id = $1 and created_at >= $2 and created_at < $3"""
 _DAY_REFUNDS = """
-select count(*) as refund_count, count(*) filter (where kind = 'REVERSAL') as reversal_count,
+select count(*) as refund_count,
+       (select count(*) from reversal v
+         where v.institution_id = $1 and v.settlement_id is not null and v.created_at >= $2 and v.created_at < $3)
+           as reversal_count,
        coalesce(sum(amount_fen), 0)::bigint as refunded_fen,
        coalesce(sum(acct_pay_fen), 0)::bigint as refund_acct_pay_fen,
        coalesce(sum(acct_mulaid_pay_fen), 0)::bigint as refund_acct_mulaid_pay_fen,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from dataclasses import dataclass
 
 import asyncpg
 
-from gongji import errors
+from gongji import errors, metrics
 
 _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
 _SETTLE = "select * from gongji_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -43,6 +44,28 @@ class SettlementRow:
 
 def _refuse(outcome: str) -> errors.GongjiError:
     return errors.BY_REASON[outcome]()
+
+
+def _observe_lock_waits(row: asyncpg.Record) -> None:
+    """Feed the lock waits gongji_settle measured (0002_settle.sql); null: lock not reached."""
+    for lock in metrics.LOCK_KINDS:
+        wait_s = row[f"lock_wait_{lock}_s"]
+        if wait_s is not None:
+            metrics.SETTLE_LOCK_WAIT_SECONDS.labels(lock).observe(wait_s)
+
+
+async def _settle_row(pool: asyncpg.Pool, *args: object) -> asyncpg.Record:
+    """Run gongji_settle on a connection of its own, timing the wait for the connection apart from the
+    transaction itself (a busy pool and slow locks call for different fixes)."""
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        acquired = time.perf_counter()
+        metrics.POOL_ACQUIRE_SECONDS.observe(acquired - started)
+        row = await conn.fetchrow(_SETTLE, *args)
+        metrics.SETTLE_TRANSACTION_SECONDS.observe(time.perf_counter() - acquired)
+    assert row is not None
+    _observe_lock_waits(row)
+    return row
 
 
 async def quote(
@@ -83,8 +106,8 @@ async def settle(
     use_personal_account: bool,
 ) -> SettlementRow:
     """Settle in one transaction and one round trip; refusals raise and have written nothing."""
-    row = await pool.fetchrow(
-        _SETTLE,
+    row = await _settle_row(
+        pool,
         institution_id,
         terminal_id,
         request_id,
@@ -95,7 +118,6 @@ async def settle(
         authorizer_id,
         use_personal_account,
     )
-    assert row is not None
     if row["outcome"] != "OK":
         raise _refuse(row["outcome"])
     s = SettlementRow(

@@ -384,7 +384,9 @@ class ReconcileResponse(_message.Message):
     refund_acct_mulaid_pay_fen: _builtins.int
     refund_psn_cash_pay_fen: _builtins.int
     reversal_count: _builtins.int
-    """Of refund_count, how many were reversals."""
+    """Settlements reversed (2601) that day. A reversal of a settlement already refunded in full moves no
+    money and adds no refund, but is counted here.
+    """
     @_builtins.property
     def settlements(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Settlement]:
         """With detail (3202): this page of the day's settlements, oldest first."""

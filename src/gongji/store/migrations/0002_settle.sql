@@ -103,13 +103,19 @@ begin
 end
 $$;
 
+-- Settle also answers how long it waited for each of its locks, measured with clock_timestamp() around
+-- each locking statement: only the database knows this split (from Python one call is one number).
+-- gongji.store.settlements feeds them to the lock-wait histogram; a lock the call did not reach (a
+-- refusal, a replay) answers null and is not observed.
 create function gongji_settle(
     p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
 returns table (
     outcome text, replayed boolean, settlement_id uuid, created_at timestamptz, terminal_id text,
     patient_id text, authorizer_id text, amount_fen bigint, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
-    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint)
+    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint,
+    lock_wait_idempotency_s double precision, lock_wait_voucher_s double precision,
+    lock_wait_grant_s double precision, lock_wait_account_s double precision)
 language plpgsql
 as $$
 #variable_conflict use_column
@@ -129,10 +135,13 @@ declare
     v_split      record;
     v_after      bigint;
     v_id         constant uuid := gen_random_uuid();
+    v_t          timestamptz;
 begin
     -- Requests with the same key wait for each other, so a POS retry racing its original replays it,
     -- and a reversal (gongji_reverse takes the same lock) either undoes it or refuses it, never half.
+    v_t := clock_timestamp();
     perform pg_advisory_xact_lock(hashtextextended(v_scope || '/' || p_request_id, 0));
+    lock_wait_idempotency_s := extract(epoch from clock_timestamp() - v_t);
     if exists (select 1 from reversal r where r.institution_id = p_institution_id and r.request_id = p_request_id) then
         outcome := 'ALREADY_REVERSED'; return next; return;
     end if;
@@ -144,7 +153,8 @@ begin
         end if;
         return query
             select 'OK'::text, true, s.settlement_id, s.created_at, s.terminal_id, s.patient_id, s.authorizer_id,
-                   s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen, s.refunded_fen
+                   s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen, s.refunded_fen,
+                   lock_wait_idempotency_s, null::double precision, null::double precision, null::double precision
               from settlement s where s.settlement_id = v_existing;
         return;
     end if;
@@ -152,7 +162,9 @@ begin
     select * into v_patient from person p where p.person_id = p_patient_id;
     if not found then outcome := 'PERSON_NOT_FOUND'; return next; return; end if;
     -- The voucher row lock makes two settlements presenting one voucher take turns: one uses it.
+    v_t := clock_timestamp();
     select * into v_voucher from voucher v where v.voucher_id = p_voucher_id for update;
+    lock_wait_voucher_s := extract(epoch from clock_timestamp() - v_t);
     outcome := gongji_voucher_refusal(v_voucher, p_patient_id);
     if outcome is not null then return next; return; end if;
     if v_patient.status <> 'ACTIVE' then outcome := 'PERSON_NOT_ACTIVE'; return next; return; end if;
@@ -166,8 +178,10 @@ begin
         for v_attempt in 1..3 loop
             v_grant := gongji_live_grant(p_patient_id, p_authorizer_id);
             exit when v_grant is null;
+            v_t := clock_timestamp();
             select g.authorizer_id into v_authorizer
               from mutual_aid_grant g where g.grant_id = v_grant and g.status = 'LIVE' for no key update;
+            lock_wait_grant_s := coalesce(lock_wait_grant_s, 0) + extract(epoch from clock_timestamp() - v_t);
             exit when found;
             v_grant := null;
         end loop;
@@ -181,7 +195,9 @@ begin
                                        v_authorizer]) as x
              where x is not null order by x collate "C"
         loop
+            v_t := clock_timestamp();
             select a.balance_fen into v_balance from account a where a.person_id = v_pid for update;
+            lock_wait_account_s := coalesce(lock_wait_account_s, 0) + extract(epoch from clock_timestamp() - v_t);
             if v_pid = p_patient_id then v_own := v_balance; else v_mulaid := v_balance; end if;
         end loop;
     end if;
@@ -200,7 +216,8 @@ begin
             p_voucher_id, p_amount_fen, v_split.acct_pay_fen, v_split.acct_mulaid_pay_fen,
             v_split.psn_cash_pay_fen, coalesce(v_own, 0) - v_split.acct_pay_fen)
         returning 'OK'::text, false, s.settlement_id, s.created_at, s.terminal_id, s.patient_id, s.authorizer_id,
-                  s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen, s.refunded_fen;
+                  s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen, s.refunded_fen,
+                  lock_wait_idempotency_s, lock_wait_voucher_s, lock_wait_grant_s, lock_wait_account_s;
 
     if v_split.acct_pay_fen > 0 then
         update account a set balance_fen = a.balance_fen - v_split.acct_pay_fen, updated_at = now()

@@ -146,7 +146,7 @@ $$;
 -- lock for that id, so the original either committed before (and is undone whole) or comes after
 -- (and is refused). Reversing twice answers the same.
 create function gongji_reverse(p_institution_id text, p_request_id text)
-returns table (outcome text, undone boolean, settlement_id uuid)
+returns table (outcome text, undone boolean, settlement_id uuid, replayed boolean)
 language plpgsql
 as $$
 #variable_conflict use_column
@@ -159,6 +159,7 @@ begin
     select * into v_done from reversal r where r.institution_id = p_institution_id and r.request_id = p_request_id;
     if found then
         outcome := 'OK'; undone := v_done.settlement_id is not null; settlement_id := v_done.settlement_id;
+        replayed := true;
         return next; return;
     end if;
     select * into s from settlement x
@@ -174,6 +175,7 @@ begin
     outcome := 'OK';
     undone := s.settlement_id is not null;
     settlement_id := s.settlement_id;
+    replayed := false;
     return next;
 end
 $$;

@@ -1,0 +1,192 @@
+"""TLS and mTLS with certificates made on the fly, and the limits a client runs into."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from conftest import VOUCHER_KEY
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import Api, bearer
+
+from gongji.api import server
+from gongji.api.app import App
+from gongji.config import Settings
+from gongji.domain.vouchers import VoucherCodec
+from gongji.v1 import account_pb2, account_pb2_grpc
+
+S = grpc.StatusCode
+
+
+@dataclass(frozen=True)
+class Pem:
+    cert: bytes
+    key: bytes
+
+
+def _issue(
+    subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, *, ca: bool
+) -> tuple[Pem, x509.Name, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, issuer_key = issuer or (name, key)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    pem = Pem(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    return pem, name, key
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Pem
+    server: Pem
+    client: Pem
+    stranger: Pem  # a client certificate from another CA
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    ca, ca_name, ca_key = _issue("gongji test CA", None, ca=True)
+    _, other_name, other_key = _issue("someone else's CA", None, ca=True)
+    return Pki(
+        ca=ca,
+        server=_issue("localhost", (ca_name, ca_key), ca=False)[0],
+        client=_issue("POS-A1", (ca_name, ca_key), ca=False)[0],
+        stranger=_issue("POS-X", (other_name, other_key), ca=False)[0],
+    )
+
+
+def _files(tmp: Path, pki: Pki, *, mtls: bool) -> dict[str, Path]:
+    files = {"tls_cert_file": tmp / "server.pem", "tls_key_file": tmp / "server.key"}
+    files["tls_cert_file"].write_bytes(pki.server.cert)
+    files["tls_key_file"].write_bytes(pki.server.key)
+    if mtls:
+        files["tls_client_ca_file"] = tmp / "ca.pem"
+        files["tls_client_ca_file"].write_bytes(pki.ca.cert)
+    return files
+
+
+@pytest.fixture
+async def start(settings: Settings, server_pool: asyncpg.Pool) -> AsyncIterator[object]:
+    started: list[server.Running] = []
+
+    async def go(**overrides: object) -> int:
+        running = await server.start(
+            App(settings.model_copy(update=overrides), server_pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1")),
+            "127.0.0.1:0",
+        )
+        started.append(running)
+        return running.port
+
+    yield go
+    for running in started:
+        await running.stop(1.0)
+
+
+async def _healthy(channel: grpc.aio.Channel) -> bool:
+    """SERVING over this channel; False when the handshake fails (UNAVAILABLE)."""
+    code = S.OK
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+    assert code in (S.OK, S.UNAVAILABLE), code
+    return code == S.OK
+
+
+def _secure(port: int, pki: Pki, client: Pem | None) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.cert,
+        private_key=client.key if client else None,
+        certificate_chain=client.cert if client else None,
+    )
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+async def test_tls_serves_encrypted_and_refuses_plaintext(start: object, pki: Pki, tmp_path: Path, api: Api) -> None:
+    port = await start(**_files(tmp_path, pki, mtls=False))  # type: ignore[operator]
+    async with _secure(port, pki, None) as ch:
+        assert await _healthy(ch)
+        person = await api.enroll()
+        reply = await account_pb2_grpc.AccountServiceStub(ch).GetAccount(
+            account_pb2.GetAccountRequest(person_id=person), metadata=bearer(api.tokens.operator)
+        )
+        assert reply.account.person_id == person
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        assert not await _healthy(ch)
+
+
+async def test_mtls_requires_a_client_certificate_from_the_configured_ca(
+    start: object, pki: Pki, tmp_path: Path
+) -> None:
+    port = await start(**_files(tmp_path, pki, mtls=True))  # type: ignore[operator]
+    async with _secure(port, pki, pki.client) as ch:
+        assert await _healthy(ch)
+    for client in (None, pki.stranger):
+        async with _secure(port, pki, client) as ch:
+            assert not await _healthy(ch)
+
+
+async def test_concurrent_rpcs_beyond_the_limit_are_resource_exhausted(
+    start: object, api: Api, pool: asyncpg.Pool
+) -> None:
+    port = await start(max_concurrent_rpcs=1)  # type: ignore[operator]
+    patient = await api.enroll(balance_fen=1_000)
+    voucher = await api.voucher(patient)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        limited = Api(ch, api.tokens)
+        async with pool.acquire() as blocker:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("select 1 from account where person_id = $1 for update", patient)
+            held = asyncio.ensure_future(limited.settle(patient, 100, voucher=voucher))
+            for _ in range(200):  # bounded: until the settlement waits for the held row
+                if await pool.fetchval(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                    " and query like '%gongji_settle(%' and pid <> pg_backend_pid()"
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await limited.balance(patient)
+            assert caught.value.code() == S.RESOURCE_EXHAUSTED
+            await tx.rollback()
+        assert (await held).settlement.acct_pay_fen == 100
+        assert await limited.balance(patient) == 900
+
+
+async def test_a_message_over_the_size_limit_is_resource_exhausted(api: Api) -> None:
+    huge = account_pb2.EnrollRequest(person_id="11010519491231002X", name="名" * 400_000)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await api.account.Enroll(huge, metadata=bearer(api.tokens.operator))
+    assert caught.value.code() == S.RESOURCE_EXHAUSTED
+    assert await api.enroll() != "", "the server keeps serving"
