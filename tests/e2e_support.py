@@ -38,8 +38,8 @@ def wait_serving(target: str, proc: subprocess.Popen[bytes], limit_s: float = 60
     raise AssertionError("gongji serve did not become SERVING")
 
 
-def serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([GONGJI, "serve", "--demo"], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+def serve(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([GONGJI, "serve", "--demo", *args], env=env, cwd=ROOT, stderr=subprocess.PIPE)
     wait_serving(env["GONGJI_GRPC_LISTEN"], proc)
     return proc
 

@@ -22,6 +22,11 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        from gongji import workers
+
+        metrics_dir = workers.prepare_metrics_dir()  # before anything imports prometheus_client
+        return workers.serve(settings, load_demo=args.demo, workers=args.workers, metrics_dir=metrics_dir)
     from gongji import runtime
 
     _run(runtime.serve(settings, load_demo=args.demo))
@@ -112,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve gRPC and metrics until SIGTERM/SIGINT")
     s.add_argument("--demo", action="store_true", help="load the demo data set on first start")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("GONGJI_WORKERS", "1")),
+        choices=range(1, 33),
+        metavar="N",
+        help="server processes sharing the port (default 1, or GONGJI_WORKERS)",
+    )
     s.set_defaults(func=_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     sub.add_parser("seed", help="load the demo data set").set_defaults(func=_seed)

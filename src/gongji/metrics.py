@@ -6,10 +6,12 @@ The README's "Operating gongji" section says what each family means and which al
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterable, Iterator
 
 import asyncpg
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -118,9 +120,39 @@ class PoolCollector(Collector):
 
 
 POOL = PoolCollector()
-REGISTRY.register(POOL)
+
+# With `gongji serve --workers N`, every worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR
+# and the parent process serves their aggregate. A collector read at scrape time cannot work across
+# processes, so there the pool gauges are ordinary gauges that each worker refreshes, summed over the
+# live workers (prometheus-client's "livesum").
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+POOL_REFRESH_S = 1.0
+if MULTIPROCESS:
+    _POOL_GAUGES = {
+        name: Gauge(name, doc, multiprocess_mode="livesum")
+        for name, doc in (
+            ("gongji_db_pool_max_connections", "Configured maximum size of the pools, summed over workers."),
+            ("gongji_db_pool_connections", "Connections open in the pools."),
+            ("gongji_db_pool_connections_in_use", "Connections lent out."),
+            ("gongji_db_pool_waiting", "Callers waiting for a connection."),
+        )
+    }
+else:
+    REGISTRY.register(POOL)
 
 
 def watch_pool(pool: asyncpg.Pool) -> None:
     """Report this pool's gauges from now on (the server's pool; one per process)."""
     POOL.pool = pool
+
+
+async def publish_pool_gauges(pool: asyncpg.Pool) -> None:
+    """In a worker process: copy the pool's readings into the shared gauges, every POOL_REFRESH_S."""
+    assert MULTIPROCESS
+    while True:
+        size, idle = pool.get_size(), pool.get_idle_size()
+        _POOL_GAUGES["gongji_db_pool_max_connections"].set(pool.get_max_size())
+        _POOL_GAUGES["gongji_db_pool_connections"].set(size)
+        _POOL_GAUGES["gongji_db_pool_connections_in_use"].set(size - idle)
+        _POOL_GAUGES["gongji_db_pool_waiting"].set(_waiting(pool))
+        await asyncio.sleep(POOL_REFRESH_S)

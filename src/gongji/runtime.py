@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -10,6 +11,7 @@ from typing import Any
 
 import asyncpg
 from prometheus_client import start_http_server
+from pydantic import SecretStr
 
 from gongji import demo, metrics
 from gongji.api import server
@@ -62,6 +64,37 @@ Make a first settlement (李小丽 pays 35.00 yuan: her own 20.00, then 15.00 fr
 """
 
 
+async def prepare(settings: Settings, *, load_demo: bool) -> str:
+    """What the parent of `--workers` does once: start the database if embedded, migrate, load the
+    demo data; return the database URL for the workers."""
+    url = database_url(settings)
+    async with database(settings.model_copy(update={"database_url": SecretStr(url)})) as pool:
+        if load_demo:
+            await demo.seed(pool, settings.data_dir)
+    if load_demo:
+        print(_first_call(settings), file=sys.stderr, flush=True)
+    return url
+
+
+async def serve_worker(settings: Settings) -> None:
+    """One of `--workers`: its own pool and server on the shared port, until SIGTERM."""
+    async with database(settings, migrate_schema=False) as pool:
+        app = App(settings, pool, voucher_codec(settings))
+        running = await server.start(app, settings.grpc_listen, reuse_port=True)
+        publisher = asyncio.ensure_future(metrics.publish_pool_gauges(pool))
+
+        async def close() -> None:
+            publisher.cancel()
+
+        await server.run_until_signalled(running, settings.grace_period_s, close)
+
+
+def _first_call(settings: Settings) -> str:
+    return _FIRST_CALL.format(
+        grpc=settings.grpc_listen, metrics=settings.metrics_listen, tokens=settings.data_dir / "demo-tokens.json"
+    )
+
+
 async def serve(settings: Settings, *, load_demo: bool) -> None:
     async with database(settings) as pool:
         app = App(settings, pool, voucher_codec(settings))
@@ -72,15 +105,7 @@ async def serve(settings: Settings, *, load_demo: bool) -> None:
         running = await server.start(app, settings.grpc_listen)
         log.info("serving gRPC on %s (port %d)", settings.grpc_listen, running.port)
         if load_demo:
-            print(
-                _FIRST_CALL.format(
-                    grpc=settings.grpc_listen,
-                    metrics=settings.metrics_listen,
-                    tokens=settings.data_dir / "demo-tokens.json",
-                ),
-                file=sys.stderr,
-                flush=True,
-            )
+            print(_first_call(settings), file=sys.stderr, flush=True)
 
         async def close() -> None:
             pass  # the pool closes when `database` exits; the embedded server stops at process exit

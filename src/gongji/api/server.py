@@ -77,13 +77,15 @@ class Running:
         await self.server.stop(grace_s)
 
 
-async def start(app: App, listen: str) -> Running:
+async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
+    """Serve `app` on `listen`. With `reuse_port`, several worker processes bind the same port and the
+    kernel spreads connections among them (SO_REUSEPORT)."""
     metrics.watch_pool(app.pool)
     server = grpc.aio.server(
         interceptors=[GongjiInterceptor(Authenticator(app.pool))],
         # Beyond it grpc itself answers RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!").
         maximum_concurrent_rpcs=app.settings.max_concurrent_rpcs,
-        options=SERVER_OPTIONS,
+        options=[(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in SERVER_OPTIONS],
     )
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(app), server)
     family_pb2_grpc.add_FamilyServiceServicer_to_server(FamilyService(app), server)
