@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test test-external check lint typecheck proto proto-check demo clean
+.PHONY: run test test-external check lint typecheck proto proto-check demo clean bench bench-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,19 @@ test-external: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gongji client settle --patient demo:xiaoli --amount-fen 3500
 
+## The benchmarks: seed, load every scenario, measure the ceilings, check the books (bench/README.md).
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## The same, small and fast (CI runs it; no target is asserted).
+bench-smoke: $(STAMP)
+	$(BIN)/python bench/run.py --smoke
+
 check: lint typecheck proto-check
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	cd proto && ../$(BIN)/buf lint
 
 typecheck: $(STAMP)
