@@ -244,7 +244,7 @@ async def test_revoke_takes_its_turn_at_the_store(api: Api, db_url: str) -> None
         voucher_ids = [[uuid.uuid4() for _ in range(per_worker)] for _ in range(workers)]
         for ids in voucher_ids:
             for vid in ids:
-                await vouchers.record(store_pool, vid, patient, patient, expires)
+                assert await vouchers.issue(store_pool, vid, patient, patient, expires) == "ACTIVE"
         revoked = asyncio.Event()
         after_revoke: list[settlements.SettlementRow] = []
 

@@ -163,19 +163,18 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         if not 0 <= request.ttl_seconds <= limits.VOUCHER_TTL_S_MAX:
             fields.bad("ttl_seconds", f"must be 0 (the default) to {limits.VOUCHER_TTL_S_MAX}")
         fields.done()
-        person = await people.get_person(self._app.pool, person_id)
-        if person is None:
-            raise errors.PersonNotFound("no insured person with this id")
         if requester_id != person_id:
             await self._check_holder(requester_id, person_id)
-        if person.status is not PersonStatus.ACTIVE:
-            raise errors.PersonNotActive("the person's insurance is not active")
         ttl_s = request.ttl_seconds or self._app.settings.voucher_ttl_s
         # Whole seconds, because the token carries its expiry in unix seconds.
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         expires_at = now + dt.timedelta(seconds=ttl_s)
         voucher_id = uuid.uuid4()
-        await vouchers.record(self._app.pool, voucher_id, person_id, requester_id, expires_at)
+        status = await vouchers.issue(self._app.pool, voucher_id, person_id, requester_id, expires_at)
+        if status is None:
+            raise errors.PersonNotFound("no insured person with this id")
+        if status != PersonStatus.ACTIVE:
+            raise errors.PersonNotActive("the person's insurance is not active")
         token = self._app.vouchers.issue(voucher_id, int(expires_at.timestamp()))
         return family_pb2.IssueVoucherResponse(
             voucher=token, expires_at=timestamp(expires_at), person_id=person_id, requester_id=requester_id

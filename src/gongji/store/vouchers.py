@@ -7,11 +7,22 @@ import uuid
 
 import asyncpg
 
-_INSERT = """
-insert into voucher (voucher_id, person_id, requester_id, expires_at) values ($1, $2, $3, $4)"""
+# One round trip for the common case (a patient's own voucher): the voucher is recorded only for an
+# active person, and the answer says which of the two checks failed otherwise.
+_ISSUE = """
+with p as (select status from person where person_id = $2),
+     v as (insert into voucher (voucher_id, person_id, requester_id, expires_at)
+           select $1, $2, $3, $4 from p where p.status = 'ACTIVE' returning 1)
+select (select status from p) as status, exists (select 1 from v) as issued"""
 
 
-async def record(
+async def issue(
     pool: asyncpg.Pool, voucher_id: uuid.UUID, person_id: str, requester_id: str, expires_at: dt.datetime
-) -> None:
-    await pool.execute(_INSERT, voucher_id, person_id, requester_id, expires_at)
+) -> str | None:
+    """Record the voucher if `person_id` is enrolled and ACTIVE; return the person's status (None: not
+    enrolled). The caller has checked the requester may show this person's voucher."""
+    row = await pool.fetchrow(_ISSUE, voucher_id, person_id, requester_id, expires_at)
+    assert row is not None
+    status: str | None = row["status"]
+    assert row["issued"] == (status == "ACTIVE")
+    return status
