@@ -87,6 +87,11 @@ POOL_ACQUIRE_SECONDS = Histogram(
     buckets=_DB_BUCKETS,
 )
 
+SETTLE_RETRIES = Counter(
+    "gongji_settle_retries_total",
+    "gongji_settle runs repeated because a concurrent settlement of the same patient changed the "
+    "balance it peeked at (rare; nothing is written by the repeated run).",
+)
 MIGRATIONS_APPLIED = Counter("gongji_migrations_applied_total", "Schema migrations applied by this process.")
 
 LOCK_KINDS = ("idempotency", "voucher", "grant", "account")

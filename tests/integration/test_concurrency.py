@@ -11,6 +11,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from support import CHILD, RESIDENT, SPOUSE, SUSPENDED, Api, bearer
 
 from gongji.store import db, grants, settlements, vouchers
@@ -350,3 +351,64 @@ async def test_status_change_racing_settlements_ends_the_grant_cleanly(api: Api)
     assert sent_after, "the status change finished while settlements were still streaming"
     assert all(s.acct_mulaid_pay_fen == 0 for s in sent_after)
     assert await api.balance(authorizer) == 10_000_000 - drawn_fen
+
+
+async def test_paying_with_own_money_does_not_queue_on_the_authorizer(api: Api, pool: asyncpg.Pool) -> None:
+    authorizer = await api.enroll(balance_fen=10_000, birth=PARENT_BORN)
+    rich = await api.enroll(balance_fen=5_000, birth=CHILD_BORN)
+    poor = await api.enroll(balance_fen=5_000, birth=CHILD_BORN)
+    for member in (rich, poor):
+        await api.grant(authorizer, member, CHILD)
+    async with pool.acquire() as blocker:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("select 1 from account where person_id = $1 for update", authorizer)
+        own_only = await api.settle(rich, 1_000, deadline_s=10)  # completes although the row is held
+        needs_aid = asyncio.ensure_future(api.settle(poor, 6_000))
+        await asyncio.sleep(0.3)
+        assert not needs_aid.done(), "a settlement that draws on the authorizer waits for the row"
+        await tx.rollback()
+    assert (own_only.settlement.acct_pay_fen, own_only.settlement.authorizer_id) == (1_000, "")
+    aided = (await needs_aid).settlement
+    assert (aided.acct_pay_fen, aided.acct_mulaid_pay_fen) == (5_000, 1_000)
+
+
+async def test_a_stale_balance_peek_runs_the_settlement_again(api: Api, pool: asyncpg.Pool) -> None:
+    """The patient's balance is spent (through another grant) while a settlement waits for the row it
+    peeked at; the authorizer it needs sorts first, so it cannot be locked late: the settlement runs
+    again and pays with what is left, then mutual aid."""
+    first, second, third = sorted([await api.enroll(birth=PARENT_BORN) for _ in range(3)])
+    authorizer, patient, other = first, second, third  # the authorizer's key sorts before the patient's
+    await api.credit(authorizer, 10_000)
+    await api.credit(other, 10_000)
+    await api.credit(patient, 1_000)
+    await api.grant(authorizer, patient, SPOUSE)  # the oldest grant: used when none is named
+    await api.grant(other, patient, SPOUSE)
+    retries_before = REGISTRY.get_sample_value("gongji_settle_retries_total") or 0.0
+    waiting_voucher = await api.voucher(patient)
+    spending_voucher = uuid.uuid4()
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    assert await vouchers.issue(pool, spending_voucher, patient, patient, expires) == "ACTIVE"
+    async with pool.acquire() as blocker:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("select 1 from account where person_id = $1 for update", patient)
+        waiting = asyncio.ensure_future(api.settle(patient, 600, voucher=waiting_voucher))
+        for _ in range(100):  # bounded: until the settlement waits for the patient's row
+            if await _settle_calls_in_flight(pool):
+                break
+            await asyncio.sleep(0.02)
+        assert await _settle_calls_in_flight(pool), "the settlement waits for the patient's row"
+        # In the blocker's transaction, a real settlement through the other grant spends 900 of 1,000.
+        spent = await blocker.fetchrow(
+            "select * from gongji_settle('H61010300101', 'POS-A1', $1, '\\x00'::bytea, $2, $3, 900, $4, true)",
+            f"spend-{uuid.uuid4()}",
+            spending_voucher,
+            patient,
+            other,
+        )
+        assert (spent["outcome"], spent["acct_pay_fen"]) == ("OK", 900)
+        await tx.commit()
+    s = (await waiting).settlement
+    assert (s.acct_pay_fen, s.acct_mulaid_pay_fen, s.authorizer_id) == (100, 500, authorizer)
+    assert (REGISTRY.get_sample_value("gongji_settle_retries_total") or 0.0) == retries_before + 1

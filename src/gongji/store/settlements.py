@@ -54,6 +54,10 @@ def _observe_lock_waits(row: asyncpg.Record) -> None:
             metrics.SETTLE_LOCK_WAIT_SECONDS.labels(lock).observe(wait_s)
 
 
+# How often one Settle may run gongji_settle again after a stale balance peek (each retry re-reads).
+SETTLE_ATTEMPTS_MAX = 3
+
+
 async def _settle_row(pool: asyncpg.Pool, *args: object) -> asyncpg.Record:
     """Run gongji_settle on a connection of its own, timing the wait for the connection apart from the
     transaction itself (a busy pool and slow locks call for different fixes)."""
@@ -61,7 +65,16 @@ async def _settle_row(pool: asyncpg.Pool, *args: object) -> asyncpg.Record:
     async with pool.acquire() as conn:
         acquired = time.perf_counter()
         metrics.POOL_ACQUIRE_SECONDS.observe(acquired - started)
-        row = await conn.fetchrow(_SETTLE, *args)
+        for attempt in range(1, SETTLE_ATTEMPTS_MAX + 1):
+            try:
+                row = await conn.fetchrow(_SETTLE, *args)
+                break
+            except asyncpg.exceptions.SerializationError:
+                # gongji_settle found its balance peek stale where the key order forbade locking the
+                # authorizer late (see 0002_settle.sql). Nothing was written; run it again.
+                metrics.SETTLE_RETRIES.inc()
+                if attempt == SETTLE_ATTEMPTS_MAX:
+                    raise
         metrics.SETTLE_TRANSACTION_SECONDS.observe(time.perf_counter() - acquired)
     assert row is not None
     _observe_lock_waits(row)

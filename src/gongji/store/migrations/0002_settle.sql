@@ -129,6 +129,7 @@ declare
     v_authorizer text;
     v_pid        text;
     v_attempt    integer;
+    v_need_authorizer boolean;
     v_balance    bigint;
     v_own        bigint;   -- null: the patient's own account is not used
     v_mulaid     bigint;   -- null: no grant is used
@@ -188,11 +189,18 @@ begin
         if p_authorizer_id is not null and v_grant is null then
             outcome := 'GRANT_NOT_FOUND'; return next; return;
         end if;
+        -- The authorizer's account is locked only when the patient's own may not cover the bill, so a
+        -- family paying with its own money does not queue on the authorizer's row. A peek decides.
+        v_need_authorizer := v_authorizer is not null;
+        if v_need_authorizer and v_patient.scheme = 'EMPLOYEE' then
+            select a.balance_fen into v_balance from account a where a.person_id = p_patient_id;
+            v_need_authorizer := coalesce(v_balance, 0) < p_amount_fen;
+        end if;
         -- One row per statement, in ascending key order: two settlements never deadlock, and each
         -- statement touches one shard once accounts are distributed by person_id.
         for v_pid in
             select x from unnest(array[case when v_patient.scheme = 'EMPLOYEE' then p_patient_id end,
-                                       v_authorizer]) as x
+                                       case when v_need_authorizer then v_authorizer end]) as x
              where x is not null order by x collate "C"
         loop
             v_t := clock_timestamp();
@@ -200,6 +208,18 @@ begin
             lock_wait_account_s := coalesce(lock_wait_account_s, 0) + extract(epoch from clock_timestamp() - v_t);
             if v_pid = p_patient_id then v_own := v_balance; else v_mulaid := v_balance; end if;
         end loop;
+        if v_authorizer is not null and not v_need_authorizer and v_own < p_amount_fen then
+            -- The peek was stale: a concurrent settlement of this patient spent part of the balance.
+            -- Locking the authorizer now keeps the key order only if its key sorts after the patient's;
+            -- otherwise the statement asks to be run again (nothing is written yet) with fresh balances.
+            if v_authorizer collate "C" < p_patient_id collate "C" then
+                raise exception using errcode = 'serialization_failure',
+                    message = 'gongji_settle: the patient''s balance changed under the peek; run again';
+            end if;
+            v_t := clock_timestamp();
+            select a.balance_fen into v_mulaid from account a where a.person_id = v_authorizer for update;
+            lock_wait_account_s := coalesce(lock_wait_account_s, 0) + extract(epoch from clock_timestamp() - v_t);
+        end if;
     end if;
 
     select * into v_split from gongji_split(p_amount_fen, v_own, v_mulaid, p_use_account);
