@@ -75,15 +75,25 @@ class Settings(BaseSettings):
         else:
             path = self.data_dir / "voucher.key"
             if not path.exists():
-                import secrets
-
-                self.data_dir.mkdir(parents=True, exist_ok=True)
-                path.touch(mode=0o600)
-                path.write_text(secrets.token_urlsafe(48))
+                _create_key_file(path)
             key = path.read_text().strip().encode()
         if len(key) < 32:
             raise ValueError("GONGJI_VOUCHER_KEY must be at least 32 bytes")
         return key
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new random key to `path` (mode 0600) atomically: a process reading it at the same
+    moment sees either no file or the whole key, never an empty one."""
+    import os
+    import secrets
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".voucher.key.")  # created with mode 0600
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(48))
+    os.replace(tmp, path)
 
 
 def host_port(listen: str) -> tuple[str, int]:

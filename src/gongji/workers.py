@@ -53,7 +53,9 @@ def serve(settings: Settings, *, load_demo: bool, workers: int, metrics_dir: Pat
 
     if host_port(settings.grpc_listen)[1] == 0:
         raise SystemExit("--workers needs a fixed port in GONGJI_GRPC_LISTEN: port 0 would differ per worker")
-    # Once, in the parent: the database (and its URL, so the workers do not start another embedded server).
+    # Once, in the parent: the voucher key (generated on first use) and the database (and its URL, so
+    # the workers do not start another embedded server).
+    settings.voucher_key_bytes()
     url = uvloop.run(runtime.prepare(settings, load_demo=load_demo))
     worker_settings = settings.model_copy(update={"database_url": SecretStr(url)})
     context = multiprocessing.get_context("fork")

@@ -98,7 +98,8 @@ async def test_opposite_lock_orders_never_deadlock(api: Api) -> None:
 
 async def _settle_calls_in_flight(pool: asyncpg.Pool) -> int:
     n: int = await pool.fetchval(
-        "select count(*) from pg_stat_activity where state = 'active' and query like '%gongji_settle(%'"
+        "select count(*) from pg_stat_activity where datname = current_database() and state = 'active'"
+        " and query like '%gongji_settle(%'"
         " and pid <> pg_backend_pid()"
     )
     return n

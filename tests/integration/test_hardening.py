@@ -171,7 +171,8 @@ async def test_concurrent_rpcs_beyond_the_limit_are_resource_exhausted(
             held = asyncio.ensure_future(limited.settle(patient, 100, voucher=voucher))
             for _ in range(200):  # bounded: until the settlement waits for the held row
                 if await pool.fetchval(
-                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                    "select count(*) from pg_stat_activity"
+                    " where datname = current_database() and wait_event_type = 'Lock'"
                     " and query like '%gongji_settle(%' and pid <> pg_backend_pid()"
                 ):
                     break

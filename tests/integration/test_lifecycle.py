@@ -139,7 +139,8 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
 
 async def _settle_waiting(pool: asyncpg.Pool) -> bool:
     n: int = await pool.fetchval(
-        "select count(*) from pg_stat_activity where state = 'active' and query like '%gongji_settle(%'"
+        "select count(*) from pg_stat_activity where datname = current_database() and state = 'active'"
+        " and query like '%gongji_settle(%'"
         " and pid <> pg_backend_pid()"
     )
     return n > 0

@@ -41,7 +41,7 @@ async def _until(predicate: object, what: str) -> None:
 async def _settle_waits_for_a_lock(pool: asyncpg.Pool) -> None:
     async def waiting() -> bool:
         n = await pool.fetchval(
-            "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
             " and query like '%gongji_settle(%' and pid <> pg_backend_pid()"
         )
         return bool(n)
