@@ -57,11 +57,11 @@ async def _migrate(settings: Settings, pool: asyncpg.Pool) -> list[migrate.Migra
     if settings.migrate_database_url is None:
         async with pool.acquire() as conn:
             return await migrate.migrate(conn)
-    conn = await asyncpg.connect(settings.migrate_database_url.get_secret_value(), command_timeout=60)
+    direct = await asyncpg.connect(settings.migrate_database_url.get_secret_value(), command_timeout=60)
     try:
-        return await migrate.migrate(conn)
+        return await migrate.migrate(direct)
     finally:
-        await conn.close()
+        await direct.close()
 
 
 def voucher_codec(settings: Settings) -> VoucherCodec:
