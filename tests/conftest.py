@@ -83,12 +83,18 @@ def server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def db_url(server_url: str) -> AsyncIterator[str]:
-    """A fresh database for this session, migrated, dropped afterwards. When the suite runs through a
-    pooler (GONGJI_TEST_DATABASE_URL is PgBouncer), GONGJI_TEST_DIRECT_DATABASE_URL names PostgreSQL
-    itself: databases are created and migrated there, as production migrates past PgBouncer."""
+def direct_server_url(server_url: str) -> str:
+    """PostgreSQL itself, for creating databases and migrating: GONGJI_TEST_DIRECT_DATABASE_URL when the
+    suite runs through a pooler (scripts/pgbouncer_run.py), else the same server as `server_url`."""
+    return os.environ.get("GONGJI_TEST_DIRECT_DATABASE_URL", server_url)
+
+
+@pytest.fixture(scope="session")
+async def db_url(server_url: str, direct_server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session, migrated, dropped afterwards. Created and migrated on
+    PostgreSQL directly, as production migrates past PgBouncer; the tests use `server_url`'s route."""
     name = f"gongji_test_{uuid.uuid4().hex[:12]}"
-    direct = os.environ.get("GONGJI_TEST_DIRECT_DATABASE_URL", server_url)
+    direct = direct_server_url
     admin = await asyncpg.connect(direct)
     await admin.execute(f'create database "{name}"')
     url = with_database(server_url, name)
