@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     db_command_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # asyncpg's per-connection cache of named prepared statements. 0 behind PgBouncer < 1.21 in
     # transaction mode, which cannot route named statements; a newer PgBouncer with
-    # max_prepared_statements set keeps them (docs/deploying.md).
+    # max_prepared_statements set keeps them (deploy/README.md).
     db_statement_cache_size: int = Field(default=256, ge=0, le=10_000)
     # Migrations take a session advisory lock, which a transaction-mode pooler cannot hold: behind
     # PgBouncer, point this at PostgreSQL itself. Unset: migrations use database_url.
