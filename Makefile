@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test test-external check lint typecheck proto proto-check demo clean bench bench-smoke
+.PHONY: run test test-external test-pgbouncer check lint typecheck proto proto-check demo clean bench bench-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 test-external: $(STAMP)
 	GONGJI_TEST_DATABASE_URL=$${GONGJI_TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres} \
 		$(BIN)/pytest -m db $(PYTEST_ARGS)
+
+## The integration tests again, through PgBouncer in transaction mode (Debian's pgbouncer binary, started
+## by the script on a loopback port) in front of the PostgreSQL server on 127.0.0.1:5432.
+test-pgbouncer: $(STAMP)
+	$(BIN)/python scripts/pgbouncer_run.py -- $(BIN)/pytest -m db tests/integration $(PYTEST_ARGS)
 
 ## Settle 35.00 yuan for the demo patient against a running `make run`.
 demo: $(STAMP)

@@ -17,7 +17,15 @@ import grpc
 import pytest
 import uvloop
 from e2e_support import free_port
-from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, used_person_ids, with_database
+from support import (
+    INSTITUTION_A,
+    INSTITUTION_B,
+    STATEMENT_CACHE_SIZE,
+    Api,
+    Tokens,
+    used_person_ids,
+    with_database,
+)
 
 from gongji import demo, logs
 from gongji.api import server
@@ -75,14 +83,23 @@ def server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def db_url(server_url: str) -> AsyncIterator[str]:
-    """A fresh database for this session, migrated, dropped afterwards."""
+def direct_server_url(server_url: str) -> str:
+    """PostgreSQL itself, for creating databases and migrating: GONGJI_TEST_DIRECT_DATABASE_URL when the
+    suite runs through a pooler (scripts/pgbouncer_run.py), else the same server as `server_url`."""
+    return os.environ.get("GONGJI_TEST_DIRECT_DATABASE_URL", server_url)
+
+
+@pytest.fixture(scope="session")
+async def db_url(server_url: str, direct_server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session, migrated, dropped afterwards. Created and migrated on
+    PostgreSQL directly, as production migrates past PgBouncer; the tests use `server_url`'s route."""
     name = f"gongji_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
+    direct = direct_server_url
+    admin = await asyncpg.connect(direct)
     await admin.execute(f'create database "{name}"')
     url = with_database(server_url, name)
     try:
-        conn = await asyncpg.connect(url)
+        conn = await asyncpg.connect(with_database(direct, name))
         await migrate.migrate(conn)
         await conn.close()
         yield url
@@ -93,7 +110,9 @@ async def db_url(server_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(db_url, min_size=2, max_size=20, command_timeout_s=30)
+    p = await db.create_pool(
+        db_url, min_size=2, max_size=20, command_timeout_s=30, statement_cache_size=STATEMENT_CACHE_SIZE
+    )
     yield p
     await p.close()
 
@@ -106,7 +125,9 @@ def settings(db_url: str) -> Settings:
 @pytest.fixture(scope="session")
 async def server_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     """The server's own pool, sized like production, apart from the connections tests hold."""
-    p = await db.create_pool(db_url, min_size=2, max_size=10, command_timeout_s=30)
+    p = await db.create_pool(
+        db_url, min_size=2, max_size=10, command_timeout_s=30, statement_cache_size=STATEMENT_CACHE_SIZE
+    )
     yield p
     await p.close()
 

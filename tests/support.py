@@ -13,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from gongji.config import Settings
 from gongji.domain.people import resident_id_check_char
 from gongji.v1 import (
     account_pb2,
@@ -23,6 +24,10 @@ from gongji.v1 import (
     settlement_pb2_grpc,
     types_pb2,
 )
+
+# asyncpg's statement cache for the suite's pools, as the server would set it: 0 when the suite runs
+# through PgBouncer < 1.21 (scripts/pgbouncer_run.py sets GONGJI_DB_STATEMENT_CACHE_SIZE).
+STATEMENT_CACHE_SIZE = Settings().db_statement_cache_size
 
 EMPLOYEE = types_pb2.SCHEME_EMPLOYEE
 RESIDENT = types_pb2.SCHEME_RESIDENT

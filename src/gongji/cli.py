@@ -1,4 +1,4 @@
-"""`gongji serve|migrate|seed|credential|client`: the command line of the server and its operators."""
+"""`gongji serve|migrate|seed|audit|health|credential|client`: the command line of the server and its operators."""
 
 from __future__ import annotations
 
@@ -73,6 +73,36 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
+def _health(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask the local server's grpc.health.v1 service; exit 0 when SERVING, 1 otherwise (the container
+    HEALTHCHECK). Plaintext: with TLS configured, probe from the orchestrator instead."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = args.target or _local_target(settings.grpc_listen)
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s
+            )
+    except grpc.RpcError as exc:
+        print(f"{target}: {exc.code().name}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _local_target(listen: str) -> str:
+    """The address to reach a server listening on `listen` from the same host (0.0.0.0 is not one)."""
+    from gongji.config import host_port
+
+    host, port = host_port(listen)
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - read, not bound: a wildcard listen is reached on loopback
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _credential(settings: Settings, args: argparse.Namespace) -> int:
     from gongji import runtime
     from gongji.store import credentials
@@ -129,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     sub.add_parser("seed", help="load the demo data set").set_defaults(func=_seed)
     sub.add_parser("audit", help="check the books; exit 1 naming each difference").set_defaults(func=_audit)
+
+    h = sub.add_parser("health", help="check the local server's gRPC health; exit 0 when SERVING, else 1")
+    h.add_argument("--target", help="host:port (default: the port of GONGJI_GRPC_LISTEN on this host)")
+    h.add_argument("--service", default="", help="a service name; default: the server as a whole")
+    h.add_argument("--timeout-s", type=float, default=3.0, help="deadline of the check (default 3)")
+    h.set_defaults(func=_health)
 
     cred = sub.add_parser("credential", help="manage bearer-token credentials")
     cred_sub = cred.add_subparsers(dest="credential_command", required=True)

@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=200)
     db_command_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # asyncpg's per-connection cache of named prepared statements. 0 behind PgBouncer < 1.21 in
+    # transaction mode, which cannot route named statements; a newer PgBouncer with
+    # max_prepared_statements set keeps them (deploy/README.md).
+    db_statement_cache_size: int = Field(default=256, ge=0, le=10_000)
+    # Migrations take a session advisory lock, which a transaction-mode pooler cannot hold: behind
+    # PgBouncer, point this at PostgreSQL itself. Unset: migrations use database_url.
+    migrate_database_url: SecretStr | None = None
 
     # gRPC and metrics listen addresses.
     grpc_listen: str = "127.0.0.1:50051"

@@ -41,15 +41,27 @@ async def database(settings: Settings, *, migrate_schema: bool = True) -> AsyncI
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         command_timeout_s=settings.db_command_timeout_s,
+        statement_cache_size=settings.db_statement_cache_size,
     )
     try:
         if migrate_schema:
-            async with pool.acquire() as conn:
-                applied = await migrate.migrate(conn)
-            metrics.MIGRATIONS_APPLIED.inc(len(applied))
+            metrics.MIGRATIONS_APPLIED.inc(len(await _migrate(settings, pool)))
         yield pool
     finally:
         await pool.close()
+
+
+async def _migrate(settings: Settings, pool: asyncpg.Pool) -> list[migrate.Migration]:
+    """Through the pool, or over one direct connection when GONGJI_MIGRATE_DATABASE_URL is set: the
+    migration lock is a session lock, which PgBouncer in transaction mode would lose between statements."""
+    if settings.migrate_database_url is None:
+        async with pool.acquire() as conn:
+            return await migrate.migrate(conn)
+    direct = await asyncpg.connect(settings.migrate_database_url.get_secret_value(), command_timeout=60)
+    try:
+        return await migrate.migrate(direct)
+    finally:
+        await direct.close()
 
 
 def voucher_codec(settings: Settings) -> VoucherCodec:

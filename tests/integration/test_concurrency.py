@@ -12,7 +12,7 @@ import asyncpg
 import grpc
 import pytest
 from prometheus_client import REGISTRY
-from support import CHILD, RESIDENT, SPOUSE, SUSPENDED, Api, bearer
+from support import CHILD, RESIDENT, SPOUSE, STATEMENT_CACHE_SIZE, SUSPENDED, Api, bearer
 
 from gongji.store import db, grants, settlements, vouchers
 from gongji.v1 import settlement_pb2
@@ -240,7 +240,13 @@ async def test_revoke_takes_its_turn_at_the_store(api: Api, db_url: str) -> None
     patient = await api.enroll(scheme=RESIDENT, birth=CHILD_BORN)
     await api.grant(authorizer, patient, CHILD)
     workers, per_worker = 16, 60  # bounded: 960 settlements
-    store_pool = await db.create_pool(db_url, min_size=workers + 1, max_size=workers + 1, command_timeout_s=30)
+    store_pool = await db.create_pool(
+        db_url,
+        min_size=workers + 1,
+        max_size=workers + 1,
+        command_timeout_s=30,
+        statement_cache_size=STATEMENT_CACHE_SIZE,
+    )
     try:
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
         voucher_ids = [[uuid.uuid4() for _ in range(per_worker)] for _ in range(workers)]

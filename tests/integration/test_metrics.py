@@ -9,7 +9,7 @@ import asyncpg
 import grpc
 import pytest
 from prometheus_client import REGISTRY, generate_latest
-from support import INSTITUTION_A, Api, bearer, refused
+from support import INSTITUTION_A, STATEMENT_CACHE_SIZE, Api, bearer, refused
 
 from gongji import metrics
 from gongji.store import db
@@ -157,7 +157,9 @@ async def test_voucher_refusals_real_name_mismatches_and_replays(api: Api) -> No
 
 async def test_pool_gauges_are_read_at_scrape_time(db_url: str, server_pool: asyncpg.Pool) -> None:
     """A pool of one with its connection lent out and a caller waiting for it."""
-    small = await db.create_pool(db_url, min_size=1, max_size=1, command_timeout_s=30)
+    small = await db.create_pool(
+        db_url, min_size=1, max_size=1, command_timeout_s=30, statement_cache_size=STATEMENT_CACHE_SIZE
+    )
     metrics.watch_pool(small)
     try:
         async with small.acquire():

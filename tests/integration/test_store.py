@@ -80,11 +80,13 @@ async def test_migrations_are_applied_once_and_checked(pool: asyncpg.Pool) -> No
             await migrate.migrate(conn, changed)
 
 
-async def test_concurrent_migrators_take_turns(server_url: str) -> None:
-    admin = await asyncpg.connect(server_url)
+async def test_concurrent_migrators_take_turns(direct_server_url: str) -> None:
+    """On PostgreSQL directly: the migration lock is a session lock, which a transaction-mode pooler
+    would lose between statements (migrations never go through PgBouncer)."""
+    admin = await asyncpg.connect(direct_server_url)
     await admin.execute('create database "gongji_migrate_race"')
     try:
-        url = with_database(server_url, "gongji_migrate_race")
+        url = with_database(direct_server_url, "gongji_migrate_race")
         conns = [await asyncpg.connect(url) for _ in range(3)]
         applied = await asyncio.gather(*(migrate.migrate(c) for c in conns))
         assert sorted(len(a) for a in applied) == [0, 0, len(migrate.bundled())]

@@ -46,14 +46,17 @@ class Connection(asyncpg.Connection):
         return ""
 
 
-async def create_pool(url: str, *, min_size: int, max_size: int, command_timeout_s: float) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int, max_size: int, command_timeout_s: float, statement_cache_size: int = 256
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout_s,
-        # Statements are prepared per connection and cached; settlement is one prepared call.
-        statement_cache_size=256,
+        # Statements are prepared per connection and cached; settlement is one prepared call. 0 behind
+        # PgBouncer < 1.21 (transaction mode): asyncpg then uses unnamed statements only.
+        statement_cache_size=statement_cache_size,
         connection_class=Connection,
         # gongji_settle relies on READ COMMITTED (each statement sees what committed before it, e.g. the
         # original of a retried request); pin it against a server default of REPEATABLE READ.
