@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test test-external test-pgbouncer check lint typecheck proto proto-check demo clean bench bench-smoke
+.PHONY: run test test-external test-pgbouncer check lint typecheck proto proto-check demo clean bench bench-smoke pgbench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,12 +37,16 @@ demo: $(STAMP)
 	$(BIN)/gongji client settle --patient demo:xiaoli --amount-fen 3500
 
 ## The benchmarks: seed, load every scenario, measure the ceilings, check the books (bench/README.md).
-bench: $(STAMP)
+bench: $(STAMP) pgbench
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## The same, small and fast (CI runs it; no target is asserted).
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) pgbench
 	$(BIN)/python bench/run.py --smoke
+
+# pgbench measures the database ceiling; it comes with Debian's PostgreSQL client.
+pgbench:
+	@command -v pgbench >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client)
 
 check: lint typecheck proto-check
 
