@@ -61,5 +61,9 @@ async def differences(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProx
     found += [
         f"settlement {r['settlement_id']}: ledger does not match" for r in await conn.fetch(_SETTLEMENT_VS_LEDGER)
     ]
+    found += [f"refund {r['refund_id']}: ledger does not match" for r in await conn.fetch(_REFUND_VS_LEDGER)]
+    found += [
+        f"settlement {r['settlement_id']}: refunds do not match" for r in await conn.fetch(_SETTLEMENT_VS_REFUNDS)
+    ]
     found += [f"voucher {r['voucher_id']}: use does not match" for r in await conn.fetch(_VOUCHER_VS_SETTLEMENT)]
     return found
