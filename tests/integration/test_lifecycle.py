@@ -12,6 +12,7 @@ import grpc
 import pytest
 from support import CHILD, RESIDENT, SUSPENDED, Api, bearer, cancel, field_violations, refused, reverse
 
+from gongji.api import pages
 from gongji.v1 import account_pb2, settlement_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
@@ -260,6 +261,21 @@ async def test_list_ledger_pages_newest_first(api: Api) -> None:
     await refused(
         api.account.ListLedger(
             account_pb2.ListLedgerRequest(person_id=authorizer, page_size=1_000), metadata=bearer(api.tokens.app)
+        ),
+        S.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+
+
+@pytest.mark.parametrize("cursor", ["²", "١٢", "9" * 19, "0", "-1", " 1"])
+async def test_doctored_ledger_page_tokens_are_invalid_argument(api: Api, cursor: str) -> None:
+    """Regression: a cursor that passed str.isdigit() but not int() ('²') or lay beyond bigint ('9' * 19)
+    answered INTERNAL. Non-ASCII digits and 0 are no cursor gongji ever wrote either."""
+    person = await api.enroll(balance_fen=100)
+    await refused(
+        api.account.ListLedger(
+            account_pb2.ListLedgerRequest(person_id=person, page_token=pages.encode(cursor)),
+            metadata=bearer(api.tokens.app),
         ),
         S.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",

@@ -17,6 +17,8 @@ E = TypeVar("E", bound=enum.Enum)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 _PHONE = re.compile(rf"\+?[0-9]{{5,{limits.PHONE_LEN_MAX}}}")
 _DOCUMENT_NUMBER = re.compile(r"[0-9A-Za-z]+")
+# ledger_entry.entry_id is a bigint.
+_ENTRY_ID_MAX = 2**63 - 1
 _REFERENCE = re.compile(rf"[A-Za-z0-9._:\-]{{4,{limits.FACE_VERIFICATION_REF_LEN_MAX}}}")
 
 
@@ -140,7 +142,8 @@ class Fields:
         parts = self.page_token(field, value, 1)
         if parts is None:
             return None
-        if not parts[0].isdigit() or len(parts[0]) > 19:
+        # ASCII digits only (str.isdigit() also takes '²', which int() refuses), and within bigint.
+        if not (parts[0].isascii() and parts[0].isdigit()) or not 0 < int(parts[0]) <= _ENTRY_ID_MAX:
             self.bad(field, "is not a token from a previous answer")
             return None
         return int(parts[0])
