@@ -10,6 +10,7 @@ import grpc
 import pytest
 from support import CHILD, Api, bearer, cancel, field_violations, refused, reverse
 
+from gongji.api import pages
 from gongji.api.family import china_today
 from gongji.store import credentials
 from gongji.store.credentials import Kind
@@ -102,3 +103,19 @@ async def test_reconcile_refusals(api: Api) -> None:
     )
     assert set(field_violations(error)) == {"date", "page_size", "page_token"}
     await refused(_reconcile(api, api.tokens.app, date=today), S.PERMISSION_DENIED, "NOT_ALLOWED")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2026-01-01T00:00:00", "2026-01-01", "x"],
+)
+async def test_doctored_day_page_tokens_are_invalid_argument(api: Api, cursor: str) -> None:
+    """Regression: a cursor instant beyond year 9999 (or before year 1) in UTC answered INTERNAL, as
+    the database driver could not encode it; a naive one was read in the server's local time."""
+    token = pages.encode(cursor, str(uuid.uuid4()))
+    error = await refused(
+        _reconcile(api, api.tokens.terminal_a, date=china_today().isoformat(), detail=True, page_token=token),
+        S.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert field_violations(error) == ["page_token"]

@@ -133,8 +133,12 @@ class Fields:
         if parts is None:
             return None
         try:
-            return dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
-        except ValueError:
+            at, after_id = dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
+            # gongji writes UTC instants; a naive or far-off one (beyond year 9999 in UTC) is forged.
+            if at.tzinfo is None:
+                raise ValueError(parts[0])
+            return at.astimezone(dt.UTC), after_id
+        except (ValueError, OverflowError):
             self.bad(field, "is not a token from a previous answer")
             return None
 
