@@ -123,3 +123,33 @@ async def test_undecodable_requests_are_invalid_argument(channel: grpc.aio.Chann
     # Still authenticated first, and the server keeps serving.
     await refused(enroll(payload), S.UNAUTHENTICATED, "CREDENTIALS_MISSING")
     assert (await api.enroll()) != ""
+
+
+async def test_a_connection_killed_inside_a_transaction_answers_unavailable(api: Api, pool: asyncpg.Pool) -> None:
+    """Regression (found by the chaos suite): a server connection terminated while a Credit waited for
+    a row lock inside its transaction answered INTERNAL, because asyncpg reports the loss as the
+    failure of the rollback that follows. It is UNAVAILABLE, and the retry credits exactly once."""
+    person = await api.enroll(balance_fen=100)
+    request_id = f"killed-{person}"
+    async with pool.acquire() as blocker:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("select 1 from account where person_id = $1 for update", person)
+        crediting = asyncio.ensure_future(api.credit(person, 50, request_id=request_id))
+        waiting = None
+        for _ in range(200):  # bounded: until the credit waits for the row (10 s at most)
+            waiting = await pool.fetchval(
+                "select pid from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()"
+                " and query like '%from account where person_id = $1 for update%' and pid <> $1",
+                blocker.get_server_pid(),
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting, "the credit never waited for the row lock"
+        assert await pool.fetchval("select pg_terminate_backend($1)", waiting)
+        await refused(crediting, S.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        await tx.rollback()
+    assert not (await api.credit(person, 50, request_id=request_id)).replayed
+    assert (await api.credit(person, 50, request_id=request_id)).replayed
+    assert await api.balance(person) == 150
