@@ -10,6 +10,7 @@ import pytest
 from conftest import VOUCHER_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from harness import Served, fresh_database, serving
 from support import Api, bearer, refused
 
 from gongji.api import server
@@ -19,6 +20,8 @@ from gongji.domain.vouchers import VoucherCodec
 from gongji.v1 import account_pb2, family_pb2, settlement_pb2
 
 S = grpc.StatusCode
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_missing_and_unknown_credentials(api: Api) -> None:
@@ -153,3 +156,32 @@ async def test_a_connection_killed_inside_a_transaction_answers_unavailable(api:
     assert not (await api.credit(person, 50, request_id=request_id)).replayed
     assert (await api.credit(person, 50, request_id=request_id)).replayed
     assert await api.balance(person) == 150
+
+
+async def _health_until(served: Served, wanted: int) -> int:
+    """Poll health until it reports `wanted` (bounded: 20 s), and answer what it reported last."""
+    status = await served.health()
+    for _ in range(200):
+        if status == wanted:
+            break
+        await asyncio.sleep(0.1)
+        status = await served.health()
+    return status
+
+
+async def test_health_follows_the_database(server_url: str) -> None:
+    """NOT_SERVING while the database takes no connections, SERVING again once it does, without a
+    restart of gongji; then calls are answered again."""
+    async with fresh_database(server_url, "gongji_health") as url, serving(url) as served:
+        person = await served.api.enroll(balance_fen=10)
+        name = url.split("?")[0].rsplit("/", 1)[1]
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'alter database "{name}" allow_connections false')
+            await admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1", name)
+            assert await _health_until(served, NOT_SERVING) == NOT_SERVING
+        finally:
+            await admin.execute(f'alter database "{name}" allow_connections true')
+            await admin.close()
+        assert await _health_until(served, SERVING) == SERVING
+        assert await served.api.balance(person) == 10
