@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+import uuid
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -11,12 +14,13 @@ from conftest import VOUCHER_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from harness import Served, fresh_database, serving
-from support import Api, bearer, refused
+from support import Api, Tokens, bearer, refused
 
 from gongji.api import server
 from gongji.api.app import App
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
+from gongji.store import db
 from gongji.v1 import account_pb2, family_pb2, settlement_pb2
 
 S = grpc.StatusCode
@@ -185,3 +189,25 @@ async def test_health_follows_the_database(server_url: str) -> None:
             await admin.close()
         assert await _health_until(served, SERVING) == SERVING
         assert await served.api.balance(person) == 10
+
+
+async def test_a_database_that_is_not_there_answers_unavailable_and_not_serving(settings: Settings) -> None:
+    """Regression (found by the PostgreSQL restart in tests/chaos): while a local PostgreSQL is down its
+    Unix socket is gone, and connecting raised FileNotFoundError, which answered INTERNAL. It is
+    UNAVAILABLE, promptly, and health reports NOT_SERVING."""
+    missing = Path(tempfile.gettempdir()) / f"gongji-no-such-socket-dir-{uuid.uuid4().hex}"
+    url = f"postgresql://postgres@/gongji?host={missing}"
+    pool = await db.create_pool(url, min_size=0, max_size=2, command_timeout_s=5)
+    try:
+        running = await server.start(App(settings, pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1")), "127.0.0.1:0")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+                served = Served(running, pool, ch, Api(ch, Tokens("a", "b", "c", "d")), url)
+                # Authentication asks the database first, so any call meets its absence.
+                rpc = ch.unary_unary("/gongji.v1.AccountService/ListRegionPolicies")
+                await refused(rpc(b"", metadata=bearer("gj_x"), timeout=30), S.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+                assert await _health_until(served, NOT_SERVING) == NOT_SERVING
+        finally:
+            await running.stop(1.0)
+    finally:
+        await pool.close()

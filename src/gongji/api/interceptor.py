@@ -35,8 +35,9 @@ _DB_UNAVAILABLE = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, query cancelled
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,
-    ConnectionError,
-    TimeoutError,
+    # Connecting failed at the socket: refused, reset, timed out, or a Unix socket that is not there
+    # (FileNotFoundError, while a local PostgreSQL restarts). Serving a call does no other I/O.
+    OSError,
 )
 
 
