@@ -38,6 +38,9 @@ async def fresh_database(server_url: str, prefix: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'create database "{name}"')
+    finally:
+        await admin.close()
+    try:
         url = with_database(server_url, name)
         conn = await asyncpg.connect(url)
         try:
@@ -46,8 +49,12 @@ async def fresh_database(server_url: str, prefix: str) -> AsyncIterator[str]:
             await conn.close()
         yield url
     finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
+        # A connection of its own: the server may have been restarted since (tests/chaos).
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'drop database if exists "{name}" with (force)')
+        finally:
+            await admin.close()
 
 
 @dataclass

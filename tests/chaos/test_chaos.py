@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,12 +173,14 @@ class Figures:
     kill_rounds: int = 0
     backends_killed: int = 0
     restarts: int = 0
+    database_restarts: int = 0
+    outage_answers: collections.Counter[str] = field(default_factory=collections.Counter)
     retries: int = 0
     replays_checked: int = 0
     violations: list[str] = field(default_factory=list)
 
     def faults(self) -> int:
-        return self.tiny_deadlines + self.cancellations + self.backends_killed + self.restarts
+        return self.tiny_deadlines + self.cancellations + self.backends_killed + self.restarts + self.database_restarts
 
     def lines(self, seconds: float) -> list[str]:
         codes = ", ".join(f"{c} {n}" for c, n in self.codes.most_common())
@@ -187,8 +189,13 @@ class Figures:
             f"chaos: requests sent: {self.requests} ({self.calls} calls: {codes})",
             f"chaos: faults injected: {self.faults()} ({self.tiny_deadlines} tiny deadlines, {self.cancellations}"
             f" client cancellations, {self.backends_killed} server connections terminated in {self.kill_rounds}"
-            f" rounds, {self.restarts} gongji restarts)",
+            f" rounds, {self.restarts} gongji restarts, {self.database_restarts} PostgreSQL restarts)",
             f"chaos: retries: {self.retries} (and {self.replays_checked} answered requests sent again)",
+            *(
+                [f"chaos: while PostgreSQL was down: health NOT_SERVING, calls answered {dict(self.outage_answers)}"]
+                if self.database_restarts
+                else []
+            ),
             f"chaos: violations: {len(self.violations)}",
         ]
 
@@ -204,6 +211,7 @@ class Chaos:
         self.requests: list[Request] = []
         self.settled: list[Request] = []  # settle requests answered OK, to refund
         self.families: list[tuple[str, list[str]]] = []
+        self.health: health_pb2_grpc.HealthStub | None = None  # the server's, through the clients' channel
 
     # ---- one call, maybe cut off -----------------------------------------------------------------
     async def _attempt(self, request: Request, *, faults: bool) -> None:
@@ -566,7 +574,15 @@ async def _checker(url: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-async def _chaos(server_url: str, workdir: Path) -> Figures:
+Fault = Callable[["Chaos", float, float], Awaitable[None]]
+
+
+async def kills_and_restarts(chaos: Chaos, started: float, until: float) -> None:
+    await asyncio.gather(chaos.kill_connections(until), chaos.restart_server(started, until))
+
+
+async def _chaos(server_url: str, workdir: Path, faults: Fault = kills_and_restarts) -> Figures:
+    """Set up, load with `faults` injected, retry, check; the figures (violations included)."""
     async with fresh_database(server_url, "gongji_chaos") as url, _checker(url) as check:
         tokens = await make_tokens(check)
         server = GongjiProcess(url, workdir)
@@ -574,14 +590,11 @@ async def _chaos(server_url: str, workdir: Path) -> Figures:
         try:
             async with grpc.aio.insecure_channel(server.target) as channel:
                 chaos = Chaos(Api(channel, tokens), tokens, check, server)
+                chaos.health = health_pb2_grpc.HealthStub(channel)
                 await chaos.setup()
                 started = time.monotonic()
                 until = started + SECONDS
-                await asyncio.gather(
-                    *(chaos.client(until) for _ in range(CLIENTS)),
-                    chaos.kill_connections(until),
-                    chaos.restart_server(started, until),
-                )
+                await asyncio.gather(*(chaos.client(until) for _ in range(CLIENTS)), faults(chaos, started, until))
                 load_s = time.monotonic() - started
                 await chaos.retry_unanswered()
                 await chaos.replay_answered()
