@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test test-external test-pgbouncer check lint typecheck proto proto-check demo clean bench bench-smoke pgbench
+.PHONY: run test test-external test-pgbouncer chaos reliability check lint typecheck proto proto-check demo clean \
+	bench bench-smoke pgbench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,19 @@ test-external: $(STAMP)
 ## by the script on a loopback port) in front of the PostgreSQL server on 127.0.0.1:5432.
 test-pgbouncer: $(STAMP)
 	$(BIN)/python scripts/pgbouncer_run.py -- $(BIN)/pytest -m db tests/integration $(PYTEST_ARGS)
+
+## The chaos suite alone, with CHAOS_SECONDS of load per test (two tests), printing its figures.
+CHAOS_SECONDS ?= 120
+chaos: $(STAMP)
+	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/pytest -m db -s -q -p no:cacheprovider \
+		--timeout=$$(( $(CHAOS_SECONDS) * 4 + 600 )) tests/chaos $(PYTEST_ARGS)
+
+## Everything docs/reliability.md reports, at full size (about half an hour on two cores): hostile input,
+## the model-based test and the chaos suite, each printing its figures.
+reliability: $(STAMP)
+	GONGJI_HOSTILE_EXAMPLES=20000 GONGJI_HOSTILE_TOKENS=50000 GONGJI_HOSTILE_REPLAY_ROUNDS=5 \
+	GONGJI_MODEL_EXAMPLES=400 GONGJI_MODEL_STEPS=50 CHAOS_SECONDS=300 CHAOS_CLIENTS=24 \
+		$(BIN)/pytest -m db -s -q -p no:cacheprovider --timeout=3600 tests/hostile tests/model tests/chaos $(PYTEST_ARGS)
 
 ## Settle 35.00 yuan for the demo patient against a running `make run`.
 demo: $(STAMP)

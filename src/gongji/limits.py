@@ -48,6 +48,11 @@ PAGE_TOKEN_LEN_MAX = 256
 CREDENTIAL_CACHE_TTL_S = 30
 CREDENTIAL_CACHE_ENTRIES_MAX = 10_000
 
+# Health: how often the server asks the database whether it answers, and how long it waits. While it
+# does not, health reports NOT_SERVING (calls answer UNAVAILABLE), and SERVING again once it does.
+HEALTH_CHECK_INTERVAL_S = 1.0
+HEALTH_CHECK_TIMEOUT_S = 5.0
+
 # gRPC.
 GRPC_MESSAGE_BYTES_MAX = 1 * 1024 * 1024
 GRPC_CONCURRENT_RPCS_MAX = 2_000

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+import uuid
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -10,15 +13,19 @@ import pytest
 from conftest import VOUCHER_KEY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support import Api, bearer, refused
+from harness import Served, fresh_database, serving
+from support import Api, Tokens, bearer, refused
 
 from gongji.api import server
 from gongji.api.app import App
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
+from gongji.store import db
 from gongji.v1 import account_pb2, family_pb2, settlement_pb2
 
 S = grpc.StatusCode
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_missing_and_unknown_credentials(api: Api) -> None:
@@ -123,3 +130,84 @@ async def test_undecodable_requests_are_invalid_argument(channel: grpc.aio.Chann
     # Still authenticated first, and the server keeps serving.
     await refused(enroll(payload), S.UNAUTHENTICATED, "CREDENTIALS_MISSING")
     assert (await api.enroll()) != ""
+
+
+async def test_a_connection_killed_inside_a_transaction_answers_unavailable(api: Api, pool: asyncpg.Pool) -> None:
+    """Regression (found by the chaos suite): a server connection terminated while a Credit waited for
+    a row lock inside its transaction answered INTERNAL, because asyncpg reports the loss as the
+    failure of the rollback that follows. It is UNAVAILABLE, and the retry credits exactly once."""
+    person = await api.enroll(balance_fen=100)
+    request_id = f"killed-{person}"
+    async with pool.acquire() as blocker:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("select 1 from account where person_id = $1 for update", person)
+        crediting = asyncio.ensure_future(api.credit(person, 50, request_id=request_id))
+        waiting = None
+        for _ in range(200):  # bounded: until the credit waits for the row (10 s at most)
+            waiting = await pool.fetchval(
+                "select pid from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()"
+                " and query like '%from account where person_id = $1 for update%' and pid <> $1",
+                blocker.get_server_pid(),
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting, "the credit never waited for the row lock"
+        assert await pool.fetchval("select pg_terminate_backend($1)", waiting)
+        await refused(crediting, S.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        await tx.rollback()
+    assert not (await api.credit(person, 50, request_id=request_id)).replayed
+    assert (await api.credit(person, 50, request_id=request_id)).replayed
+    assert await api.balance(person) == 150
+
+
+async def _health_until(served: Served, wanted: int) -> int:
+    """Poll health until it reports `wanted` (bounded: 20 s), and answer what it reported last."""
+    status = await served.health()
+    for _ in range(200):
+        if status == wanted:
+            break
+        await asyncio.sleep(0.1)
+        status = await served.health()
+    return status
+
+
+async def test_health_follows_the_database(server_url: str) -> None:
+    """NOT_SERVING while the database takes no connections, SERVING again once it does, without a
+    restart of gongji; then calls are answered again."""
+    async with fresh_database(server_url, "gongji_health") as url, serving(url) as served:
+        person = await served.api.enroll(balance_fen=10)
+        name = url.split("?")[0].rsplit("/", 1)[1]
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'alter database "{name}" allow_connections false')
+            await admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1", name)
+            assert await _health_until(served, NOT_SERVING) == NOT_SERVING
+        finally:
+            await admin.execute(f'alter database "{name}" allow_connections true')
+            await admin.close()
+        assert await _health_until(served, SERVING) == SERVING
+        assert await served.api.balance(person) == 10
+
+
+async def test_a_database_that_is_not_there_answers_unavailable_and_not_serving(settings: Settings) -> None:
+    """Regression (found by the PostgreSQL restart in tests/chaos): while a local PostgreSQL is down its
+    Unix socket is gone, and connecting raised FileNotFoundError, which answered INTERNAL. It is
+    UNAVAILABLE, promptly, and health reports NOT_SERVING."""
+    missing = Path(tempfile.gettempdir()) / f"gongji-no-such-socket-dir-{uuid.uuid4().hex}"
+    url = f"postgresql://postgres@/gongji?host={missing}"
+    pool = await db.create_pool(url, min_size=0, max_size=2, command_timeout_s=5)
+    try:
+        running = await server.start(App(settings, pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1")), "127.0.0.1:0")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+                served = Served(running, pool, ch, Api(ch, Tokens("a", "b", "c", "d")), url)
+                # Authentication asks the database first, so any call meets its absence.
+                rpc = ch.unary_unary("/gongji.v1.AccountService/ListRegionPolicies")
+                await refused(rpc(b"", metadata=bearer("gj_x"), timeout=30), S.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+                assert await _health_until(served, NOT_SERVING) == NOT_SERVING
+        finally:
+            await running.stop(1.0)
+    finally:
+        await pool.close()

@@ -227,3 +227,21 @@ async def test_malformed_fields_are_named(api: Api) -> None:
     assert set(field_violations(error)) == {"patient_id", "voucher", "request_id"}
     error = await refused(api.settle(patient, 100, authorizer_id=patient), OK.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     assert field_violations(error) == ["authorizer_id"]
+
+
+async def test_balc_is_the_balance_after_even_when_the_account_is_not_used(api: Api) -> None:
+    """Regression (found by the model-based test): a patient who opted out of the personal account
+    (个人账户使用标志 off) was answered, and recorded, with balc_fen 0 as if the account were empty."""
+    patient = await api.enroll(balance_fen=1_000)
+    voucher = await api.voucher(patient)
+    quote = await api.settlement.Quote(
+        settlement_pb2.QuoteRequest(voucher=voucher, patient_id=patient, amount_fen=300, use_personal_account=False),
+        metadata=bearer(api.tokens.terminal_a),
+    )
+    assert (quote.psn_cash_pay_fen, quote.balc_fen) == (300, 1_000)
+    s = (await api.settle(patient, 300, voucher=voucher, use_personal_account=False)).settlement
+    assert (s.acct_pay_fen, s.psn_cash_pay_fen, s.balc_fen) == (0, 300, 1_000)
+    used = (await api.settle(patient, 300)).settlement
+    assert (used.acct_pay_fen, used.balc_fen) == (300, 700)
+    resident = await api.enroll(scheme=RESIDENT)
+    assert (await api.settle(resident, 300, use_personal_account=False)).settlement.balc_fen == 0

@@ -8,11 +8,11 @@ import asyncpg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import with_database
+from support import Api, cancel, with_database
 
 from gongji import limits
 from gongji.domain.waterfall import Split, refund_split, split
-from gongji.store import migrate
+from gongji.store import audit, migrate
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
 balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
@@ -95,3 +95,34 @@ async def test_concurrent_migrators_take_turns(direct_server_url: str) -> None:
     finally:
         await admin.execute('drop database if exists "gongji_migrate_race" with (force)')
         await admin.close()
+
+
+async def test_audit_checks_refunds_against_the_ledger_and_their_settlement(api: Api, pool: asyncpg.Pool) -> None:
+    """Regression: the refund checks were written but never run, so a refund whose split disagreed with
+    its ledger entries, or a settlement whose refunded_fen disagreed with its refunds, passed the audit."""
+    patient = await api.enroll(balance_fen=1_000)
+    s = (await api.settle(patient, 1_500)).settlement
+    refund = (await cancel(api, s.settlement_id, 800)).refund
+    assert (refund.psn_cash_pay_fen, refund.acct_pay_fen) == (500, 300)
+    async with pool.acquire() as conn:
+        assert await audit.differences(conn) == []
+        for tamper, expected in (
+            # The split says one fen more went back as cash than the ledger shows (balances still agree).
+            (
+                "update refund set acct_pay_fen = acct_pay_fen - 1, psn_cash_pay_fen = psn_cash_pay_fen + 1"
+                f" where refund_id = '{refund.refund_id}'",
+                f"refund {refund.refund_id}: ledger does not match",
+            ),
+            (
+                f"update settlement set refunded_fen = refunded_fen - 1 where settlement_id = '{s.settlement_id}'",
+                f"settlement {s.settlement_id}: refunds do not add up",
+            ),
+        ):
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute(tamper)
+                assert expected in await audit.differences(conn)
+            finally:
+                await tx.rollback()
+        assert await audit.differences(conn) == []

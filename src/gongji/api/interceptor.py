@@ -41,9 +41,27 @@ _DB_UNAVAILABLE = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, query cancelled
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,
-    ConnectionError,
-    TimeoutError,
+    # Connecting failed at the socket: refused, reset, timed out, or a Unix socket that is not there
+    # (FileNotFoundError, while a local PostgreSQL restarts). Serving a call does no other I/O.
+    OSError,
 )
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether the call failed because its database connection did, though asyncpg reported something
+    else. A connection lost inside a transaction surfaces as the failure of the rollback that followed
+    (InterfaceError: the underlying connection is closed, caused by the loss); a connection lost or a
+    call cancelled mid-operation can leave asyncpg's protocol in a state it reports as its own internal
+    error. Either way the statement may or may not have committed: the client retries with the same
+    request id. An InterfaceError with no such cause (a misuse: a defect of ours) stays INTERNAL."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # bounded: exception chains are short
+        if seen is None:
+            return False
+        if isinstance(seen, (*_DB_UNAVAILABLE, asyncpg.exceptions.InternalClientError, asyncio.CancelledError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _Undecodable:
@@ -130,6 +148,9 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
+            if _connection_lost(exc):
+                log.warning("database connection lost during %s: %s", call.method, type(exc).__name__)
+                await call.abort(context, errors.DatabaseUnavailable("the database is unavailable; retry"))
             # The class and frames only, to the log and never to the client: messages of database
             # errors and failed assertions can quote row values (PII, balances).
             frames = "".join(traceback.format_tb(exc.__traceback__))

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -70,11 +71,45 @@ class Running:
     server: grpc.aio.Server
     port: int
     health: HealthServicer
+    watch: asyncio.Task[None]
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, stop accepting, let in-flight RPCs finish within `grace_s`."""
+        self.watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+
+
+async def _database_answers(pool: asyncpg.Pool) -> bool:
+    try:
+        async with asyncio.timeout(limits.HEALTH_CHECK_TIMEOUT_S):
+            return bool(await pool.fetchval("select true"))
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # whatever the failure (refused, reset, timed out, shutting down), it does not answer
+        return False
+
+
+async def watch_database(pool: asyncpg.Pool, health: HealthServicer) -> None:
+    """Health follows the database: NOT_SERVING while it does not answer (a load balancer then sends
+    terminals elsewhere; calls that still come answer UNAVAILABLE), SERVING again once it does. The
+    pool reconnects by itself, so gongji recovers without a restart. The probe goes through the pool,
+    like every call, so it sees what calls see."""
+    serving = True
+    while True:
+        await asyncio.sleep(limits.HEALTH_CHECK_INTERVAL_S)
+        answers = await _database_answers(pool)
+        if answers == serving:
+            continue
+        serving = answers
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, status)
+        log.warning(
+            "the database %s: health %s",
+            "answers again" if serving else "does not answer",
+            health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+        )
 
 
 async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
@@ -100,7 +135,8 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, health_servicer)
+    watch = asyncio.create_task(watch_database(app.pool, health_servicer), name="gongji-health-watch")
+    return Running(server, port, health_servicer, watch)
 
 
 async def run_until_signalled(running: Running, grace_s: float, on_stop: Callable[[], Awaitable[None]]) -> None:

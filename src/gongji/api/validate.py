@@ -148,7 +148,7 @@ class Fields:
             # A cursor from a page of this day only: a timestamp far out of range would overflow the driver.
             if at.tzinfo is None or abs(at.date() - day) > dt.timedelta(days=1):
                 raise ValueError(parts[0])
-        except ValueError:
+        except (ValueError, OverflowError):
             self.bad(field, "is not a token from a previous answer")
             return None
         return at, settlement_id

@@ -88,10 +88,12 @@ begin
             outcome := 'GRANT_NOT_FOUND'; return next; return;
         end if;
         select g.authorizer_id into v_authorizer from mutual_aid_grant g where g.grant_id = v_grant;
-        select a.balance_fen into v_own from account a
-         where a.person_id = p_patient_id and v_patient.scheme = 'EMPLOYEE';
         select a.balance_fen into v_mulaid from account a where a.person_id = v_authorizer;
     end if;
+    -- Read whether or not the account pays: balc is the patient's balance after, and gongji_split
+    -- takes nothing from it when p_use_account is false.
+    select a.balance_fen into v_own from account a
+     where a.person_id = p_patient_id and v_patient.scheme = 'EMPLOYEE';
     select * into v_split from gongji_split(p_amount_fen, v_own, v_mulaid, p_use_account);
     outcome := 'OK';
     authorizer_id := case when v_split.acct_mulaid_pay_fen > 0 then v_authorizer end;
@@ -131,7 +133,7 @@ declare
     v_attempt    integer;
     v_need_authorizer boolean;
     v_balance    bigint;
-    v_own        bigint;   -- null: the patient's own account is not used
+    v_own        bigint;   -- null: the patient has no account (resident-insured)
     v_mulaid     bigint;   -- null: no grant is used
     v_split      record;
     v_after      bigint;
@@ -220,6 +222,11 @@ begin
             select a.balance_fen into v_mulaid from account a where a.person_id = v_authorizer for update;
             lock_wait_account_s := coalesce(lock_wait_account_s, 0) + extract(epoch from clock_timestamp() - v_t);
         end if;
+    else
+        -- Nothing is taken from the account (gongji_split pays all in cash), so no lock: the balance
+        -- is read for balc only, the patient's balance after the settlement.
+        select a.balance_fen into v_own from account a
+         where a.person_id = p_patient_id and v_patient.scheme = 'EMPLOYEE';
     end if;
 
     select * into v_split from gongji_split(p_amount_fen, v_own, v_mulaid, p_use_account);

@@ -1,0 +1,620 @@
+"""Chaos: for a bounded time, concurrent POS terminals, the app backend and an operator run mixed
+traffic on a few hot families against a real `gongji serve` process, while the suite injects faults:
+client cancellations and tiny deadlines, pg_terminate_backend on the server's database connections,
+and gongji restarts (SIGTERM mid-load, then start again). Then every request left without an answer
+is retried with the same request id until it has one, and the suite checks:
+
+- every request converged to exactly one outcome: one settlement, refund or credit for an answered
+  OK (the same one every time it was answered), none for a refusal;
+- `gongji audit` finds no difference; no balance is negative; no settlement is half-written (each has
+  its ledger entries, its voucher and its idempotency key, and each key its settlement); the money
+  that moved adds up from the settlement, refund and credit tables alone;
+- no call was ever answered INTERNAL or UNKNOWN.
+
+The figures are printed at the end. `make chaos` runs it with CHAOS_SECONDS of load (CI: a few).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import uvloop
+from conftest import VOUCHER_KEY
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import error_infos, fresh_database, make_tokens
+from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, Api, Tokens, bearer
+
+from gongji.store import audit
+from gongji.v1 import account_pb2, family_pb2, settlement_pb2
+
+S = grpc.StatusCode
+GONGJI = str(Path(sys.executable).with_name("gongji"))
+
+SECONDS = float(os.environ.get("CHAOS_SECONDS", "8"))
+CLIENTS = int(os.environ.get("CHAOS_CLIENTS", "12"))
+FAMILIES = int(os.environ.get("CHAOS_FAMILIES", "3"))
+SEED = int(os.environ.get("CHAOS_SEED", str(random.SystemRandom().randrange(10**6))))
+# Bounds on everything, whatever CHAOS_SECONDS says.
+OPS_PER_CLIENT_MAX = 100_000
+RETRY_ATTEMPTS_MAX = 40
+# A restart every this many seconds of load (at least one per run).
+RESTART_EVERY_S = max(SECONDS / 2, 20.0)
+
+# Answers that settle a request for good. Anything else (DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE,
+# ABORTED) leaves it unanswered: the POS retries with the same request id.
+DEFINITIVE = {
+    S.OK,
+    S.INVALID_ARGUMENT,
+    S.NOT_FOUND,
+    S.FAILED_PRECONDITION,
+    S.PERMISSION_DENIED,
+    S.ALREADY_EXISTS,
+    S.RESOURCE_EXHAUSTED,
+}
+DEFECTS = {S.INTERNAL, S.UNKNOWN, S.DATA_LOSS, S.UNIMPLEMENTED}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class GongjiProcess:
+    """`gongji serve` as operators run it, over the chaos database, on a fixed loopback port so that
+    clients reconnect to it across restarts. Only the process this class started is ever signalled."""
+
+    def __init__(self, db_url: str, workdir: Path) -> None:
+        self.target = f"127.0.0.1:{_free_port()}"
+        self.log = workdir / "gongji.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")} | {
+            "GONGJI_DATABASE_URL": db_url,
+            "GONGJI_DATA_DIR": str(workdir),
+            "GONGJI_GRPC_LISTEN": self.target,
+            "GONGJI_METRICS_LISTEN": f"127.0.0.1:{_free_port()}",
+            "GONGJI_VOUCHER_KEY": VOUCHER_KEY.decode(),
+            "GONGJI_VOUCHER_TTL_S": "300",
+            "GONGJI_GRACE_PERIOD_S": "2",
+            "GONGJI_DB_COMMAND_TIMEOUT_S": "5",
+            "GONGJI_POOL_MAX_SIZE": "10",
+            "GONGJI_LOG_LEVEL": "WARNING",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exit_codes: list[int] = []
+
+    async def start(self) -> None:
+        self.proc = self._spawn()
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(600):  # bounded: 60 s for a Python process to start and migrate
+                assert self.proc.poll() is None, f"gongji serve exited early:\n{self.log_tail()}"
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"gongji serve did not become SERVING:\n{self.log_tail()}")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Popen returns at once; the wait for SERVING is asynchronous."""
+        with self.log.open("ab") as log:
+            return subprocess.Popen([GONGJI, "serve"], env=self.env, stdout=log, stderr=log)
+
+    async def stop(self) -> int:
+        """SIGTERM, as an orchestrator stops it; its exit code (0 when it stopped gracefully)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        for _ in range(300):  # bounded: the 2 s grace period and the pool's closing, with room to spare
+            if self.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.exit_codes.append(self.proc.returncode)
+        return self.proc.returncode
+
+    def unhandled(self) -> list[str]:
+        """Each error the server logged as unhandled (an INTERNAL answer), with its frames."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return ["\n".join(lines[i : i + 16]) for i, line in enumerate(lines) if "unhandled" in line]
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Request:
+    """One logical request as a POS (or the operator) sent it, with every answer it got."""
+
+    kind: str  # settle, cancel, credit, reverse; read (not kept)
+    key: tuple[str, str]  # (institution or "", request id)
+    method: Callable[..., Any]  # the stub's method
+    message: Message
+    token: str
+    answers: list[tuple[S, str, Any]] = field(default_factory=list)  # (code, reason, reply)
+
+    async def send(self, deadline_s: float) -> Any:
+        return await self.method(self.message, metadata=bearer(self.token), timeout=deadline_s)
+
+    @property
+    def final(self) -> tuple[S, str, Any] | None:
+        definitive = [a for a in self.answers if a[0] in DEFINITIVE]
+        return definitive[-1] if definitive else None
+
+
+@dataclass
+class Figures:
+    requests: int = 0  # logical requests
+    calls: int = 0  # RPCs sent, retries included
+    codes: collections.Counter[str] = field(default_factory=collections.Counter)
+    tiny_deadlines: int = 0
+    cancellations: int = 0
+    kill_rounds: int = 0
+    backends_killed: int = 0
+    restarts: int = 0
+    database_restarts: int = 0
+    outage_answers: collections.Counter[str] = field(default_factory=collections.Counter)
+    retries: int = 0
+    replays_checked: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    def faults(self) -> int:
+        return self.tiny_deadlines + self.cancellations + self.backends_killed + self.restarts + self.database_restarts
+
+    def lines(self, seconds: float) -> list[str]:
+        codes = ", ".join(f"{c} {n}" for c, n in self.codes.most_common())
+        return [
+            f"chaos: {seconds:.0f} s of load, {CLIENTS} clients on {FAMILIES} hot families, seed {SEED}",
+            f"chaos: requests sent: {self.requests} ({self.calls} calls: {codes})",
+            f"chaos: faults injected: {self.faults()} ({self.tiny_deadlines} tiny deadlines, {self.cancellations}"
+            f" client cancellations, {self.backends_killed} server connections terminated in {self.kill_rounds}"
+            f" rounds, {self.restarts} gongji restarts, {self.database_restarts} PostgreSQL restarts)",
+            f"chaos: retries: {self.retries} (and {self.replays_checked} answered requests sent again)",
+            *(
+                [f"chaos: while PostgreSQL was down: health NOT_SERVING, calls answered {dict(self.outage_answers)}"]
+                if self.database_restarts
+                else []
+            ),
+            f"chaos: violations: {len(self.violations)}",
+        ]
+
+
+class Chaos:
+    def __init__(self, api: Api, tokens: Tokens, check: asyncpg.Pool, server: GongjiProcess) -> None:
+        self.api = api
+        self.tokens = tokens
+        self.check = check
+        self.server = server
+        self.rng = random.Random(SEED)
+        self.figures = Figures()
+        self.requests: list[Request] = []
+        self.settled: list[Request] = []  # settle requests answered OK, to refund
+        self.families: list[tuple[str, list[str]]] = []
+        self.health: health_pb2_grpc.HealthStub | None = None  # the server's, through the clients' channel
+
+    # ---- one call, maybe cut off -----------------------------------------------------------------
+    async def _attempt(self, request: Request, *, faults: bool) -> None:
+        mode = self.rng.choices(["plain", "tiny", "cancel"], [70, 15, 15])[0] if faults else "plain"
+        self.figures.calls += 1
+        try:
+            if mode == "tiny":
+                self.figures.tiny_deadlines += 1
+                reply = await request.send(self.rng.uniform(0.001, 0.03))
+            elif mode == "cancel":
+                reply = await self._cancelled_soon(request)
+            else:
+                reply = await request.send(15.0)
+            request.answers.append((S.OK, "", reply))
+            self.figures.codes["OK"] += 1
+        except grpc.aio.AioRpcError as error:
+            infos = error_infos(error)
+            reason = infos[0].reason if len(infos) == 1 else ""
+            request.answers.append((error.code(), reason, None))
+            self.figures.codes[error.code().name] += 1
+            if error.code() in DEFECTS:
+                self.figures.violations.append(f"{request.kind} {request.key}: {error.code().name} {error.details()}")
+            elif error.code() in DEFINITIVE and len(infos) != 1:
+                self.figures.violations.append(f"{request.kind} {request.key}: {error.code().name} without ErrorInfo")
+            elif error.code() == S.UNAVAILABLE:
+                await asyncio.sleep(self.rng.uniform(0.02, 0.1))  # a POS backs off before its next call
+        except asyncio.CancelledError:
+            request.answers.append((S.CANCELLED, "", None))
+            self.figures.codes["CANCELLED"] += 1
+
+    async def _cancelled_soon(self, request: Request) -> Any:
+        """The client gives up after a few milliseconds, whatever the server is doing."""
+        task = asyncio.ensure_future(request.send(15.0))
+        await asyncio.sleep(self.rng.uniform(0, 0.03))
+        if not task.done():
+            self.figures.cancellations += 1
+            task.cancel()
+        return await task
+
+    # ---- the requests ----------------------------------------------------------------------------
+    def _new(
+        self, kind: str, key: tuple[str, str], method: Callable[..., Any], message: Message, token: str
+    ) -> Request:
+        request = Request(kind, key, method, message, token)
+        self.requests.append(request)
+        self.figures.requests += 1
+        return request
+
+    def _terminal(self, institution: str) -> str:
+        return self.tokens.terminal_a if institution == "A" else self.tokens.terminal_b
+
+    async def _voucher(self, patient: str) -> str | None:
+        """The patient's fresh e-voucher from the app backend (not idempotent: a lost answer only
+        leaves an unused voucher behind)."""
+        request = Request(
+            "voucher",
+            ("", ""),
+            self.api.family.IssueVoucher,
+            family_pb2.IssueVoucherRequest(person_id=patient),
+            self.tokens.app,
+        )
+        await self._attempt(request, faults=False)
+        final = request.final
+        return str(final[2].voucher) if final and final[0] == S.OK else None
+
+    async def settle(self) -> None:
+        _, members = self.rng.choice(self.families)
+        patient = self.rng.choice(members)
+        voucher = await self._voucher(patient)
+        if voucher is None:
+            return
+        institution = self.rng.choice(["A", "B"])
+        message = settlement_pb2.SettleRequest(
+            request_id=f"chaos-s-{uuid.uuid4()}",
+            voucher=voucher,
+            patient_id=patient,
+            amount_fen=self.rng.randint(1, 4_000),
+        )
+        key = (institution, message.request_id)
+        request = self._new("settle", key, self.api.settlement.Settle, message, self._terminal(institution))
+        await self._attempt(request, faults=True)
+        if request.final and request.final[0] == S.OK:
+            self.settled.append(request)
+
+    async def cancel(self) -> None:
+        if not self.settled:
+            return
+        original = self.rng.choice(self.settled)
+        s = original.final[2].settlement  # type: ignore[index]
+        message = settlement_pb2.CancelRequest(
+            request_id=f"chaos-c-{uuid.uuid4()}",
+            settlement_id=s.settlement_id,
+            amount_fen=self.rng.choice([0, self.rng.randint(1, max(1, s.amount_fen // 2))]),
+        )
+        institution = original.key[0]
+        key = (institution, message.request_id)
+        request = self._new("cancel", key, self.api.settlement.Cancel, message, self._terminal(institution))
+        await self._attempt(request, faults=True)
+
+    async def reverse(self) -> None:
+        originals = [r for r in self.requests if r.kind == "settle"]
+        if not originals:
+            return
+        original = self.rng.choice(originals)
+        message = settlement_pb2.ReverseRequest(original_request_id=original.key[1])
+        token = self._terminal(original.key[0])
+        await self._attempt(
+            self._new("reverse", original.key, self.api.settlement.Reverse, message, token), faults=True
+        )
+
+    async def credit(self) -> None:
+        authorizer, members = self.rng.choice(self.families)
+        message = account_pb2.CreditRequest(
+            request_id=f"chaos-k-{uuid.uuid4()}",
+            person_id=self.rng.choice([authorizer, *members]),
+            amount_fen=self.rng.randint(1_000, 50_000),
+        )
+        key = ("", message.request_id)
+        await self._attempt(
+            self._new("credit", key, self.api.account.Credit, message, self.tokens.operator), faults=True
+        )
+
+    async def read(self) -> None:
+        """A quote or a balance: nothing to converge, but never INTERNAL either."""
+        _, members = self.rng.choice(self.families)
+        patient = self.rng.choice(members)
+        if self.rng.random() < 0.5:
+            message: Message = account_pb2.GetAccountRequest(person_id=patient)
+            request = Request("read", ("", ""), self.api.account.GetAccount, message, self.tokens.operator)
+        else:
+            voucher = await self._voucher(patient)
+            if voucher is None:
+                return
+            message = settlement_pb2.QuoteRequest(voucher=voucher, patient_id=patient, amount_fen=500)
+            request = Request("read", ("", ""), self.api.settlement.Quote, message, self.tokens.terminal_a)
+        await self._attempt(request, faults=True)
+
+    # ---- the load and the faults -----------------------------------------------------------------
+    async def client(self, until: float) -> None:
+        ops = [self.settle] * 6 + [self.cancel] * 2 + [self.reverse, self.credit, self.read, self.read]
+        for _ in range(OPS_PER_CLIENT_MAX):
+            if time.monotonic() >= until:
+                return
+            await self.rng.choice(ops)()
+
+    async def kill_connections(self, until: float) -> None:
+        """pg_terminate_backend on every connection of the server (application_name 'gongji')."""
+        while time.monotonic() < until:
+            await asyncio.sleep(self.rng.uniform(0.3, 1.2))
+            killed = await self.check.fetchval(
+                "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity"
+                " where datname = current_database() and application_name = 'gongji') as t"
+            )
+            self.figures.kill_rounds += 1
+            self.figures.backends_killed += killed
+
+    async def restart_server(self, started: float, until: float) -> None:
+        """SIGTERM mid-load and start again, every RESTART_EVERY_S (at least once)."""
+        at = started + min(RESTART_EVERY_S, SECONDS) / 2
+        while at < until:
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            code = await self.server.stop()
+            if code != 0:
+                self.figures.violations.append(f"gongji exited {code} on SIGTERM:\n{self.server.log_tail()}")
+            await self.server.start()
+            self.figures.restarts += 1
+            at += RESTART_EVERY_S
+
+    # ---- then: retry, and check ------------------------------------------------------------------
+    async def retry_unanswered(self) -> None:
+        for request in self.requests:
+            for attempt in range(RETRY_ATTEMPTS_MAX):
+                if request.final is not None:
+                    break
+                self.figures.retries += 1
+                if request.kind == "settle":
+                    await self._rescan(request)
+                await self._attempt(request, faults=False)
+                if request.final is None:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+            if request.final is None:
+                self.figures.violations.append(f"{request.kind} {request.key}: no answer after retries")
+
+    async def _rescan(self, request: Request) -> None:
+        """A POS retrying a settlement rescans the patient's code: the same request with a fresh voucher
+        (the voucher is a credential, not content, so a committed original replays; one that never
+        committed settles now)."""
+        assert isinstance(request.message, settlement_pb2.SettleRequest)
+        voucher = await self._voucher(request.message.patient_id)
+        if voucher is not None:
+            request.message.voucher = voucher
+
+    async def replay_answered(self) -> None:
+        """Send a sample of answered settlements and refunds again: the same answer, nothing moved."""
+        answered = [r for r in self.requests if r.kind in ("settle", "cancel") and r.final and r.final[0] == S.OK]
+        for request in self.rng.sample(answered, min(len(answered), 200)):
+            before = request.final
+            await self._attempt(request, faults=False)
+            self.figures.replays_checked += 1
+            after = request.final
+            assert before is not None and after is not None
+            if request.kind == "settle":
+                same = after[0] == S.OK and after[2].settlement.settlement_id == before[2].settlement.settlement_id
+                reversed_since = after[1] == "ALREADY_REVERSED"
+                if not (same and after[2].replayed) and not reversed_since:
+                    self.figures.violations.append(f"settle {request.key}: answered {before[:2]}, then {after[:2]}")
+            elif not (
+                after[0] == S.OK and after[2].refund.refund_id == before[2].refund.refund_id and after[2].replayed
+            ):
+                self.figures.violations.append(f"cancel {request.key}: answered {before[:2]}, then {after[:2]}")
+
+    async def setup(self) -> None:
+        """Hot families: an authorizer with money and three members holding grants from them (two
+        employees with a little of their own, one resident-insured), all in one province."""
+        for _ in range(FAMILIES):
+            authorizer = await self.api.enroll(balance_fen=500_000, birth=dt.date(1960, 1, 1))
+            members = [await self.api.enroll(balance_fen=5_000, birth=dt.date(1990, 1, 1)) for _ in range(2)]
+            members.append(await self.api.enroll(scheme=RESIDENT, birth=dt.date(2015, 1, 1)))
+            for member in members:
+                await self.api.grant(authorizer, member, CHILD)
+            self.families.append((authorizer, members))
+
+    async def check_convergence(self) -> None:
+        """Each request has exactly one outcome: what its answers say is what the store holds."""
+        for request in self.requests:
+            final = request.final
+            if final is None:
+                continue  # already a violation: no answer after retries
+            oks = [a[2] for a in request.answers if a[0] == S.OK]
+            problem = await getattr(self, f"_converged_{request.kind}")(request, final, oks)
+            if problem:
+                self.figures.violations.append(f"{request.kind} {request.key}: {problem}")
+
+    async def _converged_settle(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        institution = INSTITUTIONS[request.key[0]]
+        rows = await self.check.fetch(
+            "select settlement_id::text as id, amount_fen, refunded_fen, reversed_at from settlement"
+            " where institution_id = $1 and request_id = $2",
+            institution,
+            request.key[1],
+        )
+        ids = {reply.settlement.settlement_id for reply in oks}
+        if len(ids) > 1:
+            return f"answered with {len(ids)} different settlements"
+        reversed_ = await self.check.fetchval(
+            "select count(*) from reversal where institution_id = $1 and request_id = $2", institution, request.key[1]
+        )
+        if final[0] == S.OK:
+            if len(rows) != 1 or rows[0]["id"] not in ids:
+                return f"answered OK, but the store holds {len(rows)} settlements for it"
+        elif final[1] == "ALREADY_REVERSED":
+            if not reversed_:
+                return "answered ALREADY_REVERSED without a reversal"
+            if rows and (rows[0]["reversed_at"] is None or rows[0]["refunded_fen"] != rows[0]["amount_fen"]):
+                return "reversed, but not undone whole"
+            if oks and not rows:
+                return "answered OK once, but the store holds no settlement"
+        elif rows or oks:
+            return f"finally refused ({final[1]}), but {len(rows)} settlements are stored"
+        return None
+
+    async def _converged_cancel(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        rows = await self.check.fetch(
+            "select refund_id::text as id from refund"
+            " where institution_id = $1 and request_id = $2 and kind = 'CANCEL'",
+            INSTITUTIONS[request.key[0]],
+            request.key[1],
+        )
+        ids = {reply.refund.refund_id for reply in oks}
+        if len(ids) > 1:
+            return f"answered with {len(ids)} different refunds"
+        if final[0] == S.OK:
+            return None if len(rows) == 1 and rows[0]["id"] in ids else f"answered OK; {len(rows)} refunds stored"
+        return None if not rows and not oks else f"finally refused ({final[1]}); {len(rows)} refunds stored"
+
+    async def _converged_credit(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        rows = await self.check.fetch("select credit_id::text as id from credit where request_id = $1", request.key[1])
+        ids = {reply.credit_id for reply in oks}
+        if len(ids) > 1:
+            return f"answered with {len(ids)} different credits"
+        if final[0] == S.OK:
+            return None if len(rows) == 1 and rows[0]["id"] in ids else f"answered OK; {len(rows)} credits stored"
+        return None if not rows and not oks else f"finally refused ({final[1]}); {len(rows)} credits stored"
+
+    async def _converged_reverse(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        if final[0] != S.OK:
+            return f"a reversal was refused: {final[1]}"
+        undone = await self.check.fetchval(
+            "select settlement_id is not null from reversal where institution_id = $1 and request_id = $2",
+            INSTITUTIONS[request.key[0]],
+            request.key[1],
+        )
+        if undone is None:
+            return "answered OK, but no reversal is stored"
+        if {reply.undone for reply in oks} != {undone}:
+            return f"answered undone={sorted({r.undone for r in oks})}, stored {undone}"
+        return None
+
+    async def check_books(self) -> None:
+        v = self.figures.violations
+        v += [f"audit: {d}" for d in await audit.differences(self.check)]
+        for name, query in HALF_WRITTEN.items():
+            n = await self.check.fetchval(query)
+            if n:
+                v.append(f"{n} {name}")
+        money = await self.check.fetchrow(MONEY)
+        assert money is not None
+        if money["balances"] != money["credited"] - money["spent"] + money["returned"]:
+            v.append(f"money does not add up: {dict(money)}")
+        if await self.check.fetchval("select count(*) from account where balance_fen < 0"):
+            v.append("a negative balance")
+
+
+INSTITUTIONS = {"A": INSTITUTION_A, "B": INSTITUTION_B}
+
+# Anything a crash between two statements of one transaction could leave behind, were it not one.
+HALF_WRITTEN = {
+    "settlements without their idempotency key": """
+        select count(*) from settlement s where not exists (
+            select 1 from idempotency_key k where k.scope = 'settle/' || s.institution_id
+               and k.request_id = s.request_id and k.resource_id = s.settlement_id)""",
+    "settle idempotency keys without their settlement": """
+        select count(*) from idempotency_key k where k.scope like 'settle/%'
+           and not exists (select 1 from settlement s where s.settlement_id = k.resource_id)""",
+    "refunds without their idempotency key": """
+        select count(*) from refund r where r.kind = 'CANCEL' and not exists (
+            select 1 from idempotency_key k where k.scope = 'cancel/' || r.institution_id
+               and k.request_id = r.request_id and k.resource_id = r.refund_id)""",
+    "cancel idempotency keys without their refund": """
+        select count(*) from idempotency_key k where k.scope like 'cancel/%'
+           and not exists (select 1 from refund r where r.refund_id = k.resource_id)""",
+    "credits without their idempotency key": """
+        select count(*) from credit c where not exists (
+            select 1 from idempotency_key k where k.scope = 'credit' and k.request_id = c.request_id
+               and k.resource_id = c.credit_id)""",
+    "reversed settlements not undone whole or without their reversal": """
+        select count(*) from settlement s where s.reversed_at is not null and (s.refunded_fen <> s.amount_fen
+            or not exists (select 1 from reversal r where r.settlement_id = s.settlement_id))""",
+    "vouchers used by more than one settlement": """
+        select count(*) from (select voucher_id from settlement group by voucher_id having count(*) > 1) as twice""",
+}
+
+# The money of the personal accounts, from the settlement, refund and credit tables (not the ledger):
+# what is in the accounts is what was credited, less what settlements took, plus what refunds gave back.
+MONEY = """
+select (select coalesce(sum(balance_fen), 0) from account)::bigint as balances,
+       (select coalesce(sum(amount_fen), 0) from credit)::bigint as credited,
+       (select coalesce(sum(acct_pay_fen + acct_mulaid_pay_fen), 0) from settlement)::bigint as spent,
+       (select coalesce(sum(acct_pay_fen + acct_mulaid_pay_fen), 0) from refund)::bigint as returned"""
+
+
+@contextlib.asynccontextmanager
+async def _checker(url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The suite's own connections, under another application_name than the server's, so that the
+    kills spare them."""
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4, server_settings={"application_name": "gongji-chaos"})
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+Fault = Callable[["Chaos", float, float], Awaitable[None]]
+
+
+async def kills_and_restarts(chaos: Chaos, started: float, until: float) -> None:
+    await asyncio.gather(chaos.kill_connections(until), chaos.restart_server(started, until))
+
+
+async def _chaos(server_url: str, workdir: Path, faults: Fault = kills_and_restarts) -> Figures:
+    """Set up, load with `faults` injected, retry, check; the figures (violations included)."""
+    async with fresh_database(server_url, "gongji_chaos") as url, _checker(url) as check:
+        tokens = await make_tokens(check)
+        server = GongjiProcess(url, workdir)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                chaos = Chaos(Api(channel, tokens), tokens, check, server)
+                chaos.health = health_pb2_grpc.HealthStub(channel)
+                await chaos.setup()
+                started = time.monotonic()
+                until = started + SECONDS
+                await asyncio.gather(*(chaos.client(until) for _ in range(CLIENTS)), faults(chaos, started, until))
+                load_s = time.monotonic() - started
+                await chaos.retry_unanswered()
+                await chaos.replay_answered()
+                await chaos.check_convergence()
+                await chaos.check_books()
+        finally:
+            if server.proc is not None and server.proc.poll() is None and await server.stop() != 0:
+                chaos.figures.violations.append(f"gongji exited badly at the end:\n{server.log_tail()}")
+        chaos.figures.violations += server.unhandled()
+    for line in chaos.figures.lines(load_s):
+        print(line)
+    return chaos.figures
+
+
+def test_chaos_converges_with_nothing_lost(server_url: str) -> None:
+    with (
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+        tempfile.TemporaryDirectory(prefix="gongji-chaos-") as workdir,
+    ):
+        figures = runner.run(_chaos(server_url, Path(workdir)))
+    assert figures.violations == [], "\n".join(figures.violations[-10:])
+    assert figures.restarts >= 1 and figures.backends_killed > 0
+    assert figures.tiny_deadlines > 0 and figures.cancellations > 0

@@ -1,0 +1,411 @@
+"""A pure, in-memory model of DOMAIN.md (and of the contract in API.md and the README), written apart
+from gongji's code so that the two can disagree. Only the waterfall is shared: gongji.domain.waterfall
+is the reference for splits and refunds, as the store's own property tests already prove.
+
+Each operation answers what gongji should answer: a value, or a Refused(code, reason), checked in the
+order the contract gives them. No I/O; the state machine in test_model.py drives the real server and
+this side by side.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from gongji.domain.waterfall import Split, refund_split, split
+
+EMPLOYEE, RESIDENT = "EMPLOYEE", "RESIDENT"
+ACTIVE, SUSPENDED, TERMINATED = "ACTIVE", "SUSPENDED", "TERMINATED"
+SPOUSE, PARENT, CHILD, SIBLING, OTHER = "SPOUSE", "PARENT", "CHILD", "SIBLING", "OTHER"
+FAMILY_BOUND_MEMBERS_MAX = 5
+AMOUNT_FEN_MAX = 100_000_000  # one settlement: at most 1,000,000 yuan
+FACE_VERIFICATION_AGE_OVER = 16
+
+
+@dataclass(frozen=True)
+class Refused:
+    code: str
+    reason: str
+
+
+@dataclass
+class Person:
+    person_id: str
+    scheme: str
+    status: str
+    region: str
+    birth: dt.date
+    # Opened when first employee-insured, and kept (with its money) whatever the scheme becomes.
+    has_account: bool = False
+    balance_fen: int = 0
+
+
+@dataclass
+class Grant:
+    authorizer: str
+    beneficiary: str
+    relationship: str
+    live: bool = True
+
+
+@dataclass
+class Binding:
+    holder: str
+    member: str
+    live: bool = True
+
+
+@dataclass
+class Voucher:
+    person: str
+    requester: str
+    binding: Binding | None  # the binding it was issued under, for a holder's voucher
+    used: bool = False
+    expired: bool = False
+
+
+@dataclass
+class Settlement:
+    institution: str
+    request_id: str
+    content: tuple[str, int, str | None, bool]  # what makes a retry "the same request"
+    patient: str
+    authorizer: str | None
+    paid: Split
+    balc_fen: int
+    refunded: Split = field(default_factory=lambda: Split(0, 0, 0))
+    reversed: bool = False
+    settlement_id: str = ""  # as the server named it
+
+    @property
+    def left(self) -> Split:
+        return Split(
+            self.paid.acct_pay_fen - self.refunded.acct_pay_fen,
+            self.paid.acct_mulaid_pay_fen - self.refunded.acct_mulaid_pay_fen,
+            self.paid.psn_cash_pay_fen - self.refunded.psn_cash_pay_fen,
+        )
+
+
+@dataclass
+class Cancel:
+    content: tuple[str, int]
+    refund: Split
+
+
+def _plus(a: Split, b: Split) -> Split:
+    return Split(
+        a.acct_pay_fen + b.acct_pay_fen,
+        a.acct_mulaid_pay_fen + b.acct_mulaid_pay_fen,
+        a.psn_cash_pay_fen + b.psn_cash_pay_fen,
+    )
+
+
+def age_on(birth: dt.date, day: dt.date) -> int:
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+class Model:
+    def __init__(self, today: dt.date) -> None:
+        self.today = today
+        self.people: dict[str, Person] = {}
+        self.grants: list[Grant] = []  # in creation order: the oldest live grant is drawn on first
+        self.bindings: list[Binding] = []
+        self.vouchers: dict[str, Voucher] = {}
+        self.settlements: dict[tuple[str, str], Settlement] = {}  # (institution, request id)
+        self.reversals: dict[tuple[str, str], Settlement | None] = {}
+        self.cancels: dict[tuple[str, str], Cancel] = {}
+        self.credits: dict[str, tuple[tuple[str, int], int]] = {}  # request id -> content, balance after
+
+    # ---- people and accounts ---------------------------------------------------------------------
+    def enroll(self, pid: str, scheme: str, status: str, region: str, birth: dt.date) -> int:
+        """Create or change a person; answer how many grants ended by the change."""
+        person = self.people.get(pid)
+        if person is None:
+            self.people[pid] = Person(pid, scheme, status, region, birth, has_account=scheme == EMPLOYEE)
+            return 0
+        person.scheme, person.status, person.region = scheme, status, region
+        person.has_account |= scheme == EMPLOYEE
+        ended = 0
+        for g in self._live_grants_of(pid):
+            a, b = self.people[g.authorizer], self.people[g.beneficiary]
+            # A grant ends by itself when either side stops being ACTIVE, the authorizer stops being
+            # employee-insured, or the two leave the grant's scope (the default: the same province).
+            if a.status != ACTIVE or b.status != ACTIVE or a.scheme != EMPLOYEE or a.region[:2] != b.region[:2]:
+                g.live = False
+                ended += 1
+        return ended
+
+    def _live_grants_of(self, pid: str) -> list[Grant]:
+        return [g for g in self.grants if g.live and pid in (g.authorizer, g.beneficiary)]
+
+    def account(self, pid: str) -> tuple[str, str, bool, int]:
+        """GetAccount: scheme, status, has_personal_account, balance_fen (0 when it has none)."""
+        p = self.people[pid]
+        shown = p.scheme == EMPLOYEE
+        return p.scheme, p.status, shown, p.balance_fen if shown else 0
+
+    def credit(self, request_id: str, pid: str, amount_fen: int) -> Refused | tuple[int, bool]:
+        """(balance after, replayed). A replay answers the balance right after the original."""
+        person = self.people.get(pid)
+        if person is None:
+            return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
+        known = self.credits.get(request_id)
+        if known is not None:
+            if known[0] != (pid, amount_fen):
+                return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
+            return known[1], True
+        if not person.has_account:
+            return Refused("FAILED_PRECONDITION", "NOT_EMPLOYEE_INSURED")
+        person.balance_fen += amount_fen
+        self.credits[request_id] = ((pid, amount_fen), person.balance_fen)
+        return person.balance_fen, False
+
+    # ---- family mutual aid -----------------------------------------------------------------------
+    def grant(self, authorizer: str, beneficiary: str, relationship: str) -> Refused | bool:
+        """Whether the pair already had a live grant (it is kept as it was)."""
+        if authorizer == beneficiary:
+            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        a, b = self.people.get(authorizer), self.people.get(beneficiary)
+        if a is None:
+            return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
+        if b is None:
+            return Refused("FAILED_PRECONDITION", "BENEFICIARY_NOT_INSURED")  # not enrolled: not insured
+        refusal = self._grant_refusal(a, b, relationship)
+        if refusal is not None:
+            return refusal
+        if any(g.live and (g.authorizer, g.beneficiary) == (authorizer, beneficiary) for g in self.grants):
+            return True
+        self.grants.append(Grant(authorizer, beneficiary, relationship))
+        return False
+
+    @staticmethod
+    def _grant_refusal(a: Person, b: Person, relationship: str) -> Refused | None:
+        def no(reason: str) -> Refused:
+            return Refused("FAILED_PRECONDITION", reason)
+
+        if a.status != ACTIVE:
+            return no("PERSON_NOT_ACTIVE")
+        if a.scheme != EMPLOYEE:
+            return no("NOT_EMPLOYEE_INSURED")
+        if b.status == TERMINATED:
+            return no("BENEFICIARY_NOT_INSURED")
+        if b.status != ACTIVE:
+            return no("PERSON_NOT_ACTIVE")
+        if relationship not in (SPOUSE, PARENT, CHILD):  # the default region policy
+            return no("RELATIONSHIP_NOT_ALLOWED")
+        # The relationship reads from the authorizer's side: a CHILD is younger, a PARENT older.
+        if (relationship == CHILD and not b.birth > a.birth) or (relationship == PARENT and not b.birth < a.birth):
+            return no("RELATIONSHIP_IMPLAUSIBLE")
+        if a.region[:2] != b.region[:2]:
+            return no("REGION_OUT_OF_SCOPE")
+        return None
+
+    def revoke(self, authorizer: str, beneficiary: str, requester: str) -> Refused | None:
+        if requester not in (authorizer, beneficiary):
+            return Refused("PERMISSION_DENIED", "NOT_ALLOWED")
+        for g in self.grants:
+            if g.live and (g.authorizer, g.beneficiary) == (authorizer, beneficiary):
+                g.live = False
+                return None
+        return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
+
+    # ---- kinship binding and vouchers ------------------------------------------------------------
+    def _live_binding(self, holder: str, member: str) -> Binding | None:
+        return next((b for b in self.bindings if b.live and (b.holder, b.member) == (holder, member)), None)
+
+    def bind(self, holder: str, member: str, *, face_verified: bool, identity_matches: bool) -> Refused | None:
+        if holder == member:
+            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        h, m = self.people.get(holder), self.people.get(member)
+        if h is None or m is None:
+            return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
+        if h.status != ACTIVE:
+            return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
+        if not identity_matches:
+            return Refused("FAILED_PRECONDITION", "IDENTITY_MISMATCH")
+        if m.status == TERMINATED:
+            return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
+        if age_on(m.birth, self.today) > FACE_VERIFICATION_AGE_OVER and not face_verified:
+            return Refused("FAILED_PRECONDITION", "FACE_VERIFICATION_REQUIRED")
+        if self._live_binding(holder, member) is not None:
+            return None  # binding again is idempotent
+        if sum(b.live and b.holder == holder for b in self.bindings) >= FAMILY_BOUND_MEMBERS_MAX:
+            return Refused("RESOURCE_EXHAUSTED", "FAMILY_LIMIT_REACHED")
+        self.bindings.append(Binding(holder, member))
+        return None
+
+    def unbind(self, holder: str, member: str) -> Refused | None:
+        if not any((b.holder, b.member) == (holder, member) for b in self.bindings):
+            return Refused("NOT_FOUND", "BINDING_NOT_FOUND")
+        live = self._live_binding(holder, member)
+        if live is not None:
+            live.live = False
+        return None
+
+    def issue_voucher(self, person: str, requester: str) -> Refused | None:
+        p = self.people.get(person)
+        if p is None:
+            return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
+        if requester != person:
+            if self._live_binding(requester, person) is None:
+                return Refused("PERMISSION_DENIED", "NOT_ALLOWED")
+            if self.people[requester].status != ACTIVE:
+                return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
+        if p.status != ACTIVE:
+            return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
+        return None
+
+    def issued(self, token: str, person: str, requester: str, *, expired: bool = False) -> None:
+        binding = None if requester == person else self._live_binding(requester, person)
+        self.vouchers[token] = Voucher(person, requester, binding, expired=expired)
+
+    def _voucher_refusal(self, token: str, patient: str) -> Refused | None:
+        v = self.vouchers.get(token)
+        if v is None:
+            return Refused("FAILED_PRECONDITION", "VOUCHER_INVALID")
+        if v.person != patient:
+            return Refused("PERMISSION_DENIED", "VOUCHER_PATIENT_MISMATCH")  # the real-name rule
+        if v.used:
+            return Refused("FAILED_PRECONDITION", "VOUCHER_ALREADY_USED")
+        if v.expired:
+            return Refused("FAILED_PRECONDITION", "VOUCHER_EXPIRED")
+        if v.binding is not None and not v.binding.live:
+            return Refused("FAILED_PRECONDITION", "VOUCHER_INVALID")  # a holder's voucher dies with the binding
+        return None
+
+    # ---- settlement ------------------------------------------------------------------------------
+    def _split(
+        self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool
+    ) -> Refused | tuple[Split, str | None, int]:
+        """The waterfall: own account, then the oldest (or the named) live grant's authorizer, then cash.
+        Answers the split, the authorizer drawn on (None when mutual aid paid nothing), and balc."""
+        p = self.people[patient]
+        own = p.balance_fen if p.scheme == EMPLOYEE else None
+        drawn_on: str | None = None
+        if use_account:
+            held = [g for g in self.grants if g.live and g.beneficiary == patient]
+            held = [g for g in held if authorizer is None or g.authorizer == authorizer]
+            if authorizer is not None and not held:
+                return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
+            drawn_on = held[0].authorizer if held else None
+        mulaid = self.people[drawn_on].balance_fen if drawn_on else None
+        paid = split(amount_fen, own if use_account else None, mulaid, use_personal_account=use_account)
+        # balc is the patient's own balance after the settlement, used or not (0 without an account).
+        balc = (own or 0) - paid.acct_pay_fen
+        return paid, drawn_on if paid.acct_mulaid_pay_fen else None, balc
+
+    def _payment_refusal(
+        self, voucher: str | None, patient: str, amount_fen: int, authorizer: str | None
+    ) -> Refused | None:
+        """What is refused before the database: malformed fields (INVALID_AMOUNT when the amount is all
+        that is wrong), then a voucher that is not genuine."""
+        if authorizer == patient:
+            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        if not 0 < amount_fen <= AMOUNT_FEN_MAX:
+            return Refused("INVALID_ARGUMENT", "INVALID_AMOUNT")
+        if voucher is None:
+            return Refused("FAILED_PRECONDITION", "VOUCHER_INVALID")  # its signature does not verify
+        return None
+
+    def quote(
+        self, voucher: str | None, patient: str, amount_fen: int, authorizer: str | None, use_account: bool
+    ) -> Refused | tuple[Split, str | None, int]:
+        refusal = self._payment_refusal(voucher, patient, amount_fen, authorizer)
+        if refusal is not None:
+            return refusal
+        assert voucher is not None
+        if patient not in self.people:
+            return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
+        refusal = self._voucher_refusal(voucher, patient)
+        if refusal is not None:
+            return refusal
+        if self.people[patient].status != ACTIVE:
+            return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
+        return self._split(patient, amount_fen, authorizer, use_account)
+
+    def settle(
+        self,
+        institution: str,
+        request_id: str,
+        voucher: str | None,
+        patient: str,
+        amount_fen: int,
+        authorizer: str | None,
+        use_account: bool,
+    ) -> Refused | tuple[Settlement, bool]:
+        """(settlement, replayed)."""
+        refusal = self._payment_refusal(voucher, patient, amount_fen, authorizer)
+        if refusal is not None:
+            return refusal
+        assert voucher is not None
+        key = (institution, request_id)
+        if key in self.reversals:
+            return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
+        content = (patient, amount_fen, authorizer, use_account)
+        known = self.settlements.get(key)
+        if known is not None:
+            if known.content != content:
+                return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
+            return known, True
+        quoted = self.quote(voucher, patient, amount_fen, authorizer, use_account)
+        if isinstance(quoted, Refused):
+            return quoted
+        paid, drawn_on, balc = quoted
+        self.people[patient].balance_fen -= paid.acct_pay_fen
+        if drawn_on is not None:
+            self.people[drawn_on].balance_fen -= paid.acct_mulaid_pay_fen
+        self.vouchers[voucher].used = True
+        s = Settlement(institution, request_id, content, patient, drawn_on, paid, balc)
+        self.settlements[key] = s
+        return s, False
+
+    def by_id(self, settlement_id: str) -> Settlement | None:
+        return next((s for s in self.settlements.values() if s.settlement_id == settlement_id), None)
+
+    def _refund(self, s: Settlement, amount_fen: int) -> Split:
+        back = refund_split(amount_fen, s.left)
+        # Money goes back where it came from, even to an account whose grant ended or whose person is
+        # no longer ACTIVE.
+        self.people[s.patient].balance_fen += back.acct_pay_fen
+        if s.authorizer is not None:
+            self.people[s.authorizer].balance_fen += back.acct_mulaid_pay_fen
+        s.refunded = _plus(s.refunded, back)
+        return back
+
+    def cancel(
+        self, institution: str, request_id: str, settlement_id: str, amount_fen: int
+    ) -> Refused | tuple[Split, Settlement | None, bool]:
+        """(refund, the settlement now, replayed). amount 0 refunds all that is left."""
+        key = (institution, request_id)
+        known = self.cancels.get(key)
+        if known is not None:
+            if known.content != (settlement_id, amount_fen):
+                return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
+            return known.refund, self.by_id(settlement_id), True
+        s = self.by_id(settlement_id)
+        if s is None:
+            return Refused("NOT_FOUND", "SETTLEMENT_NOT_FOUND")
+        if s.institution != institution:
+            return Refused("PERMISSION_DENIED", "INSTITUTION_MISMATCH")
+        if s.reversed:
+            return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
+        amount = amount_fen or s.left.amount_fen
+        if not 0 < amount <= s.left.amount_fen:
+            return Refused("FAILED_PRECONDITION", "REFUND_EXCEEDS_SETTLEMENT")
+        back = self._refund(s, amount)
+        self.cancels[key] = Cancel((settlement_id, amount_fen), back)
+        return back, s, False
+
+    def reverse(self, institution: str, request_id: str) -> Settlement | None:
+        """The settlement undone, or None when nothing had been settled under that id (a late original
+        is then refused). Reversing twice answers the same."""
+        key = (institution, request_id)
+        if key in self.reversals:
+            return self.reversals[key]
+        s = self.settlements.get(key)
+        if s is not None:
+            if s.left.amount_fen:
+                self._refund(s, s.left.amount_fen)
+            s.reversed = True
+        self.reversals[key] = s
+        return s

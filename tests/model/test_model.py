@@ -1,0 +1,591 @@
+"""The model-based test: hypothesis drives the real gongji server over gRPC with random sequences of
+enrolments, status changes, credits, grants, revocations, bindings, vouchers, quotes, settlements,
+refunds and reversals (retries with the same request id among them), and after every step compares
+every answer, split, refusal reason and balance with the pure model of DOMAIN.md in gongji_model.py.
+After every step the books must also pass the audit.
+
+Hypothesis' stateful testing is synchronous, so the server runs in an event loop of the test's own
+(harness.own_loop_server) and each step is one runner.run(). CI runs a small size; a full run sets
+GONGJI_MODEL_EXAMPLES and GONGJI_MODEL_STEPS (docs/reliability.md). Shrunk failures are kept as
+explicit regression tests at the end of this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import grpc
+from gongji_model import (
+    ACTIVE,
+    CHILD,
+    EMPLOYEE,
+    FAMILY_BOUND_MEMBERS_MAX,
+    OTHER,
+    PARENT,
+    RESIDENT,
+    SIBLING,
+    SPOUSE,
+    SUSPENDED,
+    TERMINATED,
+    Model,
+    Refused,
+    Settlement,
+)
+from harness import CODEC, Served, own_loop_server, reason_of
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from support import bearer
+
+from gongji.api.family import china_today
+from gongji.domain.waterfall import Split
+from gongji.store import audit
+from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2
+
+T = TypeVar("T")
+
+EXAMPLES = int(os.environ.get("GONGJI_MODEL_EXAMPLES", "40"))
+STEPS = int(os.environ.get("GONGJI_MODEL_STEPS", "30"))
+
+REGIONS = ["610100", "610200", "440100"]  # two 统筹区 of Shaanxi, one of Guangdong
+BIRTHS = [dt.date(1960, 3, 1), dt.date(1988, 7, 1), dt.date(2015, 6, 1)]  # a parent, an adult, a child
+RELATIONSHIPS = {
+    SPOUSE: types_pb2.RELATIONSHIP_SPOUSE,
+    PARENT: types_pb2.RELATIONSHIP_PARENT,
+    CHILD: types_pb2.RELATIONSHIP_CHILD,
+    SIBLING: types_pb2.RELATIONSHIP_SIBLING,
+    OTHER: types_pb2.RELATIONSHIP_OTHER,
+}
+SCHEMES = {EMPLOYEE: types_pb2.SCHEME_EMPLOYEE, RESIDENT: types_pb2.SCHEME_RESIDENT}
+STATUSES = {
+    ACTIVE: types_pb2.PERSON_STATUS_ACTIVE,
+    SUSPENDED: types_pb2.PERSON_STATUS_SUSPENDED,
+    TERMINATED: types_pb2.PERSON_STATUS_TERMINATED,
+}
+INSTITUTIONS = ["A", "B"]
+
+schemes = st.sampled_from([EMPLOYEE, EMPLOYEE, EMPLOYEE, RESIDENT])
+statuses = st.sampled_from([ACTIVE] * 6 + [SUSPENDED, TERMINATED])
+amounts = st.integers(1, 3_000) | st.sampled_from([1, 100_000_000])
+use_account = st.sampled_from([True, True, True, False])
+
+
+@dataclass(frozen=True)
+class SettleCall:
+    """A Settle as a POS sent it, kept so that it can be retried or reversed."""
+
+    institution: str
+    request_id: str
+    patient: str
+    amount_fen: int
+    authorizer: str | None
+    use_account: bool
+
+
+@dataclass(frozen=True)
+class CancelCall:
+    institution: str
+    request_id: str
+    settlement_id: str
+    amount_fen: int
+
+
+@dataclass(frozen=True)
+class CreditCall:
+    request_id: str
+    person: str
+    amount_fen: int
+
+
+@dataclass
+class Figures:
+    """What a run did, printed at its end (and quoted in docs/reliability.md)."""
+
+    examples: int = 0
+    steps: int = 0
+    calls: int = 0
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def line(self) -> str:
+        top = ", ".join(f"{reason} {n}" for reason, n in self.outcomes.most_common())
+        return (
+            f"model: {self.examples} sequences, {self.steps} steps checked, {self.calls} calls ({top}); "
+            "disagreements with the model: 0"
+        )
+
+
+FIGURES = Figures()
+
+
+def _split_of(m: Any) -> Split:
+    return Split(m.acct_pay_fen, m.acct_mulaid_pay_fen, m.psn_cash_pay_fen)
+
+
+class GongjiMachine(RuleBasedStateMachine):
+    runner: ClassVar[asyncio.Runner]
+    served: ClassVar[Served]
+
+    people = Bundle("people")
+    vouchers = Bundle("vouchers")
+    settle_calls = Bundle("settle_calls")
+    cancel_calls = Bundle("cancel_calls")
+    credit_calls = Bundle("credit_calls")
+
+    def __init__(self) -> None:
+        super().__init__()
+        FIGURES.examples += 1
+        self.model = Model(china_today())
+        self.api = self.served.api
+        self.tag = uuid.uuid4().hex[:10]  # request ids of this example only
+        self.sequence = 0
+        self.big_family = False
+
+    # ---- plumbing --------------------------------------------------------------------------------
+    def _run(self, make: Callable[[], Awaitable[T]]) -> T | Refused:
+        """Run one call on the server's loop; a gRPC failure becomes the Refused it stands for. The call
+        is made inside the loop: a grpc.aio call binds to the loop running when it is created."""
+
+        async def go() -> T | Refused:
+            try:
+                return await make()
+            except grpc.aio.AioRpcError as error:
+                return Refused(error.code().name, reason_of(error))
+
+        outcome = self.runner.run(go())
+        FIGURES.calls += 1
+        FIGURES.outcomes[outcome.reason if isinstance(outcome, Refused) else "OK"] += 1
+        return outcome
+
+    def _id(self, kind: str) -> str:
+        self.sequence += 1
+        return f"m-{self.tag}-{kind}{self.sequence}"
+
+    def _token(self, institution: str) -> str:
+        return self.api.tokens.terminal_a if institution == "A" else self.api.tokens.terminal_b
+
+    @staticmethod
+    def _same_outcome(got: object, expected: object) -> None:
+        """Both refused for the same reason, or both answered (the caller compares the answers)."""
+        if isinstance(expected, Refused) or isinstance(got, Refused):
+            assert got == expected, f"server {got}, model {expected}"
+
+    # ---- people and accounts ---------------------------------------------------------------------
+    @initialize(target=people)
+    def a_family(self) -> Any:
+        """An authorizer with money and a child who holds a grant: the usual case, from the start."""
+        parent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[0], BIRTHS[0])
+        child = self._enroll(EMPLOYEE, ACTIVE, REGIONS[0], BIRTHS[1])
+        self._credit(CreditCall(self._id("c"), parent, 2_000))
+        self._credit(CreditCall(self._id("c"), child, 500))
+        self.grant(parent, child, CHILD)
+        return multiple(parent, child)
+
+    def _enroll(self, scheme: str, status: str, region: str, birth: dt.date) -> str:
+        person = self.runner.run(
+            self.api.enroll(scheme=SCHEMES[scheme], status=STATUSES[status], region=region, birth=birth)
+        )
+        assert self.model.enroll(person, scheme, status, region, birth) == 0
+        return person
+
+    @rule(
+        target=people,
+        scheme=schemes,
+        status=statuses,
+        region=st.sampled_from(REGIONS),
+        birth=st.sampled_from(BIRTHS),
+    )
+    def enroll(self, scheme: str, status: str, region: str, birth: dt.date) -> str:
+        return self._enroll(scheme, status, region, birth)
+
+    @rule(person=people, scheme=schemes, status=statuses, region=st.sampled_from(REGIONS))
+    def change_person(self, person: str, scheme: str, status: str, region: str) -> None:
+        """Enroll again: a status, scheme or region change, which may end grants by itself."""
+        reply = self._run(lambda: self.api.set_status(person, STATUSES[status], scheme=SCHEMES[scheme], region=region))
+        birth = self.model.people[person].birth
+        expected = self.model.enroll(person, scheme, status, region, birth)
+        assert not isinstance(reply, Refused), reply
+        assert (reply.created, reply.grants_ended) == (False, expected)
+
+    def _credit(self, call: CreditCall) -> CreditCall:
+        reply = self._run(lambda: self.api.credit(call.person, call.amount_fen, request_id=call.request_id))
+        expected = self.model.credit(call.request_id, call.person, call.amount_fen)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert (reply.balance_fen, reply.replayed) == expected  # type: ignore[union-attr]
+        return call
+
+    @rule(target=credit_calls, person=people, amount=st.integers(1, 3_000))
+    def credit(self, person: str, amount: int) -> CreditCall:
+        return self._credit(CreditCall(self._id("c"), person, amount))
+
+    @rule(call=credit_calls, same=st.booleans())
+    def retry_credit(self, call: CreditCall, same: bool) -> None:
+        """The operator's retry: the same request replays; other content under its id is refused."""
+        self._credit(call if same else CreditCall(call.request_id, call.person, call.amount_fen + 1))
+
+    # ---- family mutual aid -----------------------------------------------------------------------
+    @rule(authorizer=people, beneficiary=people, relationship=st.sampled_from(sorted(RELATIONSHIPS)))
+    def grant(self, authorizer: str, beneficiary: str, relationship: str) -> None:
+        reply = self._run(lambda: self.api.grant(authorizer, beneficiary, RELATIONSHIPS[relationship]))
+        expected = self.model.grant(authorizer, beneficiary, relationship)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert reply.already_granted == expected  # type: ignore[union-attr]
+
+    @rule(authorizer=people, beneficiary=people, by=st.sampled_from(["authorizer", "beneficiary", "stranger"]))
+    def revoke(self, authorizer: str, beneficiary: str, by: str) -> None:
+        requester = {"authorizer": authorizer, "beneficiary": beneficiary}.get(by) or next(
+            (p for p in self.model.people if p not in (authorizer, beneficiary)), authorizer
+        )
+        reply = self._run(lambda: self.api.revoke(authorizer, beneficiary, requester_id=requester))
+        self._same_outcome(reply, self.model.revoke(authorizer, beneficiary, requester))
+
+    # ---- kinship binding and vouchers ------------------------------------------------------------
+    @rule(holder=people, member=people, face_verified=st.booleans(), identity_matches=st.booleans())
+    def bind(self, holder: str, member: str, face_verified: bool, identity_matches: bool) -> None:
+        overrides: dict[str, Any] = {"face_verification_ref": "face-ok-1" if face_verified else ""}
+        if not identity_matches:
+            overrides["member_name"] = "另一个人"
+        reply = self._run(lambda: self.api.bind(holder, member, **overrides))
+        expected = self.model.bind(holder, member, face_verified=face_verified, identity_matches=identity_matches)
+        self._same_outcome(reply, expected)
+
+    @rule(holder=people, member=people)
+    def unbind(self, holder: str, member: str) -> None:
+        self._same_outcome(self._run(lambda: self.api.unbind(holder, member)), self.model.unbind(holder, member))
+
+    def _issue(self, person: str, requester: str) -> str | Refused:
+        reply = self._run(lambda: self.api.voucher(person, requester_id=requester))
+        expected = self.model.issue_voucher(person, requester)
+        self._same_outcome(reply, expected)
+        if isinstance(reply, Refused):
+            return reply
+        self.model.issued(reply, person, requester)
+        return reply
+
+    @rule(target=vouchers, person=people, requester=people, own=st.booleans())
+    def issue_voucher(self, person: str, requester: str, own: bool) -> Any:
+        token = self._issue(person, person if own else requester)
+        return multiple() if isinstance(token, Refused) else token
+
+    @rule(target=vouchers, person=people)
+    def an_expired_voucher(self, person: str) -> str:
+        """A code past its lifetime (a screenshot shown later), made without waiting: recorded as
+        issued a while ago and signed with the server's key."""
+        voucher_id = uuid.uuid4()
+        expired_at = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+        self.runner.run(
+            self.served.pool.execute(
+                "insert into voucher (voucher_id, person_id, requester_id, expires_at) values ($1, $2, $2, $3)",
+                voucher_id,
+                person,
+                expired_at,
+            )
+        )
+        token = CODEC.issue(voucher_id, int(expired_at.timestamp()))
+        self.model.issued(token, person, person, expired=True)
+        return token
+
+    @precondition(lambda self: not self.big_family)
+    @rule(holder=people, region=st.sampled_from(REGIONS))
+    def a_big_family(self, holder: str, region: str) -> None:
+        """Six children bound one after another: the sixth reaches the limit of five. Once per
+        sequence: every person enrolled is checked after every step."""
+        self.big_family = True
+        for _ in range(FAMILY_BOUND_MEMBERS_MAX + 1):
+            child = self._enroll(RESIDENT, ACTIVE, region, BIRTHS[2])
+            self.bind(holder, child, face_verified=False, identity_matches=True)
+
+    # ---- quotes and settlements ------------------------------------------------------------------
+    def _authorizer(self, data: st.DataObject) -> str | None:
+        """No authorizer named (the oldest live grant is used), or someone of this example named."""
+        if data.draw(st.booleans(), label="name an authorizer"):
+            return data.draw(st.sampled_from(list(self.model.people)), label="authorizer")
+        return None
+
+    def _check_settlement(self, got: settlement_pb2.SettleResponse, expected: tuple[Settlement, bool]) -> None:
+        s, replayed = expected
+        reply = got.settlement
+        if not s.settlement_id:
+            s.settlement_id = reply.settlement_id
+        assert got.replayed == replayed
+        assert reply.settlement_id == s.settlement_id
+        assert (reply.patient_id, reply.authorizer_id, reply.amount_fen) == (
+            s.patient,
+            s.authorizer or "",
+            s.paid.amount_fen,
+        )
+        assert _split_of(reply) == s.paid, (_split_of(reply), s.paid)
+        assert reply.balc_fen == s.balc_fen, (reply.balc_fen, s.balc_fen)
+        assert reply.refunded_fen == s.refunded.amount_fen
+
+    def _settle(self, call: SettleCall, voucher: str | None) -> Any:
+        request = settlement_pb2.SettleRequest(
+            request_id=call.request_id,
+            voucher=voucher or "GJ1.k1.AAAA.AAAA",  # None: a code whose signature does not verify
+            patient_id=call.patient,
+            amount_fen=call.amount_fen,
+            use_personal_account=call.use_account,
+        )
+        if call.authorizer is not None:
+            request.authorizer_id = call.authorizer
+        reply = self._run(lambda: self.api.settlement.Settle(request, metadata=bearer(self._token(call.institution))))
+        expected = self.model.settle(
+            call.institution,
+            call.request_id,
+            voucher,
+            call.patient,
+            call.amount_fen,
+            call.authorizer,
+            call.use_account,
+        )
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            self._check_settlement(reply, expected)  # type: ignore[arg-type]
+        return call
+
+    @rule(
+        target=settle_calls,
+        patient=people,
+        amount=amounts,
+        use=use_account,
+        institution=st.sampled_from(INSTITUTIONS),
+        data=st.data(),
+    )
+    def settle_with_a_fresh_voucher(
+        self, patient: str, amount: int, use: bool, institution: str, data: st.DataObject
+    ) -> Any:
+        """The usual way: the patient shows their own code, just refreshed."""
+        voucher = self._issue(patient, patient)
+        if isinstance(voucher, Refused):
+            return multiple()
+        call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), use)
+        return self._settle(call, voucher)
+
+    @rule(
+        target=settle_calls,
+        voucher=vouchers,
+        patient=people,
+        amount=amounts,
+        use=use_account,
+        institution=st.sampled_from(INSTITUTIONS),
+        data=st.data(),
+    )
+    def settle_with_any_voucher(
+        self, voucher: str, patient: str, amount: int, use: bool, institution: str, data: st.DataObject
+    ) -> Any:
+        """Someone's code, maybe used, maybe another person's, maybe a holder's from a removed binding."""
+        call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), use)
+        return self._settle(call, voucher)
+
+    @rule(target=settle_calls, patient=people, amount=amounts, institution=st.sampled_from(INSTITUTIONS))
+    def settle_with_a_forged_voucher(self, patient: str, amount: int, institution: str) -> Any:
+        return self._settle(SettleCall(institution, self._id("s"), patient, amount, None, True), None)
+
+    @rule(call=settle_calls, same=st.booleans())
+    def retry_settle(self, call: SettleCall, same: bool) -> Any:
+        """The POS retries with the same request id, showing a rescanned code (genuine, but not one the
+        model knows, so a retry that is not a replay is refused for it)."""
+        rescanned = CODEC.issue(uuid.uuid4(), int(dt.datetime.now(dt.UTC).timestamp()) + 60)
+        retried = call if same else SettleCall(**{**call.__dict__, "amount_fen": call.amount_fen + 1})
+        self._settle(retried, rescanned)
+
+    @rule(patient=people, amount=amounts, use=use_account, data=st.data())
+    def quote(self, patient: str, amount: int, use: bool, data: st.DataObject) -> None:
+        voucher = self._issue(patient, patient)
+        if isinstance(voucher, Refused):
+            return
+        authorizer = self._authorizer(data)
+        request = settlement_pb2.QuoteRequest(
+            voucher=voucher, patient_id=patient, amount_fen=amount, use_personal_account=use
+        )
+        if authorizer is not None:
+            request.authorizer_id = authorizer
+        reply = self._run(lambda: self.api.settlement.Quote(request, metadata=bearer(self.api.tokens.terminal_a)))
+        expected = self.model.quote(voucher, patient, amount, authorizer, use)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            paid, drawn_on, balc = expected
+            assert not isinstance(reply, Refused)
+            assert (_split_of(reply), reply.authorizer_id, reply.balc_fen) == (paid, drawn_on or "", balc)
+
+    # ---- refunds and reversals -------------------------------------------------------------------
+    def _cancel(self, call: CancelCall) -> CancelCall:
+        request = settlement_pb2.CancelRequest(
+            request_id=call.request_id, settlement_id=call.settlement_id, amount_fen=call.amount_fen
+        )
+        reply = self._run(lambda: self.api.settlement.Cancel(request, metadata=bearer(self._token(call.institution))))
+        expected = self.model.cancel(call.institution, call.request_id, call.settlement_id, call.amount_fen)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            back, s, replayed = expected
+            assert not isinstance(reply, Refused)
+            assert s is not None
+            assert (_split_of(reply.refund), reply.replayed) == (back, replayed)
+            assert reply.settlement.refunded_fen == s.refunded.amount_fen
+        return call
+
+    @rule(
+        target=cancel_calls,
+        institution=st.sampled_from(INSTITUTIONS),
+        amount=st.sampled_from([0, 0, 1]) | st.integers(1, 3_500),
+        data=st.data(),
+    )
+    def cancel(self, institution: str, amount: int, data: st.DataObject) -> CancelCall:
+        """A refund of a settlement of this example, by its institution's terminal or the other's; now
+        and then of a settlement that does not exist."""
+        known = list(self.model.settlements.values())
+        if known and data.draw(st.integers(0, 9), label="unknown settlement") > 0:
+            settlement_id = data.draw(st.sampled_from(known), label="settlement").settlement_id
+        else:
+            settlement_id = str(uuid.uuid4())
+        return self._cancel(CancelCall(institution, self._id("r"), settlement_id, amount))
+
+    @rule(call=cancel_calls, same=st.booleans())
+    def retry_cancel(self, call: CancelCall, same: bool) -> None:
+        self._cancel(call if same else CancelCall(call.institution, call.request_id, call.settlement_id, 7))
+
+    def _reverse(self, institution: str, request_id: str) -> None:
+        reply = self._run(
+            lambda: self.api.settlement.Reverse(
+                settlement_pb2.ReverseRequest(original_request_id=request_id),
+                metadata=bearer(self._token(institution)),
+            )
+        )
+        expected = self.model.reverse(institution, request_id)
+        assert not isinstance(reply, Refused), reply
+        assert reply.undone == (expected is not None)
+        if expected is not None:
+            assert reply.settlement.settlement_id == expected.settlement_id
+            assert reply.settlement.refunded_fen == expected.refunded.amount_fen == expected.paid.amount_fen
+            assert reply.settlement.HasField("reversed_at")
+
+    @rule(call=settle_calls, other_institution=st.booleans())
+    def reverse(self, call: SettleCall, other_institution: bool) -> None:
+        """The POS never got an answer and reverses by the request id (another institution's terminal
+        reverses only its own request of that name)."""
+        institution = call.institution if not other_institution else ("B" if call.institution == "A" else "A")
+        self._reverse(institution, call.request_id)
+
+    @rule(target=settle_calls, patient=people, amount=amounts, institution=st.sampled_from(INSTITUTIONS))
+    def reverse_before_the_original(self, patient: str, amount: int, institution: str) -> SettleCall:
+        """The reversal overtakes its original: the original, retried later, is refused."""
+        call = SettleCall(institution, self._id("s"), patient, amount, None, True)
+        self._reverse(institution, call.request_id)
+        return call
+
+    # ---- after every step ------------------------------------------------------------------------
+    @invariant()
+    def balances_and_books(self) -> None:
+        """Every account as the model has it, and books that explain every balance."""
+        FIGURES.steps += 1
+
+        async def accounts() -> list[tuple[str, str, bool, int]]:
+            replies = await asyncio.gather(
+                *(
+                    self.api.account.GetAccount(
+                        account_pb2.GetAccountRequest(person_id=p), metadata=bearer(self.api.tokens.operator)
+                    )
+                    for p in self.model.people
+                )
+            )
+            return [
+                (
+                    types_pb2.Scheme.Name(r.account.scheme).removeprefix("SCHEME_"),
+                    types_pb2.PersonStatus.Name(r.account.status).removeprefix("PERSON_STATUS_"),
+                    r.account.has_personal_account,
+                    r.account.balance_fen,
+                )
+                for r in replies
+            ]
+
+        got = self.runner.run(accounts())
+        expected = [self.model.account(p) for p in self.model.people]
+        assert got == expected, [(p, g, e) for p, g, e in zip(self.model.people, got, expected, strict=True) if g != e]
+        assert all(p.balance_fen >= 0 for p in self.model.people.values())
+        assert self.runner.run(audit.differences(self.served.pool)) == []
+
+    def teardown(self) -> None:
+        """At the end: every settlement read back, and every person's grants held, as the model has them."""
+        for s in self.model.settlements.values():
+            request = settlement_pb2.GetSettlementRequest(settlement_id=s.settlement_id)
+            token = bearer(self._token(s.institution))
+            reply = self._run(lambda: self.api.settlement.GetSettlement(request, metadata=token))  # noqa: B023
+            assert not isinstance(reply, Refused), reply
+            got = reply.settlement
+            assert (_split_of(got), got.refunded_fen, got.HasField("reversed_at")) == (
+                s.paid,
+                s.refunded.amount_fen,
+                s.reversed,
+            )
+            refunded = [_split_of(r) for r in got.refunds]
+            assert sum(r.amount_fen for r in refunded) == s.refunded.amount_fen
+        for person in self.model.people:
+            listing = family_pb2.ListFamilyRequest(person_id=person)
+            family = self._run(lambda: self.api.family.ListFamily(listing, metadata=bearer(self.api.tokens.app)))  # noqa: B023
+            assert not isinstance(family, Refused), family
+            live_held = [g.authorizer_id for g in family.grants_held if g.status == types_pb2.GRANT_STATUS_LIVE]
+            assert live_held == [g.authorizer for g in self.model.grants if g.live and g.beneficiary == person]
+
+
+@contextlib.contextmanager
+def _serving_the_machine(server_url: str) -> Iterator[None]:
+    with own_loop_server(server_url, "gongji_model") as (runner, served):
+        GongjiMachine.runner = runner
+        GongjiMachine.served = served
+        yield
+
+
+def run_machine(server_url: str, *, examples: int, steps: int) -> None:
+    FIGURES.__init__()  # type: ignore[misc]
+    with _serving_the_machine(server_url):
+        run_state_machine_as_test(
+            GongjiMachine,
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=steps,
+                deadline=None,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+    print(FIGURES.line())
+
+
+def test_gongji_behaves_like_the_model(server_url: str) -> None:
+    run_machine(server_url, examples=EXAMPLES, steps=STEPS)
+
+
+# ---- shrunk failures, kept ------------------------------------------------------------------------
+
+
+def test_shrunk_balc_of_a_settlement_that_does_not_use_the_account(server_url: str) -> None:
+    """The first failure the machine found, as it shrank it: a_family(), then the child settles 245
+    without the personal account (naming the parent). gongji answered balc_fen 0, the model the
+    child's 500: the balance after, which nothing touched. Fixed in 0002_settle.sql."""
+    with _serving_the_machine(server_url):
+        state = GongjiMachine()
+        parent, child = state.a_family()
+        state.balances_and_books()
+        voucher = state._issue(child, child)
+        assert not isinstance(voucher, Refused)
+        state._settle(SettleCall("A", state._id("s"), child, 245, parent, False), voucher)
+        state.balances_and_books()
+        state.teardown()
