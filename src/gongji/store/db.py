@@ -33,19 +33,6 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[s
     return url, server
 
 
-class Connection(asyncpg.Connection):
-    """Pool connections that skip asyncpg's session reset on release.
-
-    The default reset (unlock advisory locks, CLOSE ALL, UNLISTEN *, RESET ALL) is a round trip on
-    every release, which doubles the cost of a one-statement settlement. gongji leaves no session
-    state behind: its advisory locks are transaction-scoped (migrations unlock theirs in `finally`),
-    and it uses no LISTEN, cursors or SET. asyncpg still rolls back a transaction left open.
-    """
-
-    def get_reset_query(self) -> str:
-        return ""
-
-
 async def create_pool(
     url: str, *, min_size: int, max_size: int, command_timeout_s: float, statement_cache_size: int = 256
 ) -> asyncpg.Pool:
@@ -54,10 +41,13 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout_s,
+        # asyncpg's default reset on release stays: besides cleaning session state it is a round trip
+        # that fails on a connection left broken (say, a transaction aborted by a call cut off), so the
+        # pool discards it instead of lending it out again. Skipping it was tried for speed (one round
+        # trip less per statement) and the chaos suite caught exactly that (bench/README.md).
         # Statements are prepared per connection and cached; settlement is one prepared call. 0 behind
         # PgBouncer < 1.21 (transaction mode): asyncpg then uses unnamed statements only.
         statement_cache_size=statement_cache_size,
-        connection_class=Connection,
         # gongji_settle relies on READ COMMITTED (each statement sees what committed before it, e.g. the
         # original of a retried request); pin it against a server default of REPEATABLE READ.
         server_settings={
