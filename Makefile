@@ -30,8 +30,12 @@ test-external: $(STAMP)
 
 ## The integration tests again, through PgBouncer in transaction mode (Debian's pgbouncer binary, started
 ## by the script on a loopback port) in front of the PostgreSQL server on 127.0.0.1:5432.
+## test_health_follows_the_database is left out here: behind PgBouncer the pooler, not gongji, holds the
+## connections to PostgreSQL, and while PostgreSQL refuses logins PgBouncer queues queries until its own
+## query_wait_timeout, so what health shows depends on PgBouncer's settings. It runs directly in make test.
 test-pgbouncer: $(STAMP)
-	$(BIN)/python scripts/pgbouncer_run.py -- $(BIN)/pytest -m db tests/integration $(PYTEST_ARGS)
+	$(BIN)/python scripts/pgbouncer_run.py -- $(BIN)/pytest -m db tests/integration \
+		--deselect tests/integration/test_server.py::test_health_follows_the_database $(PYTEST_ARGS)
 
 ## The chaos suite alone, with CHAOS_SECONDS of load per test (two tests), printing its figures.
 CHAOS_SECONDS ?= 120
