@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import uuid
 import warnings
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gongji import client, logs
@@ -21,6 +22,26 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(coro)
 
 
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def _needs_database(command: Command) -> Command:
+    """Exit 1 with one line, not a traceback, when the database stayed out of reach at start."""
+
+    @functools.wraps(command)
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        from gongji.store.db import DatabaseUnreachable
+
+        try:
+            return command(settings, args)
+        except DatabaseUnreachable as exc:
+            print(f"gongji: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_needs_database
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers > 1:
         from gongji import workers
@@ -33,6 +54,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@_needs_database
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from gongji import runtime
 

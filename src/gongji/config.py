@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=200)
     db_command_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # At start, how long to keep trying a database that cannot be reached yet (refused, name not
+    # resolved, still starting up) before giving up with exit code 1. 0: give up at once.
+    db_start_wait_s: float = Field(default=120.0, ge=0, le=3600)
     # asyncpg's per-connection cache of named prepared statements. 0 behind PgBouncer < 1.21 in
     # transaction mode, which cannot route named statements; a newer PgBouncer with
     # max_prepared_statements set keeps them (deploy/README.md).

@@ -36,12 +36,16 @@ def database_url(settings: Settings) -> str:
 
 @contextlib.asynccontextmanager
 async def database(settings: Settings, *, migrate_schema: bool = True) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(
-        database_url(settings),
-        min_size=settings.pool_min_size,
-        max_size=settings.pool_max_size,
-        command_timeout_s=settings.db_command_timeout_s,
-        statement_cache_size=settings.db_statement_cache_size,
+    url = database_url(settings)
+    pool = await db.patiently(
+        lambda: db.create_pool(
+            url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            command_timeout_s=settings.db_command_timeout_s,
+            statement_cache_size=settings.db_statement_cache_size,
+        ),
+        settings.db_start_wait_s,
     )
     try:
         if migrate_schema:
@@ -57,7 +61,10 @@ async def _migrate(settings: Settings, pool: asyncpg.Pool) -> list[migrate.Migra
     if settings.migrate_database_url is None:
         async with pool.acquire() as conn:
             return await migrate.migrate(conn)
-    direct = await asyncpg.connect(settings.migrate_database_url.get_secret_value(), command_timeout=60)
+    direct_url = settings.migrate_database_url.get_secret_value()
+    direct = await db.patiently(
+        lambda: asyncpg.connect(direct_url, command_timeout=60), settings.db_start_wait_s, "migration database"
+    )
     try:
         return await migrate.migrate(direct)
     finally:

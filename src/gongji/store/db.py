@@ -2,15 +2,66 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "gongji"
+
+T = TypeVar("T")
+
+# What a database that is not there *yet* answers: nothing listening or no route (OSError, which
+# includes refused connections, unresolved names and connect timeouts), or a server that is starting,
+# shutting down or full. Anything else (a wrong password, a missing database) is a configuration
+# error, and waiting would not mend it.
+NOT_YET = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+)
+_BACKOFF_FIRST_S = 0.25
+
+
+class DatabaseUnreachable(Exception):
+    """The database could not be reached within the start-up wait."""
+
+
+_BACKOFF_MAX_S = 5.0
+
+
+async def patiently(connect: Callable[[], Awaitable[T]], wait_s: float, what: str = "database") -> T:
+    """`connect()`, tried again with backoff while the database is not reachable yet, for at most
+    `wait_s` seconds: at start, the database may come up after gongji (a container started beside it,
+    a failover in progress). Logs the kind of error only: a message may quote host names."""
+    give_up = time.monotonic() + wait_s
+    delay = _BACKOFF_FIRST_S
+    attempt = 1
+    while True:
+        try:
+            return await connect()
+        except NOT_YET as error:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnreachable(
+                    f"{what} not reachable after {attempt} attempts in {wait_s:g} s ({type(error).__name__});"
+                    " GONGJI_DB_START_WAIT_S sets how long to wait"
+                ) from error
+            pause = min(delay, left)
+            log.warning(
+                "%s not reachable yet (%s); attempt %d, next in %.2f s", what, type(error).__name__, attempt, pause
+            )
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+            attempt += 1
 
 
 def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[str, Any]:
