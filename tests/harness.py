@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, with_database
 
+from gongji import logs
 from gongji.api import server
 from gongji.api.app import App
 from gongji.config import Settings
@@ -135,6 +138,23 @@ async def fingerprint(conn: asyncpg.Pool | asyncpg.Connection) -> dict[str, obje
     row = await conn.fetchrow(_FINGERPRINT)
     assert row is not None
     return dict(row)
+
+
+@contextlib.contextmanager
+def logs_not_kept() -> Iterator[None]:
+    """While open, log lines are formatted and written as production writes them (JSON to a stream) but
+    not kept. The suite's own handlers (the ID-leak check's and pytest's capture) keep every line, so
+    under a flood of calls the process would grow by what the test keeps, not by what the server does."""
+    root = logging.getLogger()
+    kept = root.handlers[:]
+    with open(os.devnull, "w", encoding="utf-8") as devnull:
+        sink = logging.StreamHandler(devnull)
+        sink.setFormatter(logs.JsonFormatter())
+        root.handlers = [sink]
+        try:
+            yield
+        finally:
+            root.handlers = kept
 
 
 def rss_kib() -> int:

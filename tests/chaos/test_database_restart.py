@@ -1,9 +1,10 @@
 """A PostgreSQL restart under load. The suite starts a PostgreSQL of its own for this (an embedded
 server in a data directory of its own; never the server the rest of the suite uses, and never one on
 a TCP port), runs the chaos load against a `gongji serve` over it, and mid-load stops PostgreSQL and
-starts it again (every RESTART_EVERY_S of load, at least once). While the database is gone, gongji must report NOT_SERVING on health and answer
-UNAVAILABLE rather than hang; once it is back, SERVING again without a restart of gongji. Then the
-same retries and checks as the rest of the chaos suite: nothing lost, nothing done twice.
+starts it again (every RESTART_EVERY_S of load, at least once). While the database is gone, gongji
+must report NOT_SERVING on health and answer UNAVAILABLE rather than hang; once it is back, SERVING
+again without a restart of gongji. Then the same retries and checks as the rest of the chaos suite:
+nothing lost, nothing done twice.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
-from harness import CODEC, Served, fingerprint, own_loop_server, reason_of, rss_kib
+from harness import CODEC, Served, fingerprint, logs_not_kept, own_loop_server, reason_of, rss_kib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, SUSPENDED, TERMINATED, bearer, new_person_id
@@ -518,10 +518,11 @@ def test_a_flood_of_unknown_tokens_keeps_memory_bounded(server_url: str) -> None
                 await asyncio.gather(*(one(i) for i in range(start, min(start + 200, UNKNOWN_TOKENS))))
             return seen
 
-        first = runner.run(flood())
-        warm = rss_kib()
-        second = runner.run(flood())
-        growth = rss_kib() - warm
+        with logs_not_kept():  # no ID number in these lines: nothing for the leak check to miss
+            first = runner.run(flood())
+            warm = rss_kib()
+            second = runner.run(flood())
+            growth = rss_kib() - warm
         assert first == second == {"UNAUTHENTICATED/CREDENTIALS_INVALID": UNKNOWN_TOKENS}
         assert growth < REPLAY_GROWTH_KIB_MAX, growth
         assert runner.run(fingerprint(served.pool)) == before
