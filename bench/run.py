@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ from typing import Any
 
 import asyncpg
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -52,6 +54,10 @@ class Result:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     p999_ms: float = 0.0
+    # The same calls as the server measured them (grpc_server_handling_seconds, from its first byte to
+    # its answer): what Locust adds on top is the load generator's and the network's time.
+    server_p50_ms: float | None = None
+    server_p99_ms: float | None = None
     rss_mb_per_worker: float = 0.0
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -222,6 +228,39 @@ def gongji_env(db_url: str, port: int, metrics_port: int) -> dict[str, str]:
     }
 
 
+def _settle_histogram(metrics_port: int) -> dict[float, float]:
+    """Cumulative counts per upper bound of the server's Settle latency histogram (all workers)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    counts: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "grpc_server_handling_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("grpc_method") == "Settle":
+                le = float(sample.labels["le"])
+                counts[le] = counts.get(le, 0.0) + sample.value
+    return counts
+
+
+def _quantile_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """Prometheus' histogram_quantile over what happened between two scrapes: linear within the
+    bucket the quantile falls in, so only as fine as the buckets (1, 2.5, 5, 10, 25, 50, 100 ms...)."""
+    bounds = sorted(after)
+    cumulative = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not cumulative or cumulative[-1] <= 0:
+        return None
+    rank = q * cumulative[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, cumulative, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower * 1000
+            return (lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)) * 1000
+        lower, below = bound, count
+    return None
+
+
 def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: dict[str, str]) -> list[Result]:
     results: list[Result] = []
     for workers in (1, 2):
@@ -237,11 +276,13 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
             for name, user_class, row_name in plan:
                 scenario = name if workers == 1 else f"{name}_{workers}w"
                 rss = RssSampler(server.pid)
+                histogram = _settle_histogram(metrics_port)
                 rows = locust(
                     scenario, user_class, host=host, users=cfg.users, seconds=cfg.seconds, out=out, env=env, rss=rss
                 )
                 r = result_from(scenario, rows, row_name, cfg.users, workers)
                 r.rss_mb_per_worker = round(rss.max_mb, 1)
+                _server_latency(r, histogram, _settle_histogram(metrics_port))
                 results.append(r)
                 print(
                     f"  {scenario}: {r.throughput_rps:.0f}/s p99 {r.p99_ms:.0f} ms, {r.failures} failures", flush=True
@@ -250,6 +291,7 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                     # The same traffic at half the saturating rate: latency when not at the limit.
                     half = round(r.throughput_rps / 2, 1)
                     rss = RssSampler(server.pid)
+                    histogram = _settle_histogram(metrics_port)
                     rows = locust(
                         "pharmacy_half_rate",
                         user_class,
@@ -263,9 +305,15 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                     )
                     h = result_from("pharmacy_half_rate", rows, "Settle", cfg.users, workers)
                     h.rss_mb_per_worker, h.note = round(rss.max_mb, 1), f"paced at {half}/s"
+                    _server_latency(h, histogram, _settle_histogram(metrics_port))
                     results.append(h)
                     print(f"  pharmacy_half_rate: {h.throughput_rps:.0f}/s p99 {h.p99_ms:.0f} ms", flush=True)
     return results
+
+
+def _server_latency(r: Result, before: dict[float, float], after: dict[float, float]) -> None:
+    """Settle's server-side p50 and p99 over the scenario (None for scenarios without Settle)."""
+    r.server_p50_ms, r.server_p99_ms = _quantile_ms(before, after, 0.5), _quantile_ms(before, after, 0.99)
 
 
 def run_edge_ceiling(cfg: argparse.Namespace, out: Path, env: dict[str, str]) -> Result:
@@ -414,14 +462,20 @@ def markdown(meta: dict[str, Any], results: list[Result], checks: list[tuple[str
         f"Run {meta['started']} on {meta['machine']}; {meta['people']} people, {meta['users']} Locust users, "
         f"{meta['seconds']} s per scenario. Command: `{meta['command']}`.",
         "",
-        "| scenario | workers | req/s | p50 ms | p99 ms | p99.9 ms | failures | RSS MB/worker | x edge | x DB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | workers | req/s | p50 ms | p99 ms | p99.9 ms | server p50 / p99 ms | failures |"
+        " RSS MB/worker | x edge | x DB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        server = (
+            f"{r.server_p50_ms:.1f} / {r.server_p99_ms:.1f}"
+            if r.server_p50_ms is not None and r.server_p99_ms is not None
+            else ""
+        )
         lines.append(
             f"| {r.scenario} | {r.workers} | {r.throughput_rps:.0f} | {r.p50_ms:.0f} | {r.p99_ms:.0f} | "
-            f"{r.p999_ms:.0f} | {r.failures} | {r.rss_mb_per_worker:.0f} | {r.throughput_rps / edge:.2f} | "
-            f"{r.throughput_rps / db:.2f} |"
+            f"{r.p999_ms:.0f} | {server} | {r.failures} | {r.rss_mb_per_worker:.0f} | "
+            f"{r.throughput_rps / edge:.2f} | {r.throughput_rps / db:.2f} |"
         )
     lines += ["", "| target | where it stands | met |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in checks]
