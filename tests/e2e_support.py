@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -42,6 +43,27 @@ def serve(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([GONGJI, "serve", "--demo", *args], env=env, cwd=ROOT, stderr=subprocess.PIPE)
     wait_serving(env["GONGJI_GRPC_LISTEN"], proc)
     return proc
+
+
+def client(env: dict[str, str], *args: str) -> dict[str, object]:
+    """`gongji client ...` against the server of `env`; its JSON answer."""
+    out = subprocess.run(
+        [GONGJI, "client", "--target", env["GONGJI_GRPC_LISTEN"], *args],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def first_call_split(env: dict[str, str]) -> tuple[object, object, object]:
+    """The README's first call (李小丽 pays 35.00 yuan) against `gongji serve --demo`: own, mutual aid, cash."""
+    s = client(env, "settle", "--patient", "demo:xiaoli", "--amount-fen", "3500")["settlement"]
+    assert isinstance(s, dict)
+    return s["acct_pay_fen"], s["acct_mulaid_pay_fen"], s["psn_cash_pay_fen"]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> str:

@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
 import urllib.request
 
-from e2e_support import GONGJI, ROOT, serve, stop
+from e2e_support import GONGJI, ROOT, client, serve, stop
 
 from gongji import demo
-
-
-def _client(env: dict[str, str], *args: str) -> dict[str, object]:
-    out = subprocess.run(
-        [GONGJI, "client", "--target", env["GONGJI_GRPC_LISTEN"], *args],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    result: dict[str, object] = json.loads(out.stdout)
-    return result
 
 
 def test_make_run_first_call_restart_and_credentials(env: dict[str, str]) -> None:
     proc = serve(env)
     try:
-        reply = _client(env, "settle", "--patient", "demo:xiaoli", "--amount-fen", "3500")
+        reply = client(env, "settle", "--patient", "demo:xiaoli", "--amount-fen", "3500")
         s = reply["settlement"]
         assert isinstance(s, dict)
         assert (s["acct_pay_fen"], s["acct_mulaid_pay_fen"], s["psn_cash_pay_fen"]) == ("2000", "1500", "0")
@@ -50,7 +36,7 @@ def test_make_run_first_call_restart_and_credentials(env: dict[str, str]) -> Non
         )
         token = created.stdout.decode().strip()
         assert token.startswith("gj_")
-        other = _client(
+        other = client(
             env | {"GONGJI_TERMINAL_TOKEN": token}, "settle", "--patient", demo.LIUFANG.person_id, "--amount-fen", "100"
         )
         assert other["settlement"]["institution_id"] == "H61010300999"  # type: ignore[index]
@@ -63,7 +49,7 @@ def test_make_run_first_call_restart_and_credentials(env: dict[str, str]) -> Non
     # Balances survive a restart, and the demo data is not loaded twice.
     proc = serve(env)
     try:
-        account = _client(env, "account", "--person", demo.XIAOMING.person_id)["account"]
+        account = client(env, "account", "--person", demo.XIAOMING.person_id)["account"]
         assert account["balance_fen"] == str(80_000 - 1_500)  # type: ignore[index]
     finally:
         stop(proc)
@@ -82,7 +68,7 @@ def _readme_examples() -> list[list[str]]:
 def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
     proc = serve(env)
     try:
-        results = [_client(env, *args) for args in _readme_examples()]
+        results = [client(env, *args) for args in _readme_examples()]
     finally:
         stop(proc)
     family, bound, voucher, settled, unbound, granted, named, revoked, policy, policies = results

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
-from e2e_support import GONGJI, ROOT, free_port
+from e2e_support import GONGJI, ROOT, first_call_split, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import fresh_database
 
@@ -107,14 +107,7 @@ async def test_serve_waits_for_a_database_that_comes_up_after_it(env: dict[str, 
                 async with _relay(port, url):
                     await _until_serving(env["GONGJI_GRPC_LISTEN"], proc)
                     # Through the database it waited for: the demo family is there, and a settlement goes through.
-                    settled = await asyncio.to_thread(
-                        subprocess.run,
-                        [GONGJI, "client", "--target", env["GONGJI_GRPC_LISTEN"], "settle",
-                         "--patient", "demo:xiaoli", "--amount-fen", "3500"],
-                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-                    )  # fmt: skip
-                    assert settled.returncode == 0, settled.stderr
-                    assert '"acct_mulaid_pay_fen": "1500"' in settled.stdout, settled.stdout
+                    assert await asyncio.to_thread(first_call_split, env) == ("2000", "1500", "0")
                     proc.send_signal(signal.SIGTERM)
                     assert await asyncio.wait_for(proc.wait(), 30) == 0, log_text()
             finally:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from e2e_support import GONGJI, ROOT, serve, stop
+from e2e_support import GONGJI, ROOT, first_call_split, serve, stop
 from support import with_database
 
 
@@ -58,14 +58,7 @@ async def test_migrations_run_over_the_migration_url(env: dict[str, str], server
         env = env | {"GONGJI_DATABASE_URL": service_url, "GONGJI_MIGRATE_DATABASE_URL": owner_url}
         proc = await asyncio.to_thread(serve, env)  # --demo: the demo family goes in as the service's role
         try:
-            settled = await asyncio.to_thread(
-                subprocess.run,
-                [GONGJI, "client", "--target", env["GONGJI_GRPC_LISTEN"], "settle",
-                 "--patient", "demo:xiaoli", "--amount-fen", "3500"],
-                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
-            assert settled.returncode == 0, settled.stderr
-            assert '"acct_mulaid_pay_fen": "1500"' in settled.stdout, settled.stdout
+            assert await asyncio.to_thread(first_call_split, env) == ("2000", "1500", "0")
         finally:
             await asyncio.to_thread(stop, proc)
         conn = await asyncpg.connect(owner_url)
