@@ -21,6 +21,7 @@ import time
 import uuid
 from typing import Any
 
+import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, constant_throughput, events, task
@@ -90,6 +91,11 @@ class GongjiUser(User):  # type: ignore[misc]
     wait_time = constant_throughput(RATE / USERS) if RATE else constant(0)
 
     def on_start(self) -> None:
+        if RATE:
+            # Users all start at once; paced at one period each, they would fire together, every
+            # period, in bursts of USERS calls, and the scenario would measure a queue, not the
+            # latency below saturation it is for. A random start within one period spreads them.
+            gevent.sleep(random.uniform(0, USERS / RATE))
         channel = grpc.intercept_channel(grpc.insecure_channel(self.host), EventInterceptor(self.environment))
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
         self.family = family_pb2_grpc.FamilyServiceStub(channel)

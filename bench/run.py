@@ -121,6 +121,61 @@ def process(args: list[str], *, env: dict[str, str], log: Path) -> Iterator[subp
                     proc.wait()
 
 
+@contextmanager
+def profiled(enabled: bool, pid: int, out: Path, scenario: str, seconds: int) -> Iterator[None]:
+    """With --profile: py-spy samples the server process while the scenario runs (idle threads left
+    out); its collapsed stacks go to <scenario>.folded and a summary to <scenario>.profile.txt."""
+    if not enabled:
+        yield
+        return
+    folded = out / f"{scenario}.folded"
+    command = [str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "250", "--duration", str(seconds)]
+    spy = subprocess.Popen(
+        [*command, "--format", "raw", "--nonblocking", "--output", str(folded)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        try:
+            spy.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+    if folded.exists():
+        summary = profile_summary(folded.read_text())
+        (out / f"{scenario}.profile.txt").write_text(summary)
+        print("\n".join("    " + line for line in summary.splitlines()[:8]), flush=True)
+
+
+def profile_summary(folded: str, top: int = 25) -> str:
+    """The functions most often on top of the stack (self) and anywhere on it (inclusive), as shares of
+    all samples, from py-spy's collapsed stacks ("frame;frame;frame count" per line)."""
+    own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    total = 0
+    for line in folded.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [re.sub(r" \(.*?:\d+\)$", "", f.strip()) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            anywhere[frame] = anywhere.get(frame, 0) + count
+    if not total:
+        return "no samples\n"
+
+    def rows(counts: dict[str, int]) -> list[str]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [f"{100 * n / total:5.1f} %  {frame}" for frame, n in ranked]
+
+    lines = [f"{total} samples; self (on top of the stack):", *rows(own), ""]
+    return "\n".join([*lines, "inclusive (anywhere on the stack):", *rows(anywhere)]) + "\n"
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], limit_s: float = 60) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -277,9 +332,10 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                 scenario = name if workers == 1 else f"{name}_{workers}w"
                 rss = RssSampler(server.pid)
                 histogram = _settle_histogram(metrics_port)
-                rows = locust(
-                    scenario, user_class, host=host, users=cfg.users, seconds=cfg.seconds, out=out, env=env, rss=rss
-                )
+                with profiled(cfg.profile and workers == 1, server.pid, out, scenario, cfg.seconds):
+                    rows = locust(
+                        scenario, user_class, host=host, users=cfg.users, seconds=cfg.seconds, out=out, env=env, rss=rss
+                    )
                 r = result_from(scenario, rows, row_name, cfg.users, workers)
                 r.rss_mb_per_worker = round(rss.max_mb, 1)
                 _server_latency(r, histogram, _settle_histogram(metrics_port))
@@ -292,17 +348,18 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                     half = round(r.throughput_rps / 2, 1)
                     rss = RssSampler(server.pid)
                     histogram = _settle_histogram(metrics_port)
-                    rows = locust(
-                        "pharmacy_half_rate",
-                        user_class,
-                        host=host,
-                        users=cfg.users,
-                        seconds=cfg.seconds,
-                        out=out,
-                        env=env,
-                        rss=rss,
-                        rate=half,
-                    )
+                    with profiled(cfg.profile, server.pid, out, "pharmacy_half_rate", cfg.seconds):
+                        rows = locust(
+                            "pharmacy_half_rate",
+                            user_class,
+                            host=host,
+                            users=cfg.users,
+                            seconds=cfg.seconds,
+                            out=out,
+                            env=env,
+                            rss=rss,
+                            rate=half,
+                        )
                     h = result_from("pharmacy_half_rate", rows, "Settle", cfg.users, workers)
                     h.rss_mb_per_worker, h.note = round(rss.max_mb, 1), f"paced at {half}/s"
                     _server_latency(h, histogram, _settle_histogram(metrics_port))
@@ -545,6 +602,11 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=30, help="per scenario")
     parser.add_argument("--smoke", action="store_true", help="2,000 people, 8 users, 3 s per scenario")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the one-worker server with py-spy during each scenario (<scenario>.profile.txt, .folded)",
+    )
     parser.add_argument("--server-url", default=os.environ.get("GONGJI_BENCH_SERVER_URL", DEFAULT_SERVER_URL))
     cfg = parser.parse_args()
     if cfg.smoke:
