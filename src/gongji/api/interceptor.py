@@ -111,12 +111,12 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         labels = ("unary", service, name)
 
         async def behavior(request: Any, context: Context) -> Any:
-            call = _Call(method, labels)
+            call = _Call(method, labels, request)
             metrics.GRPC_STARTED.labels(*labels).inc()
             try:
                 return await self._run(inner, request, context, metadata, call)
             finally:
-                call.finish(request, context)
+                call.finish(context)
 
         return behavior
 
@@ -161,20 +161,29 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 class _Call:
     """What the interceptor learns about one RPC on the way, for its metrics and its log line."""
 
-    def __init__(self, method: str, labels: tuple[str, str, str]) -> None:
+    def __init__(self, method: str, labels: tuple[str, str, str], request: Any) -> None:
         self.method = method
         self.labels = labels
+        self.request = request
         self.started = time.perf_counter()
         self.code = "OK"
         self.reason = ""
         self.principal: Principal | None = None
+        self.finished = False
 
     async def abort(self, context: Context, exc: errors.GongjiError) -> None:
         self.code, self.reason = exc.code, exc.reason
         status = to_status(exc)
+        # Counted and logged before the status leaves: grpc.aio's abort sends it at once, and whoever
+        # receives it (an operator, a test) must find the line and the counts already there.
+        self.finish(context)
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    def finish(self, request: Any, context: Context) -> None:
+    def finish(self, context: Context) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        request = self.request
         if self.code == "OK" and context.cancelled():
             self.code = _cut_off_code(context)
         duration_s = time.perf_counter() - self.started
