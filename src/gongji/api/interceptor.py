@@ -23,6 +23,7 @@ from gongji import errors, limits, logs, metrics
 from gongji.api.app import Context
 from gongji.api.auth import Authenticator, current_principal
 from gongji.api.status import to_status
+from gongji.store import db
 from gongji.store.credentials import Principal
 
 log = logging.getLogger(__name__)
@@ -34,16 +35,12 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 _PREFIX = "/gongji.v1."
 
 # The database is unreachable, restarting, full or read-only (a failover): the client may retry.
+# Serving a call does no I/O but the database's, so any OSError (refused, reset, timed out, a Unix
+# socket gone while a local PostgreSQL restarts) is the database's too.
 _DB_UNAVAILABLE = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
+    *db.UNREACHABLE,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, query cancelled
-    asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,
-    # Connecting failed at the socket: refused, reset, timed out, or a Unix socket that is not there
-    # (FileNotFoundError, while a local PostgreSQL restarts). Serving a call does no other I/O.
-    OSError,
 )
 
 

@@ -17,11 +17,12 @@ EMBEDDED_DATABASE = "gongji"
 
 T = TypeVar("T")
 
-# What a database that is not there *yet* answers: nothing listening or no route (OSError, which
-# includes refused connections, unresolved names and connect timeouts), or a server that is starting,
-# shutting down or full. Anything else (a wrong password, a missing database) is a configuration
-# error, and waiting would not mend it.
-NOT_YET = (
+# What a database that cannot be reached answers: nothing listening or no route (OSError, which
+# includes refused connections, unresolved names, connect timeouts and a missing Unix socket), a
+# connection lost, or a server that is starting, shutting down or full. At start gongji waits these
+# out; during a call they answer UNAVAILABLE (api/interceptor.py). Anything else at start (a wrong
+# password, a missing database) is a configuration error, and waiting would not mend it.
+UNREACHABLE = (
     OSError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
@@ -48,7 +49,7 @@ async def patiently(connect: Callable[[], Awaitable[T]], wait_s: float, what: st
     while True:
         try:
             return await connect()
-        except NOT_YET as error:
+        except UNREACHABLE as error:
             left = give_up - time.monotonic()
             if left <= 0:
                 raise DatabaseUnreachable(
