@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import random
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -72,6 +75,15 @@ class Tokens:
 
 INSTITUTION_A = "H61010300101"
 INSTITUTION_B = "H61010300202"
+
+
+@asynccontextmanager
+async def account_row_held(pool: asyncpg.Pool, person_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction of its own holding `person_id`'s account row FOR UPDATE, as a concurrent
+    settlement would, until the block ends (then it commits); yields its connection."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("select 1 from account where person_id = $1 for update", person_id)
+        yield conn
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -12,7 +12,7 @@ import asyncpg
 import grpc
 import pytest
 from prometheus_client import REGISTRY
-from support import CHILD, RESIDENT, SPOUSE, STATEMENT_CACHE_SIZE, SUSPENDED, Api, bearer
+from support import CHILD, RESIDENT, SPOUSE, STATEMENT_CACHE_SIZE, SUSPENDED, Api, account_row_held, bearer
 
 from gongji.store import db, grants, settlements, vouchers
 from gongji.v1 import settlement_pb2
@@ -117,10 +117,7 @@ async def test_cut_off_while_waiting_for_a_lock_is_all_or_nothing(
     await api.grant(authorizer, patient)
     voucher = await api.voucher(patient)
     request_id = f"held-up-{uuid.uuid4()}"
-    async with pool.acquire() as blocker:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("select 1 from account where person_id = $1 for update", authorizer)
+    async with account_row_held(pool, authorizer):
         if cut_off_by == "deadline":
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await api.settle(patient, 500, voucher=voucher, request_id=request_id, deadline_s=0.5)
@@ -136,7 +133,6 @@ async def test_cut_off_while_waiting_for_a_lock_is_all_or_nothing(
             assert call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
-        await tx.rollback()
     for _ in range(100):  # bounded: at most 5 s for the server to finish or cancel the statement
         if await _settle_calls_in_flight(pool) == 0:
             break
@@ -366,15 +362,11 @@ async def test_paying_with_own_money_does_not_queue_on_the_authorizer(api: Api, 
     poor = await api.enroll(balance_fen=5_000, birth=CHILD_BORN)
     for member in (rich, poor):
         await api.grant(authorizer, member, CHILD)
-    async with pool.acquire() as blocker:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("select 1 from account where person_id = $1 for update", authorizer)
+    async with account_row_held(pool, authorizer):
         own_only = await api.settle(rich, 1_000, deadline_s=10)  # completes although the row is held
         needs_aid = asyncio.ensure_future(api.settle(poor, 6_000))
         await asyncio.sleep(0.3)
         assert not needs_aid.done(), "a settlement that draws on the authorizer waits for the row"
-        await tx.rollback()
     assert (own_only.settlement.acct_pay_fen, own_only.settlement.authorizer_id) == (1_000, "")
     aided = (await needs_aid).settlement
     assert (aided.acct_pay_fen, aided.acct_mulaid_pay_fen) == (5_000, 1_000)
@@ -396,10 +388,7 @@ async def test_a_stale_balance_peek_runs_the_settlement_again(api: Api, pool: as
     spending_voucher = uuid.uuid4()
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
     assert await vouchers.issue(pool, spending_voucher, patient, patient, expires) == "ACTIVE"
-    async with pool.acquire() as blocker:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("select 1 from account where person_id = $1 for update", patient)
+    async with account_row_held(pool, patient) as blocker:
         waiting = asyncio.ensure_future(api.settle(patient, 600, voucher=waiting_voucher))
         for _ in range(100):  # bounded: until the settlement waits for the patient's row
             if await _settle_calls_in_flight(pool):
@@ -415,7 +404,6 @@ async def test_a_stale_balance_peek_runs_the_settlement_again(api: Api, pool: as
             other,
         )
         assert (spent["outcome"], spent["acct_pay_fen"]) == ("OK", 900)
-        await tx.commit()
     s = (await waiting).settlement
     assert (s.acct_pay_fen, s.acct_mulaid_pay_fen, s.authorizer_id) == (100, 500, authorizer)
     assert (REGISTRY.get_sample_value("gongji_settle_retries_total") or 0.0) == retries_before + 1

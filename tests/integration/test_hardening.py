@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import Api, bearer
+from support import Api, account_row_held, bearer
 
 from gongji.api import server
 from gongji.api.app import App
@@ -164,10 +164,7 @@ async def test_concurrent_rpcs_beyond_the_limit_are_resource_exhausted(
     voucher = await api.voucher(patient)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         limited = Api(ch, api.tokens)
-        async with pool.acquire() as blocker:
-            tx = blocker.transaction()
-            await tx.start()
-            await blocker.execute("select 1 from account where person_id = $1 for update", patient)
+        async with account_row_held(pool, patient):
             held = asyncio.ensure_future(limited.settle(patient, 100, voucher=voucher))
             for _ in range(200):  # bounded: until the settlement waits for the held row
                 if await pool.fetchval(
@@ -180,7 +177,6 @@ async def test_concurrent_rpcs_beyond_the_limit_are_resource_exhausted(
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await limited.balance(patient)
             assert caught.value.code() == S.RESOURCE_EXHAUSTED
-            await tx.rollback()
         assert (await held).settlement.acct_pay_fen == 100
         assert await limited.balance(patient) == 900
 

@@ -13,7 +13,18 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
-from support import CHILD, RESIDENT, SUSPENDED, Api, bearer, cancel, field_violations, refused, reverse
+from support import (
+    CHILD,
+    RESIDENT,
+    SUSPENDED,
+    Api,
+    account_row_held,
+    bearer,
+    cancel,
+    field_violations,
+    refused,
+    reverse,
+)
 
 from gongji.v1 import account_pb2, settlement_pb2
 
@@ -151,10 +162,7 @@ async def test_reverse_racing_a_held_up_original(api: Api, pool: asyncpg.Pool) -
     undoes it whole. Exactly one outcome stands, and the balances agree with it."""
     authorizer, patient = await _family(api, own_fen=300, mulaid_fen=1_000)
     voucher = await api.voucher(patient)
-    async with pool.acquire() as blocker:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("select 1 from account where person_id = $1 for update", authorizer)
+    async with account_row_held(pool, authorizer):
         original = asyncio.ensure_future(api.settle(patient, 900, voucher=voucher, request_id="rev-race-1"))
         for _ in range(100):  # bounded: until the original waits for the lock
             if await _settle_waiting(pool):
@@ -164,7 +172,6 @@ async def test_reverse_racing_a_held_up_original(api: Api, pool: asyncpg.Pool) -
         reversal = asyncio.ensure_future(reverse(api, "rev-race-1"))
         await asyncio.sleep(0.2)
         assert not reversal.done(), "the reversal waits for the original"
-        await tx.rollback()
     settled, reversed_ = await original, await reversal
     assert (settled.settlement.acct_pay_fen, settled.settlement.acct_mulaid_pay_fen) == (300, 600)
     assert reversed_.undone

@@ -9,7 +9,7 @@ import asyncpg
 import grpc
 import pytest
 from prometheus_client import REGISTRY, generate_latest
-from support import INSTITUTION_A, STATEMENT_CACHE_SIZE, Api, bearer, refused
+from support import INSTITUTION_A, STATEMENT_CACHE_SIZE, Api, account_row_held, bearer, refused
 
 from gongji import metrics
 from gongji.store import db
@@ -69,10 +69,7 @@ async def test_a_call_cut_off_behind_a_lock_is_counted_with_its_code(
     before = {c: handled(c) for c in ("OK", "CANCELLED", "DEADLINE_EXCEEDED")}
     started = value("grpc_server_started_total", **SETTLE)
     latencies = value("grpc_server_handling_seconds_count", **SETTLE)
-    async with pool.acquire() as blocker:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("select 1 from account where person_id = $1 for update", authorizer)
+    async with account_row_held(pool, authorizer):
         if cut_off_by == "deadline":
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await api.settle(patient, 500, voucher=voucher, deadline_s=1.0)
@@ -89,7 +86,6 @@ async def test_a_call_cut_off_behind_a_lock_is_counted_with_its_code(
             with pytest.raises(asyncio.CancelledError):
                 await call
         await _until(lambda: handled(code) > before[code], f"{code} counted")
-        await tx.rollback()
     assert handled(code) == before[code] + 1
     other = {c for c in before if c != code}
     assert {c: handled(c) for c in other} == {c: before[c] for c in other}, "counted once, under its own code"
@@ -103,13 +99,9 @@ async def test_lock_wait_and_transaction_time_are_observed(api: Api, pool: async
     counts = {lock: value("gongji_settle_lock_wait_seconds_count", lock=lock) for lock in metrics.LOCK_KINDS}
     waited = value("gongji_settle_lock_wait_seconds_sum", lock="account")
     transactions = value("gongji_settle_transaction_seconds_count")
-    async with pool.acquire() as blocker:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("select 1 from account where person_id = $1 for update", authorizer)
+    async with account_row_held(pool, authorizer):
         settling = asyncio.ensure_future(api.settle(patient, 500, voucher=voucher))
         await _settle_waits_for_a_lock(pool)
-        await tx.rollback()
     assert (await settling).settlement.acct_mulaid_pay_fen == 400
     assert {lock: value("gongji_settle_lock_wait_seconds_count", lock=lock) - counts[lock] for lock in counts} == {
         lock: 1 for lock in counts
