@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     metrics_listen: str = "127.0.0.1:9464"
     grace_period_s: float = Field(default=10.0, ge=0, le=120)
     max_concurrent_rpcs: int = Field(default=limits.GRPC_CONCURRENT_RPCS_MAX, ge=1, le=100_000)
+    # How long a call's request message may take to follow its headers (limits.py).
+    request_message_wait_s: float = Field(default=limits.REQUEST_MESSAGE_WAIT_S, gt=0, le=60)
 
     # TLS: certificate chain and key (PEM). With a client CA too: mTLS, a client certificate is required.
     tls_cert_file: Path | None = None

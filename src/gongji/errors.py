@@ -18,6 +18,7 @@ into statuses in one place. Nothing here imports grpc, so the domain can raise t
     │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
     │   └── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
     ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED
+    │   └── Overloaded                  (the edge)         SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT
     ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED
     ├── TransactionAborted              ABORTED            TRANSACTION_ABORTED (deadlock, serialization)
     ├── Unavailable                     UNAVAILABLE        DATABASE_UNAVAILABLE
@@ -193,6 +194,32 @@ class FamilyLimitReached(GongjiError):
 class RegionPolicyLimitReached(GongjiError):
     code = "RESOURCE_EXHAUSTED"
     reason = "REGION_POLICY_LIMIT_REACHED"
+
+
+class Overloaded(GongjiError):
+    """Refused at the edge so that no caller takes the service from the others (gongji.api.admission).
+    Nothing was read or written; the client may retry after a pause."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class ServerBusy(Overloaded):
+    """The server has as many calls in flight as it takes (GONGJI_MAX_CONCURRENT_RPCS)."""
+
+    reason = "SERVER_BUSY"
+
+
+class CallerBusy(Overloaded):
+    """This credential (or its institution) already has its fair share of calls in flight."""
+
+    reason = "CALLER_BUSY"
+
+
+class RequestMessageTimeout(Overloaded):
+    """The call's headers came but its request message did not within the wait (a slow or hostile
+    client holding a stream open)."""
+
+    reason = "REQUEST_MESSAGE_TIMEOUT"
 
 
 class IdempotencyKeyReused(GongjiError):

@@ -57,6 +57,38 @@ HEALTH_CHECK_TIMEOUT_S = 5.0
 GRPC_MESSAGE_BYTES_MAX = 1 * 1024 * 1024
 GRPC_CONCURRENT_RPCS_MAX = 2_000
 
+# The edge: what one connection, one caller or a slow client may hold (gongji.api.admission).
+# Streams one connection may have open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS) are as many as the
+# server admits calls (GONGJI_MAX_CONCURRENT_RPCS): gRPC clients multiplex every call of a channel over
+# one connection (the app backend's, a load test's), and a stream beyond the limit is refused by gRPC
+# core with REFUSED_STREAM (UNAVAILABLE). What a connection's streams may hold is admission's business.
+# Connections one server process accepts (gRPC core closes the rest at once). With the stream limit
+# this bounds the calls a process can be made to hold, whatever the callers do.
+GRPC_CONNECTIONS_MAX = 2_000
+# A connection must finish its TLS and HTTP/2 handshake within this, or it is closed.
+GRPC_HANDSHAKE_TIMEOUT_MS = 10_000
+# Request headers (metadata) a client may send: gRPC's own default soft limit, named.
+GRPC_METADATA_BYTES_MAX = 8 * 1024
+# gRPC's own limit on calls in a process, counted from their headers: a backstop behind gongji's
+# admission (which answers with an ErrorInfo), reached only by a flood of streams that are being
+# refused at their headers; this many times GONGJI_MAX_CONCURRENT_RPCS.
+GRPC_STREAMS_BACKSTOP_FACTOR = 4
+# After its headers, a call's request message must arrive within this (it normally comes in the same
+# packet); a stream that sends nothing is ended with REQUEST_MESSAGE_TIMEOUT.
+REQUEST_MESSAGE_WAIT_S = 5.0
+# Fair shares of GONGJI_MAX_CONCURRENT_RPCS: the percentage of it that one credential (by its kind) or
+# all the terminals of one institution may have in flight. A terminal credential may be one POS or a
+# hospital's front-end processor speaking for all its counters, and the app backend speaks for every
+# insured person through one credential; so the shares are generous, but none is the whole: a stolen or
+# runaway credential leaves at least three quarters to the rest, one institution at least half.
+CALLS_IN_FLIGHT_TERMINAL_PERCENT = 25
+CALLS_IN_FLIGHT_INSTITUTION_PERCENT = 50
+CALLS_IN_FLIGHT_APP_PERCENT = 50
+CALLS_IN_FLIGHT_OPERATOR_PERCENT = 10
+# Credential look-ups (cache misses) in flight at once: a flood of unknown tokens queues on these, not
+# on the database pool that settlements need.
+CREDENTIAL_LOOKUPS_IN_FLIGHT_MAX = 4
+
 # Connections from POS terminals behind NAT (see "Operating gongji" in the README for the client side).
 # Carrier-grade and shop-router NATs forget an idle TCP mapping after as little as a minute or two, and
 # the terminal then waits out a dead connection at its next sale. The server therefore pings idle

@@ -31,6 +31,13 @@ GRPC_HANDLING_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
+# Calls refused at the edge so that no caller takes the service from the others (gongji.api.admission):
+# SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT. A rise means a caller misbehaves or the limits are
+# too tight; grpc_server_handled_total counts the same calls as RESOURCE_EXHAUSTED.
+EDGE_REFUSALS = Counter(
+    "gongji_edge_refusals_total", "Calls refused at the edge to protect the other callers, by reason.", ["reason"]
+)
+
 # Settlement outcomes and money.
 SETTLEMENTS = Counter(
     "gongji_settlements_total", "Settle calls by outcome: OK, REPLAYED, or the refusal reason.", ["outcome"]

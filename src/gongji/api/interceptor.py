@@ -1,8 +1,16 @@
-"""The one interceptor around every gongji RPC: authenticate, run, map GongjiError to a status, count.
+"""The one interceptor around every gongji RPC: authenticate, admit, read the request, run, map
+GongjiError to a status, count.
 
 Written by hand rather than taken from a package: the released Python gRPC-Prometheus interceptors lose
 cancelled calls and calls past their deadline, and authentication needs our own credential store.
 Health and reflection pass through untouched (no credentials, no metrics).
+
+Every gongji method is unary, yet the interceptor serves it as a stream-unary handler (the bytes on the
+wire are the same). grpc.aio runs a unary handler only once the request message has arrived, and counts
+the call from its headers: a client could hold any number of calls open by sending headers and never a
+message. Served as a stream, the call is authenticated as soon as its headers arrive (a caller without
+valid credentials is refused at once and holds nothing), admitted against its caller's fair share
+(gongji.api.admission), and only then is its one message read, within REQUEST_MESSAGE_WAIT_S.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import asyncpg
@@ -20,6 +28,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gongji import errors, limits, logs, metrics
+from gongji.api.admission import Admission
 from gongji.api.app import Context
 from gongji.api.auth import Authenticator, current_principal
 from gongji.api.status import to_status
@@ -66,11 +75,14 @@ class _Undecodable:
 
 
 Behavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[AsyncIterator[Any], Context], Awaitable[Any]]
 
 
 class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, admission: Admission, request_wait_s: float) -> None:
         self._auth = authenticator
+        self._admission = admission
+        self._request_wait_s = request_wait_s
 
     async def intercept_service(
         self,
@@ -97,37 +109,42 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except DecodeError:
                 return _Undecodable()
 
-        return grpc.unary_unary_rpc_method_handler(
+        return grpc.stream_unary_rpc_method_handler(
             wrapped,
             request_deserializer=tolerant_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, inner: Behavior, method: str, metadata: Any) -> Behavior:
+    def _wrap(self, inner: Behavior, method: str, metadata: Any) -> StreamBehavior:
         service, name = method[1:].split("/", 1)
         labels = ("unary", service, name)
 
-        async def behavior(request: Any, context: Context) -> Any:
-            call = _Call(method, labels, request)
+        async def behavior(requests: AsyncIterator[Any], context: Context) -> Any:
+            call = _Call(method, labels)
             metrics.GRPC_STARTED.labels(*labels).inc()
             try:
-                return await self._run(inner, request, context, metadata, call)
+                return await self._run(inner, requests, context, metadata, call)
             finally:
                 call.finish(context)
 
         return behavior
 
-    async def _run(self, inner: Behavior, request: Any, context: Context, metadata: Any, call: _Call) -> Any:
-        """Authenticate, run the servicer, and turn whatever it raises into one status."""
+    async def _run(
+        self, inner: Behavior, requests: AsyncIterator[Any], context: Context, metadata: Any, call: _Call
+    ) -> Any:
+        """Authenticate, admit, read the request, run the servicer, and turn whatever it raises into one
+        status."""
         try:
             call.principal = await self._auth.authenticate(metadata, call.method)
-            if isinstance(request, _Undecodable):
-                raise errors.InvalidArgument.one("request", f"not a valid {call.labels[2]} request message")
-            token = current_principal.set(call.principal)
-            try:
-                return await inner(request, context)
-            finally:
-                current_principal.reset(token)
+            with self._admission.admit(call.principal):
+                call.request = request = await self._request(requests)
+                if isinstance(request, _Undecodable):
+                    raise errors.InvalidArgument.one("request", f"not a valid {call.labels[2]} request message")
+                token = current_principal.set(call.principal)
+                try:
+                    return await inner(request, context)
+                finally:
+                    current_principal.reset(token)
         except errors.GongjiError as exc:
             await call.abort(context, exc)
         except _DB_UNAVAILABLE as exc:
@@ -154,14 +171,27 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             log.error("unhandled %s in %s\n%s", type(exc).__name__, call.method, frames)
             await call.abort(context, errors.Internal("internal error"))
 
+    async def _request(self, requests: AsyncIterator[Any]) -> Any:
+        """The call's one request message, which must come within the wait. A unary client sends exactly
+        one; anything it sends after the first is not read."""
+        try:
+            async with asyncio.timeout(self._request_wait_s):
+                return await anext(requests)
+        except StopAsyncIteration:
+            raise errors.InvalidArgument.one("request", "the call ended without a request message") from None
+        except TimeoutError:
+            raise errors.RequestMessageTimeout(
+                f"no request message within {self._request_wait_s:g} s of the call's headers"
+            ) from None
+
 
 class _Call:
     """What the interceptor learns about one RPC on the way, for its metrics and its log line."""
 
-    def __init__(self, method: str, labels: tuple[str, str, str], request: Any) -> None:
+    def __init__(self, method: str, labels: tuple[str, str, str]) -> None:
         self.method = method
         self.labels = labels
-        self.request = request
+        self.request: Any = None  # until it has been read
         self.started = time.perf_counter()
         self.code = "OK"
         self.reason = ""
@@ -170,6 +200,8 @@ class _Call:
 
     async def abort(self, context: Context, exc: errors.GongjiError) -> None:
         self.code, self.reason = exc.code, exc.reason
+        if isinstance(exc, errors.Overloaded):
+            metrics.EDGE_REFUSALS.labels(exc.reason).inc()
         status = to_status(exc)
         # Counted and logged before the status leaves: grpc.aio's abort sends it at once, and whoever
         # receives it (an operator, a test) must find the line and the counts already there.

@@ -1,0 +1,80 @@
+"""The edge of the server: a call's request message must follow its headers within the wait; a call
+that ends without one, or comes without credentials, is refused at once with an ErrorInfo; and the
+server keeps serving afterwards."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+import pytest
+from conftest import VOUCHER_KEY
+from harness import reason_of
+from support import Tokens, bearer, new_person_id
+
+from gongji.api import server
+from gongji.api.app import App
+from gongji.config import Settings
+from gongji.domain.vouchers import VoucherCodec
+from gongji.v1 import account_pb2
+
+S = grpc.StatusCode
+GET_ACCOUNT = "/gongji.v1.AccountService/GetAccount"
+WAIT_S = 0.5
+
+
+@pytest.fixture(scope="module")
+async def edge(db_url: str, server_pool: asyncpg.Pool) -> AsyncIterator[grpc.aio.Channel]:
+    """A server of this module's own whose request-message wait is short."""
+    settings = Settings(
+        database_url=db_url, voucher_key=VOUCHER_KEY.decode(), grpc_listen="127.0.0.1:0", request_message_wait_s=WAIT_S
+    )
+    running = await server.start(App(settings, server_pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1")), "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield channel
+    finally:
+        await running.stop(1.0)
+
+
+def _serialize(message: account_pb2.GetAccountRequest) -> bytes:
+    return message.SerializeToString()
+
+
+async def test_a_stream_that_sends_no_message_is_ended_after_the_wait(edge: grpc.aio.Channel, tokens: Tokens) -> None:
+    call = edge.stream_unary(GET_ACCOUNT, request_serializer=_serialize)(metadata=bearer(tokens.operator))
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call
+    assert refused.value.code() == S.RESOURCE_EXHAUSTED
+    assert reason_of(refused.value) == "REQUEST_MESSAGE_TIMEOUT"
+    assert time.monotonic() - started >= WAIT_S
+
+
+async def test_a_call_that_ends_without_a_message_is_invalid(edge: grpc.aio.Channel, tokens: Tokens) -> None:
+    call = edge.stream_unary(GET_ACCOUNT, request_serializer=_serialize)(metadata=bearer(tokens.operator))
+    await call.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call
+    assert refused.value.code() == S.INVALID_ARGUMENT
+    assert reason_of(refused.value) == "INVALID_ARGUMENT"
+
+
+async def test_no_credentials_are_refused_before_any_message(edge: grpc.aio.Channel) -> None:
+    """Refused at the headers: well before the message wait would end the call."""
+    call = edge.stream_unary(GET_ACCOUNT, request_serializer=_serialize)()
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call
+    assert refused.value.code() == S.UNAUTHENTICATED
+    assert reason_of(refused.value) == "CREDENTIALS_MISSING"
+    assert time.monotonic() - started < WAIT_S
+
+
+async def test_the_server_serves_after_them(edge: grpc.aio.Channel, tokens: Tokens) -> None:
+    stub = edge.unary_unary(GET_ACCOUNT, request_serializer=_serialize)
+    with pytest.raises(grpc.aio.AioRpcError) as answered:
+        await stub(account_pb2.GetAccountRequest(person_id=new_person_id()), metadata=bearer(tokens.operator))
+    assert reason_of(answered.value) == "PERSON_NOT_FOUND"  # a real answer from the database
