@@ -9,7 +9,7 @@ into statuses in one place. Nothing here imports grpc, so the domain can raise t
     ├── PermissionDenied                PERMISSION_DENIED  NOT_ALLOWED, VOUCHER_PATIENT_MISMATCH,
     │                                                      INSTITUTION_MISMATCH
     ├── NotFound                        NOT_FOUND          PERSON_NOT_FOUND, SETTLEMENT_NOT_FOUND,
-    │                                                      BINDING_NOT_FOUND
+    │                                                      BINDING_NOT_FOUND, INSTITUTION_NOT_FOUND
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── eligibility                 PERSON_NOT_ACTIVE, NOT_EMPLOYEE_INSURED, BENEFICIARY_NOT_INSURED,
     │   │                               RELATIONSHIP_NOT_ALLOWED, RELATIONSHIP_IMPLAUSIBLE,
@@ -112,6 +112,10 @@ class PersonNotFound(NotFound):
 
 class SettlementNotFound(NotFound):
     reason = "SETTLEMENT_NOT_FOUND"
+
+
+class InstitutionNotFound(NotFound):
+    reason = "INSTITUTION_NOT_FOUND"
 
 
 class BindingNotFound(NotFound):

@@ -201,6 +201,11 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         )
         after = fields.day_cursor("page_token", request.page_token, day)
         fields.done()
+        # An operator reads "no activity" only for an institution that exists; a wrong id is an error.
+        if current_principal.get().kind is Kind.OPERATOR and not await lifecycle.institution_exists(
+            self._app.pool, institution_id
+        ):
+            raise errors.InstitutionNotFound("no institution with this id")
         start = dt.datetime(day.year, day.month, day.day, tzinfo=CHINA)
         end = start + dt.timedelta(days=1)  # China keeps no daylight saving time
         reply = settlement_pb2.ReconcileResponse(institution_id=institution_id, date=day.isoformat())
@@ -219,11 +224,12 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     def _reconciled_institution(fields: Fields, asked: str) -> str:
         """A terminal reconciles its own institution; an operator names one."""
         principal = current_principal.get()
+        if asked:
+            fields.institution_id("institution_id", asked)
+            fields.done()  # a malformed id is bad input before it is anyone's institution
         if principal.kind is Kind.OPERATOR:
             if not asked:
                 fields.bad("institution_id", "is required for an operator")
-            elif len(asked) > limits.INSTITUTION_ID_LEN_MAX or not asked.isalnum():
-                fields.bad("institution_id", f"must be 1 to {limits.INSTITUTION_ID_LEN_MAX} letters and digits")
             return asked
         assert principal.institution_id is not None
         if asked and asked != principal.institution_id:

@@ -20,6 +20,10 @@ _PHONE = re.compile(rf"\+?[0-9]{{5,{limits.PHONE_LEN_MAX}}}")
 _DOCUMENT_NUMBER = re.compile(r"[0-9A-Za-z]+")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _ENTRY_ID = re.compile(r"[0-9]{1,19}")
+# Identifiers are ASCII (the character classes below are code-point ranges, unlike \d, \w or
+# str.isalnum(), which accept full-width and other scripts' digits and letters).
+_INSTITUTION_ID = re.compile(rf"[A-Za-z0-9]{{1,{limits.INSTITUTION_ID_LEN_MAX}}}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Ages, dates and days are the calendar day in China: every 统筹区 keeps Beijing time (no daylight saving).
 CHINA = ZoneInfo("Asia/Shanghai")
 
@@ -114,11 +118,16 @@ class Fields:
         return day
 
     def uuid_id(self, field: str, value: str) -> uuid.UUID | None:
-        try:
-            return uuid.UUID(value) if len(value) == 36 else uuid.UUID("not a uuid")
-        except ValueError:
+        # uuid.UUID alone would take full-width digits (it parses with int()).
+        if not _UUID.fullmatch(value):
             self.bad(field, "must be an id as answered by gongji (a UUID)")
             return None
+        return uuid.UUID(value)
+
+    def institution_id(self, field: str, value: str) -> str:
+        if not _INSTITUTION_ID.fullmatch(value):
+            self.bad(field, f"must be 1 to {limits.INSTITUTION_ID_LEN_MAX} ASCII letters and digits")
+        return value
 
     def page_size(self, field: str, value: int, default: int, maximum: int) -> int:
         if not 0 <= value <= maximum:

@@ -129,6 +129,13 @@ select refund_id, request_id, settlement_id, kind, amount_fen, acct_pay_fen, acc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
+_INSTITUTION_EXISTS = "select exists (select 1 from institution where institution_id = $1)"
+
+
+async def institution_exists(pool: asyncpg.Pool, institution_id: str) -> bool:
+    return bool(await pool.fetchval(_INSTITUTION_EXISTS, institution_id))
+
+
 async def day_totals(pool: asyncpg.Pool, institution_id: str, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
     settled = await pool.fetchrow(_DAY_SETTLEMENTS, institution_id, start, end)
     refunded = await pool.fetchrow(_DAY_REFUNDS, institution_id, start, end)
