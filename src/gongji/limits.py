@@ -58,10 +58,11 @@ GRPC_MESSAGE_BYTES_MAX = 1 * 1024 * 1024
 GRPC_CONCURRENT_RPCS_MAX = 2_000
 
 # The edge: what one connection, one caller or a slow client may hold (gongji.api.admission).
-# Streams one connection may have open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS) are as many as the
-# server admits calls (GONGJI_MAX_CONCURRENT_RPCS): gRPC clients multiplex every call of a channel over
-# one connection (the app backend's, a load test's), and a stream beyond the limit is refused by gRPC
-# core with REFUSED_STREAM (UNAVAILABLE). What a connection's streams may hold is admission's business.
+# Streams one connection may have open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): as many as the server
+# admits calls by default. gRPC clients multiplex every call of a channel over one connection (the app
+# backend's, a load test's), and a stream beyond the limit is refused by gRPC core (REFUSED_STREAM:
+# UNAVAILABLE) or queued by the client. What a connection's streams may hold is admission's business.
+GRPC_STREAMS_PER_CONNECTION_MAX = 2_000
 # Connections one server process accepts (gRPC core closes the rest at once). With the stream limit
 # this bounds the calls a process can be made to hold, whatever the callers do.
 GRPC_CONNECTIONS_MAX = 2_000

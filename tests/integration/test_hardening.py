@@ -18,13 +18,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import Api, account_row_held, bearer
+from harness import reason_of
+from support import INSTITUTION_A, INSTITUTION_B, Api, account_row_held, bearer
 
 from gongji.api import server
 from gongji.api.app import App
+from gongji.api.auth import INSTITUTION_URI_PREFIX
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
-from gongji.v1 import account_pb2, account_pb2_grpc
+from gongji.v1 import account_pb2, account_pb2_grpc, settlement_pb2
 
 S = grpc.StatusCode
 
@@ -36,7 +38,11 @@ class Pem:
 
 
 def _issue(
-    subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, *, ca: bool
+    subject: str,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool,
+    uris: tuple[str, ...] = (),
 ) -> tuple[Pem, x509.Name, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
@@ -54,7 +60,13 @@ def _issue(
     )
     if not ca:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    *(x509.UniformResourceIdentifier(uri) for uri in uris),
+                ]
+            ),
             critical=False,
         )
     cert = builder.sign(issuer_key, hashes.SHA256())
@@ -71,6 +83,9 @@ class Pki:
     server: Pem
     client: Pem
     stranger: Pem  # a client certificate from another CA
+    terminal_a: Pem  # names institution A (urn:gongji:institution:...)
+    terminal_b: Pem  # names institution B
+    two_institutions: Pem  # names A and B
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +97,16 @@ def pki() -> Pki:
         server=_issue("localhost", (ca_name, ca_key), ca=False)[0],
         client=_issue("POS-A1", (ca_name, ca_key), ca=False)[0],
         stranger=_issue("POS-X", (other_name, other_key), ca=False)[0],
+        terminal_a=_issue("POS-A1", (ca_name, ca_key), ca=False, uris=(_institution_uri(INSTITUTION_A),))[0],
+        terminal_b=_issue("POS-B1", (ca_name, ca_key), ca=False, uris=(_institution_uri(INSTITUTION_B),))[0],
+        two_institutions=_issue(
+            "POS-AB", (ca_name, ca_key), ca=False, uris=tuple(map(_institution_uri, (INSTITUTION_A, INSTITUTION_B)))
+        )[0],
     )
+
+
+def _institution_uri(institution_id: str) -> str:
+    return f"{INSTITUTION_URI_PREFIX}{institution_id}"
 
 
 def _files(tmp: Path, pki: Pki, *, mtls: bool) -> dict[str, Path]:
@@ -156,6 +180,49 @@ async def test_mtls_requires_a_client_certificate_from_the_configured_ca(
             assert not await _healthy(ch)
 
 
+async def test_with_mtls_a_terminals_institution_is_the_one_its_certificate_names(
+    start: object, pki: Pki, tmp_path: Path, api: Api, pool: asyncpg.Pool
+) -> None:
+    """Institution A's token settles over A's certificate; over B's certificate, over one that names no
+    institution or two, it is refused (INSTITUTION_MISMATCH) and nothing is written. Operators and the
+    app backend need no institution in their certificates."""
+    port = await start(**_files(tmp_path, pki, mtls=True))  # type: ignore[operator]
+    patient = await api.enroll(balance_fen=1_000)
+
+    async def settle(client: Pem, token: str) -> str:
+        async with _secure(port, pki, client) as ch:
+            try:
+                await Api(ch, api.tokens).settle(patient, 100, voucher=await api.voucher(patient), token=token)
+            except grpc.aio.AioRpcError as error:
+                return f"{error.code().name}/{reason_of(error)}"
+            return "OK"
+
+    assert await settle(pki.terminal_a, api.tokens.terminal_a) == "OK"
+    assert await settle(pki.terminal_b, api.tokens.terminal_b) == "OK"
+    settled = await pool.fetchval("select count(*) from settlement where patient_id = $1", patient)
+    for client, token in (
+        (pki.terminal_b, api.tokens.terminal_a),
+        (pki.terminal_a, api.tokens.terminal_b),
+        (pki.client, api.tokens.terminal_a),
+        (pki.two_institutions, api.tokens.terminal_a),
+    ):
+        assert await settle(client, token) == "PERMISSION_DENIED/INSTITUTION_MISMATCH"
+    assert await pool.fetchval("select count(*) from settlement where patient_id = $1", patient) == settled
+    assert await api.balance(patient) == 800
+    async with _secure(port, pki, pki.client) as ch:
+        reconciled = await Api(ch, api.tokens).settlement.Reconcile(
+            settlement_pb2.ReconcileRequest(date="2026-01-05", institution_id=INSTITUTION_A),
+            metadata=bearer(api.tokens.operator),
+        )
+        assert reconciled.institution_id == INSTITUTION_A
+
+
+async def test_without_mtls_the_institution_comes_from_the_token(api: Api) -> None:
+    patient = await api.enroll(balance_fen=1_000)
+    settled = await api.settle(patient, 100, token=api.tokens.terminal_b)
+    assert settled.settlement.institution_id == INSTITUTION_B
+
+
 async def test_concurrent_rpcs_beyond_the_limit_are_resource_exhausted(
     start: object, api: Api, pool: asyncpg.Pool
 ) -> None:
@@ -177,6 +244,7 @@ async def test_concurrent_rpcs_beyond_the_limit_are_resource_exhausted(
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await limited.balance(patient)
             assert caught.value.code() == S.RESOURCE_EXHAUSTED
+            assert reason_of(caught.value) == "SERVER_BUSY"
         assert (await held).settlement.acct_pay_fen == 100
         assert await limited.balance(patient) == 900
 

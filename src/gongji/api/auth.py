@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 
 import asyncpg
@@ -45,6 +45,34 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
                 raise errors.CredentialsInvalid("authorization must be 'Bearer <token>'")
             return token.strip()
     raise errors.CredentialsMissing("missing 'authorization: Bearer <token>' metadata")
+
+
+# With mTLS, a terminal's client certificate names its institution in a URI subject alternative name
+# of this form (urn:gongji:institution:H61010300001). The certificate authority vouches for the
+# institution; the bearer token for the terminal. A token of another institution is refused.
+INSTITUTION_URI_PREFIX = "urn:gongji:institution:"
+
+
+def certificate_institution(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The institution the client certificate names, from its URI SANs (gRPC's `peer_uri` property);
+    None when it names none, or more than one."""
+    named = {
+        uri.decode("utf-8", "replace").removeprefix(INSTITUTION_URI_PREFIX)
+        for uri in auth_context.get("peer_uri", ())
+        if uri.startswith(INSTITUTION_URI_PREFIX.encode())
+    }
+    return named.pop() if len(named) == 1 else None
+
+
+def check_certificate(principal: Principal, auth_context: Mapping[str, Iterable[bytes]]) -> None:
+    """With mTLS on, a terminal's institution is the one its client certificate names."""
+    if principal.kind is not Kind.TERMINAL:
+        return
+    certified = certificate_institution(auth_context)
+    if certified is None:
+        raise errors.InstitutionMismatch(f"the client certificate names no institution ({INSTITUTION_URI_PREFIX}<id>)")
+    if certified != principal.institution_id:
+        raise errors.InstitutionMismatch("the credential belongs to another institution than the client certificate")
 
 
 class Authenticator:

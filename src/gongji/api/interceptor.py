@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 from gongji import errors, limits, logs, metrics
 from gongji.api.admission import Admission
 from gongji.api.app import Context
-from gongji.api.auth import Authenticator, current_principal
+from gongji.api.auth import Authenticator, check_certificate, current_principal
 from gongji.api.status import to_status
 from gongji.store import db
 from gongji.store.credentials import Principal
@@ -79,10 +79,13 @@ StreamBehavior = Callable[[AsyncIterator[Any], Context], Awaitable[Any]]
 
 
 class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, authenticator: Authenticator, admission: Admission, request_wait_s: float) -> None:
+    def __init__(
+        self, authenticator: Authenticator, admission: Admission, request_wait_s: float, *, mtls: bool
+    ) -> None:
         self._auth = authenticator
         self._admission = admission
         self._request_wait_s = request_wait_s
+        self._mtls = mtls  # client certificates are required: they name a terminal's institution
 
     async def intercept_service(
         self,
@@ -136,6 +139,8 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         status."""
         try:
             call.principal = await self._auth.authenticate(metadata, call.method)
+            if self._mtls:
+                check_certificate(call.principal, context.auth_context())
             with self._admission.admit(call.principal):
                 call.request = request = await self._request(requests)
                 if isinstance(request, _Undecodable):

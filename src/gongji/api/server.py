@@ -54,8 +54,9 @@ SERVER_OPTIONS = [
     ("grpc.max_connection_idle_ms", limits.GRPC_CONNECTION_IDLE_MS_MAX),
     ("grpc.max_connection_age_ms", limits.GRPC_CONNECTION_AGE_MS_MAX),
     ("grpc.max_connection_age_grace_ms", limits.GRPC_CONNECTION_AGE_GRACE_MS),
-    # The edge (gongji.api.admission for the rest): connections per process, the time to finish a
-    # handshake, and the size of a call's headers. Streams per connection: see start().
+    # The edge (gongji.api.admission for the rest): streams per connection, connections per process,
+    # the time to finish a handshake, and the size of a call's headers.
+    ("grpc.max_concurrent_streams", limits.GRPC_STREAMS_PER_CONNECTION_MAX),
     ("grpc.max_allowed_incoming_connections", limits.GRPC_CONNECTIONS_MAX),
     ("grpc.server_handshake_timeout_ms", limits.GRPC_HANDSHAKE_TIMEOUT_MS),
     ("grpc.max_metadata_size", limits.GRPC_METADATA_BYTES_MAX),
@@ -124,15 +125,19 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     metrics.watch_pool(app.pool)
     admission = Admission(app.settings.max_concurrent_rpcs)
     server = grpc.aio.server(
-        interceptors=[GongjiInterceptor(Authenticator(app.pool), admission, app.settings.request_message_wait_s)],
+        interceptors=[
+            GongjiInterceptor(
+                Authenticator(app.pool),
+                admission,
+                app.settings.request_message_wait_s,
+                mtls=app.settings.tls_client_ca_file is not None,
+            )
+        ],
         # gongji's admission answers first, with an ErrorInfo; grpc's own limit, counted from the
         # headers, is only a backstop (beyond it grpc answers RESOURCE_EXHAUSTED "Concurrent RPC limit
         # exceeded!" by itself, without an ErrorInfo).
         maximum_concurrent_rpcs=app.settings.max_concurrent_rpcs * limits.GRPC_STREAMS_BACKSTOP_FACTOR,
-        options=[
-            *((k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in SERVER_OPTIONS),
-            ("grpc.max_concurrent_streams", app.settings.max_concurrent_rpcs),  # limits.py says why
-        ],
+        options=[(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in SERVER_OPTIONS],
     )
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(app), server)
     family_pb2_grpc.add_FamilyServiceServicer_to_server(FamilyService(app), server)
