@@ -42,6 +42,8 @@ rpc_log = logging.getLogger("gongji.rpc")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 
 _PREFIX = "/gongji.v1."
+# What ServicerContext.read() answers once the client has half-closed (missing from grpc-stubs 1.53).
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 # The database is unreachable, restarting, full or read-only (a failover): the client may retry.
 # Serving a call does no I/O but the database's, so any OSError (refused, reset, timed out, a Unix
@@ -122,19 +124,17 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         service, name = method[1:].split("/", 1)
         labels = ("unary", service, name)
 
-        async def behavior(requests: AsyncIterator[Any], context: Context) -> Any:
+        async def behavior(_requests: AsyncIterator[Any], context: Context) -> Any:
             call = _Call(method, labels)
             metrics.GRPC_STARTED.labels(*labels).inc()
             try:
-                return await self._run(inner, requests, context, metadata, call)
+                return await self._run(inner, context, metadata, call)
             finally:
                 call.finish(context)
 
         return behavior
 
-    async def _run(
-        self, inner: Behavior, requests: AsyncIterator[Any], context: Context, metadata: Any, call: _Call
-    ) -> Any:
+    async def _run(self, inner: Behavior, context: Context, metadata: Any, call: _Call) -> Any:
         """Authenticate, admit, read the request, run the servicer, and turn whatever it raises into one
         status."""
         try:
@@ -142,7 +142,7 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if self._mtls:
                 check_certificate(call.principal, context.auth_context())
             with self._admission.admit(call.principal):
-                call.request = request = await self._request(requests)
+                call.request = request = await self._request(context)
                 if isinstance(request, _Undecodable):
                     raise errors.InvalidArgument.one("request", f"not a valid {call.labels[2]} request message")
                 token = current_principal.set(call.principal)
@@ -176,18 +176,20 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             log.error("unhandled %s in %s\n%s", type(exc).__name__, call.method, frames)
             await call.abort(context, errors.Internal("internal error"))
 
-    async def _request(self, requests: AsyncIterator[Any]) -> Any:
+    async def _request(self, context: Context) -> Any:
         """The call's one request message, which must come within the wait. A unary client sends exactly
-        one; anything it sends after the first is not read."""
+        one; anything it sends after the first is not read. (The context's reader, not the request
+        iterator grpc passes: the same message without an async generator per call.)"""
         try:
             async with asyncio.timeout(self._request_wait_s):
-                return await anext(requests)
-        except StopAsyncIteration:
-            raise errors.InvalidArgument.one("request", "the call ended without a request message") from None
+                request = await context.read()
         except TimeoutError:
             raise errors.RequestMessageTimeout(
                 f"no request message within {self._request_wait_s:g} s of the call's headers"
             ) from None
+        if request is _EOF:
+            raise errors.InvalidArgument.one("request", "the call ended without a request message")
+        return request
 
 
 class _Call:
