@@ -219,4 +219,7 @@ async def test_a_stolen_credential_holds_only_its_share(served: Any) -> None:
     assert codes == {"OK": SALES}, "an honest call was locked out by one credential"
     assert held <= share(MAX_CONCURRENT_RPCS, limits.CALLS_IN_FLIGHT_TERMINAL_PERCENT), held
     refused = {answer for answer in attacker.answers if answer.startswith("RESOURCE_EXHAUSTED")}
-    assert refused == {"RESOURCE_EXHAUSTED/CALLER_BUSY"}, attacker.answers
+    # Beyond its share at once; the streams it held, once the request-message wait ran out (when the
+    # attack lasted that long on a busy machine).
+    assert "RESOURCE_EXHAUSTED/CALLER_BUSY" in refused, attacker.answers
+    assert refused <= {"RESOURCE_EXHAUSTED/CALLER_BUSY", "RESOURCE_EXHAUSTED/REQUEST_MESSAGE_TIMEOUT"}, attacker.answers

@@ -323,7 +323,9 @@ class ReconcileRequest(_message.Message):
     detail: _builtins.bool
     """Include the settlements themselves (3202), one page at a time."""
     institution_id: _builtins.str
-    """Operators must name the institution; a terminal reconciles its own (empty, or its own id)."""
+    """Operators must name the institution (1 to 32 ASCII letters and digits; one that does not exist is
+    NOT_FOUND / INSTITUTION_NOT_FOUND); a terminal reconciles its own (empty, or its own id).
+    """
     page_size: _builtins.int
     """Settlements per page with detail: default 100, at most 1000."""
     page_token: _builtins.str

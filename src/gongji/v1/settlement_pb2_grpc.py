@@ -27,7 +27,13 @@ if _version_not_supported:
 
 class SettlementServiceStub:
     """Settlement at a designated pharmacy or hospital. Called by POS terminals with a terminal token;
-    the institution always comes from that token.
+    the institution always comes from that token, and with mTLS it must be the one the terminal's client
+    certificate names (a URI SAN urn:gongji:institution:<id>), else PERMISSION_DENIED /
+    INSTITUTION_MISMATCH.
+
+    Every identifier in these messages is ASCII: full-width or look-alike characters of other scripts
+    are INVALID_ARGUMENT naming the field. Calls beyond a caller's fair share of the server answer
+    RESOURCE_EXHAUSTED (SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT); see the README, "The edge".
     """
 
     def __init__(self, channel):
@@ -70,7 +76,13 @@ class SettlementServiceStub:
 
 class SettlementServiceServicer:
     """Settlement at a designated pharmacy or hospital. Called by POS terminals with a terminal token;
-    the institution always comes from that token.
+    the institution always comes from that token, and with mTLS it must be the one the terminal's client
+    certificate names (a URI SAN urn:gongji:institution:<id>), else PERMISSION_DENIED /
+    INSTITUTION_MISMATCH.
+
+    Every identifier in these messages is ASCII: full-width or look-alike characters of other scripts
+    are INVALID_ARGUMENT naming the field. Calls beyond a caller's fair share of the server answer
+    RESOURCE_EXHAUSTED (SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT); see the README, "The edge".
     """
 
     def Quote(self, request, context):
@@ -158,7 +170,13 @@ def add_SettlementServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SettlementService:
     """Settlement at a designated pharmacy or hospital. Called by POS terminals with a terminal token;
-    the institution always comes from that token.
+    the institution always comes from that token, and with mTLS it must be the one the terminal's client
+    certificate names (a URI SAN urn:gongji:institution:<id>), else PERMISSION_DENIED /
+    INSTITUTION_MISMATCH.
+
+    Every identifier in these messages is ASCII: full-width or look-alike characters of other scripts
+    are INVALID_ARGUMENT naming the field. Calls beyond a caller's fair share of the server answer
+    RESOURCE_EXHAUSTED (SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT); see the README, "The edge".
     """
 
     @staticmethod

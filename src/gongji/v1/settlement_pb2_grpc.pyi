@@ -28,7 +28,13 @@ GRPC_VERSION: str
 
 class SettlementServiceStub:
     """Settlement at a designated pharmacy or hospital. Called by POS terminals with a terminal token;
-    the institution always comes from that token.
+    the institution always comes from that token, and with mTLS it must be the one the terminal's client
+    certificate names (a URI SAN urn:gongji:institution:<id>), else PERMISSION_DENIED /
+    INSTITUTION_MISMATCH.
+
+    Every identifier in these messages is ASCII: full-width or look-alike characters of other scripts
+    are INVALID_ARGUMENT naming the field. Calls beyond a caller's fair share of the server answer
+    RESOURCE_EXHAUSTED (SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT); see the README, "The edge".
     """
 
     @_typing.overload
@@ -51,7 +57,13 @@ class SettlementServiceStub:
 @_typing.type_check_only
 class SettlementServiceAsyncStub(SettlementServiceStub):
     """Settlement at a designated pharmacy or hospital. Called by POS terminals with a terminal token;
-    the institution always comes from that token.
+    the institution always comes from that token, and with mTLS it must be the one the terminal's client
+    certificate names (a URI SAN urn:gongji:institution:<id>), else PERMISSION_DENIED /
+    INSTITUTION_MISMATCH.
+
+    Every identifier in these messages is ASCII: full-width or look-alike characters of other scripts
+    are INVALID_ARGUMENT naming the field. Calls beyond a caller's fair share of the server answer
+    RESOURCE_EXHAUSTED (SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT); see the README, "The edge".
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -70,7 +82,13 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
 
 class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     """Settlement at a designated pharmacy or hospital. Called by POS terminals with a terminal token;
-    the institution always comes from that token.
+    the institution always comes from that token, and with mTLS it must be the one the terminal's client
+    certificate names (a URI SAN urn:gongji:institution:<id>), else PERMISSION_DENIED /
+    INSTITUTION_MISMATCH.
+
+    Every identifier in these messages is ASCII: full-width or look-alike characters of other scripts
+    are INVALID_ARGUMENT naming the field. Calls beyond a caller's fair share of the server answer
+    RESOURCE_EXHAUSTED (SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT); see the README, "The edge".
     """
 
     @_abc_1.abstractmethod
