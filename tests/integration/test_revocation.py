@@ -7,6 +7,8 @@ refused with UNAUTHENTICATED / CREDENTIALS_INVALID and move no money and write n
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -15,15 +17,11 @@ import grpc
 import pytest
 from support import INSTITUTION_A, Api, bearer, cancel, refused, reverse
 
-from gongji.store import credentials
+from gongji.store import credentials, lifecycle, settlements
 from gongji.store.credentials import Kind
 from gongji.v1 import account_pb2
 
-pytestmark = [
-    pytest.mark.usefixtures("books"),
-    # Today a revoked credential keeps working for the life of the server's credential cache.
-    pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="issue 12: revocation waits for the cache"),
-]
+pytestmark = pytest.mark.usefixtures("books")
 
 INVALID = (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_INVALID")
 
@@ -113,3 +111,30 @@ async def test_credit_right_after_revocation_is_refused(api: Api, pool: asyncpg.
     await refused(api.account.Credit(request, metadata=bearer(token)), *INVALID)
     assert await api.balance(patient) == 1_100
     assert await _writes(pool) == before
+
+
+@pytest.mark.parametrize(
+    ("query", "function"),
+    [
+        (settlements._SETTLE, "gongji_settle"),
+        (lifecycle._CANCEL, "gongji_cancel"),
+        (lifecycle._REVERSE, "gongji_reverse"),
+    ],
+)
+async def test_the_money_function_runs_only_for_a_live_credential_row(
+    pool: asyncpg.Pool, query: str, function: str
+) -> None:
+    """The plan reads the credential row first and runs the function inside the loop over the rows
+    that qualify, with arguments taken from that row (LATERAL: no plan could run it first), so a
+    revoked or missing credential never reaches it. The refusals above show that nothing was written;
+    this shows why nothing can be."""
+    args = [None] * (max(map(int, re.findall(r"\$(\d+)", query))) - 1)  # credential 1; the rest: any
+    async with pool.acquire() as conn:
+        explained = await conn.fetchval(f"explain (format json, costs off, verbose) {query}", 1, *args)
+    plan = json.loads(explained)[0]["Plan"]
+    assert plan["Node Type"] == "Nested Loop", plan
+    outer, inner = plan["Plans"]
+    assert outer.get("Relation Name") == "credential", outer
+    assert "revoked_at IS NULL" in outer.get("Filter", ""), outer
+    assert (inner["Node Type"], inner.get("Function Name")) == ("Function Scan", function), inner
+    assert inner["Function Call"].startswith(f"{function}(c.institution_id"), inner
