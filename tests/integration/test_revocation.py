@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from support import INSTITUTION_A, Api, bearer, cancel, refused, reverse
 
 from gongji import limits
@@ -271,6 +272,7 @@ async def test_when_the_listener_is_cut_off_revocation_still_takes_effect_and_it
     patient = await api.enroll(balance_fen=100)
     token = await credentials.create(pool, Kind.OPERATOR, f"revocation {uuid.uuid4().hex[:8]}")
     await _get_account(api, token, patient)()  # warm
+    losses = REGISTRY.get_sample_value("gongji_credential_listener_losses_total") or 0.0
     assert await pool.fetchval("select pg_terminate_backend($1)", listening)
     # Whatever the listener missed while it was down: an unannounced revocation stands for it.
     await _revoke_unannounced(pool, token)
@@ -283,11 +285,15 @@ async def test_when_the_listener_is_cut_off_revocation_still_takes_effect_and_it
         return running.credentials.connection is not None and pid is not None and pid != listening
 
     await _until(back, 15)
+    assert REGISTRY.get_sample_value("gongji_credential_listener_losses_total") == losses + 1
+    assert REGISTRY.get_sample_value("gongji_credential_listeners_connected") == 1
     # Listening again: an announced revocation is seen at once.
     other = await credentials.create(pool, Kind.OPERATOR, f"revocation {uuid.uuid4().hex[:8]}")
     await _get_account(api, other, patient)()
+    changes = REGISTRY.get_sample_value("gongji_credential_changes_total") or 0.0
     await _revoke(pool, other)
     assert await _until(lambda: _refused_now(_get_account(api, other, patient)), 1.0) < 1.0
+    assert (REGISTRY.get_sample_value("gongji_credential_changes_total") or 0.0) > changes
 
 
 async def test_last_use_is_recorded_in_batches(api: Api, pool: asyncpg.Pool, running: server.Running) -> None:

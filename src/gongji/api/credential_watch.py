@@ -17,7 +17,7 @@ import random
 
 import asyncpg
 
-from gongji import limits
+from gongji import limits, metrics
 from gongji.api.auth import Authenticator
 from gongji.store import credentials, db
 
@@ -113,15 +113,20 @@ class CredentialWatch:
             # From here on every change is announced to us: forget what may have changed before.
             self._auth.listening(True)
             self.connection = conn
+            metrics.CREDENTIAL_LISTENERS.inc()
             log.info("credential listener connected")
             while not await _lost_or_silent(conn, lost):
                 pass
+            metrics.CREDENTIAL_LISTENER_LOSSES.inc()
         finally:
+            if self.connection is not None:
+                metrics.CREDENTIAL_LISTENERS.dec()
             self.connection = None
             self._auth.listening(False)
             conn.terminate()  # at once: a lost connection has nothing to say goodbye to
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        metrics.CREDENTIAL_CHANGES.inc()
         self._auth.credential_changed(str(payload))
 
 
