@@ -35,6 +35,7 @@ class CredentialWatch:
         self._url = listen_url
         self._tasks: list[asyncio.Task[None]] = []
         self.connection: asyncpg.Connection | None = None  # while connected (the tests read its pid)
+        self._connections = 0
 
     def start(self) -> None:
         """Without a URL there is nothing to listen on: the cache then keeps its short lifetime."""
@@ -114,7 +115,9 @@ class CredentialWatch:
             self._auth.listening(True)
             self.connection = conn
             metrics.CREDENTIAL_LISTENERS.inc()
-            log.info("credential listener connected")
+            self._connections += 1
+            # A reconnection at the level its loss was logged at, so that whoever saw one sees the other.
+            log.log(logging.INFO if self._connections == 1 else logging.WARNING, "credential listener connected")
             while not await _lost_or_silent(conn, lost):
                 pass
             metrics.CREDENTIAL_LISTENER_LOSSES.inc()
