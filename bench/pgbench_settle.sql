@@ -1,10 +1,13 @@
 -- The database ceiling: the same settlement SQL gongji runs, issued by pgbench straight to PostgreSQL.
 -- Like a real request, each transaction first records an e-voucher, then settles with it in one call to
--- gongji_settle. bench/run.py fills bench_patient (n -> person_id), passes -D patients=N and runs this
--- with -M extended, so that :patient and :voucher_id travel as parameters.
+-- gongji_settle, guarded by the terminal's credential as gongji.store.settlements does. bench/run.py
+-- fills bench_patient (n -> person_id), passes -D patients=N -D credential_id=N and runs this with
+-- -M extended, so that :patient and :voucher_id travel as parameters.
 \set n random(1, :patients)
 insert into voucher (voucher_id, person_id, requester_id, expires_at)
 select gen_random_uuid(), person_id, person_id, now() + interval '60 seconds' from bench_patient where n = :n
 returning voucher_id, person_id as patient \gset
-select outcome from gongji_settle('HBENCHPGBENCH', 'PGBENCH', gen_random_uuid()::text, '\x00'::bytea,
-                                  :voucher_id::uuid, :patient::text, 1234, null, true);
+select g.outcome from credential c
+ cross join lateral gongji_settle(c.institution_id, c.terminal_id, gen_random_uuid()::text, '\x00'::bytea,
+                                  :voucher_id::uuid, :patient::text, 1234, null, true) g
+ where c.credential_id = :credential_id and c.revoked_at is null and c.kind = 'TERMINAL';

@@ -94,12 +94,19 @@ async def fresh_database(server_url: str, name: str) -> str:
     return _with_database(server_url, name)
 
 
-async def prepare_pgbench(db_url: str, patients: list[str]) -> None:
-    """pgbench picks patients by number: give it the map."""
+async def prepare_pgbench(db_url: str, patients: list[str]) -> int:
+    """pgbench picks patients by number: give it the map, and a terminal credential of its own to settle
+    as (gongji checks it in the settlement's statement); return the credential's id."""
     conn = await asyncpg.connect(db_url)
     try:
         await conn.execute("create table bench_patient (n integer primary key, person_id text not null)")
         await conn.copy_records_to_table("bench_patient", records=list(enumerate(patients, start=1)))
+        credential_id: int = await conn.fetchval(
+            "insert into credential (token_sha256, kind, institution_id, terminal_id, label)"
+            " values ($1, 'TERMINAL', 'HBENCHPGBENCH', 'PGBENCH', 'pgbench') returning credential_id",
+            secrets.token_bytes(32),  # no token exists for it: only pgbench's SQL settles as it
+        )
+        return credential_id
     finally:
         await conn.close()
 
@@ -394,7 +401,7 @@ def run_edge_ceiling(cfg: argparse.Namespace, out: Path, env: dict[str, str]) ->
     return r
 
 
-def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, out: Path) -> Result:
+def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, credential_id: int, out: Path) -> Result:
     clients = max(2, min(16, cfg.users // 4))
     args = [
         "pgbench",
@@ -409,6 +416,8 @@ def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, out: Pat
         str(cfg.seconds),
         "-D",
         f"patients={patients}",
+        "-D",
+        f"credential_id={credential_id}",
         "-f",
         str(ROOT / "bench" / "pgbench_settle.sql"),
         "-r",
@@ -632,12 +641,12 @@ def main() -> int:
         cwd=ROOT,
     )
     patients = json.loads(population.read_text())["patients"]
-    asyncio.run(prepare_pgbench(db_url, patients))
+    pgbench_credential = asyncio.run(prepare_pgbench(db_url, patients))
     env = os.environ | {"BENCH_POPULATION": str(population)}
 
     results = run_gongji_scenarios(cfg, db_url, out, env)
     results.append(run_edge_ceiling(cfg, out, env))
-    results.append(run_db_ceiling(cfg, db_url, len(patients), out))
+    results.append(run_db_ceiling(cfg, db_url, len(patients), pgbench_credential, out))
     books = check_books(db_url, out)
     checks = targets({r.scenario: r for r in results}, books)
 

@@ -118,8 +118,16 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
-def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, voucher_key=VOUCHER_KEY.decode(), grpc_listen="127.0.0.1:0")
+def settings(db_url: str, direct_server_url: str) -> Settings:
+    # The credential listener's LISTEN needs a session of its own: PostgreSQL itself, as in production
+    # behind PgBouncer (GONGJI_LISTEN_DATABASE_URL), even when the suite's calls go through a pooler.
+    name = db_url.partition("?")[0].rsplit("/", 1)[1]
+    return Settings(
+        database_url=db_url,
+        listen_database_url=with_database(direct_server_url, name),
+        voucher_key=VOUCHER_KEY.decode(),
+        grpc_listen="127.0.0.1:0",
+    )
 
 
 @pytest.fixture(scope="session")

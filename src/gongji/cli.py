@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import functools
 import json
 import os
@@ -125,7 +126,8 @@ def _local_target(listen: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _credential(settings: Settings, args: argparse.Namespace) -> int:
+@_needs_database
+def _credential_create(settings: Settings, args: argparse.Namespace) -> int:
     from gongji import runtime
     from gongji.store import credentials
 
@@ -148,6 +150,55 @@ def _credential(settings: Settings, args: argparse.Namespace) -> int:
     token = _run(go())
     print("token (shown once, stored only as its hash):", file=sys.stderr)
     print(token)
+    return 0
+
+
+_LIST_COLUMNS = ("id", "label", "kind", "institution", "terminal", "created", "last used", "revoked")
+
+
+@_needs_database
+def _credential_list(settings: Settings, args: argparse.Namespace) -> int:
+    """Every credential, oldest first; never a token nor its hash (the database holds no token)."""
+    from gongji import runtime
+    from gongji.store import credentials
+
+    async def go() -> list[credentials.Listed]:
+        async with runtime.database(settings) as pool:
+            return await credentials.list_all(pool)
+
+    rows = [
+        (str(c.credential_id), c.label, c.kind.lower(), c.institution_id or "-", c.terminal_id or "-",
+         _when(c.created_at), _when(c.last_used_at), _when(c.revoked_at))
+        for c in _run(go())
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in [_LIST_COLUMNS, *rows]) for i in range(len(_LIST_COLUMNS))]
+    for row in [_LIST_COLUMNS, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _when(at: dt.datetime | None) -> str:
+    """A timestamp in UTC to the second, or '-' for never."""
+    return "-" if at is None else f"{at.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+@_needs_database
+def _credential_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    """Revoke at once: money calls refuse it in their own transaction, every server's cache drops it
+    within about a second (see gongji.api.auth.Authenticator)."""
+    from gongji import runtime
+    from gongji.store import credentials
+
+    async def go() -> int:
+        async with runtime.database(settings) as pool:
+            return await credentials.revoke(pool, args.credential)
+
+    try:
+        credential_id = _run(go())
+    except credentials.NotRevoked as exc:
+        print(f"gongji: not revoked: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked credential {credential_id}")
     return 0
 
 
@@ -196,7 +247,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--institution-name", help="institution name, when it is new")
     c.add_argument("--terminal", help="terminal id (terminals only)")
     c.add_argument("--label", help="what the token is for")
-    c.set_defaults(func=_credential)
+    c.set_defaults(func=_credential_create)
+    cred_sub.add_parser(
+        "list", help="list credentials: id, label, kind, institution, terminal, created, last used, revoked"
+    ).set_defaults(func=_credential_list)
+    r = cred_sub.add_parser("revoke", help="revoke a credential at once, on every server")
+    r.add_argument("credential", help="its id (all digits), or its label when one live credential has it")
+    r.set_defaults(func=_credential_revoke)
 
     cl = sub.add_parser("client", help="call a running server with the demo tokens (or GONGJI_*_TOKEN)")
     cl.add_argument("--target", default=os.environ.get("GONGJI_TARGET", "127.0.0.1:50051"))

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # Migrations take a session advisory lock, which a transaction-mode pooler cannot hold: behind
     # PgBouncer, point this at PostgreSQL itself. Unset: migrations use database_url.
     migrate_database_url: SecretStr | None = None
+    # The one connection per server process that LISTENs for credential changes (revocations reach
+    # the credential cache through it). LISTEN belongs to a session, which PgBouncer in transaction
+    # mode does not keep: behind it, point this at PostgreSQL itself. Unset: database_url.
+    listen_database_url: SecretStr | None = None
 
     # gRPC and metrics listen addresses.
     grpc_listen: str = "127.0.0.1:50051"
@@ -66,6 +70,11 @@ class Settings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("GONGJI_TLS_CLIENT_CA_FILE (mTLS) needs GONGJI_TLS_CERT_FILE and GONGJI_TLS_KEY_FILE")
         return self
+
+    def listen_url(self) -> str | None:
+        """Where the credential listener connects; None: nowhere (no URL known)."""
+        url = self.listen_database_url or self.database_url
+        return url.get_secret_value() if url is not None else None
 
     def voucher_keys(self) -> dict[str, bytes]:
         """Every key that verifies e-vouchers: the current one and the retired ones still accepted."""

@@ -100,6 +100,7 @@ async def seed(pool: asyncpg.Pool, data_dir: Path) -> dict[str, str]:
     for person, amount_fen in BALANCES_FEN.items():
         await credits.credit(
             pool,
+            credential_id=None,  # the seed itself, not a caller
             request_id=f"demo-credit-{person.person_id}",
             digest=b"demo",
             person_id=person.person_id,

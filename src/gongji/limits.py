@@ -44,9 +44,30 @@ RECONCILE_PAGE_SIZE_DEFAULT = 100
 RECONCILE_PAGE_SIZE_MAX = 1_000
 PAGE_TOKEN_LEN_MAX = 256
 
-# Credential cache: a revoked token stops working within this many seconds.
+# Credentials (api/auth.py, api/credential_watch.py). Money calls check their credential in their own
+# transaction, so none of these delays them. Other calls trust a per-process cache, whose entries are
+# dropped within milliseconds of a revocation by the database's notification (0005), and otherwise:
+# - kept at most CREDENTIAL_CACHE_TTL_S while the process listens for those notifications (a bound on
+#   the load on the database, and on staleness should the listening connection die unnoticed: the
+#   ping below notices that within CREDENTIAL_LISTENER_PING_INTERVAL_S + _TIMEOUT_S, and the cache
+#   is cleared then);
+# - kept at most CREDENTIAL_CACHE_UNLISTENED_TTL_S while it does not (starting, or reconnecting after
+#   a restart or a failover: notifications are being missed).
 CREDENTIAL_CACHE_TTL_S = 30
+CREDENTIAL_CACHE_UNLISTENED_TTL_S = 1
 CREDENTIAL_CACHE_ENTRIES_MAX = 10_000
+CREDENTIAL_LISTENER_PING_INTERVAL_S = 5.0
+CREDENTIAL_LISTENER_PING_TIMEOUT_S = 2.0
+CREDENTIAL_LISTENER_CONNECT_TIMEOUT_S = 5.0
+# Reconnecting the listener: from the first to the longest pause, doubling, with jitter.
+CREDENTIAL_LISTENER_BACKOFF_MIN_S = 0.25
+CREDENTIAL_LISTENER_BACKOFF_MAX_S = 10.0
+# credential.last_used_at: uses are remembered in memory (one entry per credential, at most this many;
+# beyond it new credentials wait for the next flush) and written in one UPDATE at most this often.
+CREDENTIAL_LAST_USED_FLUSH_S = 60.0
+CREDENTIAL_LAST_USED_ENTRIES_MAX = 10_000
+# How long a server that is stopping waits for its last flush of last_used_at.
+CREDENTIAL_LAST_USED_FINAL_FLUSH_TIMEOUT_S = 2.0
 
 # Health: how often the server asks the database whether it answers, and how long it waits. While it
 # does not, health reports NOT_SERVING (calls answer UNAVAILABLE), and SERVING again once it does.
@@ -89,6 +110,14 @@ CALLS_IN_FLIGHT_OPERATOR_PERCENT = 10
 # Credential look-ups (cache misses) in flight at once: a flood of unknown tokens queues on these, not
 # on the database pool that settlements need.
 CREDENTIAL_LOOKUPS_IN_FLIGHT_MAX = 4
+CREDENTIAL_LOOKUP_WAIT_S = 1.0
+# While a process listens for credential changes it keeps the hash of every live token in memory (at
+# most this many; beyond, it looks tokens up as before), and a token not among them is refused without
+# asking the database. Tokens it does not know are still looked up at this rate, at most: a credential
+# created a moment ago may not have been announced yet.
+CREDENTIALS_IN_MEMORY_MAX = 200_000
+CREDENTIALS_LOAD_ATTEMPTS = 3
+UNKNOWN_TOKEN_LOOKUPS_PER_S = 20
 
 # Connections from POS terminals behind NAT (see "Operating gongji" in the README for the client side).
 # Carrier-grade and shop-router NATs forget an idle TCP mapping after as little as a minute or two, and

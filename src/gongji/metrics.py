@@ -101,6 +101,21 @@ SETTLE_RETRIES = Counter(
 )
 MIGRATIONS_APPLIED = Counter("gongji_migrations_applied_total", "Schema migrations applied by this process.")
 
+# The credential listener (api/credential_watch.py): 1 per process while it listens, summed over the live
+# workers. Below the number of processes for long, revocations reach those caches only by their 1 s TTL
+# (and the database answers more credential lookups).
+CREDENTIAL_LISTENERS = Gauge(
+    "gongji_credential_listeners_connected",
+    "Server processes listening for credential changes (one connection each).",
+    multiprocess_mode="livesum",
+)
+CREDENTIAL_LISTENER_LOSSES = Counter(
+    "gongji_credential_listener_losses_total", "Times a credential listener lost its connection."
+)
+CREDENTIAL_CHANGES = Counter(
+    "gongji_credential_changes_total", "Credential changes (revocations, deletions) announced to this process."
+)
+
 LOCK_KINDS = ("idempotency", "voucher", "grant", "account")
 
 

@@ -115,6 +115,8 @@ def _first_call(settings: Settings) -> str:
 
 
 async def serve(settings: Settings, *, load_demo: bool) -> None:
+    # The URL known before the pool exists (an embedded server's too), for the credential listener.
+    settings = settings.model_copy(update={"database_url": SecretStr(database_url(settings))})
     async with database(settings) as pool:
         app = App(settings, pool, voucher_codec(settings))
         if load_demo:

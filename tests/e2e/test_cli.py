@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
 import urllib.request
+from pathlib import Path
 
 from e2e_support import GONGJI, ROOT, client, serve, stop
 
 from gongji import demo
+from gongji.store import credentials
 
 
 def test_make_run_first_call_restart_and_credentials(env: dict[str, str]) -> None:
@@ -84,3 +87,77 @@ def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
     assert revoked["grant"]["end_reason"] == "REVOKED_BY_BENEFICIARY"  # type: ignore[index]
     assert "RELATIONSHIP_SIBLING" in policy["policy"]["allowed_relationships"]  # type: ignore[index]
     assert [p["region_key"] for p in policies["policies"]] == ["61"]  # type: ignore[index,union-attr]
+
+
+def _gongji(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GONGJI, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_credential_list_and_revoke(env: dict[str, str]) -> None:
+    """An operator lists credentials and revokes one by label while two workers serve: the terminal's
+    next settlement is refused at once, and its other calls on every worker long before the cache's
+    30 s would have run out."""
+    proc = serve(env, "--workers", "2")
+    try:
+        tokens = json.loads((Path(env["GONGJI_DATA_DIR"]) / "demo-tokens.json").read_text())
+        for _ in range(4):  # new connections, spread over both workers: their caches are warm
+            client(env, "quote", "--patient", "demo:xiaoli", "--amount-fen", "100")
+        client(env, "settle", "--patient", "demo:xiaoli", "--amount-fen", "100")
+
+        listed = _gongji(env, "credential", "list")
+        assert listed.returncode == 0, listed.stderr
+        header, *rows = listed.stdout.splitlines()
+        assert header.split() == [
+            "id",
+            "label",
+            "kind",
+            "institution",
+            "terminal",
+            "created",
+            "last",
+            "used",
+            "revoked",
+        ]
+        terminal = next(r for r in rows if "demo terminal" in r)
+        assert demo.INSTITUTION_ID in terminal
+        assert terminal.split()[-1] == "-", "not revoked"
+        for token in tokens.values():  # neither a token nor its hash, in any spelling
+            assert token not in listed.stdout
+            assert credentials.token_hash(token).hex() not in listed.stdout.lower()
+
+        for _ in range(2):
+            created = _gongji(env, "credential", "create", "--kind", "app", "--label", "twice")
+            assert created.returncode == 0, created.stderr
+        ambiguous = _gongji(env, "credential", "revoke", "twice")
+        assert ambiguous.returncode == 1
+        assert "2 live credentials have this label" in ambiguous.stderr
+        assert "Traceback" not in ambiguous.stderr
+        unknown = _gongji(env, "credential", "revoke", "no such label")
+        assert (unknown.returncode, "Traceback" in unknown.stderr) == (1, False)
+
+        revoked = _gongji(env, "credential", "revoke", "demo terminal")
+        assert revoked.returncode == 0, revoked.stderr
+        terminal_id = terminal.split()[0]
+        assert revoked.stdout.strip() == f"revoked credential {terminal_id}"
+        again = _gongji(env, "credential", "revoke", terminal_id)
+        assert again.returncode == 1
+        assert "revoked already" in again.stderr
+
+        settle = _gongji(env, "client", "--target", env["GONGJI_GRPC_LISTEN"], "settle", "--patient", "demo:xiaoli",
+                         "--amount-fen", "100")  # fmt: skip
+        assert (settle.returncode, settle.stderr.strip()) == (1, "UNAUTHENTICATED: unknown or revoked credentials")
+        for _ in range(4):
+            quote = _gongji(env, "client", "--target", env["GONGJI_GRPC_LISTEN"], "quote", "--patient", "demo:xiaoli",
+                            "--amount-fen", "100")  # fmt: skip
+            assert quote.returncode == 1
+            assert quote.stderr.startswith("UNAUTHENTICATED"), quote.stderr
+    finally:
+        log = stop(proc)
+    assert "Traceback" not in log
+
+    # The workers wrote their credentials' last use as they stopped.
+    listed = _gongji(env, "credential", "list")
+    terminal = next(r for r in listed.stdout.splitlines() if "demo terminal" in r)
+    created_at, last_used, revoked_at = terminal.split()[-3:]
+    assert last_used != "-", terminal
+    assert created_at <= last_used <= revoked_at, terminal

@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +88,10 @@ class Attacker:
     """Streams that send headers (and perhaps a credential) and never a message, re-opened as soon as
     the server ends them, on connections of their own."""
 
-    def __init__(self, target: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, target: str, kind: str, metadata: Callable[[], tuple[tuple[str, str], ...]] = tuple) -> None:
         self.target = target
-        self.metadata = metadata
+        self.metadata = metadata  # each new stream's headers
+        self.kind = kind
         self.answers: collections.Counter[str] = collections.Counter()
         self.unexplained: collections.Counter[str] = collections.Counter()  # answers without ErrorInfo
         self.open_now = 0
@@ -100,7 +101,7 @@ class Attacker:
     async def _stream(self, channel: grpc.aio.Channel, until: float) -> None:
         call_of = channel.stream_unary(SETTLE)
         while not self._stop.is_set() and time.monotonic() < until:
-            call = call_of(metadata=self.metadata or None)  # headers go out; no message ever follows
+            call = call_of(metadata=self.metadata() or None)  # headers go out; no message ever follows
             self.open_now += 1
             self.open_max = max(self.open_max, self.open_now)
             try:
@@ -186,7 +187,7 @@ async def _under_attack(target: str, tokens: dict[str, str], attacker: Attacker)
         await attack.aclose()
     print(
         f"\nlock-out: {ATTACK_CONNECTIONS} connections x {ATTACK_STREAMS_PER_CONNECTION} streams "
-        f"({'with' if attacker.metadata else 'without'} credentials); honest Settle without the attack: "
+        f"({attacker.kind}); honest Settle without the attack: "
         f"{_ms(quiet)}; under it: {_ms(attacked)} ({dict(codes)}); attacker streams open at most "
         f"{attacker.open_max}, still open at the end {held}; the attacker's answers: {dict(attacker.answers)}, "
         f"those without an ErrorInfo: {dict(attacker.unexplained)}"
@@ -196,7 +197,7 @@ async def _under_attack(target: str, tokens: dict[str, str], attacker: Attacker)
 
 async def test_streams_without_credentials_hold_nothing(served: Any) -> None:
     target, tokens = served
-    attacker = Attacker(target)
+    attacker = Attacker(target, "without credentials")
     codes, _ = await _under_attack(target, tokens, attacker)
     assert codes == {"OK": SALES}, "an honest terminal was locked out"
     # Each attacker stream was refused at its headers, with the contract's ErrorInfo, again and again.
@@ -214,7 +215,7 @@ async def test_a_stolen_credential_holds_only_its_share(served: Any) -> None:
     most its own share; the rest are refused RESOURCE_EXHAUSTED with a reason, the held ones end when
     the request-message wait runs out, and the honest terminal settles throughout."""
     target, tokens = served
-    attacker = Attacker(target, bearer(tokens["stolen"]))
+    attacker = Attacker(target, "with a stolen credential", lambda: bearer(tokens["stolen"]))
     codes, held = await _under_attack(target, tokens, attacker)
     assert codes == {"OK": SALES}, "an honest call was locked out by one credential"
     assert held <= share(MAX_CONCURRENT_RPCS, limits.CALLS_IN_FLIGHT_TERMINAL_PERCENT), held
@@ -223,3 +224,16 @@ async def test_a_stolen_credential_holds_only_its_share(served: Any) -> None:
     # attack lasted that long on a busy machine).
     assert "RESOURCE_EXHAUSTED/CALLER_BUSY" in refused, attacker.answers
     assert refused <= {"RESOURCE_EXHAUSTED/CALLER_BUSY", "RESOURCE_EXHAUSTED/REQUEST_MESSAGE_TIMEOUT"}, attacker.answers
+
+
+async def test_a_flood_of_unknown_tokens_locks_nobody_out(served: Any) -> None:
+    """Every stream with a token never seen before: each is a cache miss and a look-up in the database,
+    which queue on a few look-ups of their own (not on the pool settlements need); the honest terminal,
+    whose credential is cached, settles throughout."""
+    target, tokens = served
+    attacker = Attacker(target, "a new unknown token per stream", lambda: bearer(f"gj_{uuid.uuid4().hex}"))
+    codes, _ = await _under_attack(target, tokens, attacker)
+    assert codes == {"OK": SALES}, "an honest terminal was locked out"
+    gongji_answers = {answer for answer in attacker.answers if not answer.endswith("/-")}
+    assert "UNAUTHENTICATED/CREDENTIALS_INVALID" in gongji_answers, attacker.answers
+    assert gongji_answers <= {"UNAUTHENTICATED/CREDENTIALS_INVALID", "RESOURCE_EXHAUSTED/SERVER_BUSY"}, attacker.answers

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from support import CHILD, RESIDENT, SPOUSE, STATEMENT_CACHE_SIZE, SUSPENDED, Api, account_row_held, bearer
 
-from gongji.store import db, grants, settlements, vouchers
+from gongji.store import credentials, db, grants, settlements, vouchers
 from gongji.v1 import settlement_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
@@ -244,6 +244,10 @@ async def test_revoke_takes_its_turn_at_the_store(api: Api, db_url: str) -> None
         statement_cache_size=STATEMENT_CACHE_SIZE,
     )
     try:
+        credential_id = await store_pool.fetchval(
+            "select credential_id from credential where token_sha256 = $1",
+            credentials.token_hash(api.tokens.terminal_a),
+        )
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
         voucher_ids = [[uuid.uuid4() for _ in range(per_worker)] for _ in range(workers)]
         for ids in voucher_ids:
@@ -261,8 +265,7 @@ async def test_revoke_takes_its_turn_at_the_store(api: Api, db_url: str) -> None
                 sent_after = revoked.is_set()
                 row = await settlements.settle(
                     store_pool,
-                    institution_id="H61010300101",
-                    terminal_id="POS-A1",
+                    credential_id=credential_id,
                     request_id=f"store-{vid}",
                     digest=b"d",
                     voucher_id=vid,

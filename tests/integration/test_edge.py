@@ -4,6 +4,7 @@ server keeps serving afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -12,17 +13,20 @@ import grpc
 import pytest
 from conftest import VOUCHER_KEY
 from harness import reason_of
-from support import Tokens, bearer, new_person_id
+from support import INSTITUTION_A, Tokens, bearer, new_person_id
 
 from gongji.api import server
 from gongji.api.app import App
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
-from gongji.v1 import account_pb2
+from gongji.store import credentials
+from gongji.store.credentials import Kind
+from gongji.v1 import account_pb2, settlement_pb2, settlement_pb2_grpc
 
 S = grpc.StatusCode
 GET_ACCOUNT = "/gongji.v1.AccountService/GetAccount"
 WAIT_S = 0.5
+BURST = 300
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +82,17 @@ async def test_the_server_serves_after_them(edge: grpc.aio.Channel, tokens: Toke
     with pytest.raises(grpc.aio.AioRpcError) as answered:
         await stub(account_pb2.GetAccountRequest(person_id=new_person_id()), metadata=bearer(tokens.operator))
     assert reason_of(answered.value) == "PERSON_NOT_FOUND"  # a real answer from the database
+
+
+async def test_a_burst_from_a_credential_not_seen_yet_is_answered(edge: grpc.aio.Channel, pool: asyncpg.Pool) -> None:
+    """Hundreds of calls at once with a token no cache holds yet share one look-up: none is refused."""
+    token = await credentials.create(
+        pool, Kind.TERMINAL, "burst", institution_id=INSTITUTION_A, terminal_id="POS-BURST"
+    )
+    stub = settlement_pb2_grpc.SettlementServiceStub(edge)
+    request = settlement_pb2.ReconcileRequest(date="2026-01-05")
+    results = await asyncio.gather(
+        *(stub.Reconcile(request, metadata=bearer(token), timeout=30) for _ in range(BURST)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert refused == [], refused[:3]

@@ -8,6 +8,7 @@ import re
 from gongji import errors, limits, metrics
 from gongji.api import convert, pages
 from gongji.api.app import App, Context
+from gongji.api.auth import current_principal
 from gongji.api.validate import Fields
 from gongji.domain.eligibility import ALWAYS_REFUSED, DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship, Scheme
@@ -130,6 +131,7 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         digest = hashlib.sha256(f"{person_id}\x1f{amount_fen}\x1f{memo}".encode()).digest()
         result = await credits.credit(
             self._app.pool,
+            credential_id=current_principal.get().credential_id,
             request_id=request_id,
             digest=digest,
             person_id=person_id,

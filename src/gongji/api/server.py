@@ -19,6 +19,7 @@ from gongji.api.account import AccountService
 from gongji.api.admission import Admission
 from gongji.api.app import App
 from gongji.api.auth import Authenticator
+from gongji.api.credential_watch import CredentialWatch
 from gongji.api.family import FamilyService
 from gongji.api.interceptor import GongjiInterceptor
 from gongji.api.settlement import SettlementService
@@ -79,12 +80,15 @@ class Running:
     port: int
     health: HealthServicer
     watch: asyncio.Task[None]
+    credentials: CredentialWatch
 
     async def stop(self, grace_s: float) -> None:
-        """Report NOT_SERVING, stop accepting, let in-flight RPCs finish within `grace_s`."""
+        """Report NOT_SERVING, stop accepting, let in-flight RPCs finish within `grace_s`; then stop
+        listening for credential changes and write the credentials' last uses."""
         self.watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        await self.credentials.close()
 
 
 async def _database_answers(pool: asyncpg.Pool) -> bool:
@@ -124,10 +128,11 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     kernel spreads connections among them (SO_REUSEPORT)."""
     metrics.watch_pool(app.pool)
     admission = Admission(app.settings.max_concurrent_rpcs)
+    authenticator = Authenticator(app.pool)
     server = grpc.aio.server(
         interceptors=[
             GongjiInterceptor(
-                Authenticator(app.pool),
+                authenticator,
                 admission,
                 app.settings.request_message_wait_s,
                 mtls=app.settings.tls_client_ca_file is not None,
@@ -153,7 +158,9 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     watch = asyncio.create_task(watch_database(app.pool, health_servicer), name="gongji-health-watch")
-    return Running(server, port, health_servicer, watch)
+    credential_watch = CredentialWatch(authenticator, app.pool, app.settings.listen_url())
+    credential_watch.start()
+    return Running(server, port, health_servicer, watch, credential_watch)
 
 
 async def run_until_signalled(running: Running, grace_s: float, on_stop: Callable[[], Awaitable[None]]) -> None:

@@ -95,14 +95,12 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
         principal = current_principal.get()
-        assert principal.institution_id is not None and principal.terminal_id is not None
         patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=True)
         try:
             claims = self._app.vouchers.authentic(request.voucher)
             s = await settlements.settle(
                 self._app.pool,
-                institution_id=principal.institution_id,
-                terminal_id=principal.terminal_id,
+                credential_id=principal.credential_id,
                 request_id=request.request_id,
                 digest=_digest(patient_id, amount_fen, authorizer_id, use_account),
                 voucher_id=claims.voucher_id,
@@ -119,7 +117,6 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         return settlement_pb2.SettleResponse(settlement=convert.settlement(s), replayed=s.replayed)
 
     async def Cancel(self, request: settlement_pb2.CancelRequest, context: Context) -> settlement_pb2.CancelResponse:
-        institution_id = _institution()
         fields = Fields()
         request_id = fields.request_id("request_id", request.request_id)
         settlement_id = fields.uuid_id("settlement_id", request.settlement_id)
@@ -130,7 +127,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         digest = hashlib.sha256(f"{settlement_id}\x1f{request.amount_fen}".encode()).digest()
         refund_id, replayed = await lifecycle.cancel(
             self._app.pool,
-            institution_id=institution_id,
+            credential_id=current_principal.get().credential_id,
             request_id=request_id,
             digest=digest,
             settlement_id=settlement_id,
@@ -149,12 +146,11 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         )
 
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Context) -> settlement_pb2.ReverseResponse:
-        institution_id = _institution()
         fields = Fields()
         request_id = fields.request_id("original_request_id", request.original_request_id)
         fields.done()
         settlement_id, replayed = await lifecycle.reverse(
-            self._app.pool, institution_id=institution_id, request_id=request_id
+            self._app.pool, credential_id=current_principal.get().credential_id, request_id=request_id
         )
         if settlement_id is None:
             return settlement_pb2.ReverseResponse(undone=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import hashlib
 import secrets
@@ -29,8 +30,37 @@ select credential_id, kind, institution_id, terminal_id
   from credential where token_sha256 = $1 and revoked_at is null"""
 _INSERT = """
 insert into credential (token_sha256, kind, institution_id, terminal_id, label) values ($1, $2, $3, $4, $5)"""
+# One statement for a batch of last uses; rows locked first in key order, so two replicas flushing
+# overlapping batches take turns instead of deadlocking. Never moves a last use backwards.
+_LOCK_USED = """
+select 1 from credential where credential_id = any($1::bigint[]) order by credential_id for no key update"""
+_RECORD_USED = """
+update credential c set last_used_at = greatest(c.last_used_at, u.used_at)
+  from unnest($1::bigint[], $2::timestamptz[]) as u (credential_id, used_at)
+ where c.credential_id = u.credential_id"""
+_LIST = """
+select credential_id, label, kind, institution_id, terminal_id, created_at, last_used_at, revoked_at
+  from credential order by credential_id"""
+_LIVE_BY_LABEL = "select credential_id from credential where label = $1 and revoked_at is null order by credential_id"
+_REVOKE = """
+update credential set revoked_at = now() where credential_id = $1 and revoked_at is null returning credential_id"""
 _ENSURE_INSTITUTION = """
 insert into institution (institution_id, name) values ($1, $2) on conflict (institution_id) do nothing"""
+
+
+_LIVE_HASHES = "select credential_id, token_sha256 from credential where revoked_at is null limit $1"
+_LIVE_HASH = "select token_sha256 from credential where credential_id = $1 and revoked_at is null"
+
+
+async def live_hashes(pool: asyncpg.Pool, limit: int) -> dict[bytes, int]:
+    """The token hash of every live credential (at most `limit` + 1 rows: more means "too many")."""
+    return {row["token_sha256"]: row["credential_id"] for row in await pool.fetch(_LIVE_HASHES, limit + 1)}
+
+
+async def live_hash(pool: asyncpg.Pool, credential_id: int) -> bytes | None:
+    """The token hash of one credential, None when it is revoked or gone."""
+    value: bytes | None = await pool.fetchval(_LIVE_HASH, credential_id)
+    return value
 
 
 def token_hash(token: str) -> bytes:
@@ -66,3 +96,52 @@ async def create(
             await conn.execute(_ENSURE_INSTITUTION, institution_id, institution_name or institution_id)
         await conn.execute(_INSERT, token_hash(token), kind.value, institution_id, terminal_id, label)
     return token
+
+
+async def record_last_used(pool: asyncpg.Pool, uses: dict[int, float]) -> None:
+    """Write a batch of last uses (credential_id -> Unix time) in one transaction."""
+    ids = sorted(uses)
+    at = [dt.datetime.fromtimestamp(uses[i], dt.UTC) for i in ids]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_LOCK_USED, ids)
+        await conn.execute(_RECORD_USED, ids, at)
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """What an operator sees of a credential: never its token nor the token's hash."""
+
+    credential_id: int
+    label: str
+    kind: Kind
+    institution_id: str | None
+    terminal_id: str | None
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+async def list_all(pool: asyncpg.Pool) -> list[Listed]:
+    return [Listed(**{**dict(r), "kind": Kind(r["kind"])}) for r in await pool.fetch(_LIST)]
+
+
+class NotRevoked(Exception):
+    """Why `revoke` did nothing; its message is for the operator."""
+
+
+async def revoke(pool: asyncpg.Pool, label_or_id: str) -> int:
+    """Revoke one live credential, named by its id (digits) or its label; return its id. Refuses a
+    label several live credentials share: the operator names the one by id."""
+    if label_or_id.isdigit():
+        ids = [int(label_or_id)]
+    else:
+        ids = [r["credential_id"] for r in await pool.fetch(_LIVE_BY_LABEL, label_or_id)]
+        if len(ids) > 1:
+            listed = ", ".join(map(str, ids))
+            raise NotRevoked(f"{len(ids)} live credentials have this label (ids {listed}): revoke one by its id")
+        if not ids:
+            raise NotRevoked("no live credential has this label")
+    revoked = await pool.fetchval(_REVOKE, ids[0])
+    if revoked is None:
+        raise NotRevoked(f"no live credential has id {ids[0]} (unknown, or revoked already)")
+    return ids[0]

@@ -12,7 +12,13 @@ from gongji import errors
 _SCOPE = "credit"
 
 _LOCK_KEY = "select pg_advisory_xact_lock(hashtextextended($1, 0))"
-_FIND_KEY = "select request_digest, resource_id from idempotency_key where scope = $1 and request_id = $2"
+# Whether the operator's credential is still live, read in the credit's own transaction and after its
+# lock (a revocation that committed while this waited is seen), folded into the key's lookup so that
+# the check costs no round trip of its own.
+_FIND_KEY = """
+select exists (select 1 from credential c where c.credential_id = $3 and c.revoked_at is null) as live,
+       k.request_digest, k.resource_id
+  from (select) one left join idempotency_key k on k.scope = $1 and k.request_id = $2"""
 # A replay answers with the balance right after the original credit, as the original answer did.
 _FIND_CREDIT = """
 select c.credit_id, l.balance_after_fen as balance_fen
@@ -41,15 +47,28 @@ class CreditResult:
 
 
 async def credit(
-    pool: asyncpg.Pool, *, request_id: str, digest: bytes, person_id: str, amount_fen: int, memo: str
+    pool: asyncpg.Pool,
+    *,
+    credential_id: int | None,
+    request_id: str,
+    digest: bytes,
+    person_id: str,
+    amount_fen: int,
+    memo: str,
 ) -> CreditResult:
-    """Credit `amount_fen` once per request id. The caller has checked the person has an account."""
+    """Credit `amount_fen` once per request id, as the operator of `credential_id`: refused with
+    CredentialsInvalid, having written nothing, once it is revoked or deleted. None only for gongji's
+    own tools (the demo seed), which call without a credential. The caller has checked the person has
+    an account."""
     assert amount_fen > 0
     async with pool.acquire() as conn, conn.transaction():
         # Same-key requests take turns, so a retry racing its original replays instead of failing.
         await conn.execute(_LOCK_KEY, f"{_SCOPE}/{request_id}")
-        key = await conn.fetchrow(_FIND_KEY, _SCOPE, request_id)
-        if key is not None:
+        key = await conn.fetchrow(_FIND_KEY, _SCOPE, request_id, credential_id)
+        assert key is not None
+        if credential_id is not None and not key["live"]:
+            raise errors.CredentialsInvalid("unknown or revoked credentials")
+        if key["request_digest"] is not None:
             if key["request_digest"] != digest:
                 raise errors.IdempotencyKeyReused("request_id was used for another credit")
             row = await conn.fetchrow(_FIND_CREDIT, key["resource_id"])

@@ -9,10 +9,16 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors
-from gongji.store.settlements import SettlementRow
+from gongji.store.settlements import CREDENTIAL_GUARD, SettlementRow
 
-_CANCEL = "select * from gongji_cancel($1, $2, $3, $4, $5)"
-_REVERSE = "select * from gongji_reverse($1, $2)"
+# As for Settle (see gongji.store.settlements): the credential is checked in the same statement, and
+# the function, LATERAL on its row, runs only when the credential is live. No row: refused.
+_CANCEL = f"""
+select g.* from credential c cross join lateral gongji_cancel(c.institution_id, $2, $3, $4, $5) g
+ where {CREDENTIAL_GUARD} and c.kind = 'TERMINAL'"""
+_REVERSE = f"""
+select g.* from credential c cross join lateral gongji_reverse(c.institution_id, $2) g
+ where {CREDENTIAL_GUARD} and c.kind = 'TERMINAL'"""
 
 _SETTLEMENT_COLUMNS = """settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, amount_fen,
        acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at"""
@@ -73,26 +79,30 @@ async def get_by_request(pool: asyncpg.Pool, institution_id: str, request_id: st
 async def cancel(
     pool: asyncpg.Pool,
     *,
-    institution_id: str,
+    credential_id: int,
     request_id: str,
     digest: bytes,
     settlement_id: uuid.UUID,
     amount_fen: int,
 ) -> tuple[uuid.UUID, bool]:
-    """Refund in one transaction; return (refund id, replayed). Refusals raise and wrote nothing."""
-    row = await pool.fetchrow(_CANCEL, institution_id, request_id, digest, settlement_id, amount_fen)
-    assert row is not None
+    """Refund in one transaction as the terminal of `credential_id`, for its institution; return
+    (refund id, replayed). Refusals, a revoked credential's too, raise and wrote nothing."""
+    row = await pool.fetchrow(_CANCEL, credential_id, request_id, digest, settlement_id, amount_fen)
+    if row is None:
+        raise errors.CredentialsInvalid("unknown or revoked credentials")
     if row["outcome"] != "OK":
         raise errors.BY_REASON[row["outcome"]]()
     refund_id: uuid.UUID = row["refund_id"]
     return refund_id, row["replayed"]
 
 
-async def reverse(pool: asyncpg.Pool, *, institution_id: str, request_id: str) -> tuple[uuid.UUID | None, bool]:
-    """Reverse by the original request id; return the undone settlement's id (None when nothing had
-    been committed: the id is then refused to a late original) and whether this repeats a reversal."""
-    row = await pool.fetchrow(_REVERSE, institution_id, request_id)
-    assert row is not None
+async def reverse(pool: asyncpg.Pool, *, credential_id: int, request_id: str) -> tuple[uuid.UUID | None, bool]:
+    """Reverse by the original request id, as the terminal of `credential_id` for its institution;
+    return the undone settlement's id (None when nothing had been committed: the id is then refused to
+    a late original) and whether this repeats a reversal. A revoked credential is refused, unwritten."""
+    row = await pool.fetchrow(_REVERSE, credential_id, request_id)
+    if row is None:
+        raise errors.CredentialsInvalid("unknown or revoked credentials")
     assert row["outcome"] == "OK"
     settlement_id: uuid.UUID | None = row["settlement_id"]
     assert row["undone"] == (settlement_id is not None)

@@ -12,7 +12,16 @@ import asyncpg
 from gongji import errors, metrics
 
 _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
-_SETTLE = "select * from gongji_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+# The caller's credential is checked in the same statement, so in the same transaction and round trip:
+# a credential revoked or deleted a moment ago moves no money, whatever the server's auth cache still
+# believes. The function is LATERAL on the credential row (it takes the institution and terminal from
+# it), so it runs once per qualifying row and never when the row is gone or revoked. The institution
+# comes from the credential, never from a request; TERMINAL is checked again as a second defence.
+CREDENTIAL_GUARD = "c.credential_id = $1 and c.revoked_at is null"
+_SETTLE = f"""
+select c.institution_id, g.* from credential c
+ cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8) g
+ where {CREDENTIAL_GUARD} and c.kind = 'TERMINAL'"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +69,8 @@ SETTLE_ATTEMPTS_MAX = 3
 
 async def _settle_row(pool: asyncpg.Pool, *args: object) -> asyncpg.Record:
     """Run gongji_settle on a connection of its own, timing the wait for the connection apart from the
-    transaction itself (a busy pool and slow locks call for different fixes)."""
+    transaction itself (a busy pool and slow locks call for different fixes). No row: the credential
+    (the first argument) is unknown or revoked, and nothing was written."""
     started = time.perf_counter()
     async with pool.acquire() as conn:
         acquired = time.perf_counter()
@@ -76,7 +86,8 @@ async def _settle_row(pool: asyncpg.Pool, *args: object) -> asyncpg.Record:
                 if attempt == SETTLE_ATTEMPTS_MAX:
                     raise
         metrics.SETTLE_TRANSACTION_SECONDS.observe(time.perf_counter() - acquired)
-    assert row is not None
+    if row is None:
+        raise errors.CredentialsInvalid("unknown or revoked credentials")
     _observe_lock_waits(row)
     return row
 
@@ -108,8 +119,7 @@ async def quote(
 async def settle(
     pool: asyncpg.Pool,
     *,
-    institution_id: str,
-    terminal_id: str,
+    credential_id: int,
     request_id: str,
     digest: bytes,
     voucher_id: uuid.UUID,
@@ -118,11 +128,11 @@ async def settle(
     authorizer_id: str | None,
     use_personal_account: bool,
 ) -> SettlementRow:
-    """Settle in one transaction and one round trip; refusals raise and have written nothing."""
+    """Settle in one transaction and one round trip, as the terminal of `credential_id` (which must
+    still be live: checked in that transaction). Refusals raise and have written nothing."""
     row = await _settle_row(
         pool,
-        institution_id,
-        terminal_id,
+        credential_id,
         request_id,
         digest,
         voucher_id,
@@ -135,7 +145,7 @@ async def settle(
         raise _refuse(row["outcome"])
     s = SettlementRow(
         settlement_id=row["settlement_id"],
-        institution_id=institution_id,
+        institution_id=row["institution_id"],
         terminal_id=row["terminal_id"],
         request_id=request_id,
         patient_id=row["patient_id"],

@@ -251,6 +251,8 @@ def test_pgbouncer_in_transaction_mode_and_migrations_past_it() -> None:
     serve, job = env["gongji/gongji"], env["gongji-migrate/migrate"]
     assert host(serve["GONGJI_DATABASE_URL"]) == pooler["metadata"]["name"]
     assert host(serve["GONGJI_MIGRATE_DATABASE_URL"]) == f"{cluster['metadata']['name']}-rw"
+    # LISTEN needs a session of its own, which the pooler would not keep (gongji.api.credential_watch).
+    assert host(serve["GONGJI_LISTEN_DATABASE_URL"]) == f"{cluster['metadata']['name']}-rw"
     assert host(job["GONGJI_DATABASE_URL"]) == f"{cluster['metadata']['name']}-rw"
     assert int(serve["GONGJI_DB_STATEMENT_CACHE_SIZE"]) <= int(pgbouncer["parameters"]["max_prepared_statements"])
 
