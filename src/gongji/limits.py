@@ -95,6 +95,12 @@ GRPC_METADATA_BYTES_MAX = 8 * 1024
 # admission (which answers with an ErrorInfo), reached only by a flood of streams that are being
 # refused at their headers; this many times GONGJI_MAX_CONCURRENT_RPCS.
 GRPC_STREAMS_BACKSTOP_FACTOR = 4
+# Calls gRPC core has received but not yet handed to gongji's event loop (a burst of new streams while
+# the loop is busy). Beyond the first, core starts shedding new streams at random (CANCELLED), honest
+# ones included; beyond the second, all. gRPC's defaults (1,000 and 3,000) shed honest calls during a
+# burst of a few thousand streams that gongji would refuse at their headers in about a second.
+GRPC_PENDING_CALLS_SOFT_MAX = 10_000
+GRPC_PENDING_CALLS_MAX = 20_000
 # After its headers, a call's request message must arrive within this (it normally comes in the same
 # packet); a stream that sends nothing is ended with REQUEST_MESSAGE_TIMEOUT.
 REQUEST_MESSAGE_WAIT_S = 5.0

@@ -58,6 +58,8 @@ SERVER_OPTIONS = [
     # The edge (gongji.api.admission for the rest): streams per connection, connections per process,
     # the time to finish a handshake, and the size of a call's headers.
     ("grpc.max_concurrent_streams", limits.GRPC_STREAMS_PER_CONNECTION_MAX),
+    ("grpc.server.max_pending_requests", limits.GRPC_PENDING_CALLS_SOFT_MAX),
+    ("grpc.server.max_pending_requests_hard_limit", limits.GRPC_PENDING_CALLS_MAX),
     ("grpc.max_allowed_incoming_connections", limits.GRPC_CONNECTIONS_MAX),
     ("grpc.server_handshake_timeout_ms", limits.GRPC_HANDSHAKE_TIMEOUT_MS),
     ("grpc.max_metadata_size", limits.GRPC_METADATA_BYTES_MAX),
