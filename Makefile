@@ -45,7 +45,7 @@ chaos: $(STAMP)
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/pytest -m db -s -q -p no:cacheprovider \
 		--timeout=$$(( $(CHAOS_SECONDS) * 4 + 600 )) tests/chaos $(PYTEST_ARGS)
 
-## Everything docs/reliability.md reports, at full size (about 50 minutes on two cores): hostile input,
+## Everything docs/reliability.md reports, at full size (about an hour on two cores): hostile input,
 ## the model-based test and the chaos suite (crashes and failovers included), each printing its figures.
 reliability: $(STAMP)
 	GONGJI_HOSTILE_EXAMPLES=20000 GONGJI_HOSTILE_TOKENS=50000 GONGJI_HOSTILE_REPLAY_ROUNDS=5 \
