@@ -197,10 +197,8 @@ class Figures:
     violations: list[str] = field(default_factory=list)
 
     def faults(self) -> int:
-        kills = sum(self.database_kills.values())
-        return (
-            self.tiny_deadlines + self.cancellations + self.backends_killed + self.restarts + self.database_restarts
-        ) + kills
+        database = self.restarts + self.database_restarts + sum(self.database_kills.values())
+        return self.tiny_deadlines + self.cancellations + self.backends_killed + database
 
     def lines(self, seconds: float) -> list[str]:
         codes = ", ".join(f"{c} {n}" for c, n in self.codes.most_common())
@@ -217,7 +215,7 @@ class Figures:
                 else []
             ),
             f"chaos: acknowledged writes checked: {self.acknowledged}, lost: {sum(self.lost.values())}"
-            f" {dict(self.lost) if self.lost else ''}",
+            + (f" {dict(self.lost)}" if self.lost else ""),
             f"chaos: retries: {self.retries} (and {self.replays_checked} answered requests sent again)",
             *(
                 [f"chaos: while PostgreSQL was down: health NOT_SERVING, calls answered {dict(self.outage_answers)}"]
