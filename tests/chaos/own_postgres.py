@@ -186,9 +186,28 @@ def kill_postmaster(pgdata: Path) -> int:
 
 
 def kill_leftovers(pgdata: Path) -> None:
-    """At clean-up: whatever still runs of the server in `pgdata` (it was ours), killed."""
+    """At clean-up: whatever still runs of the server in `pgdata` (it was ours), killed, and the shared
+    memory it leaves released."""
     if _postmaster(pgdata) is not None:
         kill_postmaster(pgdata)
+    release_shared_memory(pgdata)
+
+
+def release_shared_memory(pgdata: Path) -> None:
+    """A postmaster killed with SIGKILL leaves its System V segment behind: PostgreSQL removes it when it
+    starts again over the same data directory, but a lost primary's data is thrown away instead. The
+    segment is the one its postmaster.pid names (key and id, line 7), removed once nothing is attached."""
+    try:
+        key, shmid = (pgdata / "postmaster.pid").read_text().splitlines()[6].split()[:2]
+    except (FileNotFoundError, IndexError, ValueError):
+        return  # stopped cleanly (the file is gone with its segment), or never started
+    if _postmaster(pgdata) is not None:
+        return
+    listing = subprocess.run(["ipcs", "-m"], capture_output=True, text=True, timeout=10, check=False).stdout
+    for line in listing.splitlines():
+        columns = line.split()  # key shmid owner perms bytes nattch
+        if len(columns) >= 6 and columns[1] == shmid and columns[0] == f"0x{int(key):08x}" and columns[5] == "0":
+            subprocess.run(["ipcrm", "-m", shmid], capture_output=True, timeout=10, check=False)
 
 
 # ---- a cluster on a loopback TCP port ---------------------------------------------------------------
