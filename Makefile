@@ -37,17 +37,19 @@ test-pgbouncer: $(STAMP)
 	$(BIN)/python scripts/pgbouncer_run.py -- $(BIN)/pytest -m db tests/integration \
 		--deselect tests/integration/test_server.py::test_health_follows_the_database $(PYTEST_ARGS)
 
-## The chaos suite alone, with CHAOS_SECONDS of load per test (two tests), printing its figures.
+## The chaos suite alone, with CHAOS_SECONDS of load per test, printing its figures: gongji restarts and
+## killed connections, PostgreSQL restarts, PostgreSQL crashes, and failovers (synchronous and
+## asynchronous replication; CHAOS_FAILOVERS per run, 2 unless set).
 CHAOS_SECONDS ?= 120
 chaos: $(STAMP)
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/pytest -m db -s -q -p no:cacheprovider \
 		--timeout=$$(( $(CHAOS_SECONDS) * 4 + 600 )) tests/chaos $(PYTEST_ARGS)
 
-## Everything docs/reliability.md reports, at full size (about 40 minutes on two cores): hostile input,
-## the model-based test and the chaos suite, each printing its figures.
+## Everything docs/reliability.md reports, at full size (about an hour on two cores): hostile input,
+## the model-based test and the chaos suite (crashes and failovers included), each printing its figures.
 reliability: $(STAMP)
 	GONGJI_HOSTILE_EXAMPLES=20000 GONGJI_HOSTILE_TOKENS=50000 GONGJI_HOSTILE_REPLAY_ROUNDS=5 \
-	GONGJI_MODEL_EXAMPLES=400 GONGJI_MODEL_STEPS=50 CHAOS_SECONDS=300 CHAOS_CLIENTS=24 \
+	GONGJI_MODEL_EXAMPLES=400 GONGJI_MODEL_STEPS=50 CHAOS_SECONDS=300 CHAOS_CLIENTS=24 CHAOS_FAILOVERS=4 \
 		$(BIN)/pytest -m db -s -q -p no:cacheprovider --timeout=3600 tests/hostile tests/model tests/chaos $(PYTEST_ARGS)
 
 ## Settle 35.00 yuan for the demo patient against a running `make run`.

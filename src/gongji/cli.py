@@ -80,6 +80,7 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@_needs_database
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
     """Check the books: every balance against its ledger, every settlement and refund against theirs."""
     from gongji import runtime

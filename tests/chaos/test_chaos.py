@@ -60,6 +60,9 @@ RETRY_ATTEMPTS_MAX = 40
 # at least one per run: a full run of 300 s restarts five times, CI's few seconds once.
 RESTART_EVERY_S = max(SECONDS / 5, 20.0)
 
+# How long the load may go on beyond CHAOS_SECONDS while a fault (a database outage) is not over yet.
+LOAD_OVERRUN_S_MAX = 120.0
+
 # Answers that settle a request for good. Anything else (DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE,
 # ABORTED) leaves it unanswered: the POS retries with the same request id.
 DEFINITIVE = {
@@ -135,6 +138,15 @@ class GongjiProcess:
         self.exit_codes.append(self.proc.returncode)
         return self.proc.returncode
 
+    async def audit(self) -> list[str]:
+        """`gongji audit` as an operator runs it, with the server's own settings: nothing if clean."""
+        done = await asyncio.to_thread(
+            subprocess.run, [GONGJI, "audit"], env=self.env, capture_output=True, timeout=120, check=False
+        )
+        if done.returncode == 0:
+            return []
+        return [f"gongji audit exited {done.returncode}: {(done.stdout + done.stderr).decode(errors='replace')}"]
+
     def unhandled(self) -> list[str]:
         """Each error the server logged as unhandled (an INTERNAL answer), with its frames."""
         lines = self.log.read_text(errors="replace").splitlines()
@@ -175,13 +187,18 @@ class Figures:
     backends_killed: int = 0
     restarts: int = 0
     database_restarts: int = 0
+    database_kills: collections.Counter[str] = field(default_factory=collections.Counter)  # by kind
+    promotions: int = 0
+    acknowledged: int = 0  # writes answered OK, looked up in the books after the load
+    lost: collections.Counter[str] = field(default_factory=collections.Counter)  # of those, missing, by kind
     outage_answers: collections.Counter[str] = field(default_factory=collections.Counter)
     retries: int = 0
     replays_checked: int = 0
     violations: list[str] = field(default_factory=list)
 
     def faults(self) -> int:
-        return self.tiny_deadlines + self.cancellations + self.backends_killed + self.restarts + self.database_restarts
+        database = self.restarts + self.database_restarts + sum(self.database_kills.values())
+        return self.tiny_deadlines + self.cancellations + self.backends_killed + database
 
     def lines(self, seconds: float) -> list[str]:
         codes = ", ".join(f"{c} {n}" for c, n in self.codes.most_common())
@@ -190,11 +207,19 @@ class Figures:
             f"chaos: requests sent: {self.requests} ({self.calls} calls: {codes})",
             f"chaos: faults injected: {self.faults()} ({self.tiny_deadlines} tiny deadlines, {self.cancellations}"
             f" client cancellations, {self.backends_killed} server connections terminated in {self.kill_rounds}"
-            f" rounds, {self.restarts} gongji restarts, {self.database_restarts} PostgreSQL restarts)",
+            f" rounds, {self.restarts} gongji restarts, {self.database_restarts} PostgreSQL restarts,"
+            f" {sum(self.database_kills.values())} PostgreSQL kills)",
+            *(
+                [f"chaos: PostgreSQL killed: {dict(self.database_kills)}, standbys promoted: {self.promotions}"]
+                if self.database_kills
+                else []
+            ),
+            f"chaos: acknowledged writes checked: {self.acknowledged}, lost: {sum(self.lost.values())}"
+            + (f" {dict(self.lost)}" if self.lost else ""),
             f"chaos: retries: {self.retries} (and {self.replays_checked} answered requests sent again)",
             *(
                 [f"chaos: while PostgreSQL was down: health NOT_SERVING, calls answered {dict(self.outage_answers)}"]
-                if self.database_restarts
+                if self.database_restarts or self.database_kills
                 else []
             ),
             f"chaos: violations: {len(self.violations)}",
@@ -351,10 +376,13 @@ class Chaos:
         await self._attempt(request, faults=True)
 
     # ---- the load and the faults -----------------------------------------------------------------
-    async def client(self, until: float) -> None:
+    async def client(self, until: float, faults_done: asyncio.Event) -> None:
+        """Until `until`, and on while faults are still being injected (a database outage that began
+        late is still met by load), but never beyond LOAD_OVERRUN_S_MAX."""
         ops = [self.settle] * 6 + [self.cancel] * 2 + [self.reverse, self.credit, self.read, self.read]
         for _ in range(OPS_PER_CLIENT_MAX):
-            if time.monotonic() >= until:
+            now = time.monotonic()
+            if now >= until + LOAD_OVERRUN_S_MAX or (now >= until and faults_done.is_set()):
                 return
             await self.rng.choice(ops)()
 
@@ -434,6 +462,28 @@ class Chaos:
             for member in members:
                 await self.api.grant(authorizer, member, CHILD)
             self.families.append((authorizer, members))
+
+    async def check_acknowledged(self) -> list[Request]:
+        """Every write any client saw answered OK, looked up in the books as they are after the load (on
+        the new primary after a failover), before any retry could write it again: those missing."""
+        lost: list[Request] = []
+        for kind, query in ACKNOWLEDGED.items():
+            requests = [r for r in self.requests if r.kind == kind and any(a[0] == S.OK for a in r.answers)]
+            ids = [_written_id(kind, next(a[2] for a in r.answers if a[0] == S.OK), r) for r in requests]
+            found = {row[0] for row in await self.check.fetch(query, ids)}
+            self.figures.acknowledged += len(requests)
+            for request, id_ in zip(requests, ids, strict=True):
+                if id_ not in found:
+                    lost.append(request)
+                    self.figures.lost[kind] += 1
+        return lost
+
+    def set_aside(self, lost: list[Request]) -> None:
+        """Leave requests out of the retries and convergence checks (acknowledged writes that a failover
+        with asynchronous replication lost: counted, and the books checked without them)."""
+        gone = {id(r) for r in lost}
+        self.requests = [r for r in self.requests if id(r) not in gone]
+        self.settled = [r for r in self.settled if id(r) not in gone]
 
     async def check_convergence(self) -> None:
         """Each request has exactly one outcome: what its answers say is what the store holds."""
@@ -528,6 +578,25 @@ class Chaos:
 
 INSTITUTIONS = {"A": INSTITUTION_A, "B": INSTITUTION_B}
 
+# Where an acknowledged write must be found, by the id its answer gave (a reversal: by its request).
+ACKNOWLEDGED = {
+    "settle": "select settlement_id::text from settlement where settlement_id::text = any($1::text[])",
+    "cancel": "select refund_id::text from refund where refund_id::text = any($1::text[])",
+    "credit": "select credit_id::text from credit where credit_id::text = any($1::text[])",
+    "reverse": "select request_id from reversal where request_id = any($1::text[])",
+}
+
+
+def _written_id(kind: str, reply: Any, request: Request) -> str:
+    if kind == "settle":
+        return str(reply.settlement.settlement_id)
+    if kind == "cancel":
+        return str(reply.refund.refund_id)
+    if kind == "credit":
+        return str(reply.credit_id)
+    return request.key[1]
+
+
 # Anything a crash between two statements of one transaction could leave behind, were it not one.
 HALF_WRITTEN = {
     "settlements without their idempotency key": """
@@ -582,8 +651,28 @@ async def kills_and_restarts(chaos: Chaos, started: float, until: float) -> None
     await asyncio.gather(chaos.kill_connections(until), chaos.restart_server(started, until))
 
 
-async def _chaos(server_url: str, workdir: Path, faults: Fault = kills_and_restarts) -> Figures:
-    """Set up, load with `faults` injected, retry, check; the figures (violations included)."""
+async def _load(chaos: Chaos, faults: Fault) -> float:
+    """CLIENTS clients for SECONDS (longer while `faults` are not done), with `faults`; how long it took."""
+    started = time.monotonic()
+    until = started + SECONDS
+    faults_done = asyncio.Event()
+
+    async def inject() -> None:
+        try:
+            await faults(chaos, started, until)
+        finally:
+            faults_done.set()
+
+    await asyncio.gather(*(chaos.client(until, faults_done) for _ in range(CLIENTS)), inject())
+    return time.monotonic() - started
+
+
+async def _chaos(
+    server_url: str, workdir: Path, faults: Fault = kills_and_restarts, *, lost_allowed: bool = False
+) -> Figures:
+    """Set up, load with `faults` injected, retry, check; the figures (violations included). With
+    `lost_allowed` (a failover with asynchronous replication), acknowledged writes missing after the
+    load are a figure, not a violation, and are left out of the later checks."""
     async with fresh_database(server_url, "gongji_chaos") as url, _checker(url) as check:
         tokens = await make_tokens(check)
         server = GongjiProcess(url, workdir)
@@ -593,14 +682,16 @@ async def _chaos(server_url: str, workdir: Path, faults: Fault = kills_and_resta
                 chaos = Chaos(Api(channel, tokens), tokens, check, server)
                 chaos.health = health_pb2_grpc.HealthStub(channel)
                 await chaos.setup()
-                started = time.monotonic()
-                until = started + SECONDS
-                await asyncio.gather(*(chaos.client(until) for _ in range(CLIENTS)), faults(chaos, started, until))
-                load_s = time.monotonic() - started
+                load_s = await _load(chaos, faults)
+                lost = await chaos.check_acknowledged()
+                if not lost_allowed:
+                    chaos.figures.violations += [f"{r.kind} {r.key}: answered OK, not in the books" for r in lost]
+                chaos.set_aside(lost)
                 await chaos.retry_unanswered()
                 await chaos.replay_answered()
                 await chaos.check_convergence()
                 await chaos.check_books()
+                chaos.figures.violations += await server.audit()
         finally:
             if server.proc is not None and server.proc.poll() is None and await server.stop() != 0:
                 chaos.figures.violations.append(f"gongji exited badly at the end:\n{server.log_tail()}")

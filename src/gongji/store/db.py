@@ -19,15 +19,19 @@ T = TypeVar("T")
 
 # What a database that cannot be reached answers: nothing listening or no route (OSError, which
 # includes refused connections, unresolved names, connect timeouts and a missing Unix socket), a
-# connection lost, or a server that is starting, shutting down or full. At start gongji waits these
-# out; during a call they answer UNAVAILABLE (api/interceptor.py). Anything else at start (a wrong
-# password, a missing database) is a configuration error, and waiting would not mend it.
+# connection lost, or a server that is starting, shutting down or full; or, with a multi-host URL and
+# target_session_attrs=read-write, no host that accepts writes (every host reachable is a standby for
+# the moment a failover takes; asyncpg raises TargetServerAttributeNotMatched when no host refused
+# outright). At start gongji waits these out; during a call they answer UNAVAILABLE
+# (api/interceptor.py). Anything else at start (a wrong password, a missing database) is a
+# configuration error, and waiting would not mend it.
 UNREACHABLE = (
     OSError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.PostgresConnectionError,
     asyncpg.AdminShutdownError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 _BACKOFF_FIRST_S = 0.25
 
