@@ -49,6 +49,7 @@ chaos: $(STAMP)
 ## the model-based test and the chaos suite (crashes and failovers included), each printing its figures.
 reliability: $(STAMP)
 	GONGJI_HOSTILE_EXAMPLES=20000 GONGJI_HOSTILE_TOKENS=50000 GONGJI_HOSTILE_REPLAY_ROUNDS=5 \
+	GONGJI_LOCKOUT_LIMIT=2000 GONGJI_LOCKOUT_SALES=200 \
 	GONGJI_MODEL_EXAMPLES=400 GONGJI_MODEL_STEPS=50 CHAOS_SECONDS=300 CHAOS_CLIENTS=24 CHAOS_FAILOVERS=4 \
 		$(BIN)/pytest -m db -s -q -p no:cacheprovider --timeout=3600 tests/hostile tests/model tests/chaos $(PYTEST_ARGS)
 
