@@ -19,7 +19,7 @@ import asyncpg
 import grpc
 import pytest
 from prometheus_client import REGISTRY
-from support import INSTITUTION_A, Api, bearer, cancel, refused, reverse
+from support import INSTITUTION_A, Api, account_row_held, bearer, cancel, refused, reverse
 
 from gongji import limits
 from gongji.api import credential_watch, server
@@ -308,3 +308,33 @@ async def test_last_use_is_recorded_in_batches(api: Api, pool: asyncpg.Pool, run
     used = await pool.fetchval(query, credentials.token_hash(token))
     assert used is not None
     assert before - dt.timedelta(seconds=1) <= used <= await pool.fetchval("select now()")
+
+
+async def test_revoke_returns_only_once_the_money_calls_that_saw_it_live_are_done(api: Api, pool: asyncpg.Pool) -> None:
+    """A settlement that read its credential live and waits on a hot account row is still running when
+    the operator revokes: `revoke` waits for it (it commits, as it began before the revocation), and
+    once `revoke` has returned the next settlement is refused. Nothing of the credential's moves money
+    after the operator was told it is revoked."""
+    token = await _terminal(pool)
+    credential_id = await pool.fetchval(
+        "select credential_id from credential where token_sha256 = $1", credentials.token_hash(token)
+    )
+    patient = await api.enroll(balance_fen=10_000)
+    voucher = await api.voucher(patient)
+    async with account_row_held(pool, patient):
+        settling = asyncio.ensure_future(api.settle(patient, 100, voucher=voucher, token=token))
+        for _ in range(200):  # bounded: until the settlement waits for the held row
+            if await pool.fetchval(
+                "select count(*) from pg_stat_activity where datname = current_database()"
+                " and wait_event_type = 'Lock' and query like '%gongji_settle(%' and pid <> pg_backend_pid()"
+            ):
+                break
+            await asyncio.sleep(0.05)
+        revoking = asyncio.ensure_future(credentials.revoke(pool, str(credential_id)))
+        await asyncio.sleep(0.5)
+        assert not revoking.done(), "revoke returned while a settlement that saw the credential live still ran"
+    settled = await settling
+    assert settled.settlement.acct_pay_fen == 100
+    assert await asyncio.wait_for(revoking, 30) == credential_id
+    await refused(api.settle(patient, 100, token=token), *INVALID)
+    assert await api.balance(patient) == 9_900

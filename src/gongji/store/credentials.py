@@ -48,6 +48,17 @@ _ENSURE_INSTITUTION = """
 insert into institution (institution_id, name) values ($1, $2) on conflict (institution_id) do nothing"""
 
 
+# Every call that moves money holds a shared lock on its credential until it commits, taken in the
+# statement that checks the credential is live (gongji.store.settlements, .lifecycle, .credits), and
+# `revoke` takes the lock exclusively once its revocation has committed: when `revoke` returns, no money
+# call that saw the credential live is still running, and every later one sees it revoked. A try-lock
+# on the money side: while a revocation holds or waits for it, the call is refused as revoked instead of
+# queueing. Advisory, not FOR SHARE on the row: a row lock per settlement would write to the
+# credential's tuple and, with one terminal's calls concurrent, build multixacts.
+_MONEY_LOCK_SPACE = 0x676A  # 'gj': a key of the two-int advisory lock space, apart from the bigint keys
+MONEY_LOCK = f"pg_try_advisory_xact_lock_shared({_MONEY_LOCK_SPACE}, (c.credential_id % 2147483647)::int4)"
+_MONEY_LOCK_WAIT = f"select pg_advisory_xact_lock({_MONEY_LOCK_SPACE}, ($1::bigint % 2147483647)::int4)"
+
 _LIVE_HASHES = "select credential_id, token_sha256 from credential where revoked_at is null limit $1"
 _LIVE_HASH = "select token_sha256 from credential where credential_id = $1 and revoked_at is null"
 
@@ -132,7 +143,7 @@ class NotRevoked(Exception):
 async def revoke(pool: asyncpg.Pool, label_or_id: str) -> int:
     """Revoke one live credential, named by its id (digits) or its label; return its id. Refuses a
     label several live credentials share: the operator names the one by id."""
-    if label_or_id.isdigit():
+    if label_or_id.isascii() and label_or_id.isdigit():
         ids = [int(label_or_id)]
     else:
         ids = [r["credential_id"] for r in await pool.fetch(_LIVE_BY_LABEL, label_or_id)]
@@ -144,4 +155,7 @@ async def revoke(pool: asyncpg.Pool, label_or_id: str) -> int:
     revoked = await pool.fetchval(_REVOKE, ids[0])
     if revoked is None:
         raise NotRevoked(f"no live credential has id {ids[0]} (unknown, or revoked already)")
+    # Committed: later money calls see it revoked. Wait for those that saw it live (MONEY_LOCK).
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_MONEY_LOCK_WAIT, ids[0])
     return ids[0]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors, metrics
+from gongji.store.credentials import MONEY_LOCK
 
 _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
 # The caller's credential is checked in the same statement, so in the same transaction and round trip:
@@ -17,7 +18,9 @@ _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
 # believes. The function is LATERAL on the credential row (it takes the institution and terminal from
 # it), so it runs once per qualifying row and never when the row is gone or revoked. The institution
 # comes from the credential, never from a request; TERMINAL is checked again as a second defence.
-CREDENTIAL_GUARD = "c.credential_id = $1 and c.revoked_at is null"
+# The guard also holds the credential's money lock (gongji.store.credentials.MONEY_LOCK), which a
+# revocation waits for.
+CREDENTIAL_GUARD = f"c.credential_id = $1 and c.revoked_at is null and {MONEY_LOCK}"
 _SETTLE = f"""
 select c.institution_id, g.* from credential c
  cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8) g
