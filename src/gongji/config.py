@@ -73,7 +73,9 @@ class Settings(BaseSettings):
 
     def listen_url(self) -> str | None:
         """Where the credential listener connects; None: nowhere (no URL known)."""
-        url = self.listen_database_url or self.database_url
+        # The migration URL next: it must reach PostgreSQL itself, never a transaction pooler, where
+        # LISTEN would succeed and no notification arrive.
+        url = self.listen_database_url or self.migrate_database_url or self.database_url
         return url.get_secret_value() if url is not None else None
 
     def voucher_keys(self) -> dict[str, bytes]:

@@ -123,6 +123,8 @@ CREDENTIAL_LOOKUP_WAIT_S = 1.0
 # created a moment ago may not have been announced yet.
 CREDENTIALS_IN_MEMORY_MAX = 200_000
 CREDENTIALS_LOAD_ATTEMPTS = 3
+# Credential changes applied one by one (a query for the batch); more at once: reload them all.
+CREDENTIAL_CHANGES_BATCH_MAX = 1_000
 UNKNOWN_TOKEN_LOOKUPS_PER_S = 20
 
 # Connections from POS terminals behind NAT (see "Operating gongji" in the README for the client side).
@@ -140,6 +142,9 @@ GRPC_CONNECTION_IDLE_MS_MAX = 15 * 60_000
 GRPC_CONNECTION_AGE_MS_MAX = 30 * 60_000
 GRPC_CONNECTION_AGE_GRACE_MS = 60_000
 
+# A call that ends without a request message may have been cancelled: gRPC tells the handler within
+# this (it is only waited for by such calls).
+CANCELLATION_GRACE_S = 0.05
 # A call cancelled with less than this left of its deadline is counted as DEADLINE_EXCEEDED: the client's
 # deadline passes on its side first, and the server learns of it as a cancellation one network trip
 # later, a few milliseconds on loopback, up to about a second for a POS on a poor mobile link.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -150,17 +151,19 @@ class Authenticator:
         burst right after its entry expired is one query, not hundreds). With the answer, the
         generation the look-up started in: only an answer no change overtook may be cached."""
         shared = self._in_flight.get(key)
-        if shared is None:
+        if shared is None or shared[1] != self._generation:  # one overtaken by a change is not joined
             shared = (asyncio.ensure_future(self._lookup(token)), self._generation)
             self._in_flight[key] = shared
-
-            def done(future: asyncio.Future[Principal | None]) -> None:
-                self._in_flight.pop(key, None)
-                if not future.cancelled():
-                    future.exception()  # retrieved, even when every caller has gone
-
-            shared[0].add_done_callback(done)
+            shared[0].add_done_callback(functools.partial(self._looked_up, key, shared))
         return await asyncio.shield(shared[0]), shared[1]
+
+    def _looked_up(
+        self, key: bytes, shared: tuple[asyncio.Future[Principal | None], int], future: asyncio.Future[Principal | None]
+    ) -> None:
+        if self._in_flight.get(key) is shared:  # not a newer look-up of the same token
+            del self._in_flight[key]
+        if not future.cancelled():
+            future.exception()  # retrieved, even when every caller has gone
 
     async def _lookup(self, token: str) -> Principal | None:
         """One credential look-up in the database, at most CREDENTIAL_LOOKUPS_IN_FLIGHT_MAX at once: a
@@ -184,6 +187,15 @@ class Authenticator:
         self._forget_all()
         self.know(None)  # until loaded afresh (gongji.api.credential_watch)
 
+    @property
+    def knows_tokens(self) -> bool:
+        return self._known is not None
+
+    def changing(self) -> None:
+        """A change was announced: a look-up in flight may have read the row before it, so its answer
+        must not be cached (the change itself is applied a moment later, by `credential_changed`)."""
+        self._generation += 1
+
     def know(self, hashes: dict[bytes, int] | None) -> None:
         """Every live token's hash, as loaded after the listener connected; None: unknown."""
         self._known = hashes
@@ -196,9 +208,13 @@ class Authenticator:
         old = self._known_hash.pop(credential_id, None)
         if old is not None:
             self._known.pop(old, None)
-        if token_hash is not None and len(self._known) < limits.CREDENTIALS_IN_MEMORY_MAX:
-            self._known[token_hash] = credential_id
-            self._known_hash[credential_id] = token_hash
+        if token_hash is None:
+            return
+        if len(self._known) >= limits.CREDENTIALS_IN_MEMORY_MAX:
+            self.know(None)  # a set that misses a live credential must not refuse anything
+            return
+        self._known[token_hash] = credential_id
+        self._known_hash[credential_id] = token_hash
 
     def credential_changed(self, payload: str) -> None:
         """A credential was revoked, deleted or changed: drop its entries ('*' or anything that is

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 
 import asyncpg
 
@@ -37,7 +38,9 @@ class CredentialWatch:
         self.connection: asyncpg.Connection | None = None  # while connected (the tests read its pid)
         self._connections = 0
         self._changes = 0  # notifications received, to tell whether a load saw all of them
-        self._refreshing: set[asyncio.Task[None]] = set()
+        self._pending: set[int] = set()  # credentials announced as changed, not yet applied
+        self._pending_all = False  # '*' announced (a TRUNCATE): everything changed
+        self._drainer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Without a URL there is nothing to listen on: the cache then keeps its short lifetime."""
@@ -47,7 +50,7 @@ class CredentialWatch:
 
     async def close(self) -> None:
         """Stop both tasks, close the listening connection, and write the last uses (best effort)."""
-        for task in (*self._tasks, *self._refreshing):
+        for task in (*self._tasks, *((self._drainer,) if self._drainer else ())):
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -85,9 +88,13 @@ class CredentialWatch:
         failures = 0
         while True:
             try:
+                connected = time.monotonic()
                 await self._listen_once(url)
-                pause = limits.CREDENTIAL_LISTENER_BACKOFF_MIN_S  # it was up: start backing off afresh
-                failures = 0
+                if time.monotonic() - connected >= limits.CREDENTIAL_LISTENER_PING_INTERVAL_S:
+                    # It was up a while: back off afresh. (A connection lost at once, again and again,
+                    # keeps backing off: each one clears the cache and reloads every token's hash.)
+                    pause = limits.CREDENTIAL_LISTENER_BACKOFF_MIN_S
+                    failures = 0
                 log.warning("credential listener lost its connection; reconnecting")
             except asyncio.CancelledError:
                 raise
@@ -122,29 +129,60 @@ class CredentialWatch:
             # A reconnection at the level its loss was logged at, so that whoever saw one sees the other.
             log.log(logging.INFO if self._connections == 1 else logging.WARNING, "credential listener connected")
             while not await _lost_or_silent(conn, lost):
-                pass
+                if not self._auth.knows_tokens:  # a load or a refresh failed: try again
+                    await self._load_known()
             metrics.CREDENTIAL_LISTENER_LOSSES.inc()
         finally:
             if self.connection is not None:
                 metrics.CREDENTIAL_LISTENERS.dec()
             self.connection = None
+            if self._drainer is not None:
+                self._drainer.cancel()  # what it would learn belongs to a connection no longer listening
+            self._pending.clear()
             self._auth.listening(False)
             conn.terminate()  # at once: a lost connection has nothing to say goodbye to
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        """Changes are applied by one task, in batches: a bulk change (thousands of credentials
+        created or revoked in one statement) is a few queries, not one per row."""
         metrics.CREDENTIAL_CHANGES.inc()
         self._changes += 1
+        self._auth.changing()  # at once: a look-up in flight now must not be cached
         text = str(payload)
-        self._auth.credential_changed(text)
-        refresh = self._refresh_known(int(text)) if text.isdigit() else self._load_known()
-        task = asyncio.create_task(refresh, name="gongji-credential-known")
-        self._refreshing.add(task)
-        task.add_done_callback(self._refreshing.discard)
+        if text.isascii() and text.isdigit():
+            self._pending.add(int(text))
+        else:
+            self._pending_all = True
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="gongji-credential-changes")
+
+    async def _drain(self) -> None:
+        while self._pending or self._pending_all:
+            if self._pending_all or len(self._pending) > limits.CREDENTIAL_CHANGES_BATCH_MAX:
+                self._pending.clear()
+                self._pending_all = False
+                self._auth.credential_changed("*")
+                await self._load_known()
+                continue
+            ids, self._pending = self._pending, set()
+            for credential_id in ids:
+                self._auth.credential_changed(str(credential_id))
+            try:
+                live = await credentials.live_hashes_of(self._pool, sorted(ids))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # not knowing these, know none: every token is looked up
+                log.warning("could not read changed credentials: %s", type(exc).__name__)
+                self._auth.know(None)
+                continue
+            for credential_id in ids:
+                self._auth.known_changed(credential_id, live.get(credential_id))
 
     async def _load_known(self) -> None:
         """Load every live token's hash. After LISTEN, so that no change goes unseen; a change announced
         while loading may be older than what was read, so the load starts over (a few times at most;
-        then, and with too many credentials, the Authenticator looks every token up as before)."""
+        then, and with too many credentials, the Authenticator looks every token up as before, and
+        tries again at the next ping)."""
         for _ in range(limits.CREDENTIALS_LOAD_ATTEMPTS):
             seen = self._changes
             try:
@@ -158,15 +196,6 @@ class CredentialWatch:
                 self._auth.know(hashes if len(hashes) <= limits.CREDENTIALS_IN_MEMORY_MAX else None)
                 return
         self._auth.know(None)
-
-    async def _refresh_known(self, credential_id: int) -> None:
-        try:
-            self._auth.known_changed(credential_id, await credentials.live_hash(self._pool, credential_id))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # not knowing this one, know none: every token is looked up
-            log.warning("could not read a changed credential: %s", type(exc).__name__)
-            self._auth.know(None)
 
 
 async def _lost_or_silent(conn: asyncpg.Connection, lost: asyncio.Event) -> bool:

@@ -188,6 +188,10 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 f"no request message within {self._request_wait_s:g} s of the call's headers"
             ) from None
         if request is _EOF:
+            # gRPC answers EOF both when the client half-closed without a message and when the call was
+            # cancelled or its deadline passed; in those cases gRPC cancels this task a moment later,
+            # and the call is counted as cut off, not as the client's bad request.
+            await asyncio.sleep(limits.CANCELLATION_GRACE_S)
             raise errors.InvalidArgument.one("request", "the call ended without a request message")
         return request
 

@@ -60,7 +60,8 @@ MONEY_LOCK = f"pg_try_advisory_xact_lock_shared({_MONEY_LOCK_SPACE}, (c.credenti
 _MONEY_LOCK_WAIT = f"select pg_advisory_xact_lock({_MONEY_LOCK_SPACE}, ($1::bigint % 2147483647)::int4)"
 
 _LIVE_HASHES = "select credential_id, token_sha256 from credential where revoked_at is null limit $1"
-_LIVE_HASH = "select token_sha256 from credential where credential_id = $1 and revoked_at is null"
+_LIVE_HASHES_OF = """
+select credential_id, token_sha256 from credential where credential_id = any($1::bigint[]) and revoked_at is null"""
 
 
 async def live_hashes(pool: asyncpg.Pool, limit: int) -> dict[bytes, int]:
@@ -68,10 +69,9 @@ async def live_hashes(pool: asyncpg.Pool, limit: int) -> dict[bytes, int]:
     return {row["token_sha256"]: row["credential_id"] for row in await pool.fetch(_LIVE_HASHES, limit + 1)}
 
 
-async def live_hash(pool: asyncpg.Pool, credential_id: int) -> bytes | None:
-    """The token hash of one credential, None when it is revoked or gone."""
-    value: bytes | None = await pool.fetchval(_LIVE_HASH, credential_id)
-    return value
+async def live_hashes_of(pool: asyncpg.Pool, credential_ids: list[int]) -> dict[int, bytes]:
+    """The token hash of each of these credentials that is live (revoked or gone ones are absent)."""
+    return {row["credential_id"]: row["token_sha256"] for row in await pool.fetch(_LIVE_HASHES_OF, credential_ids)}
 
 
 def token_hash(token: str) -> bytes:
