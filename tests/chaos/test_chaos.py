@@ -701,12 +701,26 @@ async def _chaos(
     return chaos.figures
 
 
-def test_chaos_converges_with_nothing_lost(server_url: str) -> None:
+def run_chaos(
+    server_url: str,
+    faults: Fault = kills_and_restarts,
+    *,
+    lost_allowed: bool = False,
+    before: Callable[[], Awaitable[None]] | None = None,
+) -> Figures:
+    """`_chaos` in an event loop of its own (uvloop, as production), in a scratch directory; `before`
+    runs first in that loop (a test's own PostgreSQL to start)."""
     with (
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
         tempfile.TemporaryDirectory(prefix="gongji-chaos-") as workdir,
     ):
-        figures = runner.run(_chaos(server_url, Path(workdir)))
+        if before is not None:
+            runner.run(before())
+        return runner.run(_chaos(server_url, Path(workdir), faults, lost_allowed=lost_allowed))
+
+
+def test_chaos_converges_with_nothing_lost(server_url: str) -> None:
+    figures = run_chaos(server_url)
     assert figures.violations == [], "\n".join(figures.violations[-10:])
     assert figures.restarts >= 1 and figures.backends_killed > 0
     assert figures.tiny_deadlines > 0 and figures.cancellations > 0

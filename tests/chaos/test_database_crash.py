@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 from own_postgres import embedded_cluster, kill_postmaster, outage, start_embedded_again, stop_immediate
-from test_chaos import SECONDS, Chaos, _chaos
+from test_chaos import SECONDS, Chaos, run_chaos
 
 KINDS = ("immediate", "sigkill")
 # Kills spread evenly over the load: at least one of each kind, one per 30 s of load beyond that.
@@ -61,11 +58,7 @@ def _crashing(postgres: Any) -> Any:
 
 
 def test_database_crashes_under_load(own_postgres: Any) -> None:
-    with (
-        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
-        tempfile.TemporaryDirectory(prefix="gongji-chaos-") as workdir,
-    ):
-        figures = runner.run(_chaos(own_postgres.get_uri("postgres"), Path(workdir), _crashing(own_postgres)))
+    figures = run_chaos(own_postgres.get_uri("postgres"), _crashing(own_postgres))
     assert figures.violations == [], "\n".join(figures.violations[-10:])
     assert figures.database_kills["immediate"] >= 1 and figures.database_kills["sigkill"] >= 1
     assert figures.acknowledged > 0 and sum(figures.lost.values()) == 0

@@ -10,16 +10,13 @@ nothing lost, nothing done twice.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 from own_postgres import embedded_cluster, outage, start_embedded_again, stop_fast
-from test_chaos import RESTART_EVERY_S, SECONDS, Chaos, _chaos
+from test_chaos import RESTART_EVERY_S, SECONDS, Chaos, run_chaos
 
 
 @pytest.fixture
@@ -51,10 +48,6 @@ def _restarting(postgres: Any) -> Any:
 
 
 def test_a_database_restart_under_load(own_postgres: Any) -> None:
-    with (
-        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
-        tempfile.TemporaryDirectory(prefix="gongji-chaos-") as workdir,
-    ):
-        figures = runner.run(_chaos(own_postgres.get_uri("postgres"), Path(workdir), _restarting(own_postgres)))
+    figures = run_chaos(own_postgres.get_uri("postgres"), _restarting(own_postgres))
     assert figures.violations == [], "\n".join(figures.violations[-10:])
     assert figures.database_restarts >= 1

@@ -26,7 +26,6 @@ import asyncio
 import functools
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,10 +33,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import uvloop
 from conftest import ROOT
 from own_postgres import TcpCluster, outage
-from test_chaos import SECONDS, Chaos, Fault, _chaos, _free_port
+from test_chaos import SECONDS, Chaos, Fault, _free_port, run_chaos
 
 KINDS = ("sigkill", "immediate")
 FAILOVERS = int(os.environ.get("CHAOS_FAILOVERS", "2"))
@@ -157,12 +155,7 @@ def _failing_over(pair: Pair) -> Fault:
 
 
 def test_failover_under_load(pair: Pair) -> None:
-    with (
-        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
-        tempfile.TemporaryDirectory(prefix="gongji-chaos-") as workdir,
-    ):
-        runner.run(pair.start())
-        figures = runner.run(_chaos(pair.url, Path(workdir), _failing_over(pair), lost_allowed=not pair.synchronous))
+    figures = run_chaos(pair.url, _failing_over(pair), lost_allowed=not pair.synchronous, before=pair.start)
     lost = sum(figures.lost.values())
     replication = "synchronous" if pair.synchronous else "asynchronous"
     print(f"failover: {replication} replication, {figures.promotions} promotions, lost {lost} of"
