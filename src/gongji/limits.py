@@ -46,7 +46,7 @@ PAGE_TOKEN_LEN_MAX = 256
 
 # Credentials (api/auth.py, api/credential_watch.py). Money calls check their credential in their own
 # transaction, so none of these delays them. Other calls trust a per-process cache, whose entries are
-# dropped within milliseconds of a revocation by the database's notification (0005), and otherwise:
+# dropped within milliseconds of a revocation by the database's notification (store/sql/credentials.sql), and otherwise:
 # - kept at most CREDENTIAL_CACHE_TTL_S while the process listens for those notifications (a bound on
 #   the load on the database, and on staleness should the listening connection die unnoticed: the
 #   ping below notices that within CREDENTIAL_LISTENER_PING_INTERVAL_S + _TIMEOUT_S, and the cache

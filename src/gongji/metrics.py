@@ -75,7 +75,7 @@ REAL_NAME_MISMATCHES = Counter(
 )
 
 # Time inside the database. Lock waits are measured by gongji_settle itself around each locking
-# statement (0002_settle.sql), so they exclude network and pool time.
+# statement (store/sql/settle.sql), so they exclude network and pool time.
 _DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SETTLE_LOCK_WAIT_SECONDS = Histogram(
     "gongji_settle_lock_wait_seconds",

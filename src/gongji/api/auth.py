@@ -86,7 +86,7 @@ class Authenticator:
       this cache holds and whether or not any notification arrives. Moving money after a revocation
       is the harm that matters, so it depends on nothing that can be lost.
     - Every other call trusts this cache, which bounds the load on the database. A change of a
-      credential row is announced by the database (NOTIFY, migration 0005) to one listening connection
+      credential row is announced by the database (NOTIFY, store/sql/credentials.sql) to one listening connection
       per server process (gongji.api.credential_watch), which calls `credential_changed`: entries are
       dropped within milliseconds. Notifications can be lost while that connection is down, so then
       (`listening(False)`) the cache is cleared and answers are trusted for at most

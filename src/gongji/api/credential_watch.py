@@ -24,7 +24,7 @@ from gongji.store import credentials
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "gongji_credential"  # migration 0005 notifies here
+CHANNEL = "gongji_credential"  # store/sql/credentials.sql notifies here
 # How operators (and the tests) find the listening connection in pg_stat_activity.
 APPLICATION_NAME = "gongji-credential-listener"
 

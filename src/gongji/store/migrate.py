@@ -1,10 +1,21 @@
-"""Ordered SQL migrations, applied once each under an advisory lock, with a recorded checksum.
+"""Schema as history, code as current: ordered SQL migrations applied once each, then the server-side
+functions re-applied whenever they change, all under one advisory lock.
+
+The shape is Flyway's: versioned migrations (`V__`) and repeatable ones (`R__`).
+
+- **Numbered migrations** (`migrations/NNNN_name.sql`) are history: tables, indexes, constraints and
+  data moves. Each runs once, in its own transaction, its SHA-256 recorded; once released it is never
+  edited, and a changed file is refused instead of silently diverging from what production ran.
+- **Code** (`sql/*.sql`, in the order of CODE_FILES) is current: every server-side function (and the
+  triggers that call them), one file per concept, always the version in force. After the numbered
+  migrations, each file whose SHA-256 differs from the one recorded is run again (`create or
+  replace`), in its own transaction. A reader finds today's `gongji_settle` in one place, and a rule
+  change is a diff of that file rather than a copy of every function into a new migration. A change of
+  a function's signature is an explicit `drop function` in a numbered migration, which runs first.
 
 A small runner of our own instead of a library: the well-kept migration tools (alembic, yoyo) bring a
 second database driver (SQLAlchemy/psycopg) next to asyncpg, and the asyncpg-native ones are thin and
-barely maintained. What we need is about sixty lines: files `NNNN_name.sql` in `migrations/`, each
-applied in its own transaction, its SHA-256 recorded, and a changed file refused instead of silently
-diverging from what production ran.
+barely maintained. What we need is about a hundred lines.
 """
 
 from __future__ import annotations
@@ -33,6 +44,17 @@ create table if not exists schema_migration (
 )"""
 
 
+_CREATE_CODE_TABLE = """
+create table if not exists schema_code (
+    name       text primary key,
+    sha256     text not null,
+    applied_at timestamptz not null default now()
+)"""
+
+# The code files, in the order they are applied (a later file may use an earlier one's functions).
+CODE_FILES = ("settle.sql", "lifecycle.sql", "credentials.sql")
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -48,6 +70,21 @@ class MigrationError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Code:
+    name: str
+    sql: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def bundled_code() -> list[Code]:
+    folder = resources.files("gongji.store").joinpath("sql")
+    return [Code(name, folder.joinpath(name).read_text(encoding="utf-8")) for name in CODE_FILES]
+
+
 def bundled() -> list[Migration]:
     found = []
     for entry in resources.files("gongji.store").joinpath("migrations").iterdir():
@@ -61,32 +98,59 @@ def bundled() -> list[Migration]:
 
 
 async def migrate(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, migrations: list[Migration] | None = None
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    migrations: list[Migration] | None = None,
+    code: list[Code] | None = None,
 ) -> list[Migration]:
-    """Apply what is missing; return what was applied. Safe to run from several processes at once."""
-    todo = bundled() if migrations is None else migrations
-    applied_now: list[Migration] = []
+    """Apply the numbered migrations that are missing, then the code that changed; return the
+    migrations applied. Safe to run from several processes at once: they take turns."""
     await conn.execute("select pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
     try:
-        await conn.execute(_CREATE_TABLE)
-        rows = await conn.fetch("select version, name, sha256 from schema_migration")
-        applied = {r["version"]: r for r in rows}
-        for m in todo:
-            done = applied.get(m.version)
-            if done is not None:
-                if done["sha256"] != m.sha256:
-                    raise MigrationError(f"migration {m.version:04d}_{m.name} changed after it was applied")
-                continue
-            async with conn.transaction():
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "insert into schema_migration (version, name, sha256) values ($1, $2, $3)",
-                    m.version,
-                    m.name,
-                    m.sha256,
-                )
-            log.info("applied migration %04d_%s", m.version, m.name)
-            applied_now.append(m)
+        applied_now = await _apply_migrations(conn, bundled() if migrations is None else migrations)
+        await _apply_code(conn, bundled_code() if code is None else code)
     finally:
         await conn.execute("select pg_advisory_unlock($1)", _ADVISORY_LOCK_KEY)
     return applied_now
+
+
+async def _apply_migrations(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, todo: list[Migration]
+) -> list[Migration]:
+    await conn.execute(_CREATE_TABLE)
+    rows = await conn.fetch("select version, name, sha256 from schema_migration")
+    applied = {r["version"]: r for r in rows}
+    applied_now: list[Migration] = []
+    for m in todo:
+        done = applied.get(m.version)
+        if done is not None:
+            if done["sha256"] != m.sha256:
+                raise MigrationError(f"migration {m.version:04d}_{m.name} changed after it was applied")
+            continue
+        async with conn.transaction():
+            await conn.execute(m.sql)
+            await conn.execute(
+                "insert into schema_migration (version, name, sha256) values ($1, $2, $3)",
+                m.version,
+                m.name,
+                m.sha256,
+            )
+        log.info("applied migration %04d_%s", m.version, m.name)
+        applied_now.append(m)
+    return applied_now
+
+
+async def _apply_code(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, todo: list[Code]) -> None:
+    await conn.execute(_CREATE_CODE_TABLE)
+    recorded = {r["name"]: r["sha256"] for r in await conn.fetch("select name, sha256 from schema_code")}
+    for code in todo:
+        if recorded.get(code.name) == code.sha256:
+            continue
+        async with conn.transaction():
+            await conn.execute(code.sql)
+            await conn.execute(
+                "insert into schema_code (name, sha256) values ($1, $2)"
+                " on conflict (name) do update set sha256 = excluded.sha256, applied_at = now()",
+                code.name,
+                code.sha256,
+            )
+        log.info("applied code sql/%s", code.name)

@@ -1,4 +1,4 @@
-"""Quote and Settle: one call each to the server-side functions of 0002_settle.sql."""
+"""Quote and Settle: one call each to the server-side functions of store/sql/settle.sql."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _refuse(outcome: str) -> errors.GongjiError:
 
 
 def _observe_lock_waits(row: asyncpg.Record) -> None:
-    """Feed the lock waits gongji_settle measured (0002_settle.sql); null: lock not reached."""
+    """Feed the lock waits gongji_settle measured (sql/settle.sql); null: lock not reached."""
     for lock in metrics.LOCK_KINDS:
         wait_s = row[f"lock_wait_{lock}_s"]
         if wait_s is not None:
@@ -84,7 +84,7 @@ async def _settle_row(pool: asyncpg.Pool, *args: object) -> asyncpg.Record:
                 break
             except asyncpg.exceptions.SerializationError:
                 # gongji_settle found its balance peek stale where the key order forbade locking the
-                # authorizer late (see 0002_settle.sql). Nothing was written; run it again.
+                # authorizer late (see sql/settle.sql). Nothing was written; run it again.
                 metrics.SETTLE_RETRIES.inc()
                 if attempt == SETTLE_ATTEMPTS_MAX:
                     raise

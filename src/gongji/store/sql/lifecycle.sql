@@ -1,0 +1,154 @@
+-- Cancel (2208) and Reverse (2601): the current version of their server-side functions (code, re-applied
+-- by the migration runner when this file changes; see settle.sql).
+
+-- Which sources a refund returns to: last drawn first, so cash, then the authorizer's account, then
+-- the patient's own. gongji.domain.waterfall.refund_split is the reference; a property test proves
+-- the two agree. The caller makes sure p_amount_fen is at most what is left in all three.
+create or replace function gongji_refund_split(
+    p_amount_fen bigint, p_own_left_fen bigint, p_mulaid_left_fen bigint, p_cash_left_fen bigint,
+    out acct_pay_fen bigint, out acct_mulaid_pay_fen bigint, out psn_cash_pay_fen bigint)
+language sql immutable parallel safe
+as $$
+    select p_amount_fen - c.cash - m.mulaid, m.mulaid, c.cash
+      from (select least(p_amount_fen, p_cash_left_fen)) as c (cash),
+           lateral (select least(p_amount_fen - c.cash, p_mulaid_left_fen)) as m (mulaid)
+$$;
+
+-- Refund p_amount_fen of a settlement whose row the caller holds FOR UPDATE; return the refund's id.
+-- Money goes back even when the grant has ended since, or the account's person is no longer ACTIVE:
+-- nothing is lost, and the ledger entry's note says so.
+create or replace function gongji_apply_refund(p_settlement_id uuid, p_amount_fen bigint, p_kind text, p_request_id text)
+returns uuid
+language plpgsql
+as $$
+declare
+    s       settlement;
+    v_left  record;
+    v_split record;
+    v_pid   text;
+    v_part  bigint;
+    v_after bigint;
+    v_note  text;
+    v_id    constant uuid := gen_random_uuid();
+begin
+    select * into s from settlement x where x.settlement_id = p_settlement_id;
+    -- sum(bigint) is numeric: cast back, the amounts are bounded far below bigint's range.
+    select (s.acct_pay_fen - coalesce(sum(r.acct_pay_fen), 0))::bigint as own,
+           (s.acct_mulaid_pay_fen - coalesce(sum(r.acct_mulaid_pay_fen), 0))::bigint as mulaid,
+           (s.psn_cash_pay_fen - coalesce(sum(r.psn_cash_pay_fen), 0))::bigint as cash
+      into v_left
+      from refund r where r.settlement_id = p_settlement_id;
+    assert p_amount_fen > 0 and p_amount_fen <= v_left.own + v_left.mulaid + v_left.cash;
+    select * into v_split from gongji_refund_split(p_amount_fen, v_left.own, v_left.mulaid, v_left.cash);
+    assert v_split.acct_pay_fen between 0 and v_left.own;
+
+    insert into refund (refund_id, settlement_id, institution_id, request_id, kind, amount_fen, acct_pay_fen,
+                        acct_mulaid_pay_fen, psn_cash_pay_fen)
+    values (v_id, s.settlement_id, s.institution_id, p_request_id, p_kind, p_amount_fen, v_split.acct_pay_fen,
+            v_split.acct_mulaid_pay_fen, v_split.psn_cash_pay_fen);
+
+    for v_pid in
+        select x from unnest(array[case when v_split.acct_pay_fen > 0 then s.patient_id end,
+                                   case when v_split.acct_mulaid_pay_fen > 0 then s.authorizer_id end]) as x
+         where x is not null order by x collate "C"
+    loop
+        v_part := case when v_pid = s.patient_id then v_split.acct_pay_fen else v_split.acct_mulaid_pay_fen end;
+        update account a set balance_fen = a.balance_fen + v_part, updated_at = now()
+         where a.person_id = v_pid returning a.balance_fen into v_after;
+        assert v_after is not null, 'a settled account exists';
+        select nullif(concat_ws('; ',
+                   case when v_pid = s.authorizer_id and g.status <> 'LIVE'
+                        then 'mutual-aid grant ' || lower(g.status) || ' since the settlement' end,
+                   case when p.status <> 'ACTIVE'
+                        then 'account holder ' || lower(p.status) || ': refunded all the same' end), '')
+          into v_note
+          from person p left join mutual_aid_grant g on g.grant_id = s.grant_id
+         where p.person_id = v_pid;
+        insert into ledger_entry (person_id, amount_fen, balance_after_fen, kind, settlement_id, refund_id,
+                                  counterpart_id, note)
+        values (v_pid, v_part, v_after, case p_kind when 'CANCEL' then 'REFUND' else 'REVERSAL' end,
+                s.settlement_id, v_id, case when v_pid = s.authorizer_id then s.patient_id end, v_note);
+    end loop;
+    update settlement x set refunded_fen = x.refunded_fen + p_amount_fen where x.settlement_id = s.settlement_id;
+    return v_id;
+end
+$$;
+
+-- 2208: refund p_amount_fen (0 = all that is left) of a settlement, idempotent on the Cancel's request id.
+create or replace function gongji_cancel(
+    p_institution_id text, p_request_id text, p_request_digest bytea, p_settlement_id uuid, p_amount_fen bigint)
+returns table (outcome text, replayed boolean, refund_id uuid)
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+    v_scope    constant text := 'cancel/' || p_institution_id;
+    v_digest   bytea;
+    v_existing uuid;
+    s          settlement;
+    v_amount   bigint;
+begin
+    perform pg_advisory_xact_lock(hashtextextended(v_scope || '/' || p_request_id, 0));
+    select k.request_digest, k.resource_id into v_digest, v_existing
+      from idempotency_key k where k.scope = v_scope and k.request_id = p_request_id;
+    if found then
+        outcome := case when v_digest = p_request_digest then 'OK' else 'IDEMPOTENCY_KEY_REUSED' end;
+        replayed := true;
+        refund_id := case when outcome = 'OK' then v_existing end;
+        return next; return;
+    end if;
+    -- The settlement's row lock makes refunds of one settlement take turns.
+    select * into s from settlement x where x.settlement_id = p_settlement_id for update;
+    if not found then outcome := 'SETTLEMENT_NOT_FOUND'; return next; return; end if;
+    if s.institution_id <> p_institution_id then outcome := 'INSTITUTION_MISMATCH'; return next; return; end if;
+    if s.reversed_at is not null then outcome := 'ALREADY_REVERSED'; return next; return; end if;
+    v_amount := case when p_amount_fen = 0 then s.amount_fen - s.refunded_fen else p_amount_fen end;
+    if v_amount <= 0 or v_amount > s.amount_fen - s.refunded_fen then
+        outcome := 'REFUND_EXCEEDS_SETTLEMENT'; return next; return;
+    end if;
+    refund_id := gongji_apply_refund(s.settlement_id, v_amount, 'CANCEL', p_request_id);
+    insert into idempotency_key (scope, request_id, request_digest, resource_id)
+    values (v_scope, p_request_id, p_request_digest, refund_id);
+    outcome := 'OK';
+    replayed := false;
+    return next;
+end
+$$;
+
+-- 2601: the POS never got an answer and reverses by the original request id. Takes gongji_settle's
+-- lock for that id, so the original either committed before (and is undone whole) or comes after
+-- (and is refused). Reversing twice answers the same.
+create or replace function gongji_reverse(p_institution_id text, p_request_id text)
+returns table (outcome text, undone boolean, settlement_id uuid, replayed boolean)
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+    v_done   reversal;
+    s        settlement;
+    v_refund uuid;
+begin
+    perform pg_advisory_xact_lock(hashtextextended('settle/' || p_institution_id || '/' || p_request_id, 0));
+    select * into v_done from reversal r where r.institution_id = p_institution_id and r.request_id = p_request_id;
+    if found then
+        outcome := 'OK'; undone := v_done.settlement_id is not null; settlement_id := v_done.settlement_id;
+        replayed := true;
+        return next; return;
+    end if;
+    select * into s from settlement x
+     where x.institution_id = p_institution_id and x.request_id = p_request_id for update;
+    if s.settlement_id is not null then
+        if s.amount_fen > s.refunded_fen then
+            v_refund := gongji_apply_refund(s.settlement_id, s.amount_fen - s.refunded_fen, 'REVERSAL', p_request_id);
+        end if;
+        update settlement x set reversed_at = now() where x.settlement_id = s.settlement_id;
+    end if;
+    insert into reversal (institution_id, request_id, settlement_id, refund_id)
+    values (p_institution_id, p_request_id, s.settlement_id, v_refund);
+    outcome := 'OK';
+    undone := s.settlement_id is not null;
+    settlement_id := s.settlement_id;
+    replayed := false;
+    return next;
+end
+$$;

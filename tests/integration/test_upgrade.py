@@ -1,0 +1,175 @@
+"""An existing database upgrades in place.
+
+A database is built from the released migrations alone (0001-0004, as a server of before the split of
+schema and code left it: functions defined by those migrations, no `schema_code`), filled with people,
+balances, grants, a binding, settlements (one with mutual aid), a refund and a reversal through the
+functions those migrations defined. Then today's runner upgrades it, from two connections at once:
+every numbered migration and every code file is applied exactly once, every row and balance is as it
+was, `gongji audit` finds nothing, and today's settlement statement settles on it.
+
+The released migrations are the files in the tree: the runner refuses a database whose applied
+migration differs from its file, so a released file cannot change without every upgrade failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from harness import fingerprint
+from support import with_database
+
+from gongji import demo
+from gongji.store import audit, credentials, db, migrate, settlements
+from gongji.store.credentials import Kind
+
+RELEASED = 4  # the last numbered migration released before schema and code were split
+
+
+@pytest.fixture
+async def old_database(direct_server_url: str) -> AsyncIterator[str]:
+    """A database with the released migrations only; dropped afterwards."""
+    name = f"gongji_upgrade_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(direct_server_url)
+    await admin.execute(f'create database "{name}"')
+    url = with_database(direct_server_url, name)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate.migrate(conn, [m for m in migrate.bundled() if m.version <= RELEASED], code=[])
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+_VOUCHER = """
+insert into voucher (voucher_id, person_id, requester_id, expires_at)
+values (gen_random_uuid(), $1, $1, now() + interval '60 seconds') returning voucher_id"""
+# The released functions, called as the released server called them.
+_OLD_SETTLE = "select * from gongji_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_OLD_CANCEL = "select * from gongji_cancel($1, $2, $3, $4, $5)"
+_OLD_REVERSE = "select * from gongji_reverse($1, $2)"
+
+
+async def _old_settle(conn: asyncpg.Connection, request_id: str, patient: str, amount_fen: int) -> asyncpg.Record:
+    voucher_id = await conn.fetchval(_VOUCHER, patient)
+    row = await conn.fetchrow(
+        _OLD_SETTLE,
+        demo.INSTITUTION_ID,
+        demo.TERMINAL_ID,
+        request_id,
+        b"old",
+        voucher_id,
+        patient,
+        amount_fen,
+        None,
+        True,
+    )
+    assert row is not None and row["outcome"] == "OK", row
+    return row
+
+
+async def _fill(url: str, data_dir: Path) -> None:
+    """What a server of the released migrations would have written."""
+    pool = await db.create_pool(url, min_size=1, max_size=2, command_timeout_s=30)
+    try:
+        await demo.seed(pool, data_dir)
+    finally:
+        await pool.close()
+    conn = await asyncpg.connect(url)
+    try:
+        own = await _old_settle(conn, "old-1", demo.XIAOMING.person_id, 1_500)
+        aided = await _old_settle(conn, "old-2", demo.XIAOLI.person_id, 3_500)  # 20.00 own, 15.00 mutual aid
+        assert aided["acct_mulaid_pay_fen"] > 0
+        await _old_settle(conn, "old-3", demo.ZHANGWEI.person_id, 800)
+        refund = await conn.fetchrow(
+            _OLD_CANCEL, demo.INSTITUTION_ID, "old-refund", b"old", aided["settlement_id"], 500
+        )
+        assert refund is not None and refund["outcome"] == "OK", refund
+        reversal = await conn.fetchrow(_OLD_REVERSE, demo.INSTITUTION_ID, "old-1")
+        assert reversal is not None and reversal["settlement_id"] == own["settlement_id"], reversal
+    finally:
+        await conn.close()
+
+
+_BALANCES = "select person_id, balance_fen from account order by person_id"
+
+
+async def test_a_database_of_the_released_migrations_upgrades_in_place(old_database: str, tmp_path: Path) -> None:
+    await _fill(old_database, tmp_path)
+    conn = await asyncpg.connect(old_database)
+    try:
+        before, balances = await fingerprint(conn), await conn.fetch(_BALANCES)
+        assert before["settlements"] == 3 and before["refunds"] == 2 and before["bindings"] >= 1
+
+        # Two servers starting at once: they take turns; everything is applied once.
+        first, second = await asyncpg.connect(old_database), await asyncpg.connect(old_database)
+        try:
+            applied = await asyncio.gather(migrate.migrate(first), migrate.migrate(second))
+        finally:
+            await first.close()
+            await second.close()
+        newer = [m.version for m in migrate.bundled() if m.version > RELEASED]
+        assert sorted(m.version for m in applied[0] + applied[1]) == newer
+        assert await conn.fetchval("select count(*) from schema_migration") == len(migrate.bundled())
+        code = await conn.fetch("select name, sha256 from schema_code order by name")
+        assert {(r["name"], r["sha256"]) for r in code} == {(c.name, c.sha256) for c in migrate.bundled_code()}
+
+        assert await fingerprint(conn) == before
+        assert await conn.fetch(_BALANCES) == balances
+        assert await audit.differences(conn) == []
+        # Nothing left to do on the next start.
+        assert await migrate.migrate(conn) == []
+    finally:
+        await conn.close()
+    await _settles_with_todays_code(old_database)
+
+
+async def _settles_with_todays_code(url: str) -> None:
+    pool = await db.create_pool(url, min_size=1, max_size=2, command_timeout_s=30)
+    try:
+        token = await credentials.create(
+            pool, Kind.TERMINAL, "after upgrade", institution_id=demo.INSTITUTION_ID, terminal_id="POS-NEW"
+        )
+        credential_id = await pool.fetchval(
+            "select credential_id from credential where token_sha256 = $1", credentials.token_hash(token)
+        )
+        voucher_id = await pool.fetchval(_VOUCHER, demo.CHENJING.person_id)
+        row = await settlements.settle(
+            pool,
+            credential_id=credential_id,
+            request_id="new-1",
+            digest=b"new",
+            voucher_id=voucher_id,
+            patient_id=demo.CHENJING.person_id,
+            amount_fen=345,
+            authorizer_id=None,
+            use_personal_account=True,
+        )
+        assert row.acct_pay_fen == 345
+        assert await audit.differences(pool) == []
+    finally:
+        await pool.close()
+
+
+async def test_a_changed_code_file_is_applied_again_and_a_changed_migration_refused(old_database: str) -> None:
+    conn = await asyncpg.connect(old_database)
+    try:
+        await migrate.migrate(conn)
+        code = migrate.bundled_code()
+        changed = [migrate.Code(c.name, c.sql + "\n-- changed\n") if c.name == "settle.sql" else c for c in code]
+        await migrate.migrate(conn, code=changed)
+        recorded = await conn.fetchval("select sha256 from schema_code where name = 'settle.sql'")
+        assert recorded == changed[0].sha256 != code[0].sha256
+        edited = [migrate.Migration(m.version, m.name, m.sql + "\n-- edited\n") for m in migrate.bundled()]
+        with pytest.raises(migrate.MigrationError):
+            await migrate.migrate(conn, edited)
+    finally:
+        await conn.close()
