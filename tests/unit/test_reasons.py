@@ -1,0 +1,48 @@
+"""The refusal reasons the SQL code can answer and the error classes of errors.py, tied together.
+
+The store turns an `outcome` of a server-side function into an exception through errors.BY_REASON; a
+reason the SQL writes that errors.py does not know would end as a KeyError (INTERNAL) at the first
+refusal of that kind. The other way round, a reason no Python code raises and no SQL writes is dead.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from gongji import errors
+from gongji.store import migrate
+
+# Upper-case literals of the SQL files that are values of the schema, not refusal reasons: 'OK', what
+# the CHECK constraints allow (statuses, schemes, ledger kinds, refund kinds) and trigger levels.
+NOT_REASONS = frozenset(
+    {"OK", "ACTIVE", "EMPLOYEE", "LIVE", "CANCEL", "REFUND", "REVERSAL", "SETTLEMENT", "MUTUAL_AID", "STATEMENT"}
+)
+_LITERAL = re.compile(r"'([A-Z][A-Z_]*[A-Z])'")
+_COMMENT = re.compile(r"--[^\n]*")
+SRC = Path(errors.__file__).parent
+
+
+def _sql_literals() -> set[str]:
+    folder = resources.files("gongji.store").joinpath("sql")
+    text = "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in migrate.CODE_FILES)
+    return set(_LITERAL.findall(_COMMENT.sub("", text)))
+
+
+def test_every_reason_the_sql_answers_has_its_error_class() -> None:
+    reasons = _sql_literals() - NOT_REASONS
+    assert reasons, "the SQL files answer refusal reasons"
+    unknown = sorted(r for r in reasons if r not in errors.BY_REASON)
+    assert unknown == [], f"reasons the SQL answers without a class in errors.py: {unknown}"
+
+
+def test_every_error_class_is_raised_by_python_or_answered_by_sql() -> None:
+    python = "\n".join(p.read_text(encoding="utf-8") for p in SRC.rglob("*.py") if p.name != "errors.py")
+    sql = _sql_literals()
+    dead = sorted(
+        cls.reason
+        for cls in errors.BY_REASON.values()
+        if f"errors.{cls.__name__}" not in python and cls.reason not in sql
+    )
+    assert dead == [], f"reasons nothing can answer: {dead}"
