@@ -6,12 +6,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import grpc
 from google.protobuf import timestamp_pb2
 
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
+from gongji.store import db
 
 # The servicer context of every gongji RPC.
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -20,7 +20,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 @dataclass(frozen=True, slots=True)
 class App:
     settings: Settings
-    pool: asyncpg.Pool
+    pool: db.Pool
     vouchers: VoucherCodec
 
 

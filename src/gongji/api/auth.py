@@ -8,10 +8,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 
-import asyncpg
-
 from gongji import errors, limits
-from gongji.store import credentials
+from gongji.store import credentials, db
 from gongji.store.credentials import Kind, Principal
 
 # The authenticated caller of the RPC being handled, set by the interceptor.
@@ -102,7 +100,7 @@ class Authenticator:
     It also remembers when each credential was last used, for `take_last_used` to write in batches.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: db.Pool) -> None:
         self._pool = pool
         # Known tokens and unknown ones apart: a flood of random tokens fills (and, when full, clears)
         # only the misses, never evicting the entries of the terminals at work.

@@ -16,11 +16,9 @@ import logging
 import random
 import time
 
-import asyncpg
-
 from gongji import limits, metrics
 from gongji.api.auth import Authenticator
-from gongji.store import credentials
+from gongji.store import credentials, db, notifications
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +28,12 @@ APPLICATION_NAME = "gongji-credential-listener"
 
 
 class CredentialWatch:
-    def __init__(self, authenticator: Authenticator, pool: asyncpg.Pool, listen_url: str | None) -> None:
+    def __init__(self, authenticator: Authenticator, pool: db.Pool, listen_url: str | None) -> None:
         self._auth = authenticator
         self._pool = pool
         self._url = listen_url
         self._tasks: list[asyncio.Task[None]] = []
-        self.connection: asyncpg.Connection | None = None  # while connected (the tests read its pid)
+        self.connection: notifications.Listener | None = None  # while connected (the tests read its pid)
         self._connections = 0
         self._changes = 0  # notifications received, to tell whether a load saw all of them
         self._pending: set[int] = set()  # credentials announced as changed, not yet applied
@@ -110,25 +108,18 @@ class CredentialWatch:
     async def _listen_once(self, url: str) -> None:
         """Connect, LISTEN, and return when the connection is lost. Whatever happens, the cache is back
         to its short lifetime when this returns or raises."""
-        conn = await asyncpg.connect(
-            url,
-            timeout=limits.CREDENTIAL_LISTENER_CONNECT_TIMEOUT_S,
-            command_timeout=limits.CREDENTIAL_LISTENER_PING_TIMEOUT_S,
-            server_settings={"application_name": APPLICATION_NAME},
-        )
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _: lost.set())
+        listener = await notifications.Listener.connect(url, APPLICATION_NAME)
         try:
-            await conn.add_listener(CHANNEL, self._notified)
+            await listener.listen(CHANNEL, self._notified)
             # From here on every change is announced to us: forget what may have changed before.
             self._auth.listening(True)
             await self._load_known()
-            self.connection = conn
+            self.connection = listener
             metrics.CREDENTIAL_LISTENERS.inc()
             self._connections += 1
             # A reconnection at the level its loss was logged at, so that whoever saw one sees the other.
             log.log(logging.INFO if self._connections == 1 else logging.WARNING, "credential listener connected")
-            while not await _lost_or_silent(conn, lost):
+            while not await listener.lost_or_silent():
                 if not self._auth.knows_tokens:  # a load or a refresh failed: try again
                     await self._load_known()
             metrics.CREDENTIAL_LISTENER_LOSSES.inc()
@@ -140,15 +131,15 @@ class CredentialWatch:
                 self._drainer.cancel()  # what it would learn belongs to a connection no longer listening
             self._pending.clear()
             self._auth.listening(False)
-            conn.terminate()  # at once: a lost connection has nothing to say goodbye to
+            listener.close()
 
-    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+    def _notified(self, payload: str) -> None:
         """Changes are applied by one task, in batches: a bulk change (thousands of credentials
         created or revoked in one statement) is a few queries, not one per row."""
         metrics.CREDENTIAL_CHANGES.inc()
         self._changes += 1
         self._auth.changing()  # at once: a look-up in flight now must not be cached
-        text = str(payload)
+        text = payload
         if text.isascii() and text.isdigit():
             self._pending.add(int(text))
         else:
@@ -196,22 +187,3 @@ class CredentialWatch:
                 self._auth.know(hashes if len(hashes) <= limits.CREDENTIALS_IN_MEMORY_MAX else None)
                 return
         self._auth.know(None)
-
-
-async def _lost_or_silent(conn: asyncpg.Connection, lost: asyncio.Event) -> bool:
-    """Wait one ping interval; True when the connection was closed or does not answer a ping (a peer
-    gone without a word, as behind a dropped NAT mapping or a failover, is only found by asking)."""
-    try:
-        async with asyncio.timeout(limits.CREDENTIAL_LISTENER_PING_INTERVAL_S):
-            await lost.wait()
-            return True
-    except TimeoutError:
-        pass
-    try:
-        async with asyncio.timeout(limits.CREDENTIAL_LISTENER_PING_TIMEOUT_S):
-            await conn.fetchval("select 1")
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # timed out, reset, closed: the connection is gone either way
-        return True
-    return lost.is_set()

@@ -23,7 +23,6 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
-import asyncpg
 import grpc
 from google.protobuf.message import DecodeError
 
@@ -44,32 +43,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 _PREFIX = "/gongji.v1."
 # What ServicerContext.read() answers once the client has half-closed (missing from grpc-stubs 1.53).
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
-
-# The database is unreachable, restarting, full or read-only (a failover): the client may retry.
-# Serving a call does no I/O but the database's, so any OSError (refused, reset, timed out, a Unix
-# socket gone while a local PostgreSQL restarts) is the database's too.
-_DB_UNAVAILABLE = (
-    *db.UNREACHABLE,
-    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, query cancelled
-    asyncpg.exceptions.ReadOnlySQLTransactionError,
-)
-
-
-def _connection_lost(exc: BaseException) -> bool:
-    """Whether the call failed because its database connection did, though asyncpg reported something
-    else. A connection lost inside a transaction surfaces as the failure of the rollback that followed
-    (InterfaceError: the underlying connection is closed, caused by the loss); a connection lost or a
-    call cancelled mid-operation can leave asyncpg's protocol in a state it reports as its own internal
-    error. Either way the statement may or may not have committed: the client retries with the same
-    request id. An InterfaceError with no such cause (a misuse: a defect of ours) stays INTERNAL."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # bounded: exception chains are short
-        if seen is None:
-            return False
-        if isinstance(seen, (*_DB_UNAVAILABLE, asyncpg.exceptions.InternalClientError, asyncio.CancelledError)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class _Undecodable:
@@ -152,13 +125,6 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     current_principal.reset(token)
         except errors.GongjiError as exc:
             await call.abort(context, exc)
-        except _DB_UNAVAILABLE as exc:
-            log.warning("database unavailable during %s: %s", call.method, type(exc).__name__)
-            await call.abort(context, errors.DatabaseUnavailable("the database is unavailable; retry"))
-        except asyncpg.exceptions.TransactionRollbackError as exc:
-            # Deadlock or serialization failure: nothing was written; the same request may be retried.
-            log.warning("transaction rolled back during %s: %s", call.method, type(exc).__name__)
-            await call.abort(context, errors.TransactionAborted("the transaction was rolled back; retry"))
         except asyncio.CancelledError:
             # grpc.aio cancels the handler both when the client cancels and when the deadline
             # passes; the remaining time tells them apart.
@@ -167,9 +133,10 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            if _connection_lost(exc):
-                log.warning("database connection lost during %s: %s", call.method, type(exc).__name__)
-                await call.abort(context, errors.DatabaseUnavailable("the database is unavailable; retry"))
+            database = db.as_gongji_error(exc)  # the store reads the driver's errors, in one place
+            if database is not None:
+                log.warning("%s during %s: %s", database.reason, call.method, type(exc).__name__)
+                await call.abort(context, database)
             # The class and frames only, to the log and never to the client: messages of database
             # errors and failed assertions can quote row values (PII, balances).
             frames = "".join(traceback.format_tb(exc.__traceback__))

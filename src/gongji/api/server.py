@@ -8,7 +8,6 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -24,6 +23,7 @@ from gongji.api.family import FamilyService
 from gongji.api.interceptor import GongjiInterceptor
 from gongji.api.settlement import SettlementService
 from gongji.config import Settings
+from gongji.store import db
 from gongji.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -93,17 +93,7 @@ class Running:
         await self.credentials.close()
 
 
-async def _database_answers(pool: asyncpg.Pool) -> bool:
-    try:
-        async with asyncio.timeout(limits.HEALTH_CHECK_TIMEOUT_S):
-            return bool(await pool.fetchval("select true"))
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # whatever the failure (refused, reset, timed out, shutting down), it does not answer
-        return False
-
-
-async def watch_database(pool: asyncpg.Pool, health: HealthServicer) -> None:
+async def watch_database(pool: db.Pool, health: HealthServicer) -> None:
     """Health follows the database: NOT_SERVING while it does not answer (a load balancer then sends
     terminals elsewhere; calls that still come answer UNAVAILABLE), SERVING again once it does. The
     pool reconnects by itself, so gongji recovers without a restart. The probe goes through the pool,
@@ -111,7 +101,7 @@ async def watch_database(pool: asyncpg.Pool, health: HealthServicer) -> None:
     serving = True
     while True:
         await asyncio.sleep(limits.HEALTH_CHECK_INTERVAL_S)
-        answers = await _database_answers(pool)
+        answers = await db.answers(pool, limits.HEALTH_CHECK_TIMEOUT_S)
         if answers == serving:
             continue
         serving = answers

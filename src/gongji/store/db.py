@@ -11,7 +11,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from gongji import errors
+
 log = logging.getLogger(__name__)
+
+# The pool every other room passes around; only the store speaks asyncpg.
+Pool = asyncpg.Pool
 
 EMBEDDED_DATABASE = "gongji"
 
@@ -23,7 +28,7 @@ T = TypeVar("T")
 # target_session_attrs=read-write, no host that accepts writes (every host reachable is a standby for
 # the moment a failover takes; asyncpg raises TargetServerAttributeNotMatched when no host refused
 # outright). At start gongji waits these out; during a call they answer UNAVAILABLE
-# (api/interceptor.py). Anything else at start (a wrong password, a missing database) is a
+# (as_gongji_error below). Anything else at start (a wrong password, a missing database) is a
 # configuration error, and waiting would not mend it.
 UNREACHABLE = (
     OSError,
@@ -34,6 +39,47 @@ UNREACHABLE = (
     asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 _BACKOFF_FIRST_S = 0.25
+
+# During a call, the database is unreachable, restarting, full or read-only (a failover): the client
+# may retry. Serving a call does no I/O but the database's, so any OSError (refused, reset, timed out,
+# a Unix socket gone while a local PostgreSQL restarts) is the database's too.
+_UNAVAILABLE = (
+    *UNREACHABLE,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, query cancelled
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
+
+
+def as_gongji_error(exc: BaseException) -> errors.GongjiError | None:
+    """What a driver error that ended a call means to the client: the one place that reads asyncpg's
+    exceptions for that (by class, never by message). None: not the database's doing (a defect).
+
+    - unreachable, restarting, read-only, or the connection lost: UNAVAILABLE, retry the same request;
+    - a deadlock or serialization failure: ABORTED, nothing was written, retry the same request."""
+    if isinstance(exc, _UNAVAILABLE) or _connection_lost(exc):
+        return errors.DatabaseUnavailable("the database is unavailable; retry")
+    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
+        return errors.TransactionAborted("the transaction was rolled back; retry")
+    return None
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether the call failed because its database connection did, though asyncpg reported something
+    else. A connection lost inside a transaction surfaces as the failure of the rollback that followed
+    (InterfaceError: the underlying connection is closed, caused by the loss); a connection lost or a
+    call cancelled mid-operation can leave asyncpg's protocol in a state it reports as its own internal
+    error. Either way the statement may or may not have committed: the client retries with the same
+    request id. An InterfaceError with no such cause (a misuse: a defect of ours) stays INTERNAL."""
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True
+    for _ in range(8):  # bounded: exception chains are short
+        if seen is None:
+            return False
+        if isinstance(seen, (*_UNAVAILABLE, asyncpg.exceptions.InternalClientError, asyncio.CancelledError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class DatabaseUnreachable(Exception):
@@ -114,3 +160,15 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def answers(pool: Pool, timeout_s: float) -> bool:
+    """Whether the database answers a trivial query through `pool` within `timeout_s`: what a call
+    would meet. Any failure (refused, reset, timed out, shutting down) means it does not."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return bool(await pool.fetchval("select true"))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        return False
