@@ -127,11 +127,15 @@ class Authenticator:
         if hit is not None and hit[1] > now:
             principal = hit[0]
         else:
-            if self._known is not None and key not in self._known and not self._unknown_lookups.take(now):
+            if self._unknown(key) and not self._unknown_lookups.take(now):
                 # No live credential has this token (a flood of made-up ones is refused here, without
                 # the database); a few a second are still looked up, for a credential just created.
                 raise errors.CredentialsInvalid("unknown or revoked credentials")
             principal, generation = await self._lookup_once(key, token)
+            if principal is not None and self._known is not None and key not in self._known:
+                # Live, by the database's word, before its announcement arrived: known from now on, so
+                # that the rest of a new terminal's first burst does not spend the allowance.
+                self.known_changed(principal.credential_id, key)
             if generation == self._generation:
                 entries = self._cache if principal is not None else self._misses
                 if len(entries) >= limits.CREDENTIAL_CACHE_ENTRIES_MAX:
@@ -143,6 +147,14 @@ class Authenticator:
         if principal.kind not in allowed_kinds(method):
             raise errors.NotAllowed(f"{principal.kind.lower()} credentials may not call {method}")
         return principal
+
+    def _unknown(self, key: bytes) -> bool:
+        """Whether no live credential has this token hash, as far as the set of them tells: False when
+        the set is not held, or a look-up of this very token is in flight (the call joins it)."""
+        if self._known is None or key in self._known:
+            return False
+        shared = self._in_flight.get(key)
+        return shared is None or shared[1] != self._generation
 
     async def _lookup_once(self, key: bytes, token: str) -> tuple[Principal | None, int]:
         """Calls with the same token that miss the cache together share one look-up (a terminal's
