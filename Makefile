@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test test-external test-pgbouncer chaos reliability check lint typecheck proto proto-check demo clean \
+.PHONY: run test test-external test-pgbouncer chaos reliability check lint lengths typecheck proto proto-check demo clean \
 	bench bench-smoke pgbench
 
 $(STAMP): pyproject.toml
@@ -69,12 +69,16 @@ bench-smoke: $(STAMP) pgbench
 pgbench:
 	@command -v pgbench >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client)
 
-check: lint typecheck proto-check
+check: lint typecheck proto-check lengths
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
 	cd proto && ../$(BIN)/buf lint
+
+## Functions over 70 lines, in Python and in the server-side SQL (scripts/function_lengths.py says why ours).
+lengths: $(STAMP)
+	$(BIN)/python scripts/function_lengths.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
