@@ -45,9 +45,6 @@ class Admission:
         self._by_credential: dict[int, int] = {}
         self._by_institution: dict[str, int] = {}
 
-    def caller_max(self, principal: Principal) -> int:
-        return self._per_kind[principal.kind]
-
     @contextlib.contextmanager
     def admit(self, principal: Principal) -> Iterator[None]:
         """Hold one of `principal`'s calls in flight for the block, or refuse it at once."""

@@ -85,7 +85,7 @@ class Authenticator:
       is the harm that matters, so it depends on nothing that can be lost.
     - Every other call trusts this cache, which bounds the load on the database. A change of a
       credential row is announced by the database (NOTIFY, store/sql/credentials.sql) to one listening connection
-      per server process (gongji.api.credential_watch), which calls `credential_changed`: entries are
+      per server process (gongji.api.credential_watch), which calls `forget_credentials`: entries are
       dropped within milliseconds. Notifications can be lost while that connection is down, so then
       (`listening(False)`) the cache is cleared and answers are trusted for at most
       CREDENTIAL_CACHE_UNLISTENED_TTL_S; while it is up, for at most CREDENTIAL_CACHE_TTL_S.
@@ -203,7 +203,7 @@ class Authenticator:
 
     def changing(self) -> None:
         """A change was announced: a look-up in flight may have read the row before it, so its answer
-        must not be cached (the change itself is applied a moment later, by `credential_changed`)."""
+        must not be cached (the change itself is applied a moment later, by `forget_credentials`)."""
         self._generation += 1
 
     def know(self, hashes: dict[bytes, int] | None) -> None:
@@ -226,16 +226,15 @@ class Authenticator:
         self._known[token_hash] = credential_id
         self._known_hash[credential_id] = token_hash
 
-    def credential_changed(self, payload: str) -> None:
-        """A credential was revoked, deleted or changed: drop its entries ('*' or anything that is
-        not an id: all of them)."""
-        self._generation += 1
-        if not payload.isdigit():
+    def forget_credentials(self, credential_ids: set[int] | None) -> None:
+        """These credentials were revoked, deleted or changed (None: any of them may have been): drop
+        what is cached of them, in one pass over the cache. (In-flight look-ups were already kept from
+        caching by `changing`.)"""
+        if credential_ids is None:
             self._forget_all()
             return
         self._misses.clear()  # cheap, and a token unknown a moment ago may be a new credential's
-        credential_id = int(payload)
-        stale = [k for k, (p, _) in self._cache.items() if p is not None and p.credential_id == credential_id]
+        stale = [k for k, (p, _) in self._cache.items() if p is not None and p.credential_id in credential_ids]
         for key in stale:
             del self._cache[key]
 

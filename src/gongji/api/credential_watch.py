@@ -152,12 +152,11 @@ class CredentialWatch:
             if self._pending_all or len(self._pending) > limits.CREDENTIAL_CHANGES_BATCH_MAX:
                 self._pending.clear()
                 self._pending_all = False
-                self._auth.credential_changed("*")
+                self._auth.forget_credentials(None)
                 await self._load_known()
                 continue
             ids, self._pending = self._pending, set()
-            for credential_id in ids:
-                self._auth.credential_changed(str(credential_id))
+            self._auth.forget_credentials(ids)
             try:
                 live = await credentials.live_hashes_of(self._pool, sorted(ids))
             except asyncio.CancelledError:

@@ -56,8 +56,20 @@ insert into institution (institution_id, name) values ($1, $2) on conflict (inst
 # queueing. Advisory, not FOR SHARE on the row: a row lock per settlement would write to the
 # credential's tuple and, with one terminal's calls concurrent, build multixacts.
 _MONEY_LOCK_SPACE = 0x676A  # 'gj': a key of the two-int advisory lock space, apart from the bigint keys
-MONEY_LOCK = f"pg_try_advisory_xact_lock_shared({_MONEY_LOCK_SPACE}, (c.credential_id % 2147483647)::int4)"
+_MONEY_LOCK = f"pg_try_advisory_xact_lock_shared({_MONEY_LOCK_SPACE}, (c.credential_id % 2147483647)::int4)"
 _MONEY_LOCK_WAIT = f"select pg_advisory_xact_lock({_MONEY_LOCK_SPACE}, ($1::bigint % 2147483647)::int4)"
+
+
+def money_guard(credential_id_param: str, kind: Kind) -> str:
+    """The condition on `credential c` under which a money statement may run, written once for all of
+    them: the caller's credential (the statement's parameter `credential_id_param`), live, of `kind`,
+    its money lock held. In the money call's own statement, so the check costs no round trip and a
+    credential revoked or deleted a moment ago moves nothing, whatever a server's cache believes."""
+    return (
+        f"c.credential_id = {credential_id_param} and c.revoked_at is null and c.kind = '{kind.value}'"
+        f" and {_MONEY_LOCK}"
+    )
+
 
 _LIVE_HASHES = "select credential_id, token_sha256 from credential where revoked_at is null limit $1"
 _LIVE_HASHES_OF = """
@@ -155,7 +167,7 @@ async def revoke(pool: asyncpg.Pool, label_or_id: str) -> int:
     revoked = await pool.fetchval(_REVOKE, ids[0])
     if revoked is None:
         raise NotRevoked(f"no live credential has id {ids[0]} (unknown, or revoked already)")
-    # Committed: later money calls see it revoked. Wait for those that saw it live (MONEY_LOCK).
+    # Committed: later money calls see it revoked. Wait for those that saw it live (_MONEY_LOCK).
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_MONEY_LOCK_WAIT, ids[0])
     return ids[0]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors
-from gongji.store.credentials import MONEY_LOCK
+from gongji.store import credentials
+from gongji.store.credentials import Kind
 
 _SCOPE = "credit"
 
@@ -17,8 +18,7 @@ _LOCK_KEY = "select pg_advisory_xact_lock(hashtextextended($1, 0))"
 # lock (a revocation that committed while this waited is seen), folded into the key's lookup so that
 # the check costs no round trip of its own.
 _FIND_KEY = f"""
-select exists (select 1 from credential c
-                where c.credential_id = $3 and c.revoked_at is null and c.kind = 'OPERATOR' and {MONEY_LOCK}) as live,
+select exists (select 1 from credential c where {credentials.money_guard("$3", Kind.OPERATOR)}) as live,
        k.request_digest, k.resource_id
   from (select) one left join idempotency_key k on k.scope = $1 and k.request_id = $2"""
 # A replay answers with the balance right after the original credit, as the original answer did.

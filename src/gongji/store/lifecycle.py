@@ -9,16 +9,16 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors
-from gongji.store.settlements import CREDENTIAL_GUARD, SettlementRow
+from gongji.store.settlements import TERMINAL_GUARD, SettlementRow
 
 # As for Settle (see gongji.store.settlements): the credential is checked in the same statement, and
 # the function, LATERAL on its row, runs only when the credential is live. No row: refused.
 _CANCEL = f"""
 select g.* from credential c cross join lateral gongji_cancel(c.institution_id, $2, $3, $4, $5) g
- where {CREDENTIAL_GUARD} and c.kind = 'TERMINAL'"""
+ where {TERMINAL_GUARD}"""
 _REVERSE = f"""
 select g.* from credential c cross join lateral gongji_reverse(c.institution_id, $2) g
- where {CREDENTIAL_GUARD} and c.kind = 'TERMINAL'"""
+ where {TERMINAL_GUARD}"""
 
 _SETTLEMENT_COLUMNS = """settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, amount_fen,
        acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at"""

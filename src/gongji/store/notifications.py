@@ -35,12 +35,6 @@ class Listener:
         """From now on every notification on `channel` calls `on_payload` with its payload."""
         await self._conn.add_listener(channel, lambda _conn, _pid, _channel, payload: on_payload(str(payload)))
 
-    @property
-    def pid(self) -> int:
-        """The backend's process id (operators and tests find it in pg_stat_activity)."""
-        pid: int = self._conn.get_server_pid()
-        return pid
-
     async def lost_or_silent(self) -> bool:
         """Wait one ping interval; True when the connection was closed or does not answer a ping (a
         peer gone without a word, as behind a dropped NAT mapping or a failover, is only found by

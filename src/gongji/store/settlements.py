@@ -10,21 +10,19 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors, metrics
-from gongji.store.credentials import MONEY_LOCK
+from gongji.store import credentials
+from gongji.store.credentials import Kind
 
 _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
-# The caller's credential is checked in the same statement, so in the same transaction and round trip:
-# a credential revoked or deleted a moment ago moves no money, whatever the server's auth cache still
-# believes. The function is LATERAL on the credential row (it takes the institution and terminal from
-# it), so it runs once per qualifying row and never when the row is gone or revoked. The institution
-# comes from the credential, never from a request; TERMINAL is checked again as a second defence.
-# The guard also holds the credential's money lock (gongji.store.credentials.MONEY_LOCK), which a
-# revocation waits for.
-CREDENTIAL_GUARD = f"c.credential_id = $1 and c.revoked_at is null and {MONEY_LOCK}"
+# The caller's credential is checked in the same statement (credentials.money_guard). The function is
+# LATERAL on the credential row (it takes the institution and terminal from it), so it runs once per
+# qualifying row and never when the row is gone or revoked: the institution comes from the credential,
+# never from a request.
+TERMINAL_GUARD = credentials.money_guard("$1", Kind.TERMINAL)
 _SETTLE = f"""
 select c.institution_id, g.* from credential c
  cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8) g
- where {CREDENTIAL_GUARD} and c.kind = 'TERMINAL'"""
+ where {TERMINAL_GUARD}"""
 
 
 @dataclass(frozen=True, slots=True)
