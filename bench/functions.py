@@ -1,0 +1,80 @@
+"""Time inside each server-side function of a settlement, and the database ceiling beside it.
+
+    make bench-functions                                  # 20,000 people, 8 pgbench clients, 30 s
+    .venv/bin/python bench/functions.py --people 2000 --seconds 5
+
+Seeds a fresh database `gongji_functions` (bench/seed.py), turns on PostgreSQL's function statistics for
+it (`track_functions = 'pl'`: PL/pgSQL and C functions are counted, SQL functions only when they are
+not inlined), runs pgbench with the settlement SQL of the DB ceiling (bench/pgbench_settle.sql), and
+prints each function's calls and mean time per call from `pg_stat_user_functions`: `total` includes the
+functions it calls, `self` does not. Splitting a function into steps is free only if the caller's mean
+`total` does not grow; compare two versions in one sitting on one machine, never across days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+
+import asyncpg
+from ceilings import prepare_pgbench, run_db_ceiling
+from common import DEFAULT_SERVER_URL, ROOT, fresh_database
+
+DATABASE = "gongji_functions"
+
+
+async def _track_functions(db_url: str, *, reset: bool) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        if reset:
+            await conn.execute(f"alter database {DATABASE} set track_functions = 'pl'")
+        await conn.execute("select pg_stat_reset()")
+    finally:
+        await conn.close()
+
+
+async def _function_times(db_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await asyncio.sleep(1)  # backends report their counters when their transaction ends, within 0.5 s
+        return await conn.fetch(
+            "select funcname, calls, total_time, self_time from pg_stat_user_functions"
+            " where calls > 0 order by total_time desc"
+        )
+    finally:
+        await conn.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=32, help="pgbench clients are a quarter of this (2 to 16)")
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--server-url", default=DEFAULT_SERVER_URL)
+    cfg = parser.parse_args()
+    out = ROOT / "bench" / "results" / "functions"
+    out.mkdir(parents=True, exist_ok=True)
+    db_url = asyncio.run(fresh_database(cfg.server_url, DATABASE))
+    population = out / "population.json"
+    seed = [sys.executable, str(ROOT / "bench" / "seed.py"), "--database-url", db_url, "--people", str(cfg.people)]
+    subprocess.run([*seed, "--out", str(population)], check=True, cwd=ROOT)
+    patients = json.loads(population.read_text())["patients"]
+    credential_id = asyncio.run(prepare_pgbench(db_url, patients))
+    asyncio.run(_track_functions(db_url, reset=True))
+    ceiling = run_db_ceiling(cfg, db_url, len(patients), credential_id, out)
+    rows = asyncio.run(_function_times(db_url))
+    print(f"\ndb ceiling: {ceiling.throughput_rps:.0f} settlements/s, {ceiling.p50_ms:.3f} ms average ({ceiling.note})")
+    print("\n| function | calls | mean total µs | mean self µs |\n|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['funcname']} | {r['calls']} | {1000 * r['total_time'] / r['calls']:.1f}"
+            f" | {1000 * r['self_time'] / r['calls']:.1f} |"
+        )
+    return 0 if ceiling.failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
