@@ -10,7 +10,6 @@ from pathlib import Path
 
 import asyncpg
 
-from gongji.domain.eligibility import RegionPolicy
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, resident_id_check_char
 from gongji.store import bindings, credentials, credits, grants, people
 from gongji.store.credentials import Kind
@@ -65,10 +64,6 @@ GRANTS = (
 BINDINGS = ((XIAOMING, XIAOBAO, Relationship.CHILD),)
 
 
-def _no_check(_a: Person | None, _b: Person | None, _policy: RegionPolicy) -> None:
-    """The demo grants are eligible by construction."""
-
-
 def _write_tokens(path: Path, tokens: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
@@ -84,19 +79,18 @@ async def seed(pool: asyncpg.Pool, data_dir: Path) -> dict[str, str]:
         return tokens
     for person in PEOPLE:
         await people.enroll(pool, person)
+    # The demo grants and bindings are allowed by construction: written without a decision.
     for authorizer, beneficiary, relationship in GRANTS:
-        await grants.create(pool, authorizer.person_id, beneficiary.person_id, relationship, _no_check)
+        async with grants.pair_for_grant(pool, authorizer.person_id, beneficiary.person_id) as pair:
+            await pair.insert(relationship)
     for holder, member, relationship in BINDINGS:
-        await bindings.bind(
-            pool,
-            holder_id=holder.person_id,
-            member_id=member.person_id,
-            relationship=relationship,
-            phone="13800000000",
-            reason="demo: 代孩子出示医保码",
-            face_verification_ref="",
-            check=lambda *_: None,
-        )
+        async with bindings.pair_for_bind(pool, holder.person_id, member.person_id) as bind:
+            await bind.insert(
+                relationship=relationship,
+                phone="13800000000",
+                reason="demo: 代孩子出示医保码",
+                face_verification_ref="",
+            )
     for person, amount_fen in BALANCES_FEN.items():
         await credits.credit(
             pool,

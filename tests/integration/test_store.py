@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import asyncpg
 import pytest
@@ -11,8 +12,9 @@ from hypothesis import strategies as st
 from support import Api, cancel, with_database
 
 from gongji import limits
+from gongji.domain.people import Relationship
 from gongji.domain.waterfall import Split, refund_split, split
-from gongji.store import audit, migrate
+from gongji.store import audit, bindings, grants, migrate
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
 balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
@@ -126,3 +128,37 @@ async def test_audit_checks_refunds_against_the_ledger_and_their_settlement(api:
             finally:
                 await tx.rollback()
         assert await audit.differences(conn) == []
+
+
+class _Refused(Exception):
+    pass
+
+
+async def _grant_then_refuse(pool: asyncpg.Pool, authorizer: str, beneficiary: str) -> grants.GrantPair:
+    try:
+        async with grants.pair_for_grant(pool, authorizer, beneficiary) as pair:
+            assert pair.authorizer is not None and pair.beneficiary is not None
+            await pair.insert(Relationship.CHILD)
+            raise _Refused
+    except _Refused:
+        return pair
+
+
+async def _bind_then_refuse(pool: asyncpg.Pool, holder: str, member: str) -> None:
+    async with bindings.pair_for_bind(pool, holder, member) as bind:
+        assert (bind.live_bindings, bind.already_bound) == (0, False)
+        await bind.insert(relationship=Relationship.CHILD, phone="", reason="", face_verification_ref="")
+        raise _Refused
+
+
+async def test_a_decision_raised_in_a_grant_or_bind_block_writes_nothing(api: Api, pool: asyncpg.Pool) -> None:
+    """The use case decides inside the store's transaction: whatever it raises there, even after the
+    write, rolls the write back, and the pair cannot write once its block is left."""
+    holder, member = await api.enroll(), await api.enroll(birth=dt.date(2019, 1, 1))
+    pair = await _grant_then_refuse(pool, holder, member)
+    with pytest.raises(_Refused):
+        await _bind_then_refuse(pool, holder, member)
+    assert await grants.given_by(pool, holder, 10) == []
+    assert await bindings.of_holder(pool, holder, 10) == ([], 0)
+    with pytest.raises(AssertionError, match="only inside"):
+        await pair.insert(Relationship.CHILD)

@@ -10,20 +10,9 @@ from gongji.api import convert
 from gongji.api.app import App, Context, timestamp
 from gongji.api.validate import Fields, china_today
 from gongji.domain import eligibility, kinship
-from gongji.domain.eligibility import RegionPolicy
-from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship
+from gongji.domain.people import DocumentType, PersonStatus, Relationship
 from gongji.store import bindings, grants, people, vouchers
 from gongji.v1 import family_pb2, family_pb2_grpc
-
-
-def _check_grant(
-    relationship: Relationship, authorizer: Person | None, beneficiary: Person | None, policy: RegionPolicy
-) -> None:
-    if authorizer is None:
-        raise errors.PersonNotFound("the authorizer is not enrolled")
-    if beneficiary is None:
-        raise errors.BeneficiaryNotInsured("the beneficiary is not an insured person")
-    eligibility.check_grant(authorizer, beneficiary, relationship, policy)
 
 
 class FamilyService(family_pb2_grpc.FamilyServiceServicer):
@@ -62,31 +51,23 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         claim = kinship.MemberClaim(claim_name, document_type, document_number, birth_date)
         today = china_today()
 
-        def check(holder: Person | None, member: Person | None, live: int, already: bool) -> None:
-            if holder is None:
+        async with bindings.pair_for_bind(self._app.pool, holder_id, member_id) as pair:
+            if pair.holder is None:
                 raise errors.PersonNotFound("the holder is not enrolled")
-            if member is None:
+            if pair.member is None:
                 raise errors.PersonNotFound("the member is not an insured person")
             kinship.check_bind(
-                holder,
-                member,
+                pair.holder,
+                pair.member,
                 claim,
                 face_verification_ref=face_ref,
-                live_bindings=live,
-                already_bound=already,
+                live_bindings=pair.live_bindings,
+                already_bound=pair.already_bound,
                 today=today,
             )
-
-        binding, _existed = await bindings.bind(
-            self._app.pool,
-            holder_id=holder_id,
-            member_id=member_id,
-            relationship=relationship,
-            phone=phone,
-            reason=reason,
-            face_verification_ref=face_ref,
-            check=check,
-        )
+            binding, _existed = await pair.insert(
+                relationship=relationship, phone=phone, reason=reason, face_verification_ref=face_ref
+            )
         return family_pb2.BindResponse(binding=convert.binding(binding))
 
     async def Unbind(self, request: family_pb2.UnbindRequest, context: Context) -> family_pb2.UnbindResponse:
@@ -134,10 +115,13 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         fields.done()
         assert relationship is not None
 
-        def check(authorizer: Person | None, beneficiary: Person | None, policy: RegionPolicy) -> None:
-            _check_grant(relationship, authorizer, beneficiary, policy)
-
-        grant, existed = await grants.create(self._app.pool, authorizer_id, beneficiary_id, relationship, check)
+        async with grants.pair_for_grant(self._app.pool, authorizer_id, beneficiary_id) as pair:
+            if pair.authorizer is None:
+                raise errors.PersonNotFound("the authorizer is not enrolled")
+            if pair.beneficiary is None:
+                raise errors.BeneficiaryNotInsured("the beneficiary is not an insured person")
+            eligibility.check_grant(pair.authorizer, pair.beneficiary, relationship, pair.policy)
+            grant, existed = await pair.insert(relationship)
         return family_pb2.GrantResponse(grant=convert.grant(grant), already_granted=existed)
 
     async def Revoke(self, request: family_pb2.RevokeRequest, context: Context) -> family_pb2.RevokeResponse:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+import asyncpg.pool
 
 from gongji.domain.people import Person, Relationship
 from gongji.store.people import PERSON_COLUMNS, person_from_row
@@ -54,32 +56,52 @@ def _binding(r: asyncpg.Record) -> BindingRow:
     return BindingRow(**{**dict(r), "relationship": Relationship(r["relationship"])})
 
 
-# check(holder, member, live bindings of the holder, whether this member is among them) raises a refusal.
-BindCheck = Callable[[Person | None, Person | None, int, bool], None]
+@dataclass(slots=True)
+class BindingPair:
+    """The holder and member of a Bind, both locked while the caller decides, and the write it decides on.
+
+    `holder` and `member` are the people as they are while locked (None for someone not enrolled);
+    `live_bindings` counts the holder's live bindings and `already_bound` says whether this member is
+    among them. Usable only inside its `pair_for_bind` block.
+    """
+
+    holder: Person | None
+    member: Person | None
+    live_bindings: int
+    already_bound: bool
+    _ids: tuple[str, str]
+    _conn: asyncpg.pool.PoolConnectionProxy | None
+
+    async def insert(
+        self, *, relationship: Relationship, phone: str, reason: str, face_verification_ref: str
+    ) -> tuple[BindingRow, bool]:
+        """The live binding, and whether it existed already (binding twice is idempotent)."""
+        assert self._conn is not None, "a BindingPair writes only inside its pair_for_bind block"
+        holder_id, member_id = self._ids
+        existed = self.already_bound
+        if not existed:
+            await self._conn.execute(
+                _INSERT, holder_id, member_id, relationship.value, phone, reason, face_verification_ref
+            )
+        row = await self._conn.fetchrow(_ONE, holder_id, member_id)
+        assert row is not None
+        return _binding(row), existed
 
 
-async def bind(
-    pool: asyncpg.Pool,
-    *,
-    holder_id: str,
-    member_id: str,
-    relationship: Relationship,
-    phone: str,
-    reason: str,
-    face_verification_ref: str,
-    check: BindCheck,
-) -> tuple[BindingRow, bool]:
-    """The live binding, and whether it existed already (binding twice is idempotent)."""
+@contextlib.asynccontextmanager
+async def pair_for_bind(pool: asyncpg.Pool, holder_id: str, member_id: str) -> AsyncIterator[BindingPair]:
+    """One transaction for one Bind: both people locked, the holder's live bindings read, then the
+    caller decides and calls `insert`. An exception out of the block rolls back: nothing is written."""
     async with pool.acquire() as conn, conn.transaction():
         people = {r["person_id"]: person_from_row(r) for r in await conn.fetch(_LOCK_PEOPLE, [holder_id, member_id])}
         live = {r["member_id"] for r in await conn.fetch(_LIVE_OF_HOLDER, holder_id)}
-        check(people.get(holder_id), people.get(member_id), len(live), member_id in live)
-        existed = member_id in live
-        if not existed:
-            await conn.execute(_INSERT, holder_id, member_id, relationship.value, phone, reason, face_verification_ref)
-        row = await conn.fetchrow(_ONE, holder_id, member_id)
-        assert row is not None
-        return _binding(row), existed
+        pair = BindingPair(
+            people.get(holder_id), people.get(member_id), len(live), member_id in live, (holder_id, member_id), conn
+        )
+        try:
+            yield pair
+        finally:
+            pair._conn = None  # the connection goes back to the pool: no write after the block
 
 
 async def unbind(pool: asyncpg.Pool, holder_id: str, member_id: str) -> BindingRow | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+import asyncpg.pool
 
 from gongji.domain.eligibility import DEFAULT_POLICY, RegionPolicy
 from gongji.domain.people import Person, Relationship
@@ -49,28 +51,45 @@ def _grant(row: asyncpg.Record) -> GrantRow:
     return GrantRow(**{**fields, "relationship": Relationship(row["relationship"])})
 
 
-async def create(
-    pool: asyncpg.Pool,
-    authorizer_id: str,
-    beneficiary_id: str,
-    relationship: Relationship,
-    check: Callable[[Person | None, Person | None, RegionPolicy], None],
-) -> tuple[GrantRow, bool]:
-    """The live grant between the two, and whether it already existed.
+@dataclass(slots=True)
+class GrantPair:
+    """The two people of a Grant, held FOR SHARE while the caller decides, and the write it decides on.
 
-    `check(authorizer, beneficiary, policy)` raises the refusal when the grant is not allowed; it sees
-    the people as they are while locked (None for someone not enrolled) and the policy of the
-    authorizer's region.
+    `authorizer` and `beneficiary` are the people as they are while locked (None for someone not
+    enrolled); `policy` is the authorizer's region's. Usable only inside its `pair_for_grant` block.
     """
+
+    authorizer: Person | None
+    beneficiary: Person | None
+    policy: RegionPolicy
+    _ids: tuple[str, str]
+    _conn: asyncpg.pool.PoolConnectionProxy | None
+
+    async def insert(self, relationship: Relationship) -> tuple[GrantRow, bool]:
+        """The live grant between the two, and whether it already existed."""
+        assert self._conn is not None, "a GrantPair writes only inside its pair_for_grant block"
+        authorizer_id, beneficiary_id = self._ids
+        row = await self._conn.fetchrow(
+            _INSERT, authorizer_id, beneficiary_id, relationship.value, self.policy.scope.value
+        )
+        assert row is not None
+        return _grant(row), not row["inserted"]
+
+
+@contextlib.asynccontextmanager
+async def pair_for_grant(pool: asyncpg.Pool, authorizer_id: str, beneficiary_id: str) -> AsyncIterator[GrantPair]:
+    """One transaction for one Grant: both people locked, the policy read, then the caller decides and
+    calls `insert`. An exception out of the block rolls back: nothing is written."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(_LOCK_PEOPLE, [authorizer_id, beneficiary_id])
         people = {r["person_id"]: person_from_row(r) for r in rows}
         authorizer = people.get(authorizer_id)
         policy = await policies.for_region(conn, authorizer.region_code) if authorizer else DEFAULT_POLICY
-        check(authorizer, people.get(beneficiary_id), policy)
-        row = await conn.fetchrow(_INSERT, authorizer_id, beneficiary_id, relationship.value, policy.scope.value)
-        assert row is not None
-        return _grant(row), not row["inserted"]
+        pair = GrantPair(authorizer, people.get(beneficiary_id), policy, (authorizer_id, beneficiary_id), conn)
+        try:
+            yield pair
+        finally:
+            pair._conn = None  # the connection goes back to the pool: no write after the block
 
 
 async def revoke(pool: asyncpg.Pool, authorizer_id: str, beneficiary_id: str, reason: str) -> GrantRow | None:
