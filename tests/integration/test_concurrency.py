@@ -273,6 +273,7 @@ async def test_revoke_takes_its_turn_at_the_store(api: Api, db_url: str) -> None
                     amount_fen=100,
                     authorizer_id=None,
                     use_personal_account=True,
+                    timing=settlements.SettleTiming(),
                 )
                 if sent_after:
                     after_revoke.append(row)

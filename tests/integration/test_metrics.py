@@ -12,7 +12,8 @@ from prometheus_client import REGISTRY, generate_latest
 from support import INSTITUTION_A, STATEMENT_CACHE_SIZE, Api, account_row_held, bearer, refused
 
 from gongji import metrics
-from gongji.store import db
+from gongji.api import settlement
+from gongji.store import db, settlements
 from gongji.v1 import settlement_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
@@ -109,6 +110,20 @@ async def test_lock_wait_and_transaction_time_are_observed(api: Api, pool: async
     # The settlement was seen waiting for the held row, so its measured wait is more than nothing.
     assert value("gongji_settle_lock_wait_seconds_sum", lock="account") > waited
     assert value("gongji_settle_transaction_seconds_count") == transactions + 1
+
+
+async def test_what_a_settle_that_raised_measured_is_recorded() -> None:
+    """The store measures and the servicer records, also for a Settle whose every run found a stale
+    peek and raised: its connection wait and all its retries count, no transaction time, no lock wait."""
+    counts = {lock: value("gongji_settle_lock_wait_seconds_count", lock=lock) for lock in metrics.LOCK_KINDS}
+    waits, retries = value("gongji_db_pool_acquire_seconds_count"), value("gongji_settle_retries_total")
+    transactions = value("gongji_settle_transaction_seconds_count")
+    raised = settlements.SettleTiming(pool_wait_s=0.001, retries=settlements.SETTLE_ATTEMPTS_MAX)
+    settlement._observe_settle_timing(raised)
+    assert value("gongji_db_pool_acquire_seconds_count") == waits + 1
+    assert value("gongji_settle_retries_total") == retries + settlements.SETTLE_ATTEMPTS_MAX
+    assert value("gongji_settle_transaction_seconds_count") == transactions
+    assert {lock: value("gongji_settle_lock_wait_seconds_count", lock=lock) for lock in counts} == counts
 
 
 async def test_voucher_refusals_real_name_mismatches_and_replays(api: Api) -> None:

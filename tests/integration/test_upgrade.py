@@ -152,6 +152,7 @@ async def _settles_with_todays_code(url: str) -> None:
             amount_fen=345,
             authorizer_id=None,
             use_personal_account=True,
+            timing=settlements.SettleTiming(),
         )
         assert row.acct_pay_fen == 345
         assert await audit.differences(pool) == []

@@ -42,6 +42,24 @@ def _count_settlement(s: settlements.SettlementRow) -> None:
     metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
 
 
+def _observe_settle_timing(timing: settlements.SettleTiming) -> None:
+    """Record what the store measured for one Settle, also when it raised: the connection wait once
+    one was had, every retry (those of a call that finally raised too), the transaction once it
+    returned, and each lock wait the settlement reached (a null wait is a lock not reached)."""
+    if timing.pool_wait_s is not None:
+        metrics.POOL_ACQUIRE_SECONDS.observe(timing.pool_wait_s)
+    if timing.retries:
+        metrics.SETTLE_RETRIES.inc(timing.retries)
+    if timing.transaction_s is not None:
+        metrics.SETTLE_TRANSACTION_SECONDS.observe(timing.transaction_s)
+    if not timing.lock_wait_s:
+        return  # no row came back
+    for lock in metrics.LOCK_KINDS:
+        wait_s = timing.lock_wait_s[lock]
+        if wait_s is not None:
+            metrics.SETTLE_LOCK_WAIT_SECONDS.labels(lock).observe(wait_s)
+
+
 def _count_refunded(refund: lifecycle.RefundRow) -> None:
     metrics.REFUNDED_FEN.labels("own").inc(refund.acct_pay_fen)
     metrics.REFUNDED_FEN.labels("mutual_aid").inc(refund.acct_mulaid_pay_fen)
@@ -96,6 +114,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
         principal = current_principal.get()
         patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=True)
+        timing = settlements.SettleTiming()
         try:
             claims = self._app.vouchers.authentic(request.voucher)
             s = await settlements.settle(
@@ -108,11 +127,14 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                 amount_fen=amount_fen,
                 authorizer_id=authorizer_id,
                 use_personal_account=use_account,
+                timing=timing,
             )
         except errors.GongjiError as exc:
             metrics.SETTLEMENTS.labels(exc.reason).inc()
             _count_voucher_refusal("Settle", exc)
             raise
+        finally:
+            _observe_settle_timing(timing)
         _count_settlement(s)
         return settlement_pb2.SettleResponse(settlement=convert.settlement(s), replayed=s.replayed)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
-from gongji import errors, metrics
+from gongji import errors
 from gongji.store import credentials
 from gongji.store.credentials import Kind
 
@@ -56,26 +56,45 @@ def _refuse(outcome: str) -> errors.GongjiError:
     return errors.BY_REASON[outcome]()
 
 
-def _observe_lock_waits(row: asyncpg.Record) -> None:
-    """Feed the lock waits gongji_settle measured (sql/settle.sql); null: lock not reached."""
-    for lock in metrics.LOCK_KINDS:
-        wait_s = row[f"lock_wait_{lock}_s"]
-        if wait_s is not None:
-            metrics.SETTLE_LOCK_WAIT_SECONDS.labels(lock).observe(wait_s)
+@dataclass(slots=True)
+class SettleTiming:
+    """What one Settle measured, for the caller to record: the store keeps no metrics. The caller hands
+    in an empty one and the store fills it in as it goes, so that what was measured before an
+    exception (a refusal, or a driver error) reaches the caller too."""
+
+    # The wait for a pooled connection; None: no connection was had.
+    pool_wait_s: float | None = None
+    # The transaction (the gongji_settle call, retries included), connection already had; None: it raised.
+    transaction_s: float | None = None
+    # Runs repeated after a stale balance peek, counted as they happen: the last one included when
+    # every attempt was stale and the error is raised.
+    retries: int = 0
+    # The lock waits gongji_settle measured (sql/settle.sql), by lock kind; None: lock not reached.
+    # Empty: no row came back.
+    lock_wait_s: dict[str, float | None] = field(default_factory=dict)
+
+
+def _lock_waits(row: asyncpg.Record) -> dict[str, float | None]:
+    """The row's lock_wait_<kind>_s columns, by kind."""
+    return {
+        name.removeprefix("lock_wait_").removesuffix("_s"): wait_s
+        for name, wait_s in row.items()
+        if name.startswith("lock_wait_")
+    }
 
 
 # How often one Settle may run gongji_settle again after a stale balance peek (each retry re-reads).
 SETTLE_ATTEMPTS_MAX = 3
 
 
-async def _settle_row(pool: asyncpg.Pool, *args: object) -> asyncpg.Record:
+async def _settle_row(pool: asyncpg.Pool, timing: SettleTiming, *args: object) -> asyncpg.Record:
     """Run gongji_settle on a connection of its own, timing the wait for the connection apart from the
     transaction itself (a busy pool and slow locks call for different fixes). No row: the credential
     (the first argument) is unknown or revoked, and nothing was written."""
     started = time.perf_counter()
     async with pool.acquire() as conn:
         acquired = time.perf_counter()
-        metrics.POOL_ACQUIRE_SECONDS.observe(acquired - started)
+        timing.pool_wait_s = acquired - started
         for attempt in range(1, SETTLE_ATTEMPTS_MAX + 1):
             try:
                 row = await conn.fetchrow(_SETTLE, *args)
@@ -83,13 +102,13 @@ async def _settle_row(pool: asyncpg.Pool, *args: object) -> asyncpg.Record:
             except asyncpg.exceptions.SerializationError:
                 # gongji_settle found its balance peek stale where the key order forbade locking the
                 # authorizer late (see sql/settle.sql). Nothing was written; run it again.
-                metrics.SETTLE_RETRIES.inc()
+                timing.retries += 1
                 if attempt == SETTLE_ATTEMPTS_MAX:
                     raise
-        metrics.SETTLE_TRANSACTION_SECONDS.observe(time.perf_counter() - acquired)
+        timing.transaction_s = time.perf_counter() - acquired
     if row is None:
         raise errors.CredentialsInvalid("unknown or revoked credentials")
-    _observe_lock_waits(row)
+    timing.lock_wait_s = _lock_waits(row)
     return row
 
 
@@ -128,11 +147,14 @@ async def settle(
     amount_fen: int,
     authorizer_id: str | None,
     use_personal_account: bool,
+    timing: SettleTiming,
 ) -> SettlementRow:
     """Settle in one transaction and one round trip, as the terminal of `credential_id` (which must
-    still be live: checked in that transaction). Refusals raise and have written nothing."""
+    still be live: checked in that transaction). Refusals raise and have written nothing. What was
+    measured is in `timing`, whether this returns or raises."""
     row = await _settle_row(
         pool,
+        timing,
         credential_id,
         request_id,
         digest,
