@@ -1,14 +1,16 @@
 """Time inside each server-side function of a settlement, and the database ceiling beside it.
 
-    make bench-functions                                  # 20,000 people, 8 pgbench clients, 30 s
-    .venv/bin/python bench/functions.py --people 2000 --seconds 5
+    .venv/bin/python bench/functions.py                    # 20,000 people, 8 pgbench clients, 30 s
+    .venv/bin/python bench/functions.py --against HEAD~1   # alternate with another revision's SQL code
 
 Seeds a fresh database `gongji_functions` (bench/seed.py), turns on PostgreSQL's function statistics for
 it (`track_functions = 'pl'`: PL/pgSQL and C functions are counted, SQL functions only when they are
 not inlined), runs pgbench with the settlement SQL of the DB ceiling (bench/pgbench_settle.sql), and
 prints each function's calls and mean time per call from `pg_stat_user_functions`: `total` includes the
 functions it calls, `self` does not. Splitting a function into steps is free only if the caller's mean
-`total` does not grow; compare two versions in one sitting on one machine, never across days.
+`total` does not grow; compare two versions in one sitting on one machine, never across days: with
+`--against REV`, the rounds alternate between this tree's server-side code and REV's (its
+`store/sql/*.sql`, applied over the same seeded database), so both see the same machine and data.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 
 import asyncpg
 from ceilings import prepare_pgbench, run_db_ceiling
-from common import DEFAULT_SERVER_URL, ROOT, fresh_database
+from common import DEFAULT_SERVER_URL, ROOT, Result, fresh_database
 
 DATABASE = "gongji_functions"
 
@@ -32,6 +34,28 @@ async def _track_functions(db_url: str, *, reset: bool) -> None:
         if reset:
             await conn.execute(f"alter database {DATABASE} set track_functions = 'pl'")
         await conn.execute("select pg_stat_reset()")
+    finally:
+        await conn.close()
+
+
+def _code_of(rev: str | None) -> str:
+    """The server-side code files of this tree (rev None) or of a git revision, in their order."""
+    from gongji.store import migrate
+
+    if rev is None:
+        return "\n".join(code.sql for code in migrate.bundled_code())
+    folder = "src/gongji/store/sql"
+    show = ["git", "-C", str(ROOT), "show"]
+    return "\n".join(
+        subprocess.run([*show, f"{rev}:{folder}/{name}"], check=True, capture_output=True, text=True).stdout
+        for name in migrate.CODE_FILES
+    )
+
+
+async def _apply(db_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(sql)
     finally:
         await conn.close()
 
@@ -54,6 +78,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=32, help="pgbench clients are a quarter of this (2 to 16)")
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--server-url", default=DEFAULT_SERVER_URL)
+    parser.add_argument("--against", metavar="REV", help="alternate with the server-side code of this git revision")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements of each version")
     cfg = parser.parse_args()
     out = ROOT / "bench" / "results" / "functions"
     out.mkdir(parents=True, exist_ok=True)
@@ -64,16 +90,29 @@ def main() -> int:
     patients = json.loads(population.read_text())["patients"]
     credential_id = asyncio.run(prepare_pgbench(db_url, patients))
     asyncio.run(_track_functions(db_url, reset=True))
-    ceiling = run_db_ceiling(cfg, db_url, len(patients), credential_id, out)
-    rows = asyncio.run(_function_times(db_url))
-    print(f"\ndb ceiling: {ceiling.throughput_rps:.0f} settlements/s, {ceiling.p50_ms:.3f} ms average ({ceiling.note})")
+    versions = [("this tree", _code_of(None))]
+    if cfg.against:
+        versions.append((cfg.against, _code_of(cfg.against)))
+    failures = 0
+    for round_ in range(1, cfg.rounds + 1):
+        for name, sql in versions:
+            asyncio.run(_apply(db_url, sql))
+            asyncio.run(_track_functions(db_url, reset=False))
+            ceiling = run_db_ceiling(cfg, db_url, len(patients), credential_id, out)
+            failures += ceiling.failures
+            _report(f"round {round_}, {name}", ceiling, asyncio.run(_function_times(db_url)))
+    asyncio.run(_apply(db_url, versions[0][1]))
+    return 0 if failures == 0 else 1
+
+
+def _report(title: str, ceiling: Result, rows: list[asyncpg.Record]) -> None:
+    print(f"\n{title}: db ceiling {ceiling.throughput_rps:.0f} settlements/s, {ceiling.p50_ms:.3f} ms average")
     print("\n| function | calls | mean total µs | mean self µs |\n|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['funcname']} | {r['calls']} | {1000 * r['total_time'] / r['calls']:.1f}"
             f" | {1000 * r['self_time'] / r['calls']:.1f} |"
         )
-    return 0 if ceiling.failures == 0 else 1
 
 
 if __name__ == "__main__":
