@@ -245,3 +245,38 @@ async def test_balc_is_the_balance_after_even_when_the_account_is_not_used(api: 
     assert (used.acct_pay_fen, used.balc_fen) == (300, 700)
     resident = await api.enroll(scheme=RESIDENT)
     assert (await api.settle(resident, 300, use_personal_account=False)).settlement.balc_fen == 0
+
+
+async def test_a_settlement_is_one_statement(api: Api, server_pool: asyncpg.Pool) -> None:
+    """Settle makes one database round trip, with grants and mutual aid in play: every statement the
+    server's pool sends while the call runs is logged (asyncpg's query loggers, on every connection of
+    the pool), and only one is the call's own. The others are the pool's reset on release (a round
+    trip of asyncpg's, not of the settlement) and, should one fall in the window, the health probe."""
+    authorizer = await api.enroll(balance_fen=5_000)
+    patient = await api.enroll(balance_fen=1_000)
+    await api.grant(authorizer, patient)
+    await api.settle(patient, 100)  # the terminal's credential is now cached, as in steady state
+    voucher = await api.voucher(patient)
+    sent: list[str] = []
+
+    def log(record: asyncpg.connection.LoggedQuery) -> None:
+        sent.append(record.query)
+
+    async def on_every_connection(change: str) -> None:
+        held = [await server_pool.acquire() for _ in range(server_pool.get_max_size())]
+        for conn in held:
+            getattr(conn, change)(log)
+            await server_pool.release(conn)
+
+    await on_every_connection("add_query_logger")
+    try:
+        s = (await api.settle(patient, 1_500, voucher=voucher)).settlement
+        await asyncio.sleep(0.1)  # loggers are called soon after, not during, the statement
+    finally:
+        await on_every_connection("remove_query_logger")
+    assert (s.acct_pay_fen, s.acct_mulaid_pay_fen) == (900, 600)
+    resets = [q for q in sent if "pg_advisory_unlock_all" in q]
+    assert resets, sent  # the loggers saw the connection the call used
+    own = [q for q in sent if q not in resets and q.strip() != "select true"]
+    assert len(own) == 1, own
+    assert "gongji_settle(" in own[0]
