@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from gongji import errors
-from gongji.domain.eligibility import RegionPolicy, Scope, check_grant, in_scope
+from gongji.domain.eligibility import HeldGrant, RegionPolicy, Scope, check_grant, in_scope, live_grant
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme
 
 XIAOMING = Person("610113198805124033", "王小明", dt.date(1988, 5, 12), "610100", Scheme.EMPLOYEE, PersonStatus.ACTIVE)
@@ -72,3 +72,20 @@ def test_scopes() -> None:
     assert not in_scope("610100", "610300", Scope.REGION)
     assert not in_scope("610100", "440100", Scope.PROVINCE)
     assert in_scope("610100", "440100", Scope.NATIONAL)
+
+
+def test_live_grant_is_the_named_one_else_the_oldest_usable() -> None:
+    t = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    ok = (PersonStatus.ACTIVE, Scheme.EMPLOYEE)
+    held = [
+        HeldGrant(7, "a", "LIVE", t, *ok),
+        HeldGrant(5, "b", "LIVE", t, *ok),  # same instant: the lower grant_id wins
+        HeldGrant(3, "c", "REVOKED", t - dt.timedelta(days=1), *ok),
+        HeldGrant(2, "d", "LIVE", t - dt.timedelta(days=1), PersonStatus.SUSPENDED, Scheme.EMPLOYEE),
+        HeldGrant(1, "e", "LIVE", t - dt.timedelta(days=1), PersonStatus.ACTIVE, Scheme.RESIDENT),
+    ]
+    assert live_grant(held) == 5
+    assert live_grant(held, "a") == 7
+    assert live_grant(held, "c") is None
+    assert live_grant(held, "d") is None
+    assert live_grant([]) is None

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gongji import errors, logs
 from gongji.config import Settings
 from gongji.domain.people import age_on, mask_id, person_id_problem, resident_id_check_char
-from gongji.domain.vouchers import VoucherCodec
+from gongji.domain.vouchers import IssuedVoucher, VoucherCodec, voucher_refusal
 from gongji.runtime import voucher_codec
 
 KEY = b"k" * 32
@@ -88,6 +88,21 @@ def test_old_key_still_verifies_after_rotation() -> None:
 def test_garbage_is_refused_not_crashed(token: str) -> None:
     with pytest.raises(errors.VoucherRefused):
         VoucherCodec({"k1": KEY}, "k1").verify(token, 0)
+
+
+def test_voucher_refusal_checks_the_real_name_first_and_the_binding_last() -> None:
+    now = dt.datetime(2024, 3, 1, 8, tzinfo=dt.UTC)
+    issued, later = now - dt.timedelta(minutes=1), now + dt.timedelta(minutes=1)
+    own = IssuedVoucher("P", "P", issued, later, None)
+    held = IssuedVoucher("P", "H", issued, later, None)
+    assert voucher_refusal(None, "P", now, None) is errors.VoucherInvalid
+    assert voucher_refusal(IssuedVoucher("Q", "Q", issued, now, now), "P", now, None) is errors.VoucherPatientMismatch
+    assert voucher_refusal(IssuedVoucher("P", "P", issued, now, now), "P", now, None) is errors.VoucherAlreadyUsed
+    assert voucher_refusal(IssuedVoucher("P", "P", issued, now, None), "P", now, None) is errors.VoucherExpired
+    assert voucher_refusal(own, "P", now, None) is None
+    assert voucher_refusal(held, "P", now, issued) is None
+    assert voucher_refusal(held, "P", now, None) is errors.VoucherInvalid  # unbound since
+    assert voucher_refusal(held, "P", now, now) is errors.VoucherInvalid  # bound again after the issue
 
 
 def test_every_sql_refusal_reason_maps_to_an_error() -> None:

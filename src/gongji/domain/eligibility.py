@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gongji import errors
@@ -77,3 +79,34 @@ def check_grant(
             raise errors.RelationshipImplausible(f"birth dates contradict {relationship}")
     if not in_scope(authorizer.region_code, beneficiary.region_code, policy.scope):
         raise errors.RegionOutOfScope(f"authorizer and beneficiary must be in the same {policy.scope.lower()}")
+
+
+@dataclass(frozen=True, slots=True)
+class HeldGrant:
+    """A grant as settlement reads it: the `mutual_aid_grant` row and its authorizer's `person` row."""
+
+    grant_id: int
+    authorizer_id: str
+    status: str  # 'LIVE', 'REVOKED' or 'ENDED'
+    created_at: dt.datetime
+    authorizer_status: PersonStatus
+    authorizer_scheme: Scheme
+
+
+def live_grant(held: Iterable[HeldGrant], authorizer_id: str | None = None) -> int | None:
+    """The id of the grant a settlement of the beneficiary would draw on, or None.
+
+    The twin of `gongji_live_grant` in store/sql/settle.sql, held to it by the property test in
+    tests/integration/test_twins.py. `held` is every grant the beneficiary holds, live or not. Only a
+    live grant whose authorizer is still an active employee-insured person counts: the named
+    authorizer's when `authorizer_id` is given, else the oldest by (created_at, grant_id).
+    """
+    usable = [
+        g
+        for g in held
+        if g.status == "LIVE"
+        and (authorizer_id is None or g.authorizer_id == authorizer_id)
+        and g.authorizer_status is PersonStatus.ACTIVE
+        and g.authorizer_scheme is Scheme.EMPLOYEE
+    ]
+    return min(usable, key=lambda g: (g.created_at, g.grant_id)).grant_id if usable else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
 import struct
@@ -85,3 +86,50 @@ class VoucherCodec:
             raise errors.VoucherInvalid("not an e-voucher")
         raw_id, expires_at_s = _PAYLOAD.unpack(payload)
         return VoucherClaims(uuid.UUID(bytes=raw_id), expires_at_s)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedVoucher:
+    """What settlement reads of a `voucher` row."""
+
+    person_id: str  # whom the voucher names
+    requester_id: str  # who asked for it: the person, or a holder bound to them
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+
+
+VoucherRefusal = type[errors.VoucherRefused] | type[errors.VoucherPatientMismatch]
+
+
+def voucher_refusal(
+    voucher: IssuedVoucher | None,
+    patient_id: str,
+    now: dt.datetime,
+    live_binding_since: dt.datetime | None,
+) -> VoucherRefusal | None:
+    """Why `voucher` cannot settle for `patient_id` at `now`, or None when it can.
+
+    The twin of `gongji_voucher_refusal` in store/sql/settle.sql, held to it by the property test in
+    tests/integration/test_twins.py; the SQL answers the class's `reason`. `voucher` is None for an
+    unknown voucher. `live_binding_since` is when the live binding of holder `requester_id` to member
+    `person_id` was made, None when there is none (at most one lives per pair); an ended binding never
+    counts.
+
+    The real-name rule comes before use and expiry: someone else's voucher is the fraud signal. A voucher
+    a holder asked for is good only under a binding that lives now and already lived when it was issued,
+    so binding again does not bring back a voucher issued before.
+    """
+    if voucher is None:
+        return errors.VoucherInvalid
+    if voucher.person_id != patient_id:
+        return errors.VoucherPatientMismatch
+    if voucher.used_at is not None:
+        return errors.VoucherAlreadyUsed
+    if voucher.expires_at <= now:
+        return errors.VoucherExpired
+    if voucher.requester_id != voucher.person_id and (
+        live_binding_since is None or live_binding_since > voucher.issued_at
+    ):
+        return errors.VoucherInvalid
+    return None

@@ -1,0 +1,233 @@
+"""Each SQL step that decides money against its pure Python twin in gongji.domain, on random states.
+
+Every example writes its rows in one transaction, asks the SQL function, and rolls back; the twin gets
+the same state as Python values. `now()` in SQL is the transaction's start, so the test reads it once
+and gives the twin the same instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gongji.domain.eligibility import HeldGrant, live_grant
+from gongji.domain.people import PersonStatus, Scheme
+from gongji.domain.vouchers import IssuedVoucher, voucher_refusal
+
+T = TypeVar("T")
+EXAMPLES = 200
+T0 = dt.datetime(2024, 3, 1, 8, 0, tzinfo=dt.UTC)
+_PERSON = """
+insert into person (person_id, name, birth_date, region_code, scheme, status)
+values ($1, 'twin', date '1980-01-01', '610100', $2, $3)"""
+_GRANT = """
+insert into mutual_aid_grant (authorizer_id, beneficiary_id, relationship, status, created_at, ended_at)
+values ($1, $2, 'SPOUSE', $3, $4, $5) returning grant_id"""
+_BINDING = """
+insert into kinship_binding (holder_id, member_id, relationship, phone, reason, created_at, ended_at)
+values ($1, $2, 'CHILD', '13800000000', 'twin', $3, $4)"""
+_VOUCHER = """
+insert into voucher (voucher_id, person_id, requester_id, issued_at, expires_at, used_at)
+values ($1, $2, $3, $4, $5, $6)"""
+
+
+def seconds(*values: int) -> st.SearchStrategy[dt.timedelta]:
+    return st.sampled_from(values).map(lambda s: dt.timedelta(seconds=s))
+
+
+# Mostly the people a grant can be drawn on, so that the choice among several is exercised.
+statuses = st.sampled_from((*[PersonStatus.ACTIVE] * 4, PersonStatus.SUSPENDED, PersonStatus.TERMINATED))
+schemes = st.sampled_from((*[Scheme.EMPLOYEE] * 4, Scheme.RESIDENT))
+
+
+def in_rollback(runner: asyncio.Runner, conn: asyncpg.Connection, step: Awaitable[T]) -> T:
+    """Run `step` in a transaction of its own on `conn`, then roll it back: every example starts empty."""
+
+    async def once() -> T:
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            return await step
+        finally:
+            await tr.rollback()
+
+    return runner.run(once())
+
+
+# ---- gongji_voucher_refusal / domain.vouchers.voucher_refusal ---------------------------------------
+PATIENT, OTHER, HOLDER = "TWIN-P", "TWIN-Q", "TWIN-H"
+PEOPLE = (PATIENT, OTHER, HOLDER)
+PAIRS = [(h, m) for h in PEOPLE for m in PEOPLE if h != m]
+
+
+@dataclass(frozen=True)
+class Binding:
+    holder_id: str
+    member_id: str
+    created: dt.timedelta  # after the voucher's issue
+    ended: bool
+
+
+@dataclass(frozen=True)
+class VoucherState:
+    known: bool
+    person_id: str
+    requester_id: str
+    issued: dt.timedelta  # after now()
+    expires: dt.timedelta  # after now()
+    used: bool
+    bindings: tuple[Binding, ...]
+
+
+@st.composite
+def voucher_states(draw: st.DrawFn) -> VoucherState:
+    """The patient's voucher or another's, asked by the person or by someone else, with bindings live,
+    ended, made before, at or after the issue, between the requester and the person or other pairs."""
+    person = draw(st.sampled_from((PATIENT, PATIENT, PATIENT, PATIENT, OTHER)))
+    requester = draw(st.sampled_from((person, *PEOPLE)))
+    # Bindings of the pair the voucher was asked under (live, ended, made before, at or after the issue),
+    # and of other pairs, which must not count.
+    ours = st.lists(st.tuples(st.just((requester, person)), seconds(-2, -1, 0, 1, 2), st.booleans()), max_size=2)
+    ours = st.just([]) if requester == person else ours
+    others = st.lists(st.tuples(st.sampled_from(PAIRS), seconds(-2, -1, 0, 1, 2), st.booleans()), max_size=2)
+    bindings, live = [], set()
+    for (holder, member), created, ended in draw(ours) + draw(others):
+        ended = ended or (holder, member) in live  # at most one live binding per pair (kinship_binding_live)
+        if not ended:
+            live.add((holder, member))
+        bindings.append(Binding(holder, member, created, ended))
+    return VoucherState(
+        known=draw(st.sampled_from((True,) * 7 + (False,))),
+        person_id=person,
+        requester_id=requester,
+        issued=draw(seconds(-3, -2, -1, 0, 1)),
+        expires=draw(seconds(5, 4, 3, 2, 1, 0, -1)),  # 0: expires at now(), so is expired
+        used=draw(st.sampled_from((False,) * 4 + (True,))),
+        bindings=tuple(bindings),
+    )
+
+
+async def voucher_refusal_both(conn: asyncpg.Connection, s: VoucherState) -> tuple[str | None, str | None]:
+    """What gongji_voucher_refusal and voucher_refusal answer for `s`, inside the caller's transaction."""
+    now: dt.datetime = await conn.fetchval("select now()")
+    issued_at = now + s.issued
+    used_at = now - dt.timedelta(seconds=1) if s.used else None
+    voucher = IssuedVoucher(s.person_id, s.requester_id, issued_at, now + s.expires, used_at)
+    await conn.executemany(_PERSON, [(p, "EMPLOYEE", "ACTIVE") for p in PEOPLE])
+    rows = [(b.holder_id, b.member_id, issued_at + b.created, now if b.ended else None) for b in s.bindings]
+    await conn.executemany(_BINDING, rows)
+    voucher_id = uuid.uuid4()
+    if s.known:
+        await conn.execute(_VOUCHER, voucher_id, s.person_id, s.requester_id, issued_at, voucher.expires_at, used_at)
+    # As gongji_settle reads it: the row, or all nulls for an unknown voucher.
+    sql = await conn.fetchval(
+        "select gongji_voucher_refusal((select v from voucher v where v.voucher_id = $1), $2)", voucher_id, PATIENT
+    )
+    since = [
+        issued_at + b.created
+        for b in s.bindings
+        if (b.holder_id, b.member_id) == (s.requester_id, s.person_id) and not b.ended
+    ]
+    twin = voucher_refusal(voucher if s.known else None, PATIENT, now, since[0] if since else None)
+    return sql, twin.reason if twin else None
+
+
+def test_sql_voucher_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_voucher_refusal and domain.vouchers.voucher_refusal answer the same reason."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=EXAMPLES, deadline=None)
+            @given(voucher_states())
+            def agree(s: VoucherState) -> None:
+                sql, twin = in_rollback(runner, conn, voucher_refusal_both(conn, s))
+                assert sql == twin
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+# ---- gongji_live_grant / domain.eligibility.live_grant ----------------------------------------------
+BENEFICIARY, SECOND = "TWIN-B", "TWIN-C"
+AUTHORIZERS = (SECOND, "TWIN-A0", "TWIN-A1", "TWIN-A2", "TWIN-A3")
+NOBODY = "TWIN-NOBODY"
+
+
+@dataclass(frozen=True)
+class Grant:
+    authorizer_id: str
+    beneficiary_id: str
+    status: str
+    created: dt.timedelta  # after T0: few values, so that ties are common
+
+
+@dataclass(frozen=True)
+class GrantState:
+    people: dict[str, tuple[Scheme, PersonStatus]]
+    grants: tuple[Grant, ...]  # in the order of insertion, so of grant_id
+    named: str | None
+    twin_order: tuple[int, ...]  # the order the twin gets the beneficiary's grants in: not grant_id's
+
+
+@st.composite
+def grant_states(draw: st.DrawFn) -> GrantState:
+    """Grants live, revoked or ended, from authorizers of every status and scheme, to the beneficiary
+    and to someone else, made at the same or different instants, inserted in any order (so grant_id
+    and created_at disagree); the authorizer named or not."""
+    people = {p: (draw(schemes), draw(statuses)) for p in (BENEFICIARY, *AUTHORIZERS)}
+    offset = seconds(0, 1, 2, 3)
+    grants = []
+    # The beneficiary's grants, and SECOND's (which the SQL must not pick): at most one live per pair
+    # (mutual_aid_grant_live_pair), any number ended.
+    for beneficiary in (BENEFICIARY, SECOND):
+        for authorizer in AUTHORIZERS:
+            if authorizer == beneficiary:
+                continue
+            ended = draw(st.lists(st.sampled_from(("REVOKED", "ENDED")), max_size=2))
+            live = ["LIVE"] if draw(st.sampled_from((True, True, False))) else []
+            grants += [Grant(authorizer, beneficiary, status, draw(offset)) for status in live + ended]
+    named = draw(st.sampled_from((*[None] * 6, *AUTHORIZERS, BENEFICIARY, NOBODY)))
+    held = sum(g.beneficiary_id == BENEFICIARY for g in grants)
+    return GrantState(people, tuple(draw(st.permutations(grants))), named, tuple(draw(st.permutations(range(held)))))
+
+
+async def live_grant_both(conn: asyncpg.Connection, s: GrantState) -> tuple[int | None, int | None]:
+    """What gongji_live_grant and live_grant answer for `s`, inside the caller's transaction."""
+    await conn.executemany(_PERSON, [(p, scheme, status) for p, (scheme, status) in s.people.items()])
+    held = []
+    for g in s.grants:
+        created_at = T0 + g.created
+        ended_at = None if g.status == "LIVE" else created_at + dt.timedelta(days=1)
+        grant_id = await conn.fetchval(_GRANT, g.authorizer_id, g.beneficiary_id, g.status, created_at, ended_at)
+        if g.beneficiary_id == BENEFICIARY:
+            scheme, status = s.people[g.authorizer_id]
+            held.append(HeldGrant(grant_id, g.authorizer_id, g.status, created_at, status, scheme))
+    sql = await conn.fetchval("select gongji_live_grant($1, $2)", BENEFICIARY, s.named)
+    return sql, live_grant([held[i] for i in s.twin_order], s.named)
+
+
+def test_sql_live_grant_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_live_grant and domain.eligibility.live_grant pick the same grant, or none."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=EXAMPLES, deadline=None)
+            @given(grant_states())
+            def agree(s: GrantState) -> None:
+                sql, twin = in_rollback(runner, conn, live_grant_both(conn, s))
+                assert sql == twin
+
+            agree()
+        finally:
+            runner.run(conn.close())
