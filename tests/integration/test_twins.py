@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from gongji.domain.eligibility import HeldGrant, live_grant
 from gongji.domain.people import PersonStatus, Scheme
+from gongji.domain.settlement import Seen, settle_refusal, settle_replay
 from gongji.domain.vouchers import IssuedVoucher, voucher_refusal
 
 T = TypeVar("T")
@@ -115,8 +116,11 @@ def voucher_states(draw: st.DrawFn) -> VoucherState:
     )
 
 
-async def voucher_refusal_both(conn: asyncpg.Connection, s: VoucherState) -> tuple[str | None, str | None]:
-    """What gongji_voucher_refusal and voucher_refusal answer for `s`, inside the caller's transaction."""
+async def given_voucher(
+    conn: asyncpg.Connection, s: VoucherState
+) -> tuple[uuid.UUID, IssuedVoucher | None, dt.datetime, dt.datetime | None]:
+    """Write the people, bindings and voucher of `s` in the caller's transaction; answer the voucher's
+    id and what the twin is given: the voucher (None when unknown), now() and the live binding's date."""
     now: dt.datetime = await conn.fetchval("select now()")
     issued_at = now + s.issued
     used_at = now - dt.timedelta(seconds=1) if s.used else None
@@ -127,16 +131,22 @@ async def voucher_refusal_both(conn: asyncpg.Connection, s: VoucherState) -> tup
     voucher_id = uuid.uuid4()
     if s.known:
         await conn.execute(_VOUCHER, voucher_id, s.person_id, s.requester_id, issued_at, voucher.expires_at, used_at)
-    # As gongji_settle reads it: the row, or all nulls for an unknown voucher.
-    sql = await conn.fetchval(
-        "select gongji_voucher_refusal((select v from voucher v where v.voucher_id = $1), $2)", voucher_id, PATIENT
-    )
     since = [
         issued_at + b.created
         for b in s.bindings
         if (b.holder_id, b.member_id) == (s.requester_id, s.person_id) and not b.ended
     ]
-    twin = voucher_refusal(voucher if s.known else None, PATIENT, now, since[0] if since else None)
+    return voucher_id, voucher if s.known else None, now, since[0] if since else None
+
+
+async def voucher_refusal_both(conn: asyncpg.Connection, s: VoucherState) -> tuple[str | None, str | None]:
+    """What gongji_voucher_refusal and voucher_refusal answer for `s`, inside the caller's transaction."""
+    voucher_id, voucher, now, since = await given_voucher(conn, s)
+    # As gongji_settle reads it: the row, or all nulls for an unknown voucher.
+    sql = await conn.fetchval(
+        "select gongji_voucher_refusal((select v from voucher v where v.voucher_id = $1), $2)", voucher_id, PATIENT
+    )
+    twin = voucher_refusal(voucher, PATIENT, now, since)
     return sql, twin.reason if twin else None
 
 
@@ -226,6 +236,100 @@ def test_sql_live_grant_agrees_with_the_twin(db_url: str) -> None:
             @given(grant_states())
             def agree(s: GrantState) -> None:
                 sql, twin = in_rollback(runner, conn, live_grant_both(conn, s))
+                assert sql == twin
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+# ---- gongji_settle_refusal / domain.settlement.settle_refusal ---------------------------------------
+async def settle_refusal_both(
+    conn: asyncpg.Connection, status: PersonStatus | None, s: VoucherState
+) -> tuple[str | None, str | None]:
+    """What gongji_settle_refusal and settle_refusal answer for a patient of `status` (None: not
+    enrolled, an all-null row as gongji_settle reads it) showing the voucher of `s`."""
+    voucher_id, voucher, now, since = await given_voucher(conn, s)
+    if status is not None:
+        await conn.execute("update person set status = $2 where person_id = $1", PATIENT, status.value)
+    sql = await conn.fetchval(
+        "select gongji_settle_refusal((select p from person p where p.person_id = $1),"
+        " (select v from voucher v where v.voucher_id = $2), $3)",
+        PATIENT if status is not None else NOBODY,
+        voucher_id,
+        PATIENT,
+    )
+    twin = settle_refusal(status, voucher_refusal(voucher, PATIENT, now, since))
+    return sql, twin.reason if twin else None
+
+
+def test_sql_settle_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_settle_refusal and domain.settlement.settle_refusal: the same reason, in the same order."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=EXAMPLES, deadline=None)
+            @given(st.sampled_from((None, *PersonStatus)), voucher_states())
+            def agree(status: PersonStatus | None, s: VoucherState) -> None:
+                sql, twin = in_rollback(runner, conn, settle_refusal_both(conn, status, s))
+                assert sql == twin
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+# ---- gongji_settle_replay / domain.settlement.settle_replay -----------------------------------------
+INSTITUTION, OTHER_INSTITUTION = "TWIN-H1", "TWIN-H2"
+REQUEST, OTHER_REQUEST = "r-twin", "r-other"
+DIGEST = b"\x01" * 32
+
+
+@dataclass(frozen=True)
+class KeyState:
+    reversals: frozenset[tuple[str, str]]  # (institution, request id)
+    keys: dict[tuple[str, str], bytes]  # (institution, request id) -> the digest it settled
+
+
+@st.composite
+def key_states(draw: st.DrawFn) -> KeyState:
+    """Reversals and settled keys for this request id and institution, or for another of either (which
+    must not count), each settled with this request's digest or another."""
+    places = st.sampled_from([(i, r) for i in (INSTITUTION, OTHER_INSTITUTION) for r in (REQUEST, OTHER_REQUEST)])
+    digests = st.sampled_from((DIGEST, b"\x02" * 32))
+    return KeyState(frozenset(draw(st.lists(places, max_size=2))), draw(st.dictionaries(places, digests, max_size=3)))
+
+
+async def settle_replay_both(conn: asyncpg.Connection, s: KeyState) -> tuple[tuple[str | None, bool], ...]:
+    """What gongji_settle_replay and settle_replay answer for `s`: the answer and, for a replay,
+    whether the settlement to answer again is the one the key holds."""
+    await conn.executemany("insert into reversal (institution_id, request_id) values ($1, $2)", sorted(s.reversals))
+    resources = {place: uuid.uuid4() for place in s.keys}
+    await conn.executemany(
+        "insert into idempotency_key (scope, request_id, request_digest, resource_id) values ($1, $2, $3, $4)",
+        [(f"settle/{i}", r, digest, resources[(i, r)]) for (i, r), digest in s.keys.items()],
+    )
+    row = await conn.fetchrow("select * from gongji_settle_replay($1, $2, $3)", INSTITUTION, REQUEST, DIGEST)
+    assert row is not None
+    here = (INSTITUTION, REQUEST)
+    twin = settle_replay(reversed_first=here in s.reversals, stored_digest=s.keys.get(here), digest=DIGEST)
+    twin_seen = None if twin is None else twin.value if isinstance(twin, Seen) else twin.reason
+    sql_points = row["seen_settlement_id"] == resources.get(here) if row["seen"] == "REPLAY" else True
+    return (row["seen"], sql_points), (twin_seen, True)
+
+
+def test_sql_settle_replay_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_settle_replay and domain.settlement.settle_replay: a new request, a replay of the right
+    settlement, a reused key or a reversed request id, alike."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=EXAMPLES, deadline=None)
+            @given(key_states())
+            def agree(s: KeyState) -> None:
+                sql, twin = in_rollback(runner, conn, settle_replay_both(conn, s))
                 assert sql == twin
 
             agree()
