@@ -23,6 +23,11 @@ VOUCHER_TTL_S_MAX = 300
 # Kinship binding (亲情账户): "我的家庭成员 (n/5)".
 FAMILY_BOUND_MEMBERS_MAX = 5
 FACE_VERIFICATION_AGE_OVER = 16
+
+# Plausibility of a grant to a grandparent or grandchild (issue 14): the grandparent is at least this
+# many full years older. Two generations of at least 12 years each: low enough never to refuse a real
+# family, high enough to catch a grandparent and a grandchild swapped or typed as siblings.
+GRANDPARENT_AGE_GAP_YEARS_MIN = 24
 PHONE_LEN_MAX = 20
 REASON_LEN_MAX = 128
 DOCUMENT_NUMBER_LEN_MAX = 32

@@ -114,7 +114,6 @@ async def test_grant_eligibility_refusals(api: Api) -> None:
     for relationship in (
         types_pb2.RELATIONSHIP_PARENT_IN_LAW,
         types_pb2.RELATIONSHIP_OTHER,
-        types_pb2.RELATIONSHIP_SIBLING,
     ):
         await refused(api.grant(employee, resident, relationship), S.FAILED_PRECONDITION, "RELATIONSHIP_NOT_ALLOWED")
     await refused(api.grant(employee, resident, PARENT), S.FAILED_PRECONDITION, "RELATIONSHIP_IMPLAUSIBLE")

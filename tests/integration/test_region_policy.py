@@ -16,11 +16,12 @@ from gongji.v1 import account_pb2, types_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
 S = grpc.StatusCode
-SPOUSE, PARENT, CHILD, SIBLING, GRANDCHILD = (
+SPOUSE, PARENT, CHILD, SIBLING, GRANDPARENT, GRANDCHILD = (
     types_pb2.RELATIONSHIP_SPOUSE,
     types_pb2.RELATIONSHIP_PARENT,
     types_pb2.RELATIONSHIP_CHILD,
     types_pb2.RELATIONSHIP_SIBLING,
+    types_pb2.RELATIONSHIP_GRANDPARENT,
     types_pb2.RELATIONSHIP_GRANDCHILD,
 )
 REGION, PROVINCE, NATIONAL = (
@@ -49,13 +50,17 @@ async def test_two_regions_two_policies(api: Api) -> None:
     g = (await api.grant(nanning, sibling_in_xian, SIBLING)).grant
     assert g.status == types_pb2.GRANT_STATUS_LIVE
     assert (await api.grant(nanning, grandchild, GRANDCHILD)).grant.status == types_pb2.GRANT_STATUS_LIVE
-    # ...Hainan's (the default policy) may not grant a sibling, nor anyone outside the province.
+    # ...Hainan's (the default policy: the close relatives, within the province) may grant a sibling, but
+    # no one outside the province; Sanya's own policy (the 2023 set) allows no sibling.
+    haikou_sibling = await api.enroll(region="460100", birth=OLD, scheme=RESIDENT)
+    assert (await api.grant(haikou, haikou_sibling, SIBLING)).grant.status == types_pb2.GRANT_STATUS_LIVE
+    await refused(api.grant(haikou, sibling_in_xian, SPOUSE), S.FAILED_PRECONDITION, "REGION_OUT_OF_SCOPE")
+    sanya = await api.enroll(region="460200", birth=OLD)
     await refused(
-        api.grant(haikou, await api.enroll(region="460100", birth=OLD, scheme=RESIDENT), SIBLING),
+        api.grant(sanya, await api.enroll(region="460200", birth=OLD, scheme=RESIDENT), SIBLING),
         S.FAILED_PRECONDITION,
         "RELATIONSHIP_NOT_ALLOWED",
     )
-    await refused(api.grant(haikou, sibling_in_xian, SPOUSE), S.FAILED_PRECONDITION, "REGION_OUT_OF_SCOPE")
 
 
 async def test_a_regions_own_policy_wins_over_its_provinces(api: Api) -> None:
@@ -93,7 +98,8 @@ async def test_list_policies_and_the_default(api: Api) -> None:
     assert SIBLING in by_key["45"].allowed_relationships
     assert by_key["460200"].scope == REGION
     assert reply.default_policy.scope == PROVINCE
-    assert sorted(reply.default_policy.allowed_relationships) == sorted([SPOUSE, PARENT, CHILD])
+    # The close relatives of 2024 are the default: grandparents and grandchildren, siblings included.
+    assert set(reply.default_policy.allowed_relationships) == {SPOUSE, PARENT, CHILD, SIBLING, GRANDPARENT, GRANDCHILD}
 
 
 async def test_moving_out_of_scope_ends_grants_by_the_authorizers_policy(api: Api) -> None:

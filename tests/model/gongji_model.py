@@ -17,6 +17,10 @@ from gongji.domain.waterfall import Split, refund_split, split
 EMPLOYEE, RESIDENT = "EMPLOYEE", "RESIDENT"
 ACTIVE, SUSPENDED, TERMINATED = "ACTIVE", "SUSPENDED", "TERMINATED"
 SPOUSE, PARENT, CHILD, SIBLING, OTHER = "SPOUSE", "PARENT", "CHILD", "SIBLING", "OTHER"
+GRANDPARENT, GRANDCHILD = "GRANDPARENT", "GRANDCHILD"
+# The default region policy since 2024: the close relatives; a grandparent is 24 full years older.
+CLOSE_RELATIVES = (SPOUSE, PARENT, CHILD, SIBLING, GRANDPARENT, GRANDCHILD)
+GRANDPARENT_GAP_YEARS = 24
 FAMILY_BOUND_MEMBERS_MAX = 5
 AMOUNT_FEN_MAX = 100_000_000  # one settlement: at most 1,000,000 yuan
 FACE_VERIFICATION_AGE_OVER = 16
@@ -191,11 +195,17 @@ class Model:
             return no("BENEFICIARY_NOT_INSURED")
         if b.status != ACTIVE:
             return no("PERSON_NOT_ACTIVE")
-        if relationship not in (SPOUSE, PARENT, CHILD):  # the default region policy
+        if relationship not in CLOSE_RELATIVES:  # the default region policy
             return no("RELATIONSHIP_NOT_ALLOWED")
         # The relationship reads from the authorizer's side: a CHILD is younger, a PARENT older.
-        if (relationship == CHILD and not b.birth > a.birth) or (relationship == PARENT and not b.birth < a.birth):
+        younger = relationship in (CHILD, GRANDCHILD)
+        if (younger and not b.birth > a.birth) or (relationship in (PARENT, GRANDPARENT) and not b.birth < a.birth):
             return no("RELATIONSHIP_IMPLAUSIBLE")
+        if relationship in (GRANDPARENT, GRANDCHILD):
+            elder, junior = (a.birth, b.birth) if younger else (b.birth, a.birth)
+            years = junior.year - elder.year - ((junior.month, junior.day) < (elder.month, elder.day))
+            if years < GRANDPARENT_GAP_YEARS:
+                return no("RELATIONSHIP_IMPLAUSIBLE")
         if a.region[:2] != b.region[:2]:
             return no("REGION_OUT_OF_SCOPE")
         return None

@@ -28,6 +28,8 @@ from gongji_model import (
     CHILD,
     EMPLOYEE,
     FAMILY_BOUND_MEMBERS_MAX,
+    GRANDCHILD,
+    GRANDPARENT,
     OTHER,
     PARENT,
     RESIDENT,
@@ -65,12 +67,16 @@ EXAMPLES = int(os.environ.get("GONGJI_MODEL_EXAMPLES", "40"))
 STEPS = int(os.environ.get("GONGJI_MODEL_STEPS", "30"))
 
 REGIONS = ["610100", "610200", "440100"]  # two 统筹区 of Shaanxi, one of Guangdong
-BIRTHS = [dt.date(1960, 3, 1), dt.date(1988, 7, 1), dt.date(2015, 6, 1)]  # a parent, an adult, a child
+# A grandparent, a parent, a young adult, a child: 1960 and 1988 are 28 years apart, 2000 is too close to
+# both neighbours to be a grandparent's or a grandchild's.
+BIRTHS = [dt.date(1960, 3, 1), dt.date(1988, 7, 1), dt.date(2000, 7, 2), dt.date(2015, 6, 1)]
 RELATIONSHIPS = {
     SPOUSE: types_pb2.RELATIONSHIP_SPOUSE,
     PARENT: types_pb2.RELATIONSHIP_PARENT,
     CHILD: types_pb2.RELATIONSHIP_CHILD,
     SIBLING: types_pb2.RELATIONSHIP_SIBLING,
+    GRANDPARENT: types_pb2.RELATIONSHIP_GRANDPARENT,
+    GRANDCHILD: types_pb2.RELATIONSHIP_GRANDCHILD,
     OTHER: types_pb2.RELATIONSHIP_OTHER,
 }
 SCHEMES = {EMPLOYEE: types_pb2.SCHEME_EMPLOYEE, RESIDENT: types_pb2.SCHEME_RESIDENT}

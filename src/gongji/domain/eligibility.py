@@ -7,8 +7,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gongji import errors
-from gongji.domain.people import Person, PersonStatus, Relationship, Scheme
+from gongji import errors, limits
+from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, age_on
 
 
 class Scope(enum.StrEnum):
@@ -21,6 +21,22 @@ class Scope(enum.StrEnum):
 
 # Never allowed for a grant, whatever the region's policy says.
 ALWAYS_REFUSED = frozenset({Relationship.PARENT_IN_LAW, Relationship.OTHER})
+
+# The close relatives (近亲属) whose costs and resident premium an employee's personal account may pay
+# since 国办发〔2024〕38号: spouse, parents, children, siblings, grandparents and grandchildren, on the
+# father's and the mother's side alike. What a region with no policy of its own allows.
+CLOSE_RELATIVES = frozenset(
+    {
+        Relationship.SPOUSE,
+        Relationship.PARENT,
+        Relationship.CHILD,
+        Relationship.SIBLING,
+        Relationship.GRANDPARENT,
+        Relationship.GRANDCHILD,
+    }
+)
+# The set of the 2023 rules (spouse, parents, children), which a region may keep with SetRegionPolicy.
+IMMEDIATE_FAMILY = frozenset({Relationship.SPOUSE, Relationship.PARENT, Relationship.CHILD})
 
 # Relationships whose direction can be checked against birth dates: the other person is older (+1)
 # or younger (-1) than the requester.
@@ -35,9 +51,7 @@ _OLDER_OR_YOUNGER = {
 @dataclass(frozen=True, slots=True)
 class RegionPolicy:
     scope: Scope = Scope.PROVINCE
-    allowed: frozenset[Relationship] = field(
-        default_factory=lambda: frozenset({Relationship.SPOUSE, Relationship.PARENT, Relationship.CHILD})
-    )
+    allowed: frozenset[Relationship] = field(default_factory=lambda: CLOSE_RELATIVES)
 
 
 DEFAULT_POLICY = RegionPolicy()
@@ -49,6 +63,26 @@ def in_scope(a_region: str, b_region: str, scope: Scope) -> bool:
     if scope is Scope.PROVINCE:
         return a_region[:2] == b_region[:2]
     return a_region == b_region
+
+
+def _check_plausible(authorizer: Person, beneficiary: Person, relationship: Relationship) -> None:
+    """Raise RelationshipImplausible when the birth dates contradict `relationship`: a parent or
+    grandparent is older than the authorizer, a child or grandchild younger, and a grandparent and
+    grandchild are at least limits.GRANDPARENT_AGE_GAP_YEARS_MIN full years apart."""
+    direction = _OLDER_OR_YOUNGER.get(relationship)
+    if direction is None:
+        return
+    older = beneficiary.birth_date < authorizer.birth_date
+    younger = beneficiary.birth_date > authorizer.birth_date
+    if (direction > 0 and not older) or (direction < 0 and not younger):
+        raise errors.RelationshipImplausible(f"birth dates contradict {relationship}")
+    if relationship in (Relationship.GRANDPARENT, Relationship.GRANDCHILD):
+        elder, junior = (beneficiary, authorizer) if direction > 0 else (authorizer, beneficiary)
+        gap = limits.GRANDPARENT_AGE_GAP_YEARS_MIN
+        if age_on(elder.birth_date, junior.birth_date) < gap:
+            raise errors.RelationshipImplausible(
+                f"birth dates contradict {relationship}: a grandparent is at least {gap} years older than a grandchild"
+            )
 
 
 def check_grant(
@@ -71,12 +105,7 @@ def check_grant(
         raise errors.PersonNotActive("the beneficiary's insurance is not active")
     if relationship in ALWAYS_REFUSED or relationship not in policy.allowed:
         raise errors.RelationshipNotAllowed(f"{relationship} may not receive mutual aid in this region")
-    direction = _OLDER_OR_YOUNGER.get(relationship)
-    if direction is not None:
-        older = beneficiary.birth_date < authorizer.birth_date
-        younger = beneficiary.birth_date > authorizer.birth_date
-        if (direction > 0 and not older) or (direction < 0 and not younger):
-            raise errors.RelationshipImplausible(f"birth dates contradict {relationship}")
+    _check_plausible(authorizer, beneficiary, relationship)
     if not in_scope(authorizer.region_code, beneficiary.region_code, policy.scope):
         raise errors.RegionOutOfScope(f"authorizer and beneficiary must be in the same {policy.scope.lower()}")
 

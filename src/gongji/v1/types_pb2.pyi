@@ -78,31 +78,51 @@ class _RelationshipEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Relation
     DESCRIPTOR: _descriptor.EnumDescriptor
     RELATIONSHIP_UNSPECIFIED: _Relationship.ValueType  # 0
     RELATIONSHIP_SPOUSE: _Relationship.ValueType  # 1
+    """配偶: husband or wife."""
     RELATIONSHIP_PARENT: _Relationship.ValueType  # 2
+    """父母: father or mother, by birth, adoption, or a step-parent who raised the requester."""
     RELATIONSHIP_CHILD: _Relationship.ValueType  # 3
+    """子女: son or daughter, by birth, adoption, or a step-child the requester raised."""
     RELATIONSHIP_SIBLING: _Relationship.ValueType  # 4
-    """Close relatives: allowed for grants only where region policy allows them."""
+    """兄弟姐妹: brother or sister, full or half, adoptive, or a step-sibling raised in one household."""
     RELATIONSHIP_GRANDPARENT: _Relationship.ValueType  # 5
+    """祖父母、外祖父母: a grandparent on the father's side or on the mother's side."""
     RELATIONSHIP_GRANDCHILD: _Relationship.ValueType  # 6
+    """孙子女、外孙子女: a grandchild through a son or through a daughter."""
     RELATIONSHIP_PARENT_IN_LAW: _Relationship.ValueType  # 7
-    """Always refused for grants."""
+    """Always refused for grants, whatever the region's policy: a parent-in-law (公婆、岳父母) is not a
+    close relative in law.
+    """
     RELATIONSHIP_OTHER: _Relationship.ValueType  # 8
 
 class Relationship(_Relationship, metaclass=_RelationshipEnumTypeWrapper):
     """A family relationship, read from the requester's side:
     CHILD means the other person is the requester's child.
+
+    The first six are the close relatives (近亲属) of the 2024 national rules, and a region without a
+    policy of its own allows all six for grants; a region may narrow the set with SetRegionPolicy (for
+    example to the 2023 set: spouse, parents, children). Grants check the birth dates: a parent or
+    grandparent is older than the requester, a child or grandchild younger, and a grandparent and a
+    grandchild are at least 24 full years apart (RELATIONSHIP_IMPLAUSIBLE otherwise).
     """
 
 RELATIONSHIP_UNSPECIFIED: Relationship.ValueType  # 0
 RELATIONSHIP_SPOUSE: Relationship.ValueType  # 1
+"""配偶: husband or wife."""
 RELATIONSHIP_PARENT: Relationship.ValueType  # 2
+"""父母: father or mother, by birth, adoption, or a step-parent who raised the requester."""
 RELATIONSHIP_CHILD: Relationship.ValueType  # 3
+"""子女: son or daughter, by birth, adoption, or a step-child the requester raised."""
 RELATIONSHIP_SIBLING: Relationship.ValueType  # 4
-"""Close relatives: allowed for grants only where region policy allows them."""
+"""兄弟姐妹: brother or sister, full or half, adoptive, or a step-sibling raised in one household."""
 RELATIONSHIP_GRANDPARENT: Relationship.ValueType  # 5
+"""祖父母、外祖父母: a grandparent on the father's side or on the mother's side."""
 RELATIONSHIP_GRANDCHILD: Relationship.ValueType  # 6
+"""孙子女、外孙子女: a grandchild through a son or through a daughter."""
 RELATIONSHIP_PARENT_IN_LAW: Relationship.ValueType  # 7
-"""Always refused for grants."""
+"""Always refused for grants, whatever the region's policy: a parent-in-law (公婆、岳父母) is not a
+close relative in law.
+"""
 RELATIONSHIP_OTHER: Relationship.ValueType  # 8
 Global___Relationship: _TypeAlias = Relationship  # noqa: Y015
 
