@@ -85,7 +85,11 @@ def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
     assert named["settlement"]["authorizer_id"] == demo.CHENJING.person_id  # type: ignore[index]
     assert named["settlement"]["acct_mulaid_pay_fen"] == "500"  # type: ignore[index]
     assert revoked["grant"]["end_reason"] == "REVOKED_BY_BENEFICIARY"  # type: ignore[index]
-    assert "RELATIONSHIP_SIBLING" in policy["policy"]["allowed_relationships"]  # type: ignore[index]
+    assert policy["policy"]["allowed_relationships"] == [  # type: ignore[index]
+        "RELATIONSHIP_SPOUSE",
+        "RELATIONSHIP_PARENT",
+        "RELATIONSHIP_CHILD",
+    ]
     assert [p["region_key"] for p in policies["policies"]] == ["61"]  # type: ignore[index,union-attr]
 
 
