@@ -5,6 +5,8 @@ from __future__ import annotations
 # Money. One settlement or credit may not exceed 1,000,000 yuan; balances stay far below int64.
 AMOUNT_FEN_MAX = 100_000_000
 CREDIT_FEN_MAX = 100_000_000
+# A yearly cap on mutual aid (per grant, per beneficiary) or an authorizer's floor: at most 1,000,000 yuan.
+MUTUAL_AID_LIMIT_FEN_MAX = 100_000_000
 
 # Strings a client controls.
 PERSON_ID_LEN_MIN = 6

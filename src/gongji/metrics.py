@@ -45,6 +45,12 @@ SETTLEMENTS = Counter(
 SETTLED_FEN = Counter(
     "gongji_settled_fen_total", "Money settled, in fen, by source: own, mutual_aid, cash.", ["source"]
 )
+MUTUAL_AID_LIMITED = Counter(
+    "gongji_mutual_aid_limited_total",
+    "Settlements in which a limit made mutual aid pay less than the bill needed, by limit: GRANT_CAP,"
+    " BENEFICIARY_CAP, AUTHORIZER_FLOOR.",
+    ["limit"],
+)
 IDEMPOTENT_REPLAYS = Counter(
     "gongji_idempotent_replays_total",
     "Retried requests answered with the original result, moving nothing again, by method.",

@@ -63,6 +63,7 @@ EXPECTED: dict[str, dict[str, tuple[S, str]]] = {
     "FamilyService/ListFamily": _row(app=OK),
     "FamilyService/Grant": _row(app=OK),
     "FamilyService/Revoke": _row(app=OK),
+    "FamilyService/SetGrantCap": _row(app=OK),
     "FamilyService/IssueVoucher": _row(app=OK),
     "AccountService/Enroll": _row(operator=OK),
     "AccountService/Credit": _row(operator=OK),
@@ -145,6 +146,9 @@ async def _make_request(rpc: str, scene: Scene) -> Message:
         case "FamilyService/Revoke":
             authorizer, beneficiary = await _granted(scene)
             return family_pb2.RevokeRequest(authorizer_id=authorizer, beneficiary_id=beneficiary)
+        case "FamilyService/SetGrantCap":
+            authorizer, beneficiary = await _granted(scene)
+            return family_pb2.SetGrantCapRequest(authorizer_id=authorizer, beneficiary_id=beneficiary, yearly_cap_fen=0)
         case "FamilyService/IssueVoucher":
             return family_pb2.IssueVoucherRequest(person_id=patient)
         case "AccountService/Enroll":

@@ -101,9 +101,14 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             fields.bad("policy.allowed_relationships", "must list at least one relationship")
         if any(r in ALWAYS_REFUSED for r in allowed):
             fields.bad("policy.allowed_relationships", "PARENT_IN_LAW and OTHER can never receive mutual aid")
+        cap = p.beneficiary_yearly_cap_fen if p.HasField("beneficiary_yearly_cap_fen") else None
+        floor = p.authorizer_floor_fen if p.HasField("authorizer_floor_fen") else None
+        for name, value in (("beneficiary_yearly_cap_fen", cap), ("authorizer_floor_fen", floor)):
+            if value is not None and not 0 <= value <= limits.MUTUAL_AID_LIMIT_FEN_MAX:
+                fields.bad(f"policy.{name}", f"must be 0 to {limits.MUTUAL_AID_LIMIT_FEN_MAX} fen, or unset for none")
         fields.done()
         assert scope is not None
-        policy = RegionPolicy(scope, frozenset(r for r in allowed if r is not None))
+        policy = RegionPolicy(scope, frozenset(r for r in allowed if r is not None), cap, floor)
         row = await policies.set_policy(self._app.pool, p.region_key, policy, limits.REGION_POLICIES_MAX)
         if row is None:
             raise errors.RegionPolicyLimitReached(f"at most {limits.REGION_POLICIES_MAX} region policies")

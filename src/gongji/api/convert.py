@@ -5,6 +5,7 @@ from __future__ import annotations
 from gongji.api.app import timestamp
 from gongji.domain.eligibility import RegionPolicy
 from gongji.domain.people import Relationship, mask_id, mask_name
+from gongji.domain.waterfall import Limit
 from gongji.store.bindings import BindingRow
 from gongji.store.grants import GrantRow
 from gongji.store.ledger import EntryRow
@@ -52,6 +53,8 @@ def grant(g: GrantRow, *, settlement_order: int = 0) -> family_pb2.MutualAidGran
         ended_at=timestamp(g.ended_at),
         end_reason=g.end_reason or "",
         settlement_order=settlement_order,
+        yearly_cap_fen=g.yearly_cap_fen,
+        cap_left_fen=g.cap_left_fen,
     )
 
 
@@ -75,6 +78,8 @@ def region_policy(key: str, policy: RegionPolicy, row: PolicyRow | None = None) 
         scope=types_pb2.GrantScope.Value(f"GRANT_SCOPE_{policy.scope}"),
         allowed_relationships=sorted(relationship(r) for r in policy.allowed),
         updated_at=timestamp(row.updated_at) if row else None,
+        beneficiary_yearly_cap_fen=policy.beneficiary_yearly_cap_fen,
+        authorizer_floor_fen=policy.authorizer_floor_fen,
     )
 
 
@@ -110,7 +115,12 @@ def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb
         created_at=timestamp(s.created_at),
         refunds=[refund(r) for r in view.refunds] if view else [],
         reversed_at=timestamp(view.reversed_at) if view else None,
+        mutual_aid_limited_by=mutual_aid_limit(s.mulaid_limited_by),
     )
+
+
+def mutual_aid_limit(limit: Limit | None) -> types_pb2.MutualAidLimit.ValueType:
+    return types_pb2.MutualAidLimit.Value(f"MUTUAL_AID_LIMIT_{limit or 'UNSPECIFIED'}")
 
 
 def ledger_entry(e: EntryRow) -> account_pb2.LedgerEntry:

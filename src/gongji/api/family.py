@@ -101,6 +101,7 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
             ],
             bound_member_limit=limits.FAMILY_BOUND_MEMBERS_MAX,
             bound_member_count=live_count,
+            beneficiary_cap_left_fen=await grants.beneficiary_cap_left(self._app.pool, person_id),
         )
 
     async def Grant(self, request: family_pb2.GrantRequest, context: Context) -> family_pb2.GrantResponse:
@@ -137,6 +138,24 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         if grant is None:
             raise errors.GrantNotFound("there is no live grant between these two people")
         return family_pb2.RevokeResponse(grant=convert.grant(grant))
+
+    async def SetGrantCap(
+        self, request: family_pb2.SetGrantCapRequest, context: Context
+    ) -> family_pb2.SetGrantCapResponse:
+        fields = Fields()
+        authorizer_id = fields.person_id("authorizer_id", request.authorizer_id)
+        beneficiary_id = fields.person_id("beneficiary_id", request.beneficiary_id)
+        requester_id = fields.optional_person_id("requester_id", request.requester_id) or authorizer_id
+        cap = request.yearly_cap_fen if request.HasField("yearly_cap_fen") else None
+        if cap is not None and not 0 <= cap <= limits.MUTUAL_AID_LIMIT_FEN_MAX:
+            fields.bad("yearly_cap_fen", f"must be 0 to {limits.MUTUAL_AID_LIMIT_FEN_MAX} fen, or unset to clear")
+        fields.done()
+        if requester_id != authorizer_id:
+            raise errors.NotAllowed("only the authorizer sets the cap of a grant")
+        grant = await grants.set_cap(self._app.pool, authorizer_id, beneficiary_id, cap)
+        if grant is None:
+            raise errors.GrantNotFound("there is no live grant between these two people")
+        return family_pb2.SetGrantCapResponse(grant=convert.grant(grant))
 
     async def IssueVoucher(
         self, request: family_pb2.IssueVoucherRequest, context: Context

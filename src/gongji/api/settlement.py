@@ -40,6 +40,8 @@ def _count_settlement(s: settlements.SettlementRow) -> None:
     metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
     metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
     metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
+    if s.mulaid_limited_by is not None:
+        metrics.MUTUAL_AID_LIMITED.labels(s.mulaid_limited_by.value).inc()
 
 
 def _observe_settle_timing(timing: settlements.SettleTiming) -> None:
@@ -109,6 +111,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             psn_cash_pay_fen=q.psn_cash_pay_fen,
             authorizer_id=q.authorizer_id or "",
             balc_fen=q.balc_fen,
+            mutual_aid_limited_by=convert.mutual_aid_limit(q.mulaid_limited_by),
+            grant_cap_left_fen=q.grant_cap_left_fen,
+            beneficiary_cap_left_fen=q.beneficiary_cap_left_fen,
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:

@@ -52,6 +52,12 @@ _OLDER_OR_YOUNGER = {
 class RegionPolicy:
     scope: Scope = Scope.PROVINCE
     allowed: frozenset[Relationship] = field(default_factory=lambda: CLOSE_RELATIVES)
+    # What all grants together may pay for one beneficiary of the region in a calendar year (China's
+    # time zone); None: no cap. Applies by the beneficiary's region.
+    beneficiary_yearly_cap_fen: int | None = None
+    # The balance mutual aid never takes an authorizer of the region below; None: no floor. Applies by
+    # the authorizer's region.
+    authorizer_floor_fen: int | None = None
 
 
 DEFAULT_POLICY = RegionPolicy()

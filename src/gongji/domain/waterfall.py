@@ -7,6 +7,7 @@ proves the two agree on arbitrary balances and amounts.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
@@ -45,6 +46,61 @@ def split(
     assert result.amount_fen == amount_fen
     assert result.psn_cash_pay_fen >= 0
     return result
+
+
+class Limit(enum.StrEnum):
+    """What made mutual aid pay less than the authorizer's balance would have."""
+
+    GRANT_CAP = "GRANT_CAP"  # the yearly cap its authorizer set on the grant
+    BENEFICIARY_CAP = "BENEFICIARY_CAP"  # the region's yearly cap per beneficiary, across all grants
+    AUTHORIZER_FLOOR = "AUTHORIZER_FLOOR"  # the region's floor under the authorizer's balance
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """How much mutual aid may pay, and the limit that set it when that is less than the balance."""
+
+    fen: int
+    limited_by: Limit | None
+
+
+def mutual_aid_room(
+    balance_fen: int | None,
+    *,
+    floor_fen: int | None = None,
+    grant_cap_left_fen: int | None = None,
+    beneficiary_cap_left_fen: int | None = None,
+) -> Room | None:
+    """The most the authorizer's account may pay for one settlement: its balance above the floor, and
+    no more than what is left of the grant's yearly cap and of the beneficiary's. None (no limit) for
+    any of the three means none applies; `balance_fen` None means no grant is drawn on (no room).
+
+    On a tie the limit named is the grant's cap, then the beneficiary's, then the floor. The twin of
+    `gongji_mutual_aid_room` in store/sql/settle.sql.
+    """
+    if balance_fen is None:
+        return None
+    assert balance_fen >= 0 and all(
+        v is None or v >= 0 for v in (floor_fen, grant_cap_left_fen, beneficiary_cap_left_fen)
+    )
+    above_floor = max(balance_fen - floor_fen, 0) if floor_fen else None
+    limits = (
+        (Limit.GRANT_CAP, grant_cap_left_fen),
+        (Limit.BENEFICIARY_CAP, beneficiary_cap_left_fen),
+        (Limit.AUTHORIZER_FLOOR, above_floor),
+    )
+    room = min([balance_fen, *(fen for _, fen in limits if fen is not None)])
+    limited_by = next((limit for limit, fen in limits if fen is not None and fen == room < balance_fen), None)
+    return Room(room, limited_by)
+
+
+def settlement_limit(s: Split, room: Room | None) -> Limit | None:
+    """The limit a settlement answers: the room's, when mutual aid paid all the room and cash paid the
+    rest. The twin of the same rule in gongji_settle and gongji_quote."""
+    if room is None or s.psn_cash_pay_fen == 0:
+        return None
+    assert s.acct_mulaid_pay_fen == room.fen
+    return room.limited_by
 
 
 def refund_split(amount_fen: int, left: Split) -> Split:

@@ -51,6 +51,27 @@ select v.voucher_id
  where (v.used_at is null) <> (s.settlement_id is null) or v.settlement_id is distinct from s.settlement_id"""
 
 
+# What mutual aid paid net of refunds, per grant and per beneficiary and calendar year (China's time
+# zone), is what the caps count (grant_usage, beneficiary_usage), to the fen.
+_NET_MUTUAL_AID = """
+select s.grant_id, s.patient_id, gongji_china_year(s.created_at) as year,
+       s.acct_mulaid_pay_fen - coalesce((select sum(r.acct_mulaid_pay_fen) from refund r
+                                          where r.settlement_id = s.settlement_id), 0) as fen
+  from settlement s where s.grant_id is not null"""
+_GRANT_USAGE_VS_SETTLEMENTS = f"""
+with net as ({_NET_MUTUAL_AID}), books as (select grant_id, year, sum(fen)::bigint as fen from net group by 1, 2)
+select coalesce(u.grant_id, b.grant_id) as grant_id, coalesce(u.year, b.year) as year,
+       coalesce(u.used_fen, 0) as used_fen, coalesce(b.fen, 0) as books_fen
+  from grant_usage u full join books b on b.grant_id = u.grant_id and b.year = u.year
+ where coalesce(u.used_fen, 0) <> coalesce(b.fen, 0)"""
+_BENEFICIARY_USAGE_VS_SETTLEMENTS = f"""
+with net as ({_NET_MUTUAL_AID}), books as (select patient_id, year, sum(fen)::bigint as fen from net group by 1, 2)
+select coalesce(u.beneficiary_id, b.patient_id) as beneficiary_id, coalesce(u.year, b.year) as year,
+       coalesce(u.used_fen, 0) as used_fen, coalesce(b.fen, 0) as books_fen
+  from beneficiary_usage u full join books b on b.patient_id = u.beneficiary_id and b.year = u.year
+ where coalesce(u.used_fen, 0) <> coalesce(b.fen, 0)"""
+
+
 # Each check and how to name what it found. Every query answers the rows that are off.
 _CHECKS = (
     (_BALANCE_VS_LEDGER, "account {person_id}: balance {balance_fen} fen, ledger {ledger_fen} fen"),
@@ -58,6 +79,11 @@ _CHECKS = (
     (_REFUND_VS_LEDGER, "refund {refund_id}: ledger does not match"),
     (_SETTLEMENT_VS_REFUNDS, "settlement {settlement_id}: refunds do not add up"),
     (_VOUCHER_VS_SETTLEMENT, "voucher {voucher_id}: use does not match"),
+    (_GRANT_USAGE_VS_SETTLEMENTS, "grant {grant_id}, {year}: caps count {used_fen} fen, settlements {books_fen} fen"),
+    (
+        _BENEFICIARY_USAGE_VS_SETTLEMENTS,
+        "beneficiary {beneficiary_id}, {year}: caps count {used_fen} fen, settlements {books_fen} fen",
+    ),
 )
 
 

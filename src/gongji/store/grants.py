@@ -18,20 +18,40 @@ from gongji.store.people import PERSON_COLUMNS, person_from_row
 # The partial unique index on live (authorizer, beneficiary) pairs makes a second Grant return the
 # live one. DO UPDATE (a no-op update) rather than DO NOTHING: it returns and locks the existing row in
 # the same statement, so a Revoke committing in between cannot leave us with nothing to return.
-_INSERT = """
+_COLUMNS = "grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason"
+# What is left of a grant's yearly cap this year (China's time zone; gongji_china_year): null, no cap.
+_CAP = """g.yearly_cap_fen,
+       case when g.yearly_cap_fen is not null then greatest(g.yearly_cap_fen - coalesce(
+           (select u.used_fen from grant_usage u where u.grant_id = g.grant_id and u.year = gongji_china_year(now())),
+           0), 0) end as cap_left_fen"""
+_INSERT = f"""
 insert into mutual_aid_grant as g (authorizer_id, beneficiary_id, relationship, scope) values ($1, $2, $3, $4)
 on conflict (authorizer_id, beneficiary_id) where status = 'LIVE' do update set relationship = g.relationship
-returning grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason,
-          (xmax = 0) as inserted"""
+returning {_COLUMNS}, {_CAP}, (xmax = 0) as inserted"""
 # Both people are held FOR SHARE while the grant is checked and written, so an Enroll changing either
 # of them waits, and then sees (and ends) the new grant; never a live grant for an ineligible pair.
 _LOCK_PEOPLE = f"""
 select {PERSON_COLUMNS}
   from person where person_id = any($1::text[]) order by person_id collate "C" for share"""
-_REVOKE = """
-update mutual_aid_grant set status = 'REVOKED', ended_at = now(), end_reason = $3
+_REVOKE = f"""
+update mutual_aid_grant g set status = 'REVOKED', ended_at = now(), end_reason = $3
  where authorizer_id = $1 and beneficiary_id = $2 and status = 'LIVE'
-returning grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason"""
+returning {_COLUMNS}, {_CAP}"""
+# The row lock waits for settlements holding the grant: the cap applies from the next settlement on.
+_SET_CAP = f"""
+update mutual_aid_grant g set yearly_cap_fen = $3
+ where authorizer_id = $1 and beneficiary_id = $2 and status = 'LIVE'
+returning {_COLUMNS}, {_CAP}"""
+# What is left this year of a person's yearly cap as a beneficiary, by the most specific policy of the
+# person's region; null when there is none.
+_BENEFICIARY_CAP_LEFT = """
+select greatest(p.cap - coalesce((select u.used_fen from beneficiary_usage u
+                                   where u.beneficiary_id = x.person_id and u.year = gongji_china_year(now())), 0), 0)
+  from person x
+  join lateral (select r.beneficiary_yearly_cap_fen as cap from region_policy r
+                 where r.region_key in (x.region_code, left(x.region_code, 2))
+                 order by length(r.region_key) desc limit 1) p on p.cap is not null
+ where x.person_id = $1"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +64,8 @@ class GrantRow:
     created_at: dt.datetime
     ended_at: dt.datetime | None
     end_reason: str | None
+    yearly_cap_fen: int | None = None  # None: no cap
+    cap_left_fen: int | None = None  # what is left of the cap this year; None: no cap
 
 
 def _grant(row: asyncpg.Record) -> GrantRow:
@@ -103,10 +125,10 @@ async def revoke(pool: asyncpg.Pool, authorizer_id: str, beneficiary_id: str, re
 
 
 # Live grants first, in the order a settlement picks them (gongji_live_grant), then ended ones.
-_OF_PERSON = """
-select grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason
-  from mutual_aid_grant
- where {side} = $1
+_OF_PERSON = f"""
+select {_COLUMNS}, {_CAP}
+  from mutual_aid_grant g
+ where {{side}} = $1
  order by (status = 'LIVE') desc,
           case when status = 'LIVE' then created_at end asc,
           case when status = 'LIVE' then grant_id end asc,
@@ -114,6 +136,20 @@ select grant_id, authorizer_id, beneficiary_id, relationship, status, created_at
  limit $2"""
 _GIVEN = _OF_PERSON.format(side="authorizer_id")
 _HELD = _OF_PERSON.format(side="beneficiary_id")
+
+
+async def set_cap(
+    pool: asyncpg.Pool, authorizer_id: str, beneficiary_id: str, yearly_cap_fen: int | None
+) -> GrantRow | None:
+    """Set (None: clear) the yearly cap of the live grant between the two; None when there is none."""
+    row = await pool.fetchrow(_SET_CAP, authorizer_id, beneficiary_id, yearly_cap_fen)
+    return None if row is None else _grant(row)
+
+
+async def beneficiary_cap_left(pool: asyncpg.Pool, person_id: str) -> int | None:
+    """What is left this year of the person's yearly cap as a beneficiary; None when none applies."""
+    left: int | None = await pool.fetchval(_BENEFICIARY_CAP_LEFT, person_id)
+    return left
 
 
 async def given_by(pool: asyncpg.Pool, person_id: str, limit: int) -> list[GrantRow]:

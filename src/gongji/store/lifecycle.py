@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors
+from gongji.domain.waterfall import Limit
 from gongji.store.settlements import TERMINAL_GUARD, SettlementRow
 
 # As for Settle (see gongji.store.settlements): the credential is checked in the same statement, and
@@ -21,7 +22,8 @@ select g.* from credential c cross join lateral gongji_reverse(c.institution_id,
  where {TERMINAL_GUARD}"""
 
 _SETTLEMENT_COLUMNS = """settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, amount_fen,
-       acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at"""
+       acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at,
+       mulaid_limited_by"""
 _BY_ID = f"select {_SETTLEMENT_COLUMNS} from settlement where settlement_id = $1"
 _BY_REQUEST = f"select {_SETTLEMENT_COLUMNS} from settlement where institution_id = $1 and request_id = $2"
 _REFUNDS_OF = """
@@ -51,7 +53,9 @@ class SettlementView:
 
 
 def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
-    return SettlementRow(**{k: r[k] for k in SettlementRow.__dataclass_fields__ if k != "replayed"}, replayed=replayed)
+    fields = {k: r[k] for k in SettlementRow.__dataclass_fields__ if k not in ("replayed", "mulaid_limited_by")}
+    limited_by = r["mulaid_limited_by"]
+    return SettlementRow(**fields, replayed=replayed, mulaid_limited_by=Limit(limited_by) if limited_by else None)
 
 
 async def _view(pool: asyncpg.Pool, query: str, *args: object) -> SettlementView | None:

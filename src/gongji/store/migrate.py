@@ -1,17 +1,23 @@
 """Schema as history, code as current: ordered SQL migrations applied once each, then the server-side
-functions re-applied whenever they change, all under one advisory lock.
+functions re-applied whenever they change, all under one advisory lock and in one transaction.
 
 The shape is Flyway's: versioned migrations (`V__`) and repeatable ones (`R__`).
 
 - **Numbered migrations** (`migrations/NNNN_name.sql`) are history: tables, indexes, constraints and
-  data moves. Each runs once, in its own transaction, its SHA-256 recorded; once released it is never
-  edited, and a changed file is refused instead of silently diverging from what production ran.
+  data moves. Each runs once, its SHA-256 recorded; once released it is never edited, and a changed
+  file is refused instead of silently diverging from what production ran.
 - **Code** (`sql/*.sql`, in the order of CODE_FILES) is current: every server-side function (and the
   triggers that call them), one file per concept, always the version in force. After the numbered
   migrations, each file whose SHA-256 differs from the one recorded is run again (`create or
-  replace`), in its own transaction. A reader finds today's `gongji_settle` in one place, and a rule
-  change is a diff of that file rather than a copy of every function into a new migration. A change of
-  a function's signature is an explicit `drop function` in a numbered migration, which runs first.
+  replace`). A reader finds today's `gongji_settle` in one place, and a rule change is a diff of that
+  file rather than a copy of every function into a new migration. A change of a function's signature
+  or of the columns it returns is an explicit `drop function` in a numbered migration, which runs
+  first.
+
+Everything one start has to apply commits together: a server of the previous version still running
+(a rolling upgrade) sees the old schema with the old functions or the new with the new, never a
+migration that dropped a function without the code that brings it back. A migration that cannot run
+in a transaction (CREATE INDEX CONCURRENTLY) would need a step of its own outside this runner.
 
 A small runner of our own instead of a library: the well-kept migration tools (alembic, yoyo) bring a
 second database driver (SQLAlchemy/psycopg) next to asyncpg, and the asyncpg-native ones are thin and
@@ -106,8 +112,9 @@ async def migrate(
     migrations applied. Safe to run from several processes at once: they take turns."""
     await conn.execute("select pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
     try:
-        applied_now = await _apply_migrations(conn, bundled() if migrations is None else migrations)
-        await _apply_code(conn, bundled_code() if code is None else code)
+        async with conn.transaction():
+            applied_now = await _apply_migrations(conn, bundled() if migrations is None else migrations)
+            await _apply_code(conn, bundled_code() if code is None else code)
     finally:
         await conn.execute("select pg_advisory_unlock($1)", _ADVISORY_LOCK_KEY)
     return applied_now
@@ -126,14 +133,10 @@ async def _apply_migrations(
             if done["sha256"] != m.sha256:
                 raise MigrationError(f"migration {m.version:04d}_{m.name} changed after it was applied")
             continue
-        async with conn.transaction():
-            await conn.execute(m.sql)
-            await conn.execute(
-                "insert into schema_migration (version, name, sha256) values ($1, $2, $3)",
-                m.version,
-                m.name,
-                m.sha256,
-            )
+        await conn.execute(m.sql)
+        await conn.execute(
+            "insert into schema_migration (version, name, sha256) values ($1, $2, $3)", m.version, m.name, m.sha256
+        )
         log.info("applied migration %04d_%s", m.version, m.name)
         applied_now.append(m)
     return applied_now
@@ -145,12 +148,11 @@ async def _apply_code(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProx
     for code in todo:
         if recorded.get(code.name) == code.sha256:
             continue
-        async with conn.transaction():
-            await conn.execute(code.sql)
-            await conn.execute(
-                "insert into schema_code (name, sha256) values ($1, $2)"
-                " on conflict (name) do update set sha256 = excluded.sha256, applied_at = now()",
-                code.name,
-                code.sha256,
-            )
+        await conn.execute(code.sql)
+        await conn.execute(
+            "insert into schema_code (name, sha256) values ($1, $2)"
+            " on conflict (name) do update set sha256 = excluded.sha256, applied_at = now()",
+            code.name,
+            code.sha256,
+        )
         log.info("applied code sql/%s", code.name)

@@ -14,16 +14,19 @@ from gongji.domain.people import Relationship
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
 
 # The most specific policy wins: the 统筹区's own, else its province's.
-_FOR_REGION = """
-select scope, allowed_relationships from region_policy
+_COLUMNS = "scope, allowed_relationships, beneficiary_yearly_cap_fen, authorizer_floor_fen"
+_FOR_REGION = f"""
+select {_COLUMNS} from region_policy
  where region_key in ($1, left($1, 2)) order by length(region_key) desc limit 1"""
-_UPSERT = """
-insert into region_policy (region_key, scope, allowed_relationships) values ($1, $2, $3)
+_UPSERT = f"""
+insert into region_policy (region_key, {_COLUMNS}) values ($1, $2, $3, $4, $5)
 on conflict (region_key) do update
-   set scope = excluded.scope, allowed_relationships = excluded.allowed_relationships, updated_at = now()
-returning region_key, scope, allowed_relationships, updated_at"""
+   set scope = excluded.scope, allowed_relationships = excluded.allowed_relationships,
+       beneficiary_yearly_cap_fen = excluded.beneficiary_yearly_cap_fen,
+       authorizer_floor_fen = excluded.authorizer_floor_fen, updated_at = now()
+returning region_key, {_COLUMNS}, updated_at"""
 _COUNT = "select count(*) from region_policy"
-_LIST = "select region_key, scope, allowed_relationships, updated_at from region_policy order by region_key limit $1"
+_LIST = f"select region_key, {_COLUMNS}, updated_at from region_policy order by region_key limit $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +36,22 @@ class PolicyRow:
     updated_at: dt.datetime
 
 
-def _policy(scope: str, allowed: list[str]) -> RegionPolicy:
-    return RegionPolicy(Scope(scope), frozenset(Relationship(r) for r in allowed))
+def _policy(r: asyncpg.Record) -> RegionPolicy:
+    return RegionPolicy(
+        Scope(r["scope"]),
+        frozenset(Relationship(x) for x in r["allowed_relationships"]),
+        r["beneficiary_yearly_cap_fen"],
+        r["authorizer_floor_fen"],
+    )
 
 
 def _row(r: asyncpg.Record) -> PolicyRow:
-    return PolicyRow(r["region_key"], _policy(r["scope"], r["allowed_relationships"]), r["updated_at"])
+    return PolicyRow(r["region_key"], _policy(r), r["updated_at"])
 
 
 async def for_region(conn: Conn, region_code: str) -> RegionPolicy:
     row = await conn.fetchrow(_FOR_REGION, region_code)
-    return DEFAULT_POLICY if row is None else _policy(row["scope"], row["allowed_relationships"])
+    return DEFAULT_POLICY if row is None else _policy(row)
 
 
 async def set_policy(pool: asyncpg.Pool, region_key: str, policy: RegionPolicy, max_policies: int) -> PolicyRow | None:
@@ -55,7 +63,14 @@ async def set_policy(pool: asyncpg.Pool, region_key: str, policy: RegionPolicy, 
         if not exists and await conn.fetchval(_COUNT) >= max_policies:
             return None
         allowed = sorted(r.value for r in policy.allowed)
-        row = await conn.fetchrow(_UPSERT, region_key, policy.scope.value, allowed)
+        row = await conn.fetchrow(
+            _UPSERT,
+            region_key,
+            policy.scope.value,
+            allowed,
+            policy.beneficiary_yearly_cap_fen,
+            policy.authorizer_floor_fen,
+        )
         assert row is not None
         return _row(row)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gongji import errors
+from gongji.domain.waterfall import Limit
 from gongji.store import credentials
 from gongji.store.credentials import Kind
 
@@ -32,6 +33,9 @@ class QuoteResult:
     acct_mulaid_pay_fen: int
     psn_cash_pay_fen: int
     balc_fen: int
+    mulaid_limited_by: Limit | None
+    grant_cap_left_fen: int | None  # None: the grant has no yearly cap
+    beneficiary_cap_left_fen: int | None  # None: the beneficiary's region sets no yearly cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,8 @@ class SettlementRow:
     refunded_fen: int
     created_at: dt.datetime
     replayed: bool
+    # The limit that made mutual aid pay less than the bill needed; None when none did.
+    mulaid_limited_by: Limit | None = None
 
 
 def _refuse(outcome: str) -> errors.GongjiError:
@@ -125,12 +131,16 @@ async def quote(
     assert row is not None
     if row["outcome"] != "OK":
         raise _refuse(row["outcome"])
+    limited_by = row["mulaid_limited_by"]
     result = QuoteResult(
         row["authorizer_id"],
         row["acct_pay_fen"],
         row["acct_mulaid_pay_fen"],
         row["psn_cash_pay_fen"],
         row["balc_fen"],
+        Limit(limited_by) if limited_by else None,
+        row["grant_cap_left_fen"],
+        row["beneficiary_cap_left_fen"],
     )
     assert result.acct_pay_fen + result.acct_mulaid_pay_fen + result.psn_cash_pay_fen == amount_fen
     return result
@@ -181,6 +191,7 @@ async def settle(
         refunded_fen=row["refunded_fen"],
         created_at=row["created_at"],
         replayed=row["replayed"],
+        mulaid_limited_by=Limit(row["mulaid_limited_by"]) if row["mulaid_limited_by"] else None,
     )
     # Invariants where money moves, checked after the read (TIGER_STYLE).
     assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == s.amount_fen

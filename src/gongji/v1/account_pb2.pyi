@@ -323,7 +323,8 @@ Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
 @_typing.final
 class RegionPolicy(_message.Message):
     """The grant policy of a province ("61") or a 统筹区 ("610100"). The most specific one applies to an
-    authorizer's region; where none is set, the default is: same province; spouse, parent, child.
+    authorizer's region; where none is set, the default is: same province; the close relatives (spouse, parents,
+    children, siblings, grandparents, grandchildren); no caps, no floor.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -332,8 +333,18 @@ class RegionPolicy(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     ALLOWED_RELATIONSHIPS_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    BENEFICIARY_YEARLY_CAP_FEN_FIELD_NUMBER: _builtins.int
+    AUTHORIZER_FLOOR_FEN_FIELD_NUMBER: _builtins.int
     region_key: _builtins.str
     scope: _types_pb2.GrantScope.ValueType
+    beneficiary_yearly_cap_fen: _builtins.int
+    """The most mutual aid pays for one beneficiary of this region in a calendar year, across all grants;
+    unset: no cap. Applies by the beneficiary's region.
+    """
+    authorizer_floor_fen: _builtins.int
+    """A balance mutual aid never takes an authorizer of this region below (the authorizer's own
+    settlements may); unset: none. Applies by the authorizer's region.
+    """
     @_builtins.property
     def allowed_relationships(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Relationship.ValueType]:
         """Relationships a beneficiary may have to the authorizer. PARENT_IN_LAW and OTHER are refused
@@ -349,12 +360,21 @@ class RegionPolicy(_message.Message):
         scope: _types_pb2.GrantScope.ValueType = ...,
         allowed_relationships: _abc.Iterable[_types_pb2.Relationship.ValueType] | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        beneficiary_yearly_cap_fen: _builtins.int | None = ...,
+        authorizer_floor_fen: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_relationships", b"allowed_relationships", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__authorizer_floor_fen: _TypeAlias = _typing.Literal["authorizer_floor_fen"]  # noqa: Y015
+    _WhichOneofArgType__authorizer_floor_fen: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen"]  # noqa: Y015
+    _WhichOneofReturnType__beneficiary_yearly_cap_fen: _TypeAlias = _typing.Literal["beneficiary_yearly_cap_fen"]  # noqa: Y015
+    _WhichOneofArgType__beneficiary_yearly_cap_fen: _TypeAlias = _typing.Literal["_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__authorizer_floor_fen) -> _WhichOneofReturnType__authorizer_floor_fen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beneficiary_yearly_cap_fen) -> _WhichOneofReturnType__beneficiary_yearly_cap_fen | None: ...
 
 Global___RegionPolicy: _TypeAlias = RegionPolicy  # noqa: Y015
 

@@ -279,6 +279,60 @@ class RevokeResponse(_message.Message):
 Global___RevokeResponse: _TypeAlias = RevokeResponse  # noqa: Y015
 
 @_typing.final
+class SetGrantCapRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
+    BENEFICIARY_ID_FIELD_NUMBER: _builtins.int
+    REQUESTER_ID_FIELD_NUMBER: _builtins.int
+    YEARLY_CAP_FEN_FIELD_NUMBER: _builtins.int
+    authorizer_id: _builtins.str
+    beneficiary_id: _builtins.str
+    requester_id: _builtins.str
+    """Who asks: must be the authorizer. Empty means the authorizer."""
+    yearly_cap_fen: _builtins.int
+    """The most the grant pays in a calendar year (China's time zone), in fen; 0 stops it paying. Unset
+    clears the cap.
+    """
+    def __init__(
+        self,
+        *,
+        authorizer_id: _builtins.str = ...,
+        beneficiary_id: _builtins.str = ...,
+        requester_id: _builtins.str = ...,
+        yearly_cap_fen: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_yearly_cap_fen", b"_yearly_cap_fen", "yearly_cap_fen", b"yearly_cap_fen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_yearly_cap_fen", b"_yearly_cap_fen", "authorizer_id", b"authorizer_id", "beneficiary_id", b"beneficiary_id", "requester_id", b"requester_id", "yearly_cap_fen", b"yearly_cap_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__yearly_cap_fen: _TypeAlias = _typing.Literal["yearly_cap_fen"]  # noqa: Y015
+    _WhichOneofArgType__yearly_cap_fen: _TypeAlias = _typing.Literal["_yearly_cap_fen", b"_yearly_cap_fen"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__yearly_cap_fen) -> _WhichOneofReturnType__yearly_cap_fen | None: ...
+
+Global___SetGrantCapRequest: _TypeAlias = SetGrantCapRequest  # noqa: Y015
+
+@_typing.final
+class SetGrantCapResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grant(self) -> Global___MutualAidGrant: ...
+    def __init__(
+        self,
+        *,
+        grant: Global___MutualAidGrant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetGrantCapResponse: _TypeAlias = SetGrantCapResponse  # noqa: Y015
+
+@_typing.final
 class MutualAidGrant(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -293,6 +347,8 @@ class MutualAidGrant(_message.Message):
     AUTHORIZER_ID_MASKED_FIELD_NUMBER: _builtins.int
     BENEFICIARY_ID_MASKED_FIELD_NUMBER: _builtins.int
     SETTLEMENT_ORDER_FIELD_NUMBER: _builtins.int
+    YEARLY_CAP_FEN_FIELD_NUMBER: _builtins.int
+    CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
     authorizer_id: _builtins.str
     beneficiary_id: _builtins.str
@@ -309,6 +365,10 @@ class MutualAidGrant(_message.Message):
     """In ListFamily's grants_held: 1 for the grant a settlement uses when the patient names none, then
     2, 3, ... in the order they would be used; 0 for grants that are no longer live.
     """
+    yearly_cap_fen: _builtins.int
+    """The yearly cap its authorizer set; unset when none."""
+    cap_left_fen: _builtins.int
+    """What is left of that cap this year (China's time zone); unset when there is no cap."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -327,12 +387,21 @@ class MutualAidGrant(_message.Message):
         authorizer_id_masked: _builtins.str = ...,
         beneficiary_id_masked: _builtins.str = ...,
         settlement_order: _builtins.int = ...,
+        yearly_cap_fen: _builtins.int | None = ...,
+        cap_left_fen: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_left_fen", b"_cap_left_fen", "_yearly_cap_fen", b"_yearly_cap_fen", "cap_left_fen", b"cap_left_fen", "created_at", b"created_at", "ended_at", b"ended_at", "yearly_cap_fen", b"yearly_cap_fen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizer_id", b"authorizer_id", "authorizer_id_masked", b"authorizer_id_masked", "beneficiary_id", b"beneficiary_id", "beneficiary_id_masked", b"beneficiary_id_masked", "created_at", b"created_at", "end_reason", b"end_reason", "ended_at", b"ended_at", "grant_id", b"grant_id", "relationship", b"relationship", "settlement_order", b"settlement_order", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_left_fen", b"_cap_left_fen", "_yearly_cap_fen", b"_yearly_cap_fen", "authorizer_id", b"authorizer_id", "authorizer_id_masked", b"authorizer_id_masked", "beneficiary_id", b"beneficiary_id", "beneficiary_id_masked", b"beneficiary_id_masked", "cap_left_fen", b"cap_left_fen", "created_at", b"created_at", "end_reason", b"end_reason", "ended_at", b"ended_at", "grant_id", b"grant_id", "relationship", b"relationship", "settlement_order", b"settlement_order", "status", b"status", "yearly_cap_fen", b"yearly_cap_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cap_left_fen: _TypeAlias = _typing.Literal["cap_left_fen"]  # noqa: Y015
+    _WhichOneofArgType__cap_left_fen: _TypeAlias = _typing.Literal["_cap_left_fen", b"_cap_left_fen"]  # noqa: Y015
+    _WhichOneofReturnType__yearly_cap_fen: _TypeAlias = _typing.Literal["yearly_cap_fen"]  # noqa: Y015
+    _WhichOneofArgType__yearly_cap_fen: _TypeAlias = _typing.Literal["_yearly_cap_fen", b"_yearly_cap_fen"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_left_fen) -> _WhichOneofReturnType__cap_left_fen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__yearly_cap_fen) -> _WhichOneofReturnType__yearly_cap_fen | None: ...
 
 Global___MutualAidGrant: _TypeAlias = MutualAidGrant  # noqa: Y015
 
@@ -364,9 +433,14 @@ class ListFamilyResponse(_message.Message):
     GRANTS_HELD_FIELD_NUMBER: _builtins.int
     BOUND_MEMBER_LIMIT_FIELD_NUMBER: _builtins.int
     BOUND_MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    BENEFICIARY_CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
     bound_member_limit: _builtins.int
     """"我的家庭成员 (bound_member_count/bound_member_limit)"."""
     bound_member_count: _builtins.int
+    beneficiary_cap_left_fen: _builtins.int
+    """What is left this year of this person's yearly cap on mutual aid received, across all grants (the
+    person's region policy); unset when the region sets none.
+    """
     @_builtins.property
     def bound_members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Binding]:
         """Live bindings first (oldest first), then ended ones (newest first); at most 50."""
@@ -387,12 +461,15 @@ class ListFamilyResponse(_message.Message):
         grants_held: _abc.Iterable[Global___MutualAidGrant] | None = ...,
         bound_member_limit: _builtins.int = ...,
         bound_member_count: _builtins.int = ...,
+        beneficiary_cap_left_fen: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_member_count", b"bound_member_count", "bound_member_limit", b"bound_member_limit", "bound_members", b"bound_members", "grants_given", b"grants_given", "grants_held", b"grants_held"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bound_member_count", b"bound_member_count", "bound_member_limit", b"bound_member_limit", "bound_members", b"bound_members", "grants_given", b"grants_given", "grants_held", b"grants_held"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["beneficiary_cap_left_fen"]  # noqa: Y015
+    _WhichOneofArgType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beneficiary_cap_left_fen) -> _WhichOneofReturnType__beneficiary_cap_left_fen | None: ...
 
 Global___ListFamilyResponse: _TypeAlias = ListFamilyResponse  # noqa: Y015
 

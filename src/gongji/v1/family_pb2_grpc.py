@@ -55,6 +55,11 @@ class FamilyServiceStub:
                 request_serializer=gongji_dot_v1_dot_family__pb2.RevokeRequest.SerializeToString,
                 response_deserializer=gongji_dot_v1_dot_family__pb2.RevokeResponse.FromString,
                 _registered_method=True)
+        self.SetGrantCap = channel.unary_unary(
+                '/gongji.v1.FamilyService/SetGrantCap',
+                request_serializer=gongji_dot_v1_dot_family__pb2.SetGrantCapRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_family__pb2.SetGrantCapResponse.FromString,
+                _registered_method=True)
         self.ListFamily = channel.unary_unary(
                 '/gongji.v1.FamilyService/ListFamily',
                 request_serializer=gongji_dot_v1_dot_family__pb2.ListFamilyRequest.SerializeToString,
@@ -98,6 +103,14 @@ class FamilyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetGrantCap(self, request, context):
+        """The authorizer sets, changes or clears a yearly cap on what a live grant pays (the beneficiary may
+        not). Takes effect for the next settlement; what the grant paid this year already counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListFamily(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -133,6 +146,11 @@ def add_FamilyServiceServicer_to_server(servicer, server):
                     servicer.Revoke,
                     request_deserializer=gongji_dot_v1_dot_family__pb2.RevokeRequest.FromString,
                     response_serializer=gongji_dot_v1_dot_family__pb2.RevokeResponse.SerializeToString,
+            ),
+            'SetGrantCap': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGrantCap,
+                    request_deserializer=gongji_dot_v1_dot_family__pb2.SetGrantCapRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_family__pb2.SetGrantCapResponse.SerializeToString,
             ),
             'ListFamily': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFamily,
@@ -254,6 +272,33 @@ class FamilyService:
             '/gongji.v1.FamilyService/Revoke',
             gongji_dot_v1_dot_family__pb2.RevokeRequest.SerializeToString,
             gongji_dot_v1_dot_family__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGrantCap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.FamilyService/SetGrantCap',
+            gongji_dot_v1_dot_family__pb2.SetGrantCapRequest.SerializeToString,
+            gongji_dot_v1_dot_family__pb2.SetGrantCapResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ class FamilyServiceStub:
     """Family mutual-aid grant (家庭共济授权): lets the beneficiary pay from the authorizer's account."""
     Revoke: _grpc.UnaryUnaryMultiCallable[_family_pb2.RevokeRequest, _family_pb2.RevokeResponse]
     """Ends a grant; either side may ask."""
+    SetGrantCap: _grpc.UnaryUnaryMultiCallable[_family_pb2.SetGrantCapRequest, _family_pb2.SetGrantCapResponse]
+    """The authorizer sets, changes or clears a yearly cap on what a live grant pays (the beneficiary may
+    not). Takes effect for the next settlement; what the grant paid this year already counts.
+    """
     ListFamily: _grpc.UnaryUnaryMultiCallable[_family_pb2.ListFamilyRequest, _family_pb2.ListFamilyResponse]
     IssueVoucher: _grpc.UnaryUnaryMultiCallable[_family_pb2.IssueVoucherRequest, _family_pb2.IssueVoucherResponse]
     """A short-lived, signed, single-use e-voucher token naming person_id."""
@@ -56,6 +60,10 @@ class FamilyServiceAsyncStub(FamilyServiceStub):
     """Family mutual-aid grant (家庭共济授权): lets the beneficiary pay from the authorizer's account."""
     Revoke: _aio.UnaryUnaryMultiCallable[_family_pb2.RevokeRequest, _family_pb2.RevokeResponse]  # type: ignore[assignment]
     """Ends a grant; either side may ask."""
+    SetGrantCap: _aio.UnaryUnaryMultiCallable[_family_pb2.SetGrantCapRequest, _family_pb2.SetGrantCapResponse]  # type: ignore[assignment]
+    """The authorizer sets, changes or clears a yearly cap on what a live grant pays (the beneficiary may
+    not). Takes effect for the next settlement; what the grant paid this year already counts.
+    """
     ListFamily: _aio.UnaryUnaryMultiCallable[_family_pb2.ListFamilyRequest, _family_pb2.ListFamilyResponse]  # type: ignore[assignment]
     IssueVoucher: _aio.UnaryUnaryMultiCallable[_family_pb2.IssueVoucherRequest, _family_pb2.IssueVoucherResponse]  # type: ignore[assignment]
     """A short-lived, signed, single-use e-voucher token naming person_id."""
@@ -93,6 +101,16 @@ class FamilyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_family_pb2.RevokeResponse, _abc.Awaitable[_family_pb2.RevokeResponse]]:
         """Ends a grant; either side may ask."""
+
+    @_abc_1.abstractmethod
+    def SetGrantCap(
+        self,
+        request: _family_pb2.SetGrantCapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_family_pb2.SetGrantCapResponse, _abc.Awaitable[_family_pb2.SetGrantCapResponse]]:
+        """The authorizer sets, changes or clears a yearly cap on what a live grant pays (the beneficiary may
+        not). Takes effect for the next settlement; what the grant paid this year already counts.
+        """
 
     @_abc_1.abstractmethod
     def ListFamily(

@@ -70,6 +70,9 @@ class QuoteResponse(_message.Message):
     AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
     BALC_FEN_FIELD_NUMBER: _builtins.int
     AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    MUTUAL_AID_LIMITED_BY_FIELD_NUMBER: _builtins.int
+    GRANT_CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
+    BENEFICIARY_CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
     acct_pay_fen: _builtins.int
     acct_mulaid_pay_fen: _builtins.int
     psn_cash_pay_fen: _builtins.int
@@ -78,6 +81,16 @@ class QuoteResponse(_message.Message):
     balc_fen: _builtins.int
     """The patient's own balance after such a settlement."""
     amount_fen: _builtins.int
+    mutual_aid_limited_by: _types_pb2.MutualAidLimit.ValueType
+    """As in Settlement: the limit that held mutual aid back, if one did."""
+    grant_cap_left_fen: _builtins.int
+    """What is left this year of the yearly cap of the grant that would pay; unset when it has none (or
+    no grant would pay).
+    """
+    beneficiary_cap_left_fen: _builtins.int
+    """What is left this year of the patient's yearly cap across all grants (the patient's region
+    policy); unset when the region sets none (or no grant would pay).
+    """
     def __init__(
         self,
         *,
@@ -87,12 +100,22 @@ class QuoteResponse(_message.Message):
         authorizer_id: _builtins.str = ...,
         balc_fen: _builtins.int = ...,
         amount_fen: _builtins.int = ...,
+        mutual_aid_limited_by: _types_pb2.MutualAidLimit.ValueType = ...,
+        grant_cap_left_fen: _builtins.int | None = ...,
+        beneficiary_cap_left_fen: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "grant_cap_left_fen", b"grant_cap_left_fen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_limited_by", b"mutual_aid_limited_by", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["beneficiary_cap_left_fen"]  # noqa: Y015
+    _WhichOneofArgType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen"]  # noqa: Y015
+    _WhichOneofReturnType__grant_cap_left_fen: _TypeAlias = _typing.Literal["grant_cap_left_fen"]  # noqa: Y015
+    _WhichOneofArgType__grant_cap_left_fen: _TypeAlias = _typing.Literal["_grant_cap_left_fen", b"_grant_cap_left_fen"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beneficiary_cap_left_fen) -> _WhichOneofReturnType__beneficiary_cap_left_fen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grant_cap_left_fen) -> _WhichOneofReturnType__grant_cap_left_fen | None: ...
 
 Global___QuoteResponse: _TypeAlias = QuoteResponse  # noqa: Y015
 

@@ -206,6 +206,40 @@ GRANT_STATUS_ENDED: GrantStatus.ValueType  # 3
 """Ended by itself: a side stopped being ACTIVE or moved out of the grant's scope."""
 Global___GrantStatus: _TypeAlias = GrantStatus  # noqa: Y015
 
+class _MutualAidLimit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MutualAidLimitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MutualAidLimit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MUTUAL_AID_LIMIT_UNSPECIFIED: _MutualAidLimit.ValueType  # 0
+    """No limit held mutual aid back."""
+    MUTUAL_AID_LIMIT_GRANT_CAP: _MutualAidLimit.ValueType  # 1
+    """The yearly cap the authorizer set on the grant (SetGrantCap)."""
+    MUTUAL_AID_LIMIT_BENEFICIARY_CAP: _MutualAidLimit.ValueType  # 2
+    """The beneficiary's region caps what all grants together pay for one beneficiary in a year."""
+    MUTUAL_AID_LIMIT_AUTHORIZER_FLOOR: _MutualAidLimit.ValueType  # 3
+    """The authorizer's region keeps a floor under the authorizer's balance that mutual aid never takes
+    (the authorizer's own settlements may).
+    """
+
+class MutualAidLimit(_MutualAidLimit, metaclass=_MutualAidLimitEnumTypeWrapper):
+    """What can make mutual aid pay less than the authorizer's balance would. Years are calendar years in
+    China's time zone; a refund gives the cap back to the year its settlement was made in.
+    """
+
+MUTUAL_AID_LIMIT_UNSPECIFIED: MutualAidLimit.ValueType  # 0
+"""No limit held mutual aid back."""
+MUTUAL_AID_LIMIT_GRANT_CAP: MutualAidLimit.ValueType  # 1
+"""The yearly cap the authorizer set on the grant (SetGrantCap)."""
+MUTUAL_AID_LIMIT_BENEFICIARY_CAP: MutualAidLimit.ValueType  # 2
+"""The beneficiary's region caps what all grants together pay for one beneficiary in a year."""
+MUTUAL_AID_LIMIT_AUTHORIZER_FLOOR: MutualAidLimit.ValueType  # 3
+"""The authorizer's region keeps a floor under the authorizer's balance that mutual aid never takes
+(the authorizer's own settlements may).
+"""
+Global___MutualAidLimit: _TypeAlias = MutualAidLimit  # noqa: Y015
+
 @_typing.final
 class Settlement(_message.Message):
     """One settlement (2207) with what has been refunded from it."""
@@ -227,6 +261,7 @@ class Settlement(_message.Message):
     TERMINAL_ID_FIELD_NUMBER: _builtins.int
     REFUNDS_FIELD_NUMBER: _builtins.int
     REVERSED_AT_FIELD_NUMBER: _builtins.int
+    MUTUAL_AID_LIMITED_BY_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     request_id: _builtins.str
     """The terminal's idempotency key."""
@@ -246,6 +281,10 @@ class Settlement(_message.Message):
     """The patient's own balance after the settlement (0 for a resident-insured patient)."""
     refunded_fen: _builtins.int
     terminal_id: _builtins.str
+    mutual_aid_limited_by: Global___MutualAidLimit.ValueType
+    """Set when a cap or the authorizer's floor made mutual aid pay less than the bill needed (the rest
+    went to cash); UNSPECIFIED when none did.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -274,10 +313,11 @@ class Settlement(_message.Message):
         terminal_id: _builtins.str = ...,
         refunds: _abc.Iterable[Global___Refund] | None = ...,
         reversed_at: _timestamp_pb2.Timestamp | None = ...,
+        mutual_aid_limited_by: Global___MutualAidLimit.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "created_at", b"created_at", "institution_id", b"institution_id", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "created_at", b"created_at", "institution_id", b"institution_id", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,6 +69,12 @@ begin
         values (v_pid, v_part, v_after, case p_kind when 'CANCEL' then 'REFUND' else 'REVERSAL' end,
                 s.settlement_id, v_id, case when v_pid = s.authorizer_id then s.patient_id end, v_note);
     end loop;
+    -- Mutual aid refunded is given back to the caps of the year the settlement was made in; after the
+    -- accounts, as in gongji_settle_write.
+    if v_split.acct_mulaid_pay_fen > 0 then
+        perform gongji_count_mutual_aid(s.grant_id, s.patient_id, gongji_china_year(s.created_at),
+                                        -v_split.acct_mulaid_pay_fen);
+    end if;
     update settlement x set refunded_fen = x.refunded_fen + p_amount_fen where x.settlement_id = s.settlement_id;
     return v_id;
 end

@@ -198,13 +198,119 @@ begin
 end
 $$;
 
+-- The calendar year of t in China's time zone: caps count per such year.
+create or replace function gongji_china_year(t timestamptz) returns integer
+language sql stable
+as $$
+    select extract(year from t at time zone 'Asia/Shanghai')::integer
+$$;
+
+-- The most the authorizer's account may pay for one settlement: its balance above the floor, and no
+-- more than what is left of the grant's yearly cap and of the beneficiary's; a null limit applies
+-- none, a null balance means no grant is drawn on. limited_by names the limit that set the room when
+-- it is less than the balance (on a tie: the grant's cap, the beneficiary's, the floor). Twin:
+-- gongji.domain.waterfall.mutual_aid_room.
+create or replace function gongji_mutual_aid_room(
+    p_balance_fen bigint, p_floor_fen bigint, p_grant_cap_left_fen bigint, p_beneficiary_cap_left_fen bigint,
+    out room_fen bigint, out limited_by text)
+language plpgsql immutable parallel safe
+as $$
+declare
+    v_above_floor bigint := case when p_floor_fen > 0 then greatest(p_balance_fen - p_floor_fen, 0) end;
+begin
+    if p_balance_fen is null then
+        return;
+    end if;
+    -- least() skips nulls: a limit that does not apply does not count.
+    room_fen := least(p_balance_fen, p_grant_cap_left_fen, p_beneficiary_cap_left_fen, v_above_floor);
+    limited_by := case when room_fen >= p_balance_fen then null
+                       when room_fen = p_grant_cap_left_fen then 'GRANT_CAP'
+                       when room_fen = p_beneficiary_cap_left_fen then 'BENEFICIARY_CAP'
+                       else 'AUTHORIZER_FLOOR' end;
+end
+$$;
+
+-- The limits on what grant p_grant_id may pay for p_beneficiary_id this year, and the room they leave
+-- of the authorizer's p_balance_fen (gongji_mutual_aid_room). The floor is the authorizer's region
+-- policy, the beneficiary's cap the beneficiary's region policy (the most specific of each), the
+-- grant's cap its own; a cap counts what mutual aid paid this year, net of refunds (grant_usage,
+-- beneficiary_usage). With p_lock, settlements of one beneficiary take turns on the beneficiary's
+-- count while a cap applies (the grant's count needs no lock of its own: the caller holds the grant's
+-- row, and only settlements on the grant raise it).
+create or replace function gongji_mutual_aid_limits(
+    p_grant_id bigint, p_beneficiary_id text, p_beneficiary_region text, p_balance_fen bigint, p_lock boolean,
+    out room_fen bigint, out limited_by text, out grant_cap_left_fen bigint, out beneficiary_cap_left_fen bigint)
+language plpgsql
+as $$
+declare
+    v_year      constant integer := gongji_china_year(now());
+    v_grant_cap bigint;
+    v_floor     bigint;
+    v_ben_cap   bigint;
+    v_room      record;
+begin
+    if p_balance_fen is null then
+        return;
+    end if;
+    select g.yearly_cap_fen,
+           (select p.authorizer_floor_fen from region_policy p
+             where p.region_key in (a.region_code, left(a.region_code, 2)) order by length(p.region_key) desc limit 1),
+           (select p.beneficiary_yearly_cap_fen from region_policy p
+             where p.region_key in (p_beneficiary_region, left(p_beneficiary_region, 2))
+             order by length(p.region_key) desc limit 1)
+      into v_grant_cap, v_floor, v_ben_cap
+      from mutual_aid_grant g join person a on a.person_id = g.authorizer_id
+     where g.grant_id = p_grant_id;
+    if v_grant_cap is not null then
+        grant_cap_left_fen := greatest(v_grant_cap - coalesce(
+            (select u.used_fen from grant_usage u where u.grant_id = p_grant_id and u.year = v_year), 0), 0);
+    end if;
+    if v_ben_cap is not null then
+        if p_lock then
+            perform pg_advisory_xact_lock(hashtextextended('beneficiary_usage/' || p_beneficiary_id || '/' || v_year, 0));
+        end if;
+        beneficiary_cap_left_fen := greatest(v_ben_cap - coalesce(
+            (select u.used_fen from beneficiary_usage u where u.beneficiary_id = p_beneficiary_id and u.year = v_year), 0), 0);
+    end if;
+    v_room := gongji_mutual_aid_room(p_balance_fen, v_floor, grant_cap_left_fen, beneficiary_cap_left_fen);
+    room_fen := v_room.room_fen;
+    limited_by := v_room.limited_by;
+end
+$$;
+
+-- Count p_fen of mutual aid (negative: a refund gives it back) towards year p_year of a grant and of
+-- its beneficiary. The grant's count first, then the beneficiary's, in every caller, after the accounts.
+create or replace function gongji_count_mutual_aid(p_grant_id bigint, p_beneficiary_id text, p_year integer, p_fen bigint)
+returns void
+language plpgsql
+as $$
+begin
+    -- A refund follows its settlement, which made the rows: it only updates them (an insert of the
+    -- negative amount would fail its CHECK before ON CONFLICT looks for the row).
+    if p_fen < 0 then
+        update grant_usage u set used_fen = u.used_fen + p_fen where u.grant_id = p_grant_id and u.year = p_year;
+        assert found, 'a refunded grant has its count';
+        update beneficiary_usage u set used_fen = u.used_fen + p_fen
+         where u.beneficiary_id = p_beneficiary_id and u.year = p_year;
+        assert found, 'a refunded beneficiary has its count';
+        return;
+    end if;
+    insert into grant_usage as u (grant_id, year, used_fen) values (p_grant_id, p_year, p_fen)
+    on conflict (grant_id, year) do update set used_fen = u.used_fen + excluded.used_fen;
+    insert into beneficiary_usage as u (beneficiary_id, year, used_fen) values (p_beneficiary_id, p_year, p_fen)
+    on conflict (beneficiary_id, year) do update set used_fen = u.used_fen + excluded.used_fen;
+end
+$$;
+
 -- Write a settlement the steps before decided, on accounts they locked: the settlement row, each
 -- account's debit with its ledger entry, the voucher used, the idempotency key. Answers the row.
--- The grant and its authorizer are recorded only when mutual aid pays part of the bill.
+-- The grant and its authorizer are recorded only when mutual aid pays part of the bill, and what it
+-- paid counts towards this year's caps of the grant and of the beneficiary.
 create or replace function gongji_settle_write(
     p_settlement_id uuid, p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_patient_id text, p_grant_id bigint, p_authorizer_id text, p_amount_fen bigint,
-    p_own_fen bigint, p_mulaid_fen bigint, p_acct_pay_fen bigint, p_acct_mulaid_pay_fen bigint)
+    p_own_fen bigint, p_mulaid_fen bigint, p_acct_pay_fen bigint, p_acct_mulaid_pay_fen bigint,
+    p_mulaid_limited_by text)
 returns settlement
 language plpgsql
 as $$
@@ -220,11 +326,12 @@ begin
     end if;
     insert into settlement (
         settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, grant_id, voucher_id,
-        amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen)
+        amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, mulaid_limited_by)
     values (
         p_settlement_id, p_institution_id, p_terminal_id, p_request_id, p_patient_id, p_authorizer_id, p_grant_id,
         p_voucher_id, p_amount_fen, p_acct_pay_fen, p_acct_mulaid_pay_fen,
-        p_amount_fen - p_acct_pay_fen - p_acct_mulaid_pay_fen, coalesce(p_own_fen, 0) - p_acct_pay_fen)
+        p_amount_fen - p_acct_pay_fen - p_acct_mulaid_pay_fen, coalesce(p_own_fen, 0) - p_acct_pay_fen,
+        p_mulaid_limited_by)
     returning * into s;
     if p_acct_pay_fen > 0 then
         update account a set balance_fen = a.balance_fen - p_acct_pay_fen, updated_at = now()
@@ -239,6 +346,7 @@ begin
         assert v_after = p_mulaid_fen - p_acct_mulaid_pay_fen and v_after >= 0;
         insert into ledger_entry (person_id, amount_fen, balance_after_fen, kind, settlement_id, counterpart_id)
         values (p_authorizer_id, -p_acct_mulaid_pay_fen, v_after, 'MUTUAL_AID', p_settlement_id, p_patient_id);
+        perform gongji_count_mutual_aid(p_grant_id, p_patient_id, gongji_china_year(s.created_at), p_acct_mulaid_pay_fen);
     end if;
     update voucher v set used_at = now(), settlement_id = p_settlement_id where v.voucher_id = p_voucher_id;
     insert into idempotency_key (scope, request_id, request_digest, resource_id)
@@ -251,8 +359,9 @@ create or replace function gongji_quote(
     p_voucher_id uuid, p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
 returns table (
     outcome text, authorizer_id text, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
-    psn_cash_pay_fen bigint, balc_fen bigint)
-language plpgsql stable
+    psn_cash_pay_fen bigint, balc_fen bigint, mulaid_limited_by text, grant_cap_left_fen bigint,
+    beneficiary_cap_left_fen bigint)
+language plpgsql
 as $$
 #variable_conflict use_column
 declare
@@ -262,6 +371,7 @@ declare
     v_authorizer text;
     v_own        bigint;
     v_mulaid     bigint;
+    v_room       record;
     v_split      record;
 begin
     select * into v_patient from person p where p.person_id = p_patient_id;
@@ -280,13 +390,17 @@ begin
     -- takes nothing from it when p_use_account is false.
     select a.balance_fen into v_own from account a
      where a.person_id = p_patient_id and v_patient.scheme = 'EMPLOYEE';
-    v_split := gongji_split(p_amount_fen, v_own, v_mulaid, p_use_account);
+    v_room := gongji_mutual_aid_limits(v_grant, p_patient_id, v_patient.region_code, v_mulaid, false);
+    v_split := gongji_split(p_amount_fen, v_own, v_room.room_fen, p_use_account);
     outcome := 'OK';
     authorizer_id := case when v_split.acct_mulaid_pay_fen > 0 then v_authorizer end;
     acct_pay_fen := v_split.acct_pay_fen;
     acct_mulaid_pay_fen := v_split.acct_mulaid_pay_fen;
     psn_cash_pay_fen := v_split.psn_cash_pay_fen;
     balc_fen := coalesce(v_own, 0) - v_split.acct_pay_fen;
+    mulaid_limited_by := case when v_split.psn_cash_pay_fen > 0 then v_room.limited_by end;
+    grant_cap_left_fen := v_room.grant_cap_left_fen;
+    beneficiary_cap_left_fen := v_room.beneficiary_cap_left_fen;
     return next;
 end
 $$;
@@ -301,7 +415,7 @@ create or replace function gongji_settle(
 returns table (
     outcome text, replayed boolean, settlement_id uuid, created_at timestamptz, terminal_id text,
     patient_id text, authorizer_id text, amount_fen bigint, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
-    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint,
+    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint, mulaid_limited_by text,
     lock_wait_idempotency_s double precision, lock_wait_voucher_s double precision,
     lock_wait_grant_s double precision, lock_wait_account_s double precision)
 language plpgsql
@@ -313,6 +427,7 @@ declare
     v_voucher  voucher;
     v_grant    record;   -- grant_id and authorizer_id null: no grant is drawn on
     v_accounts record;   -- own_fen null: no account (resident-insured); mulaid_fen null: not drawn on
+    v_room     record;   -- room_fen null: the authorizer's account is not drawn on
     v_split    record;
     s          settlement;
     v_t        timestamptz;
@@ -337,7 +452,8 @@ begin
         lock_wait_voucher_s := extract(epoch from clock_timestamp() - v_t);
         outcome := gongji_settle_refusal(v_patient, v_voucher, p_patient_id);
         if outcome is not null then return next; return; end if;
-        -- 3. The grant and 4. the accounts, locked (when the account may pay: see gongji_lock_accounts).
+        -- 3. The grant and 4. the accounts, locked (when the account may pay: see gongji_lock_accounts),
+        -- and the room the caps and the floor leave on the authorizer's.
         v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_use_account);
         lock_wait_grant_s := v_grant.wait_s;
         if p_use_account and p_authorizer_id is not null and v_grant.grant_id is null then
@@ -346,16 +462,20 @@ begin
         v_accounts := gongji_lock_accounts(p_patient_id, v_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
                                            p_amount_fen, p_use_account);
         lock_wait_account_s := v_accounts.wait_s;
+        v_room := gongji_mutual_aid_limits(v_grant.grant_id, p_patient_id, v_patient.region_code,
+                                           v_accounts.mulaid_fen, true);
         -- 5. The split, 6. the write.
-        v_split := gongji_split(p_amount_fen, v_accounts.own_fen, v_accounts.mulaid_fen, p_use_account);
+        v_split := gongji_split(p_amount_fen, v_accounts.own_fen, v_room.room_fen, p_use_account);
         s := gongji_settle_write(
             gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_voucher_id,
             p_patient_id, v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen,
-            v_accounts.mulaid_fen, v_split.acct_pay_fen, v_split.acct_mulaid_pay_fen);
+            v_accounts.mulaid_fen, v_split.acct_pay_fen, v_split.acct_mulaid_pay_fen,
+            case when v_split.psn_cash_pay_fen > 0 then v_room.limited_by end);
     end if;
     return query
         select 'OK'::text, v_seen.seen is not null, s.settlement_id, s.created_at, s.terminal_id, s.patient_id,
                s.authorizer_id, s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen,
-               s.refunded_fen, lock_wait_idempotency_s, lock_wait_voucher_s, lock_wait_grant_s, lock_wait_account_s;
+               s.refunded_fen, s.mulaid_limited_by, lock_wait_idempotency_s, lock_wait_voucher_s, lock_wait_grant_s,
+               lock_wait_account_s;
 end
 $$;
