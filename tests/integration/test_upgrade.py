@@ -3,9 +3,10 @@
 A database is built from the released migrations alone (0001-0004, as a server of before the split of
 schema and code left it: functions defined by those migrations, no `schema_code`), filled with people,
 balances, a grant and a binding (as SQL in the released schema's columns), then settlements (one with
-mutual aid), a refund and a reversal through the functions those migrations defined. Then today's runner upgrades it, from two connections at once:
-every numbered migration and every code file is applied exactly once, every row and balance is as it
-was, `gongji audit` finds nothing, and today's settlement statement settles on it.
+mutual aid), a refund and a reversal through the functions those migrations defined. Then today's
+runner upgrades it, from two connections at once: every numbered migration and every code file is
+applied exactly once, every row and balance is as it was, `gongji audit` finds nothing, and today's
+settlement statement settles on it.
 
 The released migrations are the files in the tree: the runner refuses a database whose applied
 migration differs from its file, so a released file cannot change without every upgrade failing.
