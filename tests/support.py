@@ -218,12 +218,31 @@ class Api:
         )
         return reply
 
-    async def set_policy(self, region_key: str, scope: int, allowed: list[int]) -> account_pb2.SetRegionPolicyResponse:
+    async def set_policy(
+        self, region_key: str, scope: int, allowed: list[int], **caps: int
+    ) -> account_pb2.SetRegionPolicyResponse:
+        """`caps`: beneficiary_yearly_cap_fen, authorizer_floor_fen."""
         reply: account_pb2.SetRegionPolicyResponse = await self.account.SetRegionPolicy(
             account_pb2.SetRegionPolicyRequest(
-                policy=account_pb2.RegionPolicy(region_key=region_key, scope=scope, allowed_relationships=allowed)
+                policy=account_pb2.RegionPolicy(
+                    region_key=region_key, scope=scope, allowed_relationships=allowed, **caps
+                )
             ),
             metadata=bearer(self.tokens.operator),
+        )
+        return reply
+
+    async def set_grant_cap(
+        self, authorizer_id: str, beneficiary_id: str, yearly_cap_fen: int | None, *, requester_id: str = ""
+    ) -> family_pb2.SetGrantCapResponse:
+        reply: family_pb2.SetGrantCapResponse = await self.family.SetGrantCap(
+            family_pb2.SetGrantCapRequest(
+                authorizer_id=authorizer_id,
+                beneficiary_id=beneficiary_id,
+                requester_id=requester_id,
+                yearly_cap_fen=yearly_cap_fen,
+            ),
+            metadata=bearer(self.tokens.app),
         )
         return reply
 

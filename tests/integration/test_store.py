@@ -13,7 +13,7 @@ from support import Api, cancel, with_database
 
 from gongji import limits
 from gongji.domain.people import Relationship
-from gongji.domain.waterfall import Split, refund_split, split
+from gongji.domain.waterfall import Split, mutual_aid_room, refund_split, split
 from gongji.store import audit, bindings, grants, migrate
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
@@ -37,6 +37,34 @@ def test_sql_split_agrees_with_the_reference(db_url: str) -> None:
                     expected.acct_mulaid_pay_fen,
                     expected.psn_cash_pay_fen,
                 )
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+def test_sql_mutual_aid_room_agrees_with_the_reference(db_url: str) -> None:
+    """gongji_mutual_aid_room and domain.waterfall.mutual_aid_room: the same room and the same limit
+    named, ties included (small values make them common)."""
+    small = st.none() | st.integers(min_value=0, max_value=50)
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=400, deadline=None)
+            @given(st.none() | st.integers(0, 50), small, small, small)
+            def agree(balance: int | None, floor: int | None, grant_left: int | None, ben_left: int | None) -> None:
+                row = runner.run(
+                    conn.fetchrow(
+                        "select * from gongji_mutual_aid_room($1, $2, $3, $4)", balance, floor, grant_left, ben_left
+                    )
+                )
+                assert row is not None
+                room = mutual_aid_room(
+                    balance, floor_fen=floor, grant_cap_left_fen=grant_left, beneficiary_cap_left_fen=ben_left
+                )
+                expected = (None, None) if room is None else (room.fen, room.limited_by)
+                assert (row["room_fen"], row["limited_by"]) == expected
 
             agree()
         finally:

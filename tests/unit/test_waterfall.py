@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gongji import limits
-from gongji.domain.waterfall import Split, refund_split, split
+from gongji.domain.waterfall import Limit, Room, Split, mutual_aid_room, refund_split, settlement_limit, split
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
 balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
@@ -81,3 +81,27 @@ def test_refund_example() -> None:
     assert refund_split(700, Split(1_000, 1_500, 500)) == Split(0, 200, 500)
     assert refund_split(1_500, Split(1_000, 1_300, 0)) == Split(200, 1_300, 0)
     assert refund_split(800, Split(800, 0, 0)) == Split(800, 0, 0)
+
+
+limits_ = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
+
+
+@given(st.integers(0, 10 * limits.AMOUNT_FEN_MAX), limits_, limits_, limits_)
+def test_the_room_respects_every_limit(balance: int, floor: int | None, grant: int | None, ben: int | None) -> None:
+    room = mutual_aid_room(balance, floor_fen=floor, grant_cap_left_fen=grant, beneficiary_cap_left_fen=ben)
+    assert room is not None
+    assert 0 <= room.fen <= balance
+    assert balance - room.fen >= min(balance, floor or 0)  # never below the floor, unless already below
+    assert room.fen <= min(v for v in (grant, ben, balance) if v is not None)
+    assert (room.limited_by is None) == (room.fen == balance)
+
+
+def test_room_examples() -> None:
+    assert mutual_aid_room(None) is None
+    assert mutual_aid_room(5_000) == Room(5_000, None)
+    assert mutual_aid_room(6_000, floor_fen=5_000) == Room(1_000, Limit.AUTHORIZER_FLOOR)
+    assert mutual_aid_room(6_000, floor_fen=5_000, grant_cap_left_fen=1_000) == Room(1_000, Limit.GRANT_CAP)
+    assert mutual_aid_room(800, beneficiary_cap_left_fen=200) == Room(200, Limit.BENEFICIARY_CAP)
+    # A settlement names the limit only when mutual aid paid the whole room and cash the rest.
+    assert settlement_limit(Split(0, 200, 300), Room(200, Limit.GRANT_CAP)) is Limit.GRANT_CAP
+    assert settlement_limit(Split(0, 150, 0), Room(200, Limit.GRANT_CAP)) is None
