@@ -132,6 +132,17 @@ async def revoke(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: di
     )
 
 
+async def grant_cap(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    request = family_pb2.SetGrantCapRequest(
+        authorizer_id=person_id(args.authorizer),
+        beneficiary_id=person_id(args.beneficiary),
+        yearly_cap_fen=None if args.clear else args.yearly_cap_fen,
+    )
+    return await family_pb2_grpc.FamilyServiceStub(channel).SetGrantCap(
+        request, metadata=_auth(tokens.get("app")), timeout=10
+    )
+
+
 async def bind(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
     member = person_id(args.member)
     request = family_pb2.BindRequest(
@@ -169,6 +180,8 @@ async def policy_set(channel: grpc.aio.Channel, args: argparse.Namespace, tokens
         allowed_relationships=[
             _enum(types_pb2.Relationship, "RELATIONSHIP_", r) for r in args.allow.split(",") if r.strip()
         ],
+        beneficiary_yearly_cap_fen=args.beneficiary_cap_fen,
+        authorizer_floor_fen=args.authorizer_floor_fen,
     )
     return await account_pb2_grpc.AccountServiceStub(channel).SetRegionPolicy(
         account_pb2.SetRegionPolicyRequest(policy=policy), metadata=_auth(tokens.get("operator")), timeout=10
@@ -188,6 +201,7 @@ COMMANDS: dict[str, Call] = {
     "voucher": voucher,
     "grant": grant,
     "revoke": revoke,
+    "grant-cap": grant_cap,
     "bind": bind,
     "unbind": unbind,
     "family": family,
@@ -219,6 +233,12 @@ def add_arguments(sub: Any) -> None:
             g.add_argument("--relationship", required=True, help="spouse, parent, child, ...")
         else:
             g.add_argument("--requester", help="the authorizer (default) or the beneficiary")
+    c = sub.add_parser("grant-cap", help="the authorizer sets or clears a grant's yearly cap")
+    c.add_argument("--authorizer", required=True)
+    c.add_argument("--beneficiary", required=True)
+    cap = c.add_mutually_exclusive_group(required=True)
+    cap.add_argument("--yearly-cap-fen", type=int, help="the most the grant pays in a calendar year (0: nothing)")
+    cap.add_argument("--clear", action="store_true", help="remove the cap")
     b = sub.add_parser("bind", help="bind a family member to a holder's kinship account")
     for flag in ("--holder", "--member", "--name", "--birth-date", "--phone", "--reason"):
         b.add_argument(flag, required=True)
@@ -234,6 +254,8 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--region", required=True, help="province ('45') or 统筹区 ('450100')")
     p.add_argument("--scope", required=True, help="region, province or national")
     p.add_argument("--allow", required=True, help="comma-separated relationships, e.g. spouse,parent,child,sibling")
+    p.add_argument("--beneficiary-cap-fen", type=int, help="yearly cap on mutual aid per beneficiary (default: none)")
+    p.add_argument("--authorizer-floor-fen", type=int, help="balance mutual aid leaves an authorizer (default: none)")
     sub.add_parser("policies", help="list region grant policies (operator)")
 
 

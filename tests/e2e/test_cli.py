@@ -74,7 +74,7 @@ def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
         results = [client(env, *args) for args in _readme_examples()]
     finally:
         stop(proc)
-    family, bound, voucher, settled, unbound, granted, named, revoked, policy, policies = results
+    family, bound, voucher, settled, unbound, granted, capped, named, revoked, policy, policies = results
     assert family["bound_member_count"] == 1
     assert bound["binding"]["active"] is True  # type: ignore[index]
     assert voucher["person_id"] == demo.LIUFANG.person_id
@@ -82,6 +82,8 @@ def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
     assert settled["settlement"]["acct_mulaid_pay_fen"] == "1200"  # type: ignore[index]
     assert unbound["binding"]["active"] is False  # type: ignore[index]
     assert granted["grant"]["status"] == "GRANT_STATUS_LIVE"  # type: ignore[index]
+    assert capped["grant"]["yearly_cap_fen"] == "10000"  # type: ignore[index]
+    assert capped["grant"]["cap_left_fen"] == "10000"  # type: ignore[index]
     assert named["settlement"]["authorizer_id"] == demo.CHENJING.person_id  # type: ignore[index]
     assert named["settlement"]["acct_mulaid_pay_fen"] == "500"  # type: ignore[index]
     assert revoked["grant"]["end_reason"] == "REVOKED_BY_BENEFICIARY"  # type: ignore[index]
