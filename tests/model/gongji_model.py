@@ -50,6 +50,8 @@ class Grant:
     beneficiary: str
     relationship: str
     live: bool = True
+    cap: int | None = None  # the authorizer's yearly cap; None: none
+    used: int = 0  # what it paid this year, net of refunds (an example runs within one year)
 
 
 @dataclass
@@ -80,6 +82,8 @@ class Settlement:
     refunded: Split = field(default_factory=lambda: Split(0, 0, 0))
     reversed: bool = False
     settlement_id: str = ""  # as the server named it
+    grant: Grant | None = None  # the grant mutual aid was drawn on
+    limited_by: str | None = None  # GRANT_CAP when the grant's cap held mutual aid back
 
     @property
     def left(self) -> Split:
@@ -88,6 +92,15 @@ class Settlement:
             self.paid.acct_mulaid_pay_fen - self.refunded.acct_mulaid_pay_fen,
             self.paid.psn_cash_pay_fen - self.refunded.psn_cash_pay_fen,
         )
+
+
+@dataclass
+class Quoted:
+    paid: Split
+    authorizer: str | None  # drawn on; None when mutual aid paid nothing
+    balc_fen: int
+    grant: Grant | None  # drawn on
+    limited_by: str | None
 
 
 @dataclass
@@ -210,6 +223,15 @@ class Model:
             return no("REGION_OUT_OF_SCOPE")
         return None
 
+    def set_grant_cap(self, authorizer: str, beneficiary: str, cap: int | None, requester: str) -> Refused | Grant:
+        if requester != authorizer:
+            return Refused("PERMISSION_DENIED", "NOT_ALLOWED")
+        for g in self.grants:
+            if g.live and (g.authorizer, g.beneficiary) == (authorizer, beneficiary):
+                g.cap = cap
+                return g
+        return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
+
     def revoke(self, authorizer: str, beneficiary: str, requester: str) -> Refused | None:
         if requester not in (authorizer, beneficiary):
             return Refused("PERMISSION_DENIED", "NOT_ALLOWED")
@@ -284,25 +306,29 @@ class Model:
         return None
 
     # ---- settlement ------------------------------------------------------------------------------
-    def _split(
-        self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool
-    ) -> Refused | tuple[Split, str | None, int]:
-        """The waterfall: own account, then the oldest (or the named) live grant's authorizer, then cash.
-        Answers the split, the authorizer drawn on (None when mutual aid paid nothing), and balc."""
+    def _split(self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool) -> Refused | Quoted:
+        """The waterfall: own account, then the oldest (or the named) live grant's authorizer, no more
+        than the grant's yearly cap leaves, then cash."""
         p = self.people[patient]
         own = p.balance_fen if p.scheme == EMPLOYEE else None
-        drawn_on: str | None = None
+        grant: Grant | None = None
         if use_account:
             held = [g for g in self.grants if g.live and g.beneficiary == patient]
             held = [g for g in held if authorizer is None or g.authorizer == authorizer]
             if authorizer is not None and not held:
                 return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
-            drawn_on = held[0].authorizer if held else None
-        mulaid = self.people[drawn_on].balance_fen if drawn_on else None
+            grant = held[0] if held else None
+        mulaid = self.people[grant.authorizer].balance_fen if grant else None
+        capped = grant is not None and grant.cap is not None and mulaid is not None and grant.cap - grant.used < mulaid
+        if capped:
+            assert grant is not None and grant.cap is not None
+            mulaid = max(grant.cap - grant.used, 0)
         paid = split(amount_fen, own if use_account else None, mulaid, use_personal_account=use_account)
         # balc is the patient's own balance after the settlement, used or not (0 without an account).
         balc = (own or 0) - paid.acct_pay_fen
-        return paid, drawn_on if paid.acct_mulaid_pay_fen else None, balc
+        drawn = grant if paid.acct_mulaid_pay_fen else None
+        limited_by = "GRANT_CAP" if capped and paid.psn_cash_pay_fen else None
+        return Quoted(paid, drawn.authorizer if drawn else None, balc, drawn, limited_by)
 
     def _payment_refusal(
         self, voucher: str | None, patient: str, amount_fen: int, authorizer: str | None
@@ -319,7 +345,7 @@ class Model:
 
     def quote(
         self, voucher: str | None, patient: str, amount_fen: int, authorizer: str | None, use_account: bool
-    ) -> Refused | tuple[Split, str | None, int]:
+    ) -> Refused | Quoted:
         refusal = self._payment_refusal(voucher, patient, amount_fen, authorizer)
         if refusal is not None:
             return refusal
@@ -360,12 +386,23 @@ class Model:
         quoted = self.quote(voucher, patient, amount_fen, authorizer, use_account)
         if isinstance(quoted, Refused):
             return quoted
-        paid, drawn_on, balc = quoted
+        paid, drawn_on = quoted.paid, quoted.authorizer
         self.people[patient].balance_fen -= paid.acct_pay_fen
-        if drawn_on is not None:
+        if quoted.grant is not None and drawn_on is not None:
             self.people[drawn_on].balance_fen -= paid.acct_mulaid_pay_fen
+            quoted.grant.used += paid.acct_mulaid_pay_fen
         self.vouchers[voucher].used = True
-        s = Settlement(institution, request_id, content, patient, drawn_on, paid, balc)
+        s = Settlement(
+            institution,
+            request_id,
+            content,
+            patient,
+            drawn_on,
+            paid,
+            quoted.balc_fen,
+            grant=quoted.grant,
+            limited_by=quoted.limited_by,
+        )
         self.settlements[key] = s
         return s, False
 
@@ -379,6 +416,8 @@ class Model:
         self.people[s.patient].balance_fen += back.acct_pay_fen
         if s.authorizer is not None:
             self.people[s.authorizer].balance_fen += back.acct_mulaid_pay_fen
+        if s.grant is not None:
+            s.grant.used -= back.acct_mulaid_pay_fen  # the cap is given back
         s.refunded = _plus(s.refunded, back)
         return back
 

@@ -263,6 +263,26 @@ class GongjiMachine(RuleBasedStateMachine):
         reply = self._run(lambda: self.api.revoke(authorizer, beneficiary, requester_id=requester))
         self._same_outcome(reply, self.model.revoke(authorizer, beneficiary, requester))
 
+    @rule(
+        authorizer=people,
+        beneficiary=people,
+        cap=st.sampled_from([None, 0, 300, 1_000]),
+        by=st.sampled_from(["authorizer", "authorizer", "beneficiary"]),
+        data=st.data(),
+    )
+    def set_grant_cap(self, authorizer: str, beneficiary: str, cap: int | None, by: str, data: st.DataObject) -> None:
+        """Mostly on a live grant, so that settlements meet the caps; sometimes on any pair."""
+        live = [(g.authorizer, g.beneficiary) for g in self.model.grants if g.live]
+        if live and data.draw(st.booleans(), label="a live grant"):
+            authorizer, beneficiary = data.draw(st.sampled_from(live), label="grant")
+        requester = authorizer if by == "authorizer" else beneficiary
+        reply = self._run(lambda: self.api.set_grant_cap(authorizer, beneficiary, cap, requester_id=requester))
+        expected = self.model.set_grant_cap(authorizer, beneficiary, cap, requester)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert not isinstance(reply, Refused)
+            assert (reply.grant.yearly_cap_fen if reply.grant.HasField("yearly_cap_fen") else None) == cap
+
     # ---- kinship binding and vouchers ------------------------------------------------------------
     @rule(holder=people, member=people, face_verified=st.booleans(), identity_matches=st.booleans())
     def bind(self, holder: str, member: str, face_verified: bool, identity_matches: bool) -> None:
@@ -341,6 +361,8 @@ class GongjiMachine(RuleBasedStateMachine):
         assert _split_of(reply) == s.paid, (_split_of(reply), s.paid)
         assert reply.balc_fen == s.balc_fen, (reply.balc_fen, s.balc_fen)
         assert reply.refunded_fen == s.refunded.amount_fen
+        limit = types_pb2.MutualAidLimit.Name(reply.mutual_aid_limited_by).removeprefix("MUTUAL_AID_LIMIT_")
+        assert (None if limit == "UNSPECIFIED" else limit) == s.limited_by
 
     def _settle(self, call: SettleCall, voucher: str | None) -> Any:
         request = settlement_pb2.SettleRequest(
@@ -428,9 +450,9 @@ class GongjiMachine(RuleBasedStateMachine):
         expected = self.model.quote(voucher, patient, amount, authorizer, use)
         self._same_outcome(reply, expected)
         if not isinstance(expected, Refused):
-            paid, drawn_on, balc = expected
             assert not isinstance(reply, Refused)
-            assert (_split_of(reply), reply.authorizer_id, reply.balc_fen) == (paid, drawn_on or "", balc)
+            got = (_split_of(reply), reply.authorizer_id, reply.balc_fen)
+            assert got == (expected.paid, expected.authorizer or "", expected.balc_fen)
 
     # ---- refunds and reversals -------------------------------------------------------------------
     def _cancel(self, call: CancelCall) -> CancelCall:
