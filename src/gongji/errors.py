@@ -20,7 +20,8 @@ into statuses in one place. Nothing here imports grpc, so the domain can raise t
     │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
     │   └── premium                     BENEFICIARY_NOT_RESIDENT, PREMIUM_NOT_SET, PREMIUM_WINDOW_CLOSED,
     │                                   INSUFFICIENT_BALANCE
-    ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED
+    ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED,
+    │                                                      PREMIUM_RATE_LIMIT_REACHED
     │   └── Overloaded                  (the edge)         SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT
     ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED, PREMIUM_ALREADY_PAID
     ├── TransactionAborted              ABORTED            TRANSACTION_ABORTED (deadlock, serialization)
@@ -235,6 +236,11 @@ class FamilyLimitReached(GongjiError):
 class RegionPolicyLimitReached(GongjiError):
     code = "RESOURCE_EXHAUSTED"
     reason = "REGION_POLICY_LIMIT_REACHED"
+
+
+class PremiumRateLimitReached(GongjiError):
+    code = "RESOURCE_EXHAUSTED"
+    reason = "PREMIUM_RATE_LIMIT_REACHED"
 
 
 class Overloaded(GongjiError):

@@ -51,6 +51,21 @@ select v.voucher_id
  where (v.used_at is null) <> (s.settlement_id is null) or v.settlement_id is distinct from s.settlement_id"""
 
 
+# Every premium payment is in its payer's ledger exactly once, as a debit of its amount; a refunded one
+# also exactly once as a PREMIUM_REFUND credit of the same amount, an unrefunded one not at all; both
+# entries name the beneficiary.
+_PREMIUM_VS_LEDGER = """
+select p.payment_id
+  from premium_payment p left join ledger_entry l on l.premium_payment_id = p.payment_id
+ group by p.payment_id, p.payer_id, p.beneficiary_id, p.amount_fen, p.refunded_at
+having count(*) filter (where l.kind = 'PREMIUM') <> 1
+    or coalesce(sum(l.amount_fen) filter (where l.kind = 'PREMIUM'), 0) <> -p.amount_fen
+    or count(*) filter (where l.kind = 'PREMIUM_REFUND') <> (p.refunded_at is not null)::int
+    or coalesce(sum(l.amount_fen) filter (where l.kind = 'PREMIUM_REFUND'), 0)
+       <> case when p.refunded_at is null then 0 else p.amount_fen end
+    or bool_or(l.person_id <> p.payer_id or l.counterpart_id is distinct from p.beneficiary_id)"""
+
+
 # Each check and how to name what it found. Every query answers the rows that are off.
 _CHECKS = (
     (_BALANCE_VS_LEDGER, "account {person_id}: balance {balance_fen} fen, ledger {ledger_fen} fen"),
@@ -58,6 +73,7 @@ _CHECKS = (
     (_REFUND_VS_LEDGER, "refund {refund_id}: ledger does not match"),
     (_SETTLEMENT_VS_REFUNDS, "settlement {settlement_id}: refunds do not add up"),
     (_VOUCHER_VS_SETTLEMENT, "voucher {voucher_id}: use does not match"),
+    (_PREMIUM_VS_LEDGER, "premium payment {payment_id}: ledger does not match"),
 )
 
 
