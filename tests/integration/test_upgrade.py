@@ -84,7 +84,7 @@ async def _fill(url: str, data_dir: Path) -> None:
     """What a server of the released migrations would have written."""
     pool = await db.create_pool(url, min_size=1, max_size=2, command_timeout_s=30)
     try:
-        await demo.seed(pool, data_dir)
+        await demo.seed(pool, data_dir, premium=False)  # the released schema has no premium tables
     finally:
         await pool.close()
     conn = await asyncpg.connect(url)
