@@ -783,8 +783,8 @@ class ReportPremiumsRequest(_message.Message):
     from_date: _builtins.str
     """The first calendar day in China, "YYYY-MM-DD", up to today."""
     to_date: _builtins.str
-    """The last calendar day, included; at most 92 days after from_date's first (the range is at most 92
-    days), up to today.
+    """The last calendar day, included, up to today: from_date to to_date is at most 92 days, both
+    included.
     """
     region_key: _builtins.str
     """Only 统筹区 of this province ("61") or this 统筹区 ("610100"); empty for all."""

@@ -124,7 +124,8 @@ end
 $$;
 
 -- The payer's balance right after the ledger entry of `p_kind` of payment pp: what a PayPremium (or a
--- RefundPremium) answered first, and answers again on a replay. Read through the payer's entries.
+-- RefundPremium) answered first, and answers again on a replay. Read through the payer's entries (a
+-- replay is rare; the first answer knows its balance without looking).
 create or replace function gongji_premium_balance_after(pp premium_payment, p_kind text) returns bigint
 language plpgsql stable
 as $$
@@ -154,6 +155,7 @@ declare
     v_rate    premium_rate;
     v_paid    boolean;
     v_balance bigint;
+    v_after   bigint;
     pp        premium_payment;
 begin
     -- 1. Idempotent replay: requests with the same id take turns, so a retry racing its original replays.
@@ -161,6 +163,7 @@ begin
     v_seen := gongji_premium_replay(p_request_id, p_request_digest);
     if v_seen.seen = 'REPLAY' then
         select * into pp from premium_payment x where x.payment_id = v_seen.seen_payment_id;
+        v_after := gongji_premium_balance_after(pp, 'PREMIUM');
     elsif v_seen.seen is not null then
         outcome := v_seen.seen; return next; return;
     else
@@ -186,11 +189,12 @@ begin
         -- 4. The write.
         pp := gongji_premium_write(gen_random_uuid(), p_credential_id, p_request_id, p_request_digest, p_payer_id,
                                    v_people.beneficiary, v_grant.grant_id, v_rate, v_balance);
+        v_after := v_balance - pp.amount_fen;
     end if;
     return query
         select 'OK'::text, v_seen.seen is not null, pp.payment_id, pp.request_id, pp.payer_id, pp.beneficiary_id,
                pp.grant_id, pp.year, pp.region_key, pp.region_code, pp.amount_fen, pp.created_at, pp.refunded_at,
-               pp.refund_reason, gongji_premium_balance_after(pp, 'PREMIUM'), opens_on, closes_on;
+               pp.refund_reason, v_after, opens_on, closes_on;
 end
 $$;
 
@@ -216,7 +220,9 @@ begin
     select * into pp from premium_payment x where x.payment_id = p_payment_id for update;
     if not found then outcome := 'PREMIUM_PAYMENT_NOT_FOUND'; return next; return; end if;
     replayed := pp.refunded_at is not null;
-    if not replayed then
+    if replayed then
+        v_after := gongji_premium_balance_after(pp, 'PREMIUM_REFUND');
+    else
         select a.balance_fen into v_before from account a where a.person_id = pp.payer_id for update;
         update account a set balance_fen = a.balance_fen + pp.amount_fen, updated_at = now()
          where a.person_id = pp.payer_id returning a.balance_fen into v_after;
@@ -231,6 +237,6 @@ begin
     return query
         select 'OK'::text, replayed, pp.payment_id, pp.request_id, pp.payer_id, pp.beneficiary_id, pp.grant_id,
                pp.year, pp.region_key, pp.region_code, pp.amount_fen, pp.created_at, pp.refunded_at,
-               pp.refund_reason, gongji_premium_balance_after(pp, 'PREMIUM_REFUND');
+               pp.refund_reason, v_after;
 end
 $$;
