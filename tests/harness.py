@@ -134,10 +134,24 @@ select (select count(*) from person) as people,
        (select count(*) from institution) as institutions"""
 
 
+# The premium tables (0006), counted where they exist: tests/integration/test_upgrade.py fingerprints a
+# database of the migrations released before them.
+_PREMIUM_FINGERPRINT = """
+select (select count(*) from premium_rate) as premium_rates,
+       (select max(updated_at) from premium_rate) as premium_rates_updated,
+       (select count(*) from premium_payment) as premium_payments,
+       (select count(*) from premium_payment where refunded_at is not null) as premium_refunds"""
+
+
 async def fingerprint(conn: asyncpg.Pool | asyncpg.Connection) -> dict[str, object]:
     row = await conn.fetchrow(_FINGERPRINT)
     assert row is not None
-    return dict(row)
+    found = dict(row)
+    if await conn.fetchval("select to_regclass('premium_payment') is not null"):
+        premium = await conn.fetchrow(_PREMIUM_FINGERPRINT)
+        assert premium is not None
+        found |= dict(premium)
+    return found
 
 
 @contextlib.contextmanager

@@ -246,6 +246,54 @@ class Api:
         )
         return reply
 
+    async def set_premium_rate(
+        self, region_key: str, year: int, amount_fen: int, opens_on: dt.date, closes_on: dt.date
+    ) -> account_pb2.SetPremiumRateResponse:
+        rate = account_pb2.PremiumRate(
+            region_key=region_key,
+            year=year,
+            amount_fen=amount_fen,
+            opens_on=opens_on.isoformat(),
+            closes_on=closes_on.isoformat(),
+        )
+        reply: account_pb2.SetPremiumRateResponse = await self.account.SetPremiumRate(
+            account_pb2.SetPremiumRateRequest(rate=rate), metadata=bearer(self.tokens.operator)
+        )
+        return reply
+
+    async def pay_premium(
+        self,
+        payer_id: str,
+        beneficiary_id: str,
+        year: int,
+        *,
+        request_id: str | None = None,
+        token: str | None = None,
+        deadline_s: float = 30,
+    ) -> account_pb2.PayPremiumResponse:
+        request = account_pb2.PayPremiumRequest(
+            request_id=request_id or f"p-{uuid.uuid4()}", payer_id=payer_id, beneficiary_id=beneficiary_id, year=year
+        )
+        reply: account_pb2.PayPremiumResponse = await self.account.PayPremium(
+            request, metadata=bearer(token or self.tokens.app), timeout=deadline_s
+        )
+        return reply
+
+    async def refund_premium(
+        self, payment_id: str, reason: str = "paid for the wrong person", *, token: str | None = None
+    ) -> account_pb2.RefundPremiumResponse:
+        reply: account_pb2.RefundPremiumResponse = await self.account.RefundPremium(
+            account_pb2.RefundPremiumRequest(payment_id=payment_id, reason=reason),
+            metadata=bearer(token or self.tokens.operator),
+        )
+        return reply
+
+    async def ledger(self, person_id: str, page_size: int = 100) -> list[account_pb2.LedgerEntry]:
+        reply = await self.account.ListLedger(
+            account_pb2.ListLedgerRequest(person_id=person_id, page_size=page_size), metadata=bearer(self.tokens.app)
+        )
+        return list(reply.entries)
+
     async def settle(
         self,
         patient_id: str,

@@ -4,11 +4,13 @@ issue the patient's e-voucher). Person arguments take ID numbers or demo aliases
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import grpc
 from google.protobuf import json_format
@@ -194,6 +196,68 @@ async def policies(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: 
     )
 
 
+async def ledger(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    """The newest entries of a person's ledger, as the app shows them (交易记录)."""
+    return await account_pb2_grpc.AccountServiceStub(channel).ListLedger(
+        account_pb2.ListLedgerRequest(person_id=person_id(args.person), page_size=args.page_size),
+        metadata=_auth(tokens.get("app")),
+        timeout=10,
+    )
+
+
+def _next_year() -> int:
+    """The contribution year collected for now, as a rule: next year, in China's calendar."""
+    return dt.datetime.now(ZoneInfo("Asia/Shanghai")).year + 1
+
+
+async def premium_rate_set(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    rate = account_pb2.PremiumRate(
+        region_key=args.region,
+        year=args.year or _next_year(),
+        amount_fen=args.amount_fen,
+        opens_on=args.opens,
+        closes_on=args.closes,
+    )
+    return await account_pb2_grpc.AccountServiceStub(channel).SetPremiumRate(
+        account_pb2.SetPremiumRateRequest(rate=rate), metadata=_auth(tokens.get("operator")), timeout=10
+    )
+
+
+async def premium_rates(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    return await account_pb2_grpc.AccountServiceStub(channel).ListPremiumRates(
+        account_pb2.ListPremiumRatesRequest(year=args.year or 0), metadata=_auth(tokens.get("operator")), timeout=10
+    )
+
+
+async def premium_pay(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    request = account_pb2.PayPremiumRequest(
+        request_id=args.request_id,
+        payer_id=person_id(args.payer),
+        beneficiary_id=person_id(args.beneficiary),
+        year=args.year or _next_year(),
+    )
+    return await account_pb2_grpc.AccountServiceStub(channel).PayPremium(
+        request, metadata=_auth(tokens.get("app")), timeout=10
+    )
+
+
+async def premium_refund(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    return await account_pb2_grpc.AccountServiceStub(channel).RefundPremium(
+        account_pb2.RefundPremiumRequest(payment_id=args.payment, reason=args.reason),
+        metadata=_auth(tokens.get("operator")),
+        timeout=10,
+    )
+
+
+async def premium_report(channel: grpc.aio.Channel, args: argparse.Namespace, tokens: dict[str, str]) -> Any:
+    request = account_pb2.ReportPremiumsRequest(
+        from_date=args.from_date, to_date=args.to_date, region_key=args.region or "", page_token=args.page_token or ""
+    )
+    return await account_pb2_grpc.AccountServiceStub(channel).ReportPremiums(
+        request, metadata=_auth(tokens.get("operator")), timeout=30
+    )
+
+
 COMMANDS: dict[str, Call] = {
     "settle": settle,
     "quote": quote,
@@ -207,6 +271,12 @@ COMMANDS: dict[str, Call] = {
     "family": family,
     "policy-set": policy_set,
     "policies": policies,
+    "ledger": ledger,
+    "premium-rate-set": premium_rate_set,
+    "premium-rates": premium_rates,
+    "premium-pay": premium_pay,
+    "premium-refund": premium_refund,
+    "premium-report": premium_report,
 }
 
 
@@ -257,6 +327,41 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--beneficiary-cap-fen", type=int, help="yearly cap on mutual aid per beneficiary (default: none)")
     p.add_argument("--authorizer-floor-fen", type=int, help="balance mutual aid leaves an authorizer (default: none)")
     sub.add_parser("policies", help="list region grant policies (operator)")
+    le = sub.add_parser("ledger", help="a person's newest ledger entries (交易记录), as the app shows them")
+    le.add_argument("--person", required=True)
+    le.add_argument("--page-size", type=int, default=10, help="entries, newest first (default 10, at most 100)")
+    _add_premium_arguments(sub)
+
+
+def _add_premium_arguments(sub: Any) -> None:
+    """The resident-premium subcommands (国办发〔2024〕38号): rates, payments, refunds, the report."""
+    r = sub.add_parser(
+        "premium-rate-set", help="set the resident premium of a region for a year, and its window (operator)"
+    )
+    r.add_argument("--region", required=True, help="province ('61') or 统筹区 ('610100'); the most specific applies")
+    r.add_argument("--year", type=int, help="contribution year (default: next year)")
+    r.add_argument("--amount-fen", type=int, required=True, help="the premium of one person for the year, in fen")
+    r.add_argument("--opens", required=True, help="first day of collection, YYYY-MM-DD (China)")
+    r.add_argument("--closes", required=True, help="last day of collection, included, YYYY-MM-DD")
+    rs = sub.add_parser("premium-rates", help="list the resident premium rates (operator)")
+    rs.add_argument("--year", type=int, help="only this contribution year")
+    pay = sub.add_parser(
+        "premium-pay", help="pay a close relative's resident premium from the payer's personal account (app backend)"
+    )
+    pay.add_argument("--payer", required=True, help="the employee whose personal account pays")
+    pay.add_argument("--beneficiary", required=True, help="the resident-insured relative the payer has granted")
+    pay.add_argument("--year", type=int, help="contribution year (default: next year)")
+    pay.add_argument("--request-id", default=None, help="idempotency key (default: a new one)")
+    refund = sub.add_parser("premium-refund", help="refund a premium payment to the payer's account (operator)")
+    refund.add_argument("--payment", required=True, help="payment_id, as premium-pay answered it")
+    refund.add_argument("--reason", required=True, help="why, for the record (not shown in ledgers)")
+    report = sub.add_parser(
+        "premium-report", help="premiums paid and refunded per 统筹区 and day in China (operator; at most 92 days)"
+    )
+    report.add_argument("--from", dest="from_date", required=True, help="first day, YYYY-MM-DD")
+    report.add_argument("--to", dest="to_date", required=True, help="last day, included, YYYY-MM-DD")
+    report.add_argument("--region", help="only 统筹区 of this province ('61') or this 统筹区")
+    report.add_argument("--page-token", help="next_page_token of the previous answer")
 
 
 async def run(args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:

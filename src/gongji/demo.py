@@ -7,11 +7,14 @@ import datetime as dt
 import json
 import logging
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from gongji import limits
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, resident_id_check_char
-from gongji.store import bindings, credentials, credits, grants, people
+from gongji.domain.premium import PremiumRate
+from gongji.store import bindings, credentials, credits, grants, people, premiums
 from gongji.store.credentials import Kind
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,15 @@ CHENJING = Person(_id("61030219750707302"), "陈静", dt.date(1975, 7, 7), "6103
 ZHAOQIANG = Person(
     _id("44010619700303561"), "赵强", dt.date(1970, 3, 3), "440100", Scheme.EMPLOYEE, PersonStatus.ACTIVE
 )
+# 王小明's grandmother, resident-insured (居民医保): her premium can be paid from his account.
+XIUYING = Person(
+    _id("61011319420815202"), "王秀英", dt.date(1942, 8, 15), "610100", Scheme.RESIDENT, PersonStatus.ACTIVE
+)
+# 王小明's father, 王小宝's grandfather: a retired employee, whose account can pay 王小宝's premium too
+# (one payer per year: whoever pays first).
+DEFU = Person(_id("61011319600410301"), "王德福", dt.date(1960, 4, 10), "610100", Scheme.EMPLOYEE, PersonStatus.ACTIVE)
 
-PEOPLE = (XIAOMING, XIAOLI, XIAOBAO, ZHANGWEI, LIUFANG, CHENJING, ZHAOQIANG)
+PEOPLE = (XIAOMING, XIAOLI, XIAOBAO, ZHANGWEI, LIUFANG, CHENJING, ZHAOQIANG, XIUYING, DEFU)
 # `gongji client ... --patient demo:xiaoli`: so that banners and the README need no ID number.
 ALIASES = {
     "demo:xiaoming": XIAOMING,
@@ -51,13 +61,36 @@ ALIASES = {
     "demo:liufang": LIUFANG,
     "demo:chenjing": CHENJING,
     "demo:zhaoqiang": ZHAOQIANG,
+    "demo:xiuying": XIUYING,
+    "demo:defu": DEFU,
 }
-BALANCES_FEN = {XIAOMING: 80_000, XIAOLI: 2_000, ZHANGWEI: 30_000, CHENJING: 12_345, ZHAOQIANG: 50_000}
+BALANCES_FEN = {
+    XIAOMING: 80_000,
+    XIAOLI: 2_000,
+    ZHANGWEI: 30_000,
+    CHENJING: 12_345,
+    ZHAOQIANG: 50_000,
+    DEFU: 150_000,
+}
 GRANTS = (
     (XIAOMING, XIAOLI, Relationship.SPOUSE),  # 小明 grants his wife 小丽 (both employees)
     (XIAOMING, XIAOBAO, Relationship.CHILD),
     (ZHANGWEI, LIUFANG, Relationship.SPOUSE),  # 刘芳 is resident-insured: 张伟's account pays directly
+    (XIAOMING, XIUYING, Relationship.GRANDPARENT),  # a close relative since 国办发〔2024〕38号
+    (DEFU, XIAOBAO, Relationship.GRANDCHILD),
 )
+# The resident premium of the demo 统筹区 (西安, 610100) for next year, 400.00 yuan, with a window open
+# all of this year (from January 1 to December 31, China's calendar), so that a premium can be paid on
+# any day the demo runs: real windows are a few autumn months (9月–12月), which would make the README's
+# example fail most of the year.
+PREMIUM_REGION = "610100"
+PREMIUM_FEN = 40_000
+
+
+def premium_rate(today: dt.date) -> PremiumRate:
+    return PremiumRate(
+        PREMIUM_REGION, today.year + 1, PREMIUM_FEN, dt.date(today.year, 1, 1), dt.date(today.year, 12, 31)
+    )
 
 
 # 王小明 shows his son's e-voucher (a child under 16: no face verification).
@@ -70,8 +103,9 @@ def _write_tokens(path: Path, tokens: dict[str, str]) -> None:
     path.write_text(json.dumps(tokens, indent=2))
 
 
-async def seed(pool: asyncpg.Pool, data_dir: Path) -> dict[str, str]:
-    """Load the demo data once; return the demo tokens (from the file when already seeded)."""
+async def seed(pool: asyncpg.Pool, data_dir: Path, *, premium: bool = True) -> dict[str, str]:
+    """Load the demo data once; return the demo tokens (from the file when already seeded). `premium`
+    False leaves out the premium rate (a database of the migrations before premiums has no table for it)."""
     token_file = data_dir / "demo-tokens.json"
     seeded = await pool.fetchval("select 1 from institution where institution_id = $1", INSTITUTION_ID)
     if seeded and token_file.exists():
@@ -101,6 +135,9 @@ async def seed(pool: asyncpg.Pool, data_dir: Path) -> dict[str, str]:
             amount_fen=amount_fen,
             memo="demo 个人账户划入",
         )
+    if premium:
+        today = dt.datetime.now(ZoneInfo("Asia/Shanghai")).date()
+        await premiums.set_rate(pool, premium_rate(today), limits.PREMIUM_RATES_MAX)
     tokens = {
         "terminal": await credentials.create(
             pool,

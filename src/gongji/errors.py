@@ -9,23 +9,33 @@ into statuses in one place. Nothing here imports grpc, so the domain can raise t
     ├── PermissionDenied                PERMISSION_DENIED  NOT_ALLOWED, VOUCHER_PATIENT_MISMATCH,
     │                                                      INSTITUTION_MISMATCH
     ├── NotFound                        NOT_FOUND          PERSON_NOT_FOUND, SETTLEMENT_NOT_FOUND,
-    │                                                      BINDING_NOT_FOUND, INSTITUTION_NOT_FOUND
+    │                                                      BINDING_NOT_FOUND, INSTITUTION_NOT_FOUND,
+    │                                                      PREMIUM_PAYMENT_NOT_FOUND
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── eligibility                 PERSON_NOT_ACTIVE, NOT_EMPLOYEE_INSURED, BENEFICIARY_NOT_INSURED,
     │   │                               RELATIONSHIP_NOT_ALLOWED, RELATIONSHIP_IMPLAUSIBLE,
     │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND
     │   ├── binding                     IDENTITY_MISMATCH, FACE_VERIFICATION_REQUIRED
     │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
-    │   └── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
-    ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED
+    │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
+    │   └── premium                     BENEFICIARY_NOT_RESIDENT, PREMIUM_NOT_SET, PREMIUM_WINDOW_CLOSED,
+    │                                   INSUFFICIENT_BALANCE
+    ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED,
+    │                                                      PREMIUM_RATE_LIMIT_REACHED
     │   └── Overloaded                  (the edge)         SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT
-    ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED
+    ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED, PREMIUM_ALREADY_PAID
     ├── TransactionAborted              ABORTED            TRANSACTION_ABORTED (deadlock, serialization)
     ├── Unavailable                     UNAVAILABLE        DATABASE_UNAVAILABLE
     └── Internal                        INTERNAL           INTERNAL (a defect of ours, never the client's)
 
 Voucher refusals answer FAILED_PRECONDITION, not UNAUTHENTICATED: UNAUTHENTICATED is kept for the
 terminal's own credentials, so that a POS never mistakes a stale e-voucher for a lost login.
+
+ALREADY_EXISTS answers a request whose result exists already under its identity: a request id that
+did something else (IDEMPOTENCY_KEY_REUSED), a beneficiary's premium of that year paid by someone
+(PREMIUM_ALREADY_PAID). No change of the request makes it succeed; the caller shows what exists. The
+other premium refusals are FAILED_PRECONDITION: a state that may change (a rate set, a window opening,
+money credited) lets the same request succeed later.
 """
 
 from __future__ import annotations
@@ -122,6 +132,10 @@ class BindingNotFound(NotFound):
     reason = "BINDING_NOT_FOUND"
 
 
+class PremiumPaymentNotFound(NotFound):
+    reason = "PREMIUM_PAYMENT_NOT_FOUND"
+
+
 # ---- FAILED_PRECONDITION ----------------------------------------------------------------------------
 class FailedPrecondition(GongjiError):
     code = "FAILED_PRECONDITION"
@@ -153,6 +167,30 @@ class RegionOutOfScope(FailedPrecondition):
 
 class GrantNotFound(FailedPrecondition):
     reason = "GRANT_NOT_FOUND"
+
+
+class BeneficiaryNotResident(FailedPrecondition):
+    """A premium is paid only for a resident-insured person (居民医保): an employee pays their own."""
+
+    reason = "BENEFICIARY_NOT_RESIDENT"
+
+
+class PremiumNotSet(FailedPrecondition):
+    """No premium rate for the beneficiary's 统筹区 or province and the year asked."""
+
+    reason = "PREMIUM_NOT_SET"
+
+
+class PremiumWindowClosed(FailedPrecondition):
+    """Today (China's calendar day) is outside the year's collection window."""
+
+    reason = "PREMIUM_WINDOW_CLOSED"
+
+
+class InsufficientBalance(FailedPrecondition):
+    """The payer's account holds less than the premium, which is paid whole from it or not at all."""
+
+    reason = "INSUFFICIENT_BALANCE"
 
 
 class IdentityMismatch(FailedPrecondition):
@@ -200,6 +238,11 @@ class RegionPolicyLimitReached(GongjiError):
     reason = "REGION_POLICY_LIMIT_REACHED"
 
 
+class PremiumRateLimitReached(GongjiError):
+    code = "RESOURCE_EXHAUSTED"
+    reason = "PREMIUM_RATE_LIMIT_REACHED"
+
+
 class Overloaded(GongjiError):
     """Refused at the edge so that no caller takes the service from the others (gongji.api.admission).
     Nothing was read or written; the client may retry after a pause."""
@@ -231,6 +274,13 @@ class IdempotencyKeyReused(GongjiError):
 
     code = "ALREADY_EXISTS"
     reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class PremiumAlreadyPaid(GongjiError):
+    """The beneficiary's premium of that year is paid already (by this payer or another) and not refunded."""
+
+    code = "ALREADY_EXISTS"
+    reason = "PREMIUM_ALREADY_PAID"
 
 
 class TransactionAborted(GongjiError):

@@ -39,6 +39,18 @@ FAMILY_LIST_ENTRIES_MAX = 50
 # Region policies an operator may set (31 provinces and their 统筹区 fit well below).
 REGION_POLICIES_MAX = 1_000
 
+# Resident premiums paid from a close relative's personal account (国办发〔2024〕38号). A contribution
+# year from the first the rule paid for up to next year (collected in the autumn before it); a rate's
+# window lies in the year before its year or in the year itself.
+PREMIUM_YEAR_MIN = 2024
+PREMIUM_YEARS_AHEAD_MAX = 1
+# Rates an operator may set, every year together (about 400 统筹区 and 31 provinces a year, for years).
+PREMIUM_RATES_MAX = 5_000
+# ReportPremiums: days in one request (a quarter), and rows per page.
+PREMIUM_REPORT_DAYS_MAX = 92
+PREMIUM_REPORT_PAGE_SIZE_DEFAULT = 100
+PREMIUM_REPORT_PAGE_SIZE_MAX = 1_000
+
 # Field violations reported for one request (the rest are implied).
 FIELD_VIOLATIONS_MAX = 20
 # Relationships one region policy may list (there are eight).

@@ -65,6 +65,15 @@ REFUNDED_FEN = Counter(
 )
 REVERSALS = Counter("gongji_reversals_total", "Reversals (Reverse) that undid a settlement.")
 
+# Resident premiums paid from a relative's personal account (PayPremium, RefundPremium), recorded by the
+# servicer. A replay moves nothing: counted as REPLAYED, its money not again.
+PREMIUM_PAYMENTS = Counter(
+    "gongji_premium_payments_total", "PayPremium calls by outcome: OK, REPLAYED, or the refusal reason.", ["outcome"]
+)
+PREMIUM_PAID_FEN = Counter("gongji_premium_paid_fen_total", "Premiums paid from personal accounts, in fen.")
+PREMIUM_REFUNDS = Counter("gongji_premium_refunds_total", "Premium payments refunded (RefundPremium), counted once.")
+PREMIUM_REFUNDED_FEN = Counter("gongji_premium_refunded_fen_total", "Premiums refunded to personal accounts, in fen.")
+
 # E-vouchers. Every refusal is counted by reason; the real-name mismatch (a voucher naming someone else
 # than the patient: the fraud signal) also has a family of its own, per institution, so that an alert
 # and an investigator see where it happens without digging through the other reasons.

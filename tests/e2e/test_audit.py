@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-from support import Api, cancel
+from support import CHILD, RESIDENT, Api, cancel
+
+from gongji.api.validate import china_today
 
 GONGJI = str(Path(sys.executable).with_name("gongji"))
 
@@ -60,4 +63,31 @@ async def test_audit_finds_a_refund_that_is_off(api: Api, pool: asyncpg.Pool, db
             "update settlement set refunded_fen = 100 where settlement_id = $1", uuid.UUID(s.settlement_id)
         )
     assert f"settlement {s.settlement_id}: refunds do not add up" in off.stdout
+    assert _audit(db_url).returncode == 0
+
+
+async def test_audit_finds_a_premium_that_is_off(api: Api, pool: asyncpg.Pool, db_url: str) -> None:
+    region, year = "618701", china_today().year + 1
+    await api.set_premium_rate(region, year, 400, dt.date(year - 1, 1, 1), dt.date(year, 12, 31))
+    parent = await api.enroll(region=region, balance_fen=1_000, birth=dt.date(1980, 1, 1))
+    child = await api.enroll(region=region, scheme=RESIDENT, birth=dt.date(2015, 1, 1))
+    await api.grant(parent, child, CHILD)
+    payment_id = uuid.UUID((await api.pay_premium(parent, child, year)).payment.payment_id)
+    assert _audit(db_url).returncode == 0
+    # Marked refunded without the money going back, and then with an amount the ledger never moved.
+    for broken, mended in (
+        (
+            "update premium_payment set refunded_at = now(), refund_reason = 'x', refund_credential_id = 1",
+            "update premium_payment set refunded_at = null, refund_reason = null, refund_credential_id = null",
+        ),
+        ("update premium_payment set amount_fen = 401", "update premium_payment set amount_fen = 400"),
+    ):
+        await pool.execute(broken + " where payment_id = $1", payment_id)
+        try:
+            off = _audit(db_url)
+        finally:
+            await pool.execute(mended + " where payment_id = $1", payment_id)
+        assert off.returncode == 1
+        assert f"premium payment {payment_id}: ledger does not match" in off.stdout
+    await api.refund_premium(str(payment_id))
     assert _audit(db_url).returncode == 0

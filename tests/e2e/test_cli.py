@@ -12,6 +12,8 @@ from pathlib import Path
 from e2e_support import GONGJI, ROOT, client, serve, stop
 
 from gongji import demo
+from gongji.api.validate import china_today
+from gongji.domain.people import mask_id
 from gongji.store import credentials
 
 
@@ -74,7 +76,7 @@ def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
         results = [client(env, *args) for args in _readme_examples()]
     finally:
         stop(proc)
-    family, bound, voucher, settled, unbound, granted, capped, named, revoked, policy, policies = results
+    family, bound, voucher, settled, unbound, granted, capped, named, revoked, policy, policies, *premium = results
     assert family["bound_member_count"] == 1
     assert bound["binding"]["active"] is True  # type: ignore[index]
     assert voucher["person_id"] == demo.LIUFANG.person_id
@@ -93,6 +95,33 @@ def test_readme_family_examples_run_as_written(env: dict[str, str]) -> None:
         "RELATIONSHIP_CHILD",
     ]
     assert [p["region_key"] for p in policies["policies"]] == ["61"]  # type: ignore[index,union-attr]
+
+    rate, rates, paid, ledger = premium
+    assert rate["rate"] == {  # type: ignore[index]
+        "region_key": "61",
+        "year": 2027,
+        "amount_fen": "38000",
+        "opens_on": "2026-09-01",
+        "closes_on": "2026-12-31",
+        "updated_at": rate["rate"]["updated_at"],  # type: ignore[index]
+    }
+    next_year = china_today().year + 1
+    listed = {(r["region_key"], r["year"], r["amount_fen"]) for r in rates["rates"]}  # type: ignore[index,union-attr]
+    assert {("61", 2027, "38000"), (demo.PREMIUM_REGION, next_year, str(demo.PREMIUM_FEN))} <= listed
+    # 西安's own rate, not the province's: 80,000 fen, less the 1,200 of the mutual-aid example above.
+    payment = paid["payment"]
+    assert isinstance(payment, dict)
+    assert (payment["payer_id"], payment["beneficiary_id"]) == (demo.XIAOMING.person_id, demo.XIUYING.person_id)
+    assert (payment["year"], payment["amount_fen"], payment["region_key"]) == (next_year, "40000", "610100")
+    assert paid["balance_fen"] == str(80_000 - 1_200 - demo.PREMIUM_FEN)
+    (entry,) = ledger["entries"]  # type: ignore[misc]
+    assert (entry["kind"], entry["amount_fen"], entry["premium_payment_id"]) == (
+        "PREMIUM",
+        str(-demo.PREMIUM_FEN),
+        payment["payment_id"],
+    )
+    assert entry["note"] == f"premium for {mask_id(demo.XIUYING.person_id)}, {next_year}"
+    assert demo.XIUYING.person_id not in json.dumps(ledger, ensure_ascii=False), "the relative masked"
 
 
 def _gongji(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,8 @@ Each cell sends a request that is valid for the RPC (fresh people, settlements, 
 so a refusal is the credential's doing and an allowed call shows what the credential may do: a
 terminal of institution B may settle, but not refund, read or reconcile what institution A settled.
 The rules are in src/gongji/api/auth.py: terminal -> SettlementService; app -> FamilyService and
-AccountService GetAccount/ListLedger; operator -> AccountService and Reconcile for any institution.
+AccountService GetAccount/ListLedger/PayPremium; operator -> AccountService but PayPremium, and
+Reconcile for any institution.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ EXPECTED: dict[str, dict[str, tuple[S, str]]] = {
     "AccountService/ListLedger": _row(app=OK, operator=OK),
     "AccountService/SetRegionPolicy": _row(operator=OK),
     "AccountService/ListRegionPolicies": _row(operator=OK),
+    # Operators set premium rates, refund and report; only the app backend pays (moves the person's
+    # money at the person's request): neither an operator nor a terminal may.
+    "AccountService/SetPremiumRate": _row(operator=OK),
+    "AccountService/ListPremiumRates": _row(operator=OK),
+    "AccountService/PayPremium": _row(app=OK),
+    "AccountService/RefundPremium": _row(operator=OK),
+    "AccountService/ReportPremiums": _row(operator=OK),
 }
 
 
@@ -95,9 +103,9 @@ async def _bound(scene: Scene) -> tuple[str, str]:
     return holder, member
 
 
-async def _granted(scene: Scene) -> tuple[str, str]:
-    authorizer = await scene.api.enroll(birth=OLD)
-    beneficiary = await scene.api.enroll(scheme=RESIDENT, birth=YOUNG)
+async def _granted(scene: Scene, region: str = "610100") -> tuple[str, str]:
+    authorizer = await scene.api.enroll(birth=OLD, region=region, balance_fen=1_000)
+    beneficiary = await scene.api.enroll(scheme=RESIDENT, birth=YOUNG, region=region)
     await scene.api.grant(authorizer, beneficiary, CHILD)
     return authorizer, beneficiary
 
@@ -178,7 +186,43 @@ async def _make_request(rpc: str, scene: Scene) -> Message:
             )
         case "AccountService/ListRegionPolicies":
             return account_pb2.ListRegionPoliciesRequest()
+        case "AccountService/SetPremiumRate":
+            # The rate the scene set, set again: allowed calls change nothing the suite could notice.
+            return account_pb2.SetPremiumRateRequest(rate=_premium_rate())
+        case "AccountService/ListPremiumRates":
+            return account_pb2.ListPremiumRatesRequest()
+        case "AccountService/PayPremium":
+            payer, beneficiary = await _granted(scene, PREMIUM_REGION)
+            return _pay_request(payer, beneficiary)
+        case "AccountService/RefundPremium":
+            payer, beneficiary = await _granted(scene, PREMIUM_REGION)
+            paid = await api.account.PayPremium(_pay_request(payer, beneficiary), metadata=bearer(api.tokens.app))
+            return account_pb2.RefundPremiumRequest(payment_id=paid.payment.payment_id, reason="matrix")
+        case "AccountService/ReportPremiums":
+            today = china_today().isoformat()
+            return account_pb2.ReportPremiumsRequest(from_date=today, to_date=today)
     raise AssertionError(f"no request for {rpc}")
+
+
+# A 统筹区 of its own for the premiums the matrix pays (rates are shared by the session).
+PREMIUM_REGION = "618801"
+
+
+def _premium_rate() -> account_pb2.PremiumRate:
+    today = china_today()
+    return account_pb2.PremiumRate(
+        region_key=PREMIUM_REGION,
+        year=today.year + 1,
+        amount_fen=100,
+        opens_on=f"{today.year}-01-01",
+        closes_on=f"{today.year + 1}-12-31",
+    )
+
+
+def _pay_request(payer: str, beneficiary: str) -> account_pb2.PayPremiumRequest:
+    return account_pb2.PayPremiumRequest(
+        request_id=f"matrix-{uuid.uuid4()}", payer_id=payer, beneficiary_id=beneficiary, year=china_today().year + 1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +232,9 @@ async def scene(api: Api) -> Scene:
     await api.grant(authorizer, patient, CHILD)
     scene = Scene(api, authorizer, patient, types_pb2.Settlement())
     scene.settled = await _settled_at_a(scene)
+    await api.account.SetPremiumRate(
+        account_pb2.SetPremiumRateRequest(rate=_premium_rate()), metadata=bearer(api.tokens.operator)
+    )
     return scene
 
 

@@ -33,6 +33,7 @@ from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, SUSPENDED, TE
 
 from gongji import limits
 from gongji.api import pages
+from gongji.api.validate import china_today
 from gongji.store import vouchers
 from gongji.v1 import account_pb2, family_pb2, settlement_pb2
 
@@ -73,10 +74,10 @@ METHODS: list[tuple[str, pb_descriptor.MethodDescriptor]] = [
 
 
 def _token_for(served: Served, method: str) -> str:
-    """The credential each service expects, so that input reaches validation and the store."""
+    """The credential each method expects, so that input reaches validation and the store."""
     if "SettlementService" in method:
         return served.tokens.terminal_a
-    if "FamilyService" in method:
+    if "FamilyService" in method or method.endswith("/PayPremium"):
         return served.tokens.app
     return served.tokens.operator
 
@@ -139,6 +140,7 @@ _PERSON_FIELDS = (
     "holder_id",
     "member_id",
     "requester_id",
+    "payer_id",
 )
 
 
@@ -157,6 +159,10 @@ async def _world(served: Served) -> World:
     unknown = new_person_id()
     s_a = (await api.settle(patient, 300, request_id="hostile-a-1")).settlement
     s_b = (await api.settle(patient, 300, request_id="hostile-b-1", token=api.tokens.terminal_b)).settlement
+    # A premium rate of the world's 统筹区 for next year, open today, and one payment of it.
+    this_year = china_today().year
+    await api.set_premium_rate("610100", this_year + 1, 40_000, dt.date(this_year, 1, 1), dt.date(this_year, 12, 31))
+    paid = (await api.pay_premium(authorizer, resident, this_year + 1)).payment
     genuine = [await api.voucher(p, ttl_seconds=limits.VOUCHER_TTL_S_MAX) for p in (patient, resident, authorizer)]
     genuine.append(await api.voucher(resident, requester_id=authorizer, ttl_seconds=limits.VOUCHER_TTL_S_MAX))
     expired_id = uuid.uuid4()
@@ -208,6 +214,13 @@ async def _world(served: Served) -> World:
         "face_verification_ref": ["face-ok-1", "abc", "x" * 65],
         "memo": ["划入"],
         "reason": ["代孩子出示医保码"],
+        "payment_id": [str(paid.payment_id), str(uuid.uuid4()), str(paid.payment_id).upper()],
+        "from_date": [day.isoformat(), "2024-01-01", (day - dt.timedelta(days=91)).isoformat()],
+        "to_date": [day.isoformat(), "2024-04-01", (day + dt.timedelta(days=1)).isoformat()],
+        "opens_on": [f"{this_year}-01-01", f"{this_year}-09-01", f"{this_year + 3}-01-01"],
+        "closes_on": [f"{this_year}-12-31", f"{this_year - 2}-12-31", "2024-02-30"],
+        # Numbers: tame requests take these (a contribution year that validates, or one at its edges).
+        "year": [this_year + 1, this_year, this_year + 2, limits.PREMIUM_YEAR_MIN - 1],
     }
     return world
 
@@ -227,7 +240,8 @@ def _value(f: FieldDescriptor, world: World, depth: int, tame: bool) -> st.Searc
         return known if tame else known | _ints(32)
     bits = 64 if f.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64) else 32
     if f.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_INT32):
-        return st.integers(0, 5_000) if tame else _ints(bits)
+        plausible_ints = st.sampled_from(world.plausible(f.name)) if world.plausible(f.name) else st.nothing()
+        return plausible_ints | st.integers(0, 5_000) if tame else plausible_ints | _ints(bits)
     if f.type == FieldDescriptor.TYPE_MESSAGE:
         return _message(f.message_type, world, depth + 1, tame)
     raise AssertionError(f"no strategy for {f.full_name} (type {f.type})")

@@ -69,6 +69,10 @@ ENROLL = {
 }
 
 POLICY = {"regionKey": "61", "scope": "GRANT_SCOPE_PROVINCE", "allowedRelationships": ["RELATIONSHIP_SPOUSE"]}
+PAY = {"payerId": PERSON, "beneficiaryId": OTHER}
+RATE = {"regionKey": "61", "year": 2027, "amountFen": 40000, "opensOn": "2026-09-01", "closesOn": "2026-12-31"}
+RATE_FIELDS = ("region_key", "opens_on", "closes_on")
+REPORT = {"fromDate": "2026-01-05", "toDate": "2026-01-06", "regionKey": "610100"}
 
 
 # (service, method, credential, request fields as JSON, the identifier field to forge)
@@ -190,6 +194,13 @@ CASES: list[tuple[str, str, str, dict[str, Any], str]] = (
             "policy.region_key",
         ),
     ]
+    + [
+        ("account", "PayPremium", "app", {"requestId": "id-0011", **PAY, "year": 2027}, field)
+        for field in ("request_id", "payer_id", "beneficiary_id")
+    ]
+    + [("account", "SetPremiumRate", "operator", {"rate": RATE}, f"rate.{field}") for field in RATE_FIELDS]
+    + [("account", "RefundPremium", "operator", {"paymentId": SETTLEMENT_ID, "reason": "x"}, "payment_id")]
+    + [("account", "ReportPremiums", "operator", REPORT, field) for field in ("from_date", "to_date", "region_key")]
 )
 
 MODULES = {"settlement": settlement_pb2, "family": family_pb2, "account": account_pb2}

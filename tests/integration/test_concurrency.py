@@ -1,4 +1,5 @@
-"""Settlements under contention: exact to the fen, no deadlocks, atomic under cancellation."""
+"""Settlements (and premiums paid from the same accounts) under contention: exact to the fen, no deadlocks,
+atomic under cancellation."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from harness import reason_of
 from prometheus_client import REGISTRY
 from support import CHILD, RESIDENT, SPOUSE, STATEMENT_CACHE_SIZE, SUSPENDED, Api, account_row_held, bearer
 
+from gongji.api.validate import china_today
 from gongji.store import credentials, db, grants, settlements, vouchers
-from gongji.v1 import settlement_pb2
+from gongji.v1 import account_pb2, settlement_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
 
@@ -411,3 +414,66 @@ async def test_a_stale_balance_peek_runs_the_settlement_again(api: Api, pool: as
     s = (await waiting).settlement
     assert (s.acct_pay_fen, s.acct_mulaid_pay_fen, s.authorizer_id) == (100, 500, authorizer)
     assert (REGISTRY.get_sample_value("gongji_settle_retries_total") or 0.0) == retries_before + 1
+
+
+async def test_premiums_and_settlements_on_the_same_accounts_never_deadlock(api: Api, pool: asyncpg.Pool) -> None:
+    """Four relatives try to pay each of three children's premium of one year, several times each, while
+    the children settle at the pharmacy drawing on the same four accounts (a premium locks the grant
+    then the account, as a settlement does). Exactly one payment per child and year; every settlement
+    goes through; no deadlock, no balance below zero, the books exact. Then the payments are refunded
+    while the relatives pay again: at most one unrefunded payment per child, still."""
+    region, year = "618901", china_today().year + 1
+    premium = 30_000
+    await api.set_premium_rate(region, year, premium, dt.date(year - 1, 1, 1), dt.date(year, 12, 31))
+    payers = [await api.enroll(region=region, birth=PARENT_BORN, balance_fen=500_000) for _ in range(4)]
+    children = [await api.enroll(scheme=RESIDENT, region=region, birth=CHILD_BORN) for _ in range(3)]
+    for payer in payers:
+        for child in children:
+            await api.grant(payer, child, CHILD)
+    before = await _balances(api, payers)
+
+    rng = random.Random(38)
+    pays = [(p, c, f"cp-{uuid.uuid4()}") for p in payers for c in children for _ in range(3)]
+    pays += [rng.choice(pays) for _ in range(6)]  # retries of the same request: replays
+    sales = [(rng.choice(children), rng.randint(100, 3_000), rng.choice([None, *payers])) for _ in range(90)]
+    vouchers = [await api.voucher(child) for child, _, _ in sales]
+    calls = [api.pay_premium(p, c, year, request_id=r) for p, c, r in pays]
+    calls += [
+        api.settle(c, amount, voucher=v, authorizer_id=a) for (c, amount, a), v in zip(sales, vouchers, strict=True)
+    ]
+    rng.shuffle(calls)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    unexpected = [r for r in results if isinstance(r, BaseException) and _reason(r) != "PREMIUM_ALREADY_PAID"]
+    assert unexpected == [], unexpected[:3]
+    paid = {r.payment.payment_id: r.payment for r in results if isinstance(r, account_pb2.PayPremiumResponse)}
+    assert sorted(p.beneficiary_id for p in paid.values()) == sorted(children)
+    settled = [r.settlement for r in results if isinstance(r, settlement_pb2.SettleResponse)]
+    assert len(settled) == len(sales)
+    after = await _balances(api, payers)
+    for payer in payers:
+        drawn = sum(s.acct_mulaid_pay_fen for s in settled if s.authorizer_id == payer)
+        premiums_paid = sum(p.amount_fen for p in paid.values() if p.payer_id == payer)
+        assert before[payer] - after[payer] == drawn + premiums_paid >= 0
+
+    # The refunds race new payments of the same years.
+    again = [api.refund_premium(payment_id) for payment_id in paid for _ in range(2)]
+    again += [api.pay_premium(p, c, year) for p in payers for c in children]
+    rng.shuffle(again)
+    results = await asyncio.gather(*again, return_exceptions=True)
+    unexpected = [r for r in results if isinstance(r, BaseException) and _reason(r) != "PREMIUM_ALREADY_PAID"]
+    assert unexpected == [], unexpected[:3]
+    refunds = [r for r in results if isinstance(r, account_pb2.RefundPremiumResponse)]
+    assert sorted(r.replayed for r in refunds) == [False] * len(paid) + [True] * len(paid)
+    unrefunded = await pool.fetch(
+        "select beneficiary_id, count(*) as n from premium_payment where beneficiary_id = any($1::text[])"
+        " and year = $2 and refunded_at is null group by beneficiary_id",
+        children,
+        year,
+    )
+    assert all(r["n"] == 1 for r in unrefunded)
+    assert all(b >= 0 for b in (await _balances(api, payers)).values())
+
+
+def _reason(error: BaseException) -> str:
+    return reason_of(error) if isinstance(error, grpc.aio.AioRpcError) else repr(error)

@@ -71,6 +71,24 @@ async def test_the_app_reads_accounts_and_history_but_terminals_do_not(api: Api)
     )
 
 
+async def test_only_the_app_pays_premiums_and_only_operators_set_rates_and_refund(api: Api) -> None:
+    """PayPremium moves an insured person's money at their request, through their app: a terminal or
+    an operator may not. Rates, refunds and the report are the insurer's: the app may not."""
+    pay = account_pb2.PayPremiumRequest(request_id="x", payer_id="61010219920315402X", beneficiary_id="1", year=1)
+    for token in (api.tokens.terminal_a, api.tokens.operator):
+        await refused(api.account.PayPremium(pay, metadata=bearer(token)), S.PERMISSION_DENIED, "NOT_ALLOWED")
+    app = bearer(api.tokens.app)
+    for call, request in (
+        (api.account.SetPremiumRate, account_pb2.SetPremiumRateRequest()),
+        (api.account.ListPremiumRates, account_pb2.ListPremiumRatesRequest()),
+        (api.account.RefundPremium, account_pb2.RefundPremiumRequest()),
+        (api.account.ReportPremiums, account_pb2.ReportPremiumsRequest()),
+    ):
+        await refused(call(request, metadata=app), S.PERMISSION_DENIED, "NOT_ALLOWED")
+    # Past authorization, the app's PayPremium reaches validation (its fields are bad).
+    await refused(api.account.PayPremium(pay, metadata=app), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+
+
 async def test_health_needs_no_credentials(channel: grpc.aio.Channel) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     for service in ("", "gongji.v1.SettlementService"):

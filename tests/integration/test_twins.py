@@ -1,4 +1,5 @@
-"""Each SQL step that decides money against its pure Python twin in gongji.domain, on random states.
+"""Each SQL step that decides money against its pure Python twin in gongji.domain, on random states:
+the steps of gongji_settle and of gongji_pay_premium.
 
 Every example writes its rows in one transaction, asks the SQL function, and rolls back; the twin gets
 the same state as Python values. `now()` in SQL is the transaction's start, so the test reads it once
@@ -8,6 +9,7 @@ and gives the twin the same instant.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Awaitable
@@ -15,11 +17,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gongji.domain.eligibility import HeldGrant, live_grant
-from gongji.domain.people import PersonStatus, Scheme
+from gongji.domain.people import Person, PersonStatus, Scheme
+from gongji.domain.premium import PremiumRate, premium_rate_for, premium_refusal, premium_replay
 from gongji.domain.settlement import Seen, settle_refusal, settle_replay
 from gongji.domain.vouchers import IssuedVoucher, voucher_refusal
 
@@ -330,6 +334,288 @@ def test_sql_settle_replay_agrees_with_the_twin(db_url: str) -> None:
             @given(key_states())
             def agree(s: KeyState) -> None:
                 sql, twin = in_rollback(runner, conn, settle_replay_both(conn, s))
+                assert sql == twin
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+# ---- gongji_premium_rate / domain.premium.premium_rate_for ------------------------------------------
+RATE_KEYS = ("610100", "61", "610200", "44", "440100")
+RATE_YEARS = (2026, 2027)
+REGIONS = ("610100", "610200", "610300", "440100", "450100")
+WINDOW = (dt.date(2026, 9, 1), dt.date(2026, 12, 31))
+
+
+@st.composite
+def rate_sets(draw: st.DrawFn) -> tuple[PremiumRate, ...]:
+    """Rates of a 统筹区, its province, a neighbour, another province, for this year and the next: any
+    subset (at most one per key and year, the table's key), amounts and windows apart."""
+    keys = draw(st.lists(st.tuples(st.sampled_from(RATE_KEYS), st.sampled_from(RATE_YEARS)), unique=True))
+    return tuple(
+        PremiumRate(key, year, draw(st.integers(1, 60_000)), WINDOW[0] - dt.timedelta(days=draw(st.integers(0, 3))),
+                    WINDOW[1] + dt.timedelta(days=draw(st.integers(0, 3))))
+        for key, year in keys
+    )  # fmt: skip
+
+
+async def given_rates(conn: asyncpg.Connection, rates: tuple[PremiumRate, ...]) -> None:
+    await conn.executemany(
+        "insert into premium_rate (region_key, year, amount_fen, opens_on, closes_on) values ($1, $2, $3, $4, $5)",
+        [(r.region_key, r.year, r.amount_fen, r.opens_on, r.closes_on) for r in rates],
+    )
+
+
+def _rate(row: asyncpg.Record | None) -> PremiumRate | None:
+    if row is None or row["region_key"] is None:
+        return None
+    return PremiumRate(row["region_key"], row["year"], row["amount_fen"], row["opens_on"], row["closes_on"])
+
+
+async def premium_rate_both(
+    conn: asyncpg.Connection, rates: tuple[PremiumRate, ...], region: str, year: int
+) -> tuple[PremiumRate | None, PremiumRate | None]:
+    await given_rates(conn, rates)
+    sql = await conn.fetchrow("select * from gongji_premium_rate($1, $2)", region, year)
+    return _rate(sql), premium_rate_for(rates, region, year)
+
+
+def test_sql_premium_rate_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_premium_rate and domain.premium.premium_rate_for pick the same rate (the 统筹区's own, else
+    its province's), or none."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=EXAMPLES, deadline=None)
+            @given(rate_sets(), st.sampled_from(REGIONS), st.sampled_from(RATE_YEARS))
+            def agree(rates: tuple[PremiumRate, ...], region: str, year: int) -> None:
+                sql, twin = in_rollback(runner, conn, premium_rate_both(conn, rates, region, year))
+                assert sql == twin
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+# ---- gongji_premium_refusal / domain.premium.premium_refusal ----------------------------------------
+PAYER, RELATIVE, STRANGER = "TWIN-PAYER", "TWIN-REL", "TWIN-X"
+
+
+@dataclass(frozen=True)
+class PremiumState:
+    payer: tuple[Scheme, PersonStatus] | None  # None: not enrolled
+    payer_has_account: bool
+    beneficiary: tuple[Scheme, PersonStatus, str] | None  # and its 统筹区
+    grants: tuple[tuple[str, str], ...]  # (authorizer, status) of grants to the beneficiary
+    rates: tuple[PremiumRate, ...]
+    year: int
+    today: dt.date
+    paid: bool | None  # None: not read yet
+    balance_fen: int | None  # None: not read yet
+
+
+def _mostly(passing: T, *others: T) -> st.SearchStrategy[T]:
+    """`passing` four times in five, else one of `others`: each check passes often, so that the checks
+    after it are reached often too (a state of independent draws would rarely get past the grant)."""
+    return st.sampled_from((passing,) * 4 * max(1, len(others)) + others)
+
+
+@st.composite
+def premium_states(draw: st.DrawFn) -> PremiumState:
+    """Payers and beneficiaries of every scheme and status or not enrolled, with or without an account,
+    grants live or ended from the payer or from someone else, rates set or not, days on both sides of
+    each end of the window, the year paid or not, balances around the premium, and the last two facts
+    not read yet."""
+    others = [(scheme, status) for scheme in Scheme for status in PersonStatus]
+    payer = draw(_mostly((Scheme.EMPLOYEE, PersonStatus.ACTIVE), None, *others))
+    region = draw(st.sampled_from(REGIONS))
+    beneficiary = draw(_mostly((Scheme.RESIDENT, PersonStatus.ACTIVE, region), None, *[(*o, region) for o in others]))
+    grants = draw(
+        _mostly(
+            ((PAYER, "LIVE"),), (), ((PAYER, "REVOKED"),), ((STRANGER, "LIVE"),), ((PAYER, "LIVE"), (STRANGER, "LIVE"))
+        )
+    )
+    year = draw(st.sampled_from(RATE_YEARS))
+    rates = draw(rate_sets())
+    if draw(st.booleans()):  # make sure the beneficiary's region has one (its own or its province's)
+        applies = PremiumRate(draw(st.sampled_from((region, region[:2]))), year, draw(st.integers(1, 60_000)), *WINDOW)
+        rates = (*(r for r in rates if (r.region_key, r.year) != (applies.region_key, year)), applies)
+    # Days around both ends of every window drawn (the edges are where an off-by-one hides), and others.
+    edges = [d for r in rates for d in (r.opens_on, r.closes_on)] + list(WINDOW)
+    day = st.sampled_from(edges).flatmap(
+        lambda d: st.sampled_from((d - dt.timedelta(days=1), d, d + dt.timedelta(days=1)))
+    )
+    balance = st.sampled_from([r.amount_fen + d for r in rates for d in (-1, 0, 1)] or [0])
+    return PremiumState(
+        payer=payer,
+        payer_has_account=draw(_mostly(True, False)),
+        beneficiary=beneficiary,
+        grants=grants,
+        rates=rates,
+        year=year,
+        today=draw(day),
+        paid=draw(st.sampled_from((None, False, False, True))),
+        balance_fen=draw(st.sampled_from((None,)) | balance | st.integers(0, 60_000)),
+    )
+
+
+def _person(person_id: str, scheme: Scheme, status: PersonStatus, region: str = "610100") -> Person:
+    return Person(person_id, "twin", dt.date(1980, 1, 1), region, scheme, status)
+
+
+async def premium_refusal_both(conn: asyncpg.Connection, s: PremiumState) -> tuple[str | None, str | None]:
+    """What gongji_premium_refusal and premium_refusal answer for `s`, the grant and the rate found by
+    their own twins (gongji_live_grant, gongji_premium_rate) as gongji_pay_premium finds them."""
+    payer = _person(PAYER, *s.payer) if s.payer else None
+    beneficiary = _person(RELATIVE, *s.beneficiary) if s.beneficiary else None
+    stranger = _person(STRANGER, Scheme.EMPLOYEE, PersonStatus.ACTIVE)
+    people = [p for p in (payer, beneficiary, stranger) if p is not None]
+    await conn.executemany(
+        "insert into person (person_id, name, birth_date, region_code, scheme, status)"
+        " values ($1, 'twin', date '1980-01-01', $2, $3, $4)",
+        [(p.person_id, p.region_code, p.scheme.value, p.status.value) for p in people],
+    )
+    if payer and s.payer_has_account:
+        await conn.execute("insert into account (person_id) values ($1)", PAYER)
+    held = []
+    for authorizer, status in s.grants if beneficiary else ():
+        a = payer if authorizer == PAYER else stranger
+        if a is None:
+            continue  # a grant needs both people enrolled
+        grant_id = await conn.fetchval(
+            _GRANT, authorizer, RELATIVE, status, T0, None if status == "LIVE" else T0 + dt.timedelta(days=1)
+        )
+        held.append(HeldGrant(grant_id, authorizer, status, T0, a.status, a.scheme))
+    await given_rates(conn, s.rates)
+    sql = await conn.fetchval(
+        "select gongji_premium_refusal((select p from person p where p.person_id = $1),"
+        " (select p from person p where p.person_id = $2), exists (select 1 from account a where a.person_id = $1),"
+        " gongji_live_grant($2, $1), gongji_premium_rate((select region_code from person where person_id = $2), $3),"
+        " $4, $5, $6)",
+        PAYER,
+        RELATIVE,
+        s.year,
+        s.today,
+        s.paid,
+        s.balance_fen,
+    )
+    twin = premium_refusal(
+        payer=payer,
+        beneficiary=beneficiary,
+        payer_has_account=payer is not None and s.payer_has_account,
+        grant_id=live_grant(held, PAYER),
+        rate=premium_rate_for(s.rates, beneficiary.region_code, s.year) if beneficiary else None,
+        today=s.today,
+        paid=s.paid,
+        balance_fen=s.balance_fen,
+    )
+    return sql, twin.reason if twin else None
+
+
+def test_sql_premium_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_premium_refusal and domain.premium.premium_refusal: the same reason, in the same order."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=EXAMPLES * 2, deadline=None)
+            @given(premium_states())
+            def agree(s: PremiumState) -> None:
+                sql, twin = in_rollback(runner, conn, premium_refusal_both(conn, s))
+                assert sql == twin
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+_RESIDENT = (Scheme.RESIDENT, PersonStatus.ACTIVE, "610100")
+_PAYABLE = PremiumState(
+    payer=(Scheme.EMPLOYEE, PersonStatus.ACTIVE),
+    payer_has_account=True,
+    beneficiary=_RESIDENT,
+    grants=((PAYER, "LIVE"),),
+    rates=(PremiumRate("61", 2027, 40_000, *WINDOW),),
+    year=2027,
+    today=WINDOW[0],
+    paid=False,
+    balance_fen=40_000,
+)
+_DAY = dt.timedelta(days=1)
+# The payable state changed in one place each: every reason the SQL can answer is reached, in the order
+# the checks run (a change that also broke an earlier check would show here), and the edges of the
+# window and of the balance fall on the right side.
+_ONE_CHANGE: dict[str, tuple[dict[str, object], str | None]] = {
+    "payable": ({}, None),
+    "not enrolled": ({"beneficiary": None}, "PERSON_NOT_FOUND"),
+    "payer suspended": ({"payer": (Scheme.EMPLOYEE, PersonStatus.SUSPENDED)}, "PERSON_NOT_ACTIVE"),
+    "payer resident": ({"payer": (Scheme.RESIDENT, PersonStatus.ACTIVE)}, "NOT_EMPLOYEE_INSURED"),
+    "no account": ({"payer_has_account": False}, "NOT_EMPLOYEE_INSURED"),
+    "beneficiary employee": (
+        {"beneficiary": (Scheme.EMPLOYEE, PersonStatus.ACTIVE, "610100")},
+        "BENEFICIARY_NOT_RESIDENT",
+    ),
+    "grant revoked": ({"grants": ((PAYER, "REVOKED"), (STRANGER, "LIVE"))}, "GRANT_NOT_FOUND"),
+    "other year": ({"year": 2026}, "PREMIUM_NOT_SET"),
+    "other province": ({"beneficiary": (Scheme.RESIDENT, PersonStatus.ACTIVE, "440100")}, "PREMIUM_NOT_SET"),
+    "first day": ({"today": WINDOW[0]}, None),
+    "day before": ({"today": WINDOW[0] - _DAY}, "PREMIUM_WINDOW_CLOSED"),
+    "last day": ({"today": WINDOW[1]}, None),
+    "day after": ({"today": WINDOW[1] + _DAY}, "PREMIUM_WINDOW_CLOSED"),
+    "paid": ({"paid": True}, "PREMIUM_ALREADY_PAID"),
+    "a fen short": ({"balance_fen": 39_999}, "INSUFFICIENT_BALANCE"),
+    "not read yet": ({"paid": None, "balance_fen": None}, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_ONE_CHANGE))
+async def test_every_premium_refusal_is_reached(db_url: str, case: str) -> None:
+    change, expected = _ONE_CHANGE[case]
+    state = dataclasses.replace(_PAYABLE, **change)  # type: ignore[arg-type]
+    conn = await asyncpg.connect(db_url)
+    try:
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            assert await premium_refusal_both(conn, state) == (expected, expected)
+        finally:
+            await tr.rollback()
+    finally:
+        await conn.close()
+
+
+# ---- gongji_premium_replay / domain.premium.premium_replay ------------------------------------------
+async def premium_replay_both(conn: asyncpg.Connection, s: KeyState) -> tuple[tuple[str | None, bool], ...]:
+    """Keys of PayPremium ('premium') and of Settle ('settle/<institution>', which must not count) under
+    this request id and another; what gongji_premium_replay and premium_replay answer."""
+    resources = {place: uuid.uuid4() for place in s.keys}
+    scope = {INSTITUTION: "premium", OTHER_INSTITUTION: f"settle/{OTHER_INSTITUTION}"}
+    await conn.executemany(
+        "insert into idempotency_key (scope, request_id, request_digest, resource_id) values ($1, $2, $3, $4)",
+        [(scope[i], r, digest, resources[(i, r)]) for (i, r), digest in s.keys.items()],
+    )
+    row = await conn.fetchrow("select * from gongji_premium_replay($1, $2)", REQUEST, DIGEST)
+    assert row is not None
+    here = (INSTITUTION, REQUEST)
+    twin = premium_replay(stored_digest=s.keys.get(here), digest=DIGEST)
+    twin_seen = None if twin is None else twin.value if isinstance(twin, Seen) else twin.reason
+    sql_points = row["seen_payment_id"] == resources.get(here) if row["seen"] == "REPLAY" else True
+    return (row["seen"], sql_points), (twin_seen, True)
+
+
+def test_sql_premium_replay_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_premium_replay and domain.premium.premium_replay: a new request, a replay of the right
+    payment, or a reused key, alike."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=EXAMPLES, deadline=None)
+            @given(key_states())
+            def agree(s: KeyState) -> None:
+                sql, twin = in_rollback(runner, conn, premium_replay_both(conn, s))
                 assert sql == twin
 
             agree()

@@ -15,6 +15,8 @@ migration differs from its file, so a released file cannot change without every 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -24,7 +26,9 @@ from harness import fingerprint
 from support import with_database
 
 from gongji import demo
-from gongji.store import audit, credentials, db, migrate, settlements
+from gongji.api.validate import china_today
+from gongji.domain.premium import PremiumRate
+from gongji.store import audit, credentials, db, migrate, premiums, settlements
 from gongji.store.credentials import Kind
 
 RELEASED = 4  # the last numbered migration released before schema and code were split
@@ -90,7 +94,7 @@ select $2, $3, $3, 'CREDIT', credit_id from c"""
 _OLD_INSTITUTION = "insert into institution (institution_id, name) values ($1, 'upgrade test')"
 _OLD_GRANT = """
 insert into mutual_aid_grant (authorizer_id, beneficiary_id, relationship, scope)
-values ($1, $2, 'SPOUSE', 'PROVINCE')"""
+values ($1, $2, $3, 'PROVINCE')"""
 _OLD_BINDING = """
 insert into kinship_binding (holder_id, member_id, relationship, phone, reason, face_verification_ref)
 values ($1, $2, 'SPOUSE', '13800138000', 'upgrade test', 'FV-1')"""
@@ -101,7 +105,7 @@ async def _fill(url: str) -> None:
     """What a server of the released migrations would have written."""
     conn = await asyncpg.connect(url)
     try:
-        people = [demo.XIAOMING, demo.XIAOLI, demo.ZHANGWEI, demo.LIUFANG]
+        people = [demo.XIAOMING, demo.XIAOLI, demo.XIAOBAO, demo.ZHANGWEI, demo.LIUFANG]
         await conn.execute(
             _OLD_PEOPLE,
             [p.person_id for p in people],
@@ -114,7 +118,8 @@ async def _fill(url: str) -> None:
         for person, fen in _OLD_BALANCES:
             await conn.execute(_OLD_CREDIT, f"old-credit-{person.person_id}", person.person_id, fen)
         await conn.execute(_OLD_INSTITUTION, demo.INSTITUTION_ID)
-        await conn.execute(_OLD_GRANT, demo.XIAOMING.person_id, demo.XIAOLI.person_id)
+        await conn.execute(_OLD_GRANT, demo.XIAOMING.person_id, demo.XIAOLI.person_id, "SPOUSE")
+        await conn.execute(_OLD_GRANT, demo.XIAOMING.person_id, demo.XIAOBAO.person_id, "CHILD")
         await conn.execute(_OLD_BINDING, demo.ZHANGWEI.person_id, demo.LIUFANG.person_id)
         own = await _old_settle(conn, "old-1", demo.XIAOMING.person_id, 1_500)
         aided = await _old_settle(conn, "old-2", demo.XIAOLI.person_id, 3_500)  # 20.00 own, 15.00 mutual aid
@@ -153,7 +158,15 @@ async def test_a_database_of_the_released_migrations_upgrades_in_place(old_datab
         code = await conn.fetch("select name, sha256 from schema_code order by name")
         assert {(r["name"], r["sha256"]) for r in code} == {(c.name, c.sha256) for c in migrate.bundled_code()}
 
-        assert await fingerprint(conn) == before
+        after = await fingerprint(conn)
+        assert {k: after[k] for k in before} == before
+        # The premium tables came with the upgrade, empty.
+        assert {k: after[k] for k in after.keys() - before.keys()} == {
+            "premium_rates": 0,
+            "premium_rates_updated": None,
+            "premium_payments": 0,
+            "premium_refunds": 0,
+        }
         assert await conn.fetch(_BALANCES) == balances
         assert await audit.differences(conn) == []
         # Nothing left to do on the next start.
@@ -188,10 +201,55 @@ async def _settles_with_todays_code(url: str) -> None:
             timing=settlements.SettleTiming(),
         )
         assert (row.acct_pay_fen, row.acct_mulaid_pay_fen) == (0, 345)
+        # A grant made before the upgrade pays a premium: 王小明's, to his resident-insured son.
+        today = china_today()
+        window = (dt.date(today.year, 1, 1), dt.date(today.year, 12, 31))
+        await premiums.set_rate(pool, PremiumRate("610100", today.year + 1, 40_000, *window), 10)
+        app = await credentials.create(pool, Kind.APP, "app after upgrade")
+        app_id = await pool.fetchval(
+            "select credential_id from credential where token_sha256 = $1", credentials.token_hash(app)
+        )
+        paid = await premiums.pay(
+            pool,
+            credential_id=app_id,
+            request_id="premium-1",
+            digest=b"new",
+            payer_id=demo.XIAOMING.person_id,
+            beneficiary_id=demo.XIAOBAO.person_id,
+            year=today.year + 1,
+            today=today,
+        )
+        assert paid.payment.amount_fen == 40_000
         assert await audit.differences(pool) == []
         assert await pool.fetchval("select sum(used_fen) from grant_usage") == 1_500 - 500 + 345
     finally:
         await pool.close()
+
+
+async def test_an_upgrade_under_load_fails_and_is_run_again(old_database: str) -> None:
+    """0006 alters ledger_entry, which every settlement writes. While a writer holds the table (here one
+    transaction that inserted, as a settlement does, and stays open), the migration waits for its lock at
+    most its lock_timeout, then fails whole, applying nothing, instead of queueing every settlement
+    behind a waiting ALTER. Run again once the writer is done, it goes through."""
+    holder, conn = await asyncpg.connect(old_database), await asyncpg.connect(old_database)
+    try:
+        pending = holder.transaction()
+        await pending.start()
+        await holder.execute("lock table ledger_entry in row exclusive mode")  # what an insert takes
+        started = time.monotonic()
+        with pytest.raises(asyncpg.exceptions.LockNotAvailableError):
+            await migrate.migrate(conn)
+        waited = time.monotonic() - started
+        assert 9 < waited < 30, waited
+        versions = [r["version"] for r in await conn.fetch("select version from schema_migration order by 1")]
+        assert 6 not in versions
+        assert await conn.fetchval("select to_regclass('premium_payment')") is None
+        await pending.rollback()
+        await migrate.migrate(conn)
+        assert await conn.fetchval("select count(*) from schema_migration") == len(migrate.bundled())
+    finally:
+        await holder.close()
+        await conn.close()
 
 
 async def test_a_changed_code_file_is_applied_again_and_a_changed_migration_refused(old_database: str) -> None:

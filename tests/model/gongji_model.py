@@ -24,6 +24,7 @@ GRANDPARENT_GAP_YEARS = 24
 FAMILY_BOUND_MEMBERS_MAX = 5
 AMOUNT_FEN_MAX = 100_000_000  # one settlement: at most 1,000,000 yuan
 FACE_VERIFICATION_AGE_OVER = 16
+PREMIUM_YEAR_MIN = 2024  # the first contribution year a personal account may pay (国办发〔2024〕38号)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,21 @@ class Cancel:
     refund: Split
 
 
+@dataclass
+class Premium:
+    """A relative's resident premium paid from a personal account, as the app backend asked for it."""
+
+    content: tuple[str, str, int]  # payer, beneficiary, year: what makes a retry "the same request"
+    amount_fen: int
+    balance_after_fen: int  # the payer's, right after the payment
+    refund_balance_fen: int | None = None  # the payer's, right after the refund; None: not refunded
+    payment_id: str = ""  # as the server named it
+
+    @property
+    def refunded(self) -> bool:
+        return self.refund_balance_fen is not None
+
+
 def _plus(a: Split, b: Split) -> Split:
     return Split(
         a.acct_pay_fen + b.acct_pay_fen,
@@ -132,6 +148,9 @@ class Model:
         self.reversals: dict[tuple[str, str], Settlement | None] = {}
         self.cancels: dict[tuple[str, str], Cancel] = {}
         self.credits: dict[str, tuple[tuple[str, int], int]] = {}  # request id -> content, balance after
+        # (province or 统筹区, year) -> premium, first and last day of collection
+        self.premium_rates: dict[tuple[str, int], tuple[int, dt.date, dt.date]] = {}
+        self.premiums: dict[str, Premium] = {}  # request id -> the payment it made
 
     # ---- people and accounts ---------------------------------------------------------------------
     def enroll(self, pid: str, scheme: str, status: str, region: str, birth: dt.date) -> int:
@@ -458,3 +477,58 @@ class Model:
             s.reversed = True
         self.reversals[key] = s
         return s
+
+    # ---- resident premiums paid from a relative's account -----------------------------------------
+    def set_premium_rate(self, region_key: str, year: int, amount_fen: int, opens: dt.date, closes: dt.date) -> None:
+        self.premium_rates[(region_key, year)] = (amount_fen, opens, closes)
+
+    def pay_premium(self, request_id: str, payer: str, beneficiary: str, year: int) -> Refused | tuple[Premium, bool]:
+        """(payment, replayed), or the first rule broken. The whole premium from the payer's account."""
+        if payer == beneficiary or not PREMIUM_YEAR_MIN <= year <= self.today.year + 1:
+            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        known = self.premiums.get(request_id)
+        if known is not None:
+            if known.content != (payer, beneficiary, year):
+                return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
+            return known, True
+        p, b = self.people.get(payer), self.people.get(beneficiary)
+
+        def no(reason: str) -> Refused:
+            return Refused("FAILED_PRECONDITION", reason)
+
+        if p is None or b is None:
+            return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
+        if p.status != ACTIVE:
+            return no("PERSON_NOT_ACTIVE")
+        if p.scheme != EMPLOYEE or not p.has_account:
+            return no("NOT_EMPLOYEE_INSURED")
+        if b.scheme != RESIDENT:
+            return no("BENEFICIARY_NOT_RESIDENT")
+        if not any(g.live and (g.authorizer, g.beneficiary) == (payer, beneficiary) for g in self.grants):
+            return no("GRANT_NOT_FOUND")
+        rate = self.premium_rates.get((b.region, year)) or self.premium_rates.get((b.region[:2], year))
+        if rate is None:
+            return no("PREMIUM_NOT_SET")
+        amount_fen, opens, closes = rate
+        if not opens <= self.today <= closes:
+            return no("PREMIUM_WINDOW_CLOSED")
+        if any(x.content[1:] == (beneficiary, year) and not x.refunded for x in self.premiums.values()):
+            return Refused("ALREADY_EXISTS", "PREMIUM_ALREADY_PAID")
+        if p.balance_fen < amount_fen:
+            return no("INSUFFICIENT_BALANCE")
+        p.balance_fen -= amount_fen
+        paid = Premium((payer, beneficiary, year), amount_fen, p.balance_fen)
+        self.premiums[request_id] = paid
+        return paid, False
+
+    def refund_premium(self, payment_id: str) -> Refused | tuple[Premium, bool]:
+        """(payment, replayed). The money goes back whole to the payer, whatever became of anyone since."""
+        paid = next((x for x in self.premiums.values() if x.payment_id == payment_id), None)
+        if paid is None:
+            return Refused("NOT_FOUND", "PREMIUM_PAYMENT_NOT_FOUND")
+        if paid.refunded:
+            return paid, True
+        payer = self.people[paid.content[0]]
+        payer.balance_fen += paid.amount_fen
+        paid.refund_balance_fen = payer.balance_fen
+        return paid, False

@@ -1,6 +1,7 @@
 """The model-based test: hypothesis drives the real gongji server over gRPC with random sequences of
 enrolments, status changes, credits, grants, revocations, bindings, vouchers, quotes, settlements,
-refunds and reversals (retries with the same request id among them), and after every step compares
+refunds and reversals, relatives' premiums paid and refunded (retries with the same request id among
+them), and after every step compares
 every answer, split, refusal reason and balance with the pure model of DOMAIN.md in gongji_model.py.
 After every step the books must also pass the audit.
 
@@ -120,6 +121,14 @@ class CreditCall:
     amount_fen: int
 
 
+@dataclass(frozen=True)
+class PremiumCall:
+    request_id: str
+    payer: str
+    beneficiary: str
+    year: int
+
+
 @dataclass
 class Figures:
     """What a run did, printed at its end (and quoted in docs/reliability.md)."""
@@ -153,6 +162,7 @@ class GongjiMachine(RuleBasedStateMachine):
     settle_calls = Bundle("settle_calls")
     cancel_calls = Bundle("cancel_calls")
     credit_calls = Bundle("credit_calls")
+    premium_calls = Bundle("premium_calls")
 
     def __init__(self) -> None:
         super().__init__()
@@ -518,6 +528,102 @@ class GongjiMachine(RuleBasedStateMachine):
         call = SettleCall(institution, self._id("s"), patient, amount, None, True)
         self._reverse(institution, call.request_id)
         return call
+
+    # ---- resident premiums paid from a relative's account (国办发〔2024〕38号) ----------------------
+    @initialize(target=people)
+    def premium_rates_and_a_resident_child(self) -> Any:
+        """The rates every sequence pays under: Shaanxi's (61) for next year, open; one 统筹区 of it
+        (610200) with its own, not open yet; none for this year, none in Guangdong. And a parent with
+        three resident-insured children they granted, two where the window is open and one where it is
+        not, and money for one premium: payments that go through, and each refusal, are common."""
+        this_year = self.model.today.year
+        rates = [
+            ("61", this_year + 1, 450, dt.date(this_year, 1, 1), dt.date(this_year + 1, 12, 31)),
+            (REGIONS[1], this_year + 1, 500, dt.date(this_year + 1, 1, 1), dt.date(this_year + 1, 12, 31)),
+        ]
+        for rate in rates:
+            self.runner.run(self.api.set_premium_rate(*rate))
+            self.model.set_premium_rate(*rate)
+        parent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[0], BIRTHS[1])
+        children = [self._enroll(RESIDENT, ACTIVE, region, BIRTHS[3]) for region in (REGIONS[0], *REGIONS[:2])]
+        self._credit(CreditCall(self._id("c"), parent, 700))
+        for child in children:
+            self.grant(parent, child, CHILD)
+        return multiple(parent, *children)
+
+    def _pay_premium(self, call: PremiumCall) -> PremiumCall:
+        reply = self._run(
+            lambda: self.api.pay_premium(call.payer, call.beneficiary, call.year, request_id=call.request_id)
+        )
+        expected = self.model.pay_premium(call.request_id, call.payer, call.beneficiary, call.year)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert not isinstance(reply, Refused)
+            paid, replayed = expected
+            if not paid.payment_id:
+                paid.payment_id = reply.payment.payment_id
+            got = reply.payment
+            assert (got.payment_id, got.payer_id, got.beneficiary_id, got.year, got.amount_fen) == (
+                paid.payment_id,
+                *paid.content,
+                paid.amount_fen,
+            )
+            assert (reply.balance_fen, reply.replayed, got.HasField("refunded_at")) == (
+                paid.balance_after_fen,
+                replayed,
+                paid.refunded,
+            )
+        return call
+
+    @rule(
+        target=premium_calls,
+        payer=people,
+        beneficiary=people,
+        year=st.sampled_from(["next", "next", "next", "this"]),
+    )
+    def pay_premium(self, payer: str, beneficiary: str, year: str) -> PremiumCall:
+        """Someone's account pays someone's premium of next year (or of this year: not set)."""
+        contribution_year = self.model.today.year + (1 if year == "next" else 0)
+        return self._pay_premium(PremiumCall(self._id("p"), payer, beneficiary, contribution_year))
+
+    def _granted_residents(self) -> list[tuple[str, str]]:
+        people = self.model.people
+        granted = [g for g in self.model.grants if g.live and people[g.beneficiary].scheme == RESIDENT]
+        return [(g.authorizer, g.beneficiary) for g in granted]
+
+    @precondition(lambda self: self._granted_residents())
+    @rule(target=premium_calls, data=st.data(), year=st.sampled_from(["next", "next", "next", "this"]))
+    def pay_a_granted_relatives_premium(self, data: st.DataObject, year: str) -> PremiumCall:
+        """The usual way: an authorizer pays for a resident-insured relative they granted (whether the
+        window is open, the year paid already or the balance enough is the model's to say)."""
+        payer, beneficiary = data.draw(st.sampled_from(self._granted_residents()), label="grant")
+        return self.pay_premium(payer, beneficiary, year)
+
+    @rule(call=premium_calls, same=st.booleans())
+    def retry_pay_premium(self, call: PremiumCall, same: bool) -> None:
+        """The app backend's retry: the same request replays; another year under its id is refused."""
+        self._pay_premium(call if same else PremiumCall(call.request_id, call.payer, call.beneficiary, call.year - 1))
+
+    @precondition(lambda self: self.model.premiums)
+    @rule(data=st.data())
+    def refund_premium(self, data: st.DataObject) -> None:
+        """An operator refunds a payment of this sequence (again, now and then), or one that does not exist."""
+        known = [x.payment_id for x in self.model.premiums.values()]
+        if known and data.draw(st.integers(0, 9), label="unknown payment") > 0:
+            payment_id = data.draw(st.sampled_from(known), label="payment")
+        else:
+            payment_id = str(uuid.uuid4())
+        reply = self._run(lambda: self.api.refund_premium(payment_id))
+        expected = self.model.refund_premium(payment_id)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert not isinstance(reply, Refused)
+            paid, replayed = expected
+            assert (reply.payment.payment_id, reply.balance_fen, reply.replayed) == (
+                payment_id,
+                paid.refund_balance_fen,
+                replayed,
+            )
 
     # ---- after every step ------------------------------------------------------------------------
     @invariant()

@@ -16,12 +16,13 @@ from gongji.store import migrate
 
 # Upper-case literals of the SQL files that are values of the schema, not refusal reasons: 'OK', what
 # the CHECK constraints allow (statuses, schemes, ledger kinds, refund kinds), trigger levels, and
-# 'REPLAY', which gongji_settle_replay answers to gongji_settle (never to a client), and the limits that
-# can hold mutual aid back (an answer's field, not a refusal).
+# 'REPLAY', which gongji_settle_replay and gongji_premium_replay answer to their callers (never to a
+# client), and the limits that can hold mutual aid back (an answer's field, not a refusal).
 NOT_REASONS = frozenset(
     {
-        *("OK", "ACTIVE", "EMPLOYEE", "LIVE", "CANCEL", "REFUND", "REVERSAL", "SETTLEMENT", "MUTUAL_AID"),
-        *("STATEMENT", "REPLAY", "GRANT_CAP", "BENEFICIARY_CAP", "AUTHORIZER_FLOOR"),
+        *("OK", "ACTIVE", "EMPLOYEE", "RESIDENT", "LIVE", "CANCEL", "REFUND", "REVERSAL", "SETTLEMENT"),
+        *("MUTUAL_AID", "PREMIUM", "PREMIUM_REFUND", "STATEMENT", "REPLAY"),
+        *("GRANT_CAP", "BENEFICIARY_CAP", "AUTHORIZER_FLOOR"),
     }
 )
 _LITERAL = re.compile(r"'([A-Z][A-Z_]*[A-Z])'")

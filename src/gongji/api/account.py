@@ -1,21 +1,21 @@
-"""AccountService: enrolment, monthly credits and balances, for insurer operators."""
+"""AccountService: enrolment, monthly credits and balances for insurer operators; resident premiums paid from
+a relative's personal account (rates, refunds and the report for operators, the payment for the app backend)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-import re
 
 from gongji import errors, limits, metrics
 from gongji.api import convert, pages
 from gongji.api.app import App, Context
 from gongji.api.auth import current_principal
-from gongji.api.validate import Fields
+from gongji.api.validate import CHINA, Fields, china_today
 from gongji.domain.eligibility import ALWAYS_REFUSED, DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship, Scheme
-from gongji.store import credits, ledger, people, policies
+from gongji.domain.premium import PremiumRate
+from gongji.store import credits, ledger, people, policies, premiums
 from gongji.v1 import account_pb2, account_pb2_grpc, types_pb2
-
-_REGION_KEY = re.compile(r"[1-9][0-9]([0-9]{4})?")
 
 
 def _account(view: people.AccountView) -> account_pb2.Account:
@@ -28,6 +28,19 @@ def _account(view: people.AccountView) -> account_pb2.Account:
         balance_fen=view.balance_fen or 0,
         has_personal_account=view.balance_fen is not None,
     )
+
+
+# Dates a request may name where no narrower range applies.
+_ANY_DAY = (dt.date(1900, 1, 1), dt.date(2999, 12, 31))
+
+
+def _count_premium(paid: premiums.Paid) -> None:
+    if paid.replayed:
+        metrics.PREMIUM_PAYMENTS.labels("REPLAYED").inc()
+        metrics.IDEMPOTENT_REPLAYS.labels("PayPremium").inc()
+        return
+    metrics.PREMIUM_PAYMENTS.labels("OK").inc()
+    metrics.PREMIUM_PAID_FEN.inc(paid.payment.amount_fen)
 
 
 class AccountService(account_pb2_grpc.AccountServiceServicer):
@@ -83,10 +96,7 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
     ) -> account_pb2.SetRegionPolicyResponse:
         fields = Fields()
         p = request.policy
-        if not _REGION_KEY.fullmatch(p.region_key):
-            fields.bad("policy.region_key", "must be a province ('61') or a 6-digit 统筹区 code ('610100')")
-        if len(p.region_key) == 6 and p.region_key.endswith("0000"):
-            fields.bad("policy.region_key", "for a whole province use its two digits ('61'), not '610000'")
+        fields.region_key("policy.region_key", p.region_key)
         scope = fields.enum("policy.scope", p.scope, convert.SCOPE_NAMES, Scope, convert.SCOPE)
         if len(p.allowed_relationships) > limits.POLICY_RELATIONSHIPS_MAX:
             fields.bad("policy.allowed_relationships", f"at most {limits.POLICY_RELATIONSHIPS_MAX} relationships")
@@ -176,4 +186,130 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         reply = account_pb2.ListLedgerResponse(entries=[convert.ledger_entry(e) for e in entries])
         if len(entries) == page_size:
             reply.next_page_token = pages.encode(str(entries[-1].entry_id))
+        return reply
+
+    async def SetPremiumRate(
+        self, request: account_pb2.SetPremiumRateRequest, context: Context
+    ) -> account_pb2.SetPremiumRateResponse:
+        fields = Fields()
+        r = request.rate
+        region_key = fields.region_key("rate.region_key", r.region_key)
+        year = fields.premium_year("rate.year", r.year, china_today())
+        amount_fen = fields.amount("rate.amount_fen", r.amount_fen, limits.AMOUNT_FEN_MAX)
+        # The window lies in the year before the contribution year (the usual autumn collection) or in
+        # the year itself: a date outside is a typing error, not a policy. (With a bad year, only the
+        # dates' spelling is checked.)
+        years = range(limits.PREMIUM_YEAR_MIN, china_today().year + limits.PREMIUM_YEARS_AHEAD_MAX + 1)
+        first, last = (dt.date(year - 1, 1, 1), dt.date(year, 12, 31)) if year in years else _ANY_DAY
+        opens_on = fields.calendar_day("rate.opens_on", r.opens_on, first, last)
+        closes_on = fields.calendar_day("rate.closes_on", r.closes_on, first, last)
+        if opens_on and closes_on and closes_on < opens_on:
+            fields.bad("rate.closes_on", "must not be before opens_on")
+        fields.done()
+        assert opens_on is not None and closes_on is not None
+        rate = PremiumRate(region_key, year, amount_fen, opens_on, closes_on)
+        row = await premiums.set_rate(self._app.pool, rate, limits.PREMIUM_RATES_MAX)
+        if row is None:
+            raise errors.PremiumRateLimitReached(f"at most {limits.PREMIUM_RATES_MAX} premium rates")
+        return account_pb2.SetPremiumRateResponse(rate=convert.premium_rate(row))
+
+    async def ListPremiumRates(
+        self, request: account_pb2.ListPremiumRatesRequest, context: Context
+    ) -> account_pb2.ListPremiumRatesResponse:
+        fields = Fields()
+        if request.year:
+            fields.premium_year("year", request.year, china_today())
+        fields.done()
+        rows = await premiums.list_rates(self._app.pool, request.year or None, limits.PREMIUM_RATES_MAX)
+        return account_pb2.ListPremiumRatesResponse(rates=[convert.premium_rate(r) for r in rows])
+
+    async def PayPremium(
+        self, request: account_pb2.PayPremiumRequest, context: Context
+    ) -> account_pb2.PayPremiumResponse:
+        today = china_today()  # once: the window is checked against this day, whatever the clock does next
+        fields = Fields()
+        request_id = fields.request_id("request_id", request.request_id)
+        payer_id = fields.person_id("payer_id", request.payer_id)
+        beneficiary_id = fields.person_id("beneficiary_id", request.beneficiary_id)
+        if payer_id and payer_id == beneficiary_id:
+            fields.bad("beneficiary_id", "must be another person than the payer")
+        year = fields.premium_year("year", request.year, today)
+        fields.done()
+        digest = hashlib.sha256(f"{payer_id}\x1f{beneficiary_id}\x1f{year}".encode()).digest()
+        try:
+            paid = await premiums.pay(
+                self._app.pool,
+                credential_id=current_principal.get().credential_id,
+                request_id=request_id,
+                digest=digest,
+                payer_id=payer_id,
+                beneficiary_id=beneficiary_id,
+                year=year,
+                today=today,
+            )
+        except errors.GongjiError as exc:
+            metrics.PREMIUM_PAYMENTS.labels(exc.reason).inc()
+            raise
+        _count_premium(paid)
+        return account_pb2.PayPremiumResponse(
+            payment=convert.premium_payment(paid.payment), balance_fen=paid.balance_fen, replayed=paid.replayed
+        )
+
+    async def RefundPremium(
+        self, request: account_pb2.RefundPremiumRequest, context: Context
+    ) -> account_pb2.RefundPremiumResponse:
+        fields = Fields()
+        payment_id = fields.uuid_id("payment_id", request.payment_id)
+        reason = fields.text("reason", request.reason, limits.REASON_LEN_MAX)
+        fields.done()
+        assert payment_id is not None
+        refunded = await premiums.refund(
+            self._app.pool,
+            credential_id=current_principal.get().credential_id,
+            payment_id=payment_id,
+            reason=reason.strip(),
+        )
+        if refunded.replayed:
+            metrics.IDEMPOTENT_REPLAYS.labels("RefundPremium").inc()
+        else:
+            metrics.PREMIUM_REFUNDS.inc()
+            metrics.PREMIUM_REFUNDED_FEN.inc(refunded.payment.amount_fen)
+        return account_pb2.RefundPremiumResponse(
+            payment=convert.premium_payment(refunded.payment),
+            balance_fen=refunded.balance_fen,
+            replayed=refunded.replayed,
+        )
+
+    async def ReportPremiums(
+        self, request: account_pb2.ReportPremiumsRequest, context: Context
+    ) -> account_pb2.ReportPremiumsResponse:
+        fields = Fields()
+        today = china_today()
+        first = fields.calendar_day("from_date", request.from_date, _ANY_DAY[0], today)
+        last = fields.calendar_day("to_date", request.to_date, _ANY_DAY[0], today)
+        if first and last and last < first:
+            fields.bad("to_date", "must not be before from_date")
+        elif first and last and (last - first).days >= limits.PREMIUM_REPORT_DAYS_MAX:
+            fields.bad("to_date", f"the range is at most {limits.PREMIUM_REPORT_DAYS_MAX} days")
+        first, last = first or today, last or today
+        region_key = fields.region_key("region_key", request.region_key, required=False)
+        page_size = fields.page_size(
+            "page_size",
+            request.page_size,
+            limits.PREMIUM_REPORT_PAGE_SIZE_DEFAULT,
+            limits.PREMIUM_REPORT_PAGE_SIZE_MAX,
+        )
+        after = fields.region_day_cursor("page_token", request.page_token, first, last)
+        fields.done()
+        # China keeps no daylight saving time: a day is 24 hours from its midnight in Asia/Shanghai.
+        start = dt.datetime(first.year, first.month, first.day, tzinfo=CHINA)
+        if after is not None:  # the days before the cursor's are done
+            start = dt.datetime(after[0].year, after[0].month, after[0].day, tzinfo=CHINA)
+        end = dt.datetime(last.year, last.month, last.day, tzinfo=CHINA) + dt.timedelta(days=1)
+        rows = await premiums.report(
+            self._app.pool, start=start, end=end, region_prefix=region_key, after=after, limit=page_size
+        )
+        reply = account_pb2.ReportPremiumsResponse(days=[convert.premium_day(r) for r in rows])
+        if len(rows) == page_size:
+            reply.next_page_token = pages.encode(rows[-1].day.isoformat(), rows[-1].region_code)
         return reply

@@ -21,11 +21,14 @@ _SERVICE_KINDS: dict[str, frozenset[Kind]] = {
     "gongji.v1.AccountService": frozenset({Kind.OPERATOR}),
 }
 # Operators reconcile any institution (a terminal reconciles its own). The app backend reads a person's
-# balance and history (交易记录) for the app; everything else of AccountService is for operators.
+# balance and history (交易记录) for the app, and pays a relative's resident premium: the insured person
+# asks for it in the app, and only the app backend may (an operator sets rates and refunds, and moves no
+# one's money on their behalf). Everything else of AccountService is for operators.
 _METHOD_KINDS: dict[str, frozenset[Kind]] = {
     "/gongji.v1.SettlementService/Reconcile": frozenset({Kind.TERMINAL, Kind.OPERATOR}),
     "/gongji.v1.AccountService/GetAccount": frozenset({Kind.OPERATOR, Kind.APP}),
     "/gongji.v1.AccountService/ListLedger": frozenset({Kind.OPERATOR, Kind.APP}),
+    "/gongji.v1.AccountService/PayPremium": frozenset({Kind.APP}),
 }
 
 
@@ -79,10 +82,11 @@ class Authenticator:
     """Resolves tokens to principals, caching results (misses too) for a short, bounded time.
 
     How a revocation reaches the calls (issue 12), and why two mechanisms:
-    - Money calls (Settle, Cancel, Reverse, Credit) check the credential inside their own transaction
-      (gongji.store.settlements, .lifecycle, .credits): refused at once, on every replica, whatever
-      this cache holds and whether or not any notification arrives. Moving money after a revocation
-      is the harm that matters, so it depends on nothing that can be lost.
+    - Money calls (Settle, Cancel, Reverse, Credit, PayPremium, RefundPremium) check the credential
+      inside their own transaction (gongji.store.settlements, .lifecycle, .credits, .premiums): refused
+      at once, on every replica, whatever this cache holds and whether or not any notification
+      arrives. Moving money after a revocation is the harm that matters, so it depends on nothing
+      that can be lost.
     - Every other call trusts this cache, which bounds the load on the database. A change of a
       credential row is announced by the database (NOTIFY, store/sql/credentials.sql) to one listening connection
       per server process (gongji.api.credential_watch), which calls `forget_credentials`: entries are

@@ -11,6 +11,7 @@ from gongji.store.grants import GrantRow
 from gongji.store.ledger import EntryRow
 from gongji.store.lifecycle import RefundRow, SettlementView
 from gongji.store.policies import PolicyRow
+from gongji.store.premiums import PaymentRow, RateRow, ReportRow
 from gongji.store.settlements import SettlementRow
 from gongji.v1 import account_pb2, family_pb2, types_pb2
 
@@ -123,6 +124,17 @@ def mutual_aid_limit(limit: Limit | None) -> types_pb2.MutualAidLimit.ValueType:
     return types_pb2.MutualAidLimit.Value(f"MUTUAL_AID_LIMIT_{limit or 'UNSPECIFIED'}")
 
 
+# What a premium's entries say, with the beneficiary masked: never a whole ID number, a name or a phone.
+_PREMIUM_NOTES = {"PREMIUM": "premium for {who}, {year}", "PREMIUM_REFUND": "premium refunded for {who}, {year}"}
+
+
+def _note(e: EntryRow) -> str:
+    if e.kind in _PREMIUM_NOTES and e.counterpart_id is not None:
+        said = _PREMIUM_NOTES[e.kind].format(who=mask_id(e.counterpart_id), year=e.premium_year)
+        return "; ".join(filter(None, (said, e.note)))
+    return e.note or ""
+
+
 def ledger_entry(e: EntryRow) -> account_pb2.LedgerEntry:
     return account_pb2.LedgerEntry(
         entry_id=str(e.entry_id),
@@ -132,7 +144,49 @@ def ledger_entry(e: EntryRow) -> account_pb2.LedgerEntry:
         settlement_id=str(e.settlement_id or ""),
         credit_id=str(e.credit_id or ""),
         refund_id=str(e.refund_id or ""),
+        premium_payment_id=str(e.premium_payment_id or ""),
         counterpart_id_masked=mask_id(e.counterpart_id) if e.counterpart_id else "",
-        note=e.note or "",
+        note=_note(e),
         created_at=timestamp(e.created_at),
+    )
+
+
+def premium_rate(row: RateRow) -> account_pb2.PremiumRate:
+    r = row.rate
+    return account_pb2.PremiumRate(
+        region_key=r.region_key,
+        year=r.year,
+        amount_fen=r.amount_fen,
+        opens_on=r.opens_on.isoformat(),
+        closes_on=r.closes_on.isoformat(),
+        updated_at=timestamp(row.updated_at),
+    )
+
+
+def premium_payment(p: PaymentRow) -> account_pb2.PremiumPayment:
+    return account_pb2.PremiumPayment(
+        payment_id=str(p.payment_id),
+        request_id=p.request_id,
+        payer_id=p.payer_id,
+        beneficiary_id=p.beneficiary_id,
+        beneficiary_id_masked=mask_id(p.beneficiary_id),
+        grant_id=str(p.grant_id),
+        year=p.year,
+        region_key=p.region_key,
+        region_code=p.region_code,
+        amount_fen=p.amount_fen,
+        created_at=timestamp(p.created_at),
+        refunded_at=timestamp(p.refunded_at),
+        refund_reason=p.refund_reason or "",
+    )
+
+
+def premium_day(r: ReportRow) -> account_pb2.PremiumDay:
+    return account_pb2.PremiumDay(
+        date=r.day.isoformat(),
+        region_code=r.region_code,
+        payment_count=r.payment_count,
+        paid_fen=r.paid_fen,
+        refund_count=r.refund_count,
+        refunded_fen=r.refunded_fen,
     )

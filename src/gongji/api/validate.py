@@ -32,6 +32,9 @@ def china_today() -> dt.date:
     return dt.datetime.now(CHINA).date()
 
 
+_REGION_KEY = re.compile(r"[1-9][0-9]([0-9]{4})?")
+_REGION_CODE_SHAPE = re.compile(r"[0-9]{6}")
+
 _REFERENCE = re.compile(rf"[A-Za-z0-9._:\-]{{4,{limits.FACE_VERIFICATION_REF_LEN_MAX}}}")
 
 
@@ -117,6 +120,38 @@ class Fields:
             return dt.date(1900, 1, 1)
         return day
 
+    def calendar_day(self, field: str, value: str, first: dt.date, last: dt.date) -> dt.date | None:
+        """A calendar date from `first` to `last`, written YYYY-MM-DD (nothing else); None when bad."""
+        try:
+            if not _DATE.fullmatch(value):
+                raise ValueError(value)
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            self.bad(field, "must be a date written YYYY-MM-DD")
+            return None
+        if not first <= day <= last:
+            self.bad(field, f"must be from {first} to {last}")
+            return None
+        return day
+
+    def region_key(self, field: str, value: str, *, required: bool = True) -> str:
+        """A province ('61') or a 6-digit 统筹区 code ('610100'); empty when not required."""
+        if not value and not required:
+            return value
+        if not _REGION_KEY.fullmatch(value):
+            self.bad(field, "must be a province ('61') or a 6-digit 统筹区 code ('610100')")
+        elif len(value) == 6 and value.endswith("0000"):
+            self.bad(field, "for a whole province use its two digits ('61'), not '610000'")
+        return value
+
+    def premium_year(self, field: str, value: int, today: dt.date) -> int:
+        """A contribution year a premium may be paid or set for: from the first year of the rule to
+        next year in China's calendar."""
+        last = today.year + limits.PREMIUM_YEARS_AHEAD_MAX
+        if not limits.PREMIUM_YEAR_MIN <= value <= last:
+            self.bad(field, f"must be a contribution year from {limits.PREMIUM_YEAR_MIN} to {last}")
+        return value
+
     def uuid_id(self, field: str, value: str) -> uuid.UUID | None:
         # uuid.UUID alone would take full-width digits (it parses with int()).
         if not _UUID.fullmatch(value):
@@ -161,6 +196,22 @@ class Fields:
             self.bad(field, "is not a token from a previous answer")
             return None
         return at, settlement_id
+
+    def region_day_cursor(self, field: str, value: str, first: dt.date, last: dt.date) -> tuple[dt.date, str] | None:
+        """The (day, region_code) after which a ReportPremiums page of [first, last] continues."""
+        parts = self.page_token(field, value, 2)
+        if parts is None:
+            return None
+        try:
+            if not _DATE.fullmatch(parts[0]) or not _REGION_CODE_SHAPE.fullmatch(parts[1]):
+                raise ValueError(parts)
+            day = dt.date.fromisoformat(parts[0])
+            if not first <= day <= last:
+                raise ValueError(parts[0])
+        except ValueError:
+            self.bad(field, "is not a token from a previous answer")
+            return None
+        return day, parts[1]
 
     def entry_cursor(self, field: str, value: str) -> int | None:
         """The ledger entry id below which a ListLedger page continues (a positive bigint)."""

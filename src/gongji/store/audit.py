@@ -70,6 +70,19 @@ select coalesce(u.beneficiary_id, b.patient_id) as beneficiary_id, coalesce(u.ye
        coalesce(u.used_fen, 0) as used_fen, coalesce(b.fen, 0) as books_fen
   from beneficiary_usage u full join books b on b.patient_id = u.beneficiary_id and b.year = u.year
  where coalesce(u.used_fen, 0) <> coalesce(b.fen, 0)"""
+# Every premium payment is in its payer's ledger exactly once, as a debit of its amount; a refunded one
+# also exactly once as a PREMIUM_REFUND credit of the same amount, an unrefunded one not at all; both
+# entries name the beneficiary.
+_PREMIUM_VS_LEDGER = """
+select p.payment_id
+  from premium_payment p left join ledger_entry l on l.premium_payment_id = p.payment_id
+ group by p.payment_id, p.payer_id, p.beneficiary_id, p.amount_fen, p.refunded_at
+having count(*) filter (where l.kind = 'PREMIUM') <> 1
+    or coalesce(sum(l.amount_fen) filter (where l.kind = 'PREMIUM'), 0) <> -p.amount_fen
+    or count(*) filter (where l.kind = 'PREMIUM_REFUND') <> (p.refunded_at is not null)::int
+    or coalesce(sum(l.amount_fen) filter (where l.kind = 'PREMIUM_REFUND'), 0)
+       <> case when p.refunded_at is null then 0 else p.amount_fen end
+    or bool_or(l.person_id <> p.payer_id or l.counterpart_id is distinct from p.beneficiary_id)"""
 
 
 # Each check and how to name what it found. Every query answers the rows that are off.
@@ -84,6 +97,7 @@ _CHECKS = (
         _BENEFICIARY_USAGE_VS_SETTLEMENTS,
         "beneficiary {beneficiary_id}, {year}: caps count {used_fen} fen, settlements {books_fen} fen",
     ),
+    (_PREMIUM_VS_LEDGER, "premium payment {payment_id}: ledger does not match"),
 )
 
 

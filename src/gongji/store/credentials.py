@@ -49,11 +49,11 @@ insert into institution (institution_id, name) values ($1, $2) on conflict (inst
 
 
 # Every call that moves money holds a shared lock on its credential until it commits, taken in the
-# statement that checks the credential is live (gongji.store.settlements, .lifecycle, .credits), and
-# `revoke` takes the lock exclusively once its revocation has committed: when `revoke` returns, no money
-# call that saw the credential live is still running, and every later one sees it revoked. A try-lock
-# on the money side: while a revocation holds or waits for it, the call is refused as revoked instead of
-# queueing. Advisory, not FOR SHARE on the row: a row lock per settlement would write to the
+# statement that checks the credential is live (gongji.store.settlements, .lifecycle, .credits,
+# .premiums), and `revoke` takes the lock exclusively once its revocation has committed: when `revoke`
+# returns, no money call that saw the credential live is still running, and every later one sees it
+# revoked. A try-lock on the money side: while a revocation holds or waits for it, the call is refused
+# as revoked instead of queueing. Advisory, not FOR SHARE on the row: a row lock per settlement would write to the
 # credential's tuple and, with one terminal's calls concurrent, build multixacts.
 _MONEY_LOCK_SPACE = 0x676A  # 'gj': a key of the two-int advisory lock space, apart from the bigint keys
 _MONEY_LOCK = f"pg_try_advisory_xact_lock_shared({_MONEY_LOCK_SPACE}, (c.credential_id % 2147483647)::int4)"

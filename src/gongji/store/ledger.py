@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# Keyset pagination on entry_id (the ledger_entry_person index): newest first, below the cursor.
+# Keyset pagination on entry_id (the ledger_entry_person index): newest first, below the cursor. A
+# premium's entries with the year paid for (the payment's key: one row each).
 _PAGE = """
-select entry_id, amount_fen, balance_after_fen, kind, settlement_id, credit_id, refund_id, counterpart_id, note,
-       created_at
-  from ledger_entry where person_id = $1 and entry_id < $2 order by entry_id desc limit $3"""
+select l.entry_id, l.amount_fen, l.balance_after_fen, l.kind, l.settlement_id, l.credit_id, l.refund_id,
+       l.premium_payment_id, l.counterpart_id, l.note, l.created_at, p.year as premium_year
+  from ledger_entry l left join premium_payment p on p.payment_id = l.premium_payment_id
+ where l.person_id = $1 and l.entry_id < $2 order by l.entry_id desc limit $3"""
 
 _NEWEST = 2**63 - 1
 
@@ -26,9 +28,11 @@ class EntryRow:
     settlement_id: uuid.UUID | None
     credit_id: uuid.UUID | None
     refund_id: uuid.UUID | None
+    premium_payment_id: uuid.UUID | None
     counterpart_id: str | None
     note: str | None
     created_at: dt.datetime
+    premium_year: int | None  # for PREMIUM and PREMIUM_REFUND: the contribution year paid for
 
 
 async def page(pool: asyncpg.Pool, person_id: str, before_entry_id: int | None, limit: int) -> list[EntryRow]:

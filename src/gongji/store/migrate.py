@@ -58,7 +58,7 @@ create table if not exists schema_code (
 )"""
 
 # The code files, in the order they are applied (a later file may use an earlier one's functions).
-CODE_FILES = ("settle.sql", "lifecycle.sql", "credentials.sql")
+CODE_FILES = ("settle.sql", "premium.sql", "lifecycle.sql", "credentials.sql")
 
 
 @dataclass(frozen=True, slots=True)

@@ -283,19 +283,28 @@ class LedgerEntry(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REFUND_ID_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    PREMIUM_PAYMENT_ID_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     amount_fen: _builtins.int
     """Signed: positive credits the account, negative debits it."""
     balance_after_fen: _builtins.int
     kind: _builtins.str
-    """CREDIT, SETTLEMENT, MUTUAL_AID, REFUND, REVERSAL"""
+    """CREDIT, SETTLEMENT, MUTUAL_AID, REFUND, REVERSAL, PREMIUM (a relative's resident premium paid from
+    the account), PREMIUM_REFUND (that premium given back).
+    """
     settlement_id: _builtins.str
     credit_id: _builtins.str
     counterpart_id_masked: _builtins.str
-    """The family member who used the money (masked), for mutual-aid entries and their refunds."""
+    """The family member who used the money (masked), for mutual-aid entries and their refunds, and the
+    relative whose premium was paid, for PREMIUM and PREMIUM_REFUND.
+    """
     refund_id: _builtins.str
     note: _builtins.str
-    """Why, where the kind alone does not say: e.g. a refund to an authorizer whose grant has ended."""
+    """Why, where the kind alone does not say: e.g. a refund to an authorizer whose grant has ended, or
+    "premium for 6101**********4021, 2027" (the beneficiary masked, the contribution year).
+    """
+    premium_payment_id: _builtins.str
+    """The premium payment a PREMIUM or PREMIUM_REFUND entry belongs to; empty for other kinds."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -311,10 +320,11 @@ class LedgerEntry(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         refund_id: _builtins.str = ...,
         note: _builtins.str = ...,
+        premium_payment_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "balance_after_fen", b"balance_after_fen", "counterpart_id_masked", b"counterpart_id_masked", "created_at", b"created_at", "credit_id", b"credit_id", "entry_id", b"entry_id", "kind", b"kind", "note", b"note", "refund_id", b"refund_id", "settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "balance_after_fen", b"balance_after_fen", "counterpart_id_masked", b"counterpart_id_masked", "created_at", b"created_at", "credit_id", b"credit_id", "entry_id", b"entry_id", "kind", b"kind", "note", b"note", "premium_payment_id", b"premium_payment_id", "refund_id", b"refund_id", "settlement_id", b"settlement_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -458,3 +468,429 @@ class ListRegionPoliciesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRegionPoliciesResponse: _TypeAlias = ListRegionPoliciesResponse  # noqa: Y015
+
+@_typing.final
+class PremiumRate(_message.Message):
+    """The resident-insurance premium (居民医保个人缴费) of one contribution year in a province ("61") or a
+    统筹区 ("610100"): the most specific one applies to a beneficiary's region (统筹区, then province).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_KEY_FIELD_NUMBER: _builtins.int
+    YEAR_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    OPENS_ON_FIELD_NUMBER: _builtins.int
+    CLOSES_ON_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    region_key: _builtins.str
+    """A province's two digits ("61"), or a 6-digit 统筹区 code that is not a whole province ("610100")."""
+    year: _builtins.int
+    """The contribution year the premium insures, e.g. 2027 (collected mostly in the autumn before)."""
+    amount_fen: _builtins.int
+    """The premium one person pays for the year: 1 to 100,000,000 fen."""
+    opens_on: _builtins.str
+    """The first day of collection, "YYYY-MM-DD" (China's calendar day); within the year before or the
+    year itself.
+    """
+    closes_on: _builtins.str
+    """The last day of collection, included, "YYYY-MM-DD"; not before opens_on, within the year."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was last set; answered, ignored in a request."""
+
+    def __init__(
+        self,
+        *,
+        region_key: _builtins.str = ...,
+        year: _builtins.int = ...,
+        amount_fen: _builtins.int = ...,
+        opens_on: _builtins.str = ...,
+        closes_on: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "closes_on", b"closes_on", "opens_on", b"opens_on", "region_key", b"region_key", "updated_at", b"updated_at", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PremiumRate: _TypeAlias = PremiumRate  # noqa: Y015
+
+@_typing.final
+class SetPremiumRateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rate(self) -> Global___PremiumRate: ...
+    def __init__(
+        self,
+        *,
+        rate: Global___PremiumRate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPremiumRateRequest: _TypeAlias = SetPremiumRateRequest  # noqa: Y015
+
+@_typing.final
+class SetPremiumRateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rate(self) -> Global___PremiumRate:
+        """The rate as stored."""
+
+    def __init__(
+        self,
+        *,
+        rate: Global___PremiumRate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPremiumRateResponse: _TypeAlias = SetPremiumRateResponse  # noqa: Y015
+
+@_typing.final
+class ListPremiumRatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEAR_FIELD_NUMBER: _builtins.int
+    year: _builtins.int
+    """Only this contribution year; 0 for every year."""
+    def __init__(
+        self,
+        *,
+        year: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPremiumRatesRequest: _TypeAlias = ListPremiumRatesRequest  # noqa: Y015
+
+@_typing.final
+class ListPremiumRatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PremiumRate]:
+        """By year, then region key."""
+
+    def __init__(
+        self,
+        *,
+        rates: _abc.Iterable[Global___PremiumRate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rates", b"rates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPremiumRatesResponse: _TypeAlias = ListPremiumRatesResponse  # noqa: Y015
+
+@_typing.final
+class PremiumPayment(_message.Message):
+    """A premium paid from an employee's personal account for a close relative's resident insurance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYER_ID_FIELD_NUMBER: _builtins.int
+    BENEFICIARY_ID_FIELD_NUMBER: _builtins.int
+    BENEFICIARY_ID_MASKED_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    YEAR_FIELD_NUMBER: _builtins.int
+    REGION_KEY_FIELD_NUMBER: _builtins.int
+    REGION_CODE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REFUNDED_AT_FIELD_NUMBER: _builtins.int
+    REFUND_REASON_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    request_id: _builtins.str
+    """The app backend's idempotency key."""
+    payer_id: _builtins.str
+    """The employee whose personal account paid."""
+    beneficiary_id: _builtins.str
+    """The resident-insured relative whose premium it is."""
+    beneficiary_id_masked: _builtins.str
+    """beneficiary_id masked ("6101**********4021"), for screens other than the payer's own."""
+    grant_id: _builtins.str
+    """The live mutual-aid grant from payer to beneficiary the payment was made under."""
+    year: _builtins.int
+    """The contribution year paid for."""
+    region_key: _builtins.str
+    """The rate applied: the beneficiary's 统筹区 ("610100") or, where it set none, its province ("61")."""
+    region_code: _builtins.str
+    """The beneficiary's 统筹区 when paid: the region the insurer reports the payment under."""
+    amount_fen: _builtins.int
+    """The whole premium, debited from the payer's account."""
+    refund_reason: _builtins.str
+    """The operator's reason for the refund; empty while not refunded."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def refunded_at(self) -> _timestamp_pb2.Timestamp:
+        """Set once the payment was refunded to the payer; then the year may be paid again."""
+
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        payer_id: _builtins.str = ...,
+        beneficiary_id: _builtins.str = ...,
+        beneficiary_id_masked: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+        year: _builtins.int = ...,
+        region_key: _builtins.str = ...,
+        region_code: _builtins.str = ...,
+        amount_fen: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        refunded_at: _timestamp_pb2.Timestamp | None = ...,
+        refund_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "refunded_at", b"refunded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "beneficiary_id", b"beneficiary_id", "beneficiary_id_masked", b"beneficiary_id_masked", "created_at", b"created_at", "grant_id", b"grant_id", "payer_id", b"payer_id", "payment_id", b"payment_id", "refund_reason", b"refund_reason", "refunded_at", b"refunded_at", "region_code", b"region_code", "region_key", b"region_key", "request_id", b"request_id", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PremiumPayment: _TypeAlias = PremiumPayment  # noqa: Y015
+
+@_typing.final
+class PayPremiumRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYER_ID_FIELD_NUMBER: _builtins.int
+    BENEFICIARY_ID_FIELD_NUMBER: _builtins.int
+    YEAR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key: 1 to 64 characters of A-Z a-z 0-9 . _ : -. The same request again answers the
+    original payment and moves nothing; other content under the same key is ALREADY_EXISTS /
+    IDEMPOTENCY_KEY_REUSED.
+    """
+    payer_id: _builtins.str
+    """The employee-insured person whose personal account pays."""
+    beneficiary_id: _builtins.str
+    """The resident-insured close relative whose premium it is: the payer must hold a live mutual-aid
+    grant to them.
+    """
+    year: _builtins.int
+    """The contribution year: from 2024 to next year (China's calendar)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        payer_id: _builtins.str = ...,
+        beneficiary_id: _builtins.str = ...,
+        year: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beneficiary_id", b"beneficiary_id", "payer_id", b"payer_id", "request_id", b"request_id", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayPremiumRequest: _TypeAlias = PayPremiumRequest  # noqa: Y015
+
+@_typing.final
+class PayPremiumResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    BALANCE_FEN_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    balance_fen: _builtins.int
+    """The payer's balance right after the payment (a replay answers the same)."""
+    replayed: _builtins.bool
+    """True when this answers a request made before with the same request_id; nothing moved."""
+    @_builtins.property
+    def payment(self) -> Global___PremiumPayment: ...
+    def __init__(
+        self,
+        *,
+        payment: Global___PremiumPayment | None = ...,
+        balance_fen: _builtins.int = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "payment", b"payment", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayPremiumResponse: _TypeAlias = PayPremiumResponse  # noqa: Y015
+
+@_typing.final
+class RefundPremiumRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    """As answered by PayPremium."""
+    reason: _builtins.str
+    """Why, for the record: 1 to 128 printable characters. Not shown in ledgers."""
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_id", b"payment_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundPremiumRequest: _TypeAlias = RefundPremiumRequest  # noqa: Y015
+
+@_typing.final
+class RefundPremiumResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    BALANCE_FEN_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    balance_fen: _builtins.int
+    """The payer's balance right after the refund (a repeated refund answers the same)."""
+    replayed: _builtins.bool
+    """True when the payment had been refunded before: nothing moved."""
+    @_builtins.property
+    def payment(self) -> Global___PremiumPayment:
+        """The payment, refunded."""
+
+    def __init__(
+        self,
+        *,
+        payment: Global___PremiumPayment | None = ...,
+        balance_fen: _builtins.int = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "payment", b"payment", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundPremiumResponse: _TypeAlias = RefundPremiumResponse  # noqa: Y015
+
+@_typing.final
+class ReportPremiumsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    REGION_KEY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    from_date: _builtins.str
+    """The first calendar day in China, "YYYY-MM-DD", up to today."""
+    to_date: _builtins.str
+    """The last calendar day, included, up to today: from_date to to_date is at most 92 days, both
+    included.
+    """
+    region_key: _builtins.str
+    """Only 统筹区 of this province ("61") or this 统筹区 ("610100"); empty for all."""
+    page_size: _builtins.int
+    """Rows per page: default 100, at most 1000."""
+    page_token: _builtins.str
+    """From the previous answer's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        region_key: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "page_size", b"page_size", "page_token", b"page_token", "region_key", b"region_key", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPremiumsRequest: _TypeAlias = ReportPremiumsRequest  # noqa: Y015
+
+@_typing.final
+class PremiumDay(_message.Message):
+    """One 统筹区's day. A refund counts on the day it was made, whichever day its payment was."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    REGION_CODE_FIELD_NUMBER: _builtins.int
+    PAYMENT_COUNT_FIELD_NUMBER: _builtins.int
+    PAID_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_COUNT_FIELD_NUMBER: _builtins.int
+    REFUNDED_FEN_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """Calendar day in China, "YYYY-MM-DD"."""
+    region_code: _builtins.str
+    """The beneficiaries' 统筹区 when they were paid for."""
+    payment_count: _builtins.int
+    """Premiums paid that day, and their sum."""
+    paid_fen: _builtins.int
+    refund_count: _builtins.int
+    """Premiums refunded that day, and their sum."""
+    refunded_fen: _builtins.int
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        region_code: _builtins.str = ...,
+        payment_count: _builtins.int = ...,
+        paid_fen: _builtins.int = ...,
+        refund_count: _builtins.int = ...,
+        refunded_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "paid_fen", b"paid_fen", "payment_count", b"payment_count", "refund_count", b"refund_count", "refunded_fen", b"refunded_fen", "region_code", b"region_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PremiumDay: _TypeAlias = PremiumDay  # noqa: Y015
+
+@_typing.final
+class ReportPremiumsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___PremiumDay]:
+        """The days and 统筹区 with a payment or a refund, by date then region code; the others are zero."""
+
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[Global___PremiumDay] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPremiumsResponse: _TypeAlias = ReportPremiumsResponse  # noqa: Y015

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AccountServiceStub:
-    """Insurer operators: enrolment, monthly credits, accounts.
+    """Insurer operators: enrolment, monthly credits, accounts, resident premiums. The app backend reads a
+    person's account and ledger, and pays a relative's premium (PayPremium).
     """
 
     def __init__(self, channel):
@@ -65,10 +66,36 @@ class AccountServiceStub:
                 request_serializer=gongji_dot_v1_dot_account__pb2.ListLedgerRequest.SerializeToString,
                 response_deserializer=gongji_dot_v1_dot_account__pb2.ListLedgerResponse.FromString,
                 _registered_method=True)
+        self.SetPremiumRate = channel.unary_unary(
+                '/gongji.v1.AccountService/SetPremiumRate',
+                request_serializer=gongji_dot_v1_dot_account__pb2.SetPremiumRateRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_account__pb2.SetPremiumRateResponse.FromString,
+                _registered_method=True)
+        self.ListPremiumRates = channel.unary_unary(
+                '/gongji.v1.AccountService/ListPremiumRates',
+                request_serializer=gongji_dot_v1_dot_account__pb2.ListPremiumRatesRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_account__pb2.ListPremiumRatesResponse.FromString,
+                _registered_method=True)
+        self.PayPremium = channel.unary_unary(
+                '/gongji.v1.AccountService/PayPremium',
+                request_serializer=gongji_dot_v1_dot_account__pb2.PayPremiumRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_account__pb2.PayPremiumResponse.FromString,
+                _registered_method=True)
+        self.RefundPremium = channel.unary_unary(
+                '/gongji.v1.AccountService/RefundPremium',
+                request_serializer=gongji_dot_v1_dot_account__pb2.RefundPremiumRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_account__pb2.RefundPremiumResponse.FromString,
+                _registered_method=True)
+        self.ReportPremiums = channel.unary_unary(
+                '/gongji.v1.AccountService/ReportPremiums',
+                request_serializer=gongji_dot_v1_dot_account__pb2.ReportPremiumsRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_account__pb2.ReportPremiumsResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
-    """Insurer operators: enrolment, monthly credits, accounts.
+    """Insurer operators: enrolment, monthly credits, accounts, resident premiums. The app backend reads a
+    person's account and ledger, and pays a relative's premium (PayPremium).
     """
 
     def Enroll(self, request, context):
@@ -111,6 +138,45 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPremiumRate(self, request, context):
+        """Sets the resident-insurance premium (居民医保个人缴费) of a province or 统筹区 for one contribution
+        year, with the window in which it is collected; setting it again changes it (payments made keep
+        their amount). Operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPremiumRates(self, request, context):
+        """The premium rates set, by year and region key. Operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PayPremium(self, request, context):
+        """Pays a close relative's resident premium of one year from an employee's personal account
+        (国办发〔2024〕38号): the whole premium, or nothing. The app backend only. Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundPremium(self, request, context):
+        """Refunds a premium payment whole to the payer's account, so that the year may be paid again.
+        Operators. Refunding a refunded payment moves nothing and answers it as it is (replayed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportPremiums(self, request, context):
+        """The insurer's report: per 统筹区 and per calendar day in China, premiums paid and refunded. Operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +210,31 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     request_deserializer=gongji_dot_v1_dot_account__pb2.ListLedgerRequest.FromString,
                     response_serializer=gongji_dot_v1_dot_account__pb2.ListLedgerResponse.SerializeToString,
             ),
+            'SetPremiumRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPremiumRate,
+                    request_deserializer=gongji_dot_v1_dot_account__pb2.SetPremiumRateRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_account__pb2.SetPremiumRateResponse.SerializeToString,
+            ),
+            'ListPremiumRates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPremiumRates,
+                    request_deserializer=gongji_dot_v1_dot_account__pb2.ListPremiumRatesRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_account__pb2.ListPremiumRatesResponse.SerializeToString,
+            ),
+            'PayPremium': grpc.unary_unary_rpc_method_handler(
+                    servicer.PayPremium,
+                    request_deserializer=gongji_dot_v1_dot_account__pb2.PayPremiumRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_account__pb2.PayPremiumResponse.SerializeToString,
+            ),
+            'RefundPremium': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundPremium,
+                    request_deserializer=gongji_dot_v1_dot_account__pb2.RefundPremiumRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_account__pb2.RefundPremiumResponse.SerializeToString,
+            ),
+            'ReportPremiums': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPremiums,
+                    request_deserializer=gongji_dot_v1_dot_account__pb2.ReportPremiumsRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_account__pb2.ReportPremiumsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'gongji.v1.AccountService', rpc_method_handlers)
@@ -153,7 +244,8 @@ def add_AccountServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AccountService:
-    """Insurer operators: enrolment, monthly credits, accounts.
+    """Insurer operators: enrolment, monthly credits, accounts, resident premiums. The app backend reads a
+    person's account and ledger, and pays a relative's premium (PayPremium).
     """
 
     @staticmethod
@@ -308,6 +400,141 @@ class AccountService:
             '/gongji.v1.AccountService/ListLedger',
             gongji_dot_v1_dot_account__pb2.ListLedgerRequest.SerializeToString,
             gongji_dot_v1_dot_account__pb2.ListLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPremiumRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.AccountService/SetPremiumRate',
+            gongji_dot_v1_dot_account__pb2.SetPremiumRateRequest.SerializeToString,
+            gongji_dot_v1_dot_account__pb2.SetPremiumRateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPremiumRates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.AccountService/ListPremiumRates',
+            gongji_dot_v1_dot_account__pb2.ListPremiumRatesRequest.SerializeToString,
+            gongji_dot_v1_dot_account__pb2.ListPremiumRatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PayPremium(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.AccountService/PayPremium',
+            gongji_dot_v1_dot_account__pb2.PayPremiumRequest.SerializeToString,
+            gongji_dot_v1_dot_account__pb2.PayPremiumResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundPremium(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.AccountService/RefundPremium',
+            gongji_dot_v1_dot_account__pb2.RefundPremiumRequest.SerializeToString,
+            gongji_dot_v1_dot_account__pb2.RefundPremiumResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPremiums(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.AccountService/ReportPremiums',
+            gongji_dot_v1_dot_account__pb2.ReportPremiumsRequest.SerializeToString,
+            gongji_dot_v1_dot_account__pb2.ReportPremiumsResponse.FromString,
             options,
             channel_credentials,
             insecure,

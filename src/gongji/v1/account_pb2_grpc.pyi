@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AccountServiceStub:
-    """Insurer operators: enrolment, monthly credits, accounts."""
+    """Insurer operators: enrolment, monthly credits, accounts, resident premiums. The app backend reads a
+    person's account and ledger, and pays a relative's premium (PayPremium).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -43,10 +45,29 @@ class AccountServiceStub:
     GetAccount: _grpc.UnaryUnaryMultiCallable[_account_pb2.GetAccountRequest, _account_pb2.GetAccountResponse]
     ListLedger: _grpc.UnaryUnaryMultiCallable[_account_pb2.ListLedgerRequest, _account_pb2.ListLedgerResponse]
     """A person's ledger entries (交易记录), newest first."""
+    SetPremiumRate: _grpc.UnaryUnaryMultiCallable[_account_pb2.SetPremiumRateRequest, _account_pb2.SetPremiumRateResponse]
+    """Sets the resident-insurance premium (居民医保个人缴费) of a province or 统筹区 for one contribution
+    year, with the window in which it is collected; setting it again changes it (payments made keep
+    their amount). Operators.
+    """
+    ListPremiumRates: _grpc.UnaryUnaryMultiCallable[_account_pb2.ListPremiumRatesRequest, _account_pb2.ListPremiumRatesResponse]
+    """The premium rates set, by year and region key. Operators."""
+    PayPremium: _grpc.UnaryUnaryMultiCallable[_account_pb2.PayPremiumRequest, _account_pb2.PayPremiumResponse]
+    """Pays a close relative's resident premium of one year from an employee's personal account
+    (国办发〔2024〕38号): the whole premium, or nothing. The app backend only. Idempotent on request_id.
+    """
+    RefundPremium: _grpc.UnaryUnaryMultiCallable[_account_pb2.RefundPremiumRequest, _account_pb2.RefundPremiumResponse]
+    """Refunds a premium payment whole to the payer's account, so that the year may be paid again.
+    Operators. Refunding a refunded payment moves nothing and answers it as it is (replayed).
+    """
+    ReportPremiums: _grpc.UnaryUnaryMultiCallable[_account_pb2.ReportPremiumsRequest, _account_pb2.ReportPremiumsResponse]
+    """The insurer's report: per 统筹区 and per calendar day in China, premiums paid and refunded. Operators."""
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
-    """Insurer operators: enrolment, monthly credits, accounts."""
+    """Insurer operators: enrolment, monthly credits, accounts, resident premiums. The app backend reads a
+    person's account and ledger, and pays a relative's premium (PayPremium).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Enroll: _aio.UnaryUnaryMultiCallable[_account_pb2.EnrollRequest, _account_pb2.EnrollResponse]  # type: ignore[assignment]
@@ -59,9 +80,28 @@ class AccountServiceAsyncStub(AccountServiceStub):
     GetAccount: _aio.UnaryUnaryMultiCallable[_account_pb2.GetAccountRequest, _account_pb2.GetAccountResponse]  # type: ignore[assignment]
     ListLedger: _aio.UnaryUnaryMultiCallable[_account_pb2.ListLedgerRequest, _account_pb2.ListLedgerResponse]  # type: ignore[assignment]
     """A person's ledger entries (交易记录), newest first."""
+    SetPremiumRate: _aio.UnaryUnaryMultiCallable[_account_pb2.SetPremiumRateRequest, _account_pb2.SetPremiumRateResponse]  # type: ignore[assignment]
+    """Sets the resident-insurance premium (居民医保个人缴费) of a province or 统筹区 for one contribution
+    year, with the window in which it is collected; setting it again changes it (payments made keep
+    their amount). Operators.
+    """
+    ListPremiumRates: _aio.UnaryUnaryMultiCallable[_account_pb2.ListPremiumRatesRequest, _account_pb2.ListPremiumRatesResponse]  # type: ignore[assignment]
+    """The premium rates set, by year and region key. Operators."""
+    PayPremium: _aio.UnaryUnaryMultiCallable[_account_pb2.PayPremiumRequest, _account_pb2.PayPremiumResponse]  # type: ignore[assignment]
+    """Pays a close relative's resident premium of one year from an employee's personal account
+    (国办发〔2024〕38号): the whole premium, or nothing. The app backend only. Idempotent on request_id.
+    """
+    RefundPremium: _aio.UnaryUnaryMultiCallable[_account_pb2.RefundPremiumRequest, _account_pb2.RefundPremiumResponse]  # type: ignore[assignment]
+    """Refunds a premium payment whole to the payer's account, so that the year may be paid again.
+    Operators. Refunding a refunded payment moves nothing and answers it as it is (replayed).
+    """
+    ReportPremiums: _aio.UnaryUnaryMultiCallable[_account_pb2.ReportPremiumsRequest, _account_pb2.ReportPremiumsResponse]  # type: ignore[assignment]
+    """The insurer's report: per 统筹区 and per calendar day in China, premiums paid and refunded. Operators."""
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Insurer operators: enrolment, monthly credits, accounts."""
+    """Insurer operators: enrolment, monthly credits, accounts, resident premiums. The app backend reads a
+    person's account and ledger, and pays a relative's premium (PayPremium).
+    """
 
     @_abc_1.abstractmethod
     def Enroll(
@@ -108,5 +148,52 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.ListLedgerResponse, _abc.Awaitable[_account_pb2.ListLedgerResponse]]:
         """A person's ledger entries (交易记录), newest first."""
+
+    @_abc_1.abstractmethod
+    def SetPremiumRate(
+        self,
+        request: _account_pb2.SetPremiumRateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.SetPremiumRateResponse, _abc.Awaitable[_account_pb2.SetPremiumRateResponse]]:
+        """Sets the resident-insurance premium (居民医保个人缴费) of a province or 统筹区 for one contribution
+        year, with the window in which it is collected; setting it again changes it (payments made keep
+        their amount). Operators.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPremiumRates(
+        self,
+        request: _account_pb2.ListPremiumRatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ListPremiumRatesResponse, _abc.Awaitable[_account_pb2.ListPremiumRatesResponse]]:
+        """The premium rates set, by year and region key. Operators."""
+
+    @_abc_1.abstractmethod
+    def PayPremium(
+        self,
+        request: _account_pb2.PayPremiumRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.PayPremiumResponse, _abc.Awaitable[_account_pb2.PayPremiumResponse]]:
+        """Pays a close relative's resident premium of one year from an employee's personal account
+        (国办发〔2024〕38号): the whole premium, or nothing. The app backend only. Idempotent on request_id.
+        """
+
+    @_abc_1.abstractmethod
+    def RefundPremium(
+        self,
+        request: _account_pb2.RefundPremiumRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.RefundPremiumResponse, _abc.Awaitable[_account_pb2.RefundPremiumResponse]]:
+        """Refunds a premium payment whole to the payer's account, so that the year may be paid again.
+        Operators. Refunding a refunded payment moves nothing and answers it as it is (replayed).
+        """
+
+    @_abc_1.abstractmethod
+    def ReportPremiums(
+        self,
+        request: _account_pb2.ReportPremiumsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ReportPremiumsResponse, _abc.Awaitable[_account_pb2.ReportPremiumsResponse]]:
+        """The insurer's report: per 统筹区 and per calendar day in China, premiums paid and refunded. Operators."""
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
