@@ -293,6 +293,26 @@ class GongjiMachine(RuleBasedStateMachine):
             assert not isinstance(reply, Refused)
             assert (reply.grant.yearly_cap_fen if reply.grant.HasField("yearly_cap_fen") else None) == cap
 
+    @rule(
+        target=settle_calls,
+        cap=st.integers(0, 1_500),
+        amount=st.integers(1, 3_000),
+        institution=st.sampled_from(INSTITUTIONS),
+        data=st.data(),
+    )
+    def a_capped_grant_pays(self, cap: int, amount: int, institution: str, data: st.DataObject) -> Any:
+        """The authorizer caps a live grant, then its beneficiary settles a bill: the cap meets the
+        waterfall often, not only when two rules happen to line up."""
+        live = [(g.authorizer, g.beneficiary) for g in self.model.grants if g.live]
+        if not live:
+            return multiple()
+        authorizer, beneficiary = data.draw(st.sampled_from(live), label="grant")
+        self.set_grant_cap(authorizer, beneficiary, cap, "authorizer", data)
+        voucher = self._issue(beneficiary, beneficiary)
+        if isinstance(voucher, Refused):
+            return multiple()
+        return self._settle(SettleCall(institution, self._id("s"), beneficiary, amount, authorizer, True), voucher)
+
     # ---- kinship binding and vouchers ------------------------------------------------------------
     @rule(holder=people, member=people, face_verified=st.booleans(), identity_matches=st.booleans())
     def bind(self, holder: str, member: str, face_verified: bool, identity_matches: bool) -> None:
