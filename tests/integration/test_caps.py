@@ -13,6 +13,8 @@ import grpc
 import pytest
 from support import RESIDENT, Api, bearer, cancel, field_violations, refused
 
+from gongji.api.validate import china_today
+from gongji.store import audit
 from gongji.v1 import account_pb2, settlement_pb2, types_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
@@ -23,6 +25,8 @@ CLOSE = [
     types_pb2.RELATIONSHIP_PARENT,
     types_pb2.RELATIONSHIP_CHILD,
     types_pb2.RELATIONSHIP_SIBLING,
+    types_pb2.RELATIONSHIP_GRANDPARENT,
+    types_pb2.RELATIONSHIP_GRANDCHILD,
 ]
 GRANT_CAP = types_pb2.MUTUAL_AID_LIMIT_GRANT_CAP
 BENEFICIARY_CAP = types_pb2.MUTUAL_AID_LIMIT_BENEFICIARY_CAP
@@ -158,3 +162,75 @@ async def test_caps_hold_under_concurrency(api: Api, pool: asyncpg.Pool) -> None
         "select beneficiary_id, used_fen from beneficiary_usage where beneficiary_id = any($1::text[])", children
     )
     assert {r["beneficiary_id"]: r["used_fen"] for r in counted} == {c: f for c, f in by_child.items() if f}
+
+
+async def test_the_2024_rules_under_one_load(api: Api, pool: asyncpg.Pool) -> None:
+    """One concurrent run of the 2024 rules together, its figures printed (`pytest -s`): three
+    resident grandchildren of one grandparent settle at the pharmacy (one grant capped, every
+    grandchild capped by region, a floor under the grandparent), while the grandparent pays each one's
+    resident premium for next year twice over (one payment per grandchild and year may stand), then
+    refunds race new settlements. Nothing passes a cap or the floor, and the books are exact."""
+    region, floor, ben_cap, grant_cap, premium = "540600", 20_000, 3_000, 1_500, 10_000
+    await api.set_policy(region, PROVINCE, CLOSE, beneficiary_yearly_cap_fen=ben_cap, authorizer_floor_fen=floor)
+    today = china_today()
+    window = (dt.date(today.year, 1, 1), dt.date(today.year, 12, 31))
+    await api.set_premium_rate(region, today.year + 1, premium, *window)
+    grandparent = await api.enroll(region=region, birth=dt.date(1950, 1, 1), balance_fen=56_000)
+    grandchildren = [await api.enroll(region=region, birth=YOUNG, scheme=RESIDENT) for _ in range(3)]
+    for child in grandchildren:
+        await api.grant(grandparent, child, types_pb2.RELATIONSHIP_GRANDCHILD)
+    await api.set_grant_cap(grandparent, grandchildren[0], grant_cap)
+    rng = random.Random(2024)
+
+    async def settle(child: str) -> types_pb2.Settlement:
+        return (await api.settle(child, rng.randrange(200, 1_200))).settlement
+
+    async def pay(child: str) -> str:
+        try:
+            await api.pay_premium(grandparent, child, today.year + 1)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+        return "OK"
+
+    calls = [settle(rng.choice(grandchildren)) for _ in range(40)] + [pay(c) for c in grandchildren * 2]
+    rng.shuffle(calls)
+    first = await asyncio.gather(*calls)
+    settled = [s for s in first if isinstance(s, types_pb2.Settlement)]
+    paid = [p for p in first if isinstance(p, str)]
+    refunds = [cancel(api, s.settlement_id, 0) for s in settled[:10] if s.acct_mulaid_pay_fen]
+    more = [settle(rng.choice(grandchildren)) for _ in range(20)]
+    second = await asyncio.gather(*refunds, *more)
+    settled += [s for s in second if isinstance(s, types_pb2.Settlement)]
+
+    balance = await api.balance(grandparent)
+    mulaid = {c: sum(s.acct_mulaid_pay_fen for s in settled if s.patient_id == c) for c in grandchildren}
+    counted = dict(
+        await pool.fetch(
+            "select beneficiary_id, used_fen from beneficiary_usage where beneficiary_id = any($1::text[])",
+            grandchildren,
+        )
+    )
+    hits = {
+        types_pb2.MutualAidLimit.Name(k): sum(s.mutual_aid_limited_by == k for s in settled)
+        for k in (GRANT_CAP, BENEFICIARY_CAP, FLOOR)
+    }
+    differences = await audit.differences(pool)
+    print(
+        f"\n2024 rules, one load: {len(settled)} settlements ({sum(mulaid.values())} fen of mutual aid),"
+        f" premium payments {sorted(paid)}, {len(refunds)} refunds, cap and floor hits {hits},"
+        f" grandparent's balance {balance} fen (floor {floor}), audit differences: {len(differences)}"
+    )
+    assert differences == []
+    assert sorted(paid) == ["ALREADY_EXISTS"] * 3 + ["OK"] * 3
+    # Mutual aid never took the grandparent below the floor: every mutual-aid debit left at least it.
+    after = await pool.fetch(
+        "select balance_after_fen from ledger_entry where person_id = $1 and kind = 'MUTUAL_AID'", grandparent
+    )
+    assert after and min(r["balance_after_fen"] for r in after) >= floor
+    assert all(counted.get(c, 0) <= ben_cap for c in grandchildren), counted
+    grant_used = await pool.fetchval(
+        "select coalesce(sum(u.used_fen), 0) from grant_usage u join mutual_aid_grant g using (grant_id)"
+        " where g.beneficiary_id = $1",
+        grandchildren[0],
+    )
+    assert grant_used <= grant_cap
