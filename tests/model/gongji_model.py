@@ -151,6 +151,9 @@ class Model:
         # (province or 统筹区, year) -> premium, first and last day of collection
         self.premium_rates: dict[tuple[str, int], tuple[int, dt.date, dt.date]] = {}
         self.premiums: dict[str, Premium] = {}  # request id -> the payment it made
+        # 统筹区 -> (yearly cap per beneficiary, floor under an authorizer), by region policy
+        self.caps: dict[str, tuple[int | None, int | None]] = {}
+        self.ben_used: dict[str, int] = {}  # beneficiary -> mutual aid received this year, net of refunds
 
     # ---- people and accounts ---------------------------------------------------------------------
     def enroll(self, pid: str, scheme: str, status: str, region: str, birth: dt.date) -> int:
@@ -327,7 +330,8 @@ class Model:
     # ---- settlement ------------------------------------------------------------------------------
     def _split(self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool) -> Refused | Quoted:
         """The waterfall: own account, then the oldest (or the named) live grant's authorizer, no more
-        than the grant's yearly cap leaves, then cash."""
+        than the grant's yearly cap, the beneficiary's region's yearly cap and the authorizer's region's
+        floor leave (the tightest named, on a tie the grant's, the beneficiary's, the floor), then cash."""
         p = self.people[patient]
         own = p.balance_fen if p.scheme == EMPLOYEE else None
         grant: Grant | None = None
@@ -338,15 +342,23 @@ class Model:
                 return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
             grant = held[0] if held else None
         mulaid = self.people[grant.authorizer].balance_fen if grant else None
-        capped = grant is not None and grant.cap is not None and mulaid is not None and grant.cap - grant.used < mulaid
-        if capped:
-            assert grant is not None and grant.cap is not None
-            mulaid = max(grant.cap - grant.used, 0)
+        limit: str | None = None
+        if grant is not None and mulaid is not None:
+            ben_cap = self.caps.get(p.region, (None, None))[0]
+            floor = self.caps.get(self.people[grant.authorizer].region, (None, None))[1]
+            limits = [
+                ("GRANT_CAP", None if grant.cap is None else max(grant.cap - grant.used, 0)),
+                ("BENEFICIARY_CAP", None if ben_cap is None else max(ben_cap - self.ben_used.get(patient, 0), 0)),
+                ("AUTHORIZER_FLOOR", max(mulaid - floor, 0) if floor else None),
+            ]
+            room = min([mulaid, *(v for _, v in limits if v is not None)])
+            limit = next((name for name, v in limits if v is not None and v == room < mulaid), None)
+            mulaid = room
         paid = split(amount_fen, own if use_account else None, mulaid, use_personal_account=use_account)
         # balc is the patient's own balance after the settlement, used or not (0 without an account).
         balc = (own or 0) - paid.acct_pay_fen
         drawn = grant if paid.acct_mulaid_pay_fen else None
-        limited_by = "GRANT_CAP" if capped and paid.psn_cash_pay_fen else None
+        limited_by = limit if paid.psn_cash_pay_fen else None
         return Quoted(paid, drawn.authorizer if drawn else None, balc, drawn, limited_by)
 
     def _payment_refusal(
@@ -410,6 +422,7 @@ class Model:
         if quoted.grant is not None and drawn_on is not None:
             self.people[drawn_on].balance_fen -= paid.acct_mulaid_pay_fen
             quoted.grant.used += paid.acct_mulaid_pay_fen
+            self.ben_used[patient] = self.ben_used.get(patient, 0) + paid.acct_mulaid_pay_fen
         self.vouchers[voucher].used = True
         s = Settlement(
             institution,
@@ -436,7 +449,8 @@ class Model:
         if s.authorizer is not None:
             self.people[s.authorizer].balance_fen += back.acct_mulaid_pay_fen
         if s.grant is not None:
-            s.grant.used -= back.acct_mulaid_pay_fen  # the cap is given back
+            s.grant.used -= back.acct_mulaid_pay_fen  # the caps are given back
+            self.ben_used[s.patient] -= back.acct_mulaid_pay_fen
         s.refunded = _plus(s.refunded, back)
         return back
 

@@ -295,23 +295,32 @@ class GongjiMachine(RuleBasedStateMachine):
 
     @rule(
         target=settle_calls,
-        cap=st.integers(0, 1_500),
-        amount=st.integers(1, 3_000),
+        cap=st.none() | st.integers(0, 1_500),
+        amounts=st.lists(st.integers(1, 3_000), min_size=1, max_size=4),
         institution=st.sampled_from(INSTITUTIONS),
         data=st.data(),
     )
-    def a_capped_grant_pays(self, cap: int, amount: int, institution: str, data: st.DataObject) -> Any:
-        """The authorizer caps a live grant, then its beneficiary settles a bill: the cap meets the
-        waterfall often, not only when two rules happen to line up."""
+    def mutual_aid_meets_the_limits(
+        self, cap: int | None, amounts: list[int], institution: str, data: st.DataObject
+    ) -> Any:
+        """A live grant (often the one in the region with caps and a floor), maybe capped by its
+        authorizer, then its beneficiary settles a few bills in a row: the limits meet the waterfall in
+        every run, not only when several rules happen to line up."""
         live = [(g.authorizer, g.beneficiary) for g in self.model.grants if g.live]
         if not live:
             return multiple()
-        authorizer, beneficiary = data.draw(st.sampled_from(live), label="grant")
-        self.set_grant_cap(authorizer, beneficiary, cap, "authorizer", data)
-        voucher = self._issue(beneficiary, beneficiary)
-        if isinstance(voucher, Refused):
-            return multiple()
-        return self._settle(SettleCall(institution, self._id("s"), beneficiary, amount, authorizer, True), voucher)
+        limited = [pair for pair in live if self.model.people[pair[1]].region == REGIONS[1]]
+        pool = limited if limited and data.draw(st.booleans(), label="in the region with limits") else live
+        authorizer, beneficiary = data.draw(st.sampled_from(pool), label="grant")
+        if cap is not None:
+            self.set_grant_cap(authorizer, beneficiary, cap, "authorizer", data)
+        calls = []
+        for amount in amounts:
+            voucher = self._issue(beneficiary, beneficiary)
+            if isinstance(voucher, Refused):
+                break
+            calls.append(self._settle(SettleCall(institution, self._id("s"), beneficiary, amount, None, True), voucher))
+        return multiple(*calls)
 
     # ---- kinship binding and vouchers ------------------------------------------------------------
     @rule(holder=people, member=people, face_verified=st.booleans(), identity_matches=st.booleans())
@@ -550,6 +559,28 @@ class GongjiMachine(RuleBasedStateMachine):
         return call
 
     # ---- resident premiums paid from a relative's account (国办发〔2024〕38号) ----------------------
+    @initialize(target=people)
+    def caps_in_one_region(self) -> Any:
+        """Region 610200 caps what mutual aid pays one beneficiary in a year and keeps a floor under its
+        authorizers (set again, the same, at each example: region policy outlives one), and a family
+        lives there: a parent with a little above the floor, granting a resident child."""
+        region, ben_cap, floor = REGIONS[1], 2_000, 1_000
+        self.runner.run(
+            self.api.set_policy(
+                region,
+                types_pb2.GRANT_SCOPE_PROVINCE,
+                [RELATIONSHIPS[r] for r in (SPOUSE, PARENT, CHILD, SIBLING, GRANDPARENT, GRANDCHILD)],
+                beneficiary_yearly_cap_fen=ben_cap,
+                authorizer_floor_fen=floor,
+            )
+        )
+        self.model.caps[region] = (ben_cap, floor)
+        parent = self._enroll(EMPLOYEE, ACTIVE, region, BIRTHS[1])
+        child = self._enroll(RESIDENT, ACTIVE, region, BIRTHS[3])
+        self._credit(CreditCall(self._id("c"), parent, 4_000))
+        self.grant(parent, child, CHILD)
+        return multiple(parent, child)
+
     @initialize(target=people)
     def premium_rates_and_a_resident_child(self) -> Any:
         """The rates every sequence pays under: Shaanxi's (61) for next year, open; one 统筹区 of it
