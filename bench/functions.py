@@ -39,23 +39,49 @@ async def _track_functions(db_url: str, *, reset: bool) -> None:
 
 
 def _code_of(rev: str | None) -> str:
-    """The server-side code files of this tree (rev None) or of a git revision, in their order."""
+    """The server-side code files of this tree (rev None) or of a git revision, in this tree's order
+    (a file the revision lacks is left out)."""
     from gongji.store import migrate
 
     if rev is None:
         return "\n".join(code.sql for code in migrate.bundled_code())
     folder = "src/gongji/store/sql"
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:{folder}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     show = ["git", "-C", str(ROOT), "show"]
     return "\n".join(
         subprocess.run([*show, f"{rev}:{folder}/{name}"], check=True, capture_output=True, text=True).stdout
         for name in migrate.CODE_FILES
+        if name in listed
     )
+
+
+# Every gongji function goes before a version's code is applied: another revision's functions may
+# answer other columns, which `create or replace` refuses. The schema stays this tree's; code of a
+# revision older than the schema writes the columns it knows (the newer ones are nullable).
+_DROP_FUNCTIONS = r"""
+do $$
+declare f regprocedure;
+begin
+    for f in select p.oid::regprocedure from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+              where n.nspname = 'public' and p.proname like 'gongji\_%'
+    loop
+        execute 'drop function ' || f || ' cascade';
+    end loop;
+end
+$$"""
 
 
 async def _apply(db_url: str, sql: str) -> None:
     conn = await asyncpg.connect(db_url)
     try:
-        await conn.execute(sql)
+        async with conn.transaction():
+            await conn.execute(_DROP_FUNCTIONS)
+            await conn.execute(sql)
     finally:
         await conn.close()
 
