@@ -12,9 +12,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -65,6 +65,26 @@ def in_rollback(runner: asyncio.Runner, conn: asyncpg.Connection, step: Awaitabl
             await tr.rollback()
 
     return runner.run(once())
+
+
+def hold_to_twin(
+    db_url: str, both: Callable[..., Awaitable[tuple[Any, ...]]], *states: Any, examples: int = EXAMPLES
+) -> None:
+    """Draw states from `states`, and for each ask `both(conn, *state)` for what the SQL and the twin
+    answer, in a transaction rolled back after it: they must agree."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=examples, deadline=None)
+            @given(st.tuples(*states))
+            def agree(state: tuple[Any, ...]) -> None:
+                sql, twin = in_rollback(runner, conn, both(conn, *state))
+                assert sql == twin
+
+            agree()
+        finally:
+            runner.run(conn.close())
 
 
 # ---- gongji_voucher_refusal / domain.vouchers.voucher_refusal ---------------------------------------
@@ -156,19 +176,7 @@ async def voucher_refusal_both(conn: asyncpg.Connection, s: VoucherState) -> tup
 
 def test_sql_voucher_refusal_agrees_with_the_twin(db_url: str) -> None:
     """gongji_voucher_refusal and domain.vouchers.voucher_refusal answer the same reason."""
-    with asyncio.Runner() as runner:
-        conn = runner.run(asyncpg.connect(db_url))
-        try:
-
-            @settings(max_examples=EXAMPLES, deadline=None)
-            @given(voucher_states())
-            def agree(s: VoucherState) -> None:
-                sql, twin = in_rollback(runner, conn, voucher_refusal_both(conn, s))
-                assert sql == twin
-
-            agree()
-        finally:
-            runner.run(conn.close())
+    hold_to_twin(db_url, voucher_refusal_both, voucher_states())
 
 
 # ---- gongji_live_grant / domain.eligibility.live_grant ----------------------------------------------
@@ -232,19 +240,7 @@ async def live_grant_both(conn: asyncpg.Connection, s: GrantState) -> tuple[int 
 
 def test_sql_live_grant_agrees_with_the_twin(db_url: str) -> None:
     """gongji_live_grant and domain.eligibility.live_grant pick the same grant, or none."""
-    with asyncio.Runner() as runner:
-        conn = runner.run(asyncpg.connect(db_url))
-        try:
-
-            @settings(max_examples=EXAMPLES, deadline=None)
-            @given(grant_states())
-            def agree(s: GrantState) -> None:
-                sql, twin = in_rollback(runner, conn, live_grant_both(conn, s))
-                assert sql == twin
-
-            agree()
-        finally:
-            runner.run(conn.close())
+    hold_to_twin(db_url, live_grant_both, grant_states())
 
 
 # ---- gongji_settle_refusal / domain.settlement.settle_refusal ---------------------------------------
@@ -269,19 +265,7 @@ async def settle_refusal_both(
 
 def test_sql_settle_refusal_agrees_with_the_twin(db_url: str) -> None:
     """gongji_settle_refusal and domain.settlement.settle_refusal: the same reason, in the same order."""
-    with asyncio.Runner() as runner:
-        conn = runner.run(asyncpg.connect(db_url))
-        try:
-
-            @settings(max_examples=EXAMPLES, deadline=None)
-            @given(st.sampled_from((None, *PersonStatus)), voucher_states())
-            def agree(status: PersonStatus | None, s: VoucherState) -> None:
-                sql, twin = in_rollback(runner, conn, settle_refusal_both(conn, status, s))
-                assert sql == twin
-
-            agree()
-        finally:
-            runner.run(conn.close())
+    hold_to_twin(db_url, settle_refusal_both, st.sampled_from((None, *PersonStatus)), voucher_states())
 
 
 # ---- gongji_settle_replay / domain.settlement.settle_replay -----------------------------------------
@@ -326,19 +310,7 @@ async def settle_replay_both(conn: asyncpg.Connection, s: KeyState) -> tuple[tup
 def test_sql_settle_replay_agrees_with_the_twin(db_url: str) -> None:
     """gongji_settle_replay and domain.settlement.settle_replay: a new request, a replay of the right
     settlement, a reused key or a reversed request id, alike."""
-    with asyncio.Runner() as runner:
-        conn = runner.run(asyncpg.connect(db_url))
-        try:
-
-            @settings(max_examples=EXAMPLES, deadline=None)
-            @given(key_states())
-            def agree(s: KeyState) -> None:
-                sql, twin = in_rollback(runner, conn, settle_replay_both(conn, s))
-                assert sql == twin
-
-            agree()
-        finally:
-            runner.run(conn.close())
+    hold_to_twin(db_url, settle_replay_both, key_states())
 
 
 # ---- gongji_premium_rate / domain.premium.premium_rate_for ------------------------------------------
@@ -384,19 +356,7 @@ async def premium_rate_both(
 def test_sql_premium_rate_agrees_with_the_twin(db_url: str) -> None:
     """gongji_premium_rate and domain.premium.premium_rate_for pick the same rate (the 统筹区's own, else
     its province's), or none."""
-    with asyncio.Runner() as runner:
-        conn = runner.run(asyncpg.connect(db_url))
-        try:
-
-            @settings(max_examples=EXAMPLES, deadline=None)
-            @given(rate_sets(), st.sampled_from(REGIONS), st.sampled_from(RATE_YEARS))
-            def agree(rates: tuple[PremiumRate, ...], region: str, year: int) -> None:
-                sql, twin = in_rollback(runner, conn, premium_rate_both(conn, rates, region, year))
-                assert sql == twin
-
-            agree()
-        finally:
-            runner.run(conn.close())
+    hold_to_twin(db_url, premium_rate_both, rate_sets(), st.sampled_from(REGIONS), st.sampled_from(RATE_YEARS))
 
 
 # ---- gongji_premium_refusal / domain.premium.premium_refusal ----------------------------------------
@@ -516,19 +476,7 @@ async def premium_refusal_both(conn: asyncpg.Connection, s: PremiumState) -> tup
 
 def test_sql_premium_refusal_agrees_with_the_twin(db_url: str) -> None:
     """gongji_premium_refusal and domain.premium.premium_refusal: the same reason, in the same order."""
-    with asyncio.Runner() as runner:
-        conn = runner.run(asyncpg.connect(db_url))
-        try:
-
-            @settings(max_examples=EXAMPLES * 2, deadline=None)
-            @given(premium_states())
-            def agree(s: PremiumState) -> None:
-                sql, twin = in_rollback(runner, conn, premium_refusal_both(conn, s))
-                assert sql == twin
-
-            agree()
-        finally:
-            runner.run(conn.close())
+    hold_to_twin(db_url, premium_refusal_both, premium_states(), examples=EXAMPLES * 2)
 
 
 _RESIDENT = (Scheme.RESIDENT, PersonStatus.ACTIVE, "610100")
@@ -608,16 +556,4 @@ async def premium_replay_both(conn: asyncpg.Connection, s: KeyState) -> tuple[tu
 def test_sql_premium_replay_agrees_with_the_twin(db_url: str) -> None:
     """gongji_premium_replay and domain.premium.premium_replay: a new request, a replay of the right
     payment, or a reused key, alike."""
-    with asyncio.Runner() as runner:
-        conn = runner.run(asyncpg.connect(db_url))
-        try:
-
-            @settings(max_examples=EXAMPLES, deadline=None)
-            @given(key_states())
-            def agree(s: KeyState) -> None:
-                sql, twin = in_rollback(runner, conn, premium_replay_both(conn, s))
-                assert sql == twin
-
-            agree()
-        finally:
-            runner.run(conn.close())
+    hold_to_twin(db_url, premium_replay_both, key_states())
