@@ -234,3 +234,48 @@ async def test_the_2024_rules_under_one_load(api: Api, pool: asyncpg.Pool) -> No
         grandchildren[0],
     )
     assert grant_used <= grant_cap
+
+
+async def test_a_cap_set_while_a_settlement_runs_still_holds(api: Api, pool: asyncpg.Pool, db_url: str) -> None:
+    """Regression (found by review): a settlement that read no beneficiary cap took no turn on the
+    beneficiary's year, so one settling through another grant once a cap was set read the count
+    without the first's mutual aid and passed the cap. T1 settles 800 through one grant and holds its
+    transaction open; the region then caps the beneficiary at 1,000; T2, through another grant, must
+    wait for T1 and pay only the 200 left."""
+    father = await api.enroll(region="540700", birth=OLD, balance_fen=100_000)
+    mother = await api.enroll(region="540700", birth=OLD, balance_fen=100_000)
+    child = await api.enroll(region="540700", birth=YOUNG, scheme=RESIDENT)
+    await api.grant(father, child, CHILD)
+    await api.grant(mother, child, CHILD)
+    voucher = (
+        "insert into voucher (voucher_id, person_id, requester_id, expires_at)"
+        " values (gen_random_uuid(), $1, $1, now() + interval '1 minute') returning voucher_id"
+    )
+    settle = (
+        "select outcome, acct_mulaid_pay_fen, mulaid_limited_by"
+        " from gongji_settle($1, 'POS-RACE', $2, '\\x00'::bytea, $3, $4, $5, $6, true)"
+    )
+    institution = await pool.fetchval("select institution_id from institution order by institution_id limit 1")
+    first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        t1 = first.transaction()
+        await t1.start()
+        one = await first.fetchrow(
+            settle, institution, f"race-1-{child}", await pool.fetchval(voucher, child), child, 800, father
+        )
+        assert (one["outcome"], one["acct_mulaid_pay_fen"]) == ("OK", 800)
+        await api.set_policy("540700", PROVINCE, CLOSE, beneficiary_yearly_cap_fen=1_000)
+        two = asyncio.create_task(
+            second.fetchrow(
+                settle, institution, f"race-2-{child}", await pool.fetchval(voucher, child), child, 900, mother
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not two.done(), "T2 waits for T1's turn on the beneficiary's year"
+        await t1.commit()
+        row = await two
+        assert (row["outcome"], row["acct_mulaid_pay_fen"], row["mulaid_limited_by"]) == ("OK", 200, "BENEFICIARY_CAP")
+    finally:
+        await first.close()
+        await second.close()
+    assert await pool.fetchval("select used_fen from beneficiary_usage where beneficiary_id = $1", child) == 1_000

@@ -235,8 +235,8 @@ $$;
 -- policy, the beneficiary's cap the beneficiary's region policy (the most specific of each), the
 -- grant's cap its own; a cap counts what mutual aid paid this year, net of refunds (grant_usage,
 -- beneficiary_usage). With p_lock, settlements of one beneficiary take turns on the beneficiary's
--- count while a cap applies (the grant's count needs no lock of its own: the caller holds the grant's
--- row, and only settlements on the grant raise it).
+-- count (the grant's count needs no lock of its own: the caller holds the grant's row, and only
+-- settlements on the grant raise it).
 create or replace function gongji_mutual_aid_limits(
     p_grant_id bigint, p_beneficiary_id text, p_beneficiary_region text, p_balance_fen bigint, p_lock boolean,
     out room_fen bigint, out limited_by text, out grant_cap_left_fen bigint, out beneficiary_cap_left_fen bigint)
@@ -265,10 +265,13 @@ begin
         grant_cap_left_fen := greatest(v_grant_cap - coalesce(
             (select u.used_fen from grant_usage u where u.grant_id = p_grant_id and u.year = v_year), 0), 0);
     end if;
+    -- Settlements drawing mutual aid for one beneficiary take turns on the beneficiary's year whether a
+    -- cap applies now or not: one that read no cap (a policy set, or the beneficiary moved, while it
+    -- ran) still holds the turn until it commits, so the next reads what it paid.
+    if p_lock then
+        perform pg_advisory_xact_lock(hashtextextended('beneficiary_usage/' || p_beneficiary_id || '/' || v_year, 0));
+    end if;
     if v_ben_cap is not null then
-        if p_lock then
-            perform pg_advisory_xact_lock(hashtextextended('beneficiary_usage/' || p_beneficiary_id || '/' || v_year, 0));
-        end if;
         beneficiary_cap_left_fen := greatest(v_ben_cap - coalesce(
             (select u.used_fen from beneficiary_usage u where u.beneficiary_id = p_beneficiary_id and u.year = v_year), 0), 0);
     end if;
