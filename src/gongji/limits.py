@@ -26,6 +26,10 @@ VOUCHER_TTL_S_MAX = 300
 FAMILY_BOUND_MEMBERS_MAX = 5
 FACE_VERIFICATION_AGE_OVER = 16
 
+# Upgrades: how long one migration or code file may run (a backfill over a large ledger takes seconds,
+# more than the pool's command timeout allows a request).
+MIGRATION_STATEMENT_TIMEOUT_S = 600
+
 # Plausibility of a grant to a grandparent or grandchild (issue 14): the grandparent is at least this
 # many full years older. Two generations of at least 12 years each: low enough never to refuse a real
 # family, high enough to catch a grandparent and a grandchild swapped or typed as siblings.

@@ -252,6 +252,30 @@ async def test_an_upgrade_under_load_fails_and_is_run_again(old_database: str) -
         await conn.close()
 
 
+async def test_an_upgrade_never_deadlocks_a_settlement_in_flight(old_database: str) -> None:
+    """Regression (found by review): with the whole upgrade in one transaction, 0006 held ledger_entry
+    while 0007 waited for mutual_aid_grant, and a settlement of the running server that held its grant's
+    row then needed ledger_entry for its write: a deadlock, the settlement its victim. The runner now
+    locks every table the pending migrations alter first, in the order requests take them: the
+    upgrade waits for the settlement, the settlement finishes, then the upgrade goes through."""
+    await _fill(old_database)
+    settlement, conn = await asyncpg.connect(old_database), await asyncpg.connect(old_database)
+    try:
+        in_flight = settlement.transaction()
+        await in_flight.start()
+        # A settlement between its grant lock (step 3) and its write (step 6).
+        await settlement.execute("select 1 from mutual_aid_grant for no key update")
+        upgrade = asyncio.create_task(migrate.migrate(conn))
+        await asyncio.sleep(1.5)  # past deadlock_timeout: a cycle would be found by now
+        await settlement.execute("lock table ledger_entry in row exclusive mode")  # what its ledger insert takes
+        await in_flight.commit()
+        await upgrade
+        assert await conn.fetchval("select count(*) from schema_migration") == len(migrate.bundled())
+    finally:
+        await settlement.close()
+        await conn.close()
+
+
 async def test_a_changed_code_file_is_applied_again_and_a_changed_migration_refused(old_database: str) -> None:
     conn = await asyncpg.connect(old_database)
     try:

@@ -38,10 +38,13 @@ update mutual_aid_grant g set status = 'REVOKED', ended_at = now(), end_reason =
  where authorizer_id = $1 and beneficiary_id = $2 and status = 'LIVE'
 returning {_COLUMNS}, {_CAP}"""
 # The row lock waits for settlements holding the grant: the cap applies from the next settlement on.
-_SET_CAP = f"""
-update mutual_aid_grant g set yearly_cap_fen = $3
+# What is left of it is read by a statement of its own after the update: the update's own snapshot
+# predates the settlements it waited for (found by review: it answered 1,000 left with 200 left).
+_SET_CAP = """
+update mutual_aid_grant set yearly_cap_fen = $3
  where authorizer_id = $1 and beneficiary_id = $2 and status = 'LIVE'
-returning {_COLUMNS}, {_CAP}"""
+returning grant_id"""
+_BY_ID = f"select {_COLUMNS}, {_CAP} from mutual_aid_grant g where g.grant_id = $1"
 # What is left this year of a person's yearly cap as a beneficiary, by the most specific policy of the
 # person's region; null when there is none.
 _BENEFICIARY_CAP_LEFT = """
@@ -142,8 +145,13 @@ async def set_cap(
     pool: asyncpg.Pool, authorizer_id: str, beneficiary_id: str, yearly_cap_fen: int | None
 ) -> GrantRow | None:
     """Set (None: clear) the yearly cap of the live grant between the two; None when there is none."""
-    row = await pool.fetchrow(_SET_CAP, authorizer_id, beneficiary_id, yearly_cap_fen)
-    return None if row is None else _grant(row)
+    async with pool.acquire() as conn, conn.transaction():
+        grant_id = await conn.fetchval(_SET_CAP, authorizer_id, beneficiary_id, yearly_cap_fen)
+        if grant_id is None:
+            return None
+        row = await conn.fetchrow(_BY_ID, grant_id)
+    assert row is not None
+    return _grant(row)
 
 
 async def beneficiary_cap_left(pool: asyncpg.Pool, person_id: str) -> int | None:

@@ -16,8 +16,12 @@ The shape is Flyway's: versioned migrations (`V__`) and repeatable ones (`R__`).
 
 Everything one start has to apply commits together: a server of the previous version still running
 (a rolling upgrade) sees the old schema with the old functions or the new with the new, never a
-migration that dropped a function without the code that brings it back. A migration that cannot run
-in a transaction (CREATE INDEX CONCURRENTLY) would need a step of its own outside this runner.
+migration that dropped a function without the code that brings it back. Holding one table's lock
+while waiting for the next would deadlock with a request that holds them the other way round, so the
+tables the pending migrations alter are locked first, in one statement, in the order requests take
+them (TABLE_ORDER), under a lock timeout: an upgrade under load fails whole and is tried again rather
+than stall or abort settlements. A migration that cannot run in a transaction (CREATE INDEX
+CONCURRENTLY) would need a step of its own outside this runner.
 
 A small runner of our own instead of a library: the well-kept migration tools (alembic, yoyo) bring a
 second database driver (SQLAlchemy/psycopg) next to asyncpg, and the asyncpg-native ones are thin and
@@ -34,6 +38,8 @@ from importlib import resources
 
 import asyncpg
 import asyncpg.pool
+
+from gongji import limits
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,16 @@ create table if not exists schema_code (
     sha256     text not null,
     applied_at timestamptz not null default now()
 )"""
+
+# The order in which requests take their tables (a settlement: its key, the voucher, the grant, the
+# accounts, the counts, then writes), which a migration's upfront LOCK TABLE follows.
+TABLE_ORDER = (
+    "credential", "institution", "reversal", "idempotency_key", "person", "voucher", "kinship_binding",
+    "mutual_aid_grant", "region_policy", "premium_rate", "account", "grant_usage", "beneficiary_usage",
+    "settlement", "refund", "credit", "premium_payment", "ledger_entry",
+)  # fmt: skip
+_ALTERED = re.compile(r"^\s*alter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?(\w+)", re.IGNORECASE | re.MULTILINE)
+_UPGRADE_LOCK_TIMEOUT = "10s"
 
 # The code files, in the order they are applied (a later file may use an earlier one's functions).
 CODE_FILES = ("settle.sql", "premium.sql", "lifecycle.sql", "credentials.sql")
@@ -127,13 +143,14 @@ async def _apply_migrations(
     rows = await conn.fetch("select version, name, sha256 from schema_migration")
     applied = {r["version"]: r for r in rows}
     applied_now: list[Migration] = []
+    await _lock_altered_tables(conn, [m for m in todo if m.version not in applied])
     for m in todo:
         done = applied.get(m.version)
         if done is not None:
             if done["sha256"] != m.sha256:
                 raise MigrationError(f"migration {m.version:04d}_{m.name} changed after it was applied")
             continue
-        await conn.execute(m.sql)
+        await conn.execute(m.sql, timeout=limits.MIGRATION_STATEMENT_TIMEOUT_S)
         await conn.execute(
             "insert into schema_migration (version, name, sha256) values ($1, $2, $3)", m.version, m.name, m.sha256
         )
@@ -142,13 +159,30 @@ async def _apply_migrations(
     return applied_now
 
 
+async def _lock_altered_tables(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, pending: list[Migration]
+) -> None:
+    """Take every table the pending migrations alter at once, in TABLE_ORDER, before any of them runs."""
+    altered = {name.lower() for m in pending for name in _ALTERED.findall(m.sql)}
+    existing = {r["relname"] for r in await conn.fetch(_EXISTING_TABLES, sorted(altered))}
+    ordered = [t for t in TABLE_ORDER if t in existing] + sorted(existing - set(TABLE_ORDER))
+    if ordered:
+        await conn.execute(f"set local lock_timeout = '{_UPGRADE_LOCK_TIMEOUT}'")
+        await conn.execute(f"lock table {', '.join(ordered)} in access exclusive mode")
+
+
+_EXISTING_TABLES = """
+select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+ where n.nspname = current_schema() and c.relkind = 'r' and c.relname = any($1::text[])"""
+
+
 async def _apply_code(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, todo: list[Code]) -> None:
     await conn.execute(_CREATE_CODE_TABLE)
     recorded = {r["name"]: r["sha256"] for r in await conn.fetch("select name, sha256 from schema_code")}
     for code in todo:
         if recorded.get(code.name) == code.sha256:
             continue
-        await conn.execute(code.sql)
+        await conn.execute(code.sql, timeout=limits.MIGRATION_STATEMENT_TIMEOUT_S)
         await conn.execute(
             "insert into schema_code (name, sha256) values ($1, $2)"
             " on conflict (name) do update set sha256 = excluded.sha256, applied_at = now()",
