@@ -19,11 +19,9 @@ from gongji.store.people import PERSON_COLUMNS, person_from_row
 # live one. DO UPDATE (a no-op update) rather than DO NOTHING: it returns and locks the existing row in
 # the same statement, so a Revoke committing in between cannot leave us with nothing to return.
 _COLUMNS = "grant_id, authorizer_id, beneficiary_id, relationship, status, created_at, ended_at, end_reason"
-# What is left of a grant's yearly cap this year (China's time zone; gongji_china_year): null, no cap.
-_CAP = """g.yearly_cap_fen,
-       case when g.yearly_cap_fen is not null then greatest(g.yearly_cap_fen - coalesce(
-           (select u.used_fen from grant_usage u where u.grant_id = g.grant_id and u.year = gongji_china_year(now())),
-           0), 0) end as cap_left_fen"""
+# What is left of a grant's yearly cap this year (China's time zone), as a settlement reckons it
+# (store/sql/settle.sql): null, no cap.
+_CAP = "g.yearly_cap_fen, gongji_grant_cap_left(g.grant_id, g.yearly_cap_fen, gongji_china_year(now())) as cap_left_fen"
 _INSERT = f"""
 insert into mutual_aid_grant as g (authorizer_id, beneficiary_id, relationship, scope) values ($1, $2, $3, $4)
 on conflict (authorizer_id, beneficiary_id) where status = 'LIVE' do update set relationship = g.relationship
@@ -48,13 +46,9 @@ _BY_ID = f"select {_COLUMNS}, {_CAP} from mutual_aid_grant g where g.grant_id = 
 # What is left this year of a person's yearly cap as a beneficiary, by the most specific policy of the
 # person's region; null when there is none.
 _BENEFICIARY_CAP_LEFT = """
-select greatest(p.cap - coalesce((select u.used_fen from beneficiary_usage u
-                                   where u.beneficiary_id = x.person_id and u.year = gongji_china_year(now())), 0), 0)
-  from person x
-  join lateral (select r.beneficiary_yearly_cap_fen as cap from region_policy r
-                 where r.region_key in (x.region_code, left(x.region_code, 2))
-                 order by length(r.region_key) desc limit 1) p on p.cap is not null
- where x.person_id = $1"""
+select gongji_beneficiary_cap_left(
+           x.person_id, (gongji_region_policy(x.region_code)).beneficiary_yearly_cap_fen, gongji_china_year(now()))
+  from person x where x.person_id = $1"""
 
 
 @dataclass(frozen=True, slots=True)

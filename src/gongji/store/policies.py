@@ -13,11 +13,10 @@ from gongji.domain.people import Relationship
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
 
-# The most specific policy wins: the 统筹区's own, else its province's.
 _COLUMNS = "scope, allowed_relationships, beneficiary_yearly_cap_fen, authorizer_floor_fen"
-_FOR_REGION = f"""
-select {_COLUMNS} from region_policy
- where region_key in ($1, left($1, 2)) order by length(region_key) desc limit 1"""
+# The most specific policy wins: the 统筹区's own, else its province's (gongji_region_policy, the rule
+# a settlement's caps read too); no row when neither is set.
+_FOR_REGION = f"select {_COLUMNS} from gongji_region_policy($1) where region_key is not null"
 _UPSERT = f"""
 insert into region_policy (region_key, {_COLUMNS}) values ($1, $2, $3, $4, $5)
 on conflict (region_key) do update

@@ -230,6 +230,48 @@ begin
 end
 $$;
 
+-- The policy of a region: its 统筹区's own, else its province's; all nulls when neither is set. The one
+-- place this rule is written (gongji.store.policies and the caps read it here).
+create or replace function gongji_region_policy(p_region_code text) returns region_policy
+language plpgsql stable
+as $$
+declare
+    r region_policy;
+begin
+    select * into r from region_policy p
+     where p.region_key in (p_region_code, left(p_region_code, 2)) order by length(p.region_key) desc limit 1;
+    return r;
+end
+$$;
+
+-- What is left in year p_year of a grant's yearly cap, and of a beneficiary's; null when no cap applies
+-- (p_cap_fen null). A cap counts what mutual aid paid that year, net of refunds.
+create or replace function gongji_grant_cap_left(p_grant_id bigint, p_cap_fen bigint, p_year integer) returns bigint
+language plpgsql stable
+as $$
+begin
+    if p_cap_fen is null then
+        return null;
+    end if;
+    return greatest(p_cap_fen - coalesce(
+        (select u.used_fen from grant_usage u where u.grant_id = p_grant_id and u.year = p_year), 0), 0);
+end
+$$;
+
+create or replace function gongji_beneficiary_cap_left(p_beneficiary_id text, p_cap_fen bigint, p_year integer)
+returns bigint
+language plpgsql stable
+as $$
+begin
+    if p_cap_fen is null then
+        return null;
+    end if;
+    return greatest(p_cap_fen - coalesce(
+        (select u.used_fen from beneficiary_usage u where u.beneficiary_id = p_beneficiary_id and u.year = p_year),
+        0), 0);
+end
+$$;
+
 -- The limits on what grant p_grant_id may pay for p_beneficiary_id this year, and the room they leave
 -- of the authorizer's p_balance_fen (gongji_mutual_aid_room). The floor is the authorizer's region
 -- policy, the beneficiary's cap the beneficiary's region policy (the most specific of each), the
@@ -252,29 +294,19 @@ begin
     if p_balance_fen is null then
         return;
     end if;
-    select g.yearly_cap_fen,
-           (select p.authorizer_floor_fen from region_policy p
-             where p.region_key in (a.region_code, left(a.region_code, 2)) order by length(p.region_key) desc limit 1),
-           (select p.beneficiary_yearly_cap_fen from region_policy p
-             where p.region_key in (p_beneficiary_region, left(p_beneficiary_region, 2))
-             order by length(p.region_key) desc limit 1)
+    select g.yearly_cap_fen, (gongji_region_policy(a.region_code)).authorizer_floor_fen,
+           (gongji_region_policy(p_beneficiary_region)).beneficiary_yearly_cap_fen
       into v_grant_cap, v_floor, v_ben_cap
       from mutual_aid_grant g join person a on a.person_id = g.authorizer_id
      where g.grant_id = p_grant_id;
-    if v_grant_cap is not null then
-        grant_cap_left_fen := greatest(v_grant_cap - coalesce(
-            (select u.used_fen from grant_usage u where u.grant_id = p_grant_id and u.year = v_year), 0), 0);
-    end if;
+    grant_cap_left_fen := gongji_grant_cap_left(p_grant_id, v_grant_cap, v_year);
     -- Settlements drawing mutual aid for one beneficiary take turns on the beneficiary's year whether a
     -- cap applies now or not: one that read no cap (a policy set, or the beneficiary moved, while it
     -- ran) still holds the turn until it commits, so the next reads what it paid.
     if p_lock then
         perform pg_advisory_xact_lock(hashtextextended('beneficiary_usage/' || p_beneficiary_id || '/' || v_year, 0));
     end if;
-    if v_ben_cap is not null then
-        beneficiary_cap_left_fen := greatest(v_ben_cap - coalesce(
-            (select u.used_fen from beneficiary_usage u where u.beneficiary_id = p_beneficiary_id and u.year = v_year), 0), 0);
-    end if;
+    beneficiary_cap_left_fen := gongji_beneficiary_cap_left(p_beneficiary_id, v_ben_cap, v_year);
     v_room := gongji_mutual_aid_room(p_balance_fen, v_floor, grant_cap_left_fen, beneficiary_cap_left_fen);
     room_fen := v_room.room_fen;
     limited_by := v_room.limited_by;
