@@ -28,16 +28,6 @@ from common import DEFAULT_SERVER_URL, ROOT, Result, fresh_database
 DATABASE = "gongji_functions"
 
 
-async def _track_functions(db_url: str, *, reset: bool) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        if reset:
-            await conn.execute(f"alter database {DATABASE} set track_functions = 'pl'")
-        await conn.execute("select pg_stat_reset()")
-    finally:
-        await conn.close()
-
-
 def _code_of(rev: str | None) -> str:
     """The server-side code files of this tree (rev None) or of a git revision, in this tree's order
     (a file the revision lacks is left out)."""
@@ -76,12 +66,23 @@ end
 $$"""
 
 
+async def _track_functions(db_url: str) -> None:
+    """Count PL/pgSQL functions for the database's sessions from now on."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(f"alter database {DATABASE} set track_functions = 'pl'")
+    finally:
+        await conn.close()
+
+
 async def _apply(db_url: str, sql: str) -> None:
+    """This version's server-side code in place of any other, and the statistics reset."""
     conn = await asyncpg.connect(db_url)
     try:
         async with conn.transaction():
             await conn.execute(_DROP_FUNCTIONS)
             await conn.execute(sql)
+        await conn.execute("select pg_stat_reset()")  # each version's figures from zero
     finally:
         await conn.close()
 
@@ -115,7 +116,7 @@ def main() -> int:
     subprocess.run([*seed, "--out", str(population)], check=True, cwd=ROOT)
     patients = json.loads(population.read_text())["patients"]
     credential_id = asyncio.run(prepare_pgbench(db_url, patients))
-    asyncio.run(_track_functions(db_url, reset=True))
+    asyncio.run(_track_functions(db_url))
     versions = [("this tree", _code_of(None))]
     if cfg.against:
         versions.append((cfg.against, _code_of(cfg.against)))
@@ -123,7 +124,6 @@ def main() -> int:
     for round_ in range(1, cfg.rounds + 1):
         for name, sql in versions:
             asyncio.run(_apply(db_url, sql))
-            asyncio.run(_track_functions(db_url, reset=False))
             ceiling = run_db_ceiling(cfg, db_url, len(patients), credential_id, out)
             failures += ceiling.failures
             _report(f"round {round_}, {name}", ceiling, asyncio.run(_function_times(db_url)))
