@@ -1,6 +1,7 @@
 """Every refusal gongji can answer, as one tree. Each leaf carries the stable `reason` of its
-`google.rpc.ErrorInfo` and the gRPC status code name from API.md; `gongji.api.interceptor` turns them
-into statuses in one place. Nothing here imports grpc, so the domain can raise them freely.
+`google.rpc.ErrorInfo`, the gRPC status code name of the contract (docs/api.md) and a default sentence;
+`gongji.api.interceptor` turns them into statuses in one place. Nothing here imports grpc, so the
+domain can raise them freely.
 
     GongjiError
     ├── InvalidArgument                 INVALID_ARGUMENT   INVALID_ARGUMENT (with field violations)
@@ -53,10 +54,13 @@ class FieldViolation:
 class GongjiError(Exception):
     code: ClassVar[str] = "UNKNOWN"
     reason: ClassVar[str] = "UNKNOWN"
+    # What the status message says when the raiser has nothing more specific: a sentence for people,
+    # beside the reason for programs (docs/api.md lists both).
+    sentence: ClassVar[str] = ""
 
     def __init__(self, message: str = "", *, metadata: dict[str, str] | None = None) -> None:
-        super().__init__(message or self.reason)
-        self.message = message or self.reason
+        super().__init__(message or self.sentence or self.reason)
+        self.message = message or self.sentence or self.reason
         self.metadata = metadata or {}
 
 
@@ -78,6 +82,7 @@ class InvalidArgument(GongjiError):
 
 class InvalidAmount(InvalidArgument):
     reason = "INVALID_AMOUNT"
+    sentence = "the amount is not a valid amount in fen"
 
 
 # ---- UNAUTHENTICATED / PERMISSION_DENIED ------------------------------------------------------------
@@ -87,10 +92,12 @@ class Unauthenticated(GongjiError):
 
 class CredentialsMissing(Unauthenticated):
     reason = "CREDENTIALS_MISSING"
+    sentence = "no bearer token was sent (authorization: Bearer <token>)"
 
 
 class CredentialsInvalid(Unauthenticated):
     reason = "CREDENTIALS_INVALID"
+    sentence = "the bearer token is unknown or revoked"
 
 
 class PermissionDenied(GongjiError):
@@ -99,16 +106,19 @@ class PermissionDenied(GongjiError):
 
 class NotAllowed(PermissionDenied):
     reason = "NOT_ALLOWED"
+    sentence = "this credential may not make this call for this person"
 
 
 class VoucherPatientMismatch(PermissionDenied):
     """The real-name rule: the e-voucher must name the patient being settled (欺诈骗保 otherwise)."""
 
     reason = "VOUCHER_PATIENT_MISMATCH"
+    sentence = "the e-voucher does not name the patient being settled"
 
 
 class InstitutionMismatch(PermissionDenied):
     reason = "INSTITUTION_MISMATCH"
+    sentence = "the settlement belongs to another institution"
 
 
 # ---- NOT_FOUND --------------------------------------------------------------------------------------
@@ -118,22 +128,27 @@ class NotFound(GongjiError):
 
 class PersonNotFound(NotFound):
     reason = "PERSON_NOT_FOUND"
+    sentence = "no person is enrolled under this ID number"
 
 
 class SettlementNotFound(NotFound):
     reason = "SETTLEMENT_NOT_FOUND"
+    sentence = "no settlement with this id at this institution"
 
 
 class InstitutionNotFound(NotFound):
     reason = "INSTITUTION_NOT_FOUND"
+    sentence = "no institution with this id"
 
 
 class BindingNotFound(NotFound):
     reason = "BINDING_NOT_FOUND"
+    sentence = "the holder has no live binding of this member"
 
 
 class PremiumPaymentNotFound(NotFound):
     reason = "PREMIUM_PAYMENT_NOT_FOUND"
+    sentence = "no premium payment with this id"
 
 
 # ---- FAILED_PRECONDITION ----------------------------------------------------------------------------
@@ -143,72 +158,87 @@ class FailedPrecondition(GongjiError):
 
 class PersonNotActive(FailedPrecondition):
     reason = "PERSON_NOT_ACTIVE"
+    sentence = "the person's insurance status is not active"
 
 
 class NotEmployeeInsured(FailedPrecondition):
     reason = "NOT_EMPLOYEE_INSURED"
+    sentence = "the authorizer is not an active employee-insured person with a personal account"
 
 
 class BeneficiaryNotInsured(FailedPrecondition):
     reason = "BENEFICIARY_NOT_INSURED"
+    sentence = "the beneficiary is not insured"
 
 
 class RelationshipNotAllowed(FailedPrecondition):
     reason = "RELATIONSHIP_NOT_ALLOWED"
+    sentence = "the authorizer's region policy does not allow this relationship"
 
 
 class RelationshipImplausible(FailedPrecondition):
     reason = "RELATIONSHIP_IMPLAUSIBLE"
+    sentence = "the birth dates do not fit the stated relationship"
 
 
 class RegionOutOfScope(FailedPrecondition):
     reason = "REGION_OUT_OF_SCOPE"
+    sentence = "the two people are not within the region policy's scope"
 
 
 class GrantNotFound(FailedPrecondition):
     reason = "GRANT_NOT_FOUND"
+    sentence = "there is no live mutual-aid grant from this authorizer to this beneficiary"
 
 
 class BeneficiaryNotResident(FailedPrecondition):
     """A premium is paid only for a resident-insured person (居民医保): an employee pays their own."""
 
     reason = "BENEFICIARY_NOT_RESIDENT"
+    sentence = "a premium is paid only for a resident-insured person"
 
 
 class PremiumNotSet(FailedPrecondition):
     """No premium rate for the beneficiary's 统筹区 or province and the year asked."""
 
     reason = "PREMIUM_NOT_SET"
+    sentence = "no premium rate is set for the beneficiary's region and this year"
 
 
 class PremiumWindowClosed(FailedPrecondition):
     """Today (China's calendar day) is outside the year's collection window."""
 
     reason = "PREMIUM_WINDOW_CLOSED"
+    sentence = "today is outside the year's premium collection window"
 
 
 class InsufficientBalance(FailedPrecondition):
     """The payer's account holds less than the premium, which is paid whole from it or not at all."""
 
     reason = "INSUFFICIENT_BALANCE"
+    sentence = "the payer's personal account holds less than the premium"
 
 
 class IdentityMismatch(FailedPrecondition):
     """Binding: the name, document or birth date given do not match the member's enrolment record."""
 
     reason = "IDENTITY_MISMATCH"
+    sentence = "the name, document or birth date do not match the member's enrolment record"
 
 
 class FaceVerificationRequired(FailedPrecondition):
     reason = "FACE_VERIFICATION_REQUIRED"
+    sentence = "a member over 16 needs a face verification reference"
 
 
 class RefundExceedsSettlement(FailedPrecondition):
     reason = "REFUND_EXCEEDS_SETTLEMENT"
+    sentence = "the refund is more than what is left of the settlement"
 
 
 class AlreadyReversed(FailedPrecondition):
     reason = "ALREADY_REVERSED"
+    sentence = "the settlement was reversed already"
 
 
 class VoucherRefused(FailedPrecondition):
@@ -217,30 +247,36 @@ class VoucherRefused(FailedPrecondition):
 
 class VoucherInvalid(VoucherRefused):
     reason = "VOUCHER_INVALID"
+    sentence = "the e-voucher is not valid (forged, unknown, or its binding ended)"
 
 
 class VoucherExpired(VoucherRefused):
     reason = "VOUCHER_EXPIRED"
+    sentence = "the e-voucher has expired; ask the patient to show a fresh one"
 
 
 class VoucherAlreadyUsed(VoucherRefused):
     reason = "VOUCHER_ALREADY_USED"
+    sentence = "the e-voucher was used for another settlement already"
 
 
 # ---- the rest ---------------------------------------------------------------------------------------
 class FamilyLimitReached(GongjiError):
     code = "RESOURCE_EXHAUSTED"
     reason = "FAMILY_LIMIT_REACHED"
+    sentence = "the holder has the most bound members allowed"
 
 
 class RegionPolicyLimitReached(GongjiError):
     code = "RESOURCE_EXHAUSTED"
     reason = "REGION_POLICY_LIMIT_REACHED"
+    sentence = "the table of region policies is full"
 
 
 class PremiumRateLimitReached(GongjiError):
     code = "RESOURCE_EXHAUSTED"
     reason = "PREMIUM_RATE_LIMIT_REACHED"
+    sentence = "the table of premium rates is full"
 
 
 class Overloaded(GongjiError):
@@ -254,12 +290,14 @@ class ServerBusy(Overloaded):
     """The server has as many calls in flight as it takes (GONGJI_MAX_CONCURRENT_RPCS)."""
 
     reason = "SERVER_BUSY"
+    sentence = "the server has as many calls in flight as it takes; retry after a pause"
 
 
 class CallerBusy(Overloaded):
     """This credential (or its institution) already has its fair share of calls in flight."""
 
     reason = "CALLER_BUSY"
+    sentence = "this caller has its share of calls in flight; retry after a pause"
 
 
 class RequestMessageTimeout(Overloaded):
@@ -267,6 +305,7 @@ class RequestMessageTimeout(Overloaded):
     client holding a stream open)."""
 
     reason = "REQUEST_MESSAGE_TIMEOUT"
+    sentence = "the request message did not follow its headers in time"
 
 
 class IdempotencyKeyReused(GongjiError):
@@ -274,6 +313,7 @@ class IdempotencyKeyReused(GongjiError):
 
     code = "ALREADY_EXISTS"
     reason = "IDEMPOTENCY_KEY_REUSED"
+    sentence = "this request id was used before for a different request"
 
 
 class PremiumAlreadyPaid(GongjiError):
@@ -281,11 +321,13 @@ class PremiumAlreadyPaid(GongjiError):
 
     code = "ALREADY_EXISTS"
     reason = "PREMIUM_ALREADY_PAID"
+    sentence = "the beneficiary's premium for this year is paid already"
 
 
 class TransactionAborted(GongjiError):
     code = "ABORTED"
     reason = "TRANSACTION_ABORTED"
+    sentence = "the transaction was aborted by a conflict; retry with the same request id"
 
 
 class Internal(GongjiError):
@@ -293,11 +335,13 @@ class Internal(GongjiError):
 
     code = "INTERNAL"
     reason = "INTERNAL"
+    sentence = "an internal error; it is logged"
 
 
 class DatabaseUnavailable(GongjiError):
     code = "UNAVAILABLE"
     reason = "DATABASE_UNAVAILABLE"
+    sentence = "the database cannot be reached; retry later"
 
 
 def _leaves(cls: type[GongjiError]) -> list[type[GongjiError]]:

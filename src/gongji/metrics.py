@@ -15,6 +15,9 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gongji import errors
+from gongji.domain.waterfall import Limit
+
 # The grpc-ecosystem server families (names and labels as go-grpc-prometheus exports them).
 GRPC_STARTED = Counter(
     "grpc_server_started_total", "RPCs started on the server.", ["grpc_type", "grpc_service", "grpc_method"]
@@ -132,6 +135,68 @@ CREDENTIAL_CHANGES = Counter(
 )
 
 LOCK_KINDS = ("idempotency", "voucher", "grant", "account")
+
+
+# Every series an alert or a dashboard may read exists from the start, at 0: `increase()` and `rate()`
+# see the first event only when the series was there before it. Fixed label values are created here;
+# the gRPC method families (all codes of every method, as go-grpc-prometheus initialises them) when the
+# server registers its services; an institution's real-name series on its first settlement.
+_SETTLE_OUTCOMES = (
+    "OK",
+    "REPLAYED",
+    *(
+        e.reason
+        for e in (
+            errors.InvalidArgument, errors.InvalidAmount, errors.PersonNotFound, errors.PersonNotActive,
+            errors.VoucherInvalid, errors.VoucherExpired, errors.VoucherAlreadyUsed,
+            errors.VoucherPatientMismatch, errors.IdempotencyKeyReused, errors.TransactionAborted,
+            errors.DatabaseUnavailable, errors.Internal,
+        )
+    ),
+)  # fmt: skip
+_VOUCHER_REASONS = tuple(
+    e.reason
+    for e in (errors.VoucherInvalid, errors.VoucherExpired, errors.VoucherAlreadyUsed, errors.VoucherPatientMismatch)
+)
+GRPC_CODES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
+
+
+def _zero_fixed_series() -> None:
+    for outcome in _SETTLE_OUTCOMES:
+        SETTLEMENTS.labels(outcome)
+    for method in ("Quote", "Settle"):
+        for reason in _VOUCHER_REASONS:
+            VOUCHER_REFUSALS.labels(method, reason)
+    for source in ("own", "mutual_aid", "cash"):
+        SETTLED_FEN.labels(source)
+        REFUNDED_FEN.labels(source)
+    for limit in Limit:
+        MUTUAL_AID_LIMITED.labels(limit.value)
+    for reason in (errors.ServerBusy.reason, errors.CallerBusy.reason, errors.RequestMessageTimeout.reason):
+        EDGE_REFUSALS.labels(reason)
+    for method in ("Settle", "Cancel", "Credit", "PayPremium", "RefundPremium"):
+        IDEMPOTENT_REPLAYS.labels(method)
+    for outcome in ("OK", "REPLAYED"):
+        PREMIUM_PAYMENTS.labels(outcome)
+    for lock in LOCK_KINDS:
+        SETTLE_LOCK_WAIT_SECONDS.labels(lock)
+
+
+def zero_grpc_series(methods: Iterable[tuple[str, str]]) -> None:
+    """Create the grpc_server_* series of every (service, method) at 0, every code for handled."""
+    for service, method in methods:
+        labels = ("unary", service, method)
+        GRPC_STARTED.labels(*labels)
+        GRPC_HANDLING_SECONDS.labels(*labels)
+        for code in GRPC_CODES:
+            GRPC_HANDLED.labels(*labels, code)
+
+
+_zero_fixed_series()
 
 
 def _waiting(pool: asyncpg.Pool) -> int:

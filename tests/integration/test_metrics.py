@@ -181,3 +181,19 @@ async def test_pool_gauges_are_read_at_scrape_time(db_url: str, server_pool: asy
         metrics.watch_pool(server_pool)
         await small.close()
     assert value("gongji_db_pool_max_connections") == server_pool.get_max_size()
+
+
+async def test_argument_refusals_are_settle_outcomes_and_every_series_exists_before_its_first_event(
+    api: Api,
+) -> None:
+    patient = await api.enroll(balance_fen=100)
+    before = value("gongji_settlements_total", outcome="INVALID_AMOUNT")
+    await refused(api.settle(patient, -1), S.INVALID_ARGUMENT, "INVALID_AMOUNT")
+    assert value("gongji_settlements_total", outcome="INVALID_AMOUNT") == before + 1
+
+    # Codes no test provokes, and a limit no test reaches through this method: there, at 0.
+    report = {"grpc_type": "unary", "grpc_service": "gongji.v1.AccountService", "grpc_method": "ReportPremiums"}
+    assert REGISTRY.get_sample_value("grpc_server_handled_total", report | {"grpc_code": "DATA_LOSS"}) == 0.0
+    assert REGISTRY.get_sample_value("grpc_server_started_total", report) is not None
+    assert REGISTRY.get_sample_value("gongji_edge_refusals_total", {"reason": "REQUEST_MESSAGE_TIMEOUT"}) is not None
+    assert REGISTRY.get_sample_value("gongji_real_name_mismatches_total", {"institution": INSTITUTION_A}) is not None

@@ -24,7 +24,9 @@ KEY = b"k" * 32
 def test_resident_id_check_character() -> None:
     assert resident_id_check_char("11010519491231002") == "X"  # the GB 11643 example
     assert person_id_problem("11010519491231002X") is None
-    assert person_id_problem("110105194912310021") is not None
+    # The refusal names the right check character: it is computed from the 17 digits sent, so it tells
+    # the caller nothing they did not send, and an integrator sees at once what went wrong.
+    assert person_id_problem("110105194912310021") == "the check character (GB 11643) of these 17 digits is X, not 1"
     assert person_id_problem("short") is not None
     assert person_id_problem("abc123456") is not None
 

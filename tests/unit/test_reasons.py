@@ -52,3 +52,11 @@ def test_every_error_class_is_raised_by_python_or_answered_by_sql() -> None:
         if f"errors.{cls.__name__}" not in python and cls.reason not in sql
     )
     assert dead == [], f"reasons nothing can answer: {dead}"
+
+
+def test_every_refusal_says_a_sentence_beside_its_reason() -> None:
+    """The status message is for people, the ErrorInfo reason for programs: a refusal raised without
+    a message of its own still says what happened, never just its reason again."""
+    for cls in errors.BY_REASON.values():
+        message = cls().message
+        assert message != cls.reason and " " in message, f"{cls.reason} has no sentence"

@@ -115,6 +115,15 @@ async def watch_database(pool: db.Pool, health: HealthServicer) -> None:
         )
 
 
+# Every (service, method) of the contract, for the metrics that exist before the first call.
+_METHODS = tuple(
+    (service.full_name, method.name)
+    for module in (settlement_pb2, family_pb2, account_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+)
+
+
 async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     """Serve `app` on `listen`. With `reuse_port`, several worker processes bind the same port and the
     kernel spreads connections among them (SO_REUSEPORT)."""
@@ -142,6 +151,7 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    metrics.zero_grpc_series(_METHODS)
     credentials = tls_credentials(app.settings)
     port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     if port == 0:

@@ -118,9 +118,10 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
         principal = current_principal.get()
-        patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=True)
+        metrics.REAL_NAME_MISMATCHES.labels(principal.institution_id or "")  # the series exists before its first
         timing = settlements.SettleTiming()
         try:
+            patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=True)
             claims = self._app.vouchers.authentic(request.voucher)
             s = await settlements.settle(
                 self._app.pool,

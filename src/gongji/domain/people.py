@@ -90,8 +90,9 @@ def person_id_problem(person_id: str) -> str | None:
         return f"must be {limits.PERSON_ID_LEN_MIN} to {limits.PERSON_ID_LEN_MAX} characters"
     if not _PERSON_ID.fullmatch(person_id):
         return "must be digits and capital letters"
-    if _RESIDENT_ID.fullmatch(person_id) and resident_id_check_char(person_id[:17]) != person_id[17]:
-        return "check character does not match (GB 11643)"
+    if _RESIDENT_ID.fullmatch(person_id) and (expected := resident_id_check_char(person_id[:17])) != person_id[17]:
+        # Saying the right one leaks nothing: it is computed from the 17 digits the caller sent.
+        return f"the check character (GB 11643) of these 17 digits is {expected}, not {person_id[17]}"
     return None
 
 
