@@ -27,15 +27,17 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 
 def _needs_database(command: Command) -> Command:
-    """Exit 1 with one line, not a traceback, when the database stayed out of reach at start."""
+    """Exit 1 with one line, not a traceback, when the database stayed out of reach at start or an
+    address to listen on is taken."""
 
     @functools.wraps(command)
     def run(settings: Settings, args: argparse.Namespace) -> int:
+        from gongji.config import CannotListen
         from gongji.store.db import DatabaseUnreachable
 
         try:
             return command(settings, args)
-        except DatabaseUnreachable as exc:
+        except (DatabaseUnreachable, CannotListen) as exc:
             print(f"gongji: {exc}", file=sys.stderr)
             return 1
 

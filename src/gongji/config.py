@@ -14,6 +14,16 @@ from gongji.logs import LogFormat
 _KEY_ID = re.compile(r"[A-Za-z0-9]{1,16}")
 
 
+class CannotListen(Exception):
+    """An address gongji must listen on is taken, or not one of this host's. The message names the
+    address and the setting to change; `gongji serve` prints it as one line and exits 1."""
+
+    def __init__(self, what: str, listen: str, setting: str, cause: str) -> None:
+        super().__init__(
+            f"cannot listen for {what} on {listen} ({cause}): is another gongji serving? Stop it, or set {setting}"
+        )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GONGJI_", extra="ignore")
 

@@ -1,4 +1,4 @@
-"""The small demo data set `make run` loads on first start: the 小明/小丽 family of DOMAIN.md and a few
+"""The small demo data set `make run` loads on first start: the 小明/小丽 family (README.md) and a few
 more, one pharmacy terminal, and demo tokens kept (mode 0600) in <data_dir>/demo-tokens.json."""
 
 from __future__ import annotations

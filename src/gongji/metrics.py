@@ -11,11 +11,12 @@ import os
 from collections.abc import Iterable, Iterator
 
 import asyncpg
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gongji import errors
+from gongji.config import CannotListen, host_port
 from gongji.domain.waterfall import Limit
 
 # The grpc-ecosystem server families (names and labels as go-grpc-prometheus exports them).
@@ -246,6 +247,15 @@ if MULTIPROCESS:
     }
 else:
     REGISTRY.register(POOL)
+
+
+def serve_http(listen: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve /metrics on `listen` (GONGJI_METRICS_LISTEN) from a daemon thread."""
+    host, port = host_port(listen)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise CannotListen("metrics", listen, "GONGJI_METRICS_LISTEN", exc.strerror or str(exc)) from None
 
 
 def watch_pool(pool: asyncpg.Pool) -> None:

@@ -10,15 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from prometheus_client import start_http_server
 from pydantic import SecretStr
 
 from gongji import demo, metrics
 from gongji.api import server
 from gongji.api.app import App
-from gongji.config import Settings, host_port
+from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
-from gongji.store import db, migrate
+from gongji.store import db, migrate, people
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +76,27 @@ def voucher_codec(settings: Settings) -> VoucherCodec:
 
 _FIRST_CALL = """
 gongji is serving gRPC on {grpc} and metrics on http://{metrics}/metrics
-Demo data: the 小明/小丽 family of DOMAIN.md; tokens in {tokens}
-Make a first settlement (李小丽 pays 35.00 yuan: her own 20.00, then 15.00 from 王小明's account):
+Demo data: the 小明/小丽 family (README.md, "Two commands"); tokens in {tokens}
+Now 李小丽's own account holds {xiaoli} yuan and 王小明's {xiaoming} (he granted her mutual aid). A
+settlement for her pays from her account first, then from his, the rest in cash; to make one of 35.00 yuan:
     .venv/bin/gongji client settle --patient demo:xiaoli --amount-fen 3500
 """
+
+
+def _yuan(fen: int | None) -> str:
+    return "-" if fen is None else f"{fen // 100}.{fen % 100:02d}"
+
+
+async def _first_call(settings: Settings, pool: asyncpg.Pool) -> str:
+    """The banner, with the balances as they are now (a restart after a few settlements says so)."""
+    xiaoli, xiaoming = [await people.get_account(pool, p.person_id) for p in (demo.XIAOLI, demo.XIAOMING)]
+    return _FIRST_CALL.format(
+        grpc=settings.grpc_listen,
+        metrics=settings.metrics_listen,
+        tokens=settings.data_dir / "demo-tokens.json",
+        xiaoli=_yuan(xiaoli.balance_fen if xiaoli else None),
+        xiaoming=_yuan(xiaoming.balance_fen if xiaoming else None),
+    )
 
 
 async def prepare(settings: Settings, *, load_demo: bool) -> str:
@@ -90,8 +106,9 @@ async def prepare(settings: Settings, *, load_demo: bool) -> str:
     async with database(settings.model_copy(update={"database_url": SecretStr(url)})) as pool:
         if load_demo:
             await demo.seed(pool, settings.data_dir)
+            banner = await _first_call(settings, pool)
     if load_demo:
-        print(_first_call(settings), file=sys.stderr, flush=True)
+        print(banner, file=sys.stderr, flush=True)
     return url
 
 
@@ -108,12 +125,6 @@ async def serve_worker(settings: Settings) -> None:
         await server.run_until_signalled(running, settings.grace_period_s, close)
 
 
-def _first_call(settings: Settings) -> str:
-    return _FIRST_CALL.format(
-        grpc=settings.grpc_listen, metrics=settings.metrics_listen, tokens=settings.data_dir / "demo-tokens.json"
-    )
-
-
 async def serve(settings: Settings, *, load_demo: bool) -> None:
     # The URL known before the pool exists (an embedded server's too), for the credential listener.
     settings = settings.model_copy(update={"database_url": SecretStr(database_url(settings))})
@@ -121,12 +132,11 @@ async def serve(settings: Settings, *, load_demo: bool) -> None:
         app = App(settings, pool, voucher_codec(settings))
         if load_demo:
             await demo.seed(pool, settings.data_dir)
-        metrics_host, metrics_port = host_port(settings.metrics_listen)
-        start_http_server(metrics_port, addr=metrics_host)
+        metrics.serve_http(settings.metrics_listen)
         running = await server.start(app, settings.grpc_listen)
         log.info("serving gRPC on %s (port %d)", settings.grpc_listen, running.port)
         if load_demo:
-            print(_first_call(settings), file=sys.stderr, flush=True)
+            print(await _first_call(settings, pool), file=sys.stderr, flush=True)
 
         async def close() -> None:
             pass  # the pool closes when `database` exits; the embedded server stops at process exit

@@ -45,10 +45,10 @@ def _worker(settings: Settings) -> None:
 
 def serve(settings: Settings, *, load_demo: bool, workers: int, metrics_dir: Path) -> int:
     import uvloop
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-    from gongji import runtime
+    from gongji import metrics, runtime
     from gongji.config import host_port
 
     if host_port(settings.grpc_listen)[1] == 0:
@@ -66,8 +66,7 @@ def serve(settings: Settings, *, load_demo: bool, workers: int, metrics_dir: Pat
         p.start()
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    metrics_host, metrics_port = host_port(settings.metrics_listen)
-    start_http_server(metrics_port, addr=metrics_host, registry=registry)
+    metrics.serve_http(settings.metrics_listen, registry)
     log.info("serving gRPC on %s with %d workers", settings.grpc_listen, workers)
 
     stop = threading.Event()

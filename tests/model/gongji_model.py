@@ -1,4 +1,4 @@
-"""A pure, in-memory model of DOMAIN.md (and of the contract in API.md and the README), written apart
+"""A pure, in-memory model of docs/domain.md (and of the contract in docs/api.md and the README), written apart
 from gongji's code so that the two can disagree. Only the waterfall is shared: gongji.domain.waterfall
 is the reference for splits and refunds, as the store's own property tests already prove.
 

@@ -2,7 +2,7 @@
 enrolments, status changes, credits, grants, revocations, bindings, vouchers, quotes, settlements,
 refunds and reversals, relatives' premiums paid and refunded (retries with the same request id among
 them), and after every step compares
-every answer, split, refusal reason and balance with the pure model of DOMAIN.md in gongji_model.py.
+every answer, split, refusal reason and balance with the pure model of the rules (docs/domain.md) in gongji_model.py.
 After every step the books must also pass the audit.
 
 Hypothesis' stateful testing is synchronous, so the server runs in an event loop of the test's own

@@ -1,4 +1,4 @@
-"""The deduction order of DOMAIN.md as properties of the reference split."""
+"""The deduction order of docs/domain.md as properties of the reference split."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bearer-token authentication and the who-may-call-what table of API.md."""
+"""Bearer-token authentication and the who-may-call-what table of docs/api.md."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from gongji.api.credential_watch import CredentialWatch
 from gongji.api.family import FamilyService
 from gongji.api.interceptor import GongjiInterceptor
 from gongji.api.settlement import SettlementService
-from gongji.config import Settings
+from gongji.config import CannotListen, Settings
 from gongji.store import db
 from gongji.v1 import (
     account_pb2,
@@ -153,9 +153,12 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     metrics.zero_grpc_series(_METHODS)
     credentials = tls_credentials(app.settings)
-    port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
+    try:
+        port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
+    except RuntimeError:  # grpcio raises this when it cannot bind, without saying why
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        raise CannotListen("gRPC", listen, "GONGJI_GRPC_LISTEN", "address in use or not of this host")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

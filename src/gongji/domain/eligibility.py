@@ -1,4 +1,4 @@
-"""Who may grant family mutual aid to whom (DOMAIN.md, "Family mutual-aid grant")."""
+"""Who may grant family mutual aid to whom (docs/domain.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The deduction order of DOMAIN.md, exact in fen: own account, then the authorizer's, then cash.
+"""The deduction order of docs/domain.md, exact in fen: own account, then the authorizer's, then cash.
 
 This is the reference implementation. The hot path computes the same split inside SQL
 (`gongji_split` in the store's migrations) so that a settlement is one round trip; a property test

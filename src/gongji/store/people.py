@@ -88,7 +88,7 @@ async def enroll(pool: asyncpg.Pool, person: Person, *, keep_document: bool = Fa
     With `keep_document`, an update leaves the identity document on record as it is. A grant ends by
     itself when either side stops being ACTIVE, the authorizer stops being employee-insured, or the two
     are no longer in the grant's scope, as the authorizer's region policy set it when the grant was made
-    (DOMAIN.md). The grants are locked, so settlements drawing on them finish first or see them ended.
+    (docs/domain.md). The grants are locked, so settlements drawing on them finish first or see them ended.
     """
     async with pool.acquire() as conn, conn.transaction():
         created = await conn.fetchval(

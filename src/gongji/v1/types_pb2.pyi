@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import error_details_pb2 as _error_details_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -371,3 +372,34 @@ class Refund(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Refund: _TypeAlias = Refund  # noqa: Y015
+
+@_typing.final
+class RefusalDetails(_message.Message):
+    """What a refusal carries in its status details (the grpc-status-details-bin trailer, a
+    google.rpc.Status): exactly one ErrorInfo, domain "gongji", whose reason is stable (docs/api.md
+    lists every reason), and for malformed input a BadRequest naming each bad field. No RPC answers this
+    message: it names the detail types in the contract, so that clients generate them with the rest
+    and tools reading the schema by reflection (buf curl, grpcurl) decode the details.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_INFO_FIELD_NUMBER: _builtins.int
+    BAD_REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def error_info(self) -> _error_details_pb2.ErrorInfo: ...
+    @_builtins.property
+    def bad_request(self) -> _error_details_pb2.BadRequest: ...
+    def __init__(
+        self,
+        *,
+        error_info: _error_details_pb2.ErrorInfo | None = ...,
+        bad_request: _error_details_pb2.BadRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bad_request", b"bad_request", "error_info", b"error_info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bad_request", b"bad_request", "error_info", b"error_info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusalDetails: _TypeAlias = RefusalDetails  # noqa: Y015
