@@ -12,7 +12,9 @@ from gongji import errors
 from gongji.v1 import account_pb2, family_pb2, settlement_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "deploy" / "README.md", ROOT / "bench" / "README.md"])
+DOCS = sorted(
+    [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "deploy" / "README.md", ROOT / "bench" / "README.md"]
+)
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _CODE_BLOCK = re.compile(r"^```.*?^```", re.S | re.M)
 # A path of the repository named in backticks: `src/gongji/limits.py`, `deploy/k8s/`, `proto/gongji/v1/`.
@@ -42,7 +44,8 @@ def test_every_link_and_path_resolves_inside_the_repository(doc: Path) -> None:
             continue
         file_part, _, anchor = target.partition("#")
         resolved = (doc.parent / file_part).resolve() if file_part else doc
-        if not resolved.is_relative_to(ROOT) or not resolved.exists() or (anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved)):
+        missing = not resolved.is_relative_to(ROOT) or not resolved.exists()
+        if missing or (anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved)):
             broken.append(target)
     for path in _PATH.findall(_CODE_BLOCK.sub("", text)):
         if not (ROOT / path).exists():
@@ -53,7 +56,8 @@ def test_every_link_and_path_resolves_inside_the_repository(doc: Path) -> None:
 def test_no_pointer_in_the_code_leaves_the_repository() -> None:
     for folder in ("src", "tests", "deploy", "bench", "scripts", "proto"):
         for path in (ROOT / folder).rglob("*"):
-            if path.suffix not in {".py", ".md", ".proto", ".yaml", ".yml", ".json", ".sql"} or "migrations" in path.parts:
+            kept = path.suffix in {".py", ".md", ".proto", ".yaml", ".yml", ".json", ".sql"}
+            if not kept or "migrations" in path.parts:
                 continue  # released migrations are history: never edited
             text = path.read_text(encoding="utf-8")
             assert not [f for f in FORBIDDEN if f in text], path
