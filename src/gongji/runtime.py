@@ -125,6 +125,8 @@ async def serve(settings: Settings, *, load_demo: bool) -> None:
         start_http_server(metrics_port, addr=metrics_host)
         running = await server.start(app, settings.grpc_listen)
         log.info("serving gRPC on %s (port %d)", settings.grpc_listen, running.port)
+        if running.health_port is not None:
+            log.info("serving grpc.health.v1 alone, plaintext, on %s", settings.health_listen)
         if load_demo:
             print(_first_call(settings), file=sys.stderr, flush=True)
 
