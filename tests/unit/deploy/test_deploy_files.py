@@ -13,7 +13,6 @@ import tomllib
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -22,12 +21,10 @@ from deploy_support import (
     ROOT,
     compose,
     containers,
-    dashboard_queries,
     dockerfile_env,
     documents,
     k8s_object,
     k8s_objects,
-    metric_names,
     pod_specs,
     yaml_files,
 )
@@ -308,17 +305,3 @@ def test_promtool_accepts_the_compose_prometheus_config_and_its_rules() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> None:
-    mounts = compose()["services"]["grafana"]["volumes"]
-    (board_mount,) = [m for m in mounts if m.startswith("./grafana/gongji.json:")]
-    (provider,) = documents(DEPLOY / "grafana" / "provisioning" / "dashboards" / "gongji.yml")[0]["providers"]
-    assert Path(board_mount.split(":")[1]).parent == Path(provider["options"]["path"])
-    (datasource,) = documents(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")[0]["datasources"]
-    queries = dashboard_queries()
-    assert len(queries) >= 8
-    assert all(metric_names(q) for q in queries), "every panel reads a gongji metric"
-    board: dict[str, Any] = yaml.safe_load((DEPLOY / "grafana" / "gongji.json").read_text())
-    uids = {t["datasource"]["uid"] for p in board["panels"] for t in p["targets"]}
-    assert uids == {datasource["uid"]}
