@@ -108,7 +108,7 @@ def test_kustomize_renders_every_object_with_the_image_and_the_labels(rendered: 
     assert [c["image"] for c in containers(spec)] == [image, image], "server and migrations: one image"
     assert [c["name"] for c in spec["initContainers"]] == ["migrate"]
 
-    _, release = _kustomization()["patches"][0], yaml.safe_load(_kustomization()["patches"][0]["patch"])[0]["value"]
+    release = yaml.safe_load(_kustomization()["patches"][0]["patch"])[0]["value"]
     labelled = {d["kind"] for d in rendered if d["metadata"].get("labels", {}).get("release") == release}
     assert labelled == {"ServiceMonitor", "PrometheusRule"}
     (rule,) = [d for d in rendered if d["kind"] == "PrometheusRule"]
