@@ -54,7 +54,7 @@ def test_the_data_source_is_an_input_and_a_variable_never_a_literal_uid() -> Non
     datasource = _variables()["datasource"]
     assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
     # Imported through the UI or the HTTP API, the chosen data source replaces ${DS_PROMETHEUS} and so
-    # becomes the variable's default; provisioned, the variable falls back to the default data source.
+    # becomes the variable's default; provisioned, the variable takes its first option instead.
     assert datasource["current"]["value"] == "${DS_PROMETHEUS}"
     refs = _datasource_refs(board)
     assert len(refs) >= len(board["panels"]) + len(dashboard_queries())
@@ -117,7 +117,7 @@ def test_grafanas_dashboard_model_knows_every_field() -> None:
 
 def test_the_bundled_grafana_provisions_it() -> None:
     """compose.yaml's Grafana loads the file as it is (provisioning does not resolve `__inputs`): the
-    datasource variable falls back to the provisioned Prometheus, the default data source."""
+    datasource variable takes its first option, the one Prometheus provisioned there."""
     mounts = compose()["services"]["grafana"]["volumes"]
     (board_mount,) = [m for m in mounts if m.startswith("./grafana/gongji.json:")]
     (provider,) = documents(DEPLOY / "grafana" / "provisioning" / "dashboards" / "gongji.yml")[0]["providers"]
