@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,17 @@ def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
     found = [o for o in k8s_objects() if o["kind"] == kind and name in (None, o["metadata"]["name"])]
     assert len(found) == 1, f"{kind} {name or ''}: {len(found)} found"
     return found[0]
+
+
+def tool(name: str) -> str | None:
+    """A command-line tool: the one the virtual environment installs (pyproject's dev extra), else PATH's."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pod spec's init containers, then its containers."""
+    return [*spec.get("initContainers", []), *spec["containers"]]
 
 
 def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:

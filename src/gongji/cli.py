@@ -100,23 +100,10 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _health(settings: Settings, args: argparse.Namespace) -> int:
-    """Ask the local server's grpc.health.v1 service; exit 0 when SERVING, 1 otherwise (the container
-    HEALTHCHECK). Plaintext: with TLS configured, probe from the orchestrator instead."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    """The container HEALTHCHECK: exit 0 when the local server answers SERVING, 1 otherwise (gongji.healthcheck)."""
+    from gongji import healthcheck
 
-    target = args.target or _local_target(settings.grpc_listen)
-    try:
-        with grpc.insecure_channel(target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s
-            )
-    except grpc.RpcError as exc:
-        print(f"{target}: {exc.code().name}", file=sys.stderr)
-        return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{target}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return healthcheck.run(settings, args.target, args.service, args.timeout_s)
 
 
 def _local_target(listen: str) -> str:
@@ -237,7 +224,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("audit", help="check the books; exit 1 naming each difference").set_defaults(func=_audit)
 
     h = sub.add_parser("health", help="check the local server's gRPC health; exit 0 when SERVING, else 1")
-    h.add_argument("--target", help="host:port (default: the port of GONGJI_GRPC_LISTEN on this host)")
+    h.add_argument(
+        "--target",
+        help="host:port, plaintext (default: GONGJI_HEALTH_LISTEN's port on this host, else GONGJI_GRPC_LISTEN's)",
+    )
     h.add_argument("--service", default="", help="a service name; default: the server as a whole")
     h.add_argument("--timeout-s", type=float, default=3.0, help="deadline of the check (default 3)")
     h.set_defaults(func=_health)

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # gRPC and metrics listen addresses.
     grpc_listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"
+    # A second, plaintext listener that serves grpc.health.v1 and nothing else: for `gongji health`
+    # (the container HEALTHCHECK) and Kubernetes' gRPC probes, neither of which can present a client
+    # certificate, while the gRPC port speaks TLS or mTLS only. Empty: off.
+    health_listen: str = ""
     grace_period_s: float = Field(default=10.0, ge=0, le=120)
     max_concurrent_rpcs: int = Field(default=limits.GRPC_CONCURRENT_RPCS_MAX, ge=1, le=100_000)
     # How long a call's request message may take to follow its headers (limits.py).
@@ -79,6 +83,13 @@ class Settings(BaseSettings):
             raise ValueError("GONGJI_TLS_CERT_FILE and GONGJI_TLS_KEY_FILE go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("GONGJI_TLS_CLIENT_CA_FILE (mTLS) needs GONGJI_TLS_CERT_FILE and GONGJI_TLS_KEY_FILE")
+        if self.health_listen:
+            try:
+                health_port = host_port(self.health_listen)[1]
+            except ValueError as exc:
+                raise ValueError("GONGJI_HEALTH_LISTEN is host:port, or empty (off)") from exc
+            if health_port != 0 and health_port == host_port(self.grpc_listen)[1]:
+                raise ValueError("GONGJI_HEALTH_LISTEN needs a port of its own, not GONGJI_GRPC_LISTEN's")
         return self
 
     def listen_url(self) -> str | None:

@@ -135,6 +135,8 @@ async def serve(settings: Settings, *, load_demo: bool) -> None:
         metrics.serve_http(settings.metrics_listen)
         running = await server.start(app, settings.grpc_listen)
         log.info("serving gRPC on %s (port %d)", settings.grpc_listen, running.port)
+        if running.health_port is not None:
+            log.info("serving grpc.health.v1 alone, plaintext, on %s", settings.health_listen)
         if load_demo:
             print(await _first_call(settings, pool), file=sys.stderr, flush=True)
 

@@ -3,11 +3,12 @@ its /metrics page shows them after a settlement."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import urllib.request
 
-from deploy_support import DEPLOY, dashboard_queries, documents, metric_names
+from deploy_support import DASHBOARD, DEPLOY, dashboard_queries, documents, metric_names
 from e2e_support import GONGJI, ROOT, serve, stop
 
 _SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
@@ -39,6 +40,8 @@ def test_dashboard_and_rules_read_only_what_gongji_exports(env: dict[str, str]) 
     assert "gongji_settle_lock_wait_seconds_bucket" in exported
 
     used = {name for q in dashboard_queries() for name in metric_names(q)}
+    variables = json.loads(DASHBOARD.read_text())["templating"]["list"]
+    used |= {re.findall(r"label_values\((\w+)", v["query"]["query"])[0] for v in variables if v["type"] == "query"}
     assert used, "the dashboard reads metrics"
     assert used - exported == set()
 

@@ -1,4 +1,5 @@
-"""`gongji serve --workers 2`: two processes on one port, one set of metrics, one clean stop."""
+"""`gongji serve --workers 2`: two processes on one port (and on one health port), one set of metrics,
+one clean stop."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import subprocess
 import urllib.request
 
 import psutil
-from e2e_support import GONGJI, ROOT, serve, stop
+from e2e_support import GONGJI, ROOT, free_port, serve, stop
 
 
 def test_two_workers_share_the_port_and_their_metrics(env: dict[str, str]) -> None:
+    env = env | {"GONGJI_HEALTH_LISTEN": f"127.0.0.1:{free_port()}"}
     proc = serve(env, "--workers", "2")
     try:
         workers = [c for c in psutil.Process(proc.pid).children() if "gongji" in " ".join(c.cmdline())]
         assert len(workers) == 2
+        # Both bound the health port too (SO_REUSEPORT, like the gRPC port), and it answers.
+        health = subprocess.run([GONGJI, "health"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert health.returncode == 0, health.stderr
+        assert all(w.is_running() for w in workers)
         calls = 8
         for _ in range(calls):  # a new connection each time: the kernel spreads them over the workers
             out = subprocess.run(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +11,9 @@ import asyncpg
 import grpc
 import pytest
 from conftest import VOUCHER_KEY
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import reason_of
+from pki import Pem, issue
 from support import INSTITUTION_A, INSTITUTION_B, Api, account_row_held, bearer
 
 from gongji.api import server
@@ -29,52 +24,6 @@ from gongji.domain.vouchers import VoucherCodec
 from gongji.v1 import account_pb2, account_pb2_grpc, settlement_pb2
 
 S = grpc.StatusCode
-
-
-@dataclass(frozen=True)
-class Pem:
-    cert: bytes
-    key: bytes
-
-
-def _issue(
-    subject: str,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool,
-    uris: tuple[str, ...] = (),
-) -> tuple[Pem, x509.Name, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_name, issuer_key = issuer or (name, key)
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    *(x509.UniformResourceIdentifier(uri) for uri in uris),
-                ]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    pem = Pem(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
-    return pem, name, key
 
 
 @dataclass(frozen=True)
@@ -90,16 +39,16 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    ca, ca_name, ca_key = _issue("gongji test CA", None, ca=True)
-    _, other_name, other_key = _issue("someone else's CA", None, ca=True)
+    ca, ca_name, ca_key = issue("gongji test CA", None, ca=True)
+    _, other_name, other_key = issue("someone else's CA", None, ca=True)
     return Pki(
         ca=ca,
-        server=_issue("localhost", (ca_name, ca_key), ca=False)[0],
-        client=_issue("POS-A1", (ca_name, ca_key), ca=False)[0],
-        stranger=_issue("POS-X", (other_name, other_key), ca=False)[0],
-        terminal_a=_issue("POS-A1", (ca_name, ca_key), ca=False, uris=(_institution_uri(INSTITUTION_A),))[0],
-        terminal_b=_issue("POS-B1", (ca_name, ca_key), ca=False, uris=(_institution_uri(INSTITUTION_B),))[0],
-        two_institutions=_issue(
+        server=issue("localhost", (ca_name, ca_key), ca=False)[0],
+        client=issue("POS-A1", (ca_name, ca_key), ca=False)[0],
+        stranger=issue("POS-X", (other_name, other_key), ca=False)[0],
+        terminal_a=issue("POS-A1", (ca_name, ca_key), ca=False, uris=(_institution_uri(INSTITUTION_A),))[0],
+        terminal_b=issue("POS-B1", (ca_name, ca_key), ca=False, uris=(_institution_uri(INSTITUTION_B),))[0],
+        two_institutions=issue(
             "POS-AB", (ca_name, ca_key), ca=False, uris=tuple(map(_institution_uri, (INSTITUTION_A, INSTITUTION_B)))
         )[0],
     )

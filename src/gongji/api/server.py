@@ -83,14 +83,39 @@ class Running:
     health: HealthServicer
     watch: asyncio.Task[None]
     credentials: CredentialWatch
+    # The plaintext health-only listener (GONGJI_HEALTH_LISTEN), when configured.
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, stop accepting, let in-flight RPCs finish within `grace_s`; then stop
-        listening for credential changes and write the credentials' last uses."""
+        listening for credential changes and write the credentials' last uses. The health listener
+        closes last, so probes see NOT_SERVING while the calls drain."""
         self.watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.credentials.close()
+
+
+def _options(reuse_port: bool) -> list[tuple[str, int]]:
+    return [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in SERVER_OPTIONS]
+
+
+async def start_health_listener(
+    listen: str, health_servicer: HealthServicer, *, reuse_port: bool
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server on `listen` with grpc.health.v1 alone, answering from the same servicer as
+    the gRPC port: for `gongji health` and Kubernetes' gRPC probes, which cannot speak TLS or present a
+    client certificate. No other service is reachable there, so the money port can stay TLS-only."""
+    health_server = grpc.aio.server(options=_options(reuse_port))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+    port = health_server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen} (GONGJI_HEALTH_LISTEN)")
+    await health_server.start()
+    return health_server, port
 
 
 async def watch_database(pool: db.Pool, health: HealthServicer) -> None:
@@ -143,7 +168,7 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
         # headers, is only a backstop (beyond it grpc answers RESOURCE_EXHAUSTED "Concurrent RPC limit
         # exceeded!" by itself, without an ErrorInfo).
         maximum_concurrent_rpcs=app.settings.max_concurrent_rpcs * limits.GRPC_STREAMS_BACKSTOP_FACTOR,
-        options=[(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in SERVER_OPTIONS],
+        options=_options(reuse_port),
     )
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(app), server)
     family_pb2_grpc.add_FamilyServiceServicer_to_server(FamilyService(app), server)
@@ -162,10 +187,19 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_server, health_port = None, None
+    if app.settings.health_listen:
+        try:
+            health_server, health_port = await start_health_listener(
+                app.settings.health_listen, health_servicer, reuse_port=reuse_port
+            )
+        except BaseException:
+            await server.stop(0)
+            raise
     watch = asyncio.create_task(watch_database(app.pool, health_servicer), name="gongji-health-watch")
     credential_watch = CredentialWatch(authenticator, app.pool, app.settings.listen_url())
     credential_watch.start()
-    return Running(server, port, health_servicer, watch, credential_watch)
+    return Running(server, port, health_servicer, watch, credential_watch, health_server, health_port)
 
 
 async def run_until_signalled(running: Running, grace_s: float, on_stop: Callable[[], Awaitable[None]]) -> None:

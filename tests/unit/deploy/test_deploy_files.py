@@ -13,7 +13,6 @@ import tomllib
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -21,12 +20,11 @@ from deploy_support import (
     DEPLOY,
     ROOT,
     compose,
-    dashboard_queries,
+    containers,
     dockerfile_env,
     documents,
     k8s_object,
     k8s_objects,
-    metric_names,
     pod_specs,
     yaml_files,
 )
@@ -95,7 +93,7 @@ def _k8s_env() -> dict[str, dict[str, str]]:
     maps = {("ConfigMap", "gongji"): config["data"]} | {("Secret", name): keys for name, keys in SECRETS.items()}
     env: dict[str, dict[str, str]] = {}
     for owner, spec in pod_specs():
-        for c in spec["containers"]:
+        for c in containers(spec):
             e: dict[str, str] = {}
             for source in c.get("envFrom", []):
                 kind, ref = (
@@ -160,13 +158,11 @@ def test_every_command_and_flag_is_one_the_cli_accepts() -> None:
     commands = {name: s["command"] for name, s in compose()["services"].items() if "build" in s}
     assert {name: _parses(argv).command for name, argv in commands.items()} == {"migrate": "migrate", "gongji": "serve"}
     for owner, spec in pod_specs():
-        for c in spec["containers"]:
+        for c in containers(spec):
             assert "command" not in c, f"{owner}: keep the image's entrypoint (gongji)"
             _parses(c["args"])
-    assert (
-        _parses(k8s_object("Job", "gongji-migrate")["spec"]["template"]["spec"]["containers"][0]["args"]).command
-        == "migrate"
-    )
+    spec = k8s_object("Deployment", "gongji")["spec"]["template"]["spec"]
+    assert [_parses(c["args"]).command for c in spec["initContainers"]] == ["migrate"]
 
 
 def _port(listen: str) -> int:
@@ -188,7 +184,7 @@ def test_ports_agree_with_the_listen_settings() -> None:
     k8s_grpc, k8s_metrics = _port(config["GONGJI_GRPC_LISTEN"]), _port(config["GONGJI_METRICS_LISTEN"])
     (container,) = k8s_object("Deployment", "gongji")["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": k8s_grpc, "metrics": k8s_metrics}
+    assert ports == {"grpc": k8s_grpc, "metrics": k8s_metrics, "health": _port(config["GONGJI_HEALTH_LISTEN"])}
     service = k8s_object("Service", "gongji")["spec"]
     assert service["clusterIP"] == "None", "headless: clients balance over the pods"
     assert {p["targetPort"] for p in service["ports"]} <= set(ports)
@@ -197,13 +193,27 @@ def test_ports_agree_with_the_listen_settings() -> None:
     assert {p["name"] for p in service["ports"]} >= {"metrics"}
 
 
-def test_probes_ask_the_grpc_health_service_on_the_grpc_port() -> None:
+def test_probes_ask_the_grpc_health_service_on_the_health_port() -> None:
+    """The kubelet's gRPC probes speak neither TLS nor mTLS: they ask the plaintext health listener,
+    which the pod's IP reaches (not loopback), on the container port named health."""
     config = k8s_object("ConfigMap", "gongji")["data"]
+    host, health_port = host_port(config["GONGJI_HEALTH_LISTEN"])
+    assert host not in ("127.0.0.1", "localhost", "::1")
     (container,) = k8s_object("Deployment", "gongji")["spec"]["template"]["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["health"] == health_port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc_probe = container[probe]["grpc"]
-        assert grpc_probe["port"] == _port(config["GONGJI_GRPC_LISTEN"]), probe
+        assert grpc_probe["port"] == health_port, probe
         assert grpc_probe.get("service", "") in {"", *SERVICE_NAMES}, probe
+    assert {p["targetPort"] for p in k8s_object("Service", "gongji")["spec"]["ports"]} <= {"grpc", "metrics"}
+
+
+def test_the_image_health_check_asks_the_loopback_health_listener() -> None:
+    """HEALTHCHECK runs `gongji health` inside the container: the health listener on loopback answers
+    it whether or not GONGJI_TLS_* are set, and is reachable from nowhere else."""
+    host, port = host_port(dockerfile_env()["GONGJI_HEALTH_LISTEN"])
+    assert host == "127.0.0.1"
+    assert port not in {_port(dockerfile_env()["GONGJI_GRPC_LISTEN"]), _port(dockerfile_env()["GONGJI_METRICS_LISTEN"])}
 
 
 def test_termination_outlasts_the_servers_grace_period() -> None:
@@ -248,7 +258,7 @@ def test_pgbouncer_in_transaction_mode_and_migrations_past_it() -> None:
         return urllib.parse.urlsplit(url).hostname or ""
 
     env = _k8s_env()
-    serve, job = env["gongji/gongji"], env["gongji-migrate/migrate"]
+    serve, job = env["gongji/gongji"], env["gongji/migrate"]
     assert host(serve["GONGJI_DATABASE_URL"]) == pooler["metadata"]["name"]
     assert host(serve["GONGJI_MIGRATE_DATABASE_URL"]) == f"{cluster['metadata']['name']}-rw"
     # LISTEN needs a session of its own, which the pooler would not keep (gongji.api.credential_watch).
@@ -295,17 +305,3 @@ def test_promtool_accepts_the_compose_prometheus_config_and_its_rules() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> None:
-    mounts = compose()["services"]["grafana"]["volumes"]
-    (board_mount,) = [m for m in mounts if m.startswith("./grafana/gongji.json:")]
-    (provider,) = documents(DEPLOY / "grafana" / "provisioning" / "dashboards" / "gongji.yml")[0]["providers"]
-    assert Path(board_mount.split(":")[1]).parent == Path(provider["options"]["path"])
-    (datasource,) = documents(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")[0]["datasources"]
-    queries = dashboard_queries()
-    assert len(queries) >= 8
-    assert all(metric_names(q) for q in queries), "every panel reads a gongji metric"
-    board: dict[str, Any] = yaml.safe_load((DEPLOY / "grafana" / "gongji.json").read_text())
-    uids = {t["datasource"]["uid"] for p in board["panels"] for t in p["targets"]}
-    assert uids == {datasource["uid"]}
