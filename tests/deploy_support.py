@@ -38,7 +38,7 @@ def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
 
 
 def tool(name: str) -> str | None:
-    """A command-line tool: the one the virtual environment installs (pyproject's dev extra), else PATH's."""
+    """A command-line tool: the one the virtual environment installs (pyproject's test extra), else PATH's."""
     beside = Path(sys.executable).with_name(name)
     return str(beside) if beside.exists() else shutil.which(name)
 
