@@ -86,7 +86,7 @@ def test_help_lists_the_demo_aliases_and_the_exit_statuses(capsys: pytest.Captur
 
 def test_docs_cli_md_has_a_section_for_every_subcommand() -> None:
     text = (ROOT / "docs" / "cli.md").read_text()
-    sections = set(re.findall(r"^### `([a-z-]+)`", text, re.M))
+    sections = set(re.findall(r"^#### `([a-z-]+)`", text, re.M))
     assert sections == set(client.COMMANDS)
     for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
         if "://" not in link:
