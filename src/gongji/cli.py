@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from gongji import client, logs
+from gongji import logs
 from gongji.config import Settings
 
 
@@ -207,6 +207,8 @@ def _client(settings: Settings, args: argparse.Namespace) -> int:
     """One RPC: its answer as JSON on stdout, or one line on stderr and an exit status of its kind."""
     import grpc
 
+    from gongji import client
+
     try:
         result = _run(client.run(args, client.tokens(settings.data_dir, args)))
     except grpc.aio.AioRpcError as exc:
@@ -216,11 +218,15 @@ def _client(settings: Settings, args: argparse.Namespace) -> int:
     except client.ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.status
+    except KeyboardInterrupt:
+        return 130  # as a shell reports SIGINT; the user knows why
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
+    from gongji import client
+
     p = argparse.ArgumentParser(prog="gongji", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -277,6 +283,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["client"] and "grpc" not in sys.modules:
+        # A failure is one line: gRPC core's own log lines (a failed TLS handshake, an unreadable
+        # certificate) would add to it. Read when grpc is imported; GONGJI users may set it to see them.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.command != "client":  # the client logs nothing: its stderr is the one line of a failure

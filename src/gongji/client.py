@@ -114,6 +114,27 @@ def day(text: str) -> str:
     raise argparse.ArgumentTypeError(f"invalid day {text!r} (YYYY-MM-DD)")
 
 
+def _integer(text: str, bits: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+    if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise argparse.ArgumentTypeError(f"{text} is out of range (a {bits}-bit integer)")
+    return value
+
+
+def fen(text: str) -> int:
+    """An argparse type: an amount in fen, a whole number that fits the contract's int64 (the server
+    judges its range)."""
+    return _integer(text, 64)
+
+
+def int32(text: str) -> int:
+    """An argparse type: a count or a year, a whole number that fits the contract's int32."""
+    return _integer(text, 32)
+
+
 def relationship_list(text: str) -> list[Any]:
     """An argparse type: comma-separated relationship words, e.g. `spouse,parent,child`."""
     words = [w.strip().lower() for w in text.split(",") if w.strip()]
@@ -154,9 +175,11 @@ class Tokens:
 
     def auth(self, kind: str) -> tuple[tuple[str, str], ...]:
         token = self.get(kind)
+        hint = _AUTH_HINT.format(kind=kind, KIND=kind.upper(), file=self.demo_file)
         if not token:
-            hint = _AUTH_HINT.format(kind=kind, KIND=kind.upper(), file=self.demo_file)
             raise ClientError(f"no {kind} token for this call; {hint}", EXIT_AUTH)
+        if not re.fullmatch(r"[\x21-\x7e]+", token):
+            raise ClientError(f"the {kind} token is not a bearer token (printable ASCII, no spaces); {hint}", EXIT_AUTH)
         return (("authorization", f"Bearer {token}"),)
 
 
@@ -186,11 +209,19 @@ def timeout_s(args: argparse.Namespace) -> float:
     return seconds
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: str, what: str, marker: bytes) -> bytes:
+    """A PEM file's bytes; a usage error when it cannot be read or holds no `marker` (gRPC would only
+    fail the handshake later, naming neither the file nor the reason)."""
     try:
-        return Path(path).read_bytes()
+        content = Path(path).read_bytes()
     except OSError as exc:
         raise ClientError(f"cannot read the {what} {path}: {exc.strerror or exc}", EXIT_USAGE) from exc
+    if marker not in content:
+        raise ClientError(f"the {what} {path} is not PEM: no {marker.decode()} in it", EXIT_USAGE)
+    return content
+
+
+_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 
 def channel(args: argparse.Namespace) -> grpc.aio.Channel:
@@ -206,9 +237,9 @@ def channel(args: argparse.Namespace) -> grpc.aio.Channel:
     if not (tls or ca_file or cert_file):
         return grpc.aio.insecure_channel(target(args))
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(ca_file, "CA file") if ca_file else None,
-        private_key=_read(key_file, "key file") if key_file else None,
-        certificate_chain=_read(cert_file, "certificate file") if cert_file else None,
+        root_certificates=_read(ca_file, "CA file", _CERTIFICATE) if ca_file else None,
+        private_key=_read(key_file, "key file", b"PRIVATE KEY-----") if key_file else None,
+        certificate_chain=_read(cert_file, "certificate file", _CERTIFICATE) if cert_file else None,
     )
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     return grpc.aio.secure_channel(target(args), credentials, options=options)
@@ -652,7 +683,7 @@ def _add_settlement_arguments(add: Add) -> None:
         x.add_argument(
             "--patient", type=person, metavar="PERSON", required=True, help="the patient: ID number or demo alias"
         )
-        x.add_argument("--amount-fen", type=int, metavar="FEN", required=True, help="the bill, in fen (1/100 yuan)")
+        x.add_argument("--amount-fen", type=fen, metavar="FEN", required=True, help="the bill, in fen (1/100 yuan)")
         x.add_argument(
             "--authorizer",
             type=person,
@@ -672,7 +703,7 @@ def _add_settlement_arguments(add: Add) -> None:
     c.add_argument("--settlement", required=True, metavar="ID", help="settlement_id, as settle answered it")
     c.add_argument(
         "--amount-fen",
-        type=int,
+        type=fen,
         metavar="FEN",
         default=0,
         help="refund this much, in fen (default 0: all that is left)",
@@ -692,7 +723,7 @@ def _add_settlement_arguments(add: Add) -> None:
     rc.add_argument("--date", type=day, metavar="YYYY-MM-DD", required=True, help="calendar day in China, YYYY-MM-DD")
     rc.add_argument("--detail", action="store_true", help="include the day's settlements, a page at a time")
     rc.add_argument("--institution", metavar="ID", help="the institution; an operator's call (operator token)")
-    rc.add_argument("--page-size", type=int, help="settlements per page with --detail (default 100, at most 1000)")
+    rc.add_argument("--page-size", type=int32, help="settlements per page with --detail (default 100, at most 1000)")
     rc.add_argument("--page-token", help="next_page_token of the previous answer")
 
 
@@ -704,7 +735,7 @@ def _add_family_arguments(add: Add) -> None:
     v.add_argument(
         "--requester", type=person, metavar="PERSON", help="a holder who bound the person (default: the person)"
     )
-    v.add_argument("--ttl-s", type=int, help="lifetime in seconds (default: the server's, 60; capped by it)")
+    v.add_argument("--ttl-s", type=int32, help="lifetime in seconds (default: the server's, 60; capped by it)")
     for name, text in (("grant", "grant family mutual aid (app)"), ("revoke", "end a mutual-aid grant (app)")):
         g = add(name, text)
         g.add_argument("--authorizer", type=person, metavar="PERSON", required=True, help="whose personal account pays")
@@ -725,7 +756,7 @@ def _add_family_arguments(add: Add) -> None:
     cap = c.add_mutually_exclusive_group(required=True)
     cap.add_argument(
         "--yearly-cap-fen",
-        type=int,
+        type=fen,
         metavar="FEN",
         help="the most the grant pays in a calendar year, in fen (0: nothing)",
     )
@@ -770,7 +801,7 @@ def _add_account_arguments(add: Add) -> None:
     e.add_argument("--document-number", help="the document's number (not for a resident ID card)")
     cr = add("credit", "credit a personal account (个人账户划入) (operator)")
     cr.add_argument("--person", type=person, metavar="PERSON", required=True, help="whose account")
-    cr.add_argument("--amount-fen", type=int, metavar="FEN", required=True, help="the amount, in fen (1/100 yuan)")
+    cr.add_argument("--amount-fen", type=fen, metavar="FEN", required=True, help="the amount, in fen (1/100 yuan)")
     cr.add_argument("--memo", help="free text for the ledger, e.g. '2026-11 个人账户划入'")
     cr.add_argument("--request-id", default=None, help=_REQUEST_ID)
     a = add("account", "a person's account: scheme, status, region, balance (operator, or app with --as app)")
@@ -785,20 +816,20 @@ def _add_account_arguments(add: Add) -> None:
                    help=f"comma-separated relationships, of: {','.join(RELATIONSHIPS)}")  # fmt: skip
     p.add_argument(
         "--beneficiary-cap-fen",
-        type=int,
+        type=fen,
         metavar="FEN",
         help="yearly cap on mutual aid per beneficiary, fen (default: none)",
     )
     p.add_argument(
         "--authorizer-floor-fen",
-        type=int,
+        type=fen,
         metavar="FEN",
         help="balance mutual aid leaves an authorizer, fen (default: none)",
     )
     add("policies", "list region grant policies, and the default (operator)")
     le = add("ledger", "a person's newest ledger entries (交易记录), as the app shows them (app, or operator)")
     le.add_argument("--person", type=person, metavar="PERSON", required=True, help="ID number or demo alias")
-    le.add_argument("--page-size", type=int, default=10, help="entries, newest first (default 10, at most 100)")
+    le.add_argument("--page-size", type=int32, default=10, help="entries, newest first (default 10, at most 100)")
     le.add_argument("--page-token", help="next_page_token of the previous answer")
     le.add_argument("--as", dest="as_kind", choices=("app", "operator"), default="app",
                     help="call with this token (default app)")  # fmt: skip
@@ -808,9 +839,9 @@ def _add_premium_arguments(add: Add) -> None:
     """The resident-premium subcommands (国办发〔2024〕38号): rates, payments, refunds, the report."""
     r = add("premium-rate-set", "set the resident premium of a region for a year, and its window (operator)")
     r.add_argument("--region", required=True, help="province ('61') or 统筹区 ('610100'); the most specific applies")
-    r.add_argument("--year", type=int, help="contribution year (default: next year)")
+    r.add_argument("--year", type=int32, help="contribution year (default: next year)")
     r.add_argument(
-        "--amount-fen", type=int, metavar="FEN", required=True, help="the premium of one person for the year, in fen"
+        "--amount-fen", type=fen, metavar="FEN", required=True, help="the premium of one person for the year, in fen"
     )
     r.add_argument(
         "--opens", type=day, metavar="YYYY-MM-DD", required=True, help="first day of collection, YYYY-MM-DD (China)"
@@ -819,7 +850,7 @@ def _add_premium_arguments(add: Add) -> None:
         "--closes", type=day, metavar="YYYY-MM-DD", required=True, help="last day of collection, included, YYYY-MM-DD"
     )
     rs = add("premium-rates", "list the resident premium rates (operator)")
-    rs.add_argument("--year", type=int, help="only this contribution year")
+    rs.add_argument("--year", type=int32, help="only this contribution year")
     pay = add("premium-pay", "pay a close relative's resident premium from the payer's personal account (app)")
     pay.add_argument(
         "--payer", type=person, metavar="PERSON", required=True, help="the employee whose personal account pays"
@@ -827,7 +858,7 @@ def _add_premium_arguments(add: Add) -> None:
     pay.add_argument(
         "--beneficiary", type=person, metavar="PERSON", required=True, help="the resident-insured relative granted"
     )
-    pay.add_argument("--year", type=int, help="contribution year (default: next year)")
+    pay.add_argument("--year", type=int32, help="contribution year (default: next year)")
     pay.add_argument("--request-id", default=None, help=_REQUEST_ID)
     refund = add("premium-refund", "refund a premium payment to the payer's account (operator)")
     refund.add_argument("--payment", required=True, metavar="ID", help="payment_id, as premium-pay answered it")
@@ -840,5 +871,5 @@ def _add_premium_arguments(add: Add) -> None:
         "--to", dest="to_date", type=day, metavar="YYYY-MM-DD", required=True, help="last day, included, YYYY-MM-DD"
     )
     report.add_argument("--region", help="only 统筹区 of this province ('61') or this 统筹区")
-    report.add_argument("--page-size", type=int, help="rows per page (default 100, at most 1000)")
+    report.add_argument("--page-size", type=int32, help="rows per page (default 100, at most 1000)")
     report.add_argument("--page-token", help="next_page_token of the previous answer")

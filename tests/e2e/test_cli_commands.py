@@ -207,7 +207,8 @@ def test_quote(gongji: Client) -> None:
     assert quoted["psn_cash_pay_fen"] == "700"
     line = gongji.fails(EXIT_REFUSED, "quote", "--patient", "demo:xiaoli", "--amount-fen", "-5")
     assert "amount_fen" in line and reason(line) == "INVALID_AMOUNT", line
-    assert "invalid int value" in gongji.usage("quote", "--patient", "demo:xiaoli", "--amount-fen", "1.5")
+    assert "invalid whole number '1.5'" in gongji.usage("quote", "--patient", "demo:xiaoli", "--amount-fen", "1.5")
+    assert "out of range" in gongji.usage("quote", "--patient", "demo:xiaoli", "--amount-fen", str(2**63))
 
 
 def test_cancel(gongji: Client) -> None:
@@ -360,6 +361,9 @@ def test_ledger(gongji: Client) -> None:
     assert gongji.ok("ledger", "--person", "demo:defu", "--as", "operator")["entries"]
     line = gongji.fails(EXIT_REFUSED, "ledger", "--person", "demo:defu", "--page-size", "1000")
     assert "page_size" in line and reason(line) == "INVALID_ARGUMENT", line
+    assert "out of range (a 32-bit integer)" in gongji.usage(
+        "ledger", "--person", "demo:defu", "--page-size", str(2**31)
+    )
 
 
 def test_premium_rates_pay_refund_and_report(gongji: Client) -> None:
@@ -418,6 +422,8 @@ def test_target_and_tokens_before_or_after_the_subcommand_or_from_the_environmen
     # A flag wins over its variable.
     line = gongji.fails(EXIT_AUTH, "policies", "--operator-token", "gj_wrong", target=False, tokens=False)
     assert reason(line) == "CREDENTIALS_INVALID", line
+    line = gongji.fails(EXIT_AUTH, "policies", "--operator-token", "令牌 x", target=False, tokens=False)
+    assert line.startswith("error: the operator token is not a bearer token"), line
     line = gongji.fails(EXIT_UNREACHABLE, "policies", "--target", f"127.0.0.1:{free_port()}", tokens=False)
     assert "(UNAVAILABLE); is `make run` serving on 127.0.0.1:" in line, line
 
@@ -448,6 +454,9 @@ def test_tls_and_mtls(gongji: Client, servers: Servers, monkeypatch: pytest.Monk
     gongji.fails(EXIT_UNREACHABLE, "policies", "--target", tls, "--ca-file", pki["ca"], "--server-name", "other.test")
     line = gongji.fails(EXIT_USAGE, "policies", "--target", tls, "--ca-file", pki["ca"] + ".missing")
     assert line == f"error: cannot read the CA file {pki['ca']}.missing: No such file or directory", line
+
+    line = gongji.fails(EXIT_USAGE, "policies", "--target", tls, "--ca-file", pki["client_key"])
+    assert line == f"error: the CA file {pki['client_key']} is not PEM: no -----BEGIN CERTIFICATE----- in it", line
 
     mtls = f"127.0.0.1:{servers.mtls_port}"
     client_cert = ("--cert-file", pki["client_cert"], "--key-file", pki["client_key"])
@@ -486,6 +495,11 @@ def test_entry_point_unreachable_bad_enum_and_missing_tokens(servers: Servers, t
     assert cousin.returncode == EXIT_USAGE, cousin
     assert "invalid choice: 'cousin'" in cousin.stderr.splitlines()[-1]
     assert "Traceback" not in cousin.stderr
+
+    untrusted = _entry("--target", f"127.0.0.1:{servers.tls_port}", "--ca-file", str(servers.pki["other_ca"]),
+                       "policies", "--operator-token", servers.tokens["operator"])  # fmt: skip
+    assert untrusted.returncode == EXIT_UNREACHABLE, untrusted
+    assert untrusted.stderr.count("\n") == 1, "no log line of gRPC core: " + untrusted.stderr
 
     missing = _entry("--target", f"127.0.0.1:{servers.port}", "policies", env={"GONGJI_DATA_DIR": str(tmp_path)})
     assert missing.returncode == EXIT_AUTH, missing
