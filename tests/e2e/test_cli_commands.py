@@ -450,6 +450,10 @@ def test_tls_and_mtls(gongji: Client, servers: Servers, monkeypatch: pytest.Monk
     assert gongji.ok("policies", "--target", tls, "--ca-file", pki["ca"])["policies"]
     assert gongji.ok("--target", tls, "--tls", "--ca-file", pki["ca"], "--server-name", "localhost", "policies")
     gongji.fails(EXIT_UNREACHABLE, "policies", "--target", tls)  # plaintext to a TLS server
+    gongji.fails(EXIT_UNREACHABLE, "policies", "--target", tls, "--tls")  # the system's roots know not our CA
+    monkeypatch.setenv("GONGJI_CLIENT_TLS", "1")
+    gongji.fails(EXIT_UNREACHABLE, "policies", "--target", f"127.0.0.1:{servers.port}")  # TLS to plaintext
+    monkeypatch.delenv("GONGJI_CLIENT_TLS")
     gongji.fails(EXIT_UNREACHABLE, "policies", "--target", tls, "--ca-file", pki["other_ca"])
     gongji.fails(EXIT_UNREACHABLE, "policies", "--target", tls, "--ca-file", pki["ca"], "--server-name", "other.test")
     line = gongji.fails(EXIT_USAGE, "policies", "--target", tls, "--ca-file", pki["ca"] + ".missing")

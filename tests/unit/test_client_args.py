@@ -8,7 +8,11 @@ import argparse
 import re
 from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 
 from gongji import cli, client, demo
 from gongji.v1 import types_pb2
@@ -91,3 +95,48 @@ def test_docs_cli_md_has_a_section_for_every_subcommand() -> None:
     for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
         if "://" not in link:
             assert (ROOT / "docs" / link).resolve().exists(), link
+
+
+def _error(code: grpc.StatusCode, details: str, *extra: Message, reason: str | None = None) -> grpc.aio.AioRpcError:
+    """A failed call as the client sees it, with the status details gongji sends (ErrorInfo, BadRequest)."""
+    packed = []
+    for message in ((error_details_pb2.ErrorInfo(reason=reason, domain="gongji"),) if reason else ()) + extra:
+        any_ = any_pb2.Any()
+        any_.Pack(message)
+        packed.append(any_)
+    status = status_pb2.Status(code=code.value[0], message=details, details=packed)
+    trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details)
+
+
+def test_one_error_line_and_the_exit_status_of_its_kind() -> None:
+    S = grpc.StatusCode
+    bad = error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field="amount_fen", description="must be 1+")]
+    )
+    cases = [
+        (_error(S.NOT_FOUND, "SETTLEMENT_NOT_FOUND", reason="SETTLEMENT_NOT_FOUND"), 1, "error: SETTLEMENT_NOT_FOUND"),
+        (_error(S.NOT_FOUND, "no such settlement", reason="SETTLEMENT_NOT_FOUND"), 1,
+         "error: no such settlement (SETTLEMENT_NOT_FOUND)"),
+        (_error(S.INVALID_ARGUMENT, "amount_fen: must be 1+", bad, reason="INVALID_AMOUNT"), 1,
+         "error: amount_fen: must be 1+ (INVALID_AMOUNT)"),
+        (_error(S.INVALID_ARGUMENT, "the request has a bad field", bad, reason="INVALID_AMOUNT"), 1,
+         "error: the request has a bad field (INVALID_AMOUNT): amount_fen: must be 1+"),
+        (_error(S.RESOURCE_EXHAUSTED, "at most 5", reason="FAMILY_LIMIT_REACHED"), 1,
+         "error: at most 5 (FAMILY_LIMIT_REACHED)"),
+        (_error(S.RESOURCE_EXHAUSTED, "busy", reason="SERVER_BUSY"), 3, "error: busy (SERVER_BUSY)"),
+        (_error(S.UNAVAILABLE, "DATABASE_UNAVAILABLE", reason="DATABASE_UNAVAILABLE"), 3,
+         "error: DATABASE_UNAVAILABLE"),
+        (_error(S.INTERNAL, "internal error", reason="INTERNAL"), 5, "error: internal error (INTERNAL)"),
+        (_error(S.UNKNOWN, "Exception calling application"), 5, "error: Exception calling application (UNKNOWN)"),
+        (_error(S.UNAUTHENTICATED, "unknown or revoked credentials", reason="CREDENTIALS_INVALID"), 4,
+         "error: unknown or revoked credentials (CREDENTIALS_INVALID); check --terminal-token/--app-token/"
+         "--operator-token or GONGJI_*_TOKEN (.gongji/demo-tokens.json)"),
+        (_error(S.UNAVAILABLE, "failed to connect\n to all addresses"), 3,
+         "error: failed to connect to all addresses (UNAVAILABLE); is `make run` serving on h:1? set --target or "
+         "GONGJI_TARGET"),
+        (_error(S.DEADLINE_EXCEEDED, "Deadline Exceeded"), 3,
+         "error: Deadline Exceeded (DEADLINE_EXCEEDED); is `make run` serving on h:1? set --target or GONGJI_TARGET"),
+    ]  # fmt: skip
+    for error, status, line in cases:
+        assert client.failure(error, "h:1") == (status, line)
