@@ -418,7 +418,7 @@ def test_target_and_tokens_before_or_after_the_subcommand_or_from_the_environmen
 
     monkeypatch.setenv("GONGJI_TARGET", target)
     monkeypatch.setenv("GONGJI_OPERATOR_TOKEN", servers.tokens["operator"])
-    assert gongji.ok("policies", target=False, tokens=False)["policies"]
+    assert gongji.ok("policies", target=False, tokens=False)["default_policy"]
     # A flag wins over its variable.
     line = gongji.fails(EXIT_AUTH, "policies", "--operator-token", "gj_wrong", target=False, tokens=False)
     assert reason(line) == "CREDENTIALS_INVALID", line
@@ -434,7 +434,7 @@ def test_tokens_from_the_demo_file_or_missing(
     line = gongji.fails(EXIT_AUTH, "policies", tokens=False)
     assert line.startswith("error: no operator token for this call; set --operator-token or GONGJI_OPERATOR_TOKEN")
     monkeypatch.setenv("GONGJI_DATA_DIR", str(servers.data_dir))
-    assert gongji.ok("policies", tokens=False)["policies"]
+    assert gongji.ok("policies", tokens=False)["default_policy"]
     assert gongji.ok("settle", "--patient", "demo:xiaoli", "--amount-fen", "1", tokens=False)["settlement"]
     broken = servers.data_dir.parent / "broken"
     broken.mkdir(exist_ok=True)
@@ -447,8 +447,10 @@ def test_tokens_from_the_demo_file_or_missing(
 def test_tls_and_mtls(gongji: Client, servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
     pki = {k: str(v) for k, v in servers.pki.items()}
     tls = f"127.0.0.1:{servers.tls_port}"
-    assert gongji.ok("policies", "--target", tls, "--ca-file", pki["ca"])["policies"]
-    assert gongji.ok("--target", tls, "--tls", "--ca-file", pki["ca"], "--server-name", "localhost", "policies")
+    assert gongji.ok("policies", "--target", tls, "--ca-file", pki["ca"])["default_policy"]
+    assert gongji.ok("--target", tls, "--tls", "--ca-file", pki["ca"], "--server-name", "localhost", "policies")[
+        "default_policy"
+    ]
     gongji.fails(EXIT_UNREACHABLE, "policies", "--target", tls)  # plaintext to a TLS server
     gongji.fails(EXIT_UNREACHABLE, "policies", "--target", tls, "--tls")  # the system's roots know not our CA
     monkeypatch.setenv("GONGJI_CLIENT_TLS", "1")
@@ -464,7 +466,7 @@ def test_tls_and_mtls(gongji: Client, servers: Servers, monkeypatch: pytest.Monk
 
     mtls = f"127.0.0.1:{servers.mtls_port}"
     client_cert = ("--cert-file", pki["client_cert"], "--key-file", pki["client_key"])
-    assert gongji.ok("policies", "--target", mtls, "--ca-file", pki["ca"], *client_cert)["policies"]
+    assert gongji.ok("policies", "--target", mtls, "--ca-file", pki["ca"], *client_cert)["default_policy"]
     gongji.fails(EXIT_UNREACHABLE, "policies", "--target", mtls, "--ca-file", pki["ca"])  # no client certificate
     line = gongji.fails(EXIT_USAGE, "policies", "--target", mtls, "--ca-file", pki["ca"], "--cert-file",
                         pki["client_cert"])  # fmt: skip
@@ -473,7 +475,7 @@ def test_tls_and_mtls(gongji: Client, servers: Servers, monkeypatch: pytest.Monk
     for name, value in (("CA", pki["ca"]), ("CERT", pki["client_cert"]), ("KEY", pki["client_key"])):
         monkeypatch.setenv(f"GONGJI_CLIENT_{name}_FILE", value)
     monkeypatch.setenv("GONGJI_TARGET", mtls)
-    assert gongji.ok("policies", target=False)["policies"]
+    assert gongji.ok("policies", target=False)["default_policy"]
 
 
 # ---- the installed entry point: what a user sees --------------------------------------------------------
