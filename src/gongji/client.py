@@ -47,10 +47,12 @@ EXIT_SERVER = 5  # a fault of the server (INTERNAL, UNKNOWN, ...)
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
 TOKEN_KINDS = ("terminal", "app", "operator")
-SERVICES = (
-    settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"],
-    family_pb2.DESCRIPTOR.services_by_name["FamilyService"],
-    account_pb2.DESCRIPTOR.services_by_name["AccountService"],
+# The services of the contract, from the descriptors (tests/unit/test_client_args.py checks RPC_COMMANDS
+# against every service of every proto file).
+SERVICES = tuple(
+    service
+    for module in (settlement_pb2, family_pb2, account_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
 )
 
 _UNREACHABLE_HINT = "is `make run` serving on {target}? set --target or GONGJI_TARGET"
@@ -295,9 +297,6 @@ def _details(exc: grpc.aio.AioRpcError) -> tuple[str | None, list[str]]:
 Call = Callable[[grpc.aio.Channel, argparse.Namespace, Tokens], Awaitable[Message]]
 
 
-_t = timeout_s
-
-
 def _settlement(ch: grpc.aio.Channel) -> settlement_pb2_grpc.SettlementServiceAsyncStub:
     return settlement_pb2_grpc.SettlementServiceStub(ch)
 
@@ -314,7 +313,7 @@ async def _voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Token
     issued = await _family(ch).IssueVoucher(
         family_pb2.IssueVoucherRequest(person_id=args.patient, requester_id=args.holder or args.patient),
         metadata=tokens.auth("app"),
-        timeout=_t(args),
+        timeout=timeout_s(args),
     )
     return str(issued.voucher)
 
@@ -332,26 +331,26 @@ async def settle(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens)
     metadata = tokens.auth("terminal")  # before the voucher: a missing token wastes no voucher
     voucher = await _voucher(ch, args, tokens)
     request = settlement_pb2.SettleRequest(request_id=args.request_id, voucher=voucher, **_payment(args))
-    return await _settlement(ch).Settle(request, metadata=metadata, timeout=_t(args))
+    return await _settlement(ch).Settle(request, metadata=metadata, timeout=timeout_s(args))
 
 
 async def quote(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     metadata = tokens.auth("terminal")
     voucher = await _voucher(ch, args, tokens)
     request = settlement_pb2.QuoteRequest(voucher=voucher, **_payment(args))
-    return await _settlement(ch).Quote(request, metadata=metadata, timeout=_t(args))
+    return await _settlement(ch).Quote(request, metadata=metadata, timeout=timeout_s(args))
 
 
 async def cancel(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = settlement_pb2.CancelRequest(
         request_id=args.request_id, settlement_id=args.settlement, amount_fen=args.amount_fen
     )
-    return await _settlement(ch).Cancel(request, metadata=tokens.auth("terminal"), timeout=_t(args))
+    return await _settlement(ch).Cancel(request, metadata=tokens.auth("terminal"), timeout=timeout_s(args))
 
 
 async def reverse(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = settlement_pb2.ReverseRequest(original_request_id=args.original_request_id)
-    return await _settlement(ch).Reverse(request, metadata=tokens.auth("terminal"), timeout=_t(args))
+    return await _settlement(ch).Reverse(request, metadata=tokens.auth("terminal"), timeout=timeout_s(args))
 
 
 async def get_settlement(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -359,7 +358,7 @@ async def get_settlement(ch: grpc.aio.Channel, args: argparse.Namespace, tokens:
         request = settlement_pb2.GetSettlementRequest(settlement_id=args.settlement)
     else:
         request = settlement_pb2.GetSettlementRequest(request_id=args.settle_request_id)
-    return await _settlement(ch).GetSettlement(request, metadata=tokens.auth("terminal"), timeout=_t(args))
+    return await _settlement(ch).GetSettlement(request, metadata=tokens.auth("terminal"), timeout=timeout_s(args))
 
 
 async def reconcile(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -371,14 +370,14 @@ async def reconcile(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Toke
         page_token=args.page_token or "",
     )
     kind = "operator" if args.institution else "terminal"
-    return await _settlement(ch).Reconcile(request, metadata=tokens.auth(kind), timeout=_t(args))
+    return await _settlement(ch).Reconcile(request, metadata=tokens.auth(kind), timeout=timeout_s(args))
 
 
 async def voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = family_pb2.IssueVoucherRequest(
         person_id=args.person, requester_id=args.requester or args.person, ttl_seconds=args.ttl_s or 0
     )
-    return await _family(ch).IssueVoucher(request, metadata=tokens.auth("app"), timeout=_t(args))
+    return await _family(ch).IssueVoucher(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
 async def grant(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -387,14 +386,14 @@ async def grant(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) 
         beneficiary_id=args.beneficiary,
         relationship=RELATIONSHIPS[args.relationship],
     )
-    return await _family(ch).Grant(request, metadata=tokens.auth("app"), timeout=_t(args))
+    return await _family(ch).Grant(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
 async def revoke(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = family_pb2.RevokeRequest(
         authorizer_id=args.authorizer, beneficiary_id=args.beneficiary, requester_id=args.requester or ""
     )
-    return await _family(ch).Revoke(request, metadata=tokens.auth("app"), timeout=_t(args))
+    return await _family(ch).Revoke(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
 async def grant_cap(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -403,7 +402,7 @@ async def grant_cap(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Toke
         beneficiary_id=args.beneficiary,
         yearly_cap_fen=None if args.clear else args.yearly_cap_fen,
     )
-    return await _family(ch).SetGrantCap(request, metadata=tokens.auth("app"), timeout=_t(args))
+    return await _family(ch).SetGrantCap(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
 async def bind(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -419,17 +418,17 @@ async def bind(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -
         reason=args.reason,
         face_verification_ref=args.face_ref or "",
     )
-    return await _family(ch).Bind(request, metadata=tokens.auth("app"), timeout=_t(args))
+    return await _family(ch).Bind(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
 async def unbind(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = family_pb2.UnbindRequest(holder_id=args.holder, member_id=args.member)
-    return await _family(ch).Unbind(request, metadata=tokens.auth("app"), timeout=_t(args))
+    return await _family(ch).Unbind(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
 async def family(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = family_pb2.ListFamilyRequest(person_id=args.person)
-    return await _family(ch).ListFamily(request, metadata=tokens.auth("app"), timeout=_t(args))
+    return await _family(ch).ListFamily(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
 async def enroll(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -443,19 +442,19 @@ async def enroll(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens)
         document_type=DOCUMENT_TYPES[args.document_type] if args.document_type else types_pb2.DOCUMENT_TYPE_UNSPECIFIED,
         document_number=args.document_number or "",
     )
-    return await _account(ch).Enroll(request, metadata=tokens.auth("operator"), timeout=_t(args))
+    return await _account(ch).Enroll(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
 
 
 async def credit(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = account_pb2.CreditRequest(
         request_id=args.request_id, person_id=args.person, amount_fen=args.amount_fen, memo=args.memo or ""
     )
-    return await _account(ch).Credit(request, metadata=tokens.auth("operator"), timeout=_t(args))
+    return await _account(ch).Credit(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
 
 
 async def account(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = account_pb2.GetAccountRequest(person_id=args.person)
-    return await _account(ch).GetAccount(request, metadata=tokens.auth(args.as_kind), timeout=_t(args))
+    return await _account(ch).GetAccount(request, metadata=tokens.auth(args.as_kind), timeout=timeout_s(args))
 
 
 async def policy_set(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -467,12 +466,12 @@ async def policy_set(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tok
         authorizer_floor_fen=args.authorizer_floor_fen,
     )
     request = account_pb2.SetRegionPolicyRequest(policy=policy)
-    return await _account(ch).SetRegionPolicy(request, metadata=tokens.auth("operator"), timeout=_t(args))
+    return await _account(ch).SetRegionPolicy(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
 
 
 async def policies(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = account_pb2.ListRegionPoliciesRequest()
-    return await _account(ch).ListRegionPolicies(request, metadata=tokens.auth("operator"), timeout=_t(args))
+    return await _account(ch).ListRegionPolicies(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
 
 
 async def ledger(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -480,7 +479,7 @@ async def ledger(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens)
     request = account_pb2.ListLedgerRequest(
         person_id=args.person, page_size=args.page_size, page_token=args.page_token or ""
     )
-    return await _account(ch).ListLedger(request, metadata=tokens.auth(args.as_kind), timeout=_t(args))
+    return await _account(ch).ListLedger(request, metadata=tokens.auth(args.as_kind), timeout=timeout_s(args))
 
 
 def _next_year() -> int:
@@ -497,12 +496,12 @@ async def premium_rate_set(ch: grpc.aio.Channel, args: argparse.Namespace, token
         closes_on=args.closes,
     )
     request = account_pb2.SetPremiumRateRequest(rate=rate)
-    return await _account(ch).SetPremiumRate(request, metadata=tokens.auth("operator"), timeout=_t(args))
+    return await _account(ch).SetPremiumRate(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
 
 
 async def premium_rates(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = account_pb2.ListPremiumRatesRequest(year=args.year or 0)
-    return await _account(ch).ListPremiumRates(request, metadata=tokens.auth("operator"), timeout=_t(args))
+    return await _account(ch).ListPremiumRates(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
 
 
 async def premium_pay(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -512,12 +511,12 @@ async def premium_pay(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: To
         beneficiary_id=args.beneficiary,
         year=args.year or _next_year(),
     )
-    return await _account(ch).PayPremium(request, metadata=tokens.auth("app"), timeout=_t(args))
+    return await _account(ch).PayPremium(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
 async def premium_refund(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = account_pb2.RefundPremiumRequest(payment_id=args.payment, reason=args.reason)
-    return await _account(ch).RefundPremium(request, metadata=tokens.auth("operator"), timeout=_t(args))
+    return await _account(ch).RefundPremium(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
 
 
 async def premium_report(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -528,7 +527,7 @@ async def premium_report(ch: grpc.aio.Channel, args: argparse.Namespace, tokens:
         page_size=args.page_size or 0,
         page_token=args.page_token or "",
     )
-    return await _account(ch).ReportPremiums(request, metadata=tokens.auth("operator"), timeout=_t(args))
+    return await _account(ch).ReportPremiums(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
 
 
 # Every RPC of the contract, by its full name, and the subcommand that calls it.

@@ -5,6 +5,8 @@ for every subcommand."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import re
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+import gongji.v1
 from gongji import cli, client, demo
 from gongji.v1 import types_pb2
 
@@ -29,8 +32,16 @@ def _client_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
 
 
 def test_every_rpc_of_every_service_has_a_subcommand() -> None:
-    rpcs = {method.full_name for service in client.SERVICES for method in service.methods}
+    modules = [
+        importlib.import_module(f"gongji.v1.{m.name}")
+        for m in pkgutil.iter_modules(gongji.v1.__path__)
+        if m.name.endswith("_pb2")
+    ]
+    services = [s for module in modules for s in module.DESCRIPTOR.services_by_name.values()]
+    assert len(services) == 3
+    rpcs = {method.full_name for service in services for method in service.methods}
     assert len(rpcs) == 24
+    assert {m.full_name for s in client.SERVICES for m in s.methods} == rpcs
     assert set(client.RPC_COMMANDS) == rpcs
     assert set(client.RPC_COMMANDS.values()) == set(client.COMMANDS), "one subcommand per RPC, and no other"
     assert len(set(client.RPC_COMMANDS.values())) == len(rpcs)
