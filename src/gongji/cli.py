@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from gongji import client, logs
+from gongji import logs
 from gongji.config import Settings
 
 
@@ -193,18 +193,29 @@ def _credential_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _client(settings: Settings, args: argparse.Namespace) -> int:
+    """One RPC: its answer as JSON on stdout, or one line on stderr and an exit status of its kind."""
     import grpc
 
+    from gongji import client
+
     try:
-        result = _run(client.run(args, client.tokens(settings.data_dir)))
+        result = _run(client.run(args, client.tokens(settings.data_dir, args)))
     except grpc.aio.AioRpcError as exc:
-        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        status, line = client.failure(exc, client.target(args))
+        print(line, file=sys.stderr)
+        return status
+    except client.ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130  # as a shell reports SIGINT; the user knows why
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
+    from gongji import client
+
     p = argparse.ArgumentParser(prog="gongji", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -248,17 +259,30 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("credential", help="its id (all digits), or its label when one live credential has it")
     r.set_defaults(func=_credential_revoke)
 
-    cl = sub.add_parser("client", help="call a running server with the demo tokens (or GONGJI_*_TOKEN)")
-    cl.add_argument("--target", default=os.environ.get("GONGJI_TARGET", "127.0.0.1:50051"))
-    client.add_arguments(cl.add_subparsers(dest="client_command", required=True))
+    cl = sub.add_parser(
+        "client",
+        help="call a running server: one subcommand per RPC (demo tokens, or GONGJI_*_TOKEN)",
+        description=client.DESCRIPTION,
+        epilog=client.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[client.common_options(top=True)],
+    )
+    client.add_arguments(
+        cl.add_subparsers(dest="client_command", required=True, metavar="COMMAND"), client.common_options(top=False)
+    )
     cl.set_defaults(func=_client)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["client"] and "grpc" not in sys.modules:
+        # A failure is one line: gRPC core's own log lines (a failed TLS handshake, an unreadable
+        # certificate) would add to it. Read when grpc is imported; GONGJI users may set it to see them.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     args = _parser().parse_args(argv)
     settings = Settings()
-    logs.configure(settings.log_level, settings.log_format)
+    if args.command != "client":  # the client logs nothing: its stderr is the one line of a failure
+        logs.configure(settings.log_level, settings.log_format)
     warnings.filterwarnings("ignore", module="platformdirs")
     if getattr(args, "request_id", "") is None:
         args.request_id = f"cli-{uuid.uuid4()}"

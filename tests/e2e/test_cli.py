@@ -180,12 +180,14 @@ def test_credential_list_and_revoke(env: dict[str, str]) -> None:
 
         settle = _gongji(env, "client", "--target", env["GONGJI_GRPC_LISTEN"], "settle", "--patient", "demo:xiaoli",
                          "--amount-fen", "100")  # fmt: skip
-        assert (settle.returncode, settle.stderr.strip()) == (1, "UNAUTHENTICATED: unknown or revoked credentials")
+        assert settle.returncode == 4, "authentication"
+        assert settle.stderr.startswith("error: unknown or revoked credentials (CREDENTIALS_INVALID)"), settle.stderr
+        assert settle.stderr.count("\n") == 1, settle.stderr
         for _ in range(4):
             quote = _gongji(env, "client", "--target", env["GONGJI_GRPC_LISTEN"], "quote", "--patient", "demo:xiaoli",
                             "--amount-fen", "100")  # fmt: skip
-            assert quote.returncode == 1
-            assert quote.stderr.startswith("UNAUTHENTICATED"), quote.stderr
+            assert quote.returncode == 4
+            assert "(CREDENTIALS_INVALID)" in quote.stderr, quote.stderr
     finally:
         log = stop(proc)
     assert "Traceback" not in log
