@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from gongji.store import db
+
 
 class Kind(enum.StrEnum):
     TERMINAL = "TERMINAL"  # a POS terminal of one institution: SettlementService
@@ -95,7 +97,7 @@ def new_token() -> str:
 
 
 async def lookup(pool: asyncpg.Pool, token: str) -> Principal | None:
-    row = await pool.fetchrow(_LOOKUP, token_hash(token))
+    row = await db.fetchrow(pool, _LOOKUP, token_hash(token))
     if row is None:
         return None
     return Principal(row["credential_id"], Kind(row["kind"]), row["institution_id"], row["terminal_id"])

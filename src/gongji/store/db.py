@@ -135,6 +135,60 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[s
     return url, server
 
 
+class Connection(asyncpg.Connection):
+    """A pooled connection that can be known clean, so that its release needs no round trip.
+
+    On release asyncpg rolls back a transaction it knows to be open, then runs the pool's reset. Its
+    default reset (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) is a round trip
+    after every call, a seventh of the server's CPU per settlement. It is only needed when the
+    connection may hold session state or may be broken: `_reset_unless_known_clean` skips it when the
+    last thing done on the connection was one of our statements that completed, outside a transaction,
+    as the server's own ReadyForQuery said (`known_clean`). Anything else, an error, a cancellation, a
+    statement cut off, a transaction block, anyone's own use of `pool.acquire()`, gets the full reset,
+    which also fails on a connection left broken so that the pool discards it (the chaos suite caught
+    such a connection when the reset was skipped unconditionally; bench/README.md).
+    Our SQL takes no session state: its advisory locks are transaction-scoped, and it sets nothing for
+    the session (tests/integration/test_pool_reset.py holds the SQL files to that).
+    """
+
+    __slots__ = ("_gongji_clean",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gongji_clean = False
+
+    def known_clean(self) -> None:
+        """The statement just completed left no session state: release without the reset."""
+        self._gongji_clean = True
+
+
+def known_clean(conn: object) -> None:
+    """`Connection.known_clean` through the pool's proxy of the connection."""
+    mark: Callable[[], None] | None = getattr(conn, "known_clean", None)
+    if mark is not None:
+        mark()
+
+
+async def _reset_unless_known_clean(conn: asyncpg.Connection) -> None:
+    clean = isinstance(conn, Connection) and conn._gongji_clean
+    if isinstance(conn, Connection):
+        conn._gongji_clean = False
+    if clean and not conn.is_in_transaction():
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
+
+
+async def fetchrow(pool: Pool, query: str, *args: object) -> asyncpg.Record | None:
+    """One statement of our own SQL, outside a transaction, whose connection goes back to the pool
+    without a reset when the statement completed (see Connection)."""
+    async with pool.acquire() as conn:
+        row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+        known_clean(conn)
+        return row
+
+
 async def create_pool(
     url: str, *, min_size: int, max_size: int, command_timeout_s: float, statement_cache_size: int = 256
 ) -> asyncpg.Pool:
@@ -143,10 +197,9 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout_s,
-        # asyncpg's default reset on release stays: besides cleaning session state it is a round trip
-        # that fails on a connection left broken (say, a transaction aborted by a call cut off), so the
-        # pool discards it instead of lending it out again. Skipping it was tried for speed (one round
-        # trip less per statement) and the chaos suite caught exactly that (bench/README.md).
+        # The session reset on release only where the connection is not known clean (Connection).
+        connection_class=Connection,
+        reset=_reset_unless_known_clean,
         # Statements are prepared per connection and cached; settlement is one prepared call. 0 behind
         # PgBouncer < 1.21 (transaction mode): asyncpg then uses unnamed statements only.
         statement_cache_size=statement_cache_size,

@@ -10,6 +10,7 @@ import asyncpg
 
 from gongji import errors
 from gongji.domain.waterfall import Limit
+from gongji.store import db
 from gongji.store.settlements import TERMINAL_GUARD, SettlementRow
 
 # As for Settle (see gongji.store.settlements): the credential is checked in the same statement, and
@@ -91,7 +92,7 @@ async def cancel(
 ) -> tuple[uuid.UUID, bool]:
     """Refund in one transaction as the terminal of `credential_id`, for its institution; return
     (refund id, replayed). Refusals, a revoked credential's too, raise and wrote nothing."""
-    row = await pool.fetchrow(_CANCEL, credential_id, request_id, digest, settlement_id, amount_fen)
+    row = await db.fetchrow(pool, _CANCEL, credential_id, request_id, digest, settlement_id, amount_fen)
     if row is None:
         raise errors.CredentialsInvalid("unknown or revoked credentials")
     if row["outcome"] != "OK":
@@ -104,7 +105,7 @@ async def reverse(pool: asyncpg.Pool, *, credential_id: int, request_id: str) ->
     """Reverse by the original request id, as the terminal of `credential_id` for its institution;
     return the undone settlement's id (None when nothing had been committed: the id is then refused to
     a late original) and whether this repeats a reversal. A revoked credential is refused, unwritten."""
-    row = await pool.fetchrow(_REVERSE, credential_id, request_id)
+    row = await db.fetchrow(pool, _REVERSE, credential_id, request_id)
     if row is None:
         raise errors.CredentialsInvalid("unknown or revoked credentials")
     assert row["outcome"] == "OK"

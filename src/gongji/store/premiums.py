@@ -11,7 +11,7 @@ import asyncpg
 
 from gongji import errors
 from gongji.domain.premium import PremiumRate
-from gongji.store import credentials
+from gongji.store import credentials, db
 from gongji.store.credentials import Kind
 
 # Money calls: the caller's credential is checked in the same statement (credentials.money_guard), and
@@ -173,7 +173,7 @@ async def pay(
     """PayPremium in one transaction and one round trip, as the app backend of `credential_id` (which
     must still be live: checked in that transaction). `today` is China's calendar day. Refusals raise
     and have written nothing."""
-    row = await pool.fetchrow(_PAY, credential_id, request_id, digest, payer_id, beneficiary_id, year, today)
+    row = await db.fetchrow(pool, _PAY, credential_id, request_id, digest, payer_id, beneficiary_id, year, today)
     if row is None:
         raise errors.CredentialsInvalid("unknown or revoked credentials")
     if row["outcome"] != "OK":
@@ -184,7 +184,7 @@ async def pay(
 async def refund(pool: asyncpg.Pool, *, credential_id: int, payment_id: uuid.UUID, reason: str) -> Paid:
     """RefundPremium in one transaction and one round trip, as the operator of `credential_id`. A
     payment refunded before is answered as it is, replayed, and nothing moves."""
-    row = await pool.fetchrow(_REFUND, credential_id, payment_id, reason)
+    row = await db.fetchrow(pool, _REFUND, credential_id, payment_id, reason)
     if row is None:
         raise errors.CredentialsInvalid("unknown or revoked credentials")
     if row["outcome"] != "OK":

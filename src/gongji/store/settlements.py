@@ -11,7 +11,7 @@ import asyncpg
 
 from gongji import errors
 from gongji.domain.waterfall import Limit
-from gongji.store import credentials
+from gongji.store import credentials, db
 from gongji.store.credentials import Kind
 
 _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
@@ -111,6 +111,7 @@ async def _settle_row(pool: asyncpg.Pool, timing: SettleTiming, *args: object) -
                 timing.retries += 1
                 if attempt == SETTLE_ATTEMPTS_MAX:
                     raise
+        db.known_clean(conn)
         timing.transaction_s = time.perf_counter() - acquired
     if row is None:
         raise errors.CredentialsInvalid("unknown or revoked credentials")
@@ -127,7 +128,7 @@ async def quote(
     authorizer_id: str | None,
     use_personal_account: bool,
 ) -> QuoteResult:
-    row = await pool.fetchrow(_QUOTE, voucher_id, patient_id, amount_fen, authorizer_id, use_personal_account)
+    row = await db.fetchrow(pool, _QUOTE, voucher_id, patient_id, amount_fen, authorizer_id, use_personal_account)
     assert row is not None
     if row["outcome"] != "OK":
         raise _refuse(row["outcome"])

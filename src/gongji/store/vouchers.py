@@ -7,6 +7,8 @@ import uuid
 
 import asyncpg
 
+from gongji.store import db
+
 # One round trip for the common case (a patient's own voucher): the voucher is recorded only for an
 # active person, and the answer says which of the two checks failed otherwise.
 _ISSUE = """
@@ -21,7 +23,7 @@ async def issue(
 ) -> str | None:
     """Record the voucher if `person_id` is enrolled and ACTIVE; return the person's status (None: not
     enrolled). The caller has checked the requester may show this person's voucher."""
-    row = await pool.fetchrow(_ISSUE, voucher_id, person_id, requester_id, expires_at)
+    row = await db.fetchrow(pool, _ISSUE, voucher_id, person_id, requester_id, expires_at)
     assert row is not None
     status: str | None = row["status"]
     assert row["issued"] == (status == "ACTIVE")
