@@ -34,7 +34,6 @@ from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, SUSPENDED, TE
 from gongji import limits
 from gongji.api import pages
 from gongji.api.validate import china_today
-from gongji.store import vouchers
 from gongji.v1 import account_pb2, family_pb2, settlement_pb2
 
 S = grpc.StatusCode
@@ -165,18 +164,17 @@ async def _world(served: Served) -> World:
     paid = (await api.pay_premium(authorizer, resident, this_year + 1)).payment
     genuine = [await api.voucher(p, ttl_seconds=limits.VOUCHER_TTL_S_MAX) for p in (patient, resident, authorizer)]
     genuine.append(await api.voucher(resident, requester_id=authorizer, ttl_seconds=limits.VOUCHER_TTL_S_MAX))
-    expired_id = uuid.uuid4()
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    await vouchers.issue(served.pool, expired_id, patient, patient, past)
     head, payload, mac = genuine[0].rsplit(".", 2)
     doctored = [
-        CODEC.issue(expired_id, int(past.timestamp())),
-        CODEC.issue(uuid.uuid4(), 2**63 - 1),  # genuine signature, never issued, expires never
+        CODEC.issue(uuid.uuid4(), int(past.timestamp()), patient, None),
+        CODEC.issue(uuid.uuid4(), 253_402_300_799, patient, 2**63 - 1),  # genuine signature, extreme claims
         f"{head}.{payload}.{'A' * len(mac)}",
         f"{head}.{payload[::-1]}.{mac}",
-        genuine[0].replace("GJ1.k1.", "GJ1.k2."),
+        genuine[0].replace("GJ2.k1.", "GJ2.k2."),
+        genuine[0].replace("GJ2.", "GJ1."),
         genuine[0] + "=",
-        "GJ1." * 64,
+        "GJ2." * 64,
     ]
     day = dt.datetime.now(dt.UTC).date()
     ids = [str(s_a.settlement_id), str(s_b.settlement_id)]

@@ -20,7 +20,6 @@ from harness import CODEC, fingerprint, reason_of
 from support import CHILD, RESIDENT, SUSPENDED, Api, bearer
 
 from gongji.domain.vouchers import VoucherCodec
-from gongji.store import vouchers
 from gongji.v1 import family_pb2, settlement_pb2
 
 S = grpc.StatusCode
@@ -29,6 +28,7 @@ EXPIRED = (S.FAILED_PRECONDITION, "VOUCHER_EXPIRED")
 USED = (S.FAILED_PRECONDITION, "VOUCHER_ALREADY_USED")
 NOT_THEIRS = (S.PERMISSION_DENIED, "VOUCHER_PATIENT_MISMATCH")
 NOT_ACTIVE = (S.FAILED_PRECONDITION, "PERSON_NOT_ACTIVE")
+PAYLOAD = ">16sQ16sQ"  # voucher id, expiry, person tag, binding id (gongji.domain.vouchers)
 
 
 def _b64(raw: bytes) -> str:
@@ -47,33 +47,38 @@ async def _forged_signature(api: Api, pool: asyncpg.Pool, patient: str) -> str:
 async def _extended_expiry(api: Api, pool: asyncpg.Pool, patient: str) -> str:
     """A screenshot whose expiry was pushed a day on, keeping the original signature."""
     head, payload, mac = (await api.voucher(patient)).rsplit(".", 2)
-    voucher_id, expires_s = struct.unpack(">16sQ", _unb64(payload))
-    return f"{head}.{_b64(struct.pack('>16sQ', voucher_id, expires_s + 86_400))}.{mac}"
+    voucher_id, expires_s, tag, binding = struct.unpack(PAYLOAD, _unb64(payload))
+    return f"{head}.{_b64(struct.pack(PAYLOAD, voucher_id, expires_s + 86_400, tag, binding))}.{mac}"
 
 
 async def _other_key(api: Api, pool: asyncpg.Pool, patient: str) -> str:
     """Signed under the right key id with a key the server does not hold, for a voucher it issued."""
     _, payload, _ = (await api.voucher(patient)).rsplit(".", 2)
-    voucher_id, expires_s = struct.unpack(">16sQ", _unb64(payload))
+    voucher_id, expires_s, _, _ = struct.unpack(PAYLOAD, _unb64(payload))
     return VoucherCodec({"k1": b"an-attacker-key-0123456789abcdef-0123"}, "k1").issue(
-        uuid.UUID(bytes=voucher_id), expires_s
+        uuid.UUID(bytes=voucher_id), expires_s, patient, None
     )
 
 
 async def _unknown_key_id(api: Api, pool: asyncpg.Pool, patient: str) -> str:
-    return (await api.voucher(patient)).replace("GJ1.k1.", "GJ1.k9.", 1)
+    return (await api.voucher(patient)).replace("GJ2.k1.", "GJ2.k9.", 1)
 
 
-async def _never_issued(api: Api, pool: asyncpg.Pool, patient: str) -> str:
-    """A genuine signature (the key leaked, say) over an id the server never issued."""
-    return CODEC.issue(uuid.uuid4(), int(dt.datetime.now(dt.UTC).timestamp()) + 60)
+async def _first_format(api: Api, pool: asyncpg.Pool, patient: str) -> str:
+    """A voucher of the format before tokens were self-contained (its row no longer decides)."""
+    _, key_id, payload, mac = (await api.voucher(patient)).split(".")
+    return f"GJ1.{key_id}.{_b64(_unb64(payload)[:24])}.{mac}"
+
+
+async def _binding_never_made(api: Api, pool: asyncpg.Pool, patient: str) -> str:
+    """A genuine signature (the key leaked, say) claiming a holder's binding that does not exist."""
+    never = 1 + await pool.fetchval("select coalesce(max(binding_id), 0) from kinship_binding")
+    return CODEC.issue(uuid.uuid4(), int(dt.datetime.now(dt.UTC).timestamp()) + 60, patient, never)
 
 
 async def _expired(api: Api, pool: asyncpg.Pool, patient: str) -> str:
-    voucher_id = uuid.uuid4()
     expired_at = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
-    await vouchers.issue(pool, voucher_id, patient, patient, expired_at)
-    return CODEC.issue(voucher_id, int(expired_at.timestamp()))
+    return CODEC.issue(uuid.uuid4(), int(expired_at.timestamp()), patient, None)
 
 
 async def _used(api: Api, pool: asyncpg.Pool, patient: str) -> str:
@@ -118,7 +123,8 @@ CASES: list[tuple[str, Maker, tuple[S, str]]] = [
     ("expiry extended under the old signature", _extended_expiry, INVALID),
     ("signed with another key", _other_key, INVALID),
     ("unknown key id", _unknown_key_id, INVALID),
-    ("genuine signature, never issued", _never_issued, INVALID),
+    ("of the first format", _first_format, INVALID),
+    ("genuine signature, a binding never made", _binding_never_made, INVALID),
     ("expired", _expired, EXPIRED),
     ("replayed after use", _used, USED),
     ("replayed at another institution after use", _used_at_another_institution, USED),

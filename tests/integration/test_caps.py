@@ -247,29 +247,20 @@ async def test_a_cap_set_while_a_settlement_runs_still_holds(api: Api, pool: asy
     child = await api.enroll(region="540700", birth=YOUNG, scheme=RESIDENT)
     await api.grant(father, child, CHILD)
     await api.grant(mother, child, CHILD)
-    voucher = (
-        "insert into voucher (voucher_id, person_id, requester_id, expires_at)"
-        " values (gen_random_uuid(), $1, $1, now() + interval '1 minute') returning voucher_id"
-    )
+    # A fresh voucher naming the child, as the server passes a genuine token's claims.
     settle = (
-        "select outcome, acct_mulaid_pay_fen, mulaid_limited_by"
-        " from gongji_settle($1, 'POS-RACE', $2, '\\x00'::bytea, $3, $4, $5, $6, true)"
+        "select outcome, acct_mulaid_pay_fen, mulaid_limited_by from gongji_settle($1, 'POS-RACE', $2,"
+        " '\\x00'::bytea, gen_random_uuid(), true, now() + interval '1 minute', null, $3, $4, $5, true)"
     )
     institution = await pool.fetchval("select institution_id from institution order by institution_id limit 1")
     first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
     try:
         t1 = first.transaction()
         await t1.start()
-        one = await first.fetchrow(
-            settle, institution, f"race-1-{child}", await pool.fetchval(voucher, child), child, 800, father
-        )
+        one = await first.fetchrow(settle, institution, f"race-1-{child}", child, 800, father)
         assert (one["outcome"], one["acct_mulaid_pay_fen"]) == ("OK", 800)
         await api.set_policy("540700", PROVINCE, CLOSE, beneficiary_yearly_cap_fen=1_000)
-        two = asyncio.create_task(
-            second.fetchrow(
-                settle, institution, f"race-2-{child}", await pool.fetchval(voucher, child), child, 900, mother
-            )
-        )
+        two = asyncio.create_task(second.fetchrow(settle, institution, f"race-2-{child}", child, 900, mother))
         await asyncio.sleep(0.3)
         assert not two.done(), "T2 waits for T1's turn on the beneficiary's year"
         await t1.commit()

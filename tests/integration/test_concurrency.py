@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from support import CHILD, RESIDENT, SPOUSE, STATEMENT_CACHE_SIZE, SUSPENDED, Api, account_row_held, bearer
 
 from gongji.api.validate import china_today
-from gongji.store import credentials, db, grants, settlements, vouchers
+from gongji.store import credentials, db, grants, settlements
 from gongji.v1 import account_pb2, settlement_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
@@ -142,10 +142,10 @@ async def test_cut_off_while_waiting_for_a_lock_is_all_or_nothing(
         await asyncio.sleep(0.05)
 
     committed = await pool.fetchval("select count(*) from settlement where request_id = $1", request_id)
-    used = await pool.fetchval("select used_at is not null from voucher where person_id = $1", patient)
+    used = await pool.fetchval("select count(*) from settlement where patient_id = $1", patient)
     balances = (await api.balance(authorizer), await api.balance(patient))
     if committed:
-        assert used
+        assert used == 1
         assert balances == (600, 0)
     else:
         assert not used
@@ -253,9 +253,6 @@ async def test_revoke_takes_its_turn_at_the_store(api: Api, db_url: str) -> None
         )
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
         voucher_ids = [[uuid.uuid4() for _ in range(per_worker)] for _ in range(workers)]
-        for ids in voucher_ids:
-            for vid in ids:
-                assert await vouchers.issue(store_pool, vid, patient, patient, expires) == "ACTIVE"
         revoked = asyncio.Event()
         after_revoke: list[settlements.SettlementRow] = []
 
@@ -271,7 +268,7 @@ async def test_revoke_takes_its_turn_at_the_store(api: Api, db_url: str) -> None
                     credential_id=credential_id,
                     request_id=f"store-{vid}",
                     digest=b"d",
-                    voucher_id=vid,
+                    voucher=settlements.VoucherArgs(vid, True, expires, None),
                     patient_id=patient,
                     amount_fen=100,
                     authorizer_id=None,
@@ -392,9 +389,7 @@ async def test_a_stale_balance_peek_runs_the_settlement_again(api: Api, pool: as
     await api.grant(other, patient, SPOUSE)
     retries_before = REGISTRY.get_sample_value("gongji_settle_retries_total") or 0.0
     waiting_voucher = await api.voucher(patient)
-    spending_voucher = uuid.uuid4()
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
-    assert await vouchers.issue(pool, spending_voucher, patient, patient, expires) == "ACTIVE"
+    spending_voucher = uuid.uuid4()  # a genuine token's claims, as the server passes them
     async with account_row_held(pool, patient) as blocker:
         waiting = asyncio.ensure_future(api.settle(patient, 600, voucher=waiting_voucher))
         for _ in range(100):  # bounded: until the settlement waits for the patient's row
@@ -404,7 +399,8 @@ async def test_a_stale_balance_peek_runs_the_settlement_again(api: Api, pool: as
         assert await _settle_calls_in_flight(pool), "the settlement waits for the patient's row"
         # In the blocker's transaction, a real settlement through the other grant spends 900 of 1,000.
         spent = await blocker.fetchrow(
-            "select * from gongji_settle('H61010300101', 'POS-A1', $1, '\\x00'::bytea, $2, $3, 900, $4, true)",
+            "select * from gongji_settle('H61010300101', 'POS-A1', $1, '\\x00'::bytea, $2, true,"
+            " now() + interval '1 minute', null, $3, 900, $4, true)",
             f"spend-{uuid.uuid4()}",
             spending_voucher,
             patient,

@@ -25,7 +25,7 @@ from gongji.domain.eligibility import HeldGrant, live_grant
 from gongji.domain.people import Person, PersonStatus, Scheme
 from gongji.domain.premium import PremiumRate, premium_rate_for, premium_refusal, premium_replay
 from gongji.domain.settlement import Seen, settle_refusal, settle_replay
-from gongji.domain.vouchers import IssuedVoucher, voucher_refusal
+from gongji.domain.vouchers import PresentedVoucher, voucher_refusal
 
 T = TypeVar("T")
 EXAMPLES = 200
@@ -39,9 +39,6 @@ values ($1, $2, 'SPOUSE', $3, $4, $5) returning grant_id"""
 _BINDING = """
 insert into kinship_binding (holder_id, member_id, relationship, phone, reason, created_at, ended_at)
 values ($1, $2, 'CHILD', '13800000000', 'twin', $3, $4)"""
-_VOUCHER = """
-insert into voucher (voucher_id, person_id, requester_id, issued_at, expires_at, used_at)
-values ($1, $2, $3, $4, $5, $6)"""
 
 
 def seconds(*values: int) -> st.SearchStrategy[dt.timedelta]:
@@ -97,80 +94,80 @@ PAIRS = [(h, m) for h in PEOPLE for m in PEOPLE if h != m]
 class Binding:
     holder_id: str
     member_id: str
-    created: dt.timedelta  # after the voucher's issue
     ended: bool
 
 
 @dataclass(frozen=True)
 class VoucherState:
-    known: bool
-    person_id: str
-    requester_id: str
-    issued: dt.timedelta  # after now()
+    names_patient: bool
     expires: dt.timedelta  # after now()
-    used: bool
+    used: bool  # a settlement names the voucher
     bindings: tuple[Binding, ...]
+    # The binding the voucher was issued under: an index into `bindings`, -1 for an id no binding has,
+    # None for the person's own voucher.
+    binding: int | None
 
 
 @st.composite
 def voucher_states(draw: st.DrawFn) -> VoucherState:
-    """The patient's voucher or another's, asked by the person or by someone else, with bindings live,
-    ended, made before, at or after the issue, between the requester and the person or other pairs."""
-    person = draw(st.sampled_from((PATIENT, PATIENT, PATIENT, PATIENT, OTHER)))
-    requester = draw(st.sampled_from((person, *PEOPLE)))
-    # Bindings of the pair the voucher was asked under (live, ended, made before, at or after the issue),
-    # and of other pairs, which must not count.
-    ours = st.lists(st.tuples(st.just((requester, person)), seconds(-2, -1, 0, 1, 2), st.booleans()), max_size=2)
-    ours = st.just([]) if requester == person else ours
-    others = st.lists(st.tuples(st.sampled_from(PAIRS), seconds(-2, -1, 0, 1, 2), st.booleans()), max_size=2)
+    """The patient's voucher or another's, the person's own or a holder's under a binding live or
+    ended, of the patient or of someone else, or under a binding id that names nothing."""
     bindings, live = [], set()
-    for (holder, member), created, ended in draw(ours) + draw(others):
+    for (holder, member), ended in draw(st.lists(st.tuples(st.sampled_from(PAIRS), st.booleans()), max_size=3)):
         ended = ended or (holder, member) in live  # at most one live binding per pair (kinship_binding_live)
         if not ended:
             live.add((holder, member))
-        bindings.append(Binding(holder, member, created, ended))
+        bindings.append(Binding(holder, member, ended))
+    choices = (None, None, -1, *range(len(bindings)), *range(len(bindings)))
     return VoucherState(
-        known=draw(st.sampled_from((True,) * 7 + (False,))),
-        person_id=person,
-        requester_id=requester,
-        issued=draw(seconds(-3, -2, -1, 0, 1)),
+        names_patient=draw(st.sampled_from((True,) * 7 + (False,))),
         expires=draw(seconds(5, 4, 3, 2, 1, 0, -1)),  # 0: expires at now(), so is expired
         used=draw(st.sampled_from((False,) * 4 + (True,))),
         bindings=tuple(bindings),
+        binding=draw(st.sampled_from(choices)),
     )
 
 
-async def given_voucher(
-    conn: asyncpg.Connection, s: VoucherState
-) -> tuple[uuid.UUID, IssuedVoucher | None, dt.datetime, dt.datetime | None]:
-    """Write the people, bindings and voucher of `s` in the caller's transaction; answer the voucher's
-    id and what the twin is given: the voucher (None when unknown), now() and the live binding's date."""
+_SETTLED = """
+insert into settlement (settlement_id, institution_id, terminal_id, request_id, patient_id, voucher_id,
+                        amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen)
+values (gen_random_uuid(), 'TWIN-H1', 'T1', 'r-used', $1, $2, 100, 0, 0, 100, 0)"""
+
+
+async def given_voucher(conn: asyncpg.Connection, s: VoucherState) -> tuple[uuid.UUID, PresentedVoucher, int | None]:
+    """Write the people, bindings and the voucher's use of `s` in the caller's transaction; answer the
+    voucher's id, what the twin is given, and the binding id the token carries."""
     now: dt.datetime = await conn.fetchval("select now()")
-    issued_at = now + s.issued
-    used_at = now - dt.timedelta(seconds=1) if s.used else None
-    voucher = IssuedVoucher(s.person_id, s.requester_id, issued_at, now + s.expires, used_at)
     await conn.executemany(_PERSON, [(p, "EMPLOYEE", "ACTIVE") for p in PEOPLE])
-    rows = [(b.holder_id, b.member_id, issued_at + b.created, now if b.ended else None) for b in s.bindings]
-    await conn.executemany(_BINDING, rows)
-    voucher_id = uuid.uuid4()
-    if s.known:
-        await conn.execute(_VOUCHER, voucher_id, s.person_id, s.requester_id, issued_at, voucher.expires_at, used_at)
-    since = [
-        issued_at + b.created
+    ids = [
+        await conn.fetchval(_BINDING + " returning binding_id", b.holder_id, b.member_id, now, now if b.ended else None)
         for b in s.bindings
-        if (b.holder_id, b.member_id) == (s.requester_id, s.person_id) and not b.ended
     ]
-    return voucher_id, voucher if s.known else None, now, since[0] if since else None
+    voucher_id = uuid.uuid4()
+    if s.used:
+        await conn.execute("insert into institution (institution_id, name) values ('TWIN-H1', 'twin')")
+        await conn.execute(_SETTLED, PATIENT, voucher_id)
+    binding_id: int | None = None
+    binding_live: bool | None = None
+    if s.binding is not None:
+        binding_id = ids[s.binding] if s.binding >= 0 else max(ids, default=0) + 1_000
+        chosen = s.bindings[s.binding] if s.binding >= 0 else None
+        binding_live = chosen is not None and chosen.member_id == PATIENT and not chosen.ended
+    return voucher_id, PresentedVoucher(s.names_patient, s.used, now + s.expires, binding_live), binding_id
 
 
 async def voucher_refusal_both(conn: asyncpg.Connection, s: VoucherState) -> tuple[str | None, str | None]:
     """What gongji_voucher_refusal and voucher_refusal answer for `s`, inside the caller's transaction."""
-    voucher_id, voucher, now, since = await given_voucher(conn, s)
-    # As gongji_settle reads it: the row, or all nulls for an unknown voucher.
+    voucher_id, voucher, binding_id = await given_voucher(conn, s)
     sql = await conn.fetchval(
-        "select gongji_voucher_refusal((select v from voucher v where v.voucher_id = $1), $2)", voucher_id, PATIENT
+        "select gongji_voucher_refusal($1, $2, $3, $4, $5)",
+        voucher_id,
+        voucher.names_patient,
+        voucher.expires_at,
+        binding_id,
+        PATIENT,
     )
-    twin = voucher_refusal(voucher, PATIENT, now, since)
+    twin = voucher_refusal(voucher, await conn.fetchval("select now()"))
     return sql, twin.reason if twin else None
 
 
@@ -249,17 +246,20 @@ async def settle_refusal_both(
 ) -> tuple[str | None, str | None]:
     """What gongji_settle_refusal and settle_refusal answer for a patient of `status` (None: not
     enrolled, an all-null row as gongji_settle reads it) showing the voucher of `s`."""
-    voucher_id, voucher, now, since = await given_voucher(conn, s)
+    voucher_id, voucher, binding_id = await given_voucher(conn, s)
     if status is not None:
         await conn.execute("update person set status = $2 where person_id = $1", PATIENT, status.value)
     sql = await conn.fetchval(
         "select gongji_settle_refusal((select p from person p where p.person_id = $1),"
-        " (select v from voucher v where v.voucher_id = $2), $3)",
+        " gongji_voucher_refusal($2, $3, $4, $5, $6))",
         PATIENT if status is not None else NOBODY,
         voucher_id,
+        voucher.names_patient,
+        voucher.expires_at,
+        binding_id,
         PATIENT,
     )
-    twin = settle_refusal(status, voucher_refusal(voucher, PATIENT, now, since))
+    twin = settle_refusal(status, voucher_refusal(voucher, await conn.fetchval("select now()")))
     return sql, twin.reason if twin else None
 
 

@@ -187,13 +187,14 @@ async def _settles_with_todays_code(url: str) -> None:
         )
         # 李小丽's own balance went to old-2: today's code draws on the grant the released one used, and
         # counts it on top of what the upgrade counted for that grant before (gongji audit proves both).
-        voucher_id = await pool.fetchval(_VOUCHER, demo.XIAOLI.person_id)
+        # Today's voucher is a token only (nothing written at issue): the claims as the server passes them.
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
         row = await settlements.settle(
             pool,
             credential_id=credential_id,
             request_id="new-1",
             digest=b"new",
-            voucher_id=voucher_id,
+            voucher=settlements.VoucherArgs(uuid.uuid4(), True, expires, None),
             patient_id=demo.XIAOLI.person_id,
             amount_fen=345,
             authorizer_id=None,
@@ -201,6 +202,8 @@ async def _settles_with_todays_code(url: str) -> None:
             timing=settlements.SettleTiming(),
         )
         assert (row.acct_pay_fen, row.acct_mulaid_pay_fen) == (0, 345)
+        # The vouchers of the released server stay as history, each used by its settlement.
+        assert await pool.fetchval("select count(*) from voucher where used_at is null") == 0
         # A grant made before the upgrade pays a premium: 王小明's, to his resident-insured son.
         today = china_today()
         window = (dt.date(today.year, 1, 1), dt.date(today.year, 12, 31))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
 import logging
@@ -12,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gongji import errors, logs
+from gongji import errors, limits, logs
 from gongji.config import Settings
 from gongji.domain.people import age_on, mask_id, person_id_problem, resident_id_check_char
-from gongji.domain.vouchers import IssuedVoucher, VoucherCodec, voucher_refusal
+from gongji.domain.vouchers import PresentedVoucher, VoucherCodec, voucher_refusal
 from gongji.runtime import voucher_codec
 
 KEY = b"k" * 32
@@ -60,51 +61,70 @@ def test_birthday_today_counts() -> None:
     assert age_on(born, dt.date(2026, 11, 21)) == 15
 
 
-def test_voucher_round_trip_and_expiry() -> None:
+def test_voucher_round_trip_carries_its_claims_and_no_personal_data() -> None:
     codec = VoucherCodec({"k1": KEY}, "k1")
     vid = uuid.uuid4()
-    token = codec.issue(vid, 1_000)
-    assert codec.verify(token, 999).voucher_id == vid
-    with pytest.raises(errors.VoucherExpired):
-        codec.verify(token, 1_000)
+    person = "110101199003070014"
+    own = codec.authentic(codec.issue(vid, 1_000, person, None))
+    assert (own.voucher_id, own.expires_at_s, own.binding_id, own.key_id) == (vid, 1_000, None, "k1")
+    held = codec.authentic(codec.issue(vid, 1_000, person, 42))
+    assert held.binding_id == 42
+    assert codec.names(own, person) and codec.names(held, person)
+    assert not codec.names(own, "110101199003070022")
+    token = codec.issue(vid, 1_000, person, 42)
+    assert person not in token and person.encode() not in base64.urlsafe_b64decode(token.split(".")[2] + "==")
+    assert len(token) <= limits.VOUCHER_LEN_MAX
+
+
+def test_the_person_tag_needs_the_key() -> None:
+    """Another key makes another tag: whose voucher it is cannot be guessed without the server's key."""
+    person = "110101199003070014"
+    a = VoucherCodec({"k1": KEY}, "k1")
+    b = VoucherCodec({"k1": b"x" * 32}, "k1")
+    assert (
+        a.authentic(a.issue(uuid.uuid4(), 1_000, person, None)).person_tag
+        != b.authentic(b.issue(uuid.uuid4(), 1_000, person, None)).person_tag
+    )
 
 
 def test_voucher_from_another_key_or_tampered_is_invalid() -> None:
-    token = VoucherCodec({"k1": KEY}, "k1").issue(uuid.uuid4(), 2_000)
+    token = VoucherCodec({"k1": KEY}, "k1").issue(uuid.uuid4(), 2_000, "P", None)
     with pytest.raises(errors.VoucherInvalid):
-        VoucherCodec({"k1": b"x" * 32}, "k1").verify(token, 1_000)
+        VoucherCodec({"k1": b"x" * 32}, "k1").authentic(token)
     head, payload, mac = token.rsplit(".", 2)
     flipped = payload[:-1] + ("A" if payload[-1] != "A" else "B")
     with pytest.raises(errors.VoucherInvalid):
-        VoucherCodec({"k1": KEY}, "k1").verify(f"{head}.{flipped}.{mac}", 1_000)
+        VoucherCodec({"k1": KEY}, "k1").authentic(f"{head}.{flipped}.{mac}")
+
+
+def test_a_voucher_of_the_first_format_is_refused_with_a_hint() -> None:
+    with pytest.raises(errors.VoucherInvalid, match="earlier format"):
+        VoucherCodec({"k1": KEY}, "k1").authentic("GJ1.k1.AAAA.AAAA")
 
 
 def test_old_key_still_verifies_after_rotation() -> None:
-    token = VoucherCodec({"k1": KEY}, "k1").issue(uuid.uuid4(), 2_000)
+    token = VoucherCodec({"k1": KEY}, "k1").issue(uuid.uuid4(), 2_000, "P", None)
     rotated = VoucherCodec({"k1": KEY, "k2": b"n" * 32}, "k2")
-    rotated.verify(token, 1_000)
-    assert rotated.issue(uuid.uuid4(), 2_000).startswith("GJ1.k2.")
+    claims = rotated.authentic(token)
+    assert rotated.names(claims, "P")  # the tag is checked with the key that signed the token
+    assert rotated.issue(uuid.uuid4(), 2_000, "P", None).startswith("GJ2.k2.")
 
 
 @given(st.text(max_size=300))
 def test_garbage_is_refused_not_crashed(token: str) -> None:
     with pytest.raises(errors.VoucherRefused):
-        VoucherCodec({"k1": KEY}, "k1").verify(token, 0)
+        VoucherCodec({"k1": KEY}, "k1").authentic(token)
 
 
 def test_voucher_refusal_checks_the_real_name_first_and_the_binding_last() -> None:
     now = dt.datetime(2024, 3, 1, 8, tzinfo=dt.UTC)
-    issued, later = now - dt.timedelta(minutes=1), now + dt.timedelta(minutes=1)
-    own = IssuedVoucher("P", "P", issued, later, None)
-    held = IssuedVoucher("P", "H", issued, later, None)
-    assert voucher_refusal(None, "P", now, None) is errors.VoucherInvalid
-    assert voucher_refusal(IssuedVoucher("Q", "Q", issued, now, now), "P", now, None) is errors.VoucherPatientMismatch
-    assert voucher_refusal(IssuedVoucher("P", "P", issued, now, now), "P", now, None) is errors.VoucherAlreadyUsed
-    assert voucher_refusal(IssuedVoucher("P", "P", issued, now, None), "P", now, None) is errors.VoucherExpired
-    assert voucher_refusal(own, "P", now, None) is None
-    assert voucher_refusal(held, "P", now, issued) is None
-    assert voucher_refusal(held, "P", now, None) is errors.VoucherInvalid  # unbound since
-    assert voucher_refusal(held, "P", now, now) is errors.VoucherInvalid  # bound again after the issue
+    later = now + dt.timedelta(minutes=1)
+    assert voucher_refusal(PresentedVoucher(False, True, now, False), now) is errors.VoucherPatientMismatch
+    assert voucher_refusal(PresentedVoucher(True, True, now, False), now) is errors.VoucherAlreadyUsed
+    assert voucher_refusal(PresentedVoucher(True, False, now, False), now) is errors.VoucherExpired
+    assert voucher_refusal(PresentedVoucher(True, False, later, None), now) is None  # the person's own
+    assert voucher_refusal(PresentedVoucher(True, False, later, True), now) is None  # a holder's, still bound
+    assert voucher_refusal(PresentedVoucher(True, False, later, False), now) is errors.VoucherInvalid  # unbound
 
 
 def test_every_sql_refusal_reason_maps_to_an_error() -> None:
@@ -126,14 +146,14 @@ def test_rotation_old_keys_verify_and_the_new_key_signs(tmp_path: Path) -> None:
     old_key, new_key = "o" * 32, "n" * 40
     before = Settings(voucher_key=old_key, voucher_key_id="k1", data_dir=tmp_path)
     after = Settings(voucher_key=new_key, voucher_key_id="k2", voucher_old_keys=f"k1:{old_key}", data_dir=tmp_path)
-    old_token = voucher_codec(before).issue(uuid.UUID(int=7), 2_000_000_000)
+    old_token = voucher_codec(before).issue(uuid.UUID(int=7), 2_000_000_000, "P", None)
     rotated = voucher_codec(after)
-    assert rotated.verify(old_token, 1_000).voucher_id == uuid.UUID(int=7)
-    assert rotated.issue(uuid.UUID(int=8), 2_000_000_000).startswith("GJ1.k2.")
+    assert rotated.authentic(old_token).voucher_id == uuid.UUID(int=7)
+    assert rotated.issue(uuid.UUID(int=8), 2_000_000_000, "P", None).startswith("GJ2.k2.")
     # Once the old key is dropped from the configuration, its vouchers stop working.
     without = voucher_codec(Settings(voucher_key=new_key, voucher_key_id="k2", data_dir=tmp_path))
     with pytest.raises(errors.VoucherInvalid):
-        without.verify(old_token, 1_000)
+        without.authentic(old_token)
 
 
 @pytest.mark.parametrize("old_keys", ["k1", "k2:" + "x" * 32, "k1:short", "k-1:" + "x" * 32])

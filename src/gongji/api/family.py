@@ -19,14 +19,6 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
 
-    async def _check_holder(self, holder_id: str, member_id: str) -> None:
-        """A holder shows a member's e-voucher only with a live binding and while insured themself."""
-        if not await bindings.is_live(self._app.pool, holder_id, member_id):
-            raise errors.NotAllowed("only the person, or a holder who has bound them, may show their e-voucher")
-        holder = await people.get_person(self._app.pool, holder_id)
-        if holder is None or holder.status is not PersonStatus.ACTIVE:
-            raise errors.PersonNotActive("the holder's insurance is not active")
-
     async def Bind(self, request: family_pb2.BindRequest, context: Context) -> family_pb2.BindResponse:
         fields = Fields()
         holder_id = fields.person_id("holder_id", request.holder_id)
@@ -166,19 +158,23 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         if not 0 <= request.ttl_seconds <= limits.VOUCHER_TTL_S_MAX:
             fields.bad("ttl_seconds", f"must be 0 (the default) to {limits.VOUCHER_TTL_S_MAX}")
         fields.done()
-        if requester_id != person_id:
-            await self._check_holder(requester_id, person_id)
         ttl_s = request.ttl_seconds or self._app.settings.voucher_ttl_s
         # Whole seconds, because the token carries its expiry in unix seconds.
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         expires_at = now + dt.timedelta(seconds=ttl_s)
-        voucher_id = uuid.uuid4()
-        status = await vouchers.issue(self._app.pool, voucher_id, person_id, requester_id, expires_at)
-        if status is None:
+        issuing = await vouchers.issuing(self._app.pool, person_id, requester_id)
+        if requester_id != person_id:
+            # A holder shows a member's e-voucher only with a live binding and while insured themself.
+            if issuing.binding_id is None:
+                raise errors.NotAllowed("only the person, or a holder who has bound them, may show their e-voucher")
+            if issuing.requester_status != PersonStatus.ACTIVE:
+                raise errors.PersonNotActive("the holder's insurance is not active")
+        if issuing.status is None:
             raise errors.PersonNotFound("no insured person with this id")
-        if status != PersonStatus.ACTIVE:
+        if issuing.status != PersonStatus.ACTIVE:
             raise errors.PersonNotActive("the person's insurance is not active")
-        token = self._app.vouchers.issue(voucher_id, int(expires_at.timestamp()))
+        binding_id = issuing.binding_id if requester_id != person_id else None
+        token = self._app.vouchers.issue(uuid.uuid4(), int(expires_at.timestamp()), person_id, binding_id)
         return family_pb2.IssueVoucherResponse(
             voucher=token, expires_at=timestamp(expires_at), person_id=person_id, requester_id=requester_id
         )

@@ -89,13 +89,23 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         use_account = request.use_personal_account if request.HasField("use_personal_account") else True
         return patient_id, amount_fen, authorizer_id, use_account
 
+    def _voucher(self, token: str, patient_id: str) -> settlements.VoucherArgs:
+        """A genuine e-voucher's claims, judged against the patient where only the key can: whether it
+        names them. Use, expiry and the binding are judged in the settlement's transaction."""
+        claims = self._app.vouchers.authentic(token)
+        return settlements.VoucherArgs(
+            claims.voucher_id,
+            self._app.vouchers.names(claims, patient_id),
+            dt.datetime.fromtimestamp(claims.expires_at_s, dt.UTC),
+            claims.binding_id,
+        )
+
     async def Quote(self, request: settlement_pb2.QuoteRequest, context: Context) -> settlement_pb2.QuoteResponse:
         patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=False)
         try:
-            claims = self._app.vouchers.authentic(request.voucher)
             q = await settlements.quote(
                 self._app.pool,
-                voucher_id=claims.voucher_id,
+                voucher=self._voucher(request.voucher, patient_id),
                 patient_id=patient_id,
                 amount_fen=amount_fen,
                 authorizer_id=authorizer_id,
@@ -122,13 +132,13 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         timing = settlements.SettleTiming()
         try:
             patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=True)
-            claims = self._app.vouchers.authentic(request.voucher)
+            voucher = self._voucher(request.voucher, patient_id)
             s = await settlements.settle(
                 self._app.pool,
                 credential_id=principal.credential_id,
                 request_id=request.request_id,
                 digest=_digest(patient_id, amount_fen, authorizer_id, use_account),
-                voucher_id=claims.voucher_id,
+                voucher=voucher,
                 patient_id=patient_id,
                 amount_fen=amount_fen,
                 authorizer_id=authorizer_id,

@@ -1,12 +1,25 @@
-"""E-voucher tokens (医保电子凭证): signed, short-lived, single-use.
+"""E-voucher tokens (医保电子凭证): signed, short-lived, single-use, and written nowhere when issued.
 
-A token carries no personal data, only a random voucher id and its expiry, MAC-ed with HMAC-SHA256:
+A token is self-contained: everything settlement needs to judge it travels in it, MAC-ed with
+HMAC-SHA256, so issuing one writes nothing and a settlement commits once:
 
-    GJ1.<key id>.<base64url(16-byte voucher id + 8-byte expiry, unix seconds)>.<base64url(mac)>
+    GJ2.<key id>.<base64url(payload)>.<base64url(mac)>
+    payload: 16-byte voucher id, 8-byte expiry (unix seconds), 16-byte person tag, 8-byte binding id
 
-Whom the voucher names, who asked for it and whether it was used live in the database, so a
-settlement consumes it in the same transaction that moves the money. Checking the MAC first lets a
-forged or expired token be refused without touching the database.
+It carries no personal data. Whom it names travels as a tag, HMAC(key, person id) cut to 16 bytes:
+settlement recomputes the tag of the patient it is asked to settle and compares (the real-name rule),
+and nobody without the key can tell whose voucher it is or test a guess. A holder's voucher carries
+the id of the kinship binding it was issued under (0: the person's own), so settlement can check that
+the binding still lives: unbinding ends it, and binding again makes a new binding with a new id, so a
+voucher issued before does not come back.
+
+Single use is kept by the settlement itself: `settlement.voucher_id` is unique, and a settlement takes
+a transaction lock on its voucher id before it looks for an earlier settlement naming it
+(store/sql/settle.sql). Nothing needs pruning: the settlement row is kept anyway. Checking the MAC
+first lets a forged token be refused without touching the database.
+
+Tokens of the first format (GJ1, whose voucher was a database row) are refused after the upgrade that
+brought this one: they lived at most `limits.VOUCHER_TTL_S_MAX` seconds, and the app shows a fresh one.
 """
 
 from __future__ import annotations
@@ -22,14 +35,24 @@ from dataclasses import dataclass
 
 from gongji import errors, limits
 
-_PREFIX = "GJ1"
-_PAYLOAD = struct.Struct(">16sQ")
+_PREFIX = "GJ2"
+_PAYLOAD = struct.Struct(">16sQ16sQ")
+_TAG_LEN = 16
+# Claims a token may carry: an expiry that a datetime holds (the year 9999), a binding id that a bigint
+# holds. A token signed with the server's key carries nothing else, but the parser does not rely on it.
+_EXPIRES_AT_S_MAX = 253_402_300_799
+_BINDING_ID_MAX = 2**63 - 1
+# Domain separation: a person tag is never a valid MAC of a token, nor the other way round.
+_TAG_CONTEXT = b"gongji e-voucher person\x00"
 
 
 @dataclass(frozen=True, slots=True)
 class VoucherClaims:
     voucher_id: uuid.UUID
     expires_at_s: int
+    person_tag: bytes  # HMAC of the person the voucher names, with the key that signed it
+    binding_id: int | None  # the kinship binding a holder asked under; None: the person's own voucher
+    key_id: str
 
 
 def _b64(raw: bytes) -> str:
@@ -53,25 +76,34 @@ class VoucherCodec:
     def _mac(self, key_id: str, signed: str) -> bytes:
         return hmac.new(self._keys[key_id], signed.encode("ascii"), hashlib.sha256).digest()
 
-    def issue(self, voucher_id: uuid.UUID, expires_at_s: int) -> str:
-        signed = f"{_PREFIX}.{self._current}.{_b64(_PAYLOAD.pack(voucher_id.bytes, expires_at_s))}"
+    def _tag(self, key_id: str, person_id: str) -> bytes:
+        digest = hmac.new(self._keys[key_id], _TAG_CONTEXT + person_id.encode(), hashlib.sha256).digest()
+        return digest[:_TAG_LEN]
+
+    def issue(self, voucher_id: uuid.UUID, expires_at_s: int, person_id: str, binding_id: int | None) -> str:
+        """A token naming `person_id`, asked for by the person (`binding_id` None) or by a holder under
+        kinship binding `binding_id`."""
+        assert binding_id is None or 0 < binding_id <= _BINDING_ID_MAX
+        assert 0 <= expires_at_s <= _EXPIRES_AT_S_MAX
+        payload = _PAYLOAD.pack(voucher_id.bytes, expires_at_s, self._tag(self._current, person_id), binding_id or 0)
+        signed = f"{_PREFIX}.{self._current}.{_b64(payload)}"
         return f"{signed}.{_b64(self._mac(self._current, signed))}"
 
-    def verify(self, token: str, now_s: int) -> VoucherClaims:
-        """The claims of a genuine, unexpired token; VoucherInvalid or VoucherExpired otherwise."""
-        claims = self.authentic(token)
-        if claims.expires_at_s <= now_s:
-            raise errors.VoucherExpired("the e-voucher has expired; refresh it in the app")
-        return claims
+    def names(self, claims: VoucherClaims, person_id: str) -> bool:
+        """Whether the genuine token of `claims` names `person_id` (the real-name rule)."""
+        return hmac.compare_digest(claims.person_tag, self._tag(claims.key_id, person_id))
 
     def authentic(self, token: str) -> VoucherClaims:
         """The claims of a genuine token, expired or not; VoucherInvalid otherwise.
 
         Settlement checks only this before the database: a POS retrying after the voucher's lifetime
-        must still get its original answer, so expiry is judged after the idempotency check."""
+        must still get its original answer, so expiry is judged after the idempotency check, in the
+        settlement's transaction, by the database's clock."""
         if len(token) > limits.VOUCHER_LEN_MAX or not token.isascii():
             raise errors.VoucherInvalid("not an e-voucher")
         parts = token.split(".")
+        if len(parts) == 4 and parts[0] == "GJ1":
+            raise errors.VoucherInvalid("an e-voucher of an earlier format; ask the patient to show a fresh one")
         if len(parts) != 4 or parts[0] != _PREFIX or parts[1] not in self._keys:
             raise errors.VoucherInvalid("not an e-voucher")
         signed = ".".join(parts[:3])
@@ -84,52 +116,44 @@ class VoucherCodec:
             raise errors.VoucherInvalid("the e-voucher's signature does not verify")
         if len(payload) != _PAYLOAD.size:
             raise errors.VoucherInvalid("not an e-voucher")
-        raw_id, expires_at_s = _PAYLOAD.unpack(payload)
-        return VoucherClaims(uuid.UUID(bytes=raw_id), expires_at_s)
+        raw_id, expires_at_s, tag, binding_id = _PAYLOAD.unpack(payload)
+        if expires_at_s > _EXPIRES_AT_S_MAX or binding_id > _BINDING_ID_MAX:
+            raise errors.VoucherInvalid("not an e-voucher")
+        return VoucherClaims(uuid.UUID(bytes=raw_id), expires_at_s, tag, binding_id or None, parts[1])
 
 
 @dataclass(frozen=True, slots=True)
-class IssuedVoucher:
-    """What settlement reads of a `voucher` row."""
+class PresentedVoucher:
+    """What settlement knows of a genuine e-voucher presented for a patient: its own claims judged
+    against the patient, and what the books say of it."""
 
-    person_id: str  # whom the voucher names
-    requester_id: str  # who asked for it: the person, or a holder bound to them
-    issued_at: dt.datetime
+    names_patient: bool  # the voucher names the patient being settled
+    used: bool  # a settlement already names the voucher's id
     expires_at: dt.datetime
-    used_at: dt.datetime | None
+    # None: the person's own voucher. Otherwise whether the kinship binding it was issued under still
+    # lives, for this patient as member (an ended binding never counts; binding again makes a new one).
+    binding_live: bool | None
 
 
 VoucherRefusal = type[errors.VoucherRefused] | type[errors.VoucherPatientMismatch]
 
 
-def voucher_refusal(
-    voucher: IssuedVoucher | None,
-    patient_id: str,
-    now: dt.datetime,
-    live_binding_since: dt.datetime | None,
-) -> VoucherRefusal | None:
-    """Why `voucher` cannot settle for `patient_id` at `now`, or None when it can.
+def voucher_refusal(voucher: PresentedVoucher, now: dt.datetime) -> VoucherRefusal | None:
+    """Why `voucher` cannot settle at `now`, or None when it can.
 
     The twin of `gongji_voucher_refusal` in store/sql/settle.sql, held to it by the property test in
-    tests/integration/test_twins.py; the SQL answers the class's `reason`. `voucher` is None for an
-    unknown voucher. `live_binding_since` is when the live binding of holder `requester_id` to member
-    `person_id` was made, None when there is none (at most one lives per pair); an ended binding never
-    counts.
+    tests/integration/test_twins.py; the SQL answers the class's `reason`. A forged or unreadable token
+    never gets here: `VoucherCodec.authentic` refuses it first.
 
     The real-name rule comes before use and expiry: someone else's voucher is the fraud signal. A voucher
-    a holder asked for is good only under a binding that lives now and already lived when it was issued,
-    so binding again does not bring back a voucher issued before.
+    a holder asked for is good only while the binding it was issued under lives.
     """
-    if voucher is None:
-        return errors.VoucherInvalid
-    if voucher.person_id != patient_id:
+    if not voucher.names_patient:
         return errors.VoucherPatientMismatch
-    if voucher.used_at is not None:
+    if voucher.used:
         return errors.VoucherAlreadyUsed
     if voucher.expires_at <= now:
         return errors.VoucherExpired
-    if voucher.requester_id != voucher.person_id and (
-        live_binding_since is None or live_binding_since > voucher.issued_at
-    ):
+    if voucher.binding_live is False:
         return errors.VoucherInvalid
     return None

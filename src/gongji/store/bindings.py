@@ -38,7 +38,6 @@ select {_COLUMNS} from kinship_binding b join person m on m.person_id = b.member
           b.ended_at desc
  limit $2"""
 _COUNT_LIVE = "select count(*) from kinship_binding where holder_id = $1 and ended_at is null"
-_IS_LIVE = "select exists (select 1 from kinship_binding where holder_id = $1 and member_id = $2 and ended_at is null)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +116,3 @@ async def of_holder(pool: asyncpg.Pool, holder_id: str, limit: int) -> tuple[lis
     rows = await pool.fetch(_OF_HOLDER, holder_id, limit)
     live: int = await pool.fetchval(_COUNT_LIVE, holder_id)
     return [_binding(r) for r in rows], live
-
-
-async def is_live(pool: asyncpg.Pool, holder_id: str, member_id: str) -> bool:
-    live: bool = await pool.fetchval(_IS_LIVE, holder_id, member_id)
-    return live

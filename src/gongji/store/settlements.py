@@ -14,7 +14,7 @@ from gongji.domain.waterfall import Limit
 from gongji.store import credentials, db
 from gongji.store.credentials import Kind
 
-_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
+_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8)"
 # The caller's credential is checked in the same statement (credentials.money_guard). The function is
 # LATERAL on the credential row (it takes the institution and terminal from it), so it runs once per
 # qualifying row and never when the row is gone or revoked: the institution comes from the credential,
@@ -22,7 +22,7 @@ _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5)"
 TERMINAL_GUARD = credentials.money_guard("$1", Kind.TERMINAL)
 _SETTLE = f"""
 select c.institution_id, g.* from credential c
- cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8) g
+ cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) g
  where {TERMINAL_GUARD}"""
 
 
@@ -119,16 +119,37 @@ async def _settle_row(pool: asyncpg.Pool, timing: SettleTiming, *args: object) -
     return row
 
 
+@dataclass(frozen=True, slots=True)
+class VoucherArgs:
+    """A genuine e-voucher's claims as the settlement functions take them (gongji_voucher_refusal)."""
+
+    voucher_id: uuid.UUID
+    names_patient: bool
+    expires_at: dt.datetime
+    binding_id: int | None
+
+
 async def quote(
     pool: asyncpg.Pool,
     *,
-    voucher_id: uuid.UUID,
+    voucher: VoucherArgs,
     patient_id: str,
     amount_fen: int,
     authorizer_id: str | None,
     use_personal_account: bool,
 ) -> QuoteResult:
-    row = await db.fetchrow(pool, _QUOTE, voucher_id, patient_id, amount_fen, authorizer_id, use_personal_account)
+    row = await db.fetchrow(
+        pool,
+        _QUOTE,
+        voucher.voucher_id,
+        voucher.names_patient,
+        voucher.expires_at,
+        voucher.binding_id,
+        patient_id,
+        amount_fen,
+        authorizer_id,
+        use_personal_account,
+    )
     assert row is not None
     if row["outcome"] != "OK":
         raise _refuse(row["outcome"])
@@ -153,7 +174,7 @@ async def settle(
     credential_id: int,
     request_id: str,
     digest: bytes,
-    voucher_id: uuid.UUID,
+    voucher: VoucherArgs,
     patient_id: str,
     amount_fen: int,
     authorizer_id: str | None,
@@ -169,7 +190,10 @@ async def settle(
         credential_id,
         request_id,
         digest,
-        voucher_id,
+        voucher.voucher_id,
+        voucher.names_patient,
+        voucher.expires_at,
+        voucher.binding_id,
         patient_id,
         amount_fen,
         authorizer_id,

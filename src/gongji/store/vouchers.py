@@ -1,30 +1,32 @@
-"""Issued e-vouchers: whom they name, who asked, when they expire, and whether they were used."""
+"""What issuing an e-voucher reads: nothing is written (the token is self-contained, see
+gongji.domain.vouchers), so this is one read-only statement."""
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
+from dataclasses import dataclass
 
 import asyncpg
 
 from gongji.store import db
 
-# One round trip for the common case (a patient's own voucher): the voucher is recorded only for an
-# active person, and the answer says which of the two checks failed otherwise.
+# One round trip, whether the person asks for their own voucher or a holder for a member's: the
+# person's status, and for a holder the live binding and the holder's own status.
 _ISSUE = """
-with p as (select status from person where person_id = $2),
-     v as (insert into voucher (voucher_id, person_id, requester_id, expires_at)
-           select $1, $2, $3, $4 from p where p.status = 'ACTIVE' returning 1)
-select (select status from p) as status, exists (select 1 from v) as issued"""
+select (select p.status from person p where p.person_id = $1) as status,
+       (select b.binding_id from kinship_binding b
+         where b.holder_id = $2 and b.member_id = $1 and b.ended_at is null) as binding_id,
+       (select h.status from person h where h.person_id = $2) as requester_status"""
 
 
-async def issue(
-    pool: asyncpg.Pool, voucher_id: uuid.UUID, person_id: str, requester_id: str, expires_at: dt.datetime
-) -> str | None:
-    """Record the voucher if `person_id` is enrolled and ACTIVE; return the person's status (None: not
-    enrolled). The caller has checked the requester may show this person's voucher."""
-    row = await db.fetchrow(pool, _ISSUE, voucher_id, person_id, requester_id, expires_at)
+@dataclass(frozen=True, slots=True)
+class Issuing:
+    status: str | None  # the person's; None: not enrolled
+    binding_id: int | None  # the live binding of the requester to the person; None: none lives
+    requester_status: str | None  # the requester's; None: not enrolled
+
+
+async def issuing(pool: asyncpg.Pool, person_id: str, requester_id: str) -> Issuing:
+    """What decides whether `requester_id` may have a voucher naming `person_id` now."""
+    row = await db.fetchrow(pool, _ISSUE, person_id, requester_id)
     assert row is not None
-    status: str | None = row["status"]
-    assert row["issued"] == (status == "ACTIVE")
-    return status
+    return Issuing(row["status"], row["binding_id"], row["requester_status"])

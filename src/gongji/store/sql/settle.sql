@@ -57,42 +57,50 @@ begin
 end
 $$;
 
--- Why a voucher row cannot settle for p_patient_id, or null when it can. Twin:
--- gongji.domain.vouchers.voucher_refusal. An unknown voucher is an all-null row. The real-name rule is
+-- Why the genuine e-voucher p_voucher_id cannot settle for p_patient_id, or null when it can. Twin:
+-- gongji.domain.vouchers.voucher_refusal. A token is self-contained (gongji.domain.vouchers): the
+-- server has checked its signature and whether it names the patient (p_names_patient) and passes its
+-- expiry and binding; the books add whether a settlement already used it. The real-name rule is
 -- checked before use and expiry: presenting someone else's voucher is the fraud signal and must be
 -- counted as such.
 --
--- A voucher a holder asked for a member is good only while the binding it was issued under lives:
--- after Unbind, the holder can no longer show the member's voucher, including one issued before, and
--- binding again does not bring back vouchers issued before the new binding.
-create or replace function gongji_voucher_refusal(v voucher, p_patient_id text) returns text
+-- Single use: gongji_settle takes the voucher id's transaction lock before it asks, so two settlements
+-- presenting one voucher take turns, and the second, asking with a snapshot taken after the first
+-- committed, finds its settlement. The unique index settlement_voucher backs this up.
+--
+-- A voucher a holder asked for a member (p_binding_id not null) is good only while the binding it was
+-- issued under lives: after Unbind, the holder can no longer show the member's voucher, including one
+-- issued before, and binding again makes a new binding, which does not bring back vouchers issued
+-- before it.
+create or replace function gongji_voucher_refusal(
+    p_voucher_id uuid, p_names_patient boolean, p_expires_at timestamptz, p_binding_id bigint, p_patient_id text)
+returns text
 language plpgsql stable
 as $$
 begin
     return case
-        when v.voucher_id is null then 'VOUCHER_INVALID'
-        when v.person_id <> p_patient_id then 'VOUCHER_PATIENT_MISMATCH'
-        when v.used_at is not null then 'VOUCHER_ALREADY_USED'
-        when v.expires_at <= now() then 'VOUCHER_EXPIRED'
-        when v.requester_id <> v.person_id and not exists (
+        when not p_names_patient then 'VOUCHER_PATIENT_MISMATCH'
+        when exists (select 1 from settlement s where s.voucher_id = p_voucher_id) then 'VOUCHER_ALREADY_USED'
+        when p_expires_at <= now() then 'VOUCHER_EXPIRED'
+        when p_binding_id is not null and not exists (
             select 1 from kinship_binding b
-             where b.holder_id = v.requester_id and b.member_id = v.person_id and b.ended_at is null
-               and b.created_at <= v.issued_at)
+             where b.binding_id = p_binding_id and b.member_id = p_patient_id and b.ended_at is null)
             then 'VOUCHER_INVALID'
     end;
 end
 $$;
 
--- Why p_patient_id may not settle (or quote) with voucher v, or null. Twin:
--- gongji.domain.settlement.settle_refusal. p is the patient's row, all-null when not enrolled.
-create or replace function gongji_settle_refusal(p person, v voucher, p_patient_id text) returns text
-language plpgsql stable
+-- Why p_patient_id may not settle (or quote), given the voucher's refusal (gongji_voucher_refusal), or
+-- null. Twin: gongji.domain.settlement.settle_refusal. p is the patient's row, all-null when not
+-- enrolled.
+create or replace function gongji_settle_refusal(p person, p_voucher_refusal text) returns text
+language plpgsql immutable
 as $$
 begin
     if p.person_id is null then
         return 'PERSON_NOT_FOUND';
     end if;
-    return coalesce(gongji_voucher_refusal(v, p_patient_id), case when p.status <> 'ACTIVE' then 'PERSON_NOT_ACTIVE' end);
+    return coalesce(p_voucher_refusal, case when p.status <> 'ACTIVE' then 'PERSON_NOT_ACTIVE' end);
 end
 $$;
 
@@ -337,8 +345,9 @@ begin
 end
 $$;
 
--- Write a settlement the steps before decided, on accounts they locked: the settlement row, each
--- account's debit with its ledger entry, the voucher used, the idempotency key. Answers the row.
+-- Write a settlement the steps before decided, on accounts they locked: the settlement row (which
+-- names its voucher: that makes the voucher used), each account's debit with its ledger entry, the
+-- idempotency key. Answers the row.
 -- The grant and its authorizer are recorded only when mutual aid pays part of the bill, and what it
 -- paid counts towards this year's caps of the grant and of the beneficiary.
 create or replace function gongji_settle_write(
@@ -383,7 +392,6 @@ begin
         values (p_authorizer_id, -p_acct_mulaid_pay_fen, v_after, 'MUTUAL_AID', p_settlement_id, p_patient_id);
         perform gongji_count_mutual_aid(p_grant_id, p_patient_id, gongji_china_year(s.created_at), p_acct_mulaid_pay_fen);
     end if;
-    update voucher v set used_at = now(), settlement_id = p_settlement_id where v.voucher_id = p_voucher_id;
     insert into idempotency_key (scope, request_id, request_digest, resource_id)
     values ('settle/' || p_institution_id, p_request_id, p_request_digest, p_settlement_id);
     return s;
@@ -391,7 +399,8 @@ end
 $$;
 
 create or replace function gongji_quote(
-    p_voucher_id uuid, p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
+    p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
+    p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
 returns table (
     outcome text, authorizer_id text, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
     psn_cash_pay_fen bigint, balc_fen bigint, mulaid_limited_by text, grant_cap_left_fen bigint,
@@ -401,7 +410,6 @@ as $$
 #variable_conflict use_column
 declare
     v_patient    person;
-    v_voucher    voucher;
     v_grant      bigint;
     v_authorizer text;
     v_own        bigint;
@@ -410,8 +418,8 @@ declare
     v_split      record;
 begin
     select * into v_patient from person p where p.person_id = p_patient_id;
-    select * into v_voucher from voucher v where v.voucher_id = p_voucher_id;
-    outcome := gongji_settle_refusal(v_patient, v_voucher, p_patient_id);
+    outcome := gongji_settle_refusal(v_patient, gongji_voucher_refusal(
+        p_voucher_id, p_voucher_names_patient, p_voucher_expires_at, p_voucher_binding_id, p_patient_id));
     if outcome is not null then return next; return; end if;
     if p_use_account then
         v_grant := gongji_live_grant(p_patient_id, p_authorizer_id);
@@ -446,7 +454,8 @@ $$;
 -- answers null and is not observed.
 create or replace function gongji_settle(
     p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
-    p_voucher_id uuid, p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
+    p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
+    p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
 returns table (
     outcome text, replayed boolean, settlement_id uuid, created_at timestamptz, terminal_id text,
     patient_id text, authorizer_id text, amount_fen bigint, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
@@ -459,7 +468,6 @@ as $$
 declare
     v_seen     record;
     v_patient  person;
-    v_voucher  voucher;
     v_grant    record;   -- grant_id and authorizer_id null: no grant is drawn on
     v_accounts record;   -- own_fen null: no account (resident-insured); mulaid_fen null: not drawn on
     v_room     record;   -- room_fen null: the authorizer's account is not drawn on
@@ -479,13 +487,13 @@ begin
     elsif v_seen.seen is not null then
         outcome := v_seen.seen; return next; return;
     else
-        -- 2. The patient and the voucher. The voucher's row lock makes two settlements presenting one
-        -- voucher take turns: one uses it.
+        -- 2. The patient and the voucher, whose lock makes its settlements take turns: one uses it.
         select * into v_patient from person p where p.person_id = p_patient_id;
         v_t := clock_timestamp();
-        select * into v_voucher from voucher v where v.voucher_id = p_voucher_id for update;
+        perform pg_advisory_xact_lock(hashtextextended('voucher/' || p_voucher_id, 0));
         lock_wait_voucher_s := extract(epoch from clock_timestamp() - v_t);
-        outcome := gongji_settle_refusal(v_patient, v_voucher, p_patient_id);
+        outcome := gongji_settle_refusal(v_patient, gongji_voucher_refusal(
+            p_voucher_id, p_voucher_names_patient, p_voucher_expires_at, p_voucher_binding_id, p_patient_id));
         if outcome is not null then return next; return; end if;
         -- 3. The grant and 4. the accounts, locked (when the account may pay: see gongji_lock_accounts),
         -- and the room the caps and the floor leave on the authorizer's.
