@@ -7,8 +7,8 @@ is retried with the same request id until it has one, and the suite checks:
 - every request converged to exactly one outcome: one settlement, refund or credit for an answered
   OK (the same one every time it was answered), none for a refusal;
 - `gongji audit` finds no difference; no balance is negative; no settlement is half-written (each has
-  its ledger entries, its voucher and its idempotency key, and each key its settlement); the money
-  that moved adds up from the settlement, refund and credit tables alone;
+  its ledger entries and its idempotency key, each key its settlement) and no voucher settled twice;
+  the money that moved adds up from the settlement, refund and credit tables alone;
 - no call was ever answered INTERNAL or UNKNOWN.
 
 The figures are printed at the end. `make chaos` runs it with CHAOS_SECONDS of load (CI: a few).
