@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import psutil
+from cost import Cost
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -38,6 +39,8 @@ class Result:
     server_p99_ms: float | None = None
     rss_mb_per_worker: float = 0.0
     note: str = ""
+    # CPU and database work over the scenario's window (bench/cost.py).
+    cost: Cost | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

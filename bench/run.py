@@ -100,7 +100,9 @@ def main() -> int:
         json.dumps(
             {
                 "meta": meta,
-                "results": [asdict(r) for r in results],
+                "results": [
+                    asdict(r) | {"cost_per_settlement": r.cost.per_settlement() if r.cost else None} for r in results
+                ],
                 "books": books,
                 "targets": [{"target": n, "value": v, "met": ok} for n, v, ok in checks],
             },

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common import BIN, ROOT, Result, RssSampler, free_port, process, wait_for_port
+from cost import CostMeter
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -203,12 +204,17 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                 scenario = name if workers == 1 else f"{name}_{workers}w"
                 rss = RssSampler(server.pid)
                 histogram = _settle_histogram(metrics_port)
-                with profiled(cfg.profile and workers == 1, server.pid, out, scenario, cfg.seconds):
+                with (
+                    profiled(cfg.profile and workers == 1, server.pid, out, scenario, cfg.seconds),
+                    CostMeter(db_url, server_pid=server.pid, metrics_port=metrics_port) as meter,
+                ):
                     rows = locust(
                         scenario, user_class, host=host, users=cfg.users, seconds=cfg.seconds, out=out, env=env, rss=rss
                     )
                 r = result_from(scenario, rows, row_name, cfg.users, workers)
-                r.rss_mb_per_worker = round(rss.max_mb, 1)
+                r.rss_mb_per_worker, r.cost = round(rss.max_mb, 1), meter.cost
+                if name == "app":
+                    r.cost.settlements = None  # reads only: per RPC
                 _server_latency(r, histogram, _settle_histogram(metrics_port))
                 results.append(r)
                 print(
@@ -219,7 +225,10 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                     half = round(r.throughput_rps / 2, 1)
                     rss = RssSampler(server.pid)
                     histogram = _settle_histogram(metrics_port)
-                    with profiled(cfg.profile, server.pid, out, "pharmacy_half_rate", cfg.seconds):
+                    with (
+                        profiled(cfg.profile, server.pid, out, "pharmacy_half_rate", cfg.seconds),
+                        CostMeter(db_url, server_pid=server.pid, metrics_port=metrics_port) as meter,
+                    ):
                         rows = locust(
                             "pharmacy_half_rate",
                             user_class,
@@ -233,6 +242,7 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                         )
                     h = result_from("pharmacy_half_rate", rows, "Settle", cfg.users, workers)
                     h.rss_mb_per_worker, h.note = round(rss.max_mb, 1), f"paced at {half}/s"
+                    h.cost = meter.cost
                     _server_latency(h, histogram, _settle_histogram(metrics_port))
                     results.append(h)
                     print(f"  pharmacy_half_rate: {h.throughput_rps:.0f}/s p99 {h.p99_ms:.0f} ms", flush=True)
