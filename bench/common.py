@@ -76,10 +76,10 @@ async def fresh_database(server_url: str, name: str) -> str:
 
 
 @contextmanager
-def process(args: list[str], *, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(args: list[str], *, env: dict[str, str], log: Path, cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
     """A child process of ours, ended by its PID (SIGTERM, then SIGKILL after 30 s)."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         try:
             yield proc
         finally:

@@ -188,13 +188,30 @@ def _quantile_ms(before: dict[float, float], after: dict[float, float], q: float
     return None
 
 
+def server_command(cfg: argparse.Namespace, workers: int) -> tuple[list[str], Path]:
+    """`gongji serve` of this tree, or of the checkout whose interpreter --server-python names (its
+    own `gongji.cli`, run from that checkout): the same bench against another revision's server."""
+    serve = ["serve", "--workers", str(workers)]
+    if not cfg.server_python:
+        return [str(BIN / "gongji"), *serve], ROOT
+    code = "import sys; from gongji.cli import main; sys.exit(main())"
+    return [cfg.server_python, "-c", code, *serve], server_checkout(cfg.server_python)
+
+
+def server_checkout(python: str) -> Path:
+    """The checkout an interpreter's gongji comes from (installed editable: <checkout>/src/gongji)."""
+    code = "import gongji, pathlib; print(pathlib.Path(gongji.__file__).resolve().parents[2])"
+    found = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    return Path(found.stdout.strip())
+
+
 def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: dict[str, str]) -> list[Result]:
     results: list[Result] = []
     for workers in (1, 2):
         port, metrics_port = free_port(), free_port()
         server_env = gongji_env(db_url, port, metrics_port)
-        args = [str(BIN / "gongji"), "serve", "--workers", str(workers)]
-        with process(args, env=server_env, log=out / f"gongji-{workers}w.log") as server:
+        args, cwd = server_command(cfg, workers)
+        with process(args, env=server_env, log=out / f"gongji-{workers}w.log", cwd=cwd) as server:
             wait_for_port(port, server)
             host = f"127.0.0.1:{port}"
             plan = [("pharmacy", "PharmacyUser", "Settle")]
