@@ -127,7 +127,7 @@ def markdown(meta: dict[str, Any], results: list[Result], checks: list[tuple[str
     db = next(r.throughput_rps for r in results if r.scenario == "db_ceiling") or 1.0
     lines = [
         f"Run {meta['started']} on {meta['machine']}; {meta['people']} people, {meta['users']} Locust users, "
-        f"{meta['seconds']} s per scenario. Command: `{meta['command']}`.",
+        f"{meta['seconds']} s per scenario. Command: `{meta['command']}`. Server: {meta['server']}.",
         "",
         "| scenario | workers | req/s | p50 ms | p99 ms | p99.9 ms | server p50 / p99 ms | failures |"
         " RSS MB/worker | x edge | x DB |",
