@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 from common import ROOT, Result, RssSampler, free_port, process, wait_for_port
+from cost import CostMeter
 from scenarios import locust, result_from
 
 
@@ -38,19 +39,29 @@ def run_edge_ceiling(cfg: argparse.Namespace, out: Path, env: dict[str, str]) ->
     with process(args, env=env, log=out / "bare_server.log") as server:
         wait_for_port(port, server)
         rss = RssSampler(server.pid)
-        rows = locust(
-            "edge_ceiling",
-            "PharmacyUser",
-            host=f"127.0.0.1:{port}",
-            users=cfg.users,
-            seconds=cfg.seconds,
-            out=out,
-            env=env,
-            rss=rss,
-        )
+        with CostMeter(None, server_pid=server.pid) as meter:
+            rows = locust(
+                "edge_ceiling",
+                "PharmacyUser",
+                host=f"127.0.0.1:{port}",
+                users=cfg.users,
+                seconds=cfg.seconds,
+                out=out,
+                env=env,
+                rss=rss,
+            )
     r = result_from("edge_ceiling", rows, "Settle", cfg.users, 1)
     r.rss_mb_per_worker, r.note = round(rss.max_mb, 1), "bare grpc.aio server, answers at once"
+    # No metrics of its own: the calls Locust counted (answered or failed).
+    r.cost = meter.cost
+    r.cost.settlements = _count(rows.get("Settle"))
+    r.cost.rpcs = _count(rows.get("Aggregated"))
+    r.cost.count_source = "Locust's counts"
     return r
+
+
+def _count(row: dict[str, str] | None) -> int:
+    return int((row or {}).get("Request Count", 0) or 0)
 
 
 def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, credential_id: int, out: Path) -> Result:
@@ -75,8 +86,13 @@ def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, credenti
         "-r",
         db_url,
     ]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=cfg.seconds + 120, check=False)
+    # pgbench's backends flush their statistics as they exit: no wait for them after the window.
+    with CostMeter(db_url, stats_wait_s=1.0) as meter:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=cfg.seconds + 120, check=False)
     (out / "pgbench.log").write_text(done.stdout + done.stderr)
+    processed = re.search(r"number of transactions actually processed: ([0-9]+)", done.stdout)
+    meter.cost.settlements = int(processed[1]) if processed else None
+    meter.cost.count_source = "pgbench's transactions (each records a voucher, then settles)"
     tps = re.search(r"tps = ([0-9.]+)", done.stdout)
     latency = re.search(r"latency average = ([0-9.]+) ms", done.stdout)
     failed = re.search(r"number of failed transactions: ([0-9]+)", done.stdout)
@@ -89,4 +105,5 @@ def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, credenti
         throughput_rps=float(tps[1]) if tps else 0.0,
         p50_ms=float(latency[1]) if latency else 0.0,
         note=f"pgbench, {clients} clients, the settlement SQL directly (latency is the average)",
+        cost=meter.cost,
     )

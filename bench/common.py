@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import psutil
+from cost import Cost
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -38,6 +39,8 @@ class Result:
     server_p99_ms: float | None = None
     rss_mb_per_worker: float = 0.0
     note: str = ""
+    # CPU and database work over the scenario's window (bench/cost.py).
+    cost: Cost | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,10 +76,10 @@ async def fresh_database(server_url: str, name: str) -> str:
 
 
 @contextmanager
-def process(args: list[str], *, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(args: list[str], *, env: dict[str, str], log: Path, cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
     """A child process of ours, ended by its PID (SIGTERM, then SIGKILL after 30 s)."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         try:
             yield proc
         finally:

@@ -27,7 +27,7 @@ from books import check_books
 from ceilings import prepare_pgbench, run_db_ceiling, run_edge_ceiling
 from common import DEFAULT_SERVER_URL, ROOT, fresh_database, reachable
 from report import markdown, plot, targets
-from scenarios import run_gongji_scenarios
+from scenarios import run_gongji_scenarios, server_checkout
 
 
 async def database_server(cfg: argparse.Namespace) -> tuple[str, object]:
@@ -38,6 +38,16 @@ async def database_server(cfg: argparse.Namespace) -> tuple[str, object]:
 
     url, handle = db.start_embedded(ROOT / ".gongji" / "bench", database="postgres")
     return url, handle
+
+
+def describe_server(server_python: str | None) -> str:
+    """Which gongji the scenarios load: this tree's, or another checkout's at its revision."""
+    checkout = server_checkout(server_python) if server_python else ROOT
+    rev = subprocess.run(
+        ["git", "-C", str(checkout), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    which = "another checkout's (--server-python)" if server_python else "this tree's"
+    return f"{which} gongji at {rev or 'an unknown revision'}"
 
 
 def main() -> int:
@@ -52,12 +62,22 @@ def main() -> int:
         help="sample the one-worker server with py-spy during each scenario (<scenario>.profile.txt, .folded)",
     )
     parser.add_argument("--server-url", default=os.environ.get("GONGJI_BENCH_SERVER_URL", DEFAULT_SERVER_URL))
+    parser.add_argument(
+        "--server-python",
+        metavar="PATH",
+        help="the Python of another checkout's virtual environment: load its `gongji serve` (run from that"
+        " checkout) instead of this tree's, with this tree's bench (bench/README.md, before and after)",
+    )
     cfg = parser.parse_args()
     if cfg.smoke:
         cfg.people, cfg.users, cfg.seconds = 2_000, 8, 3
+    if cfg.server_python:  # absolute, the server runs from the other checkout (not resolved: a venv's link)
+        cfg.server_python = os.path.abspath(cfg.server_python)
     started = dt.datetime.now(dt.UTC)
     out = ROOT / "bench" / "results" / started.strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True)
+    server = describe_server(cfg.server_python)
+    print(f"server: {server}", flush=True)
     server_url, handle = asyncio.run(database_server(cfg))
     db_url = asyncio.run(fresh_database(server_url, "gongji_bench"))
     population = out / "population.json"
@@ -93,6 +113,7 @@ def main() -> int:
         "users": cfg.users,
         "seconds": cfg.seconds,
         "command": "make bench-smoke" if cfg.smoke else "make bench",
+        "server": server,
     }
     report = markdown(meta, results, checks)
     (out / "results.md").write_text(report)
@@ -100,7 +121,9 @@ def main() -> int:
         json.dumps(
             {
                 "meta": meta,
-                "results": [asdict(r) for r in results],
+                "results": [
+                    asdict(r) | {"cost_per_settlement": r.cost.per_settlement() if r.cost else None} for r in results
+                ],
                 "books": books,
                 "targets": [{"target": n, "value": v, "met": ok} for n, v, ok in checks],
             },

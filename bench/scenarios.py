@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common import BIN, ROOT, Result, RssSampler, free_port, process, wait_for_port
+from cost import CostMeter
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -187,13 +188,30 @@ def _quantile_ms(before: dict[float, float], after: dict[float, float], q: float
     return None
 
 
+def server_command(cfg: argparse.Namespace, workers: int) -> tuple[list[str], Path]:
+    """`gongji serve` of this tree, or of the checkout whose interpreter --server-python names (its
+    own `gongji.cli`, run from that checkout): the same bench against another revision's server."""
+    serve = ["serve", "--workers", str(workers)]
+    if not cfg.server_python:
+        return [str(BIN / "gongji"), *serve], ROOT
+    code = "import sys; from gongji.cli import main; sys.exit(main())"
+    return [cfg.server_python, "-c", code, *serve], server_checkout(cfg.server_python)
+
+
+def server_checkout(python: str) -> Path:
+    """The checkout an interpreter's gongji comes from (installed editable: <checkout>/src/gongji)."""
+    code = "import gongji, pathlib; print(pathlib.Path(gongji.__file__).resolve().parents[2])"
+    found = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    return Path(found.stdout.strip())
+
+
 def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: dict[str, str]) -> list[Result]:
     results: list[Result] = []
     for workers in (1, 2):
         port, metrics_port = free_port(), free_port()
         server_env = gongji_env(db_url, port, metrics_port)
-        args = [str(BIN / "gongji"), "serve", "--workers", str(workers)]
-        with process(args, env=server_env, log=out / f"gongji-{workers}w.log") as server:
+        args, cwd = server_command(cfg, workers)
+        with process(args, env=server_env, log=out / f"gongji-{workers}w.log", cwd=cwd) as server:
             wait_for_port(port, server)
             host = f"127.0.0.1:{port}"
             plan = [("pharmacy", "PharmacyUser", "Settle")]
@@ -203,12 +221,17 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                 scenario = name if workers == 1 else f"{name}_{workers}w"
                 rss = RssSampler(server.pid)
                 histogram = _settle_histogram(metrics_port)
-                with profiled(cfg.profile and workers == 1, server.pid, out, scenario, cfg.seconds):
+                with (
+                    profiled(cfg.profile and workers == 1, server.pid, out, scenario, cfg.seconds),
+                    CostMeter(db_url, server_pid=server.pid, metrics_port=metrics_port) as meter,
+                ):
                     rows = locust(
                         scenario, user_class, host=host, users=cfg.users, seconds=cfg.seconds, out=out, env=env, rss=rss
                     )
                 r = result_from(scenario, rows, row_name, cfg.users, workers)
-                r.rss_mb_per_worker = round(rss.max_mb, 1)
+                r.rss_mb_per_worker, r.cost = round(rss.max_mb, 1), meter.cost
+                if name == "app":
+                    r.cost.settlements = None  # reads only: per RPC
                 _server_latency(r, histogram, _settle_histogram(metrics_port))
                 results.append(r)
                 print(
@@ -219,7 +242,10 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                     half = round(r.throughput_rps / 2, 1)
                     rss = RssSampler(server.pid)
                     histogram = _settle_histogram(metrics_port)
-                    with profiled(cfg.profile, server.pid, out, "pharmacy_half_rate", cfg.seconds):
+                    with (
+                        profiled(cfg.profile, server.pid, out, "pharmacy_half_rate", cfg.seconds),
+                        CostMeter(db_url, server_pid=server.pid, metrics_port=metrics_port) as meter,
+                    ):
                         rows = locust(
                             "pharmacy_half_rate",
                             user_class,
@@ -233,6 +259,7 @@ def run_gongji_scenarios(cfg: argparse.Namespace, db_url: str, out: Path, env: d
                         )
                     h = result_from("pharmacy_half_rate", rows, "Settle", cfg.users, workers)
                     h.rss_mb_per_worker, h.note = round(rss.max_mb, 1), f"paced at {half}/s"
+                    h.cost = meter.cost
                     _server_latency(h, histogram, _settle_histogram(metrics_port))
                     results.append(h)
                     print(f"  pharmacy_half_rate: {h.throughput_rps:.0f}/s p99 {h.p99_ms:.0f} ms", flush=True)
