@@ -92,7 +92,7 @@ def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, credenti
     (out / "pgbench.log").write_text(done.stdout + done.stderr)
     processed = re.search(r"number of transactions actually processed: ([0-9]+)", done.stdout)
     meter.cost.settlements = int(processed[1]) if processed else None
-    meter.cost.count_source = "pgbench's transactions (each records a voucher, then settles)"
+    meter.cost.count_source = "pgbench's transactions (each reads what issuing a voucher reads, then settles)"
     tps = re.search(r"tps = ([0-9.]+)", done.stdout)
     latency = re.search(r"latency average = ([0-9.]+) ms", done.stdout)
     failed = re.search(r"number of failed transactions: ([0-9]+)", done.stdout)

@@ -79,6 +79,7 @@ class Cost:
             "postgres_background_us": per(self.postgres_background_cpu_s, scale=1e6),
             "load_us": per(self.load_cpu_s, scale=1e6),
             "round_trips": per(self.round_trips),
+            "round_trips_per_rpc": per(self.round_trips, self.rpcs),
             "commits": per(self.commits),
             "writing_commits": per(self.writing_commits),
             "wal_bytes": per(self.wal_bytes),

@@ -1,15 +1,20 @@
--- The database ceiling: the same settlement SQL gongji runs, issued by pgbench straight to PostgreSQL.
--- Like a real request, each transaction first records an e-voucher, then settles with it in one call to
--- gongji_settle, guarded by the terminal's credential (and its money lock, 26474 = 0x676A) as
--- gongji.store.settlements and gongji.store.credentials do. bench/run.py
--- fills bench_patient (n -> person_id), passes -D patients=N -D credential_id=N and runs this with
--- -M extended, so that :patient and :voucher_id travel as parameters.
+-- The database ceiling: the same SQL gongji runs for one settlement, issued by pgbench straight to
+-- PostgreSQL. Like a real request, each transaction first reads what issuing the patient's e-voucher
+-- reads (gongji.store.vouchers: nothing is written, the token is self-contained), then settles in one
+-- call to gongji_settle with the claims of a genuine token, guarded by the terminal's credential (and
+-- its money lock, 26474 = 0x676A) as gongji.store.settlements and gongji.store.credentials do.
+-- bench/run.py fills bench_patient (n -> person_id), passes -D patients=N -D credential_id=N and runs
+-- this with -M extended, so that :patient travels as a parameter.
 \set n random(1, :patients)
-insert into voucher (voucher_id, person_id, requester_id, expires_at)
-select gen_random_uuid(), person_id, person_id, now() + interval '60 seconds' from bench_patient where n = :n
-returning voucher_id, person_id as patient \gset
+select b.person_id as patient,
+       (select p.status from person p where p.person_id = b.person_id) as status,
+       coalesce((select k.binding_id from kinship_binding k
+                  where k.holder_id = b.person_id and k.member_id = b.person_id and k.ended_at is null), 0) as binding,
+       (select h.status from person h where h.person_id = b.person_id) as requester_status
+  from bench_patient b where b.n = :n \gset
 select g.outcome from credential c
  cross join lateral gongji_settle(c.institution_id, c.terminal_id, gen_random_uuid()::text, '\x00'::bytea,
-                                  :voucher_id::uuid, :patient::text, 1234, null, true) g
+                                  gen_random_uuid(), true, now() + interval '60 seconds', null::bigint,
+                                  :patient::text, 1234, null::text, true) g
  where c.credential_id = :credential_id and c.revoked_at is null and c.kind = 'TERMINAL'
    and pg_try_advisory_xact_lock_shared(26474, (c.credential_id % 2147483647)::int4);
