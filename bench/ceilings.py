@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 from common import ROOT, Result, RssSampler, free_port, process, wait_for_port
 from cost import CostMeter
-from scenarios import locust, result_from
+from scenarios import locust, result_from, server_checkout
 
 
 async def prepare_pgbench(db_url: str, patients: list[str]) -> int:
@@ -64,6 +64,14 @@ def _count(row: dict[str, str] | None) -> int:
     return int((row or {}).get("Request Count", 0) or 0)
 
 
+def _pgbench_script(cfg: argparse.Namespace) -> Path:
+    """The settlement SQL of the server under test: another checkout's own (--server-python) when it has
+    one, since its functions take that revision's arguments."""
+    other = getattr(cfg, "server_python", None)
+    script = server_checkout(other) / "bench" / "pgbench_settle.sql" if other else None
+    return script if script is not None and script.exists() else ROOT / "bench" / "pgbench_settle.sql"
+
+
 def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, credential_id: int, out: Path) -> Result:
     clients = max(2, min(16, cfg.users // 4))
     args = [
@@ -82,7 +90,7 @@ def run_db_ceiling(cfg: argparse.Namespace, db_url: str, patients: int, credenti
         "-D",
         f"credential_id={credential_id}",
         "-f",
-        str(ROOT / "bench" / "pgbench_settle.sql"),
+        str(_pgbench_script(cfg)),
         "-r",
         db_url,
     ]

@@ -81,9 +81,11 @@ def main() -> int:
     server_url, handle = asyncio.run(database_server(cfg))
     db_url = asyncio.run(fresh_database(server_url, "gongji_bench"))
     population = out / "population.json"
+    # With --server-python the other checkout's interpreter seeds, so the schema and the server-side
+    # code are that revision's own (bench/seed.py imports gongji from the interpreter's environment).
     subprocess.run(
         [
-            sys.executable,
+            cfg.server_python or sys.executable,
             str(ROOT / "bench" / "seed.py"),
             "--database-url",
             db_url,
