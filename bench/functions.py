@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/functions.py                    # 20,000 people, 8 pgbench clients, 30 s
     .venv/bin/python bench/functions.py --against HEAD~1   # alternate with another revision's SQL code
+    .venv/bin/python bench/functions.py --variant "SQL" --undo "SQL"   # alternate with a schema change
 
 Seeds a fresh database `gongji_functions` (bench/seed.py), turns on PostgreSQL's function statistics for
 it (`track_functions = 'pl'`: PL/pgSQL and C functions are counted, SQL functions only when they are
@@ -11,6 +12,9 @@ functions it calls, `self` does not. Splitting a function into steps is free onl
 `total` does not grow; compare two versions in one sitting on one machine, never across days: with
 `--against REV`, the rounds alternate between this tree's server-side code and REV's (its
 `store/sql/*.sql`, applied over the same seeded database), so both see the same machine and data.
+With `--variant SQL --undo SQL`, they alternate between this tree as it is and this tree with SQL
+applied (a constraint dropped, an index added), undone after each of its rounds: evidence for a schema
+change before it becomes a migration.
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ async def _apply(db_url: str, sql: str) -> None:
         await conn.close()
 
 
+async def _execute(db_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def _function_times(db_url: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(db_url)
     try:
@@ -107,6 +119,8 @@ def main() -> int:
     parser.add_argument("--server-url", default=DEFAULT_SERVER_URL)
     parser.add_argument("--against", metavar="REV", help="alternate with the server-side code of this git revision")
     parser.add_argument("--rounds", type=int, default=1, help="measurements of each version")
+    parser.add_argument("--variant", metavar="SQL", help="alternate with this tree plus this schema change")
+    parser.add_argument("--undo", metavar="SQL", help="what undoes --variant after each of its rounds")
     cfg = parser.parse_args()
     out = ROOT / "bench" / "results" / "functions"
     out.mkdir(parents=True, exist_ok=True)
@@ -117,14 +131,24 @@ def main() -> int:
     patients = json.loads(population.read_text())["patients"]
     credential_id = asyncio.run(prepare_pgbench(db_url, patients))
     asyncio.run(_track_functions(db_url))
-    versions = [("this tree", _code_of(None))]
+    if bool(cfg.variant) != bool(cfg.undo):
+        parser.error("--variant and --undo go together")
+    versions = [("this tree", _code_of(None), None)]
     if cfg.against:
-        versions.append((cfg.against, _code_of(cfg.against)))
+        versions.append((cfg.against, _code_of(cfg.against), None))
+    if cfg.variant:
+        versions.append(("this tree with the variant", _code_of(None), cfg.variant))
     failures = 0
     for round_ in range(1, cfg.rounds + 1):
-        for name, sql in versions:
+        for name, sql, variant in versions:
             asyncio.run(_apply(db_url, sql))
-            ceiling = run_db_ceiling(cfg, db_url, len(patients), credential_id, out)
+            if variant:
+                asyncio.run(_execute(db_url, variant))
+            try:
+                ceiling = run_db_ceiling(cfg, db_url, len(patients), credential_id, out)
+            finally:
+                if variant:
+                    asyncio.run(_execute(db_url, cfg.undo))
             failures += ceiling.failures
             _report(f"round {round_}, {name}", ceiling, asyncio.run(_function_times(db_url)))
     asyncio.run(_apply(db_url, versions[0][1]))
@@ -133,6 +157,13 @@ def main() -> int:
 
 def _report(title: str, ceiling: Result, rows: list[asyncpg.Record]) -> None:
     print(f"\n{title}: db ceiling {ceiling.throughput_rps:.0f} settlements/s, {ceiling.p50_ms:.3f} ms average")
+    if ceiling.cost is not None:
+        per = ceiling.cost.per_settlement()
+        pg, wal = per["postgres_us"], per["wal_bytes"]
+        print(
+            f"PostgreSQL CPU per settlement: {'unavailable' if pg is None else f'{pg:,.0f} µs'};"
+            f" WAL per settlement: {'unavailable' if wal is None else f'{wal:,.0f} bytes'} (cluster-wide)"
+        )
     print("\n| function | calls | mean total µs | mean self µs |\n|---|---|---|---|")
     for r in rows:
         print(

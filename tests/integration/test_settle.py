@@ -251,7 +251,7 @@ async def test_a_settlement_is_one_statement(api: Api, server_pool: asyncpg.Pool
     """Settle makes one database round trip, with grants and mutual aid in play, and its connection
     goes back to the pool without asyncpg's session reset (store/db.py, Connection): every statement the
     server's pool sends while the call runs is logged (asyncpg's query loggers, on every connection of
-    the pool), and the only one is the call's own, bar the health probe should one fall in the window."""
+    the pool), and the only one is the call's own, bar the periodic ones should one fall in the window."""
     authorizer = await api.enroll(balance_fen=5_000)
     patient = await api.enroll(balance_fen=1_000)
     await api.grant(authorizer, patient)
@@ -279,6 +279,8 @@ async def test_a_settlement_is_one_statement(api: Api, server_pool: asyncpg.Pool
     finally:
         await on_every_connection("remove_query_logger")
     assert (s.acct_pay_fen, s.acct_mulaid_pay_fen) == (900, 600)
-    own = [q for q in during if q.strip() != "select true"]
+    # Besides the call's own: the health probe and the batched write of credentials' last use (once a
+    # minute), either of which may fall in the window.
+    own = [q for q in during if q.strip() != "select true" and "set last_used_at" not in q]
     assert len(own) == 1, own
     assert "gongji_settle(" in own[0]

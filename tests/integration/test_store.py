@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import Api, cancel, with_database
+from support import Api, cancel, new_person_id, with_database
 
 from gongji import limits
 from gongji.domain.people import Relationship
@@ -153,6 +153,35 @@ async def test_audit_checks_refunds_against_the_ledger_and_their_settlement(api:
             try:
                 await conn.execute(tamper)
                 assert expected in await audit.differences(conn)
+            finally:
+                await tx.rollback()
+        assert await audit.differences(conn) == []
+
+
+async def test_audit_checks_what_a_settlement_names(api: Api, pool: asyncpg.Pool) -> None:
+    """The settlement row has no foreign keys since 0009 (gongji_settle guarantees them): the audit
+    finds a settlement naming a missing institution or person, a grant that does not join its
+    authorizer to its patient, and a ledger entry naming a missing settlement."""
+    authorizer = await api.enroll(balance_fen=5_000)
+    patient = await api.enroll(balance_fen=100)
+    other = await api.enroll()
+    await api.grant(authorizer, patient)
+    s = (await api.settle(patient, 1_000)).settlement
+    assert s.acct_mulaid_pay_fen == 900
+    where = f"where settlement_id = '{s.settlement_id}'"
+    async with pool.acquire() as conn:
+        assert await audit.differences(conn) == []
+        for tamper in (
+            f"update settlement set institution_id = 'H-NOWHERE' {where}",
+            f"update settlement set patient_id = '{new_person_id()}' {where}",
+            f"update settlement set authorizer_id = '{other}' {where}",  # a person, not the grant's
+            f"update ledger_entry set settlement_id = gen_random_uuid() {where} and amount_fen = -900",
+        ):
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute(tamper)
+                assert any("names a missing institution, person or grant" in d for d in await audit.differences(conn))
             finally:
                 await tx.rollback()
         assert await audit.differences(conn) == []

@@ -44,6 +44,22 @@ having s.refunded_fen <> coalesce(sum(r.amount_fen), 0)
     or coalesce(sum(r.acct_mulaid_pay_fen), 0) > s.acct_mulaid_pay_fen
     or coalesce(sum(r.psn_cash_pay_fen), 0) > s.psn_cash_pay_fen"""
 
+# What a settlement names exists, and its grant joins its authorizer to its patient; a settlement's
+# ledger entries name a settlement that exists (0009 left these to gongji_settle and to this check).
+_SETTLEMENT_REFERENCES = """
+select s.settlement_id
+  from settlement s
+ where not exists (select 1 from institution i where i.institution_id = s.institution_id)
+    or not exists (select 1 from person p where p.person_id = s.patient_id)
+    or (s.grant_id is not null and not exists (
+           select 1 from mutual_aid_grant g
+            where g.grant_id = s.grant_id and g.authorizer_id = s.authorizer_id and g.beneficiary_id = s.patient_id))
+union all
+select l.settlement_id
+  from ledger_entry l
+ where l.settlement_id is not null
+   and not exists (select 1 from settlement s where s.settlement_id = l.settlement_id)"""
+
 # A voucher is used exactly when a settlement names it.
 _VOUCHER_VS_SETTLEMENT = """
 select v.voucher_id
@@ -91,6 +107,7 @@ _CHECKS = (
     (_SETTLEMENT_VS_LEDGER, "settlement {settlement_id}: ledger does not match"),
     (_REFUND_VS_LEDGER, "refund {refund_id}: ledger does not match"),
     (_SETTLEMENT_VS_REFUNDS, "settlement {settlement_id}: refunds do not add up"),
+    (_SETTLEMENT_REFERENCES, "settlement {settlement_id}: names a missing institution, person or grant"),
     (_VOUCHER_VS_SETTLEMENT, "voucher {voucher_id}: use does not match"),
     (_GRANT_USAGE_VS_SETTLEMENTS, "grant {grant_id}, {year}: caps count {used_fen} fen, settlements {books_fen} fen"),
     (
