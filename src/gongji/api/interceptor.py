@@ -235,7 +235,7 @@ class _Call:
             "terminal": self.principal.terminal_id if self.principal else None,
             "request_id": _request_id(request),
         }
-        rpc_log.info("rpc", extra={logs.FIELDS: fields})
+        logs.emit(rpc_log, "rpc", fields)
 
 
 def _request_id(request: Any) -> str | None:
