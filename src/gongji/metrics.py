@@ -9,15 +9,61 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any, Self
 
 import asyncpg
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import prometheus_client
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from gongji import errors
 from gongji.config import CannotListen, host_port
 from gongji.domain.waterfall import Limit
+
+
+class _KeptChildren(MetricWrapperBase):
+    """`labels(...)` answered from the children it already made, by the values as given:
+    prometheus_client's takes a lock, checks its arguments and builds a tuple of strings at every call,
+    and a settlement counts through a dozen labelled series. Safe: a child is the very series
+    `labels(...)` answers for as long as it is registered, and every way of unregistering one (remove,
+    remove_by_labels, clear) forgets the kept ones too. Bounded as prometheus_client's own map is: one
+    entry per label set in use (gongji's label values are method names, codes, reasons and the like,
+    and institution ids)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._kept: dict[tuple[object, ...], Self] = {}
+        super().__init__(*args, **kwargs)
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Self:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)
+        child = self._kept.get(labelvalues)
+        if child is None:
+            child = self._kept[labelvalues] = super().labels(*labelvalues)
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        self._kept = {}
+        super().remove(*labelvalues)
+
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        self._kept = {}
+        super().remove_by_labels(labels)
+
+    def clear(self) -> None:
+        self._kept = {}
+        super().clear()
+
+
+class Counter(_KeptChildren, prometheus_client.Counter):
+    """A prometheus_client Counter whose `labels(...)` is a dict look-up once a label set is in use."""
+
+
+class Histogram(_KeptChildren, prometheus_client.Histogram):
+    """A prometheus_client Histogram whose `labels(...)` is a dict look-up once a label set is in use."""
+
 
 # The grpc-ecosystem server families (names and labels as go-grpc-prometheus exports them).
 GRPC_STARTED = Counter(
