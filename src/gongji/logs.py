@@ -32,10 +32,29 @@ _PHONE = re.compile(r"(?<![0-9A-Za-z])1[3-9][0-9]{9}(?![0-9A-Za-z])")
 FIELDS = "gongji_fields"
 
 
+# Both shapes are runs of at least 11 digits. Nearly every line has none, and one search for such a run
+# costs a third of the two substitutions, which then run only on the lines that have one.
+_DIGIT_RUN = re.compile(r"[0-9]{11}")
+
+
 def mask(text: str) -> str:
     """`text` with every ID number and mobile number masked (`6101**********4021`, `138****5678`)."""
+    if _DIGIT_RUN.search(text) is None:
+        return text
     text = _ID_NUMBER.sub(lambda m: mask_id(m[0]), text)
     return _PHONE.sub(lambda m: m[0][:3] + "****" + m[0][-4:], text)
+
+
+def emit(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+    """What `logger.info(msg, extra={FIELDS: fields})` does, through the same filters and handlers,
+    without looking for the caller's source file and line: `info` walks the stack for them at every
+    record, and no gongji formatter prints them. For the line of every RPC."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, msg, (), None, extra={FIELDS: fields}))
+
+
+# json.dumps with these options builds an encoder per call; one, built once, writes the same text.
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +68,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, FIELDS, {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return mask(json.dumps(entry, ensure_ascii=False, default=str))
+        return mask(_JSON.encode(entry))
 
 
 class TextFormatter(logging.Formatter):

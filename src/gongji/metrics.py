@@ -9,15 +9,61 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any, Self
 
 import asyncpg
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import prometheus_client
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from gongji import errors
 from gongji.config import CannotListen, host_port
 from gongji.domain.waterfall import Limit
+
+
+class _KeptChildren(MetricWrapperBase):
+    """`labels(...)` answered from the children it already made, by the values as given:
+    prometheus_client's takes a lock, checks its arguments and builds a tuple of strings at every call,
+    and a settlement counts through a dozen labelled series. Safe: a child is the very series
+    `labels(...)` answers for as long as it is registered, and every way of unregistering one (remove,
+    remove_by_labels, clear) forgets the kept ones too. Bounded as prometheus_client's own map is: one
+    entry per label set in use (gongji's label values are method names, codes, reasons and the like,
+    and institution ids)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._kept: dict[tuple[object, ...], Self] = {}
+        super().__init__(*args, **kwargs)
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Self:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)
+        child = self._kept.get(labelvalues)
+        if child is None:
+            child = self._kept[labelvalues] = super().labels(*labelvalues)
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        self._kept = {}
+        super().remove(*labelvalues)
+
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        self._kept = {}
+        super().remove_by_labels(labels)
+
+    def clear(self) -> None:
+        self._kept = {}
+        super().clear()
+
+
+class Counter(_KeptChildren, prometheus_client.Counter):
+    """A prometheus_client Counter whose `labels(...)` is a dict look-up once a label set is in use."""
+
+
+class Histogram(_KeptChildren, prometheus_client.Histogram):
+    """A prometheus_client Histogram whose `labels(...)` is a dict look-up once a label set is in use."""
+
 
 # The grpc-ecosystem server families (names and labels as go-grpc-prometheus exports them).
 GRPC_STARTED = Counter(
@@ -187,14 +233,33 @@ def _zero_fixed_series() -> None:
         SETTLE_LOCK_WAIT_SECONDS.labels(lock)
 
 
+class GrpcMethodSeries:
+    """The grpc_server_* series of one (service, method), every code for handled, resolved once.
+
+    `labels(...)` takes a lock, checks its arguments and builds a tuple at every call, and the
+    interceptor counts every RPC three times; it keeps one of these per method instead. Keeping the
+    children is safe: a child is the very series `labels(...)` answers for as long as it is registered,
+    and gongji never removes or clears a labelled series, so counting through a kept child and through
+    `labels(...)` is the same count, under the same names and labels."""
+
+    __slots__ = ("_handled", "_labels", "handling_seconds", "started")
+
+    def __init__(self, service: str, method: str) -> None:
+        self._labels = ("unary", service, method)
+        self.started = GRPC_STARTED.labels(*self._labels)
+        self.handling_seconds = GRPC_HANDLING_SECONDS.labels(*self._labels)
+        self._handled = {code: GRPC_HANDLED.labels(*self._labels, code) for code in GRPC_CODES}
+
+    def handled(self, code: str) -> Counter:
+        """The handled counter of `code` (one of GRPC_CODES; any other is resolved as it comes)."""
+        child = self._handled.get(code)
+        return child if child is not None else GRPC_HANDLED.labels(*self._labels, code)
+
+
 def zero_grpc_series(methods: Iterable[tuple[str, str]]) -> None:
     """Create the grpc_server_* series of every (service, method) at 0, every code for handled."""
     for service, method in methods:
-        labels = ("unary", service, method)
-        GRPC_STARTED.labels(*labels)
-        GRPC_HANDLING_SECONDS.labels(*labels)
-        for code in GRPC_CODES:
-            GRPC_HANDLED.labels(*labels, code)
+        GrpcMethodSeries(service, method)
 
 
 _zero_fixed_series()

@@ -16,8 +16,6 @@ SERVER_BUSY or CALLER_BUSY (gongji.errors.Overloaded).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import TypeVar
 
 from gongji import errors, limits
@@ -45,9 +43,13 @@ class Admission:
         self._by_credential: dict[int, int] = {}
         self._by_institution: dict[str, int] = {}
 
-    @contextlib.contextmanager
-    def admit(self, principal: Principal) -> Iterator[None]:
-        """Hold one of `principal`'s calls in flight for the block, or refuse it at once."""
+    def admit(self, principal: Principal) -> _Admitted:
+        """Hold one of `principal`'s calls in flight for the `with` block, or refuse it as it is entered.
+        (A small class rather than @contextlib.contextmanager: it wraps every call, and a generator-based
+        one costs about as much again as the counting.)"""
+        return _Admitted(self, principal)
+
+    def _take(self, principal: Principal) -> None:
         credential, institution = principal.credential_id, principal.institution_id
         if self.in_flight >= self.calls_in_flight_max:
             raise errors.ServerBusy("the server has all the calls in flight it takes; retry shortly")
@@ -59,13 +61,28 @@ class Admission:
         _add(self._by_credential, credential, 1)
         if institution is not None:
             _add(self._by_institution, institution, 1)
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            _add(self._by_credential, credential, -1)
-            if institution is not None:
-                _add(self._by_institution, institution, -1)
+
+    def _give_back(self, principal: Principal) -> None:
+        self.in_flight -= 1
+        _add(self._by_credential, principal.credential_id, -1)
+        if principal.institution_id is not None:
+            _add(self._by_institution, principal.institution_id, -1)
+
+
+class _Admitted:
+    """One call held in flight while its `with` block runs (taken on entry, given back on exit)."""
+
+    __slots__ = ("_admission", "_principal")
+
+    def __init__(self, admission: Admission, principal: Principal) -> None:
+        self._admission = admission
+        self._principal = principal
+
+    def __enter__(self) -> None:
+        self._admission._take(self._principal)
+
+    def __exit__(self, *_exc: object) -> None:
+        self._admission._give_back(self._principal)
 
 
 def _add(counts: dict[K, int], key: K, delta: int) -> None:

@@ -24,9 +24,15 @@ class App:
     vouchers: VoucherCodec
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)  # a naive value is taken to be UTC, as Timestamp.FromDatetime does
+
+
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """The Timestamp that Timestamp.FromDatetime gives, from the difference to the epoch: FromDatetime
+    goes through utctimetuple() and calendar.timegm, several times the cost, for every time in an
+    answer."""
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    since = value - (_NAIVE_EPOCH if value.utcoffset() is None else _EPOCH)
+    return timestamp_pb2.Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)

@@ -61,6 +61,9 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._admission = admission
         self._request_wait_s = request_wait_s
         self._mtls = mtls  # client certificates are required: they name a terminal's institution
+        # method -> how it is served, built on its first call (grpc asks the interceptor at every call).
+        # One entry per registered gongji method at most: only a method grpc has a handler for gets one.
+        self._methods: dict[str, _Method] = {}
 
     async def intercept_service(
         self,
@@ -69,6 +72,9 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         method: str = details.method
+        served = self._methods.get(method)
+        if served is not None and served.source is handler:
+            return served.handler
         if (
             handler is None
             or not method.startswith(_PREFIX)
@@ -76,8 +82,25 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             or handler.request_deserializer is None
         ):
             return handler
-        wrapped = self._wrap(cast(Behavior, handler.unary_unary), method, details.invocation_metadata)
+        served = self._methods[method] = self._serve(method, handler)
+        return served.handler
+
+    def _serve(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> _Method:
+        """How `method` is served: the same for every call (nothing of a call is in it; the behavior reads
+        the call's metadata from its context), so built once, with its metric series resolved."""
+        service, name = method[1:].split("/", 1)
+        served = _Method(method, name, handler, metrics.GrpcMethodSeries(service, name))
+        inner = cast(Behavior, handler.unary_unary)
         deserialize = handler.request_deserializer
+        assert deserialize is not None
+
+        async def behavior(_requests: AsyncIterator[Any], context: Context) -> Any:
+            call = _Call(served)
+            served.series.started.inc()
+            try:
+                return await self._run(inner, context, call)
+            finally:
+                call.finish(context)
 
         # grpc answers UNKNOWN for a request it cannot parse; it is the client's fault, so let the
         # wrapped behavior refuse it with INVALID_ARGUMENT (and count it) instead.
@@ -87,37 +110,25 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except DecodeError:
                 return _Undecodable()
 
-        return grpc.stream_unary_rpc_method_handler(
-            wrapped,
+        served.handler = grpc.stream_unary_rpc_method_handler(
+            behavior,
             request_deserializer=tolerant_deserializer,
             response_serializer=handler.response_serializer,
         )
+        return served
 
-    def _wrap(self, inner: Behavior, method: str, metadata: Any) -> StreamBehavior:
-        service, name = method[1:].split("/", 1)
-        labels = ("unary", service, name)
-
-        async def behavior(_requests: AsyncIterator[Any], context: Context) -> Any:
-            call = _Call(method, labels)
-            metrics.GRPC_STARTED.labels(*labels).inc()
-            try:
-                return await self._run(inner, context, metadata, call)
-            finally:
-                call.finish(context)
-
-        return behavior
-
-    async def _run(self, inner: Behavior, context: Context, metadata: Any, call: _Call) -> Any:
+    async def _run(self, inner: Behavior, context: Context, call: _Call) -> Any:
         """Authenticate, admit, read the request, run the servicer, and turn whatever it raises into one
         status."""
         try:
+            metadata: Any = context.invocation_metadata()  # (key, value) pairs, as HandlerCallDetails has them
             call.principal = await self._auth.authenticate(metadata, call.method)
             if self._mtls:
                 check_certificate(call.principal, context.auth_context())
             with self._admission.admit(call.principal):
                 call.request = request = await self._request(context)
                 if isinstance(request, _Undecodable):
-                    raise errors.InvalidArgument.one("request", f"not a valid {call.labels[2]} request message")
+                    raise errors.InvalidArgument.one("request", f"not a valid {call.served.name} request message")
                 token = current_principal.set(call.principal)
                 try:
                     return await inner(request, context)
@@ -163,12 +174,30 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return request
 
 
+class _Method:
+    """One gongji method as the interceptor serves it: grpc's handler (`source`), the handler that wraps
+    it, and the method's metric series."""
+
+    __slots__ = ("handler", "name", "path", "series", "source")
+
+    def __init__(
+        self, path: str, name: str, source: grpc.RpcMethodHandler[Any, Any], series: metrics.GrpcMethodSeries
+    ) -> None:
+        self.path = path  # /gongji.v1.SettlementService/Settle
+        self.name = name  # Settle
+        self.source = source
+        self.series = series
+        self.handler: grpc.RpcMethodHandler[Any, Any] = source  # until _serve sets the wrapping one
+
+
 class _Call:
     """What the interceptor learns about one RPC on the way, for its metrics and its log line."""
 
-    def __init__(self, method: str, labels: tuple[str, str, str]) -> None:
-        self.method = method
-        self.labels = labels
+    __slots__ = ("code", "finished", "method", "principal", "reason", "request", "served", "started")
+
+    def __init__(self, served: _Method) -> None:
+        self.served = served
+        self.method = served.path
         self.request: Any = None  # until it has been read
         self.started = time.perf_counter()
         self.code = "OK"
@@ -194,8 +223,9 @@ class _Call:
         if self.code == "OK" and context.cancelled():
             self.code = _cut_off_code(context)
         duration_s = time.perf_counter() - self.started
-        metrics.GRPC_HANDLED.labels(*self.labels, self.code).inc()
-        metrics.GRPC_HANDLING_SECONDS.labels(*self.labels).observe(duration_s)
+        series = self.served.series
+        series.handled(self.code).inc()
+        series.handling_seconds.observe(duration_s)
         fields = {
             "method": self.method,
             "code": self.code,
@@ -205,7 +235,7 @@ class _Call:
             "terminal": self.principal.terminal_id if self.principal else None,
             "request_id": _request_id(request),
         }
-        rpc_log.info("rpc", extra={logs.FIELDS: fields})
+        logs.emit(rpc_log, "rpc", fields)
 
 
 def _request_id(request: Any) -> str | None:
