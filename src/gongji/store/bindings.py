@@ -11,6 +11,7 @@ import asyncpg
 import asyncpg.pool
 
 from gongji.domain.people import Person, Relationship
+from gongji.store import db
 from gongji.store.people import PERSON_COLUMNS, person_from_row
 
 _COLUMNS = """b.binding_id, b.holder_id, b.member_id, b.relationship, b.created_at, b.ended_at,
@@ -113,6 +114,6 @@ async def unbind(pool: asyncpg.Pool, holder_id: str, member_id: str) -> BindingR
 
 async def of_holder(pool: asyncpg.Pool, holder_id: str, limit: int) -> tuple[list[BindingRow], int]:
     """The holder's bindings (live first, oldest first; then ended, newest first) and the live count."""
-    rows = await pool.fetch(_OF_HOLDER, holder_id, limit)
-    live: int = await pool.fetchval(_COUNT_LIVE, holder_id)
+    rows = await db.fetch(pool, _OF_HOLDER, holder_id, limit)
+    live: int = await db.fetchval(pool, _COUNT_LIVE, holder_id)
     return [_binding(r) for r in rows], live

@@ -80,12 +80,12 @@ select credential_id, token_sha256 from credential where credential_id = any($1:
 
 async def live_hashes(pool: asyncpg.Pool, limit: int) -> dict[bytes, int]:
     """The token hash of every live credential (at most `limit` + 1 rows: more means "too many")."""
-    return {row["token_sha256"]: row["credential_id"] for row in await pool.fetch(_LIVE_HASHES, limit + 1)}
+    return {row["token_sha256"]: row["credential_id"] for row in await db.fetch(pool, _LIVE_HASHES, limit + 1)}
 
 
 async def live_hashes_of(pool: asyncpg.Pool, credential_ids: list[int]) -> dict[int, bytes]:
     """The token hash of each of these credentials that is live (revoked or gone ones are absent)."""
-    return {row["credential_id"]: row["token_sha256"] for row in await pool.fetch(_LIVE_HASHES_OF, credential_ids)}
+    return {row["credential_id"]: row["token_sha256"] for row in await db.fetch(pool, _LIVE_HASHES_OF, credential_ids)}
 
 
 def token_hash(token: str) -> bytes:
@@ -147,7 +147,7 @@ class Listed:
 
 
 async def list_all(pool: asyncpg.Pool) -> list[Listed]:
-    return [Listed(**{**dict(r), "kind": Kind(r["kind"])}) for r in await pool.fetch(_LIST)]
+    return [Listed(**{**dict(r), "kind": Kind(r["kind"])}) for r in await db.fetch(pool, _LIST)]
 
 
 class NotRevoked(Exception):
@@ -160,13 +160,13 @@ async def revoke(pool: asyncpg.Pool, label_or_id: str) -> int:
     if label_or_id.isascii() and label_or_id.isdigit():
         ids = [int(label_or_id)]
     else:
-        ids = [r["credential_id"] for r in await pool.fetch(_LIVE_BY_LABEL, label_or_id)]
+        ids = [r["credential_id"] for r in await db.fetch(pool, _LIVE_BY_LABEL, label_or_id)]
         if len(ids) > 1:
             listed = ", ".join(map(str, ids))
             raise NotRevoked(f"{len(ids)} live credentials have this label (ids {listed}): revoke one by its id")
         if not ids:
             raise NotRevoked("no live credential has this label")
-    revoked = await pool.fetchval(_REVOKE, ids[0])
+    revoked = await db.fetchval(pool, _REVOKE, ids[0])
     if revoked is None:
         raise NotRevoked(f"no live credential has id {ids[0]} (unknown, or revoked already)")
     # Committed: later money calls see it revoked. Wait for those that saw it live (_MONEY_LOCK).

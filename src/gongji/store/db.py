@@ -189,6 +189,22 @@ async def fetchrow(pool: Pool, query: str, *args: object) -> asyncpg.Record | No
         return row
 
 
+async def fetch(pool: Pool, query: str, *args: object) -> list[asyncpg.Record]:
+    """`fetchrow`'s twin for many rows."""
+    async with pool.acquire() as conn:
+        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        known_clean(conn)
+        return rows
+
+
+async def fetchval(pool: Pool, query: str, *args: object) -> Any:
+    """`fetchrow`'s twin for one value."""
+    async with pool.acquire() as conn:
+        value = await conn.fetchval(query, *args)
+        known_clean(conn)
+        return value
+
+
 async def create_pool(
     url: str, *, min_size: int, max_size: int, command_timeout_s: float, statement_cache_size: int = 256
 ) -> asyncpg.Pool:

@@ -12,7 +12,7 @@ import asyncpg.pool
 
 from gongji.domain.eligibility import DEFAULT_POLICY, RegionPolicy
 from gongji.domain.people import Person, Relationship
-from gongji.store import policies
+from gongji.store import db, policies
 from gongji.store.people import PERSON_COLUMNS, person_from_row
 
 # The partial unique index on live (authorizer, beneficiary) pairs makes a second Grant return the
@@ -117,7 +117,7 @@ async def revoke(pool: asyncpg.Pool, authorizer_id: str, beneficiary_id: str, re
     The UPDATE waits for settlements holding the grant FOR SHARE, so a settlement either used the
     grant before it ended or does not use it at all.
     """
-    row = await pool.fetchrow(_REVOKE, authorizer_id, beneficiary_id, reason)
+    row = await db.fetchrow(pool, _REVOKE, authorizer_id, beneficiary_id, reason)
     return None if row is None else _grant(row)
 
 
@@ -150,13 +150,13 @@ async def set_cap(
 
 async def beneficiary_cap_left(pool: asyncpg.Pool, person_id: str) -> int | None:
     """What is left this year of the person's yearly cap as a beneficiary; None when none applies."""
-    left: int | None = await pool.fetchval(_BENEFICIARY_CAP_LEFT, person_id)
+    left: int | None = await db.fetchval(pool, _BENEFICIARY_CAP_LEFT, person_id)
     return left
 
 
 async def given_by(pool: asyncpg.Pool, person_id: str, limit: int) -> list[GrantRow]:
-    return [_grant(r) for r in await pool.fetch(_GIVEN, person_id, limit)]
+    return [_grant(r) for r in await db.fetch(pool, _GIVEN, person_id, limit)]
 
 
 async def held_by(pool: asyncpg.Pool, person_id: str, limit: int) -> list[GrantRow]:
-    return [_grant(r) for r in await pool.fetch(_HELD, person_id, limit)]
+    return [_grant(r) for r in await db.fetch(pool, _HELD, person_id, limit)]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from gongji.store import db
+
 # Keyset pagination on entry_id (the ledger_entry_person index): newest first, below the cursor. A
 # premium's entries with the year paid for (the payment's key: one row each).
 _PAGE = """
@@ -36,5 +38,5 @@ class EntryRow:
 
 
 async def page(pool: asyncpg.Pool, person_id: str, before_entry_id: int | None, limit: int) -> list[EntryRow]:
-    rows = await pool.fetch(_PAGE, person_id, before_entry_id or _NEWEST, limit)
+    rows = await db.fetch(pool, _PAGE, person_id, before_entry_id or _NEWEST, limit)
     return [EntryRow(**dict(r)) for r in rows]

@@ -148,12 +148,12 @@ _INSTITUTION_EXISTS = "select exists (select 1 from institution where institutio
 
 
 async def institution_exists(pool: asyncpg.Pool, institution_id: str) -> bool:
-    return bool(await pool.fetchval(_INSTITUTION_EXISTS, institution_id))
+    return bool(await db.fetchval(pool, _INSTITUTION_EXISTS, institution_id))
 
 
 async def day_totals(pool: asyncpg.Pool, institution_id: str, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
-    settled = await pool.fetchrow(_DAY_SETTLEMENTS, institution_id, start, end)
-    refunded = await pool.fetchrow(_DAY_REFUNDS, institution_id, start, end)
+    settled = await db.fetchrow(pool, _DAY_SETTLEMENTS, institution_id, start, end)
+    refunded = await db.fetchrow(pool, _DAY_REFUNDS, institution_id, start, end)
     assert settled is not None
     assert refunded is not None
     totals = {**dict(settled), **dict(refunded)}
@@ -171,8 +171,8 @@ async def day_page(
 ) -> list[SettlementView]:
     """Up to `limit` settlements of the day after the cursor `after`, oldest first, with their refunds."""
     after_at, after_id = after or (_EPOCH, uuid.UUID(int=0))
-    rows = await pool.fetch(_DAY_PAGE, institution_id, start, end, after_at, after_id, limit)
+    rows = await db.fetch(pool, _DAY_PAGE, institution_id, start, end, after_at, after_id, limit)
     refunds: dict[uuid.UUID, list[RefundRow]] = {r["settlement_id"]: [] for r in rows}
-    for r in await pool.fetch(_REFUNDS_OF_MANY, list(refunds)):
+    for r in await db.fetch(pool, _REFUNDS_OF_MANY, list(refunds)):
         refunds[r["settlement_id"]].append(RefundRow(**dict(r)))
     return [SettlementView(settlement_row(r), r["reversed_at"], refunds[r["settlement_id"]]) for r in rows]

@@ -9,6 +9,7 @@ import asyncpg.pool
 
 from gongji.domain.eligibility import Scope, in_scope
 from gongji.domain.people import DocumentType, Person, PersonStatus, Scheme
+from gongji.store import db
 
 PERSON_COLUMNS = "person_id, name, birth_date, region_code, scheme, status, document_type, document_number"
 
@@ -68,13 +69,21 @@ def person_from_row(row: asyncpg.Record) -> Person:
     )
 
 
+async def _fetchrow(conn: asyncpg.Connection | asyncpg.Pool, query: str, *args: object) -> asyncpg.Record | None:
+    """On a pool, one statement whose connection returns without a reset (db.fetchrow)."""
+    if isinstance(conn, asyncpg.Pool):
+        return await db.fetchrow(conn, query, *args)
+    row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+    return row
+
+
 async def get_person(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) -> Person | None:
-    row = await conn.fetchrow(_SELECT_PERSON, person_id)
+    row = await _fetchrow(conn, _SELECT_PERSON, person_id)
     return None if row is None else person_from_row(row)
 
 
 async def get_account(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) -> AccountView | None:
-    row = await conn.fetchrow(_SELECT_ACCOUNT, person_id)
+    row = await _fetchrow(conn, _SELECT_ACCOUNT, person_id)
     if row is None:
         return None
     person = person_from_row(row)

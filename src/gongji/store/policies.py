@@ -10,6 +10,7 @@ import asyncpg.pool
 
 from gongji.domain.eligibility import DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import Relationship
+from gongji.store import db
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
 
@@ -75,4 +76,4 @@ async def set_policy(pool: asyncpg.Pool, region_key: str, policy: RegionPolicy, 
 
 
 async def list_all(pool: asyncpg.Pool, limit: int) -> list[PolicyRow]:
-    return [_row(r) for r in await pool.fetch(_LIST, limit)]
+    return [_row(r) for r in await db.fetch(pool, _LIST, limit)]

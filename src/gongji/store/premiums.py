@@ -138,7 +138,7 @@ async def set_rate(pool: asyncpg.Pool, rate: PremiumRate, max_rates: int) -> Rat
 
 async def list_rates(pool: asyncpg.Pool, year: int | None, limit: int) -> list[RateRow]:
     """The rates of `year` (None: of every year), by year and key, at most `limit`."""
-    return [_rate_row(r) for r in await pool.fetch(_LIST_RATES, year, limit)]
+    return [_rate_row(r) for r in await db.fetch(pool, _LIST_RATES, year, limit)]
 
 
 def _refusal(row: asyncpg.Record, year: int) -> errors.GongjiError:
@@ -206,5 +206,5 @@ async def report(
     """The days of [start, end) with payments or refunds, per 统筹区 whose code starts with
     `region_prefix`, ordered by (day, region_code), after `after`, at most `limit` rows."""
     after_day, after_region = after or (dt.date.min, "")
-    rows = await pool.fetch(_REPORT, start, end, region_prefix, after_day, after_region, limit)
+    rows = await db.fetch(pool, _REPORT, start, end, region_prefix, after_day, after_region, limit)
     return [ReportRow(**dict(r)) for r in rows]
