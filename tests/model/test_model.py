@@ -459,9 +459,12 @@ class GongjiMachine(RuleBasedStateMachine):
 
     @rule(call=settle_calls, same=st.booleans())
     def retry_settle(self, call: SettleCall, same: bool) -> Any:
-        """The POS retries with the same request id, showing a rescanned code (genuine, but not one the
-        model knows, so a retry that is not a replay is refused for it)."""
-        rescanned = CODEC.issue(uuid.uuid4(), int(dt.datetime.now(dt.UTC).timestamp()) + 60)
+        """The POS retries with the same request id, showing a rescanned code: a fresh, genuine voucher
+        naming the patient, signed with the server's key (a token is all there is of a voucher) and
+        told to the model, whatever the patient's status now."""
+        expires_s = int(dt.datetime.now(dt.UTC).timestamp()) + 60
+        rescanned = CODEC.issue(uuid.uuid4(), expires_s, call.patient, None)
+        self.model.issued(rescanned, call.patient, call.patient)
         retried = call if same else SettleCall(**{**call.__dict__, "amount_fen": call.amount_fen + 1})
         self._settle(retried, rescanned)
 
