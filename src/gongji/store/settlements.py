@@ -128,6 +128,10 @@ class VoucherArgs:
     expires_at: dt.datetime
     binding_id: int | None
 
+    def sql_args(self) -> tuple[uuid.UUID, bool, dt.datetime, int | None]:
+        """In the order gongji_quote and gongji_settle take them, after their own leading arguments."""
+        return self.voucher_id, self.names_patient, self.expires_at, self.binding_id
+
 
 async def quote(
     pool: asyncpg.Pool,
@@ -139,16 +143,7 @@ async def quote(
     use_personal_account: bool,
 ) -> QuoteResult:
     row = await db.fetchrow(
-        pool,
-        _QUOTE,
-        voucher.voucher_id,
-        voucher.names_patient,
-        voucher.expires_at,
-        voucher.binding_id,
-        patient_id,
-        amount_fen,
-        authorizer_id,
-        use_personal_account,
+        pool, _QUOTE, *voucher.sql_args(), patient_id, amount_fen, authorizer_id, use_personal_account
     )
     assert row is not None
     if row["outcome"] != "OK":
@@ -190,10 +185,7 @@ async def settle(
         credential_id,
         request_id,
         digest,
-        voucher.voucher_id,
-        voucher.names_patient,
-        voucher.expires_at,
-        voucher.binding_id,
+        *voucher.sql_args(),
         patient_id,
         amount_fen,
         authorizer_id,
