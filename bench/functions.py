@@ -3,6 +3,7 @@
     .venv/bin/python bench/functions.py                    # 20,000 people, 8 pgbench clients, 30 s
     .venv/bin/python bench/functions.py --against HEAD~1   # alternate with another revision's SQL code
     .venv/bin/python bench/functions.py --variant "SQL" --undo "SQL"   # alternate with a schema change
+    .venv/bin/python bench/functions.py --server-python ../before/.venv/bin/python   # another checkout's
 
 Seeds a fresh database `gongji_functions` (bench/seed.py), turns on PostgreSQL's function statistics for
 it (`track_functions = 'pl'`: PL/pgSQL and C functions are counted, SQL functions only when they are
@@ -14,7 +15,9 @@ functions it calls, `self` does not. Splitting a function into steps is free onl
 `store/sql/*.sql`, applied over the same seeded database), so both see the same machine and data.
 With `--variant SQL --undo SQL`, they alternate between this tree as it is and this tree with SQL
 applied (a constraint dropped, an index added), undone after each of its rounds: evidence for a schema
-change before it becomes a migration.
+change before it becomes a migration. With `--server-python PATH` (as in bench/run.py), another
+checkout's interpreter seeds the database, so its migrations and functions are measured with its own
+`bench/pgbench_settle.sql`: for a revision whose schema differs, run it and this tree's in turns.
 """
 
 from __future__ import annotations
@@ -79,13 +82,15 @@ async def _track_functions(db_url: str) -> None:
         await conn.close()
 
 
-async def _apply(db_url: str, sql: str) -> None:
-    """This version's server-side code in place of any other, and the statistics reset."""
+async def _apply(db_url: str, sql: str | None) -> None:
+    """This version's server-side code in place of any other (None: leave what is there), and the
+    statistics reset."""
     conn = await asyncpg.connect(db_url)
     try:
-        async with conn.transaction():
-            await conn.execute(_DROP_FUNCTIONS)
-            await conn.execute(sql)
+        if sql is not None:
+            async with conn.transaction():
+                await conn.execute(_DROP_FUNCTIONS)
+                await conn.execute(sql)
         await conn.execute("select pg_stat_reset()")  # each version's figures from zero
     finally:
         await conn.close()
@@ -121,19 +126,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="measurements of each version")
     parser.add_argument("--variant", metavar="SQL", help="alternate with this tree plus this schema change")
     parser.add_argument("--undo", metavar="SQL", help="what undoes --variant after each of its rounds")
+    parser.add_argument("--server-python", metavar="PATH", help="measure another checkout's schema and functions")
     cfg = parser.parse_args()
     out = ROOT / "bench" / "results" / "functions"
     out.mkdir(parents=True, exist_ok=True)
     db_url = asyncio.run(fresh_database(cfg.server_url, DATABASE))
     population = out / "population.json"
-    seed = [sys.executable, str(ROOT / "bench" / "seed.py"), "--database-url", db_url, "--people", str(cfg.people)]
+    seed = [cfg.server_python or sys.executable, str(ROOT / "bench" / "seed.py"), "--database-url", db_url]
+    seed += ["--people", str(cfg.people)]
     subprocess.run([*seed, "--out", str(population)], check=True, cwd=ROOT)
     patients = json.loads(population.read_text())["patients"]
     credential_id = asyncio.run(prepare_pgbench(db_url, patients))
     asyncio.run(_track_functions(db_url))
     if bool(cfg.variant) != bool(cfg.undo):
         parser.error("--variant and --undo go together")
-    versions = [("this tree", _code_of(None), None)]
+    if cfg.server_python and (cfg.against or cfg.variant):
+        parser.error("--server-python measures that checkout alone")
+    # Code None: the functions the seed applied stay (another checkout's own).
+    versions: list[tuple[str, str | None, str | None]] = [("this tree", _code_of(None), None)]
+    if cfg.server_python:
+        versions = [(f"the checkout of {cfg.server_python}", None, None)]
     if cfg.against:
         versions.append((cfg.against, _code_of(cfg.against), None))
     if cfg.variant:
