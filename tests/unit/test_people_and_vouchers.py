@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import hmac
 import io
 import logging
+import struct
 import uuid
 from pathlib import Path
 
@@ -108,6 +111,19 @@ def test_old_key_still_verifies_after_rotation() -> None:
     claims = rotated.authentic(token)
     assert rotated.names(claims, "P")  # the tag is checked with the key that signed the token
     assert rotated.issue(uuid.uuid4(), 2_000, "P", None).startswith("GJ2.k2.")
+
+
+@pytest.mark.parametrize(("expires_at_s", "binding_id"), [(253_402_300_800, 0), (1_000, 2**63), (2**64 - 1, 2**64 - 1)])
+def test_claims_out_of_range_are_refused_even_under_a_genuine_signature(expires_at_s: int, binding_id: int) -> None:
+    """An expiry no datetime holds or a binding id no bigint holds is not an e-voucher, whoever signed it
+    (the parser does not rely on the key holder's care)."""
+    payload = base64.urlsafe_b64encode(
+        struct.pack(">16sQ16sQ", uuid.uuid4().bytes, expires_at_s, b"t" * 16, binding_id)
+    ).rstrip(b"=")
+    signed = f"GJ2.k1.{payload.decode()}"
+    mac = base64.urlsafe_b64encode(hmac.new(KEY, signed.encode(), hashlib.sha256).digest()).rstrip(b"=")
+    with pytest.raises(errors.VoucherInvalid, match="not an e-voucher"):
+        VoucherCodec({"k1": KEY}, "k1").authentic(f"{signed}.{mac.decode()}")
 
 
 @given(st.text(max_size=300))
