@@ -233,33 +233,14 @@ def _zero_fixed_series() -> None:
         SETTLE_LOCK_WAIT_SECONDS.labels(lock)
 
 
-class GrpcMethodSeries:
-    """The grpc_server_* series of one (service, method), every code for handled, resolved once.
-
-    `labels(...)` takes a lock, checks its arguments and builds a tuple at every call, and the
-    interceptor counts every RPC three times; it keeps one of these per method instead. Keeping the
-    children is safe: a child is the very series `labels(...)` answers for as long as it is registered,
-    and gongji never removes or clears a labelled series, so counting through a kept child and through
-    `labels(...)` is the same count, under the same names and labels."""
-
-    __slots__ = ("_handled", "_labels", "handling_seconds", "started")
-
-    def __init__(self, service: str, method: str) -> None:
-        self._labels = ("unary", service, method)
-        self.started = GRPC_STARTED.labels(*self._labels)
-        self.handling_seconds = GRPC_HANDLING_SECONDS.labels(*self._labels)
-        self._handled = {code: GRPC_HANDLED.labels(*self._labels, code) for code in GRPC_CODES}
-
-    def handled(self, code: str) -> Counter:
-        """The handled counter of `code` (one of GRPC_CODES; any other is resolved as it comes)."""
-        child = self._handled.get(code)
-        return child if child is not None else GRPC_HANDLED.labels(*self._labels, code)
-
-
 def zero_grpc_series(methods: Iterable[tuple[str, str]]) -> None:
     """Create the grpc_server_* series of every (service, method) at 0, every code for handled."""
     for service, method in methods:
-        GrpcMethodSeries(service, method)
+        labels = ("unary", service, method)
+        GRPC_STARTED.labels(*labels)
+        GRPC_HANDLING_SECONDS.labels(*labels)
+        for code in GRPC_CODES:
+            GRPC_HANDLED.labels(*labels, code)
 
 
 _zero_fixed_series()

@@ -87,16 +87,16 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _serve(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> _Method:
         """How `method` is served: the same for every call (nothing of a call is in it; the behavior reads
-        the call's metadata from its context), so built once, with its metric series resolved."""
+        the call's metadata from its context), so built once."""
         service, name = method[1:].split("/", 1)
-        served = _Method(method, name, handler, metrics.GrpcMethodSeries(service, name))
+        served = _Method(method, name, handler, ("unary", service, name))
         inner = cast(Behavior, handler.unary_unary)
         deserialize = handler.request_deserializer
         assert deserialize is not None
 
         async def behavior(_requests: AsyncIterator[Any], context: Context) -> Any:
             call = _Call(served)
-            served.series.started.inc()
+            metrics.GRPC_STARTED.labels(*served.labels).inc()
             try:
                 return await self._run(inner, context, call)
             finally:
@@ -176,17 +176,17 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
 class _Method:
     """One gongji method as the interceptor serves it: grpc's handler (`source`), the handler that wraps
-    it, and the method's metric series."""
+    it, and the labels of its grpc_server_* series."""
 
-    __slots__ = ("handler", "name", "path", "series", "source")
+    __slots__ = ("handler", "labels", "name", "path", "source")
 
     def __init__(
-        self, path: str, name: str, source: grpc.RpcMethodHandler[Any, Any], series: metrics.GrpcMethodSeries
+        self, path: str, name: str, source: grpc.RpcMethodHandler[Any, Any], labels: tuple[str, str, str]
     ) -> None:
         self.path = path  # /gongji.v1.SettlementService/Settle
         self.name = name  # Settle
         self.source = source
-        self.series = series
+        self.labels = labels  # ("unary", service, method): metrics' Counter keeps the children by them
         self.handler: grpc.RpcMethodHandler[Any, Any] = source  # until _serve sets the wrapping one
 
 
@@ -223,9 +223,9 @@ class _Call:
         if self.code == "OK" and context.cancelled():
             self.code = _cut_off_code(context)
         duration_s = time.perf_counter() - self.started
-        series = self.served.series
-        series.handled(self.code).inc()
-        series.handling_seconds.observe(duration_s)
+        labels = self.served.labels
+        metrics.GRPC_HANDLED.labels(*labels, self.code).inc()
+        metrics.GRPC_HANDLING_SECONDS.labels(*labels).observe(duration_s)
         fields = {
             "method": self.method,
             "code": self.code,
