@@ -173,8 +173,8 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
             raise errors.PersonNotFound("no insured person with this id")
         if issuing.status != PersonStatus.ACTIVE:
             raise errors.PersonNotActive("the person's insurance is not active")
-        binding_id = issuing.binding_id if requester_id != person_id else None
-        token = self._app.vouchers.issue(uuid.uuid4(), int(expires_at.timestamp()), person_id, binding_id)
+        # The person's own voucher carries no binding: none joins a person to themself (a CHECK says so).
+        token = self._app.vouchers.issue(uuid.uuid4(), int(expires_at.timestamp()), person_id, issuing.binding_id)
         return family_pb2.IssueVoucherResponse(
             voucher=token, expires_at=timestamp(expires_at), person_id=person_id, requester_id=requester_id
         )

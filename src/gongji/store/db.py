@@ -180,29 +180,28 @@ async def _reset_unless_known_clean(conn: asyncpg.Connection) -> None:
         await conn.execute(query)
 
 
-async def fetchrow(pool: Pool, query: str, *args: object) -> asyncpg.Record | None:
-    """One statement of our own SQL, outside a transaction, whose connection goes back to the pool
-    without a reset when the statement completed (see Connection)."""
+async def _one_statement(pool: Pool, method: str, query: str, args: tuple[object, ...]) -> Any:
+    """One statement of our own SQL, outside a transaction, run by the connection's `method` (fetch,
+    fetchrow, fetchval); its connection goes back to the pool without a reset when the statement
+    completed (see Connection)."""
     async with pool.acquire() as conn:
-        row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+        answer = await getattr(conn, method)(query, *args)
         known_clean(conn)
-        return row
+        return answer
+
+
+async def fetchrow(pool: Pool, query: str, *args: object) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await _one_statement(pool, "fetchrow", query, args)
+    return row
 
 
 async def fetch(pool: Pool, query: str, *args: object) -> list[asyncpg.Record]:
-    """`fetchrow`'s twin for many rows."""
-    async with pool.acquire() as conn:
-        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-        known_clean(conn)
-        return rows
+    rows: list[asyncpg.Record] = await _one_statement(pool, "fetch", query, args)
+    return rows
 
 
 async def fetchval(pool: Pool, query: str, *args: object) -> Any:
-    """`fetchrow`'s twin for one value."""
-    async with pool.acquire() as conn:
-        value = await conn.fetchval(query, *args)
-        known_clean(conn)
-        return value
+    return await _one_statement(pool, "fetchval", query, args)
 
 
 async def create_pool(
