@@ -10,19 +10,20 @@ import asyncpg
 from gongji.store import db
 
 # One round trip, whether the person asks for their own voucher or a holder for a member's: the
-# person's status, and for a holder the live binding and the holder's own status.
+# person's status, and only for a holder (CASE skips the subqueries otherwise) the live binding and
+# the holder's own status.
 _ISSUE = """
 select (select p.status from person p where p.person_id = $1) as status,
-       (select b.binding_id from kinship_binding b
-         where b.holder_id = $2 and b.member_id = $1 and b.ended_at is null) as binding_id,
-       (select h.status from person h where h.person_id = $2) as requester_status"""
+       case when $2 <> $1 then (select b.binding_id from kinship_binding b
+                                 where b.holder_id = $2 and b.member_id = $1 and b.ended_at is null) end as binding_id,
+       case when $2 <> $1 then (select h.status from person h where h.person_id = $2) end as requester_status"""
 
 
 @dataclass(frozen=True, slots=True)
 class Issuing:
     status: str | None  # the person's; None: not enrolled
-    binding_id: int | None  # the live binding of the requester to the person; None: none lives
-    requester_status: str | None  # the requester's; None: not enrolled
+    binding_id: int | None  # the requester's live binding to the person; None: none lives, or their own
+    requester_status: str | None  # a holder's; None: not enrolled, or the person's own voucher
 
 
 async def issuing(pool: asyncpg.Pool, person_id: str, requester_id: str) -> Issuing:
