@@ -169,6 +169,8 @@ language plpgsql
 as $$
 declare
     v_need_authorizer boolean := p_authorizer_id is not null;
+    v_first   text;
+    v_second  text;
     v_pid     text;
     v_balance bigint;
     v_t       timestamptz;
@@ -181,11 +183,16 @@ begin
         select a.balance_fen into v_balance from account a where a.person_id = p_patient_id;
         v_need_authorizer := coalesce(v_balance, 0) < p_amount_fen;
     end if;
-    for v_pid in
-        select x from unnest(array[case when p_has_account then p_patient_id end,
-                                   case when v_need_authorizer then p_authorizer_id end]) as x
-         where x is not null order by x collate "C"
-    loop
+    -- At most two rows, so the order is decided here rather than by a sorting query.
+    v_first := case when p_has_account then p_patient_id end;
+    v_second := case when v_need_authorizer then p_authorizer_id end;
+    if v_first is null or (v_second is not null and v_second collate "C" < v_first collate "C") then
+        v_pid := v_first;
+        v_first := v_second;
+        v_second := v_pid;
+    end if;
+    foreach v_pid in array array[v_first, v_second] loop
+        continue when v_pid is null;
         v_t := clock_timestamp();
         select a.balance_fen into v_balance from account a where a.person_id = v_pid for update;
         wait_s := coalesce(wait_s, 0) + extract(epoch from clock_timestamp() - v_t);
@@ -293,7 +300,7 @@ create or replace function gongji_mutual_aid_limits(
 language plpgsql
 as $$
 declare
-    v_year      constant integer := gongji_china_year(now());
+    v_year      integer;
     v_grant_cap bigint;
     v_floor     bigint;
     v_ben_cap   bigint;
@@ -302,6 +309,7 @@ begin
     if p_balance_fen is null then
         return;
     end if;
+    v_year := gongji_china_year(now());
     select g.yearly_cap_fen, (gongji_region_policy(a.region_code)).authorizer_floor_fen,
            (gongji_region_policy(p_beneficiary_region)).beneficiary_yearly_cap_fen
       into v_grant_cap, v_floor, v_ben_cap
