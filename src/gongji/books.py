@@ -35,7 +35,7 @@ class BooksError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class BookRow:
-    kind: int  # a DetailKind number: the first part of the sort key
+    kind: pb.DetailKind.ValueType  # the first part of the sort key
     request_id: str
     fen: tuple[int, int, int, int]  # amount, acct_pay, acct_mulaid_pay, psn_cash_pay
     insutype: str
@@ -82,7 +82,7 @@ def _row(name: str, line: int, record: dict[str, Any]) -> BookRow:
     return BookRow(kind, (record["request_id"] or "").strip(), (fen[0], fen[1], fen[2], fen[3]), insutype)
 
 
-def _kind_word(kind: int) -> str:
+def _kind_word(kind: pb.DetailKind.ValueType) -> str:
     return next(w for w, k in KINDS.items() if k == kind)
 
 

@@ -145,10 +145,14 @@ def _key(fields: Fields, field: str, kind: int, request_id: str) -> Key | None:
 
 def _amounts(fields: Fields, field: str, a: pb.DetailAmounts) -> Amounts:
     amounts = Amounts(a.amount_fen, a.acct_pay_fen, a.acct_mulaid_pay_fen, a.psn_cash_pay_fen)
-    fields.amount(f"{field}.amount_fen", a.amount_fen, limits.AMOUNT_FEN_MAX)
     parts = (a.acct_pay_fen, a.acct_mulaid_pay_fen, a.psn_cash_pay_fen)
-    if not all(0 <= p <= limits.AMOUNT_FEN_MAX for p in parts) or not amounts.adds_up():
-        fields.bad(f"{field}.amount_fen", "must equal acct_pay_fen + acct_mulaid_pay_fen + psn_cash_pay_fen, each >= 0")
+    if not 0 < a.amount_fen <= limits.AMOUNT_FEN_MAX:
+        fields.amount(f"{field}.amount_fen", a.amount_fen, limits.AMOUNT_FEN_MAX)
+    elif not all(p >= 0 for p in parts) or not amounts.adds_up():
+        fields.bad(
+            f"{field}.amount_fen", "must equal acct_pay_fen + acct_mulaid_pay_fen + psn_cash_pay_fen, each >= 0",
+            amount=True,
+        )  # fmt: skip
     return amounts
 
 
