@@ -177,10 +177,22 @@ class Api:
             metadata=bearer(self.tokens.app),
         )
 
-    async def voucher(self, person_id: str, ttl_seconds: int = 0, *, requester_id: str | None = None) -> str:
+    async def voucher(
+        self,
+        person_id: str,
+        ttl_seconds: int = 0,
+        *,
+        requester_id: str | None = None,
+        authorizer_id: str | None = None,
+    ) -> str:
+        """An e-voucher naming `person_id`, carrying the grant of `authorizer_id` when given (the
+        patient's pick in the app)."""
         reply = await self.family.IssueVoucher(
             family_pb2.IssueVoucherRequest(
-                person_id=person_id, requester_id=requester_id or person_id, ttl_seconds=ttl_seconds
+                person_id=person_id,
+                requester_id=requester_id or person_id,
+                ttl_seconds=ttl_seconds,
+                authorizer_id=authorizer_id,
             ),
             metadata=bearer(self.tokens.app),
         )
@@ -322,10 +334,10 @@ class Api:
         return reply
 
     async def quote(
-        self, patient_id: str, amount_fen: int, *, authorizer_id: str | None = None
+        self, patient_id: str, amount_fen: int, *, authorizer_id: str | None = None, voucher: str | None = None
     ) -> settlement_pb2.QuoteResponse:
         request = settlement_pb2.QuoteRequest(
-            voucher=await self.voucher(patient_id), patient_id=patient_id, amount_fen=amount_fen
+            voucher=voucher or await self.voucher(patient_id), patient_id=patient_id, amount_fen=amount_fen
         )
         if authorizer_id is not None:
             request.authorizer_id = authorizer_id

@@ -311,7 +311,9 @@ def _account(ch: grpc.aio.Channel) -> account_pb2_grpc.AccountServiceAsyncStub:
 
 async def _voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> str:
     issued = await _family(ch).IssueVoucher(
-        family_pb2.IssueVoucherRequest(person_id=args.patient, requester_id=args.holder or args.patient),
+        family_pb2.IssueVoucherRequest(
+            person_id=args.patient, requester_id=args.holder or args.patient, authorizer_id=args.picked
+        ),
         metadata=tokens.auth("app"),
         timeout=timeout_s(args),
     )
@@ -375,7 +377,10 @@ async def reconcile(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Toke
 
 async def voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = family_pb2.IssueVoucherRequest(
-        person_id=args.person, requester_id=args.requester or args.person, ttl_seconds=args.ttl_s or 0
+        person_id=args.person,
+        requester_id=args.requester or args.person,
+        ttl_seconds=args.ttl_s or 0,
+        authorizer_id=args.authorizer,
     )
     return await _family(ch).IssueVoucher(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
@@ -695,6 +700,12 @@ def _add_settlement_arguments(add: Add) -> None:
             metavar="PERSON",
             help="a holder who bound the patient asks for the patient's voucher",
         )
+        x.add_argument(
+            "--picked",
+            type=person,
+            metavar="PERSON",
+            help="the family member the patient picked in the app: the voucher carries their grant",
+        )
         x.add_argument("--no-account", action="store_true", help="pay everything in cash (no personal account)")
         if name == "settle":
             x.add_argument("--request-id", default=None, help=_REQUEST_ID)
@@ -735,6 +746,12 @@ def _add_family_arguments(add: Add) -> None:
         "--requester", type=person, metavar="PERSON", help="a holder who bound the person (default: the person)"
     )
     v.add_argument("--ttl-s", type=int32, help="lifetime in seconds (default: the server's, 60; capped by it)")
+    v.add_argument(
+        "--authorizer",
+        type=person,
+        metavar="PERSON",
+        help="the family member whose grant the patient picked in the app: the voucher carries it",
+    )
     for name, text in (("grant", "grant family mutual aid (app)"), ("revoke", "end a mutual-aid grant (app)")):
         g = add(name, text)
         g.add_argument("--authorizer", type=person, metavar="PERSON", required=True, help="whose personal account pays")

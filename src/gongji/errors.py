@@ -15,7 +15,7 @@ domain can raise them freely.
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── eligibility                 PERSON_NOT_ACTIVE, NOT_EMPLOYEE_INSURED, BENEFICIARY_NOT_INSURED,
     │   │                               RELATIONSHIP_NOT_ALLOWED, RELATIONSHIP_IMPLAUSIBLE,
-    │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND
+    │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND, VOUCHER_AUTHORIZER_MISMATCH
     │   ├── binding                     IDENTITY_MISMATCH, FACE_VERIFICATION_REQUIRED
     │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
     │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
@@ -189,6 +189,14 @@ class RegionOutOfScope(FailedPrecondition):
 class GrantNotFound(FailedPrecondition):
     reason = "GRANT_NOT_FOUND"
     sentence = "there is no live mutual-aid grant from this authorizer to this beneficiary"
+
+
+class VoucherAuthorizerMismatch(FailedPrecondition):
+    """The terminal named an authorizer other than the one whose grant the patient picked in the app
+    (the e-voucher carries the choice, and the patient's choice wins: docs/api.md)."""
+
+    reason = "VOUCHER_AUTHORIZER_MISMATCH"
+    sentence = "the e-voucher carries the patient's choice of another family member's grant"
 
 
 class BeneficiaryNotResident(FailedPrecondition):

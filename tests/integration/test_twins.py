@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gongji.domain.eligibility import HeldGrant, live_grant
+from gongji.domain.eligibility import HeldGrant, live_grant, voucher_choice_refusal
 from gongji.domain.people import Person, PersonStatus, Scheme
 from gongji.domain.premium import PremiumRate, premium_rate_for, premium_refusal, premium_replay
 from gongji.domain.settlement import Seen, settle_refusal, settle_replay
@@ -196,13 +196,17 @@ class GrantState:
     grants: tuple[Grant, ...]  # in the order of insertion, so of grant_id
     named: str | None
     twin_order: tuple[int, ...]  # the order the twin gets the beneficiary's grants in: not grant_id's
+    # The grant the e-voucher carries (the patient's pick in the app): an index into `grants`, any of
+    # them (ended, or another beneficiary's, which a genuine voucher never carries but the SQL must not
+    # trust), or None for a voucher without a choice.
+    picked: int | None = None
 
 
 @st.composite
 def grant_states(draw: st.DrawFn) -> GrantState:
     """Grants live, revoked or ended, from authorizers of every status and scheme, to the beneficiary
     and to someone else, made at the same or different instants, inserted in any order (so grant_id
-    and created_at disagree); the authorizer named or not."""
+    and created_at disagree); the authorizer named or not; a grant picked in the app or not."""
     people = {p: (draw(schemes), draw(statuses)) for p in (BENEFICIARY, *AUTHORIZERS)}
     offset = seconds(0, 1, 2, 3)
     grants = []
@@ -217,26 +221,43 @@ def grant_states(draw: st.DrawFn) -> GrantState:
             grants += [Grant(authorizer, beneficiary, status, draw(offset)) for status in live + ended]
     named = draw(st.sampled_from((*[None] * 6, *AUTHORIZERS, BENEFICIARY, NOBODY)))
     held = sum(g.beneficiary_id == BENEFICIARY for g in grants)
-    return GrantState(people, tuple(draw(st.permutations(grants))), named, tuple(draw(st.permutations(range(held)))))
+    picked = draw(st.one_of(st.none(), st.integers(0, len(grants) - 1))) if grants else None
+    return GrantState(
+        people, tuple(draw(st.permutations(grants))), named, tuple(draw(st.permutations(range(held)))), picked
+    )
 
 
-async def live_grant_both(conn: asyncpg.Connection, s: GrantState) -> tuple[int | None, int | None]:
-    """What gongji_live_grant and live_grant answer for `s`, inside the caller's transaction."""
+async def live_grant_both(conn: asyncpg.Connection, s: GrantState) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """What gongji_live_grant and gongji_voucher_choice_refusal answer for `s`, and what their twins
+    answer, inside the caller's transaction."""
     await conn.executemany(_PERSON, [(p, scheme, status) for p, (scheme, status) in s.people.items()])
     held = []
+    ids = []
     for g in s.grants:
         created_at = T0 + g.created
         ended_at = None if g.status == "LIVE" else created_at + dt.timedelta(days=1)
         grant_id = await conn.fetchval(_GRANT, g.authorizer_id, g.beneficiary_id, g.status, created_at, ended_at)
+        ids.append(grant_id)
         if g.beneficiary_id == BENEFICIARY:
             scheme, status = s.people[g.authorizer_id]
             held.append(HeldGrant(grant_id, g.authorizer_id, g.status, created_at, status, scheme))
-    sql = await conn.fetchval("select gongji_live_grant($1, $2)", BENEFICIARY, s.named)
-    return sql, live_grant([held[i] for i in s.twin_order], s.named)
+    picked_id = None if s.picked is None else ids[s.picked]
+    picked_authorizer = None if s.picked is None else s.grants[s.picked].authorizer_id
+    sql = await conn.fetchrow(
+        "select gongji_live_grant($1, $2, $3) as grant_id, gongji_voucher_choice_refusal($3, $2) as refusal",
+        BENEFICIARY,
+        s.named,
+        picked_id,
+    )
+    assert sql is not None
+    refusal = voucher_choice_refusal(picked_authorizer, s.named)
+    twin = live_grant([held[i] for i in s.twin_order], s.named, picked_id), refusal.reason if refusal else None
+    return (sql["grant_id"], sql["refusal"]), twin
 
 
 def test_sql_live_grant_agrees_with_the_twin(db_url: str) -> None:
-    """gongji_live_grant and domain.eligibility.live_grant pick the same grant, or none."""
+    """gongji_live_grant and domain.eligibility.live_grant pick the same grant, or none, and refuse a
+    terminal's authorizer against the patient's pick alike."""
     hold_to_twin(db_url, live_grant_both, grant_states())
 
 
@@ -452,7 +473,8 @@ async def premium_refusal_both(conn: asyncpg.Connection, s: PremiumState) -> tup
     sql = await conn.fetchval(
         "select gongji_premium_refusal((select p from person p where p.person_id = $1),"
         " (select p from person p where p.person_id = $2), exists (select 1 from account a where a.person_id = $1),"
-        " gongji_live_grant($2, $1), gongji_premium_rate((select region_code from person where person_id = $2), $3),"
+        " gongji_live_grant($2, $1, null),"
+        " gongji_premium_rate((select region_code from person where person_id = $2), $3),"
         " $4, $5, $6)",
         PAYER,
         RELATIVE,

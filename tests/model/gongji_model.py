@@ -69,6 +69,7 @@ class Voucher:
     binding: Binding | None  # the binding it was issued under, for a holder's voucher
     used: bool = False
     expired: bool = False
+    picked: Grant | None = None  # the grant the patient picked in the app, carried by the voucher
 
 
 @dataclass
@@ -296,7 +297,14 @@ class Model:
             live.live = False
         return None
 
-    def issue_voucher(self, person: str, requester: str) -> Refused | None:
+    def _live_grant(self, authorizer: str, beneficiary: str) -> Grant | None:
+        return next(
+            (g for g in self.grants if g.live and (g.authorizer, g.beneficiary) == (authorizer, beneficiary)), None
+        )
+
+    def issue_voucher(self, person: str, requester: str, picked: str | None = None) -> Refused | None:
+        if picked == person:
+            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
         p = self.people.get(person)
         if p is None:
             return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
@@ -307,11 +315,17 @@ class Model:
                 return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
         if p.status != ACTIVE:
             return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
+        if picked is not None and self._live_grant(picked, person) is None:
+            return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
         return None
 
-    def issued(self, token: str, person: str, requester: str, *, expired: bool = False) -> None:
+    def issued(
+        self, token: str, person: str, requester: str, *, expired: bool = False, picked: str | None = None
+    ) -> None:
         binding = None if requester == person else self._live_binding(requester, person)
-        self.vouchers[token] = Voucher(person, requester, binding, expired=expired)
+        grant = None if picked is None else self._live_grant(picked, person)
+        assert picked is None or grant is not None
+        self.vouchers[token] = Voucher(person, requester, binding, expired=expired, picked=grant)
 
     def _voucher_refusal(self, token: str, patient: str) -> Refused | None:
         v = self.vouchers.get(token)
@@ -328,8 +342,11 @@ class Model:
         return None
 
     # ---- settlement ------------------------------------------------------------------------------
-    def _split(self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool) -> Refused | Quoted:
-        """The waterfall: own account, then the oldest (or the named) live grant's authorizer, no more
+    def _split(
+        self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool, picked: Grant | None
+    ) -> Refused | Quoted:
+        """The waterfall: own account, then the picked (in the app), else the named, else the oldest live
+        grant's authorizer, no more
         than the grant's yearly cap, the beneficiary's region's yearly cap and the authorizer's region's
         floor leave (the tightest named, on a tie the grant's, the beneficiary's, the floor), then cash."""
         p = self.people[patient]
@@ -338,7 +355,8 @@ class Model:
         if use_account:
             held = [g for g in self.grants if g.live and g.beneficiary == patient]
             held = [g for g in held if authorizer is None or g.authorizer == authorizer]
-            if authorizer is not None and not held:
+            held = [g for g in held if picked is None or g is picked]
+            if (authorizer is not None or picked is not None) and not held:
                 return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
             grant = held[0] if held else None
         mulaid = self.people[grant.authorizer].balance_fen if grant else None
@@ -388,7 +406,10 @@ class Model:
             return refusal
         if self.people[patient].status != ACTIVE:
             return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
-        return self._split(patient, amount_fen, authorizer, use_account)
+        picked = self.vouchers[voucher].picked
+        if picked is not None and authorizer is not None and authorizer != picked.authorizer:
+            return Refused("FAILED_PRECONDITION", "VOUCHER_AUTHORIZER_MISMATCH")  # the patient's pick wins
+        return self._split(patient, amount_fen, authorizer, use_account, picked)
 
     def settle(
         self,

@@ -336,18 +336,24 @@ class GongjiMachine(RuleBasedStateMachine):
     def unbind(self, holder: str, member: str) -> None:
         self._same_outcome(self._run(lambda: self.api.unbind(holder, member)), self.model.unbind(holder, member))
 
-    def _issue(self, person: str, requester: str) -> str | Refused:
-        reply = self._run(lambda: self.api.voucher(person, requester_id=requester))
-        expected = self.model.issue_voucher(person, requester)
+    def _issue(self, person: str, requester: str, picked: str | None = None) -> str | Refused:
+        reply = self._run(lambda: self.api.voucher(person, requester_id=requester, authorizer_id=picked))
+        expected = self.model.issue_voucher(person, requester, picked)
         self._same_outcome(reply, expected)
         if isinstance(reply, Refused):
             return reply
-        self.model.issued(reply, person, requester)
+        self.model.issued(reply, person, requester, picked=picked)
         return reply
 
-    @rule(target=vouchers, person=people, requester=people, own=st.booleans())
-    def issue_voucher(self, person: str, requester: str, own: bool) -> Any:
-        token = self._issue(person, person if own else requester)
+    def _picked(self, data: st.DataObject) -> str | None:
+        """Mostly no family member picked in the app; sometimes someone of this example."""
+        if data.draw(st.sampled_from((False, False, True)), label="pick a family member in the app"):
+            return data.draw(st.sampled_from(list(self.model.people)), label="picked")
+        return None
+
+    @rule(target=vouchers, person=people, requester=people, own=st.booleans(), data=st.data())
+    def issue_voucher(self, person: str, requester: str, own: bool, data: st.DataObject) -> Any:
+        token = self._issue(person, person if own else requester, self._picked(data))
         return multiple() if isinstance(token, Refused) else token
 
     @rule(target=vouchers, person=people)
@@ -430,8 +436,9 @@ class GongjiMachine(RuleBasedStateMachine):
     def settle_with_a_fresh_voucher(
         self, patient: str, amount: int, use: bool, institution: str, data: st.DataObject
     ) -> Any:
-        """The usual way: the patient shows their own code, just refreshed."""
-        voucher = self._issue(patient, patient)
+        """The usual way: the patient shows their own code, just refreshed (with a family member
+        picked in the app, sometimes)."""
+        voucher = self._issue(patient, patient, self._picked(data))
         if isinstance(voucher, Refused):
             return multiple()
         call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), use)
@@ -470,7 +477,7 @@ class GongjiMachine(RuleBasedStateMachine):
 
     @rule(patient=people, amount=amounts, use=use_account, data=st.data())
     def quote(self, patient: str, amount: int, use: bool, data: st.DataObject) -> None:
-        voucher = self._issue(patient, patient)
+        voucher = self._issue(patient, patient, self._picked(data))
         if isinstance(voucher, Refused):
             return
         authorizer = self._authorizer(data)

@@ -98,6 +98,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             self._app.vouchers.names(claims, patient_id),
             dt.datetime.fromtimestamp(claims.expires_at_s, dt.UTC),
             claims.binding_id,
+            claims.grant_id,
         )
 
     async def Quote(self, request: settlement_pb2.QuoteRequest, context: Context) -> settlement_pb2.QuoteResponse:

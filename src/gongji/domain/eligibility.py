@@ -128,20 +128,37 @@ class HeldGrant:
     authorizer_scheme: Scheme
 
 
-def live_grant(held: Iterable[HeldGrant], authorizer_id: str | None = None) -> int | None:
+def live_grant(held: Iterable[HeldGrant], authorizer_id: str | None = None, grant_id: int | None = None) -> int | None:
     """The id of the grant a settlement of the beneficiary would draw on, or None.
 
     The twin of `gongji_live_grant` in store/sql/settle.sql, held to it by the property test in
     tests/integration/test_twins.py. `held` is every grant the beneficiary holds, live or not. Only a
-    live grant whose authorizer is still an active employee-insured person counts: the named
-    authorizer's when `authorizer_id` is given, else the oldest by (created_at, grant_id).
+    live grant whose authorizer is still an active employee-insured person counts: the one the patient
+    picked in the app when the e-voucher carries it (`grant_id`), the named authorizer's when
+    `authorizer_id` is given, else the oldest by (created_at, grant_id).
     """
     usable = [
         g
         for g in held
         if g.status == "LIVE"
         and (authorizer_id is None or g.authorizer_id == authorizer_id)
+        and (grant_id is None or g.grant_id == grant_id)
         and g.authorizer_status is PersonStatus.ACTIVE
         and g.authorizer_scheme is Scheme.EMPLOYEE
     ]
     return min(usable, key=lambda g: (g.created_at, g.grant_id)).grant_id if usable else None
+
+
+def voucher_choice_refusal(
+    chosen_authorizer_id: str | None, authorizer_id: str | None
+) -> type[errors.VoucherAuthorizerMismatch] | None:
+    """Why a terminal's `authorizer_id` may not stand against the patient's choice, or None.
+
+    `chosen_authorizer_id` is the authorizer of the grant the e-voucher carries (None: the patient
+    picked none). The patient's choice wins: a terminal may repeat it or leave the authorizer out, and
+    only a voucher without a choice lets the terminal choose. The twin of
+    `gongji_voucher_choice_refusal` in store/sql/settle.sql (tests/integration/test_twins.py).
+    """
+    if chosen_authorizer_id is not None and authorizer_id is not None and authorizer_id != chosen_authorizer_id:
+        return errors.VoucherAuthorizerMismatch
+    return None

@@ -14,7 +14,7 @@ from gongji.domain.waterfall import Limit
 from gongji.store import credentials, db
 from gongji.store.credentials import Kind
 
-_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8)"
+_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 # The caller's credential is checked in the same statement (credentials.money_guard). The function is
 # LATERAL on the credential row (it takes the institution and terminal from it), so it runs once per
 # qualifying row and never when the row is gone or revoked: the institution comes from the credential,
@@ -22,7 +22,7 @@ _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8)"
 TERMINAL_GUARD = credentials.money_guard("$1", Kind.TERMINAL)
 _SETTLE = f"""
 select c.institution_id, g.* from credential c
- cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) g
+ cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) g
  where {TERMINAL_GUARD}"""
 
 
@@ -127,10 +127,11 @@ class VoucherArgs:
     names_patient: bool
     expires_at: dt.datetime
     binding_id: int | None
+    grant_id: int | None = None  # the grant the patient picked in the app
 
-    def sql_args(self) -> tuple[uuid.UUID, bool, dt.datetime, int | None]:
+    def sql_args(self) -> tuple[uuid.UUID, bool, dt.datetime, int | None, int | None]:
         """In the order gongji_quote and gongji_settle take them, after their own leading arguments."""
-        return self.voucher_id, self.names_patient, self.expires_at, self.binding_id
+        return self.voucher_id, self.names_patient, self.expires_at, self.binding_id, self.grant_id
 
 
 async def quote(

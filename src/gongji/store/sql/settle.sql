@@ -104,10 +104,43 @@ begin
 end
 $$;
 
--- The grant a settlement of p_beneficiary_id would draw on: the named authorizer's, or the oldest
--- live one. The authorizer must still be an active employee-insured person. Twin:
--- gongji.domain.eligibility.live_grant.
-create or replace function gongji_live_grant(p_beneficiary_id text, p_authorizer_id text) returns bigint
+-- Why a terminal's choice of authorizer may not stand, or null: the e-voucher carries the grant the
+-- patient picked in the app (p_voucher_grant_id, null when none was picked), and a terminal that names
+-- another authorizer contradicts the patient. Twin: gongji.domain.eligibility.voucher_choice_refusal.
+create or replace function gongji_voucher_choice_refusal(p_voucher_grant_id bigint, p_authorizer_id text)
+returns text
+language plpgsql stable
+as $$
+begin
+    return case when p_voucher_grant_id is not null and p_authorizer_id is not null and not exists (
+                    select 1 from mutual_aid_grant g
+                     where g.grant_id = p_voucher_grant_id and g.authorizer_id = p_authorizer_id)
+                then 'VOUCHER_AUTHORIZER_MISMATCH' end;
+end
+$$;
+
+-- Why the patient p (all-null when not enrolled) may not settle or quote with what they presented, or
+-- null: the patient and the voucher first (gongji_settle_refusal), then the terminal's authorizer
+-- against the grant the voucher carries (gongji_voucher_choice_refusal).
+create or replace function gongji_presented_refusal(
+    p person, p_voucher_id uuid, p_names_patient boolean, p_expires_at timestamptz, p_binding_id bigint,
+    p_grant_id bigint, p_authorizer_id text)
+returns text
+language plpgsql stable
+as $$
+begin
+    return coalesce(
+        gongji_settle_refusal(p, gongji_voucher_refusal(p_voucher_id, p_names_patient, p_expires_at, p_binding_id,
+                                                        p.person_id)),
+        gongji_voucher_choice_refusal(p_grant_id, p_authorizer_id));
+end
+$$;
+
+-- The grant a settlement of p_beneficiary_id would draw on: the one the patient picked (p_grant_id,
+-- carried by the e-voucher), else the named authorizer's, else the oldest live one. The authorizer must
+-- still be an active employee-insured person. Twin: gongji.domain.eligibility.live_grant.
+create or replace function gongji_live_grant(p_beneficiary_id text, p_authorizer_id text, p_grant_id bigint)
+returns bigint
 language plpgsql stable
 as $$
 begin
@@ -117,6 +150,7 @@ begin
              where g.beneficiary_id = p_beneficiary_id
                and g.status = 'LIVE'
                and (p_authorizer_id is null or g.authorizer_id = p_authorizer_id)
+               and (p_grant_id is null or g.grant_id = p_grant_id)
                and a.status = 'ACTIVE' and a.scheme = 'EMPLOYEE'
              order by g.created_at, g.grant_id
              limit 1);
@@ -131,7 +165,7 @@ $$;
 -- wait_s: time spent waiting for the row lock, null when no grant was locked. Nothing is locked when
 -- the personal account may not pay (p_use_account false): mutual aid is personal-account money too.
 create or replace function gongji_lock_grant(
-    p_beneficiary_id text, p_authorizer_id text, p_use_account boolean,
+    p_beneficiary_id text, p_authorizer_id text, p_grant_id bigint, p_use_account boolean,
     out grant_id bigint, out authorizer_id text, out wait_s double precision)
 language plpgsql
 as $$
@@ -140,7 +174,7 @@ declare
 begin
     for v_attempt in 1..3 loop
         exit when not p_use_account;
-        grant_id := gongji_live_grant(p_beneficiary_id, p_authorizer_id);
+        grant_id := gongji_live_grant(p_beneficiary_id, p_authorizer_id, p_grant_id);
         exit when grant_id is null;
         v_t := clock_timestamp();
         select g.authorizer_id into authorizer_id
@@ -408,7 +442,7 @@ $$;
 
 create or replace function gongji_quote(
     p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
-    p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
+    p_voucher_grant_id bigint, p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
 returns table (
     outcome text, authorizer_id text, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
     psn_cash_pay_fen bigint, balc_fen bigint, mulaid_limited_by text, grant_cap_left_fen bigint,
@@ -426,12 +460,12 @@ declare
     v_split      record;
 begin
     select * into v_patient from person p where p.person_id = p_patient_id;
-    outcome := gongji_settle_refusal(v_patient, gongji_voucher_refusal(
-        p_voucher_id, p_voucher_names_patient, p_voucher_expires_at, p_voucher_binding_id, p_patient_id));
+    outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
+                                        p_voucher_binding_id, p_voucher_grant_id, p_authorizer_id);
     if outcome is not null then return next; return; end if;
     if p_use_account then
-        v_grant := gongji_live_grant(p_patient_id, p_authorizer_id);
-        if p_authorizer_id is not null and v_grant is null then
+        v_grant := gongji_live_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id);
+        if num_nonnulls(p_authorizer_id, p_voucher_grant_id) > 0 and v_grant is null then
             outcome := 'GRANT_NOT_FOUND'; return next; return;
         end if;
         select g.authorizer_id into v_authorizer from mutual_aid_grant g where g.grant_id = v_grant;
@@ -463,7 +497,7 @@ $$;
 create or replace function gongji_settle(
     p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
-    p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
+    p_voucher_grant_id bigint, p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
 returns table (
     outcome text, replayed boolean, settlement_id uuid, created_at timestamptz, terminal_id text,
     patient_id text, authorizer_id text, amount_fen bigint, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
@@ -500,14 +534,14 @@ begin
         v_t := clock_timestamp();
         perform pg_advisory_xact_lock(hashtextextended('voucher/' || p_voucher_id, 0));
         lock_wait_voucher_s := extract(epoch from clock_timestamp() - v_t);
-        outcome := gongji_settle_refusal(v_patient, gongji_voucher_refusal(
-            p_voucher_id, p_voucher_names_patient, p_voucher_expires_at, p_voucher_binding_id, p_patient_id));
+        outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
+                                            p_voucher_binding_id, p_voucher_grant_id, p_authorizer_id);
         if outcome is not null then return next; return; end if;
         -- 3. The grant and 4. the accounts, locked (when the account may pay: see gongji_lock_accounts),
         -- and the room the caps and the floor leave on the authorizer's.
-        v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_use_account);
+        v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id, p_use_account);
         lock_wait_grant_s := v_grant.wait_s;
-        if p_use_account and p_authorizer_id is not null and v_grant.grant_id is null then
+        if p_use_account and num_nonnulls(p_authorizer_id, p_voucher_grant_id) > 0 and v_grant.grant_id is null then
             outcome := 'GRANT_NOT_FOUND'; return next; return;
         end if;
         v_accounts := gongji_lock_accounts(p_patient_id, v_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
