@@ -231,9 +231,9 @@ class Api:
         return reply
 
     async def set_policy(
-        self, region_key: str, scope: int, allowed: list[int], **caps: int
+        self, region_key: str, scope: int, allowed: list[int], **caps: Any
     ) -> account_pb2.SetRegionPolicyResponse:
-        """`caps`: beneficiary_yearly_cap_fen, authorizer_floor_fen."""
+        """`caps`: beneficiary_yearly_cap_fen, authorizer_floor_fen, accepted_certificate_types."""
         reply: account_pb2.SetRegionPolicyResponse = await self.account.SetRegionPolicy(
             account_pb2.SetRegionPolicyRequest(
                 policy=account_pb2.RegionPolicy(

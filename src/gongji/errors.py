@@ -15,7 +15,8 @@ domain can raise them freely.
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── eligibility                 PERSON_NOT_ACTIVE, NOT_EMPLOYEE_INSURED, BENEFICIARY_NOT_INSURED,
     │   │                               RELATIONSHIP_NOT_ALLOWED, RELATIONSHIP_IMPLAUSIBLE,
-    │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND, VOUCHER_AUTHORIZER_MISMATCH
+    │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND, VOUCHER_AUTHORIZER_MISMATCH,
+    │   │                               CERTIFICATE_TYPE_NOT_ALLOWED
     │   ├── binding                     IDENTITY_MISMATCH, FACE_VERIFICATION_REQUIRED
     │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
     │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
@@ -197,6 +198,13 @@ class VoucherAuthorizerMismatch(FailedPrecondition):
 
     reason = "VOUCHER_AUTHORIZER_MISMATCH"
     sentence = "the e-voucher carries the patient's choice of another family member's grant"
+
+
+class CertificateTypeNotAllowed(FailedPrecondition):
+    """A card the patient's region does not accept at the counter (region policy)."""
+
+    reason = "CERTIFICATE_TYPE_NOT_ALLOWED"
+    sentence = "the patient's region does not accept this kind of card; ask for the e-voucher"
 
 
 class BeneficiaryNotResident(FailedPrecondition):

@@ -21,11 +21,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gongji.domain.eligibility import HeldGrant, live_grant, voucher_choice_refusal
+from gongji.domain.eligibility import (
+    DEFAULT_POLICY,
+    HeldGrant,
+    RegionPolicy,
+    certificate_refusal,
+    live_grant,
+    voucher_choice_refusal,
+)
 from gongji.domain.people import Person, PersonStatus, Scheme
 from gongji.domain.premium import PremiumRate, premium_rate_for, premium_refusal, premium_replay
 from gongji.domain.settlement import Seen, settle_refusal, settle_replay
-from gongji.domain.vouchers import PresentedVoucher, voucher_refusal
+from gongji.domain.vouchers import CARDS, CertType, PresentedVoucher, voucher_refusal
 
 T = TypeVar("T")
 EXAMPLES = 200
@@ -579,3 +586,39 @@ def test_sql_premium_replay_agrees_with_the_twin(db_url: str) -> None:
     """gongji_premium_replay and domain.premium.premium_replay: a new request, a replay of the right
     payment, or a reused key, alike."""
     hold_to_twin(db_url, premium_replay_both, key_states())
+
+
+# ---- gongji_certificate_refusal / domain.eligibility.certificate_refusal ---------------------------
+async def certificate_refusal_both(
+    conn: asyncpg.Connection, cert_type: CertType, accepted: frozenset[CertType] | None, own_policy: bool
+) -> tuple[str | None, str | None]:
+    """What the SQL and the twin answer for a patient of 610100 presenting `cert_type`, under a policy
+    of the province accepting `accepted` (None: a policy that lists nothing, so all), or under no policy
+    at all; a policy of another province is there to be ignored."""
+    insert = (
+        "insert into region_policy (region_key, scope, allowed_relationships, accepted_cert_types)"
+        " values ($1, 'PROVINCE', '{SPOUSE}', $2)"
+        " on conflict (region_key) do update set accepted_cert_types = excluded.accepted_cert_types"
+    )
+    # Other tests' policies share the database; this example's own are rolled back after it.
+    await conn.execute("delete from region_policy where region_key in ('61', '610100')")
+    await conn.execute(insert, "45", [])
+    policy = DEFAULT_POLICY
+    if own_policy:
+        listed = None if accepted is None else sorted(c.value for c in accepted)
+        await conn.execute(insert, "61", listed)
+        policy = RegionPolicy(accepted_cards=CARDS if accepted is None else accepted)
+    sql = await conn.fetchval("select gongji_certificate_refusal($1, '610100')", cert_type.value)
+    refusal = certificate_refusal(cert_type, policy)
+    return sql, refusal.reason if refusal else None
+
+
+def test_sql_certificate_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_certificate_refusal and domain.eligibility.certificate_refusal accept the same cards."""
+    hold_to_twin(
+        db_url,
+        certificate_refusal_both,
+        st.sampled_from(CertType),
+        st.one_of(st.none(), st.frozensets(st.sampled_from(CertType))),
+        st.booleans(),
+    )

@@ -70,6 +70,7 @@ class Voucher:
     used: bool = False
     expired: bool = False
     picked: Grant | None = None  # the grant the patient picked in the app, carried by the voucher
+    card: bool = False  # an ID card read at the counter: names its holder, never used up nor expired
 
 
 @dataclass
@@ -319,6 +320,12 @@ class Model:
             return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
         return None
 
+    def card(self, holder: str) -> str:
+        """The key under which an ID card of `holder` read at the counter is judged like a voucher."""
+        key = f"card:{holder}"
+        self.vouchers.setdefault(key, Voucher(holder, holder, None, card=True))
+        return key
+
     def issued(
         self, token: str, person: str, requester: str, *, expired: bool = False, picked: str | None = None
     ) -> None:
@@ -444,7 +451,7 @@ class Model:
             self.people[drawn_on].balance_fen -= paid.acct_mulaid_pay_fen
             quoted.grant.used += paid.acct_mulaid_pay_fen
             self.ben_used[patient] = self.ben_used.get(patient, 0) + paid.acct_mulaid_pay_fen
-        self.vouchers[voucher].used = True
+        self.vouchers[voucher].used = not self.vouchers[voucher].card
         s = Settlement(
             institution,
             request_id,

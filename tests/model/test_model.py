@@ -104,6 +104,7 @@ class SettleCall:
     amount_fen: int
     authorizer: str | None
     use_account: bool
+    card: str | None = None  # an ID card of this person read at the counter instead of an e-voucher
 
 
 @dataclass(frozen=True)
@@ -408,6 +409,10 @@ class GongjiMachine(RuleBasedStateMachine):
             amount_fen=call.amount_fen,
             use_personal_account=call.use_account,
         )
+        if call.card is not None:
+            request.voucher = ""
+            request.certificate_type = types_pb2.CERTIFICATE_TYPE_ID_CARD
+            request.card_number = call.card
         if call.authorizer is not None:
             request.authorizer_id = call.authorizer
         reply = self._run(lambda: self.api.settlement.Settle(request, metadata=bearer(self._token(call.institution))))
@@ -460,6 +465,21 @@ class GongjiMachine(RuleBasedStateMachine):
         call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), use)
         return self._settle(call, voucher)
 
+    @rule(
+        target=settle_calls,
+        patient=people,
+        holder=people,
+        amount=amounts,
+        institution=st.sampled_from(INSTITUTIONS),
+        data=st.data(),
+    )
+    def settle_with_an_id_card(
+        self, patient: str, holder: str, amount: int, institution: str, data: st.DataObject
+    ) -> Any:
+        """An ID card read at the counter: the patient's own, or someone else's (the real-name rule)."""
+        call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), True, card=holder)
+        return self._settle(call, self.model.card(holder))
+
     @rule(target=settle_calls, patient=people, amount=amounts, institution=st.sampled_from(INSTITUTIONS))
     def settle_with_a_forged_voucher(self, patient: str, amount: int, institution: str) -> Any:
         return self._settle(SettleCall(institution, self._id("s"), patient, amount, None, True), None)
@@ -473,7 +493,8 @@ class GongjiMachine(RuleBasedStateMachine):
         rescanned = CODEC.issue(uuid.uuid4(), expires_s, call.patient, None)
         self.model.issued(rescanned, call.patient, call.patient)
         retried = call if same else SettleCall(**{**call.__dict__, "amount_fen": call.amount_fen + 1})
-        self._settle(retried, rescanned)
+        # A card is read again as it is.
+        self._settle(retried, rescanned if call.card is None else self.model.card(call.card))
 
     @rule(patient=people, amount=amounts, use=use_account, data=st.data())
     def quote(self, patient: str, amount: int, use: bool, data: st.DataObject) -> None:

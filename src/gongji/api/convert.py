@@ -5,6 +5,7 @@ from __future__ import annotations
 from gongji.api.app import timestamp
 from gongji.domain.eligibility import RegionPolicy
 from gongji.domain.people import Relationship, mask_id, mask_name
+from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
 from gongji.store.bindings import BindingRow
 from gongji.store.grants import GrantRow
@@ -26,14 +27,16 @@ DOCUMENT_TYPE_NAMES = names(types_pb2.DocumentType.DESCRIPTOR)
 SCHEME_NAMES = names(types_pb2.Scheme.DESCRIPTOR)
 STATUS_NAMES = names(types_pb2.PersonStatus.DESCRIPTOR)
 SCOPE_NAMES = names(types_pb2.GrantScope.DESCRIPTOR)
+CERTIFICATE_TYPE_NAMES = names(types_pb2.CertificateType.DESCRIPTOR)
 
 # Enum prefixes of the proto values, for Fields.enum.
-RELATIONSHIP, DOCUMENT_TYPE, SCHEME, STATUS, SCOPE = (
+RELATIONSHIP, DOCUMENT_TYPE, SCHEME, STATUS, SCOPE, CERTIFICATE_TYPE = (
     "RELATIONSHIP_",
     "DOCUMENT_TYPE_",
     "SCHEME_",
     "PERSON_STATUS_",
     "GRANT_SCOPE_",
+    "CERTIFICATE_TYPE_",
 )
 
 
@@ -81,7 +84,13 @@ def region_policy(key: str, policy: RegionPolicy, row: PolicyRow | None = None) 
         updated_at=timestamp(row.updated_at) if row else None,
         beneficiary_yearly_cap_fen=policy.beneficiary_yearly_cap_fen,
         authorizer_floor_fen=policy.authorizer_floor_fen,
+        # The e-voucher, always accepted, and the cards the region accepts.
+        accepted_certificate_types=sorted(certificate_type(c) for c in (CertType.E_VOUCHER, *policy.accepted_cards)),
     )
+
+
+def certificate_type(c: CertType) -> types_pb2.CertificateType.ValueType:
+    return types_pb2.CertificateType.Value(f"CERTIFICATE_TYPE_{c}")
 
 
 def refund(r: RefundRow) -> types_pb2.Refund:
@@ -117,6 +126,7 @@ def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb
         refunds=[refund(r) for r in view.refunds] if view else [],
         reversed_at=timestamp(view.reversed_at) if view else None,
         mutual_aid_limited_by=mutual_aid_limit(s.mulaid_limited_by),
+        certificate_type=certificate_type(s.cert_type),
     )
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 from gongji import errors, limits, metrics
 from gongji.api import convert, pages
 from gongji.api.app import App, Context
 from gongji.api.auth import current_principal
 from gongji.api.validate import CHINA, Fields
+from gongji.domain.vouchers import CertType
 from gongji.store import lifecycle, settlements
 from gongji.store.credentials import Kind
 from gongji.v1 import settlement_pb2, settlement_pb2_grpc
@@ -68,11 +70,56 @@ def _count_refunded(refund: lifecycle.RefundRow) -> None:
     metrics.REFUNDED_FEN.labels("cash").inc(refund.psn_cash_pay_fen)
 
 
+_CARD_SERIAL = re.compile(rf"[A-Za-z0-9]{{1,{limits.CARD_SERIAL_LEN_MAX}}}")
+
+
+class _Payment(NamedTuple):
+    """A Quote's or Settle's fields, validated."""
+
+    patient_id: str
+    amount_fen: int
+    authorizer_id: str | None
+    use_account: bool
+    cert_type: CertType
+    card_number: str | None  # a card's; None for an e-voucher
+
+
+def _presented(fields: Fields, request: Any) -> tuple[CertType, str | None]:
+    """What the patient presented (certificate_type): an e-voucher in `voucher`, or a card's fields."""
+    cert_type = (
+        fields.enum(
+            "certificate_type",
+            request.certificate_type,
+            convert.CERTIFICATE_TYPE_NAMES,
+            CertType,
+            convert.CERTIFICATE_TYPE,
+        )
+        if request.certificate_type
+        else CertType.E_VOUCHER
+    )
+    if cert_type in (None, CertType.E_VOUCHER):
+        if not request.voucher:
+            fields.bad("voucher", "is required: scan the patient's own e-voucher")
+        for name in ("card_number", "card_serial"):
+            if getattr(request, name):
+                fields.bad(name, "is for a card only: set certificate_type")
+        return CertType.E_VOUCHER, None
+    if request.voucher:
+        fields.bad("voucher", "must be empty when a card is presented")
+    card_number = fields.person_id("card_number", request.card_number)
+    if cert_type is CertType.SOCIAL_SECURITY_CARD:
+        if not _CARD_SERIAL.fullmatch(request.card_serial):
+            fields.bad("card_serial", f"is required: 1 to {limits.CARD_SERIAL_LEN_MAX} ASCII letters and digits")
+    elif request.card_serial:
+        fields.bad("card_serial", "is for a social-security card only")
+    return cert_type, card_number
+
+
 class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
 
-    def _payment(self, request: Any, *, idempotent: bool) -> tuple[str, int, str | None, bool]:
+    def _payment(self, request: Any, *, idempotent: bool) -> _Payment:
         fields = Fields()
         patient_id = fields.person_id("patient_id", request.patient_id)
         amount_fen = fields.amount("amount_fen", request.amount_fen, limits.AMOUNT_FEN_MAX)
@@ -81,18 +128,21 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         )
         if authorizer_id is not None and authorizer_id == patient_id:
             fields.bad("authorizer_id", "must be another person than the patient")
-        if not request.voucher:
-            fields.bad("voucher", "is required: scan the patient's own e-voucher")
+        cert_type, card_number = _presented(fields, request)
         if idempotent:
             fields.request_id("request_id", request.request_id)
         fields.done()
         use_account = request.use_personal_account if request.HasField("use_personal_account") else True
-        return patient_id, amount_fen, authorizer_id, use_account
+        return _Payment(patient_id, amount_fen, authorizer_id, use_account, cert_type, card_number)
 
-    def _voucher(self, token: str, patient_id: str) -> settlements.VoucherArgs:
-        """A genuine e-voucher's claims, judged against the patient where only the key can: whether it
-        names them. Use, expiry and the binding are judged in the settlement's transaction."""
-        claims = self._app.vouchers.authentic(token)
+    def _voucher(self, request: Any, payment: _Payment) -> settlements.VoucherArgs:
+        """What the patient presented, judged against the patient where only the server can: whether a
+        genuine e-voucher names them (the key's tag), or a card (its number). Use, expiry, the binding
+        and whether the region accepts the card are judged in the settlement's transaction."""
+        if payment.card_number is not None:
+            return settlements.VoucherArgs.card(payment.cert_type, payment.card_number == payment.patient_id)
+        patient_id = payment.patient_id
+        claims = self._app.vouchers.authentic(request.voucher)
         return settlements.VoucherArgs(
             claims.voucher_id,
             self._app.vouchers.names(claims, patient_id),
@@ -102,11 +152,12 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         )
 
     async def Quote(self, request: settlement_pb2.QuoteRequest, context: Context) -> settlement_pb2.QuoteResponse:
-        patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=False)
+        payment = self._payment(request, idempotent=False)
+        patient_id, amount_fen, authorizer_id, use_account, *_ = payment
         try:
             q = await settlements.quote(
                 self._app.pool,
-                voucher=self._voucher(request.voucher, patient_id),
+                voucher=self._voucher(request, payment),
                 patient_id=patient_id,
                 amount_fen=amount_fen,
                 authorizer_id=authorizer_id,
@@ -132,8 +183,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         metrics.REAL_NAME_MISMATCHES.labels(principal.institution_id or "")  # the series exists before its first
         timing = settlements.SettleTiming()
         try:
-            patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=True)
-            voucher = self._voucher(request.voucher, patient_id)
+            payment = self._payment(request, idempotent=True)
+            patient_id, amount_fen, authorizer_id, use_account, *_ = payment
+            voucher = self._voucher(request, payment)
             s = await settlements.settle(
                 self._app.pool,
                 credential_id=principal.credential_id,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from gongji import errors, limits
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, age_on
+from gongji.domain.vouchers import CARDS, CertType
 
 
 class Scope(enum.StrEnum):
@@ -58,9 +59,22 @@ class RegionPolicy:
     # The balance mutual aid never takes an authorizer of the region below; None: no floor. Applies by
     # the authorizer's region.
     authorizer_floor_fen: int | None = None
+    # The cards a patient insured in the region may present at the counter besides the e-voucher, which
+    # is always accepted. The national platform accepts both, and so does a region that says nothing.
+    accepted_cards: frozenset[CertType] = CARDS
 
 
 DEFAULT_POLICY = RegionPolicy()
+
+
+def certificate_refusal(cert_type: CertType, policy: RegionPolicy) -> type[errors.CertificateTypeNotAllowed] | None:
+    """Why a patient under `policy` (their region's) may not present `cert_type`, or None.
+
+    The twin of `gongji_certificate_refusal` in store/sql/settle.sql (tests/integration/test_twins.py).
+    """
+    if cert_type is not CertType.E_VOUCHER and cert_type not in policy.accepted_cards:
+        return errors.CertificateTypeNotAllowed
+    return None
 
 
 def in_scope(a_region: str, b_region: str, scope: Scope) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import enum
 import hashlib
 import hmac
 import struct
@@ -51,6 +52,17 @@ _EXPIRES_AT_S_MAX = 253_402_300_799
 _BINDING_ID_MAX = 2**63 - 1  # and a grant id
 # Domain separation: a person tag is never a valid MAC of a token, nor the other way round.
 _TAG_CONTEXT = b"gongji e-voucher person\x00"
+
+
+class CertType(enum.StrEnum):
+    """What a patient presents at the counter to be identified (the platform's mdtrt_cert_type)."""
+
+    E_VOUCHER = "E_VOUCHER"  # 01, a token of this module
+    ID_CARD = "ID_CARD"  # 02, the resident ID card, read at the counter
+    SOCIAL_SECURITY_CARD = "SOCIAL_SECURITY_CARD"  # 03, with its identification code (卡识别码)
+
+
+CARDS = frozenset({CertType.ID_CARD, CertType.SOCIAL_SECURITY_CARD})
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors
+from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
 from gongji.store import db
 from gongji.store.settlements import TERMINAL_GUARD, SettlementRow
@@ -24,7 +25,7 @@ select g.* from credential c cross join lateral gongji_reverse(c.institution_id,
 
 _SETTLEMENT_COLUMNS = """settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, amount_fen,
        acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at,
-       mulaid_limited_by"""
+       mulaid_limited_by, cert_type"""
 _BY_ID = f"select {_SETTLEMENT_COLUMNS} from settlement where settlement_id = $1"
 _BY_REQUEST = f"select {_SETTLEMENT_COLUMNS} from settlement where institution_id = $1 and request_id = $2"
 _REFUNDS_OF = """
@@ -54,9 +55,15 @@ class SettlementView:
 
 
 def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
-    fields = {k: r[k] for k in SettlementRow.__dataclass_fields__ if k not in ("replayed", "mulaid_limited_by")}
+    special = ("replayed", "mulaid_limited_by", "cert_type")
+    fields = {k: r[k] for k in SettlementRow.__dataclass_fields__ if k not in special}
     limited_by = r["mulaid_limited_by"]
-    return SettlementRow(**fields, replayed=replayed, mulaid_limited_by=Limit(limited_by) if limited_by else None)
+    return SettlementRow(
+        **fields,
+        replayed=replayed,
+        mulaid_limited_by=Limit(limited_by) if limited_by else None,
+        cert_type=CertType(r["cert_type"]),
+    )
 
 
 async def _view(pool: asyncpg.Pool, query: str, *args: object) -> SettlementView | None:

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gongji import errors
+from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
 from gongji.store import credentials, db
 from gongji.store.credentials import Kind
 
-_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 # The caller's credential is checked in the same statement (credentials.money_guard). The function is
 # LATERAL on the credential row (it takes the institution and terminal from it), so it runs once per
 # qualifying row and never when the row is gone or revoked: the institution comes from the credential,
@@ -22,7 +23,7 @@ _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 TERMINAL_GUARD = credentials.money_guard("$1", Kind.TERMINAL)
 _SETTLE = f"""
 select c.institution_id, g.* from credential c
- cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) g
+ cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) g
  where {TERMINAL_GUARD}"""
 
 
@@ -56,6 +57,7 @@ class SettlementRow:
     replayed: bool
     # The limit that made mutual aid pay less than the bill needed; None when none did.
     mulaid_limited_by: Limit | None = None
+    cert_type: CertType = CertType.E_VOUCHER  # what the patient presented
 
 
 def _refuse(outcome: str) -> errors.GongjiError:
@@ -121,17 +123,23 @@ async def _settle_row(pool: asyncpg.Pool, timing: SettleTiming, *args: object) -
 
 @dataclass(frozen=True, slots=True)
 class VoucherArgs:
-    """A genuine e-voucher's claims as the settlement functions take them (gongji_voucher_refusal)."""
+    """What the patient presented, as the settlement functions take it (gongji_presented_refusal): a
+    genuine e-voucher's claims, or a card read at the counter, which has no id, expiry, binding or pick."""
 
-    voucher_id: uuid.UUID
+    voucher_id: uuid.UUID | None
     names_patient: bool
-    expires_at: dt.datetime
+    expires_at: dt.datetime | None
     binding_id: int | None
     grant_id: int | None = None  # the grant the patient picked in the app
+    cert_type: CertType = CertType.E_VOUCHER
 
-    def sql_args(self) -> tuple[uuid.UUID, bool, dt.datetime, int | None, int | None]:
+    @classmethod
+    def card(cls, cert_type: CertType, names_patient: bool) -> VoucherArgs:
+        return cls(None, names_patient, None, None, None, cert_type)
+
+    def sql_args(self) -> tuple[uuid.UUID | None, bool, dt.datetime | None, int | None, int | None, str]:
         """In the order gongji_quote and gongji_settle take them, after their own leading arguments."""
-        return self.voucher_id, self.names_patient, self.expires_at, self.binding_id, self.grant_id
+        return self.voucher_id, self.names_patient, self.expires_at, self.binding_id, self.grant_id, self.cert_type
 
 
 async def quote(
@@ -210,6 +218,7 @@ async def settle(
         created_at=row["created_at"],
         replayed=row["replayed"],
         mulaid_limited_by=Limit(row["mulaid_limited_by"]) if row["mulaid_limited_by"] else None,
+        cert_type=CertType(row["cert_type"]),
     )
     # Invariants where money moves, checked after the read (TIGER_STYLE).
     assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == s.amount_fen

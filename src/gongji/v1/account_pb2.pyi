@@ -345,6 +345,7 @@ class RegionPolicy(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     BENEFICIARY_YEARLY_CAP_FEN_FIELD_NUMBER: _builtins.int
     AUTHORIZER_FLOOR_FEN_FIELD_NUMBER: _builtins.int
+    ACCEPTED_CERTIFICATE_TYPES_FIELD_NUMBER: _builtins.int
     region_key: _builtins.str
     scope: _types_pb2.GrantScope.ValueType
     beneficiary_yearly_cap_fen: _builtins.int
@@ -363,6 +364,12 @@ class RegionPolicy(_message.Message):
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def accepted_certificate_types(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.CertificateType.ValueType]:
+        """What a patient insured in this region may present at the counter (Settle, Quote); empty: all
+        three kinds, as the national platform accepts them. Applies by the patient's region.
+        """
+
     def __init__(
         self,
         *,
@@ -372,10 +379,11 @@ class RegionPolicy(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         beneficiary_yearly_cap_fen: _builtins.int | None = ...,
         authorizer_floor_fen: _builtins.int | None = ...,
+        accepted_certificate_types: _abc.Iterable[_types_pb2.CertificateType.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "accepted_certificate_types", b"accepted_certificate_types", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_floor_fen: _TypeAlias = _typing.Literal["authorizer_floor_fen"]  # noqa: Y015
     _WhichOneofArgType__authorizer_floor_fen: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen"]  # noqa: Y015

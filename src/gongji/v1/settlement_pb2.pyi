@@ -28,6 +28,9 @@ class QuoteRequest(_message.Message):
     AMOUNT_FEN_FIELD_NUMBER: _builtins.int
     AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
     USE_PERSONAL_ACCOUNT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
+    CARD_NUMBER_FIELD_NUMBER: _builtins.int
+    CARD_SERIAL_FIELD_NUMBER: _builtins.int
     voucher: _builtins.str
     """The patient's own e-voucher, as scanned."""
     patient_id: _builtins.str
@@ -36,6 +39,12 @@ class QuoteRequest(_message.Message):
     """The authorizer whose grant to use; unset means the oldest live grant."""
     use_personal_account: _builtins.bool
     """个人账户使用标志. Unset means true; false pays everything in cash."""
+    certificate_type: _types_pb2.CertificateType.ValueType
+    """What the patient presented (mdtrt_cert_type); unset: an e-voucher in `voucher`. With a card,
+    `voucher` stays empty and the card's fields say what the reader read (as in SettleRequest).
+    """
+    card_number: _builtins.str
+    card_serial: _builtins.str
     def __init__(
         self,
         *,
@@ -44,10 +53,13 @@ class QuoteRequest(_message.Message):
         amount_fen: _builtins.int = ...,
         authorizer_id: _builtins.str | None = ...,
         use_personal_account: _builtins.bool | None = ...,
+        certificate_type: _types_pb2.CertificateType.ValueType = ...,
+        card_number: _builtins.str = ...,
+        card_serial: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "use_personal_account", b"use_personal_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "patient_id", b"patient_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "patient_id", b"patient_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
     _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015
@@ -129,6 +141,9 @@ class SettleRequest(_message.Message):
     AMOUNT_FEN_FIELD_NUMBER: _builtins.int
     AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
     USE_PERSONAL_ACCOUNT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
+    CARD_NUMBER_FIELD_NUMBER: _builtins.int
+    CARD_SERIAL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The terminal's idempotency key: a retry with the same key and content returns the original answer."""
     voucher: _builtins.str
@@ -136,6 +151,19 @@ class SettleRequest(_message.Message):
     amount_fen: _builtins.int
     authorizer_id: _builtins.str
     use_personal_account: _builtins.bool
+    certificate_type: _types_pb2.CertificateType.ValueType
+    """What the patient presented (mdtrt_cert_type); unset: an e-voucher in `voucher`. A card read at the
+    counter instead (`voucher` empty) is accepted where the patient's region policy accepts its type
+    (every region accepts all three unless it says otherwise), and only for its own holder: a card
+    whose number is not the patient's is PERMISSION_DENIED / VOUCHER_PATIENT_MISMATCH, the real-name
+    rule as for an e-voucher. A card carries no pick of a grant, and is not used up by a settlement.
+    """
+    card_number: _builtins.str
+    """With ID_CARD or SOCIAL_SECURITY_CARD: the ID number (or social-security number) read from the card."""
+    card_serial: _builtins.str
+    """With SOCIAL_SECURITY_CARD: the card's identification code (卡识别码), 1 to 32 ASCII letters and
+    digits; required there, and empty with an ID card. Checked for form only and never stored.
+    """
     def __init__(
         self,
         *,
@@ -145,10 +173,13 @@ class SettleRequest(_message.Message):
         amount_fen: _builtins.int = ...,
         authorizer_id: _builtins.str | None = ...,
         use_personal_account: _builtins.bool | None = ...,
+        certificate_type: _types_pb2.CertificateType.ValueType = ...,
+        card_number: _builtins.str = ...,
+        card_serial: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "use_personal_account", b"use_personal_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
     _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015

@@ -183,6 +183,38 @@ GRANT_SCOPE_PROVINCE: GrantScope.ValueType  # 2
 GRANT_SCOPE_NATIONAL: GrantScope.ValueType  # 3
 Global___GrantScope: _TypeAlias = GrantScope  # noqa: Y015
 
+class _CertificateType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CertificateTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CertificateType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CERTIFICATE_TYPE_UNSPECIFIED: _CertificateType.ValueType  # 0
+    """An e-voucher; what a request that does not say means."""
+    CERTIFICATE_TYPE_E_VOUCHER: _CertificateType.ValueType  # 1
+    """01: the 医保电子凭证 (e-voucher), a token from IssueVoucher, in `voucher`."""
+    CERTIFICATE_TYPE_ID_CARD: _CertificateType.ValueType  # 2
+    """02: the resident ID card (居民身份证), read at the counter: `card_number` is the ID number read."""
+    CERTIFICATE_TYPE_SOCIAL_SECURITY_CARD: _CertificateType.ValueType  # 3
+    """03: the social-security card (社会保障卡): `card_number` is the social-security number read (the
+    holder's ID number), `card_serial` the card's identification code (卡识别码).
+    """
+
+class CertificateType(_CertificateType, metaclass=_CertificateTypeEnumTypeWrapper):
+    """What the patient presented at the counter to be identified (the platform's mdtrt_cert_type)."""
+
+CERTIFICATE_TYPE_UNSPECIFIED: CertificateType.ValueType  # 0
+"""An e-voucher; what a request that does not say means."""
+CERTIFICATE_TYPE_E_VOUCHER: CertificateType.ValueType  # 1
+"""01: the 医保电子凭证 (e-voucher), a token from IssueVoucher, in `voucher`."""
+CERTIFICATE_TYPE_ID_CARD: CertificateType.ValueType  # 2
+"""02: the resident ID card (居民身份证), read at the counter: `card_number` is the ID number read."""
+CERTIFICATE_TYPE_SOCIAL_SECURITY_CARD: CertificateType.ValueType  # 3
+"""03: the social-security card (社会保障卡): `card_number` is the social-security number read (the
+holder's ID number), `card_serial` the card's identification code (卡识别码).
+"""
+Global___CertificateType: _TypeAlias = CertificateType  # noqa: Y015
+
 class _GrantStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -263,6 +295,7 @@ class Settlement(_message.Message):
     REFUNDS_FIELD_NUMBER: _builtins.int
     REVERSED_AT_FIELD_NUMBER: _builtins.int
     MUTUAL_AID_LIMITED_BY_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     request_id: _builtins.str
     """The terminal's idempotency key."""
@@ -286,6 +319,8 @@ class Settlement(_message.Message):
     """Set when a cap or the authorizer's floor made mutual aid pay less than the bill needed (the rest
     went to cash); UNSPECIFIED when none did.
     """
+    certificate_type: Global___CertificateType.ValueType
+    """What the patient presented: an e-voucher, or a card read at the counter."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -315,10 +350,11 @@ class Settlement(_message.Message):
         refunds: _abc.Iterable[Global___Refund] | None = ...,
         reversed_at: _timestamp_pb2.Timestamp | None = ...,
         mutual_aid_limited_by: Global___MutualAidLimit.ValueType = ...,
+        certificate_type: Global___CertificateType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "created_at", b"created_at", "institution_id", b"institution_id", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,12 +119,46 @@ begin
 end
 $$;
 
+-- Take the transaction lock of e-voucher p_voucher_id, so that settlements presenting one voucher take
+-- turns (gongji_voucher_refusal); answer the seconds waited for it. A card has no voucher id (null):
+-- nothing is locked, and null is answered.
+create or replace function gongji_lock_voucher(p_voucher_id uuid) returns double precision
+language plpgsql
+as $$
+declare
+    v_t constant timestamptz := clock_timestamp();
+begin
+    if p_voucher_id is null then
+        return null;
+    end if;
+    perform pg_advisory_xact_lock(hashtextextended('voucher/' || p_voucher_id, 0));
+    return extract(epoch from clock_timestamp() - v_t);
+end
+$$;
+
+-- Why a card of p_cert_type (what the patient presented: 'E_VOUCHER', 'ID_CARD',
+-- 'SOCIAL_SECURITY_CARD') may not be presented by a patient insured in p_region_code, or null. The
+-- e-voucher is always accepted; a card where the region's policy accepts its type (no policy, or no
+-- list: every type). Twin: gongji.domain.eligibility.certificate_refusal.
+create or replace function gongji_certificate_refusal(p_cert_type text, p_region_code text) returns text
+language plpgsql stable
+as $$
+begin
+    return case when p_cert_type <> 'E_VOUCHER'
+                 and not p_cert_type = any(coalesce((gongji_region_policy(p_region_code)).accepted_cert_types,
+                                                    array[p_cert_type]))
+                then 'CERTIFICATE_TYPE_NOT_ALLOWED' end;
+end
+$$;
+
 -- Why the patient p (all-null when not enrolled) may not settle or quote with what they presented, or
--- null: the patient and the voucher first (gongji_settle_refusal), then the terminal's authorizer
--- against the grant the voucher carries (gongji_voucher_choice_refusal).
+-- null: the patient and the voucher first (gongji_settle_refusal; a card is judged as a voucher that
+-- names its holder and is never used up nor expires), then whether the patient's region accepts the
+-- card (gongji_certificate_refusal), then the terminal's authorizer against the grant the voucher
+-- carries (gongji_voucher_choice_refusal).
 create or replace function gongji_presented_refusal(
     p person, p_voucher_id uuid, p_names_patient boolean, p_expires_at timestamptz, p_binding_id bigint,
-    p_grant_id bigint, p_authorizer_id text)
+    p_grant_id bigint, p_cert_type text, p_authorizer_id text)
 returns text
 language plpgsql stable
 as $$
@@ -132,6 +166,7 @@ begin
     return coalesce(
         gongji_settle_refusal(p, gongji_voucher_refusal(p_voucher_id, p_names_patient, p_expires_at, p_binding_id,
                                                         p.person_id)),
+        gongji_certificate_refusal(p_cert_type, p.region_code),
         gongji_voucher_choice_refusal(p_grant_id, p_authorizer_id));
 end
 $$;
@@ -396,7 +431,7 @@ create or replace function gongji_settle_write(
     p_settlement_id uuid, p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_patient_id text, p_grant_id bigint, p_authorizer_id text, p_amount_fen bigint,
     p_own_fen bigint, p_mulaid_fen bigint, p_acct_pay_fen bigint, p_acct_mulaid_pay_fen bigint,
-    p_mulaid_limited_by text)
+    p_mulaid_limited_by text, p_cert_type text)
 returns settlement
 language plpgsql
 as $$
@@ -412,12 +447,12 @@ begin
     end if;
     insert into settlement (
         settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, grant_id, voucher_id,
-        amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, mulaid_limited_by)
+        amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, mulaid_limited_by, cert_type)
     values (
         p_settlement_id, p_institution_id, p_terminal_id, p_request_id, p_patient_id, p_authorizer_id, p_grant_id,
         p_voucher_id, p_amount_fen, p_acct_pay_fen, p_acct_mulaid_pay_fen,
         p_amount_fen - p_acct_pay_fen - p_acct_mulaid_pay_fen, coalesce(p_own_fen, 0) - p_acct_pay_fen,
-        p_mulaid_limited_by)
+        p_mulaid_limited_by, p_cert_type)
     returning * into s;
     if p_acct_pay_fen > 0 then
         update account a set balance_fen = a.balance_fen - p_acct_pay_fen, updated_at = now()
@@ -442,7 +477,8 @@ $$;
 
 create or replace function gongji_quote(
     p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
-    p_voucher_grant_id bigint, p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
+    p_voucher_grant_id bigint, p_cert_type text, p_patient_id text, p_amount_fen bigint, p_authorizer_id text,
+    p_use_account boolean)
 returns table (
     outcome text, authorizer_id text, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
     psn_cash_pay_fen bigint, balc_fen bigint, mulaid_limited_by text, grant_cap_left_fen bigint,
@@ -461,7 +497,7 @@ declare
 begin
     select * into v_patient from person p where p.person_id = p_patient_id;
     outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
-                                        p_voucher_binding_id, p_voucher_grant_id, p_authorizer_id);
+                                        p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id);
     if outcome is not null then return next; return; end if;
     if p_use_account then
         v_grant := gongji_live_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id);
@@ -497,11 +533,12 @@ $$;
 create or replace function gongji_settle(
     p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
-    p_voucher_grant_id bigint, p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
+    p_voucher_grant_id bigint, p_cert_type text, p_patient_id text, p_amount_fen bigint, p_authorizer_id text,
+    p_use_account boolean)
 returns table (
     outcome text, replayed boolean, settlement_id uuid, created_at timestamptz, terminal_id text,
     patient_id text, authorizer_id text, amount_fen bigint, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
-    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint, mulaid_limited_by text,
+    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint, mulaid_limited_by text, cert_type text,
     lock_wait_idempotency_s double precision, lock_wait_voucher_s double precision,
     lock_wait_grant_s double precision, lock_wait_account_s double precision)
 language plpgsql
@@ -531,11 +568,10 @@ begin
     else
         -- 2. The patient and the voucher, whose lock makes its settlements take turns: one uses it.
         select * into v_patient from person p where p.person_id = p_patient_id;
-        v_t := clock_timestamp();
-        perform pg_advisory_xact_lock(hashtextextended('voucher/' || p_voucher_id, 0));
-        lock_wait_voucher_s := extract(epoch from clock_timestamp() - v_t);
+        lock_wait_voucher_s := gongji_lock_voucher(p_voucher_id);
         outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
-                                            p_voucher_binding_id, p_voucher_grant_id, p_authorizer_id);
+                                            p_voucher_binding_id, p_voucher_grant_id, p_cert_type,
+                                            p_authorizer_id);
         if outcome is not null then return next; return; end if;
         -- 3. The grant and 4. the accounts, locked (when the account may pay: see gongji_lock_accounts),
         -- and the room the caps and the floor leave on the authorizer's.
@@ -555,12 +591,12 @@ begin
             gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_voucher_id,
             p_patient_id, v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen,
             v_accounts.mulaid_fen, v_split.acct_pay_fen, v_split.acct_mulaid_pay_fen,
-            case when v_split.psn_cash_pay_fen > 0 then v_room.limited_by end);
+            case when v_split.psn_cash_pay_fen > 0 then v_room.limited_by end, p_cert_type);
     end if;
     return query
         select 'OK'::text, v_seen.seen is not null, s.settlement_id, s.created_at, s.terminal_id, s.patient_id,
                s.authorizer_id, s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen,
-               s.refunded_fen, s.mulaid_limited_by, lock_wait_idempotency_s, lock_wait_voucher_s, lock_wait_grant_s,
+               s.refunded_fen, s.mulaid_limited_by, s.cert_type, lock_wait_idempotency_s, lock_wait_voucher_s, lock_wait_grant_s,
                lock_wait_account_s;
 end
 $$;
