@@ -483,6 +483,8 @@ async def policy_set(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tok
         authorizer_floor_fen=args.authorizer_floor_fen,
         accepted_certificate_types=[CARDS[c] for c in args.accept_card or ()]
         + ([types_pb2.CERTIFICATE_TYPE_E_VOUCHER] if args.accept_card is not None else []),
+        mutual_aid_out_of_region=not args.no_mutual_aid_out_of_region,
+        mutual_aid_out_of_province=not args.no_mutual_aid_out_of_province,
     )
     request = account_pb2.SetRegionPolicyRequest(policy=policy)
     return await _account(ch).SetRegionPolicy(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
@@ -874,6 +876,16 @@ def _add_account_arguments(add: Add) -> None:
         help="a card its insured may present besides the e-voucher; repeat for both (default: both)",
     )
     p.add_argument("--no-cards", dest="accept_card", action="store_const", const=[], help="the e-voucher only, no card")
+    p.add_argument(
+        "--no-mutual-aid-out-of-region",
+        action="store_true",
+        help="mutual aid does not pay for care in the province's other 统筹区 (default: it does)",
+    )
+    p.add_argument(
+        "--no-mutual-aid-out-of-province",
+        action="store_true",
+        help="mutual aid does not pay for care in other provinces (default: it does)",
+    )
     add("policies", "list region grant policies, and the default (operator)")
     le = add("ledger", "a person's newest ledger entries (交易记录), as the app shows them (app, or operator)")
     le.add_argument("--person", type=person, metavar="PERSON", required=True, help="ID number or demo alias")

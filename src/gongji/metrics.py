@@ -95,10 +95,22 @@ SETTLEMENTS = Counter(
 SETTLED_FEN = Counter(
     "gongji_settled_fen_total", "Money settled, in fen, by source: own, mutual_aid, cash.", ["source"]
 )
+SETTLEMENTS_BY_CARE = Counter(
+    "gongji_settlements_by_care_total",
+    "Settlements made, by where care happened against the patient's insured region: LOCAL, OUT_OF_REGION"
+    " (another 统筹区 of the province), OUT_OF_PROVINCE.",
+    ["care_scope"],
+)
+SETTLED_FEN_BY_CARE = Counter(
+    "gongji_settled_fen_by_care_total",
+    "Money settled from personal accounts (own and mutual aid), in fen, by care scope as in"
+    " gongji_settlements_by_care_total.",
+    ["care_scope"],
+)
 MUTUAL_AID_LIMITED = Counter(
     "gongji_mutual_aid_limited_total",
     "Settlements in which a limit made mutual aid pay less than the bill needed, by limit: GRANT_CAP,"
-    " BENEFICIARY_CAP, AUTHORIZER_FLOOR.",
+    " BENEFICIARY_CAP, AUTHORIZER_FLOOR, CARE_REGION.",
     ["limit"],
 )
 IDEMPOTENT_REPLAYS = Counter(

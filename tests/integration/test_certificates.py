@@ -76,10 +76,11 @@ async def test_someone_elses_card_is_the_real_name_violation(api: Api, pool: asy
 
 
 async def test_a_region_may_refuse_cards(api: Api, pool: asyncpg.Pool) -> None:
-    patient = await api.enroll(region="450100", balance_fen=1_000)
+    """Guiyang (520100), a 统筹区 no other test sets a policy for; removed after."""
+    patient = await api.enroll(region="520100", balance_fen=1_000)
     elsewhere = await api.enroll(region="460100", balance_fen=1_000)
     policy = await api.set_policy(
-        "45", types_pb2.GRANT_SCOPE_PROVINCE, [types_pb2.RELATIONSHIP_SPOUSE], accepted_certificate_types=[SSC]
+        "520100", types_pb2.GRANT_SCOPE_PROVINCE, [types_pb2.RELATIONSHIP_SPOUSE], accepted_certificate_types=[SSC]
     )
     assert list(policy.policy.accepted_certificate_types) == [E_VOUCHER, SSC]
     terminal = bearer(api.tokens.terminal_a)
@@ -96,16 +97,20 @@ async def test_a_region_may_refuse_cards(api: Api, pool: asyncpg.Pool) -> None:
     assert (await api.settlement.Settle(_settle(elsewhere, 100, ID_CARD, elsewhere), metadata=terminal)).settlement
     # Listing only the e-voucher refuses both cards; listing nothing accepts all.
     await api.set_policy(
-        "45", types_pb2.GRANT_SCOPE_PROVINCE, [types_pb2.RELATIONSHIP_SPOUSE], accepted_certificate_types=[E_VOUCHER]
+        "520100",
+        types_pb2.GRANT_SCOPE_PROVINCE,
+        [types_pb2.RELATIONSHIP_SPOUSE],
+        accepted_certificate_types=[E_VOUCHER],
     )
     await refused(
         api.settlement.Settle(_settle(patient, 100, SSC, patient, "S1"), metadata=terminal),
         S.FAILED_PRECONDITION,
         "CERTIFICATE_TYPE_NOT_ALLOWED",
     )
-    reply = await api.set_policy("45", types_pb2.GRANT_SCOPE_PROVINCE, [types_pb2.RELATIONSHIP_SPOUSE])
+    reply = await api.set_policy("520100", types_pb2.GRANT_SCOPE_PROVINCE, [types_pb2.RELATIONSHIP_SPOUSE])
     assert list(reply.policy.accepted_certificate_types) == [E_VOUCHER, ID_CARD, SSC]
     assert (await api.settlement.Settle(_settle(patient, 100, ID_CARD, patient), metadata=terminal)).settlement
+    await pool.execute("delete from region_policy where region_key = '520100'")
 
 
 @pytest.mark.parametrize(

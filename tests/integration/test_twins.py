@@ -25,8 +25,10 @@ from gongji.domain.eligibility import (
     DEFAULT_POLICY,
     HeldGrant,
     RegionPolicy,
+    care_scope,
     certificate_refusal,
     live_grant,
+    mutual_aid_for_care,
     voucher_choice_refusal,
 )
 from gongji.domain.people import Person, PersonStatus, Scheme
@@ -620,5 +622,48 @@ def test_sql_certificate_refusal_agrees_with_the_twin(db_url: str) -> None:
         certificate_refusal_both,
         st.sampled_from(CertType),
         st.one_of(st.none(), st.frozensets(st.sampled_from(CertType))),
+        st.booleans(),
+    )
+
+
+# ---- gongji_care_scope, gongji_mutual_aid_care_allowed / domain.eligibility ------------------------
+REGIONS_DRAWN = ("610100", "610103", "610200", "619900", "450100", "110101")
+
+
+async def care_both(
+    conn: asyncpg.Connection, insured: str, care: str | None, policy: tuple[bool, bool] | None, own_key: bool
+) -> tuple[tuple[str, bool], tuple[str, bool]]:
+    """Where care of a patient of `insured` at an institution of `care` happens and whether mutual aid
+    may pay, by SQL and by the twins, under the patient's region policy (`policy`: out of region, out of
+    province; None: none), set for the 统筹区 itself or for its province."""
+    await conn.execute("delete from region_policy where region_key in ($1, $2)", insured, insured[:2])
+    twin_policy = DEFAULT_POLICY
+    if policy is not None:
+        await conn.execute(
+            "insert into region_policy (region_key, scope, allowed_relationships, mutual_aid_out_of_region,"
+            " mutual_aid_out_of_province) values ($1, 'PROVINCE', '{SPOUSE}', $2, $3)",
+            insured if own_key else insured[:2],
+            *policy,
+        )
+        twin_policy = RegionPolicy(mutual_aid_out_of_region=policy[0], mutual_aid_out_of_province=policy[1])
+    row = await conn.fetchrow(
+        "select s.scope, gongji_mutual_aid_care_allowed(s.scope, $1) as allowed"
+        " from (select gongji_care_scope($1, $2) as scope) s",
+        insured,
+        care,
+    )
+    assert row is not None
+    scope = care_scope(insured, care)
+    return (row["scope"], row["allowed"]), (scope.value, mutual_aid_for_care(scope, twin_policy))
+
+
+def test_sql_care_scope_and_its_policy_agree_with_the_twins(db_url: str) -> None:
+    """gongji_care_scope and gongji_mutual_aid_care_allowed against care_scope and mutual_aid_for_care."""
+    hold_to_twin(
+        db_url,
+        care_both,
+        st.sampled_from(REGIONS_DRAWN),
+        st.one_of(st.none(), st.sampled_from(REGIONS_DRAWN)),
+        st.one_of(st.none(), st.tuples(st.booleans(), st.booleans())),
         st.booleans(),
     )

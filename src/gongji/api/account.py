@@ -120,7 +120,15 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         accepted = self._accepted_cards(fields, p)
         fields.done()
         assert scope is not None
-        policy = RegionPolicy(scope, frozenset(r for r in allowed if r is not None), cap, floor, accepted)
+        policy = RegionPolicy(
+            scope,
+            frozenset(r for r in allowed if r is not None),
+            cap,
+            floor,
+            accepted,
+            p.mutual_aid_out_of_region if p.HasField("mutual_aid_out_of_region") else True,
+            p.mutual_aid_out_of_province if p.HasField("mutual_aid_out_of_province") else True,
+        )
         row = await policies.set_policy(self._app.pool, p.region_key, policy, limits.REGION_POLICIES_MAX)
         if row is None:
             raise errors.RegionPolicyLimitReached(f"at most {limits.REGION_POLICIES_MAX} region policies")

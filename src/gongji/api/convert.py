@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gongji.api.app import timestamp
-from gongji.domain.eligibility import RegionPolicy
+from gongji.domain.eligibility import CareScope, RegionPolicy
 from gongji.domain.people import Relationship, mask_id, mask_name
 from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
@@ -86,6 +86,8 @@ def region_policy(key: str, policy: RegionPolicy, row: PolicyRow | None = None) 
         authorizer_floor_fen=policy.authorizer_floor_fen,
         # The e-voucher, always accepted, and the cards the region accepts.
         accepted_certificate_types=sorted(certificate_type(c) for c in (CertType.E_VOUCHER, *policy.accepted_cards)),
+        mutual_aid_out_of_region=policy.mutual_aid_out_of_region,
+        mutual_aid_out_of_province=policy.mutual_aid_out_of_province,
     )
 
 
@@ -127,7 +129,14 @@ def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb
         reversed_at=timestamp(view.reversed_at) if view else None,
         mutual_aid_limited_by=mutual_aid_limit(s.mulaid_limited_by),
         certificate_type=certificate_type(s.cert_type),
+        insured_region=s.insured_region or "",
+        care_region=s.care_region or "",
+        care_scope=care_scope(s.care_scope),
     )
+
+
+def care_scope(scope: CareScope | None) -> types_pb2.CareScope.ValueType:
+    return types_pb2.CareScope.Value(f"CARE_SCOPE_{scope or 'UNSPECIFIED'}")
 
 
 def mutual_aid_limit(limit: Limit | None) -> types_pb2.MutualAidLimit.ValueType:

@@ -42,6 +42,9 @@ def _count_settlement(s: settlements.SettlementRow) -> None:
     metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
     metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
     metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
+    if s.care_scope is not None:
+        metrics.SETTLEMENTS_BY_CARE.labels(s.care_scope.value).inc()
+        metrics.SETTLED_FEN_BY_CARE.labels(s.care_scope.value).inc(s.acct_pay_fen + s.acct_mulaid_pay_fen)
     if s.mulaid_limited_by is not None:
         metrics.MUTUAL_AID_LIMITED.labels(s.mulaid_limited_by.value).inc()
 
@@ -157,6 +160,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         try:
             q = await settlements.quote(
                 self._app.pool,
+                institution_id=_institution(),
                 voucher=self._voucher(request, payment),
                 patient_id=patient_id,
                 amount_fen=amount_fen,
@@ -176,6 +180,8 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             mutual_aid_limited_by=convert.mutual_aid_limit(q.mulaid_limited_by),
             grant_cap_left_fen=q.grant_cap_left_fen,
             beneficiary_cap_left_fen=q.beneficiary_cap_left_fen,
+            care_region=q.care_region or "",
+            care_scope=convert.care_scope(q.care_scope),
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
@@ -299,6 +305,8 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if after is None:
             for name, value in (await lifecycle.day_totals(self._app.pool, institution_id, start, end)).items():
                 setattr(reply, name, value)
+            for scope, totals in await lifecycle.day_care_totals(self._app.pool, institution_id, start, end):
+                reply.care_totals.add(care_scope=convert.care_scope(scope), **totals)
         if request.detail:
             page = await lifecycle.day_page(self._app.pool, institution_id, start, end, after, page_size)
             reply.settlements.extend(convert.settlement(v.settlement, v) for v in page)

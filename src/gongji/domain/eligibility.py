@@ -62,9 +62,42 @@ class RegionPolicy:
     # The cards a patient insured in the region may present at the counter besides the e-voucher, which
     # is always accepted. The national platform accepts both, and so does a region that says nothing.
     accepted_cards: frozenset[CertType] = CARDS
+    # Whether mutual aid pays for a patient of the region with care elsewhere in the province, and in
+    # another province (异地就医). The national rules let the account pay such care; so does the default.
+    mutual_aid_out_of_region: bool = True
+    mutual_aid_out_of_province: bool = True
 
 
 DEFAULT_POLICY = RegionPolicy()
+
+
+class CareScope(enum.StrEnum):
+    """Where care happens against where the patient is insured."""
+
+    LOCAL = "LOCAL"
+    OUT_OF_REGION = "OUT_OF_REGION"  # 省内异地
+    OUT_OF_PROVINCE = "OUT_OF_PROVINCE"  # 跨省异地
+
+
+def care_scope(insured_region: str, care_region: str | None) -> CareScope:
+    """Local care when the institution is in the patient's 统筹区, counted as the same prefecture (the
+    first four digits: pooling is at least city-wide), or when its region is unknown.
+
+    The twin of `gongji_care_scope` in store/sql/settle.sql (tests/integration/test_twins.py)."""
+    if care_region is None or care_region[:4] == insured_region[:4]:
+        return CareScope.LOCAL
+    return CareScope.OUT_OF_REGION if care_region[:2] == insured_region[:2] else CareScope.OUT_OF_PROVINCE
+
+
+def mutual_aid_for_care(scope: CareScope, policy: RegionPolicy) -> bool:
+    """Whether mutual aid may pay for care of `scope` under the patient's region `policy`.
+
+    The twin of `gongji_mutual_aid_care_allowed` in store/sql/settle.sql."""
+    if scope is CareScope.LOCAL:
+        return True
+    if scope is CareScope.OUT_OF_REGION:
+        return policy.mutual_aid_out_of_region
+    return policy.mutual_aid_out_of_province
 
 
 def certificate_refusal(cert_type: CertType, policy: RegionPolicy) -> type[errors.CertificateTypeNotAllowed] | None:

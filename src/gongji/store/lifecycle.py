@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors
+from gongji.domain.eligibility import CareScope
 from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
 from gongji.store import db
@@ -25,7 +26,7 @@ select g.* from credential c cross join lateral gongji_reverse(c.institution_id,
 
 _SETTLEMENT_COLUMNS = """settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, amount_fen,
        acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at,
-       mulaid_limited_by, cert_type"""
+       mulaid_limited_by, cert_type, insured_region, care_region, care_scope"""
 _BY_ID = f"select {_SETTLEMENT_COLUMNS} from settlement where settlement_id = $1"
 _BY_REQUEST = f"select {_SETTLEMENT_COLUMNS} from settlement where institution_id = $1 and request_id = $2"
 _REFUNDS_OF = """
@@ -55,7 +56,7 @@ class SettlementView:
 
 
 def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
-    special = ("replayed", "mulaid_limited_by", "cert_type")
+    special = ("replayed", "mulaid_limited_by", "cert_type", "care_scope")
     fields = {k: r[k] for k in SettlementRow.__dataclass_fields__ if k not in special}
     limited_by = r["mulaid_limited_by"]
     return SettlementRow(
@@ -63,6 +64,7 @@ def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRo
         replayed=replayed,
         mulaid_limited_by=Limit(limited_by) if limited_by else None,
         cert_type=CertType(r["cert_type"]),
+        care_scope=CareScope(r["care_scope"]) if r["care_scope"] else None,
     )
 
 
@@ -166,6 +168,25 @@ async def day_totals(pool: asyncpg.Pool, institution_id: str, start: dt.datetime
     totals = {**dict(settled), **dict(refunded)}
     assert totals["acct_pay_fen"] + totals["acct_mulaid_pay_fen"] + totals["psn_cash_pay_fen"] == totals["amount_fen"]
     return totals
+
+
+_DAY_BY_CARE = """
+select care_scope, count(*) as settlement_count, sum(amount_fen)::bigint as amount_fen,
+       sum(acct_pay_fen)::bigint as acct_pay_fen, sum(acct_mulaid_pay_fen)::bigint as acct_mulaid_pay_fen,
+       sum(psn_cash_pay_fen)::bigint as psn_cash_pay_fen
+  from settlement where institution_id = $1 and created_at >= $2 and created_at < $3
+ group by care_scope order by care_scope nulls first"""
+
+
+async def day_care_totals(
+    pool: asyncpg.Pool, institution_id: str, start: dt.datetime, end: dt.datetime
+) -> list[tuple[CareScope | None, dict[str, int]]]:
+    """The day's settlements by care scope (None: made before gongji recorded it), a scope per line."""
+    rows = await db.fetch(pool, _DAY_BY_CARE, institution_id, start, end)
+    return [
+        (CareScope(r["care_scope"]) if r["care_scope"] else None, {k: v for k, v in r.items() if k != "care_scope"})
+        for r in rows
+    ]
 
 
 async def day_page(

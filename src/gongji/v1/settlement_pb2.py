@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gongji.v1 import types_pb2 as gongji_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agongji/v1/settlement.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\"\x91\x02\n\x0cQuoteRequest\x12\x0f\n\x07voucher\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x1a\n\rauthorizer_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12!\n\x14use_personal_account\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x10\x63\x65rtificate_type\x18\x06 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x13\n\x0b\x63\x61rd_number\x18\x07 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\x08 \x01(\tB\x10\n\x0e_authorizer_idB\x17\n\x15_use_personal_account\"\xcf\x02\n\rQuoteResponse\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x01 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x02 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x03 \x01(\x03\x12\x15\n\rauthorizer_id\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61lc_fen\x18\x05 \x01(\x03\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\x38\n\x15mutual_aid_limited_by\x18\x07 \x01(\x0e\x32\x19.gongji.v1.MutualAidLimit\x12\x1f\n\x12grant_cap_left_fen\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12%\n\x18\x62\x65neficiary_cap_left_fen\x18\t \x01(\x03H\x01\x88\x01\x01\x42\x15\n\x13_grant_cap_left_fenB\x1b\n\x19_beneficiary_cap_left_fen\"\xa6\x02\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07voucher\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x1a\n\rauthorizer_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12!\n\x14use_personal_account\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x10\x63\x65rtificate_type\x18\x07 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x13\n\x0b\x63\x61rd_number\x18\x08 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\t \x01(\tB\x10\n\x0e_authorizer_idB\x17\n\x15_use_personal_account\"M\n\x0eSettleResponse\x12)\n\nsettlement\x18\x01 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"N\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsettlement_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\"p\n\x0e\x43\x61ncelResponse\x12!\n\x06refund\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Refund\x12)\n\nsettlement\x18\x02 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"-\n\x0eReverseRequest\x12\x1b\n\x13original_request_id\x18\x01 \x01(\t\"L\n\x0fReverseResponse\x12\x0e\n\x06undone\x18\x01 \x01(\x08\x12)\n\nsettlement\x18\x02 \x01(\x0b\x32\x15.gongji.v1.Settlement\"L\n\x14GetSettlementRequest\x12\x17\n\rsettlement_id\x18\x01 \x01(\tH\x00\x12\x14\n\nrequest_id\x18\x02 \x01(\tH\x00\x42\x05\n\x03key\"B\n\x15GetSettlementResponse\x12)\n\nsettlement\x18\x01 \x01(\x0b\x32\x15.gongji.v1.Settlement\"o\n\x10ReconcileRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\x08\x12\x16\n\x0einstitution_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x9f\x03\n\x11ReconcileResponse\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x18\n\x10settlement_count\x18\x03 \x01(\x03\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x05 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x06 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x07 \x01(\x03\x12\x14\n\x0crefund_count\x18\x08 \x01(\x03\x12\x14\n\x0crefunded_fen\x18\t \x01(\x03\x12*\n\x0bsettlements\x18\n \x03(\x0b\x32\x15.gongji.v1.Settlement\x12\x17\n\x0fnext_page_token\x18\x0b \x01(\t\x12\x1b\n\x13refund_acct_pay_fen\x18\x0c \x01(\x03\x12\"\n\x1arefund_acct_mulaid_pay_fen\x18\r \x01(\x03\x12\x1f\n\x17refund_psn_cash_pay_fen\x18\x0e \x01(\x03\x12\x16\n\x0ereversal_count\x18\x0f \x01(\x03\x32\xab\x03\n\x11SettlementService\x12:\n\x05Quote\x12\x17.gongji.v1.QuoteRequest\x1a\x18.gongji.v1.QuoteResponse\x12=\n\x06Settle\x12\x18.gongji.v1.SettleRequest\x1a\x19.gongji.v1.SettleResponse\x12=\n\x06\x43\x61ncel\x12\x18.gongji.v1.CancelRequest\x1a\x19.gongji.v1.CancelResponse\x12@\n\x07Reverse\x12\x19.gongji.v1.ReverseRequest\x1a\x1a.gongji.v1.ReverseResponse\x12R\n\rGetSettlement\x12\x1f.gongji.v1.GetSettlementRequest\x1a .gongji.v1.GetSettlementResponse\x12\x46\n\tReconcile\x12\x1b.gongji.v1.ReconcileRequest\x1a\x1c.gongji.v1.ReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agongji/v1/settlement.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\"\x91\x02\n\x0cQuoteRequest\x12\x0f\n\x07voucher\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x1a\n\rauthorizer_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12!\n\x14use_personal_account\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x10\x63\x65rtificate_type\x18\x06 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x13\n\x0b\x63\x61rd_number\x18\x07 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\x08 \x01(\tB\x10\n\x0e_authorizer_idB\x17\n\x15_use_personal_account\"\x8e\x03\n\rQuoteResponse\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x01 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x02 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x03 \x01(\x03\x12\x15\n\rauthorizer_id\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61lc_fen\x18\x05 \x01(\x03\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\x38\n\x15mutual_aid_limited_by\x18\x07 \x01(\x0e\x32\x19.gongji.v1.MutualAidLimit\x12\x1f\n\x12grant_cap_left_fen\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12%\n\x18\x62\x65neficiary_cap_left_fen\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x13\n\x0b\x63\x61re_region\x18\n \x01(\t\x12(\n\ncare_scope\x18\x0b \x01(\x0e\x32\x14.gongji.v1.CareScopeB\x15\n\x13_grant_cap_left_fenB\x1b\n\x19_beneficiary_cap_left_fen\"\xa6\x02\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07voucher\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x1a\n\rauthorizer_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12!\n\x14use_personal_account\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x10\x63\x65rtificate_type\x18\x07 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x13\n\x0b\x63\x61rd_number\x18\x08 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\t \x01(\tB\x10\n\x0e_authorizer_idB\x17\n\x15_use_personal_account\"M\n\x0eSettleResponse\x12)\n\nsettlement\x18\x01 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"N\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsettlement_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\"p\n\x0e\x43\x61ncelResponse\x12!\n\x06refund\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Refund\x12)\n\nsettlement\x18\x02 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"-\n\x0eReverseRequest\x12\x1b\n\x13original_request_id\x18\x01 \x01(\t\"L\n\x0fReverseResponse\x12\x0e\n\x06undone\x18\x01 \x01(\x08\x12)\n\nsettlement\x18\x02 \x01(\x0b\x32\x15.gongji.v1.Settlement\"L\n\x14GetSettlementRequest\x12\x17\n\rsettlement_id\x18\x01 \x01(\tH\x00\x12\x14\n\nrequest_id\x18\x02 \x01(\tH\x00\x42\x05\n\x03key\"B\n\x15GetSettlementResponse\x12)\n\nsettlement\x18\x01 \x01(\x0b\x32\x15.gongji.v1.Settlement\"o\n\x10ReconcileRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\x08\x12\x16\n\x0einstitution_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\xcb\x03\n\x11ReconcileResponse\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x18\n\x10settlement_count\x18\x03 \x01(\x03\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x05 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x06 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x07 \x01(\x03\x12\x14\n\x0crefund_count\x18\x08 \x01(\x03\x12\x14\n\x0crefunded_fen\x18\t \x01(\x03\x12*\n\x0bsettlements\x18\n \x03(\x0b\x32\x15.gongji.v1.Settlement\x12\x17\n\x0fnext_page_token\x18\x0b \x01(\t\x12\x1b\n\x13refund_acct_pay_fen\x18\x0c \x01(\x03\x12\"\n\x1arefund_acct_mulaid_pay_fen\x18\r \x01(\x03\x12\x1f\n\x17refund_psn_cash_pay_fen\x18\x0e \x01(\x03\x12\x16\n\x0ereversal_count\x18\x0f \x01(\x03\x12*\n\x0b\x63\x61re_totals\x18\x10 \x03(\x0b\x32\x15.gongji.v1.CareTotals\"\xb1\x01\n\nCareTotals\x12(\n\ncare_scope\x18\x01 \x01(\x0e\x32\x14.gongji.v1.CareScope\x12\x18\n\x10settlement_count\x18\x02 \x01(\x03\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x04 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x05 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x06 \x01(\x03\x32\xab\x03\n\x11SettlementService\x12:\n\x05Quote\x12\x17.gongji.v1.QuoteRequest\x1a\x18.gongji.v1.QuoteResponse\x12=\n\x06Settle\x12\x18.gongji.v1.SettleRequest\x1a\x19.gongji.v1.SettleResponse\x12=\n\x06\x43\x61ncel\x12\x18.gongji.v1.CancelRequest\x1a\x19.gongji.v1.CancelResponse\x12@\n\x07Reverse\x12\x19.gongji.v1.ReverseRequest\x1a\x1a.gongji.v1.ReverseResponse\x12R\n\rGetSettlement\x12\x1f.gongji.v1.GetSettlementRequest\x1a .gongji.v1.GetSettlementResponse\x12\x46\n\tReconcile\x12\x1b.gongji.v1.ReconcileRequest\x1a\x1c.gongji.v1.ReconcileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUOTEREQUEST']._serialized_start=65
   _globals['_QUOTEREQUEST']._serialized_end=338
   _globals['_QUOTERESPONSE']._serialized_start=341
-  _globals['_QUOTERESPONSE']._serialized_end=676
-  _globals['_SETTLEREQUEST']._serialized_start=679
-  _globals['_SETTLEREQUEST']._serialized_end=973
-  _globals['_SETTLERESPONSE']._serialized_start=975
-  _globals['_SETTLERESPONSE']._serialized_end=1052
-  _globals['_CANCELREQUEST']._serialized_start=1054
-  _globals['_CANCELREQUEST']._serialized_end=1132
-  _globals['_CANCELRESPONSE']._serialized_start=1134
-  _globals['_CANCELRESPONSE']._serialized_end=1246
-  _globals['_REVERSEREQUEST']._serialized_start=1248
-  _globals['_REVERSEREQUEST']._serialized_end=1293
-  _globals['_REVERSERESPONSE']._serialized_start=1295
-  _globals['_REVERSERESPONSE']._serialized_end=1371
-  _globals['_GETSETTLEMENTREQUEST']._serialized_start=1373
-  _globals['_GETSETTLEMENTREQUEST']._serialized_end=1449
-  _globals['_GETSETTLEMENTRESPONSE']._serialized_start=1451
-  _globals['_GETSETTLEMENTRESPONSE']._serialized_end=1517
-  _globals['_RECONCILEREQUEST']._serialized_start=1519
-  _globals['_RECONCILEREQUEST']._serialized_end=1630
-  _globals['_RECONCILERESPONSE']._serialized_start=1633
-  _globals['_RECONCILERESPONSE']._serialized_end=2048
-  _globals['_SETTLEMENTSERVICE']._serialized_start=2051
-  _globals['_SETTLEMENTSERVICE']._serialized_end=2478
+  _globals['_QUOTERESPONSE']._serialized_end=739
+  _globals['_SETTLEREQUEST']._serialized_start=742
+  _globals['_SETTLEREQUEST']._serialized_end=1036
+  _globals['_SETTLERESPONSE']._serialized_start=1038
+  _globals['_SETTLERESPONSE']._serialized_end=1115
+  _globals['_CANCELREQUEST']._serialized_start=1117
+  _globals['_CANCELREQUEST']._serialized_end=1195
+  _globals['_CANCELRESPONSE']._serialized_start=1197
+  _globals['_CANCELRESPONSE']._serialized_end=1309
+  _globals['_REVERSEREQUEST']._serialized_start=1311
+  _globals['_REVERSEREQUEST']._serialized_end=1356
+  _globals['_REVERSERESPONSE']._serialized_start=1358
+  _globals['_REVERSERESPONSE']._serialized_end=1434
+  _globals['_GETSETTLEMENTREQUEST']._serialized_start=1436
+  _globals['_GETSETTLEMENTREQUEST']._serialized_end=1512
+  _globals['_GETSETTLEMENTRESPONSE']._serialized_start=1514
+  _globals['_GETSETTLEMENTRESPONSE']._serialized_end=1580
+  _globals['_RECONCILEREQUEST']._serialized_start=1582
+  _globals['_RECONCILEREQUEST']._serialized_end=1693
+  _globals['_RECONCILERESPONSE']._serialized_start=1696
+  _globals['_RECONCILERESPONSE']._serialized_end=2155
+  _globals['_CARETOTALS']._serialized_start=2158
+  _globals['_CARETOTALS']._serialized_end=2335
+  _globals['_SETTLEMENTSERVICE']._serialized_start=2338
+  _globals['_SETTLEMENTSERVICE']._serialized_end=2765
 # @@protoc_insertion_point(module_scope)

@@ -85,6 +85,8 @@ class QuoteResponse(_message.Message):
     MUTUAL_AID_LIMITED_BY_FIELD_NUMBER: _builtins.int
     GRANT_CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
     BENEFICIARY_CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
+    CARE_REGION_FIELD_NUMBER: _builtins.int
+    CARE_SCOPE_FIELD_NUMBER: _builtins.int
     acct_pay_fen: _builtins.int
     acct_mulaid_pay_fen: _builtins.int
     psn_cash_pay_fen: _builtins.int
@@ -103,6 +105,9 @@ class QuoteResponse(_message.Message):
     """What is left this year of the patient's yearly cap across all grants (the patient's region
     policy); unset when the region sets none (or no grant would pay).
     """
+    care_region: _builtins.str
+    """As in Settlement: the institution's 统筹区 and where the care is against the patient's insured region."""
+    care_scope: _types_pb2.CareScope.ValueType
     def __init__(
         self,
         *,
@@ -115,10 +120,12 @@ class QuoteResponse(_message.Message):
         mutual_aid_limited_by: _types_pb2.MutualAidLimit.ValueType = ...,
         grant_cap_left_fen: _builtins.int | None = ...,
         beneficiary_cap_left_fen: _builtins.int | None = ...,
+        care_region: _builtins.str = ...,
+        care_scope: _types_pb2.CareScope.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "grant_cap_left_fen", b"grant_cap_left_fen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_limited_by", b"mutual_aid_limited_by", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "care_region", b"care_region", "care_scope", b"care_scope", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_limited_by", b"mutual_aid_limited_by", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["beneficiary_cap_left_fen"]  # noqa: Y015
     _WhichOneofArgType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen"]  # noqa: Y015
@@ -425,6 +432,7 @@ class ReconcileResponse(_message.Message):
     REFUND_ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
     REFUND_PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
     REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
+    CARE_TOTALS_FIELD_NUMBER: _builtins.int
     institution_id: _builtins.str
     date: _builtins.str
     settlement_count: _builtins.int
@@ -447,6 +455,13 @@ class ReconcileResponse(_message.Message):
     def settlements(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Settlement]:
         """With detail (3202): this page of the day's settlements, oldest first."""
 
+    @_builtins.property
+    def care_totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___CareTotals]:
+        """The day's settlements again, split by where care happened (local, or 异地 within or outside the
+        province; UNSPECIFIED for settlements made before gongji recorded it), one line per scope that has
+        any, on the first page.
+        """
+
     def __init__(
         self,
         *,
@@ -465,11 +480,48 @@ class ReconcileResponse(_message.Message):
         refund_acct_mulaid_pay_fen: _builtins.int = ...,
         refund_psn_cash_pay_fen: _builtins.int = ...,
         reversal_count: _builtins.int = ...,
+        care_totals: _abc.Iterable[Global___CareTotals] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_totals", b"care_totals", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
+
+@_typing.final
+class CareTotals(_message.Message):
+    """The settlements of one care scope of a day: their count and sums per source."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARE_SCOPE_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
+    PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    care_scope: _types_pb2.CareScope.ValueType
+    settlement_count: _builtins.int
+    amount_fen: _builtins.int
+    acct_pay_fen: _builtins.int
+    acct_mulaid_pay_fen: _builtins.int
+    psn_cash_pay_fen: _builtins.int
+    def __init__(
+        self,
+        *,
+        care_scope: _types_pb2.CareScope.ValueType = ...,
+        settlement_count: _builtins.int = ...,
+        amount_fen: _builtins.int = ...,
+        acct_pay_fen: _builtins.int = ...,
+        acct_mulaid_pay_fen: _builtins.int = ...,
+        psn_cash_pay_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_scope", b"care_scope", "psn_cash_pay_fen", b"psn_cash_pay_fen", "settlement_count", b"settlement_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CareTotals: _TypeAlias = CareTotals  # noqa: Y015

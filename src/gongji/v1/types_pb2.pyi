@@ -239,6 +239,33 @@ GRANT_STATUS_ENDED: GrantStatus.ValueType  # 3
 """Ended by itself: a side stopped being ACTIVE or moved out of the grant's scope."""
 Global___GrantStatus: _TypeAlias = GrantStatus  # noqa: Y015
 
+class _CareScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CareScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CareScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CARE_SCOPE_UNSPECIFIED: _CareScope.ValueType  # 0
+    CARE_SCOPE_LOCAL: _CareScope.ValueType  # 1
+    CARE_SCOPE_OUT_OF_REGION: _CareScope.ValueType  # 2
+    """省内异地: another 统筹区 of the patient's province."""
+    CARE_SCOPE_OUT_OF_PROVINCE: _CareScope.ValueType  # 3
+    """跨省异地: another province."""
+
+class CareScope(_CareScope, metaclass=_CareScopeEnumTypeWrapper):
+    """Where care happened against where the patient is insured. The same 统筹区 is counted as the same
+    prefecture (the first four digits of the region codes), as pooling is at least city-wide; an
+    institution whose region is unknown counts as local.
+    """
+
+CARE_SCOPE_UNSPECIFIED: CareScope.ValueType  # 0
+CARE_SCOPE_LOCAL: CareScope.ValueType  # 1
+CARE_SCOPE_OUT_OF_REGION: CareScope.ValueType  # 2
+"""省内异地: another 统筹区 of the patient's province."""
+CARE_SCOPE_OUT_OF_PROVINCE: CareScope.ValueType  # 3
+"""跨省异地: another province."""
+Global___CareScope: _TypeAlias = CareScope  # noqa: Y015
+
 class _MutualAidLimit:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -255,6 +282,10 @@ class _MutualAidLimitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Mutual
     """The authorizer's region keeps a floor under the authorizer's balance that mutual aid never takes
     (the authorizer's own settlements may).
     """
+    MUTUAL_AID_LIMIT_CARE_REGION: _MutualAidLimit.ValueType  # 4
+    """The patient's region policy keeps mutual aid from paying for care away from home (异地就医), and
+    the patient holds a grant that would have paid.
+    """
 
 class MutualAidLimit(_MutualAidLimit, metaclass=_MutualAidLimitEnumTypeWrapper):
     """What can make mutual aid pay less than the authorizer's balance would. Years are calendar years in
@@ -270,6 +301,10 @@ MUTUAL_AID_LIMIT_BENEFICIARY_CAP: MutualAidLimit.ValueType  # 2
 MUTUAL_AID_LIMIT_AUTHORIZER_FLOOR: MutualAidLimit.ValueType  # 3
 """The authorizer's region keeps a floor under the authorizer's balance that mutual aid never takes
 (the authorizer's own settlements may).
+"""
+MUTUAL_AID_LIMIT_CARE_REGION: MutualAidLimit.ValueType  # 4
+"""The patient's region policy keeps mutual aid from paying for care away from home (异地就医), and
+the patient holds a grant that would have paid.
 """
 Global___MutualAidLimit: _TypeAlias = MutualAidLimit  # noqa: Y015
 
@@ -296,6 +331,9 @@ class Settlement(_message.Message):
     REVERSED_AT_FIELD_NUMBER: _builtins.int
     MUTUAL_AID_LIMITED_BY_FIELD_NUMBER: _builtins.int
     CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
+    INSURED_REGION_FIELD_NUMBER: _builtins.int
+    CARE_REGION_FIELD_NUMBER: _builtins.int
+    CARE_SCOPE_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     request_id: _builtins.str
     """The terminal's idempotency key."""
@@ -321,6 +359,16 @@ class Settlement(_message.Message):
     """
     certificate_type: Global___CertificateType.ValueType
     """What the patient presented: an e-voucher, or a card read at the counter."""
+    insured_region: _builtins.str
+    """The 统筹区 the patient is insured in (the platform's insuplc_admdvs), as of the settlement."""
+    care_region: _builtins.str
+    """The 统筹区 of the institution (mdtrt_area_admvs): the one an operator set, else the prefecture of the
+    region in its national code (H61010300101: 610100); empty when neither is known.
+    """
+    care_scope: Global___CareScope.ValueType
+    """Local care, or 异地就医 within or outside the province. UNSPECIFIED for settlements made before
+    gongji recorded it.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -351,10 +399,13 @@ class Settlement(_message.Message):
         reversed_at: _timestamp_pb2.Timestamp | None = ...,
         mutual_aid_limited_by: Global___MutualAidLimit.ValueType = ...,
         certificate_type: Global___CertificateType.ValueType = ...,
+        insured_region: _builtins.str = ...,
+        care_region: _builtins.str = ...,
+        care_scope: Global___CareScope.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "care_region", b"care_region", "care_scope", b"care_scope", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "insured_region", b"insured_region", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
