@@ -21,7 +21,7 @@ from gongji.store import migrate
 NOT_REASONS = frozenset(
     {
         *("OK", "ACTIVE", "EMPLOYEE", "RESIDENT", "LIVE", "CANCEL", "REFUND", "REVERSAL", "SETTLEMENT"),
-        *("MUTUAL_AID", "PREMIUM", "PREMIUM_REFUND", "STATEMENT", "REPLAY"),
+        *("MUTUAL_AID", "PREMIUM", "PREMIUM_REFUND", "REFUND_REVERSAL", "STATEMENT", "REPLAY"),
         *("GRANT_CAP", "BENEFICIARY_CAP", "AUTHORIZER_FLOOR"),
     }
 )
