@@ -348,7 +348,11 @@ async def cancel(
 
 
 async def reverse(
-    api: Api, original_request_id: str, *, token: str | None = None, kind: int = settlement_pb2.ORIGINAL_KIND_UNSPECIFIED
+    api: Api,
+    original_request_id: str,
+    *,
+    token: str | None = None,
+    kind: settlement_pb2.OriginalKind.ValueType = settlement_pb2.ORIGINAL_KIND_UNSPECIFIED,
 ) -> settlement_pb2.ReverseResponse:
     reply: settlement_pb2.ReverseResponse = await api.settlement.Reverse(
         settlement_pb2.ReverseRequest(original_request_id=original_request_id, original_kind=kind),

@@ -67,7 +67,8 @@ async def test_reversing_a_refund_takes_its_money_back(api: Api, pool: asyncpg.P
 
     again = await reverse(api, "rr-cancel-1", kind=CANCEL)  # reversing twice answers the same
     assert (again.undone, again.refund.refund_id) == (True, refund.refund_id)
-    await refused(cancel(api, s.settlement_id, 2_500, request_id="rr-cancel-1"), S.FAILED_PRECONDITION, "ALREADY_REVERSED")
+    late = cancel(api, s.settlement_id, 2_500, request_id="rr-cancel-1")
+    await refused(late, S.FAILED_PRECONDITION, "ALREADY_REVERSED")
     # What the reversed refund had taken is refundable again, and the settlement's reversal undoes all.
     assert (await cancel(api, s.settlement_id, 0)).refund.amount_fen == 3_000
     assert (await api.balance(authorizer), await api.balance(patient)) == (1_500, 1_000)
@@ -226,7 +227,7 @@ async def test_refund_reversals_are_counted_once(api: Api) -> None:
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
-    authorizer, patient = await _family(api, own_fen=100, mulaid_fen=1_000)
+    _, patient = await _family(api, own_fen=100, mulaid_fen=1_000)
     s = (await api.settle(patient, 800)).settlement
     await cancel(api, s.settlement_id, 600, request_id="rr-count-1")
     names = ("own", "mutual_aid", "cash")

@@ -92,8 +92,9 @@ select v.voucher_id
  where (v.used_at is null) <> (s.settlement_id is null) or v.settlement_id is distinct from s.settlement_id"""
 
 
-# What mutual aid paid net of refunds (a reversed refund gave nothing back), per grant and per beneficiary and calendar year (China's time
-# zone), is what the caps count (grant_usage, beneficiary_usage), to the fen.
+# What mutual aid paid net of refunds (a reversed refund gave nothing back), per grant and per
+# beneficiary and calendar year (China's time zone), is what the caps count (grant_usage,
+# beneficiary_usage), to the fen.
 _NET_MUTUAL_AID = """
 select s.grant_id, s.patient_id, gongji_china_year(s.created_at) as year,
        s.acct_mulaid_pay_fen - coalesce((select sum(r.acct_mulaid_pay_fen) from refund r

@@ -194,8 +194,9 @@ async def day_totals(pool: asyncpg.Pool, institution_id: str, start: dt.datetime
     totals = {**dict(settled), **dict(refunded), **dict(unrefunded)}
     assert totals["acct_pay_fen"] + totals["acct_mulaid_pay_fen"] + totals["psn_cash_pay_fen"] == totals["amount_fen"]
     reversed_parts = ("refund_reversed_acct_pay_fen", "refund_reversed_acct_mulaid_pay_fen")
-    assert sum(totals[k] for k in reversed_parts) + totals["refund_reversed_psn_cash_pay_fen"] == (
-        totals["refund_reversed_fen"]
+    assert (
+        sum(totals[k] for k in reversed_parts) + totals["refund_reversed_psn_cash_pay_fen"]
+        == (totals["refund_reversed_fen"])
     )
     return totals
 
