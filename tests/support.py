@@ -359,9 +359,15 @@ async def cancel(
     return reply
 
 
-async def reverse(api: Api, original_request_id: str, *, token: str | None = None) -> settlement_pb2.ReverseResponse:
+async def reverse(
+    api: Api,
+    original_request_id: str,
+    *,
+    token: str | None = None,
+    kind: settlement_pb2.OriginalKind.ValueType = settlement_pb2.ORIGINAL_KIND_UNSPECIFIED,
+) -> settlement_pb2.ReverseResponse:
     reply: settlement_pb2.ReverseResponse = await api.settlement.Reverse(
-        settlement_pb2.ReverseRequest(original_request_id=original_request_id),
+        settlement_pb2.ReverseRequest(original_request_id=original_request_id, original_kind=kind),
         metadata=bearer(token or api.tokens.terminal_a),
     )
     return reply

@@ -19,7 +19,7 @@ domain can raise them freely.
     │   │                               CERTIFICATE_TYPE_NOT_ALLOWED
     │   ├── binding                     IDENTITY_MISMATCH, FACE_VERIFICATION_REQUIRED
     │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
-    │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
+    │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED, REFUND_ALREADY_SPENT
     │   └── premium                     BENEFICIARY_NOT_RESIDENT, PREMIUM_NOT_SET, PREMIUM_WINDOW_CLOSED,
     │                                   INSUFFICIENT_BALANCE
     ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED,
@@ -254,7 +254,15 @@ class RefundExceedsSettlement(FailedPrecondition):
 
 class AlreadyReversed(FailedPrecondition):
     reason = "ALREADY_REVERSED"
-    sentence = "the settlement was reversed already"
+    sentence = "the settlement, or the request itself, was reversed already"
+
+
+class RefundAlreadySpent(FailedPrecondition):
+    """A refund's reversal would take back money its account no longer holds. Refused rather than
+    owed: gongji keeps no receivable, and a balance never goes below zero."""
+
+    reason = "REFUND_ALREADY_SPENT"
+    sentence = "an account the refund credited no longer holds that money: the refund stands"
 
 
 class VoucherRefused(FailedPrecondition):

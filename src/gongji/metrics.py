@@ -126,6 +126,14 @@ REFUNDED_FEN = Counter(
     "gongji_refunded_fen_total", "Money refunded, in fen, by source: own, mutual_aid, cash.", ["source"]
 )
 REVERSALS = Counter("gongji_reversals_total", "Reversals (Reverse) that undid a settlement.")
+# Reversals of a Cancel (Reverse with ORIGINAL_KIND_CANCEL) that took a refund back, counted once, and the
+# money they took back, by the source it had been refunded to. Net refunded: REFUNDED_FEN less this.
+REFUND_REVERSALS = Counter("gongji_refund_reversals_total", "Reversals (Reverse) that undid a refund.")
+REFUND_REVERSED_FEN = Counter(
+    "gongji_refund_reversed_fen_total",
+    "Money taken back by reversals of refunds, in fen, by source: own, mutual_aid, cash.",
+    ["source"],
+)
 
 # Resident premiums paid from a relative's personal account (PayPremium, RefundPremium), recorded by the
 # servicer. A replay moves nothing: counted as REPLAYED, its money not again.
@@ -233,6 +241,7 @@ def _zero_fixed_series() -> None:
     for source in ("own", "mutual_aid", "cash"):
         SETTLED_FEN.labels(source)
         REFUNDED_FEN.labels(source)
+        REFUND_REVERSED_FEN.labels(source)
     for limit in Limit:
         MUTUAL_AID_LIMITED.labels(limit.value)
     for reason in (errors.ServerBusy.reason, errors.CallerBusy.reason, errors.RequestMessageTimeout.reason):

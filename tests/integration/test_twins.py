@@ -1,5 +1,5 @@
 """Each SQL step that decides money against its pure Python twin in gongji.domain, on random states:
-the steps of gongji_settle and of gongji_pay_premium.
+the steps of gongji_settle and of gongji_pay_premium, and the refusal of gongji_reverse_refund.
 
 Every example writes its rows in one transaction, asks the SQL function, and rolls back; the twin gets
 the same state as Python values. `now()` in SQL is the transaction's start, so the test reads it once
@@ -33,6 +33,7 @@ from gongji.domain.eligibility import (
 )
 from gongji.domain.people import Person, PersonStatus, Scheme
 from gongji.domain.premium import PremiumRate, premium_rate_for, premium_refusal, premium_replay
+from gongji.domain.reversal import refund_reversal_refusal
 from gongji.domain.settlement import Seen, settle_refusal, settle_replay
 from gongji.domain.vouchers import CARDS, CertType, PresentedVoucher, voucher_refusal
 
@@ -667,3 +668,35 @@ def test_sql_care_scope_and_its_policy_agree_with_the_twins(db_url: str) -> None
         st.one_of(st.none(), st.tuples(st.booleans(), st.booleans())),
         st.booleans(),
     )
+
+
+# ---- gongji_refund_reversal_refusal / domain.reversal.refund_reversal_refusal -----------------------
+parts = st.integers(0, 2_000)
+balances = st.none() | st.integers(0, 2_000)
+
+
+async def refund_reversal_refusal_both(
+    conn: asyncpg.Connection,
+    reversed_: bool,
+    own: int,
+    own_balance: int | None,
+    mulaid: int,
+    mulaid_balance: int | None,
+) -> tuple[str | None, str | None]:
+    sql = await conn.fetchval(
+        "select gongji_refund_reversal_refusal($1, $2, $3, $4, $5)", reversed_, own, own_balance, mulaid, mulaid_balance
+    )
+    twin = refund_reversal_refusal(
+        settlement_reversed=reversed_,
+        acct_pay_fen=own,
+        own_balance_fen=own_balance,
+        acct_mulaid_pay_fen=mulaid,
+        mulaid_balance_fen=mulaid_balance,
+    )
+    return sql, None if twin is None else twin.reason
+
+
+def test_sql_refund_reversal_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_refund_reversal_refusal and domain.reversal.refund_reversal_refusal: a settlement reversed
+    since, an account short of its part (or not credited at all), or a refund that can be taken back."""
+    hold_to_twin(db_url, refund_reversal_refusal_both, st.booleans(), parts, balances, parts, balances)

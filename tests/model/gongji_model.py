@@ -110,6 +110,7 @@ class Quoted:
 class Cancel:
     content: tuple[str, int]
     refund: Split
+    reversed: bool = False  # taken back by a reversal of the Cancel (2601)
 
 
 @dataclass
@@ -149,6 +150,7 @@ class Model:
         self.settlements: dict[tuple[str, str], Settlement] = {}  # (institution, request id)
         self.reversals: dict[tuple[str, str], Settlement | None] = {}
         self.cancels: dict[tuple[str, str], Cancel] = {}
+        self.cancel_reversals: dict[tuple[str, str], Cancel | None] = {}  # by the Cancel's request id
         self.credits: dict[str, tuple[tuple[str, int], int]] = {}  # request id -> content, balance after
         # (province or 统筹区, year) -> premium, first and last day of collection
         self.premium_rates: dict[tuple[str, int], tuple[int, dt.date, dt.date]] = {}
@@ -487,6 +489,8 @@ class Model:
     ) -> Refused | tuple[Split, Settlement | None, bool]:
         """(refund, the settlement now, replayed). amount 0 refunds all that is left."""
         key = (institution, request_id)
+        if key in self.cancel_reversals:
+            return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
         known = self.cancels.get(key)
         if known is not None:
             if known.content != (settlement_id, amount_fen):
@@ -518,6 +522,49 @@ class Model:
                 self._refund(s, s.left.amount_fen)
             s.reversed = True
         self.reversals[key] = s
+        return s
+
+    def reverse_cancel(self, institution: str, request_id: str) -> Refused | tuple[Cancel, Settlement] | None:
+        """(the Cancel taken back, its settlement now), or None when no Cancel had been committed under
+        that id (a late Cancel is then refused). Refused, moving nothing, when the settlement was
+        reversed since or an account no longer holds its part of the refund. Reversing twice answers
+        the same."""
+        key = (institution, request_id)
+        if key in self.cancel_reversals:
+            done = self.cancel_reversals[key]
+            return None if done is None else (done, self._settlement_of(done))
+        c = self.cancels.get(key)
+        if c is None:
+            self.cancel_reversals[key] = None
+            return None
+        s = self._settlement_of(c)
+        back = c.refund
+        if s.reversed:
+            return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
+        patient = self.people[s.patient]
+        authorizer = self.people[s.authorizer] if s.authorizer is not None else None
+        if back.acct_pay_fen > patient.balance_fen or (
+            back.acct_mulaid_pay_fen > 0 and (authorizer is None or back.acct_mulaid_pay_fen > authorizer.balance_fen)
+        ):
+            return Refused("FAILED_PRECONDITION", "REFUND_ALREADY_SPENT")
+        patient.balance_fen -= back.acct_pay_fen
+        if authorizer is not None:
+            authorizer.balance_fen -= back.acct_mulaid_pay_fen
+        if s.grant is not None:
+            s.grant.used += back.acct_mulaid_pay_fen  # the caps count it again
+            self.ben_used[s.patient] += back.acct_mulaid_pay_fen
+        s.refunded = Split(
+            s.refunded.acct_pay_fen - back.acct_pay_fen,
+            s.refunded.acct_mulaid_pay_fen - back.acct_mulaid_pay_fen,
+            s.refunded.psn_cash_pay_fen - back.psn_cash_pay_fen,
+        )
+        c.reversed = True
+        self.cancel_reversals[key] = c
+        return c, s
+
+    def _settlement_of(self, c: Cancel) -> Settlement:
+        s = self.by_id(c.content[0])
+        assert s is not None, "a committed Cancel refunded a settlement"
         return s
 
     # ---- resident premiums paid from a relative's account -----------------------------------------

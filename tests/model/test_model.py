@@ -573,6 +573,38 @@ class GongjiMachine(RuleBasedStateMachine):
         institution = call.institution if not other_institution else ("B" if call.institution == "A" else "A")
         self._reverse(institution, call.request_id)
 
+    @rule(call=cancel_calls, other_institution=st.booleans())
+    def reverse_cancel(self, call: CancelCall, other_institution: bool) -> None:
+        """The POS never got a Cancel's answer and reverses it by its request id (2601 naming 2208): its
+        refund is taken back if it committed, and a late Cancel is refused; another institution's
+        terminal reverses only its own Cancel of that name."""
+        institution = call.institution if not other_institution else ("B" if call.institution == "A" else "A")
+        request = settlement_pb2.ReverseRequest(
+            original_request_id=call.request_id, original_kind=settlement_pb2.ORIGINAL_KIND_CANCEL
+        )
+        reply = self._run(lambda: self.api.settlement.Reverse(request, metadata=bearer(self._token(institution))))
+        expected = self.model.reverse_cancel(institution, call.request_id)
+        self._same_outcome(reply, expected)
+        if isinstance(expected, Refused):
+            return
+        assert not isinstance(reply, Refused)
+        assert reply.undone == (expected is not None)
+        if expected is not None:
+            c, s = expected
+            assert (_split_of(reply.refund), reply.refund.HasField("reversed_at")) == (c.refund, True)
+            assert (reply.settlement.settlement_id, reply.settlement.refunded_fen) == (
+                s.settlement_id,
+                s.refunded.amount_fen,
+            )
+
+    @rule(target=cancel_calls, call=settle_calls, amount=st.sampled_from([0, 1, 300]))
+    def reverse_before_the_cancel(self, call: SettleCall, amount: int) -> CancelCall:
+        """The reversal overtakes its Cancel: the Cancel, retried later, is refused."""
+        s = self.model.settlements.get((call.institution, call.request_id))
+        cancel = CancelCall(call.institution, self._id("r"), s.settlement_id if s else str(uuid.uuid4()), amount)
+        self.reverse_cancel(cancel, other_institution=False)
+        return cancel
+
     @rule(target=settle_calls, patient=people, amount=amounts, institution=st.sampled_from(INSTITUTIONS))
     def reverse_before_the_original(self, patient: str, amount: int, institution: str) -> SettleCall:
         """The reversal overtakes its original: the original, retried later, is refused."""

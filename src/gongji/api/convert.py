@@ -106,6 +106,7 @@ def refund(r: RefundRow) -> types_pb2.Refund:
         acct_mulaid_pay_fen=r.acct_mulaid_pay_fen,
         psn_cash_pay_fen=r.psn_cash_pay_fen,
         created_at=timestamp(r.created_at),
+        reversed_at=timestamp(r.reversed_at) if r.reversed_at else None,
     )
 
 

@@ -245,7 +245,11 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Context) -> settlement_pb2.ReverseResponse:
         fields = Fields()
         request_id = fields.request_id("original_request_id", request.original_request_id)
+        if request.original_kind not in _ORIGINAL_KINDS:
+            fields.bad("original_kind", "must be unset, ORIGINAL_KIND_SETTLE or ORIGINAL_KIND_CANCEL")
         fields.done()
+        if request.original_kind == settlement_pb2.ORIGINAL_KIND_CANCEL:
+            return await self._reverse_refund(request_id)
         settlement_id, replayed = await lifecycle.reverse(
             self._app.pool, credential_id=current_principal.get().credential_id, request_id=request_id
         )
@@ -259,6 +263,26 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                 if refund.kind == "REVERSAL":
                     _count_refunded(refund)
         return settlement_pb2.ReverseResponse(undone=True, settlement=convert.settlement(view.settlement, view))
+
+    async def _reverse_refund(self, request_id: str) -> settlement_pb2.ReverseResponse:
+        """2601 of a Cancel: its refund's money back where the settlement had put it."""
+        settlement_id, refund_id, replayed = await lifecycle.reverse_refund(
+            self._app.pool, credential_id=current_principal.get().credential_id, request_id=request_id
+        )
+        if settlement_id is None:
+            return settlement_pb2.ReverseResponse(undone=False)
+        view = await lifecycle.get_by_id(self._app.pool, settlement_id)
+        assert view is not None
+        refund = next(r for r in view.refunds if r.refund_id == refund_id)
+        assert refund.reversed_at is not None
+        if not replayed:
+            metrics.REFUND_REVERSALS.inc()
+            metrics.REFUND_REVERSED_FEN.labels("own").inc(refund.acct_pay_fen)
+            metrics.REFUND_REVERSED_FEN.labels("mutual_aid").inc(refund.acct_mulaid_pay_fen)
+            metrics.REFUND_REVERSED_FEN.labels("cash").inc(refund.psn_cash_pay_fen)
+        return settlement_pb2.ReverseResponse(
+            undone=True, settlement=convert.settlement(view.settlement, view), refund=convert.refund(refund)
+        )
 
     async def GetSettlement(
         self, request: settlement_pb2.GetSettlementRequest, context: Context
@@ -330,6 +354,12 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if asked and asked != principal.institution_id:
             raise errors.InstitutionMismatch("a terminal reconciles its own institution only")
         return principal.institution_id
+
+
+# A proto3 enum carries any number: only these are kinds of an original (unset is a Settle, as before).
+_ORIGINAL_KINDS = frozenset(
+    (settlement_pb2.ORIGINAL_KIND_UNSPECIFIED, settlement_pb2.ORIGINAL_KIND_SETTLE, settlement_pb2.ORIGINAL_KIND_CANCEL)
+)
 
 
 def _institution() -> str:

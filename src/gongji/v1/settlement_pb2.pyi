@@ -8,6 +8,7 @@ from gongji.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,52 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _OriginalKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OriginalKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OriginalKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORIGINAL_KIND_UNSPECIFIED: _OriginalKind.ValueType  # 0
+    """A Settle (the default)."""
+    ORIGINAL_KIND_SETTLE: _OriginalKind.ValueType  # 1
+    """2207: undoes the settlement whole (what is not refunded yet goes back to its sources, as a
+    REVERSAL refund), and a late Settle with that id is refused ALREADY_REVERSED.
+    """
+    ORIGINAL_KIND_CANCEL: _OriginalKind.ValueType  # 2
+    """2208: takes the refund's money back from the accounts it credited (own-account part from the
+    patient, mutual-aid part from the authorizer; the cash part is the counter's), the refund is marked
+    reversed_at and the settlement's refunded_fen drops by it; a late Cancel with that id is refused
+    ALREADY_REVERSED. Refused, writing nothing: FAILED_PRECONDITION / REFUND_ALREADY_SPENT when an
+    account no longer holds its part (it paid something else meanwhile; a balance never goes below
+    zero, and gongji keeps no debt), so the refund stands and the reversal may be sent again once the
+    money is back; FAILED_PRECONDITION / ALREADY_REVERSED when the settlement was reversed since (that
+    already gave back everything; the refund stands).
+    """
+
+class OriginalKind(_OriginalKind, metaclass=_OriginalKindEnumTypeWrapper):
+    """The call a reversal undoes. A Settle and a Cancel of one institution may carry the same request id:
+    each kind has its own.
+    """
+
+ORIGINAL_KIND_UNSPECIFIED: OriginalKind.ValueType  # 0
+"""A Settle (the default)."""
+ORIGINAL_KIND_SETTLE: OriginalKind.ValueType  # 1
+"""2207: undoes the settlement whole (what is not refunded yet goes back to its sources, as a
+REVERSAL refund), and a late Settle with that id is refused ALREADY_REVERSED.
+"""
+ORIGINAL_KIND_CANCEL: OriginalKind.ValueType  # 2
+"""2208: takes the refund's money back from the accounts it credited (own-account part from the
+patient, mutual-aid part from the authorizer; the cash part is the counter's), the refund is marked
+reversed_at and the settlement's refunded_fen drops by it; a late Cancel with that id is refused
+ALREADY_REVERSED. Refused, writing nothing: FAILED_PRECONDITION / REFUND_ALREADY_SPENT when an
+account no longer holds its part (it paid something else meanwhile; a balance never goes below
+zero, and gongji keeps no debt), so the refund stands and the reversal may be sent again once the
+money is back; FAILED_PRECONDITION / ALREADY_REVERSED when the settlement was reversed since (that
+already gave back everything; the refund stands).
+"""
+Global___OriginalKind: _TypeAlias = OriginalKind  # noqa: Y015
 
 @_typing.final
 class QuoteRequest(_message.Message):
@@ -284,15 +331,22 @@ class ReverseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORIGINAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_KIND_FIELD_NUMBER: _builtins.int
     original_request_id: _builtins.str
+    """The request_id of the Settle or Cancel to reverse, as this institution sent it."""
+    original_kind: Global___OriginalKind.ValueType
+    """Which call original_request_id names (the platform's 2601 names the original's interface, 2207
+    or 2208). Unset reverses a Settle, as before this field existed.
+    """
     def __init__(
         self,
         *,
         original_request_id: _builtins.str = ...,
+        original_kind: Global___OriginalKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["original_request_id", b"original_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["original_kind", b"original_kind", "original_request_id", b"original_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,23 +358,32 @@ class ReverseResponse(_message.Message):
 
     UNDONE_FIELD_NUMBER: _builtins.int
     SETTLEMENT_FIELD_NUMBER: _builtins.int
+    REFUND_FIELD_NUMBER: _builtins.int
     undone: _builtins.bool
-    """True when a committed settlement was undone; false when nothing had been committed (a late
-    original is then refused with ALREADY_REVERSED).
+    """True when a committed settlement (or refund) was undone; false when nothing had been committed
+    under that id (a late original is then refused with ALREADY_REVERSED). Reversing again answers the
+    same and moves nothing.
     """
     @_builtins.property
     def settlement(self) -> _types_pb2.Settlement:
-        """The settlement that was undone, when there was one, with the reversal among its refunds."""
+        """The settlement that was undone, or whose refund was, when there was one, with all its refunds: a
+        settlement's reversal among them, or the reversed refund with its reversed_at.
+        """
+
+    @_builtins.property
+    def refund(self) -> _types_pb2.Refund:
+        """For ORIGINAL_KIND_CANCEL, the refund that was undone, when there was one."""
 
     def __init__(
         self,
         *,
         undone: _builtins.bool = ...,
         settlement: _types_pb2.Settlement | None = ...,
+        refund: _types_pb2.Refund | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settlement", b"settlement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "settlement", b"settlement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["settlement", b"settlement", "undone", b"undone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "settlement", b"settlement", "undone", b"undone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,6 +494,11 @@ class ReconcileResponse(_message.Message):
     REFUND_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     REFUND_ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
     REFUND_PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
     REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
     CARE_TOTALS_FIELD_NUMBER: _builtins.int
     institution_id: _builtins.str
@@ -447,6 +515,16 @@ class ReconcileResponse(_message.Message):
     refund_acct_pay_fen: _builtins.int
     refund_acct_mulaid_pay_fen: _builtins.int
     refund_psn_cash_pay_fen: _builtins.int
+    refund_reversal_count: _builtins.int
+    """Refunds reversed (2601 of a Cancel) that day, whichever day the refund or its settlement was, and
+    the money they took back, by source. A reversed refund stays in the refund totals of its own day
+    (a day's totals do not change once the day is over); the net refunded of a day is refunded_fen
+    less refund_reversed_fen.
+    """
+    refund_reversed_fen: _builtins.int
+    refund_reversed_acct_pay_fen: _builtins.int
+    refund_reversed_acct_mulaid_pay_fen: _builtins.int
+    refund_reversed_psn_cash_pay_fen: _builtins.int
     reversal_count: _builtins.int
     """Settlements reversed (2601) that day. A reversal of a settlement already refunded in full moves no
     money and adds no refund, but is counted here.
@@ -479,12 +557,17 @@ class ReconcileResponse(_message.Message):
         refund_acct_pay_fen: _builtins.int = ...,
         refund_acct_mulaid_pay_fen: _builtins.int = ...,
         refund_psn_cash_pay_fen: _builtins.int = ...,
+        refund_reversal_count: _builtins.int = ...,
+        refund_reversed_fen: _builtins.int = ...,
+        refund_reversed_acct_pay_fen: _builtins.int = ...,
+        refund_reversed_acct_mulaid_pay_fen: _builtins.int = ...,
+        refund_reversed_psn_cash_pay_fen: _builtins.int = ...,
         reversal_count: _builtins.int = ...,
         care_totals: _abc.Iterable[Global___CareTotals] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_totals", b"care_totals", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_totals", b"care_totals", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refund_reversal_count", b"refund_reversal_count", "refund_reversed_acct_mulaid_pay_fen", b"refund_reversed_acct_mulaid_pay_fen", "refund_reversed_acct_pay_fen", b"refund_reversed_acct_pay_fen", "refund_reversed_fen", b"refund_reversed_fen", "refund_reversed_psn_cash_pay_fen", b"refund_reversed_psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

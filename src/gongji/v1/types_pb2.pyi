@@ -428,6 +428,7 @@ class Refund(_message.Message):
     PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    REVERSED_AT_FIELD_NUMBER: _builtins.int
     refund_id: _builtins.str
     request_id: _builtins.str
     settlement_id: _builtins.str
@@ -439,6 +440,12 @@ class Refund(_message.Message):
     """CANCEL (2208) or REVERSAL (2601)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reversed_at(self) -> _timestamp_pb2.Timestamp:
+        """Set once this refund (a CANCEL) was itself reversed (2601 with ORIGINAL_KIND_CANCEL): its money went
+        back where the settlement had put it, and the settlement's refunded_fen no longer counts it.
+        """
+
     def __init__(
         self,
         *,
@@ -451,10 +458,11 @@ class Refund(_message.Message):
         psn_cash_pay_fen: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         kind: _builtins.str = ...,
+        reversed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "created_at", b"created_at", "kind", b"kind", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_id", b"refund_id", "request_id", b"request_id", "settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "created_at", b"created_at", "kind", b"kind", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_id", b"refund_id", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
