@@ -397,6 +397,7 @@ class GongjiMachine(RuleBasedStateMachine):
         )
         assert _split_of(reply) == s.paid, (_split_of(reply), s.paid)
         assert reply.balc_fen == s.balc_fen, (reply.balc_fen, s.balc_fen)
+        assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen  # psnAcctPay, the total
         assert reply.refunded_fen == s.refunded.amount_fen
         limit = types_pb2.MutualAidLimit.Name(reply.mutual_aid_limited_by).removeprefix("MUTUAL_AID_LIMIT_")
         assert (None if limit == "UNSPECIFIED" else limit) == s.limited_by
@@ -512,6 +513,7 @@ class GongjiMachine(RuleBasedStateMachine):
         self._same_outcome(reply, expected)
         if not isinstance(expected, Refused):
             assert not isinstance(reply, Refused)
+            assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen
             got = (_split_of(reply), reply.authorizer_id, reply.balc_fen)
             assert got == (expected.paid, expected.authorizer or "", expected.balc_fen)
 

@@ -133,6 +133,7 @@ def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb
         insured_region=s.insured_region or "",
         care_region=s.care_region or "",
         care_scope=care_scope(s.care_scope),
+        psn_acct_pay_fen=s.acct_pay_fen + s.acct_mulaid_pay_fen,
     )
 
 

@@ -182,6 +182,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             beneficiary_cap_left_fen=q.beneficiary_cap_left_fen,
             care_region=q.care_region or "",
             care_scope=convert.care_scope(q.care_scope),
+            psn_acct_pay_fen=q.acct_pay_fen + q.acct_mulaid_pay_fen,
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:

@@ -134,7 +134,9 @@ class QuoteResponse(_message.Message):
     BENEFICIARY_CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
     CARE_REGION_FIELD_NUMBER: _builtins.int
     CARE_SCOPE_FIELD_NUMBER: _builtins.int
+    PSN_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     acct_pay_fen: _builtins.int
+    """As in Settlement: the patient's own account only; psn_acct_pay_fen is the total of both accounts."""
     acct_mulaid_pay_fen: _builtins.int
     psn_cash_pay_fen: _builtins.int
     authorizer_id: _builtins.str
@@ -155,6 +157,8 @@ class QuoteResponse(_message.Message):
     care_region: _builtins.str
     """As in Settlement: the institution's 统筹区 and where the care is against the patient's insured region."""
     care_scope: _types_pb2.CareScope.ValueType
+    psn_acct_pay_fen: _builtins.int
+    """acct_pay_fen + acct_mulaid_pay_fen (psnAcctPay)."""
     def __init__(
         self,
         *,
@@ -169,10 +173,11 @@ class QuoteResponse(_message.Message):
         beneficiary_cap_left_fen: _builtins.int | None = ...,
         care_region: _builtins.str = ...,
         care_scope: _types_pb2.CareScope.ValueType = ...,
+        psn_acct_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "grant_cap_left_fen", b"grant_cap_left_fen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "care_region", b"care_region", "care_scope", b"care_scope", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_limited_by", b"mutual_aid_limited_by", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "care_region", b"care_region", "care_scope", b"care_scope", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_limited_by", b"mutual_aid_limited_by", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["beneficiary_cap_left_fen"]  # noqa: Y015
     _WhichOneofArgType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen"]  # noqa: Y015

@@ -334,6 +334,7 @@ class Settlement(_message.Message):
     INSURED_REGION_FIELD_NUMBER: _builtins.int
     CARE_REGION_FIELD_NUMBER: _builtins.int
     CARE_SCOPE_FIELD_NUMBER: _builtins.int
+    PSN_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     request_id: _builtins.str
     """The terminal's idempotency key."""
@@ -344,7 +345,9 @@ class Settlement(_message.Message):
     """The authorizer whose account paid acct_mulaid_pay_fen; empty when none."""
     amount_fen: _builtins.int
     acct_pay_fen: _builtins.int
-    """Paid from the patient's own personal account."""
+    """Paid from the patient's own personal account only (the platform's selfAcctPay). Some hospital
+    systems read a field named acct_pay as the total of both accounts: that total is psn_acct_pay_fen.
+    """
     acct_mulaid_pay_fen: _builtins.int
     """Paid from the authorizer's personal account (family mutual aid)."""
     psn_cash_pay_fen: _builtins.int
@@ -369,6 +372,8 @@ class Settlement(_message.Message):
     """Local care, or 异地就医 within or outside the province. UNSPECIFIED for settlements made before
     gongji recorded it.
     """
+    psn_acct_pay_fen: _builtins.int
+    """Paid from personal accounts in all: acct_pay_fen + acct_mulaid_pay_fen (the platform's psnAcctPay)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -402,10 +407,11 @@ class Settlement(_message.Message):
         insured_region: _builtins.str = ...,
         care_region: _builtins.str = ...,
         care_scope: Global___CareScope.ValueType = ...,
+        psn_acct_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "care_region", b"care_region", "care_scope", b"care_scope", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "insured_region", b"insured_region", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "care_region", b"care_region", "care_scope", b"care_scope", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "insured_region", b"insured_region", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
