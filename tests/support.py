@@ -177,10 +177,22 @@ class Api:
             metadata=bearer(self.tokens.app),
         )
 
-    async def voucher(self, person_id: str, ttl_seconds: int = 0, *, requester_id: str | None = None) -> str:
+    async def voucher(
+        self,
+        person_id: str,
+        ttl_seconds: int = 0,
+        *,
+        requester_id: str | None = None,
+        authorizer_id: str | None = None,
+    ) -> str:
+        """An e-voucher naming `person_id`, carrying the grant of `authorizer_id` when given (the
+        patient's pick in the app)."""
         reply = await self.family.IssueVoucher(
             family_pb2.IssueVoucherRequest(
-                person_id=person_id, requester_id=requester_id or person_id, ttl_seconds=ttl_seconds
+                person_id=person_id,
+                requester_id=requester_id or person_id,
+                ttl_seconds=ttl_seconds,
+                authorizer_id=authorizer_id,
             ),
             metadata=bearer(self.tokens.app),
         )
@@ -219,9 +231,9 @@ class Api:
         return reply
 
     async def set_policy(
-        self, region_key: str, scope: int, allowed: list[int], **caps: int
+        self, region_key: str, scope: int, allowed: list[int], **caps: Any
     ) -> account_pb2.SetRegionPolicyResponse:
-        """`caps`: beneficiary_yearly_cap_fen, authorizer_floor_fen."""
+        """`caps`: beneficiary_yearly_cap_fen, authorizer_floor_fen, accepted_certificate_types."""
         reply: account_pb2.SetRegionPolicyResponse = await self.account.SetRegionPolicy(
             account_pb2.SetRegionPolicyRequest(
                 policy=account_pb2.RegionPolicy(
@@ -322,10 +334,10 @@ class Api:
         return reply
 
     async def quote(
-        self, patient_id: str, amount_fen: int, *, authorizer_id: str | None = None
+        self, patient_id: str, amount_fen: int, *, authorizer_id: str | None = None, voucher: str | None = None
     ) -> settlement_pb2.QuoteResponse:
         request = settlement_pb2.QuoteRequest(
-            voucher=await self.voucher(patient_id), patient_id=patient_id, amount_fen=amount_fen
+            voucher=voucher or await self.voucher(patient_id), patient_id=patient_id, amount_fen=amount_fen
         )
         if authorizer_id is not None:
             request.authorizer_id = authorizer_id
@@ -347,9 +359,15 @@ async def cancel(
     return reply
 
 
-async def reverse(api: Api, original_request_id: str, *, token: str | None = None) -> settlement_pb2.ReverseResponse:
+async def reverse(
+    api: Api,
+    original_request_id: str,
+    *,
+    token: str | None = None,
+    kind: settlement_pb2.OriginalKind.ValueType = settlement_pb2.ORIGINAL_KIND_UNSPECIFIED,
+) -> settlement_pb2.ReverseResponse:
     reply: settlement_pb2.ReverseResponse = await api.settlement.Reverse(
-        settlement_pb2.ReverseRequest(original_request_id=original_request_id),
+        settlement_pb2.ReverseRequest(original_request_id=original_request_id, original_kind=kind),
         metadata=bearer(token or api.tokens.terminal_a),
     )
     return reply

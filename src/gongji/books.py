@@ -4,8 +4,9 @@ totalled for CheckTotals (3201). Used by `gongji client check-totals|check-detai
 
 The CSV: a header row, then one row per settlement, refund or reversal. Columns are found by their
 header name, others are ignored (an export may carry dates, names, invoice numbers):
-- `kind`: settlement, cancel or reversal (a reversal's request_id is the original Settle's);
-- `request_id`: the Settle's, the Cancel's, or for a reversal the original Settle's;
+- `kind`: settlement, cancel, reversal (of a settlement) or refund_reversal (of a cancel);
+- `request_id`: the Settle's, the Cancel's; for a reversal the original Settle's, for a refund_reversal
+  the reversed Cancel's;
 - `amount`, `acct_pay`, `acct_mulaid_pay`, `psn_cash_pay`: yuan with exactly two decimals
   (`12.30`, no sign, no thousands separator), read as whole fen without floating point;
 - `insutype` (optional): 310 or 390, for totals by insurance type.
@@ -23,7 +24,12 @@ from typing import Any
 
 from gongji.v1 import settlement_pb2 as pb
 
-KINDS = {"settlement": pb.DETAIL_KIND_SETTLEMENT, "cancel": pb.DETAIL_KIND_CANCEL, "reversal": pb.DETAIL_KIND_REVERSAL}
+KINDS = {
+    "settlement": pb.DETAIL_KIND_SETTLEMENT,
+    "cancel": pb.DETAIL_KIND_CANCEL,
+    "reversal": pb.DETAIL_KIND_REVERSAL,
+    "refund_reversal": pb.DETAIL_KIND_REFUND_REVERSAL,
+}
 AMOUNT_COLUMNS = ("amount", "acct_pay", "acct_mulaid_pay", "psn_cash_pay")
 _YUAN = re.compile(r"([0-9]{1,12})\.([0-9]{2})")
 PAGE_ROWS = 1_000  # the contract's most
@@ -127,23 +133,25 @@ async def check_detail(
 
 def totals_lines(rows: Iterable[BookRow], *, by_insutype: bool, refunds: str) -> list[pb.TotalsLine]:
     """The books' totals as CheckTotals lines: per insutype or one line; refunds 'apart', 'netted' (a
-    refund is one more record and takes its amounts off) or 'excluded'."""
+    refund is one more record and takes its amounts off, a reversal of a refund puts them back) or
+    'excluded'."""
     lines: dict[str, list[list[int]]] = {}
     for r in rows:
-        group = r.insutype if by_insutype else ""
-        settled, refunded = lines.setdefault(group, [[0] * 5, [0] * 5])
-        is_refund = r.kind != pb.DETAIL_KIND_SETTLEMENT
-        if is_refund and refunds == "excluded":
+        sides = lines.setdefault(r.insutype if by_insutype else "", [[0] * 5, [0] * 5, [0] * 5])
+        if r.kind != pb.DETAIL_KIND_SETTLEMENT and refunds == "excluded":
             continue
-        target, sign = (refunded, 1) if is_refund and refunds == "apart" else (settled, -1 if is_refund else 1)
+        side = {pb.DETAIL_KIND_SETTLEMENT: 0, pb.DETAIL_KIND_REFUND_REVERSAL: 2}.get(r.kind, 1)
+        sign = -1 if side == 1 else 1
+        target = sides[side] if refunds == "apart" else sides[0]
         target[0] += 1
         for i, fen in enumerate(r.fen, start=1):
-            target[i] += sign * fen
+            target[i] += fen if refunds == "apart" else sign * fen
     out = []
-    for group, (settled, refunded) in sorted(lines.items()):
+    for group, (settled, refunded, reversed_) in sorted(lines.items()):
         line = pb.TotalsLine(group=group, settled=_figures(settled))
         if refunds == "apart":
             line.refunded.CopyFrom(_figures(refunded))
+            line.refunds_reversed.CopyFrom(_figures(reversed_))
         out.append(line)
     return out
 

@@ -125,6 +125,11 @@ def _credential_create(settings: Settings, args: argparse.Namespace) -> int:
     if (kind is credentials.Kind.TERMINAL) != bool(args.institution and args.terminal):
         print("--institution and --terminal go with --kind terminal, and only with it", file=sys.stderr)
         return 2
+    region = args.institution_region
+    if region is not None and not (kind is credentials.Kind.TERMINAL and len(region) == 6 and region.isascii()
+                                   and region.isdigit() and region[0] != "0"):  # fmt: skip
+        print("--institution-region is a 6-digit region code, and goes with --kind terminal", file=sys.stderr)
+        return 2
 
     async def go() -> str:
         async with runtime.database(settings) as pool:
@@ -134,6 +139,7 @@ def _credential_create(settings: Settings, args: argparse.Namespace) -> int:
                 args.label or f"{kind.lower()} {args.terminal or ''}".strip(),
                 institution_id=args.institution,
                 institution_name=args.institution_name,
+                institution_region=args.institution_region,
                 terminal_id=args.terminal,
             )
 
@@ -249,6 +255,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--kind", choices=["terminal", "app", "operator"], required=True)
     c.add_argument("--institution", help="institution id (terminals only)")
     c.add_argument("--institution-name", help="institution name, when it is new")
+    c.add_argument(
+        "--institution-region",
+        help="the institution's 统筹区, 6 digits (default: the one in its national code, H61010300101 is 610100)",
+    )
     c.add_argument("--terminal", help="terminal id (terminals only)")
     c.add_argument("--label", help="what the token is for")
     c.set_defaults(func=_credential_create)

@@ -95,6 +95,7 @@ SCHEMES = enum_words(types_pb2.Scheme)
 STATUSES = enum_words(types_pb2.PersonStatus)
 GROUPINGS = enum_words(settlement_pb2.TotalsGrouping)
 REFUND_TREATMENTS = enum_words(settlement_pb2.RefundTreatment)
+CARDS = {w: n for w, n in enum_words(types_pb2.CertificateType).items() if w != "e_voucher"}
 
 
 def person(text: str) -> str:
@@ -313,7 +314,9 @@ def _account(ch: grpc.aio.Channel) -> account_pb2_grpc.AccountServiceAsyncStub:
 
 async def _voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> str:
     issued = await _family(ch).IssueVoucher(
-        family_pb2.IssueVoucherRequest(person_id=args.patient, requester_id=args.holder or args.patient),
+        family_pb2.IssueVoucherRequest(
+            person_id=args.patient, requester_id=args.holder or args.patient, authorizer_id=args.picked
+        ),
         metadata=tokens.auth("app"),
         timeout=timeout_s(args),
     )
@@ -329,17 +332,28 @@ def _payment(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+async def _presented(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> dict[str, Any]:
+    """The patient's e-voucher, issued first; or, with --card, the card read at the counter."""
+    if args.card is None:
+        return {"voucher": await _voucher(ch, args, tokens)}
+    return {
+        "certificate_type": CARDS[args.card],
+        "card_number": args.card_number or args.patient,
+        "card_serial": args.card_serial or "",
+    }
+
+
 async def settle(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     metadata = tokens.auth("terminal")  # before the voucher: a missing token wastes no voucher
-    voucher = await _voucher(ch, args, tokens)
-    request = settlement_pb2.SettleRequest(request_id=args.request_id, voucher=voucher, **_payment(args))
+    presented = await _presented(ch, args, tokens)
+    request = settlement_pb2.SettleRequest(request_id=args.request_id, **presented, **_payment(args))
     return await _settlement(ch).Settle(request, metadata=metadata, timeout=timeout_s(args))
 
 
 async def quote(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     metadata = tokens.auth("terminal")
-    voucher = await _voucher(ch, args, tokens)
-    request = settlement_pb2.QuoteRequest(voucher=voucher, **_payment(args))
+    presented = await _presented(ch, args, tokens)
+    request = settlement_pb2.QuoteRequest(**presented, **_payment(args))
     return await _settlement(ch).Quote(request, metadata=metadata, timeout=timeout_s(args))
 
 
@@ -429,7 +443,10 @@ async def check_detail(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: T
 
 async def voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = family_pb2.IssueVoucherRequest(
-        person_id=args.person, requester_id=args.requester or args.person, ttl_seconds=args.ttl_s or 0
+        person_id=args.person,
+        requester_id=args.requester or args.person,
+        ttl_seconds=args.ttl_s or 0,
+        authorizer_id=args.authorizer,
     )
     return await _family(ch).IssueVoucher(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
@@ -518,6 +535,10 @@ async def policy_set(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tok
         allowed_relationships=args.allow,
         beneficiary_yearly_cap_fen=args.beneficiary_cap_fen,
         authorizer_floor_fen=args.authorizer_floor_fen,
+        accepted_certificate_types=[CARDS[c] for c in args.accept_card or ()]
+        + ([types_pb2.CERTIFICATE_TYPE_E_VOUCHER] if args.accept_card is not None else []),
+        mutual_aid_out_of_region=not args.no_mutual_aid_out_of_region,
+        mutual_aid_out_of_province=not args.no_mutual_aid_out_of_province,
     )
     request = account_pb2.SetRegionPolicyRequest(policy=policy)
     return await _account(ch).SetRegionPolicy(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
@@ -753,6 +774,22 @@ def _add_settlement_arguments(add: Add) -> None:
             metavar="PERSON",
             help="a holder who bound the patient asks for the patient's voucher",
         )
+        x.add_argument(
+            "--picked",
+            type=person,
+            metavar="PERSON",
+            help="the family member the patient picked in the app: the voucher carries their grant",
+        )
+        x.add_argument(
+            "--card",
+            type=str.lower,
+            choices=CARDS,
+            help="a card read at the counter instead of the e-voucher",
+        )
+        x.add_argument(
+            "--card-number", type=person, metavar="PERSON", help="the number read from the card (default: the patient)"
+        )
+        x.add_argument("--card-serial", metavar="CODE", help="a social-security card's identification code (卡识别码)")
         x.add_argument("--no-account", action="store_true", help="pay everything in cash (no personal account)")
         if name == "settle":
             x.add_argument("--request-id", default=None, help=_REQUEST_ID)
@@ -819,6 +856,12 @@ def _add_family_arguments(add: Add) -> None:
         "--requester", type=person, metavar="PERSON", help="a holder who bound the person (default: the person)"
     )
     v.add_argument("--ttl-s", type=int32, help="lifetime in seconds (default: the server's, 60; capped by it)")
+    v.add_argument(
+        "--authorizer",
+        type=person,
+        metavar="PERSON",
+        help="the family member whose grant the patient picked in the app: the voucher carries it",
+    )
     for name, text in (("grant", "grant family mutual aid (app)"), ("revoke", "end a mutual-aid grant (app)")):
         g = add(name, text)
         g.add_argument("--authorizer", type=person, metavar="PERSON", required=True, help="whose personal account pays")
@@ -908,6 +951,24 @@ def _add_account_arguments(add: Add) -> None:
         type=fen,
         metavar="FEN",
         help="balance mutual aid leaves an authorizer, fen (default: none)",
+    )
+    p.add_argument(
+        "--accept-card",
+        type=str.lower,
+        choices=CARDS,
+        action="append",
+        help="a card its insured may present besides the e-voucher; repeat for both (default: both)",
+    )
+    p.add_argument("--no-cards", dest="accept_card", action="store_const", const=[], help="the e-voucher only, no card")
+    p.add_argument(
+        "--no-mutual-aid-out-of-region",
+        action="store_true",
+        help="mutual aid does not pay for care in the province's other 统筹区 (default: it does)",
+    )
+    p.add_argument(
+        "--no-mutual-aid-out-of-province",
+        action="store_true",
+        help="mutual aid does not pay for care in other provinces (default: it does)",
     )
     add("policies", "list region grant policies, and the default (operator)")
     le = add("ledger", "a person's newest ledger entries (交易记录), as the app shows them (app, or operator)")

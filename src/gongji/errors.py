@@ -15,10 +15,11 @@ domain can raise them freely.
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── eligibility                 PERSON_NOT_ACTIVE, NOT_EMPLOYEE_INSURED, BENEFICIARY_NOT_INSURED,
     │   │                               RELATIONSHIP_NOT_ALLOWED, RELATIONSHIP_IMPLAUSIBLE,
-    │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND
+    │   │                               REGION_OUT_OF_SCOPE, GRANT_NOT_FOUND, VOUCHER_AUTHORIZER_MISMATCH,
+    │   │                               CERTIFICATE_TYPE_NOT_ALLOWED
     │   ├── binding                     IDENTITY_MISMATCH, FACE_VERIFICATION_REQUIRED
     │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
-    │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED
+    │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED, REFUND_ALREADY_SPENT
     │   └── premium                     BENEFICIARY_NOT_RESIDENT, PREMIUM_NOT_SET, PREMIUM_WINDOW_CLOSED,
     │                                   INSUFFICIENT_BALANCE
     ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED,
@@ -191,6 +192,21 @@ class GrantNotFound(FailedPrecondition):
     sentence = "there is no live mutual-aid grant from this authorizer to this beneficiary"
 
 
+class VoucherAuthorizerMismatch(FailedPrecondition):
+    """The terminal named an authorizer other than the one whose grant the patient picked in the app
+    (the e-voucher carries the choice, and the patient's choice wins: docs/api.md)."""
+
+    reason = "VOUCHER_AUTHORIZER_MISMATCH"
+    sentence = "the e-voucher carries the patient's choice of another family member's grant"
+
+
+class CertificateTypeNotAllowed(FailedPrecondition):
+    """A card the patient's region does not accept at the counter (region policy)."""
+
+    reason = "CERTIFICATE_TYPE_NOT_ALLOWED"
+    sentence = "the patient's region does not accept this kind of card; ask for the e-voucher"
+
+
 class BeneficiaryNotResident(FailedPrecondition):
     """A premium is paid only for a resident-insured person (居民医保): an employee pays their own."""
 
@@ -238,7 +254,15 @@ class RefundExceedsSettlement(FailedPrecondition):
 
 class AlreadyReversed(FailedPrecondition):
     reason = "ALREADY_REVERSED"
-    sentence = "the settlement was reversed already"
+    sentence = "the settlement, or the request itself, was reversed already"
+
+
+class RefundAlreadySpent(FailedPrecondition):
+    """A refund's reversal would take back money its account no longer holds. Refused rather than
+    owed: gongji keeps no receivable, and a balance never goes below zero."""
+
+    reason = "REFUND_ALREADY_SPENT"
+    sentence = "an account the refund credited no longer holds that money: the refund stands"
 
 
 class VoucherRefused(FailedPrecondition):

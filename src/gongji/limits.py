@@ -15,6 +15,8 @@ NAME_LEN_MAX = 64
 REQUEST_ID_LEN_MAX = 64
 MEMO_LEN_MAX = 128
 VOUCHER_LEN_MAX = 256
+# A social-security card's identification code (卡识别码) as a terminal reads it: ASCII letters and digits.
+CARD_SERIAL_LEN_MAX = 32
 INSTITUTION_ID_LEN_MAX = 32
 TERMINAL_ID_LEN_MAX = 32
 

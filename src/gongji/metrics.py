@@ -95,10 +95,22 @@ SETTLEMENTS = Counter(
 SETTLED_FEN = Counter(
     "gongji_settled_fen_total", "Money settled, in fen, by source: own, mutual_aid, cash.", ["source"]
 )
+SETTLEMENTS_BY_CARE = Counter(
+    "gongji_settlements_by_care_total",
+    "Settlements made, by where care happened against the patient's insured region: LOCAL, OUT_OF_REGION"
+    " (another 统筹区 of the province), OUT_OF_PROVINCE.",
+    ["care_scope"],
+)
+SETTLED_FEN_BY_CARE = Counter(
+    "gongji_settled_fen_by_care_total",
+    "Money settled from personal accounts (own and mutual aid), in fen, by care scope as in"
+    " gongji_settlements_by_care_total.",
+    ["care_scope"],
+)
 MUTUAL_AID_LIMITED = Counter(
     "gongji_mutual_aid_limited_total",
     "Settlements in which a limit made mutual aid pay less than the bill needed, by limit: GRANT_CAP,"
-    " BENEFICIARY_CAP, AUTHORIZER_FLOOR.",
+    " BENEFICIARY_CAP, AUTHORIZER_FLOOR, CARE_REGION.",
     ["limit"],
 )
 IDEMPOTENT_REPLAYS = Counter(
@@ -114,6 +126,14 @@ REFUNDED_FEN = Counter(
     "gongji_refunded_fen_total", "Money refunded, in fen, by source: own, mutual_aid, cash.", ["source"]
 )
 REVERSALS = Counter("gongji_reversals_total", "Reversals (Reverse) that undid a settlement.")
+# Reversals of a Cancel (Reverse with ORIGINAL_KIND_CANCEL) that took a refund back, counted once, and the
+# money they took back, by the source it had been refunded to. Net refunded: REFUNDED_FEN less this.
+REFUND_REVERSALS = Counter("gongji_refund_reversals_total", "Reversals (Reverse) that undid a refund.")
+REFUND_REVERSED_FEN = Counter(
+    "gongji_refund_reversed_fen_total",
+    "Money taken back by reversals of refunds, in fen, by source: own, mutual_aid, cash.",
+    ["source"],
+)
 
 # Resident premiums paid from a relative's personal account (PayPremium, RefundPremium), recorded by the
 # servicer. A replay moves nothing: counted as REPLAYED, its money not again.
@@ -221,6 +241,7 @@ def _zero_fixed_series() -> None:
     for source in ("own", "mutual_aid", "cash"):
         SETTLED_FEN.labels(source)
         REFUNDED_FEN.labels(source)
+        REFUND_REVERSED_FEN.labels(source)
     for limit in Limit:
         MUTUAL_AID_LIMITED.labels(limit.value)
     for reason in (errors.ServerBusy.reason, errors.CallerBusy.reason, errors.RequestMessageTimeout.reason):

@@ -10,9 +10,10 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-from support import CHILD, RESIDENT, Api, cancel
+from support import CHILD, RESIDENT, Api, cancel, reverse
 
 from gongji.api.validate import china_today
+from gongji.v1 import settlement_pb2
 
 GONGJI = str(Path(sys.executable).with_name("gongji"))
 
@@ -90,4 +91,47 @@ async def test_audit_finds_a_premium_that_is_off(api: Api, pool: asyncpg.Pool, d
         assert off.returncode == 1
         assert f"premium payment {payment_id}: ledger does not match" in off.stdout
     await api.refund_premium(str(payment_id))
+    assert _audit(db_url).returncode == 0
+
+
+async def test_audit_finds_a_reversed_refund_that_is_off(api: Api, pool: asyncpg.Pool, db_url: str) -> None:
+    authorizer = await api.enroll(balance_fen=1_000, birth=dt.date(1960, 1, 1))
+    patient = await api.enroll(balance_fen=100, birth=dt.date(1990, 1, 1))
+    await api.grant(authorizer, patient, CHILD)
+    s = (await api.settle(patient, 600)).settlement
+    refund = (await cancel(api, s.settlement_id, 500, request_id="audit-rr-1")).refund
+    await reverse(api, "audit-rr-1", kind=settlement_pb2.ORIGINAL_KIND_CANCEL)
+    assert _audit(db_url).returncode == 0
+    refund_id = uuid.UUID(refund.refund_id)
+    # Unmarked as reversed although its money was taken back (and the settlement's total follows it);
+    # then marked reversed with no reversal to name it.
+    for broken, mended, found in (
+        (
+            "update refund set reversed_at = null where refund_id = $1",
+            "update refund set reversed_at = now() where refund_id = $1",
+            f"refund {refund.refund_id}: ledger does not match",
+        ),
+        (
+            "delete from refund_reversal where refund_id = $1",
+            "insert into refund_reversal (institution_id, request_id, refund_id)"
+            " select institution_id, request_id, refund_id from refund where refund_id = $1",
+            f"refund {refund.refund_id}: reversed does not match its reversal",
+        ),
+    ):
+        await pool.execute(broken, refund_id)
+        try:
+            off = _audit(db_url)
+        finally:
+            await pool.execute(mended, refund_id)
+        assert off.returncode == 1
+        assert found in off.stdout
+    # The caps forgetting the mutual aid the reversal counted again.
+    shift = "update grant_usage set used_fen = used_fen {} 500 where grant_id in"
+    mine = " (select grant_id from mutual_aid_grant where authorizer_id = $1)"
+    await pool.execute(shift.format("-") + mine, authorizer)
+    try:
+        off = _audit(db_url)
+    finally:
+        await pool.execute(shift.format("+") + mine, authorizer)
+    assert "caps count" in off.stdout
     assert _audit(db_url).returncode == 0

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2
 from harness import CODEC, Served, fingerprint, logs_not_kept, own_loop_server, reason_of, rss_kib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, SUSPENDED, TERMINATED, bearer, new_person_id
+from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, SUSPENDED, TERMINATED, bearer, cancel, new_person_id
 
 from gongji import limits
 from gongji.api import pages
@@ -158,6 +158,10 @@ async def _world(served: Served) -> World:
     unknown = new_person_id()
     s_a = (await api.settle(patient, 300, request_id="hostile-a-1")).settlement
     s_b = (await api.settle(patient, 300, request_id="hostile-b-1", token=api.tokens.terminal_b)).settlement
+    # Refunds of A's settlement, whose Cancels a Reverse with ORIGINAL_KIND_CANCEL may name: one under
+    # the settlement's own request id, one under an id of its own.
+    await cancel(api, str(s_a.settlement_id), 50, request_id="hostile-a-1")
+    await cancel(api, str(s_a.settlement_id), 50, request_id="hostile-cancel-1")
     # A premium rate of the world's 统筹区 for next year, open today, and one payment of it.
     this_year = china_today().year
     await api.set_premium_rate("610100", this_year + 1, 40_000, dt.date(this_year, 1, 1), dt.date(this_year, 12, 31))
@@ -183,7 +187,7 @@ async def _world(served: Served) -> World:
         world.values[name] = [*people, unknown, patient.lower(), patient + " "]
     world.values |= {
         "request_id": ["hostile-a-1", "hostile-b-1", "x" * limits.REQUEST_ID_LEN_MAX, "a:b.c-d_e"],
-        "original_request_id": ["hostile-a-1", "hostile-b-1", "never-sent-1"],
+        "original_request_id": ["hostile-a-1", "hostile-b-1", "hostile-cancel-1", "never-sent-1"],
         "settlement_id": [*ids, str(uuid.UUID(int=0)), ids[1].upper(), "{" + ids[1][1:35] + "}", "-" * 36],
         "voucher": genuine + doctored,
         "date": [day.isoformat(), "1900-01-01", "2024-02-29", "2023-02-29", "2024-W01-1", "0001-01-01", "9999-12-31"],

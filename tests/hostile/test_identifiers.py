@@ -76,6 +76,9 @@ REPORT = {"fromDate": "2026-01-05", "toDate": "2026-01-06", "regionKey": "610100
 
 
 # (service, method, credential, request fields as JSON, the identifier field to forge)
+# A social-security card read at the counter (certificate_type 3): its number and its serial.
+CARD = {"certificateType": 3, "cardNumber": PERSON, "cardSerial": "A1B2C3"}
+
 CASES: list[tuple[str, str, str, dict[str, Any], str]] = (
     [
         (
@@ -179,6 +182,17 @@ CASES: list[tuple[str, str, str, dict[str, Any], str]] = (
         ("family", "ListFamily", "app", {"personId": PERSON}, "person_id"),
         ("family", "IssueVoucher", "app", {"personId": PERSON, "requesterId": OTHER}, "person_id"),
         ("family", "IssueVoucher", "app", {"personId": PERSON, "requesterId": OTHER}, "requester_id"),
+        ("family", "IssueVoucher", "app", {"personId": PERSON, "authorizerId": OTHER}, "authorizer_id"),
+    ]
+    + [
+        (
+            "settlement",
+            "Settle",
+            "terminal_a",
+            {"requestId": "id-0012", "patientId": PERSON, "amountFen": 100, **CARD},
+            field,
+        )
+        for field in ("card_number", "card_serial")
     ]
     + [("account", "Enroll", "operator", ENROLL, field) for field in ("person_id", "region_code", "birth_date")]
     + [

@@ -28,6 +28,7 @@ EXPIRED = (S.FAILED_PRECONDITION, "VOUCHER_EXPIRED")
 USED = (S.FAILED_PRECONDITION, "VOUCHER_ALREADY_USED")
 NOT_THEIRS = (S.PERMISSION_DENIED, "VOUCHER_PATIENT_MISMATCH")
 NOT_ACTIVE = (S.FAILED_PRECONDITION, "PERSON_NOT_ACTIVE")
+NO_GRANT = (S.FAILED_PRECONDITION, "GRANT_NOT_FOUND")
 PAYLOAD = ">16sQ16sQ"  # voucher id, expiry, person tag, binding id (gongji.domain.vouchers)
 
 
@@ -117,6 +118,28 @@ async def _holder_unbound_then_bound_again(api: Api, pool: asyncpg.Pool, patient
     return voucher
 
 
+async def _pick_relabelled(api: Api, pool: asyncpg.Pool, patient: str) -> str:
+    """A voucher without a pick, relabelled as one that carries a pick (the signature covers the
+    format)."""
+    _, key_id, payload, mac = (await api.voucher(patient)).split(".")
+    return f"GJ3.{key_id}.{_b64(_unb64(payload) + struct.pack('>Q', 1))}.{mac}"
+
+
+async def _another_familys_grant(api: Api, pool: asyncpg.Pool, patient: str) -> str:
+    """A genuine signature (the key leaked) carrying a grant to someone else: it must not pay for the
+    patient, nor let the settlement fall back to the patient's own grant."""
+    other = await api.enroll(scheme=RESIDENT)
+    payer = await api.enroll(balance_fen=50_000)
+    await api.grant(payer, other)
+    grant_id = await pool.fetchval("select grant_id from mutual_aid_grant where beneficiary_id = $1", other)
+    return CODEC.issue(uuid.uuid4(), int(dt.datetime.now(dt.UTC).timestamp()) + 60, patient, None, grant_id)
+
+
+async def _grant_never_made(api: Api, pool: asyncpg.Pool, patient: str) -> str:
+    never = 1 + await pool.fetchval("select coalesce(max(grant_id), 0) from mutual_aid_grant")
+    return CODEC.issue(uuid.uuid4(), int(dt.datetime.now(dt.UTC).timestamp()) + 60, patient, None, never)
+
+
 Maker = Callable[[Api, asyncpg.Pool, str], Awaitable[str]]
 CASES: list[tuple[str, Maker, tuple[S, str]]] = [
     ("forged signature", _forged_signature, INVALID),
@@ -131,6 +154,9 @@ CASES: list[tuple[str, Maker, tuple[S, str]]] = [
     ("issued for another person", _for_another_person, NOT_THEIRS),
     ("issued to a holder whose binding was removed", _holder_unbound, INVALID),
     ("issued to a holder, unbound and bound again since", _holder_unbound_then_bound_again, INVALID),
+    ("relabelled as carrying a pick", _pick_relabelled, INVALID),
+    ("genuine signature, another family's grant picked", _another_familys_grant, NO_GRANT),
+    ("genuine signature, a grant never made picked", _grant_never_made, NO_GRANT),
 ]
 
 

@@ -102,3 +102,31 @@ async def test_reconcile_refusals(api: Api) -> None:
     )
     assert set(field_violations(error)) == {"date", "page_size", "page_token"}
     await refused(_reconcile(api, api.tokens.app, date=today), S.PERMISSION_DENIED, "NOT_ALLOWED")
+
+
+async def test_a_reversed_refund_counts_on_the_day_it_was_reversed(api: Api, pool: asyncpg.Pool) -> None:
+    """The refund stays in its own day's refund totals; the reversal is counted, with the money it took
+    back by source, in the totals of the day it was made (here both today)."""
+    institution = f"H{uuid.uuid4().int % 10**11:011d}"
+    terminal = await credentials.create(pool, Kind.TERMINAL, "recon", institution_id=institution, terminal_id="P1")
+    authorizer = await api.enroll(balance_fen=5_000, birth=dt.date(1960, 1, 1))
+    patient = await api.enroll(balance_fen=200, birth=dt.date(1990, 1, 1))
+    await api.grant(authorizer, patient, CHILD)
+    s = (await api.settle(patient, 1_000, token=terminal)).settlement
+    refund = (await cancel(api, s.settlement_id, 900, request_id="recon-rr-1", token=terminal)).refund
+    await cancel(api, s.settlement_id, 50, token=terminal)
+    kind = settlement_pb2.ORIGINAL_KIND_CANCEL
+    assert (await reverse(api, "recon-rr-1", token=terminal, kind=kind)).undone
+    assert not (await reverse(api, "recon-never-1", token=terminal, kind=kind)).undone  # nothing to count
+    totals = await _reconcile(api, terminal, date=china_today().isoformat())
+    assert (totals.refund_count, totals.refunded_fen, totals.reversal_count) == (2, 950, 0)
+    assert (totals.refund_reversal_count, totals.refund_reversed_fen) == (1, 900)
+    assert (
+        totals.refund_reversed_acct_pay_fen,
+        totals.refund_reversed_acct_mulaid_pay_fen,
+        totals.refund_reversed_psn_cash_pay_fen,
+    ) == (refund.acct_pay_fen, refund.acct_mulaid_pay_fen, refund.psn_cash_pay_fen)
+    detail = await _reconcile(api, terminal, date=china_today().isoformat(), detail=True)
+    (one,) = detail.settlements
+    assert [r.HasField("reversed_at") for r in one.refunds] == [True, False]
+    assert one.refunded_fen == 50

@@ -23,6 +23,7 @@ from gongji.v1 import settlement_pb2 as pb
 pytestmark = pytest.mark.usefixtures("books")
 S = grpc.StatusCode
 SETTLEMENT, CANCEL, REVERSAL = pb.DETAIL_KIND_SETTLEMENT, pb.DETAIL_KIND_CANCEL, pb.DETAIL_KIND_REVERSAL
+REFUND_REVERSAL = pb.DETAIL_KIND_REFUND_REVERSAL
 
 
 async def _institution(pool: asyncpg.Pool) -> tuple[str, str]:
@@ -58,6 +59,11 @@ async def _day_of_business(api: Api, pool: asyncpg.Pool) -> tuple[str, str, list
     # A reversal returns all that was not refunded: here the whole settlement s-1.
     assert (await reverse(api, "s-1", token=token)).undone
     rows.append(books.BookRow(REVERSAL, "s-1", rows[1].fen, "390"))
+    # A refund of s-2, reversed (2601 of a 2208): the refund stays, its reversal takes the money back.
+    third = await _settlement(api, "s-2", token)
+    refund = (await cancel(api, third.settlement_id, 200, request_id="c-1", token=token)).refund
+    assert (await reverse(api, "c-1", token=token, kind=pb.ORIGINAL_KIND_CANCEL)).undone
+    rows += [_book(refund, CANCEL, "c-1", "310"), _book(refund, REFUND_REVERSAL, "c-1", "310")]
     return institution, token, rows
 
 
@@ -80,7 +86,7 @@ async def test_totals_agree_by_line_and_refund_treatment(api: Api, pool: asyncpg
                 start_date=_today(), end_date=_today(), grouping=grouping, refunds=refunds, lines=lines
             )
             reply = await api.settlement.CheckTotals(request, metadata=bearer(token))
-            assert reply.agree, (grouping, word, reply)
+            assert reply.agree, (grouping, word)
             assert [line.group for line in reply.lines] == (["310", "390"] if by_insutype else [""])
     # The defaults (one line, refunds apart), and a line that disagrees: both sides' figures come back.
     lines = books.totals_lines(rows, by_insutype=False, refunds="apart")
@@ -90,7 +96,8 @@ async def test_totals_agree_by_line_and_refund_treatment(api: Api, pool: asyncpg
     )
     assert (reply.grouping, reply.refunds) == (pb.TOTALS_GROUPING_ALL, pb.REFUND_TREATMENT_APART)
     assert not reply.agree and not reply.lines[0].agree
-    assert reply.lines[0].gongji.refunded.count == 2 and reply.lines[0].institution.refunded.count == 3
+    assert reply.lines[0].gongji.refunded.count == 3 and reply.lines[0].institution.refunded.count == 4
+    assert reply.lines[0].gongji.refunds_reversed.count == 1
     assert reply.lines[0].gongji.settled.count == 4
     # Clearing class: one line until settlements record one. An operator names the institution.
     reply = await api.settlement.CheckTotals(
@@ -113,7 +120,9 @@ async def test_detail_answers_only_the_rows_that_differ(api: Api, pool: asyncpg.
 
     changed = [r for r in rows if r.request_id != "s-2"]  # missing in the institution's books
     changed.append(_row(SETTLEMENT, "s-9", 500, 0, 0, 500))  # missing in gongji
-    changed = [_row(CANCEL, "c-0", 301, 0, 0, 301) if r.kind == CANCEL else r for r in changed]  # amounts differ
+    changed = [
+        _row(CANCEL, "c-0", 301, 0, 0, 301) if r.key == (CANCEL, b"c-0") else r for r in changed
+    ]  # amounts differ
     found = await books.check_detail(call, sorted(changed, key=lambda r: r.key), base, page_rows=2)
     got = [(d.key.kind, d.key.request_id, d.difference) for d in found.differences]
     assert got == [

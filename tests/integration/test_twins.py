@@ -1,5 +1,5 @@
 """Each SQL step that decides money against its pure Python twin in gongji.domain, on random states:
-the steps of gongji_settle and of gongji_pay_premium.
+the steps of gongji_settle and of gongji_pay_premium, and the refusal of gongji_reverse_refund.
 
 Every example writes its rows in one transaction, asks the SQL function, and rolls back; the twin gets
 the same state as Python values. `now()` in SQL is the transaction's start, so the test reads it once
@@ -21,11 +21,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gongji.domain.eligibility import HeldGrant, live_grant
+from gongji.domain.eligibility import (
+    DEFAULT_POLICY,
+    HeldGrant,
+    RegionPolicy,
+    care_scope,
+    certificate_refusal,
+    live_grant,
+    mutual_aid_for_care,
+    voucher_choice_refusal,
+)
 from gongji.domain.people import Person, PersonStatus, Scheme
 from gongji.domain.premium import PremiumRate, premium_rate_for, premium_refusal, premium_replay
+from gongji.domain.reversal import refund_reversal_refusal
 from gongji.domain.settlement import Seen, settle_refusal, settle_replay
-from gongji.domain.vouchers import PresentedVoucher, voucher_refusal
+from gongji.domain.vouchers import CARDS, CertType, PresentedVoucher, voucher_refusal
 
 T = TypeVar("T")
 EXAMPLES = 200
@@ -196,13 +206,17 @@ class GrantState:
     grants: tuple[Grant, ...]  # in the order of insertion, so of grant_id
     named: str | None
     twin_order: tuple[int, ...]  # the order the twin gets the beneficiary's grants in: not grant_id's
+    # The grant the e-voucher carries (the patient's pick in the app): an index into `grants`, any of
+    # them (ended, or another beneficiary's, which a genuine voucher never carries but the SQL must not
+    # trust), or None for a voucher without a choice.
+    picked: int | None = None
 
 
 @st.composite
 def grant_states(draw: st.DrawFn) -> GrantState:
     """Grants live, revoked or ended, from authorizers of every status and scheme, to the beneficiary
     and to someone else, made at the same or different instants, inserted in any order (so grant_id
-    and created_at disagree); the authorizer named or not."""
+    and created_at disagree); the authorizer named or not; a grant picked in the app or not."""
     people = {p: (draw(schemes), draw(statuses)) for p in (BENEFICIARY, *AUTHORIZERS)}
     offset = seconds(0, 1, 2, 3)
     grants = []
@@ -217,26 +231,43 @@ def grant_states(draw: st.DrawFn) -> GrantState:
             grants += [Grant(authorizer, beneficiary, status, draw(offset)) for status in live + ended]
     named = draw(st.sampled_from((*[None] * 6, *AUTHORIZERS, BENEFICIARY, NOBODY)))
     held = sum(g.beneficiary_id == BENEFICIARY for g in grants)
-    return GrantState(people, tuple(draw(st.permutations(grants))), named, tuple(draw(st.permutations(range(held)))))
+    picked = draw(st.one_of(st.none(), st.integers(0, len(grants) - 1))) if grants else None
+    return GrantState(
+        people, tuple(draw(st.permutations(grants))), named, tuple(draw(st.permutations(range(held)))), picked
+    )
 
 
-async def live_grant_both(conn: asyncpg.Connection, s: GrantState) -> tuple[int | None, int | None]:
-    """What gongji_live_grant and live_grant answer for `s`, inside the caller's transaction."""
+async def live_grant_both(conn: asyncpg.Connection, s: GrantState) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """What gongji_live_grant and gongji_voucher_choice_refusal answer for `s`, and what their twins
+    answer, inside the caller's transaction."""
     await conn.executemany(_PERSON, [(p, scheme, status) for p, (scheme, status) in s.people.items()])
     held = []
+    ids = []
     for g in s.grants:
         created_at = T0 + g.created
         ended_at = None if g.status == "LIVE" else created_at + dt.timedelta(days=1)
         grant_id = await conn.fetchval(_GRANT, g.authorizer_id, g.beneficiary_id, g.status, created_at, ended_at)
+        ids.append(grant_id)
         if g.beneficiary_id == BENEFICIARY:
             scheme, status = s.people[g.authorizer_id]
             held.append(HeldGrant(grant_id, g.authorizer_id, g.status, created_at, status, scheme))
-    sql = await conn.fetchval("select gongji_live_grant($1, $2)", BENEFICIARY, s.named)
-    return sql, live_grant([held[i] for i in s.twin_order], s.named)
+    picked_id = None if s.picked is None else ids[s.picked]
+    picked_authorizer = None if s.picked is None else s.grants[s.picked].authorizer_id
+    sql = await conn.fetchrow(
+        "select gongji_live_grant($1, $2, $3) as grant_id, gongji_voucher_choice_refusal($3, $2) as refusal",
+        BENEFICIARY,
+        s.named,
+        picked_id,
+    )
+    assert sql is not None
+    refusal = voucher_choice_refusal(picked_authorizer, s.named)
+    twin = live_grant([held[i] for i in s.twin_order], s.named, picked_id), refusal.reason if refusal else None
+    return (sql["grant_id"], sql["refusal"]), twin
 
 
 def test_sql_live_grant_agrees_with_the_twin(db_url: str) -> None:
-    """gongji_live_grant and domain.eligibility.live_grant pick the same grant, or none."""
+    """gongji_live_grant and domain.eligibility.live_grant pick the same grant, or none, and refuse a
+    terminal's authorizer against the patient's pick alike."""
     hold_to_twin(db_url, live_grant_both, grant_states())
 
 
@@ -452,7 +483,8 @@ async def premium_refusal_both(conn: asyncpg.Connection, s: PremiumState) -> tup
     sql = await conn.fetchval(
         "select gongji_premium_refusal((select p from person p where p.person_id = $1),"
         " (select p from person p where p.person_id = $2), exists (select 1 from account a where a.person_id = $1),"
-        " gongji_live_grant($2, $1), gongji_premium_rate((select region_code from person where person_id = $2), $3),"
+        " gongji_live_grant($2, $1, null),"
+        " gongji_premium_rate((select region_code from person where person_id = $2), $3),"
         " $4, $5, $6)",
         PAYER,
         RELATIVE,
@@ -557,3 +589,114 @@ def test_sql_premium_replay_agrees_with_the_twin(db_url: str) -> None:
     """gongji_premium_replay and domain.premium.premium_replay: a new request, a replay of the right
     payment, or a reused key, alike."""
     hold_to_twin(db_url, premium_replay_both, key_states())
+
+
+# ---- gongji_certificate_refusal / domain.eligibility.certificate_refusal ---------------------------
+async def certificate_refusal_both(
+    conn: asyncpg.Connection, cert_type: CertType, accepted: frozenset[CertType] | None, own_policy: bool
+) -> tuple[str | None, str | None]:
+    """What the SQL and the twin answer for a patient of 610100 presenting `cert_type`, under a policy
+    of the province accepting `accepted` (None: a policy that lists nothing, so all), or under no policy
+    at all; a policy of another province is there to be ignored."""
+    insert = (
+        "insert into region_policy (region_key, scope, allowed_relationships, accepted_cert_types)"
+        " values ($1, 'PROVINCE', '{SPOUSE}', $2)"
+        " on conflict (region_key) do update set accepted_cert_types = excluded.accepted_cert_types"
+    )
+    # Other tests' policies share the database; this example's own are rolled back after it.
+    await conn.execute("delete from region_policy where region_key in ('61', '610100')")
+    await conn.execute(insert, "45", [])
+    policy = DEFAULT_POLICY
+    if own_policy:
+        listed = None if accepted is None else sorted(c.value for c in accepted)
+        await conn.execute(insert, "61", listed)
+        policy = RegionPolicy(accepted_cards=CARDS if accepted is None else accepted)
+    sql = await conn.fetchval("select gongji_certificate_refusal($1, '610100')", cert_type.value)
+    refusal = certificate_refusal(cert_type, policy)
+    return sql, refusal.reason if refusal else None
+
+
+def test_sql_certificate_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_certificate_refusal and domain.eligibility.certificate_refusal accept the same cards."""
+    hold_to_twin(
+        db_url,
+        certificate_refusal_both,
+        st.sampled_from(CertType),
+        st.one_of(st.none(), st.frozensets(st.sampled_from(CertType))),
+        st.booleans(),
+    )
+
+
+# ---- gongji_care_scope, gongji_mutual_aid_care_allowed / domain.eligibility ------------------------
+REGIONS_DRAWN = ("610100", "610103", "610200", "619900", "450100", "110101")
+
+
+async def care_both(
+    conn: asyncpg.Connection, insured: str, care: str | None, policy: tuple[bool, bool] | None, own_key: bool
+) -> tuple[tuple[str, bool], tuple[str, bool]]:
+    """Where care of a patient of `insured` at an institution of `care` happens and whether mutual aid
+    may pay, by SQL and by the twins, under the patient's region policy (`policy`: out of region, out of
+    province; None: none), set for the 统筹区 itself or for its province."""
+    await conn.execute("delete from region_policy where region_key in ($1, $2)", insured, insured[:2])
+    twin_policy = DEFAULT_POLICY
+    if policy is not None:
+        await conn.execute(
+            "insert into region_policy (region_key, scope, allowed_relationships, mutual_aid_out_of_region,"
+            " mutual_aid_out_of_province) values ($1, 'PROVINCE', '{SPOUSE}', $2, $3)",
+            insured if own_key else insured[:2],
+            *policy,
+        )
+        twin_policy = RegionPolicy(mutual_aid_out_of_region=policy[0], mutual_aid_out_of_province=policy[1])
+    row = await conn.fetchrow(
+        "select s.scope, gongji_mutual_aid_care_allowed(s.scope, $1) as allowed"
+        " from (select gongji_care_scope($1, $2) as scope) s",
+        insured,
+        care,
+    )
+    assert row is not None
+    scope = care_scope(insured, care)
+    return (row["scope"], row["allowed"]), (scope.value, mutual_aid_for_care(scope, twin_policy))
+
+
+def test_sql_care_scope_and_its_policy_agree_with_the_twins(db_url: str) -> None:
+    """gongji_care_scope and gongji_mutual_aid_care_allowed against care_scope and mutual_aid_for_care."""
+    hold_to_twin(
+        db_url,
+        care_both,
+        st.sampled_from(REGIONS_DRAWN),
+        st.one_of(st.none(), st.sampled_from(REGIONS_DRAWN)),
+        st.one_of(st.none(), st.tuples(st.booleans(), st.booleans())),
+        st.booleans(),
+    )
+
+
+# ---- gongji_refund_reversal_refusal / domain.reversal.refund_reversal_refusal -----------------------
+parts = st.integers(0, 2_000)
+balances = st.none() | st.integers(0, 2_000)
+
+
+async def refund_reversal_refusal_both(
+    conn: asyncpg.Connection,
+    reversed_: bool,
+    own: int,
+    own_balance: int | None,
+    mulaid: int,
+    mulaid_balance: int | None,
+) -> tuple[str | None, str | None]:
+    sql = await conn.fetchval(
+        "select gongji_refund_reversal_refusal($1, $2, $3, $4, $5)", reversed_, own, own_balance, mulaid, mulaid_balance
+    )
+    twin = refund_reversal_refusal(
+        settlement_reversed=reversed_,
+        acct_pay_fen=own,
+        own_balance_fen=own_balance,
+        acct_mulaid_pay_fen=mulaid,
+        mulaid_balance_fen=mulaid_balance,
+    )
+    return sql, None if twin is None else twin.reason
+
+
+def test_sql_refund_reversal_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_refund_reversal_refusal and domain.reversal.refund_reversal_refusal: a settlement reversed
+    since, an account short of its part (or not credited at all), or a refund that can be taken back."""
+    hold_to_twin(db_url, refund_reversal_refusal_both, st.booleans(), parts, balances, parts, balances)

@@ -69,6 +69,8 @@ class Voucher:
     binding: Binding | None  # the binding it was issued under, for a holder's voucher
     used: bool = False
     expired: bool = False
+    picked: Grant | None = None  # the grant the patient picked in the app, carried by the voucher
+    card: bool = False  # an ID card read at the counter: names its holder, never used up nor expired
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Quoted:
 class Cancel:
     content: tuple[str, int]
     refund: Split
+    reversed: bool = False  # taken back by a reversal of the Cancel (2601)
 
 
 @dataclass
@@ -147,6 +150,7 @@ class Model:
         self.settlements: dict[tuple[str, str], Settlement] = {}  # (institution, request id)
         self.reversals: dict[tuple[str, str], Settlement | None] = {}
         self.cancels: dict[tuple[str, str], Cancel] = {}
+        self.cancel_reversals: dict[tuple[str, str], Cancel | None] = {}  # by the Cancel's request id
         self.credits: dict[str, tuple[tuple[str, int], int]] = {}  # request id -> content, balance after
         # (province or 统筹区, year) -> premium, first and last day of collection
         self.premium_rates: dict[tuple[str, int], tuple[int, dt.date, dt.date]] = {}
@@ -296,7 +300,14 @@ class Model:
             live.live = False
         return None
 
-    def issue_voucher(self, person: str, requester: str) -> Refused | None:
+    def _live_grant(self, authorizer: str, beneficiary: str) -> Grant | None:
+        return next(
+            (g for g in self.grants if g.live and (g.authorizer, g.beneficiary) == (authorizer, beneficiary)), None
+        )
+
+    def issue_voucher(self, person: str, requester: str, picked: str | None = None) -> Refused | None:
+        if picked == person:
+            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
         p = self.people.get(person)
         if p is None:
             return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
@@ -307,11 +318,23 @@ class Model:
                 return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
         if p.status != ACTIVE:
             return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
+        if picked is not None and self._live_grant(picked, person) is None:
+            return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
         return None
 
-    def issued(self, token: str, person: str, requester: str, *, expired: bool = False) -> None:
+    def card(self, holder: str) -> str:
+        """The key under which an ID card of `holder` read at the counter is judged like a voucher."""
+        key = f"card:{holder}"
+        self.vouchers.setdefault(key, Voucher(holder, holder, None, card=True))
+        return key
+
+    def issued(
+        self, token: str, person: str, requester: str, *, expired: bool = False, picked: str | None = None
+    ) -> None:
         binding = None if requester == person else self._live_binding(requester, person)
-        self.vouchers[token] = Voucher(person, requester, binding, expired=expired)
+        grant = None if picked is None else self._live_grant(picked, person)
+        assert picked is None or grant is not None
+        self.vouchers[token] = Voucher(person, requester, binding, expired=expired, picked=grant)
 
     def _voucher_refusal(self, token: str, patient: str) -> Refused | None:
         v = self.vouchers.get(token)
@@ -328,8 +351,11 @@ class Model:
         return None
 
     # ---- settlement ------------------------------------------------------------------------------
-    def _split(self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool) -> Refused | Quoted:
-        """The waterfall: own account, then the oldest (or the named) live grant's authorizer, no more
+    def _split(
+        self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool, picked: Grant | None
+    ) -> Refused | Quoted:
+        """The waterfall: own account, then the picked (in the app), else the named, else the oldest live
+        grant's authorizer, no more
         than the grant's yearly cap, the beneficiary's region's yearly cap and the authorizer's region's
         floor leave (the tightest named, on a tie the grant's, the beneficiary's, the floor), then cash."""
         p = self.people[patient]
@@ -338,7 +364,8 @@ class Model:
         if use_account:
             held = [g for g in self.grants if g.live and g.beneficiary == patient]
             held = [g for g in held if authorizer is None or g.authorizer == authorizer]
-            if authorizer is not None and not held:
+            held = [g for g in held if picked is None or g is picked]
+            if (authorizer is not None or picked is not None) and not held:
                 return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")
             grant = held[0] if held else None
         mulaid = self.people[grant.authorizer].balance_fen if grant else None
@@ -388,7 +415,10 @@ class Model:
             return refusal
         if self.people[patient].status != ACTIVE:
             return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
-        return self._split(patient, amount_fen, authorizer, use_account)
+        picked = self.vouchers[voucher].picked
+        if picked is not None and authorizer is not None and authorizer != picked.authorizer:
+            return Refused("FAILED_PRECONDITION", "VOUCHER_AUTHORIZER_MISMATCH")  # the patient's pick wins
+        return self._split(patient, amount_fen, authorizer, use_account, picked)
 
     def settle(
         self,
@@ -423,7 +453,7 @@ class Model:
             self.people[drawn_on].balance_fen -= paid.acct_mulaid_pay_fen
             quoted.grant.used += paid.acct_mulaid_pay_fen
             self.ben_used[patient] = self.ben_used.get(patient, 0) + paid.acct_mulaid_pay_fen
-        self.vouchers[voucher].used = True
+        self.vouchers[voucher].used = not self.vouchers[voucher].card
         s = Settlement(
             institution,
             request_id,
@@ -459,6 +489,8 @@ class Model:
     ) -> Refused | tuple[Split, Settlement | None, bool]:
         """(refund, the settlement now, replayed). amount 0 refunds all that is left."""
         key = (institution, request_id)
+        if key in self.cancel_reversals:
+            return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
         known = self.cancels.get(key)
         if known is not None:
             if known.content != (settlement_id, amount_fen):
@@ -490,6 +522,49 @@ class Model:
                 self._refund(s, s.left.amount_fen)
             s.reversed = True
         self.reversals[key] = s
+        return s
+
+    def reverse_cancel(self, institution: str, request_id: str) -> Refused | tuple[Cancel, Settlement] | None:
+        """(the Cancel taken back, its settlement now), or None when no Cancel had been committed under
+        that id (a late Cancel is then refused). Refused, moving nothing, when the settlement was
+        reversed since or an account no longer holds its part of the refund. Reversing twice answers
+        the same."""
+        key = (institution, request_id)
+        if key in self.cancel_reversals:
+            done = self.cancel_reversals[key]
+            return None if done is None else (done, self._settlement_of(done))
+        c = self.cancels.get(key)
+        if c is None:
+            self.cancel_reversals[key] = None
+            return None
+        s = self._settlement_of(c)
+        back = c.refund
+        if s.reversed:
+            return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
+        patient = self.people[s.patient]
+        authorizer = self.people[s.authorizer] if s.authorizer is not None else None
+        if back.acct_pay_fen > patient.balance_fen or (
+            back.acct_mulaid_pay_fen > 0 and (authorizer is None or back.acct_mulaid_pay_fen > authorizer.balance_fen)
+        ):
+            return Refused("FAILED_PRECONDITION", "REFUND_ALREADY_SPENT")
+        patient.balance_fen -= back.acct_pay_fen
+        if authorizer is not None:
+            authorizer.balance_fen -= back.acct_mulaid_pay_fen
+        if s.grant is not None:
+            s.grant.used += back.acct_mulaid_pay_fen  # the caps count it again
+            self.ben_used[s.patient] += back.acct_mulaid_pay_fen
+        s.refunded = Split(
+            s.refunded.acct_pay_fen - back.acct_pay_fen,
+            s.refunded.acct_mulaid_pay_fen - back.acct_mulaid_pay_fen,
+            s.refunded.psn_cash_pay_fen - back.psn_cash_pay_fen,
+        )
+        c.reversed = True
+        self.cancel_reversals[key] = c
+        return c, s
+
+    def _settlement_of(self, c: Cancel) -> Settlement:
+        s = self.by_id(c.content[0])
+        assert s is not None, "a committed Cancel refunded a settlement"
         return s
 
     # ---- resident premiums paid from a relative's account -----------------------------------------

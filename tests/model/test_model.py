@@ -104,6 +104,7 @@ class SettleCall:
     amount_fen: int
     authorizer: str | None
     use_account: bool
+    card: str | None = None  # an ID card of this person read at the counter instead of an e-voucher
 
 
 @dataclass(frozen=True)
@@ -336,18 +337,24 @@ class GongjiMachine(RuleBasedStateMachine):
     def unbind(self, holder: str, member: str) -> None:
         self._same_outcome(self._run(lambda: self.api.unbind(holder, member)), self.model.unbind(holder, member))
 
-    def _issue(self, person: str, requester: str) -> str | Refused:
-        reply = self._run(lambda: self.api.voucher(person, requester_id=requester))
-        expected = self.model.issue_voucher(person, requester)
+    def _issue(self, person: str, requester: str, picked: str | None = None) -> str | Refused:
+        reply = self._run(lambda: self.api.voucher(person, requester_id=requester, authorizer_id=picked))
+        expected = self.model.issue_voucher(person, requester, picked)
         self._same_outcome(reply, expected)
         if isinstance(reply, Refused):
             return reply
-        self.model.issued(reply, person, requester)
+        self.model.issued(reply, person, requester, picked=picked)
         return reply
 
-    @rule(target=vouchers, person=people, requester=people, own=st.booleans())
-    def issue_voucher(self, person: str, requester: str, own: bool) -> Any:
-        token = self._issue(person, person if own else requester)
+    def _picked(self, data: st.DataObject) -> str | None:
+        """Mostly no family member picked in the app; sometimes someone of this example."""
+        if data.draw(st.sampled_from((False, False, True)), label="pick a family member in the app"):
+            return data.draw(st.sampled_from(list(self.model.people)), label="picked")
+        return None
+
+    @rule(target=vouchers, person=people, requester=people, own=st.booleans(), data=st.data())
+    def issue_voucher(self, person: str, requester: str, own: bool, data: st.DataObject) -> Any:
+        token = self._issue(person, person if own else requester, self._picked(data))
         return multiple() if isinstance(token, Refused) else token
 
     @rule(target=vouchers, person=people)
@@ -390,6 +397,7 @@ class GongjiMachine(RuleBasedStateMachine):
         )
         assert _split_of(reply) == s.paid, (_split_of(reply), s.paid)
         assert reply.balc_fen == s.balc_fen, (reply.balc_fen, s.balc_fen)
+        assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen  # psnAcctPay, the total
         assert reply.refunded_fen == s.refunded.amount_fen
         limit = types_pb2.MutualAidLimit.Name(reply.mutual_aid_limited_by).removeprefix("MUTUAL_AID_LIMIT_")
         assert (None if limit == "UNSPECIFIED" else limit) == s.limited_by
@@ -402,6 +410,10 @@ class GongjiMachine(RuleBasedStateMachine):
             amount_fen=call.amount_fen,
             use_personal_account=call.use_account,
         )
+        if call.card is not None:
+            request.voucher = ""
+            request.certificate_type = types_pb2.CERTIFICATE_TYPE_ID_CARD
+            request.card_number = call.card
         if call.authorizer is not None:
             request.authorizer_id = call.authorizer
         reply = self._run(lambda: self.api.settlement.Settle(request, metadata=bearer(self._token(call.institution))))
@@ -430,8 +442,9 @@ class GongjiMachine(RuleBasedStateMachine):
     def settle_with_a_fresh_voucher(
         self, patient: str, amount: int, use: bool, institution: str, data: st.DataObject
     ) -> Any:
-        """The usual way: the patient shows their own code, just refreshed."""
-        voucher = self._issue(patient, patient)
+        """The usual way: the patient shows their own code, just refreshed (with a family member
+        picked in the app, sometimes)."""
+        voucher = self._issue(patient, patient, self._picked(data))
         if isinstance(voucher, Refused):
             return multiple()
         call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), use)
@@ -453,6 +466,21 @@ class GongjiMachine(RuleBasedStateMachine):
         call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), use)
         return self._settle(call, voucher)
 
+    @rule(
+        target=settle_calls,
+        patient=people,
+        holder=people,
+        amount=amounts,
+        institution=st.sampled_from(INSTITUTIONS),
+        data=st.data(),
+    )
+    def settle_with_an_id_card(
+        self, patient: str, holder: str, amount: int, institution: str, data: st.DataObject
+    ) -> Any:
+        """An ID card read at the counter: the patient's own, or someone else's (the real-name rule)."""
+        call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), True, card=holder)
+        return self._settle(call, self.model.card(holder))
+
     @rule(target=settle_calls, patient=people, amount=amounts, institution=st.sampled_from(INSTITUTIONS))
     def settle_with_a_forged_voucher(self, patient: str, amount: int, institution: str) -> Any:
         return self._settle(SettleCall(institution, self._id("s"), patient, amount, None, True), None)
@@ -466,11 +494,12 @@ class GongjiMachine(RuleBasedStateMachine):
         rescanned = CODEC.issue(uuid.uuid4(), expires_s, call.patient, None)
         self.model.issued(rescanned, call.patient, call.patient)
         retried = call if same else SettleCall(**{**call.__dict__, "amount_fen": call.amount_fen + 1})
-        self._settle(retried, rescanned)
+        # A card is read again as it is.
+        self._settle(retried, rescanned if call.card is None else self.model.card(call.card))
 
     @rule(patient=people, amount=amounts, use=use_account, data=st.data())
     def quote(self, patient: str, amount: int, use: bool, data: st.DataObject) -> None:
-        voucher = self._issue(patient, patient)
+        voucher = self._issue(patient, patient, self._picked(data))
         if isinstance(voucher, Refused):
             return
         authorizer = self._authorizer(data)
@@ -484,6 +513,7 @@ class GongjiMachine(RuleBasedStateMachine):
         self._same_outcome(reply, expected)
         if not isinstance(expected, Refused):
             assert not isinstance(reply, Refused)
+            assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen
             got = (_split_of(reply), reply.authorizer_id, reply.balc_fen)
             assert got == (expected.paid, expected.authorizer or "", expected.balc_fen)
 
@@ -544,6 +574,38 @@ class GongjiMachine(RuleBasedStateMachine):
         reverses only its own request of that name)."""
         institution = call.institution if not other_institution else ("B" if call.institution == "A" else "A")
         self._reverse(institution, call.request_id)
+
+    @rule(call=cancel_calls, other_institution=st.booleans())
+    def reverse_cancel(self, call: CancelCall, other_institution: bool) -> None:
+        """The POS never got a Cancel's answer and reverses it by its request id (2601 naming 2208): its
+        refund is taken back if it committed, and a late Cancel is refused; another institution's
+        terminal reverses only its own Cancel of that name."""
+        institution = call.institution if not other_institution else ("B" if call.institution == "A" else "A")
+        request = settlement_pb2.ReverseRequest(
+            original_request_id=call.request_id, original_kind=settlement_pb2.ORIGINAL_KIND_CANCEL
+        )
+        reply = self._run(lambda: self.api.settlement.Reverse(request, metadata=bearer(self._token(institution))))
+        expected = self.model.reverse_cancel(institution, call.request_id)
+        self._same_outcome(reply, expected)
+        if isinstance(expected, Refused):
+            return
+        assert not isinstance(reply, Refused)
+        assert reply.undone == (expected is not None)
+        if expected is not None:
+            c, s = expected
+            assert (_split_of(reply.refund), reply.refund.HasField("reversed_at")) == (c.refund, True)
+            assert (reply.settlement.settlement_id, reply.settlement.refunded_fen) == (
+                s.settlement_id,
+                s.refunded.amount_fen,
+            )
+
+    @rule(target=cancel_calls, call=settle_calls, amount=st.sampled_from([0, 1, 300]))
+    def reverse_before_the_cancel(self, call: SettleCall, amount: int) -> CancelCall:
+        """The reversal overtakes its Cancel: the Cancel, retried later, is refused."""
+        s = self.model.settlements.get((call.institution, call.request_id))
+        cancel = CancelCall(call.institution, self._id("r"), s.settlement_id if s else str(uuid.uuid4()), amount)
+        self.reverse_cancel(cancel, other_institution=False)
+        return cancel
 
     @rule(target=settle_calls, patient=people, amount=amounts, institution=st.sampled_from(INSTITUTIONS))
     def reverse_before_the_original(self, patient: str, amount: int, institution: str) -> SettleCall:

@@ -177,3 +177,24 @@ def test_malformed_old_voucher_keys_are_refused_at_start(tmp_path: Path, old_key
     settings = Settings(voucher_key="n" * 32, voucher_key_id="k2", voucher_old_keys=old_keys, data_dir=tmp_path)
     with pytest.raises(ValueError, match="GONGJI_VOUCHER_OLD_KEYS"):
         settings.voucher_keys()
+
+
+def test_a_pick_travels_in_a_token_of_its_own_format() -> None:
+    codec = VoucherCodec({"k1": KEY}, "k1")
+    voucher_id = uuid.uuid4()
+    picked = codec.issue(voucher_id, 2_000, "P", 7, grant_id=42)
+    assert picked.startswith("GJ3.k1.")
+    claims = codec.authentic(picked)
+    assert (claims.voucher_id, claims.binding_id, claims.grant_id) == (voucher_id, 7, 42)
+    assert codec.names(claims, "P")
+    # Without a pick the token keeps the format a server of the release before reads.
+    assert codec.authentic(codec.issue(voucher_id, 2_000, "P", None)).grant_id is None
+
+
+def test_a_pick_of_no_grant_is_refused_even_under_a_genuine_signature() -> None:
+    codec = VoucherCodec({"k1": KEY}, "k1")
+    payload = base64.urlsafe_b64encode(struct.pack(">16sQ16sQQ", b"\0" * 16, 2_000, b"\0" * 16, 0, 0)).rstrip(b"=")
+    signed = f"GJ3.k1.{payload.decode()}"
+    mac = hmac.new(KEY, signed.encode(), hashlib.sha256).digest()
+    with pytest.raises(errors.VoucherInvalid):
+        codec.authentic(f"{signed}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}")

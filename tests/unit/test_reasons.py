@@ -17,12 +17,15 @@ from gongji.store import migrate
 # Upper-case literals of the SQL files that are values of the schema, not refusal reasons: 'OK', what
 # the CHECK constraints allow (statuses, schemes, ledger kinds, refund kinds), trigger levels, and
 # 'REPLAY', which gongji_settle_replay and gongji_premium_replay answer to their callers (never to a
-# client), and the limits that can hold mutual aid back (an answer's field, not a refusal).
+# client), the limits that can hold mutual aid back (an answer's field, not a refusal), what a
+# patient presented at the counter, and where care happened.
 NOT_REASONS = frozenset(
     {
         *("OK", "ACTIVE", "EMPLOYEE", "RESIDENT", "LIVE", "CANCEL", "REFUND", "REVERSAL", "SETTLEMENT"),
-        *("MUTUAL_AID", "PREMIUM", "PREMIUM_REFUND", "STATEMENT", "REPLAY"),
-        *("GRANT_CAP", "BENEFICIARY_CAP", "AUTHORIZER_FLOOR"),
+        *("MUTUAL_AID", "PREMIUM", "PREMIUM_REFUND", "REFUND_REVERSAL", "STATEMENT", "REPLAY"),
+        *("GRANT_CAP", "BENEFICIARY_CAP", "AUTHORIZER_FLOOR", "CARE_REGION"),
+        *("LOCAL", "OUT_OF_REGION", "OUT_OF_PROVINCE"),
+        *("E_VOUCHER", "ID_CARD", "SOCIAL_SECURITY_CARD"),
     }
 )
 _LITERAL = re.compile(r"'([A-Z][A-Z_]*[A-Z])'")

@@ -14,6 +14,7 @@ from gongji.api.validate import CHINA, Fields, china_today
 from gongji.domain.eligibility import ALWAYS_REFUSED, DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship, Scheme
 from gongji.domain.premium import PremiumRate
+from gongji.domain.vouchers import CARDS, CertType
 from gongji.store import credits, ledger, people, policies, premiums
 from gongji.v1 import account_pb2, account_pb2_grpc, types_pb2
 
@@ -116,13 +117,36 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         for name, value in (("beneficiary_yearly_cap_fen", cap), ("authorizer_floor_fen", floor)):
             if value is not None and not 0 <= value <= limits.MUTUAL_AID_LIMIT_FEN_MAX:
                 fields.bad(f"policy.{name}", f"must be 0 to {limits.MUTUAL_AID_LIMIT_FEN_MAX} fen, or unset for none")
+        accepted = self._accepted_cards(fields, p)
         fields.done()
         assert scope is not None
-        policy = RegionPolicy(scope, frozenset(r for r in allowed if r is not None), cap, floor)
+        policy = RegionPolicy(
+            scope,
+            frozenset(r for r in allowed if r is not None),
+            cap,
+            floor,
+            accepted,
+            p.mutual_aid_out_of_region if p.HasField("mutual_aid_out_of_region") else True,
+            p.mutual_aid_out_of_province if p.HasField("mutual_aid_out_of_province") else True,
+        )
         row = await policies.set_policy(self._app.pool, p.region_key, policy, limits.REGION_POLICIES_MAX)
         if row is None:
             raise errors.RegionPolicyLimitReached(f"at most {limits.REGION_POLICIES_MAX} region policies")
         return account_pb2.SetRegionPolicyResponse(policy=convert.region_policy(row.region_key, row.policy, row))
+
+    @staticmethod
+    def _accepted_cards(fields: Fields, p: account_pb2.RegionPolicy) -> frozenset[CertType]:
+        """The cards a policy accepts: every card when it lists nothing; the e-voucher is always
+        accepted, so listing it changes nothing."""
+        name = "policy.accepted_certificate_types"
+        if len(p.accepted_certificate_types) > len(CertType):
+            fields.bad(name, f"at most {len(CertType)} types")
+            return CARDS
+        listed = [
+            fields.enum(name, c, convert.CERTIFICATE_TYPE_NAMES, CertType, convert.CERTIFICATE_TYPE)
+            for c in p.accepted_certificate_types
+        ]
+        return frozenset(c for c in listed if c in CARDS) if listed else CARDS
 
     async def ListRegionPolicies(
         self, request: account_pb2.ListRegionPoliciesRequest, context: Context

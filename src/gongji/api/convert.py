@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from gongji.api.app import timestamp
-from gongji.domain.eligibility import RegionPolicy
+from gongji.domain.eligibility import CareScope, RegionPolicy
 from gongji.domain.people import Relationship, mask_id, mask_name
+from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
 from gongji.store.bindings import BindingRow
 from gongji.store.grants import GrantRow
@@ -26,14 +27,16 @@ DOCUMENT_TYPE_NAMES = names(types_pb2.DocumentType.DESCRIPTOR)
 SCHEME_NAMES = names(types_pb2.Scheme.DESCRIPTOR)
 STATUS_NAMES = names(types_pb2.PersonStatus.DESCRIPTOR)
 SCOPE_NAMES = names(types_pb2.GrantScope.DESCRIPTOR)
+CERTIFICATE_TYPE_NAMES = names(types_pb2.CertificateType.DESCRIPTOR)
 
 # Enum prefixes of the proto values, for Fields.enum.
-RELATIONSHIP, DOCUMENT_TYPE, SCHEME, STATUS, SCOPE = (
+RELATIONSHIP, DOCUMENT_TYPE, SCHEME, STATUS, SCOPE, CERTIFICATE_TYPE = (
     "RELATIONSHIP_",
     "DOCUMENT_TYPE_",
     "SCHEME_",
     "PERSON_STATUS_",
     "GRANT_SCOPE_",
+    "CERTIFICATE_TYPE_",
 )
 
 
@@ -81,7 +84,15 @@ def region_policy(key: str, policy: RegionPolicy, row: PolicyRow | None = None) 
         updated_at=timestamp(row.updated_at) if row else None,
         beneficiary_yearly_cap_fen=policy.beneficiary_yearly_cap_fen,
         authorizer_floor_fen=policy.authorizer_floor_fen,
+        # The e-voucher, always accepted, and the cards the region accepts.
+        accepted_certificate_types=sorted(certificate_type(c) for c in (CertType.E_VOUCHER, *policy.accepted_cards)),
+        mutual_aid_out_of_region=policy.mutual_aid_out_of_region,
+        mutual_aid_out_of_province=policy.mutual_aid_out_of_province,
     )
+
+
+def certificate_type(c: CertType) -> types_pb2.CertificateType.ValueType:
+    return types_pb2.CertificateType.Value(f"CERTIFICATE_TYPE_{c}")
 
 
 def refund(r: RefundRow) -> types_pb2.Refund:
@@ -95,6 +106,7 @@ def refund(r: RefundRow) -> types_pb2.Refund:
         acct_mulaid_pay_fen=r.acct_mulaid_pay_fen,
         psn_cash_pay_fen=r.psn_cash_pay_fen,
         created_at=timestamp(r.created_at),
+        reversed_at=timestamp(r.reversed_at) if r.reversed_at else None,
     )
 
 
@@ -117,7 +129,16 @@ def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb
         refunds=[refund(r) for r in view.refunds] if view else [],
         reversed_at=timestamp(view.reversed_at) if view else None,
         mutual_aid_limited_by=mutual_aid_limit(s.mulaid_limited_by),
+        certificate_type=certificate_type(s.cert_type),
+        insured_region=s.insured_region or "",
+        care_region=s.care_region or "",
+        care_scope=care_scope(s.care_scope),
+        psn_acct_pay_fen=s.acct_pay_fen + s.acct_mulaid_pay_fen,
     )
+
+
+def care_scope(scope: CareScope | None) -> types_pb2.CareScope.ValueType:
+    return types_pb2.CareScope.Value(f"CARE_SCOPE_{scope or 'UNSPECIFIED'}")
 
 
 def mutual_aid_limit(limit: Limit | None) -> types_pb2.MutualAidLimit.ValueType:

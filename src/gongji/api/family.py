@@ -155,6 +155,11 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         fields = Fields()
         person_id = fields.person_id("person_id", request.person_id)
         requester_id = fields.optional_person_id("requester_id", request.requester_id) or person_id
+        authorizer_id = fields.optional_person_id(
+            "authorizer_id", request.authorizer_id if request.HasField("authorizer_id") else None
+        )
+        if authorizer_id is not None and authorizer_id == person_id:
+            fields.bad("authorizer_id", "must be another person than the patient")
         if not 0 <= request.ttl_seconds <= limits.VOUCHER_TTL_S_MAX:
             fields.bad("ttl_seconds", f"must be 0 (the default) to {limits.VOUCHER_TTL_S_MAX}")
         fields.done()
@@ -162,7 +167,7 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
         # Whole seconds, because the token carries its expiry in unix seconds.
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         expires_at = now + dt.timedelta(seconds=ttl_s)
-        issuing = await vouchers.issuing(self._app.pool, person_id, requester_id)
+        issuing = await vouchers.issuing(self._app.pool, person_id, requester_id, authorizer_id)
         if requester_id != person_id:
             # A holder shows a member's e-voucher only with a live binding and while insured themself.
             if issuing.binding_id is None:
@@ -173,8 +178,16 @@ class FamilyService(family_pb2_grpc.FamilyServiceServicer):
             raise errors.PersonNotFound("no insured person with this id")
         if issuing.status != PersonStatus.ACTIVE:
             raise errors.PersonNotActive("the person's insurance is not active")
+        if authorizer_id is not None and issuing.grant_id is None:
+            raise errors.GrantNotFound("the family member picked has no live grant to this person")
         # The person's own voucher carries no binding: none joins a person to themself (a CHECK says so).
-        token = self._app.vouchers.issue(uuid.uuid4(), int(expires_at.timestamp()), person_id, issuing.binding_id)
+        token = self._app.vouchers.issue(
+            uuid.uuid4(), int(expires_at.timestamp()), person_id, issuing.binding_id, issuing.grant_id
+        )
         return family_pb2.IssueVoucherResponse(
-            voucher=token, expires_at=timestamp(expires_at), person_id=person_id, requester_id=requester_id
+            voucher=token,
+            expires_at=timestamp(expires_at),
+            person_id=person_id,
+            requester_id=requester_id,
+            authorizer_id=authorizer_id or "",
         )

@@ -72,10 +72,13 @@ def _lines(
             fields.bad(f"lines[{i}].group", "each group once")
         if line.HasField("refunded") and treat is not RefundTreatment.APART:
             fields.bad(f"lines[{i}].refunded", "only with REFUND_TREATMENT_APART")
+        if line.HasField("refunds_reversed") and treat is not RefundTreatment.APART:
+            fields.bad(f"lines[{i}].refunds_reversed", "only with REFUND_TREATMENT_APART")
         netted = treat is RefundTreatment.NETTED
         settled = _figures(fields, f"lines[{i}].settled", line.settled, netted=netted)
         refunded = _figures(fields, f"lines[{i}].refunded", line.refunded, netted=False)
-        lines[line.group] = Line(settled, refunded if treat is RefundTreatment.APART else rules.ZERO)
+        back = _figures(fields, f"lines[{i}].refunds_reversed", line.refunds_reversed, netted=False)
+        lines[line.group] = Line(settled, refunded, back) if treat is RefundTreatment.APART else Line(settled)
     return lines
 
 
@@ -98,10 +101,8 @@ async def check_totals(
     await _known(pool, institution_id)
     start = dt.datetime(first.year, first.month, first.day, tzinfo=CHINA)
     end = dt.datetime(last.year, last.month, last.day, tzinfo=CHINA) + dt.timedelta(days=1)  # no DST in China
-    settled, refunded = await reconcile.totals(pool, institution_id, start, end, grouping)
-    ours = {
-        g: rules.as_treated(settled.get(g, rules.ZERO), refunded.get(g, rules.ZERO), treat) for g in settled | refunded
-    }
+    gongji = await reconcile.totals(pool, institution_id, start, end, grouping)
+    ours = {g: rules.as_treated(line, treat) for g, line in gongji.items()}
     checks = rules.compare_totals(theirs, ours)
     return pb.CheckTotalsResponse(
         institution_id=institution_id,
@@ -124,6 +125,7 @@ def _line(group: str, line: Line, treat: RefundTreatment) -> pb.TotalsLine:
     out = pb.TotalsLine(group=group, settled=_totals_figures(line.settled))
     if treat is RefundTreatment.APART:
         out.refunded.CopyFrom(_totals_figures(line.refunded))
+        out.refunds_reversed.CopyFrom(_totals_figures(line.refunds_reversed))
     return out
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 from gongji import errors, limits, metrics
 from gongji.api import convert, pages, reconcile
 from gongji.api.app import App, Context
 from gongji.api.auth import current_principal
 from gongji.api.validate import CHINA, Fields
+from gongji.domain.vouchers import CertType
 from gongji.store import lifecycle, settlements
 from gongji.store.credentials import Kind
 from gongji.v1 import settlement_pb2, settlement_pb2_grpc
@@ -40,6 +42,9 @@ def _count_settlement(s: settlements.SettlementRow) -> None:
     metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
     metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
     metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
+    if s.care_scope is not None:
+        metrics.SETTLEMENTS_BY_CARE.labels(s.care_scope.value).inc()
+        metrics.SETTLED_FEN_BY_CARE.labels(s.care_scope.value).inc(s.acct_pay_fen + s.acct_mulaid_pay_fen)
     if s.mulaid_limited_by is not None:
         metrics.MUTUAL_AID_LIMITED.labels(s.mulaid_limited_by.value).inc()
 
@@ -68,11 +73,56 @@ def _count_refunded(refund: lifecycle.RefundRow) -> None:
     metrics.REFUNDED_FEN.labels("cash").inc(refund.psn_cash_pay_fen)
 
 
+_CARD_SERIAL = re.compile(rf"[A-Za-z0-9]{{1,{limits.CARD_SERIAL_LEN_MAX}}}")
+
+
+class _Payment(NamedTuple):
+    """A Quote's or Settle's fields, validated."""
+
+    patient_id: str
+    amount_fen: int
+    authorizer_id: str | None
+    use_account: bool
+    cert_type: CertType
+    card_number: str | None  # a card's; None for an e-voucher
+
+
+def _presented(fields: Fields, request: Any) -> tuple[CertType, str | None]:
+    """What the patient presented (certificate_type): an e-voucher in `voucher`, or a card's fields."""
+    cert_type = (
+        fields.enum(
+            "certificate_type",
+            request.certificate_type,
+            convert.CERTIFICATE_TYPE_NAMES,
+            CertType,
+            convert.CERTIFICATE_TYPE,
+        )
+        if request.certificate_type
+        else CertType.E_VOUCHER
+    )
+    if cert_type in (None, CertType.E_VOUCHER):
+        if not request.voucher:
+            fields.bad("voucher", "is required: scan the patient's own e-voucher")
+        for name in ("card_number", "card_serial"):
+            if getattr(request, name):
+                fields.bad(name, "is for a card only: set certificate_type")
+        return CertType.E_VOUCHER, None
+    if request.voucher:
+        fields.bad("voucher", "must be empty when a card is presented")
+    card_number = fields.person_id("card_number", request.card_number)
+    if cert_type is CertType.SOCIAL_SECURITY_CARD:
+        if not _CARD_SERIAL.fullmatch(request.card_serial):
+            fields.bad("card_serial", f"is required: 1 to {limits.CARD_SERIAL_LEN_MAX} ASCII letters and digits")
+    elif request.card_serial:
+        fields.bad("card_serial", "is for a social-security card only")
+    return cert_type, card_number
+
+
 class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
 
-    def _payment(self, request: Any, *, idempotent: bool) -> tuple[str, int, str | None, bool]:
+    def _payment(self, request: Any, *, idempotent: bool) -> _Payment:
         fields = Fields()
         patient_id = fields.person_id("patient_id", request.patient_id)
         amount_fen = fields.amount("amount_fen", request.amount_fen, limits.AMOUNT_FEN_MAX)
@@ -81,31 +131,37 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         )
         if authorizer_id is not None and authorizer_id == patient_id:
             fields.bad("authorizer_id", "must be another person than the patient")
-        if not request.voucher:
-            fields.bad("voucher", "is required: scan the patient's own e-voucher")
+        cert_type, card_number = _presented(fields, request)
         if idempotent:
             fields.request_id("request_id", request.request_id)
         fields.done()
         use_account = request.use_personal_account if request.HasField("use_personal_account") else True
-        return patient_id, amount_fen, authorizer_id, use_account
+        return _Payment(patient_id, amount_fen, authorizer_id, use_account, cert_type, card_number)
 
-    def _voucher(self, token: str, patient_id: str) -> settlements.VoucherArgs:
-        """A genuine e-voucher's claims, judged against the patient where only the key can: whether it
-        names them. Use, expiry and the binding are judged in the settlement's transaction."""
-        claims = self._app.vouchers.authentic(token)
+    def _voucher(self, request: Any, payment: _Payment) -> settlements.VoucherArgs:
+        """What the patient presented, judged against the patient where only the server can: whether a
+        genuine e-voucher names them (the key's tag), or a card (its number). Use, expiry, the binding
+        and whether the region accepts the card are judged in the settlement's transaction."""
+        if payment.card_number is not None:
+            return settlements.VoucherArgs.card(payment.cert_type, payment.card_number == payment.patient_id)
+        patient_id = payment.patient_id
+        claims = self._app.vouchers.authentic(request.voucher)
         return settlements.VoucherArgs(
             claims.voucher_id,
             self._app.vouchers.names(claims, patient_id),
             dt.datetime.fromtimestamp(claims.expires_at_s, dt.UTC),
             claims.binding_id,
+            claims.grant_id,
         )
 
     async def Quote(self, request: settlement_pb2.QuoteRequest, context: Context) -> settlement_pb2.QuoteResponse:
-        patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=False)
+        payment = self._payment(request, idempotent=False)
+        patient_id, amount_fen, authorizer_id, use_account, *_ = payment
         try:
             q = await settlements.quote(
                 self._app.pool,
-                voucher=self._voucher(request.voucher, patient_id),
+                institution_id=_institution(),
+                voucher=self._voucher(request, payment),
                 patient_id=patient_id,
                 amount_fen=amount_fen,
                 authorizer_id=authorizer_id,
@@ -124,6 +180,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             mutual_aid_limited_by=convert.mutual_aid_limit(q.mulaid_limited_by),
             grant_cap_left_fen=q.grant_cap_left_fen,
             beneficiary_cap_left_fen=q.beneficiary_cap_left_fen,
+            care_region=q.care_region or "",
+            care_scope=convert.care_scope(q.care_scope),
+            psn_acct_pay_fen=q.acct_pay_fen + q.acct_mulaid_pay_fen,
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
@@ -131,8 +190,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         metrics.REAL_NAME_MISMATCHES.labels(principal.institution_id or "")  # the series exists before its first
         timing = settlements.SettleTiming()
         try:
-            patient_id, amount_fen, authorizer_id, use_account = self._payment(request, idempotent=True)
-            voucher = self._voucher(request.voucher, patient_id)
+            payment = self._payment(request, idempotent=True)
+            patient_id, amount_fen, authorizer_id, use_account, *_ = payment
+            voucher = self._voucher(request, payment)
             s = await settlements.settle(
                 self._app.pool,
                 credential_id=principal.credential_id,
@@ -186,7 +246,11 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Context) -> settlement_pb2.ReverseResponse:
         fields = Fields()
         request_id = fields.request_id("original_request_id", request.original_request_id)
+        if request.original_kind not in _ORIGINAL_KINDS:
+            fields.bad("original_kind", "must be unset, ORIGINAL_KIND_SETTLE or ORIGINAL_KIND_CANCEL")
         fields.done()
+        if request.original_kind == settlement_pb2.ORIGINAL_KIND_CANCEL:
+            return await self._reverse_refund(request_id)
         settlement_id, replayed = await lifecycle.reverse(
             self._app.pool, credential_id=current_principal.get().credential_id, request_id=request_id
         )
@@ -200,6 +264,26 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                 if refund.kind == "REVERSAL":
                     _count_refunded(refund)
         return settlement_pb2.ReverseResponse(undone=True, settlement=convert.settlement(view.settlement, view))
+
+    async def _reverse_refund(self, request_id: str) -> settlement_pb2.ReverseResponse:
+        """2601 of a Cancel: its refund's money back where the settlement had put it."""
+        settlement_id, refund_id, replayed = await lifecycle.reverse_refund(
+            self._app.pool, credential_id=current_principal.get().credential_id, request_id=request_id
+        )
+        if settlement_id is None:
+            return settlement_pb2.ReverseResponse(undone=False)
+        view = await lifecycle.get_by_id(self._app.pool, settlement_id)
+        assert view is not None
+        refund = next(r for r in view.refunds if r.refund_id == refund_id)
+        assert refund.reversed_at is not None
+        if not replayed:
+            metrics.REFUND_REVERSALS.inc()
+            metrics.REFUND_REVERSED_FEN.labels("own").inc(refund.acct_pay_fen)
+            metrics.REFUND_REVERSED_FEN.labels("mutual_aid").inc(refund.acct_mulaid_pay_fen)
+            metrics.REFUND_REVERSED_FEN.labels("cash").inc(refund.psn_cash_pay_fen)
+        return settlement_pb2.ReverseResponse(
+            undone=True, settlement=convert.settlement(view.settlement, view), refund=convert.refund(refund)
+        )
 
     async def GetSettlement(
         self, request: settlement_pb2.GetSettlementRequest, context: Context
@@ -246,6 +330,8 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if after is None:
             for name, value in (await lifecycle.day_totals(self._app.pool, institution_id, start, end)).items():
                 setattr(reply, name, value)
+            for scope, totals in await lifecycle.day_care_totals(self._app.pool, institution_id, start, end):
+                reply.care_totals.add(care_scope=convert.care_scope(scope), **totals)
         if request.detail:
             page = await lifecycle.day_page(self._app.pool, institution_id, start, end, after, page_size)
             reply.settlements.extend(convert.settlement(v.settlement, v) for v in page)
@@ -283,6 +369,12 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         fields = Fields()
         institution_id = self._reconciled_institution(fields, request.institution_id)
         return await reconcile.check_detail(self._app.pool, fields, institution_id, request)
+
+
+# A proto3 enum carries any number: only these are kinds of an original (unset is a Settle, as before).
+_ORIGINAL_KINDS = frozenset(
+    (settlement_pb2.ORIGINAL_KIND_UNSPECIFIED, settlement_pb2.ORIGINAL_KIND_SETTLE, settlement_pb2.ORIGINAL_KIND_CANCEL)
+)
 
 
 def _institution() -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from gongji import errors, limits
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, age_on
+from gongji.domain.vouchers import CARDS, CertType
 
 
 class Scope(enum.StrEnum):
@@ -58,9 +59,55 @@ class RegionPolicy:
     # The balance mutual aid never takes an authorizer of the region below; None: no floor. Applies by
     # the authorizer's region.
     authorizer_floor_fen: int | None = None
+    # The cards a patient insured in the region may present at the counter besides the e-voucher, which
+    # is always accepted. The national platform accepts both, and so does a region that says nothing.
+    accepted_cards: frozenset[CertType] = CARDS
+    # Whether mutual aid pays for a patient of the region with care elsewhere in the province, and in
+    # another province (异地就医). The national rules let the account pay such care; so does the default.
+    mutual_aid_out_of_region: bool = True
+    mutual_aid_out_of_province: bool = True
 
 
 DEFAULT_POLICY = RegionPolicy()
+
+
+class CareScope(enum.StrEnum):
+    """Where care happens against where the patient is insured."""
+
+    LOCAL = "LOCAL"
+    OUT_OF_REGION = "OUT_OF_REGION"  # 省内异地
+    OUT_OF_PROVINCE = "OUT_OF_PROVINCE"  # 跨省异地
+
+
+def care_scope(insured_region: str, care_region: str | None) -> CareScope:
+    """Local care when the institution is in the patient's 统筹区, counted as the same prefecture (the
+    first four digits: pooling is at least city-wide), or when its region is unknown.
+
+    The twin of `gongji_care_scope` in store/sql/settle.sql (tests/integration/test_twins.py)."""
+    if care_region is None or care_region[:4] == insured_region[:4]:
+        return CareScope.LOCAL
+    return CareScope.OUT_OF_REGION if care_region[:2] == insured_region[:2] else CareScope.OUT_OF_PROVINCE
+
+
+def mutual_aid_for_care(scope: CareScope, policy: RegionPolicy) -> bool:
+    """Whether mutual aid may pay for care of `scope` under the patient's region `policy`.
+
+    The twin of `gongji_mutual_aid_care_allowed` in store/sql/settle.sql."""
+    if scope is CareScope.LOCAL:
+        return True
+    if scope is CareScope.OUT_OF_REGION:
+        return policy.mutual_aid_out_of_region
+    return policy.mutual_aid_out_of_province
+
+
+def certificate_refusal(cert_type: CertType, policy: RegionPolicy) -> type[errors.CertificateTypeNotAllowed] | None:
+    """Why a patient under `policy` (their region's) may not present `cert_type`, or None.
+
+    The twin of `gongji_certificate_refusal` in store/sql/settle.sql (tests/integration/test_twins.py).
+    """
+    if cert_type is not CertType.E_VOUCHER and cert_type not in policy.accepted_cards:
+        return errors.CertificateTypeNotAllowed
+    return None
 
 
 def in_scope(a_region: str, b_region: str, scope: Scope) -> bool:
@@ -128,20 +175,37 @@ class HeldGrant:
     authorizer_scheme: Scheme
 
 
-def live_grant(held: Iterable[HeldGrant], authorizer_id: str | None = None) -> int | None:
+def live_grant(held: Iterable[HeldGrant], authorizer_id: str | None = None, grant_id: int | None = None) -> int | None:
     """The id of the grant a settlement of the beneficiary would draw on, or None.
 
     The twin of `gongji_live_grant` in store/sql/settle.sql, held to it by the property test in
     tests/integration/test_twins.py. `held` is every grant the beneficiary holds, live or not. Only a
-    live grant whose authorizer is still an active employee-insured person counts: the named
-    authorizer's when `authorizer_id` is given, else the oldest by (created_at, grant_id).
+    live grant whose authorizer is still an active employee-insured person counts: the one the patient
+    picked in the app when the e-voucher carries it (`grant_id`), the named authorizer's when
+    `authorizer_id` is given, else the oldest by (created_at, grant_id).
     """
     usable = [
         g
         for g in held
         if g.status == "LIVE"
         and (authorizer_id is None or g.authorizer_id == authorizer_id)
+        and (grant_id is None or g.grant_id == grant_id)
         and g.authorizer_status is PersonStatus.ACTIVE
         and g.authorizer_scheme is Scheme.EMPLOYEE
     ]
     return min(usable, key=lambda g: (g.created_at, g.grant_id)).grant_id if usable else None
+
+
+def voucher_choice_refusal(
+    chosen_authorizer_id: str | None, authorizer_id: str | None
+) -> type[errors.VoucherAuthorizerMismatch] | None:
+    """Why a terminal's `authorizer_id` may not stand against the patient's choice, or None.
+
+    `chosen_authorizer_id` is the authorizer of the grant the e-voucher carries (None: the patient
+    picked none). The patient's choice wins: a terminal may repeat it or leave the authorizer out, and
+    only a voucher without a choice lets the terminal choose. The twin of
+    `gongji_voucher_choice_refusal` in store/sql/settle.sql (tests/integration/test_twins.py).
+    """
+    if chosen_authorizer_id is not None and authorizer_id is not None and authorizer_id != chosen_authorizer_id:
+        return errors.VoucherAuthorizerMismatch
+    return None

@@ -19,6 +19,7 @@ class DetailKind(enum.IntEnum):
     SETTLEMENT = 1
     CANCEL = 2
     REVERSAL = 3
+    REFUND_REVERSAL = 4
 
 
 Key = tuple[DetailKind, str]
@@ -81,16 +82,6 @@ class Figures:
     acct_mulaid_pay_fen: int = 0
     psn_cash_pay_fen: int = 0
 
-    def minus(self, other: Figures, *, count_sign: int) -> Figures:
-        """Sums less `other`'s; the count plus `count_sign` times `other`'s."""
-        return Figures(
-            self.count + count_sign * other.count,
-            self.amount_fen - other.amount_fen,
-            self.acct_pay_fen - other.acct_pay_fen,
-            self.acct_mulaid_pay_fen - other.acct_mulaid_pay_fen,
-            self.psn_cash_pay_fen - other.psn_cash_pay_fen,
-        )
-
 
 ZERO = Figures()
 
@@ -105,16 +96,29 @@ class RefundTreatment(enum.Enum):
 class Line:
     settled: Figures = ZERO
     refunded: Figures = ZERO
+    refunds_reversed: Figures = ZERO
 
 
-def as_treated(settled: Figures, refunded: Figures, treatment: RefundTreatment) -> Line:
-    """gongji's figures of one group as the institution's treatment of refunds reads them: a netted
-    refund is one more record (a negative settlement) and takes its amounts off the sums."""
+def as_treated(line: Line, treatment: RefundTreatment) -> Line:
+    """gongji's figures of one group as the institution's treatment of refunds reads them: netted, a
+    refund is one more record that takes its amounts off the sums, and a reversal of a refund one more
+    record that puts them back."""
     if treatment is RefundTreatment.APART:
-        return Line(settled, refunded)
+        return line
     if treatment is RefundTreatment.NETTED:
-        return Line(settled.minus(refunded, count_sign=1))
-    return Line(settled)
+        return Line(_netted(line))
+    return Line(line.settled)
+
+
+def _netted(line: Line) -> Figures:
+    s, r, b = line.settled, line.refunded, line.refunds_reversed
+    return Figures(
+        s.count + r.count + b.count,
+        s.amount_fen - r.amount_fen + b.amount_fen,
+        s.acct_pay_fen - r.acct_pay_fen + b.acct_pay_fen,
+        s.acct_mulaid_pay_fen - r.acct_mulaid_pay_fen + b.acct_mulaid_pay_fen,
+        s.psn_cash_pay_fen - r.psn_cash_pay_fen + b.psn_cash_pay_fen,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,11 @@ HMAC-SHA256, so issuing one writes nothing and a settlement commits once:
 
     GJ2.<key id>.<base64url(payload)>.<base64url(mac)>
     payload: 16-byte voucher id, 8-byte expiry (unix seconds), 16-byte person tag, 8-byte binding id
+    GJ3: the same, and an 8-byte grant id after the binding id
+
+A GJ3 token carries the mutual-aid grant the patient picked in the app before the code was shown (the
+platform's settlement request has no authorizer field: the choice travels with the voucher). A token
+without a choice is still issued as GJ2, which a server of the release before reads too.
 
 It carries no personal data. Whom it names travels as a tag, HMAC(key, person id) cut to 16 bytes:
 settlement recomputes the tag of the patient it is asked to settle and compares (the real-name rule),
@@ -27,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import enum
 import hashlib
 import hmac
 import struct
@@ -37,13 +43,26 @@ from gongji import errors, limits
 
 _PREFIX = "GJ2"
 _PAYLOAD = struct.Struct(">16sQ16sQ")
+_PREFIX_CHOSEN = "GJ3"  # with the grant the patient picked
+_PAYLOAD_CHOSEN = struct.Struct(">16sQ16sQQ")
 _TAG_LEN = 16
 # Claims a token may carry: an expiry that a datetime holds (the year 9999), a binding id that a bigint
 # holds. A token signed with the server's key carries nothing else, but the parser does not rely on it.
 _EXPIRES_AT_S_MAX = 253_402_300_799
-_BINDING_ID_MAX = 2**63 - 1
+_BINDING_ID_MAX = 2**63 - 1  # and a grant id
 # Domain separation: a person tag is never a valid MAC of a token, nor the other way round.
 _TAG_CONTEXT = b"gongji e-voucher person\x00"
+
+
+class CertType(enum.StrEnum):
+    """What a patient presents at the counter to be identified (the platform's mdtrt_cert_type)."""
+
+    E_VOUCHER = "E_VOUCHER"  # 01, a token of this module
+    ID_CARD = "ID_CARD"  # 02, the resident ID card, read at the counter
+    SOCIAL_SECURITY_CARD = "SOCIAL_SECURITY_CARD"  # 03, with its identification code (卡识别码)
+
+
+CARDS = frozenset({CertType.ID_CARD, CertType.SOCIAL_SECURITY_CARD})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,7 @@ class VoucherClaims:
     person_tag: bytes  # HMAC of the person the voucher names, with the key that signed it
     binding_id: int | None  # the kinship binding a holder asked under; None: the person's own voucher
     key_id: str
+    grant_id: int | None = None  # the grant the patient picked in the app; None: no choice made
 
 
 def _b64(raw: bytes) -> str:
@@ -80,13 +100,25 @@ class VoucherCodec:
         digest = hmac.new(self._keys[key_id], _TAG_CONTEXT + person_id.encode(), hashlib.sha256).digest()
         return digest[:_TAG_LEN]
 
-    def issue(self, voucher_id: uuid.UUID, expires_at_s: int, person_id: str, binding_id: int | None) -> str:
+    def issue(
+        self,
+        voucher_id: uuid.UUID,
+        expires_at_s: int,
+        person_id: str,
+        binding_id: int | None,
+        grant_id: int | None = None,
+    ) -> str:
         """A token naming `person_id`, asked for by the person (`binding_id` None) or by a holder under
-        kinship binding `binding_id`."""
+        kinship binding `binding_id`, carrying the grant the patient picked (`grant_id`) if any."""
         assert binding_id is None or 0 < binding_id <= _BINDING_ID_MAX
+        assert grant_id is None or 0 < grant_id <= _BINDING_ID_MAX
         assert 0 <= expires_at_s <= _EXPIRES_AT_S_MAX
-        payload = _PAYLOAD.pack(voucher_id.bytes, expires_at_s, self._tag(self._current, person_id), binding_id or 0)
-        signed = f"{_PREFIX}.{self._current}.{_b64(payload)}"
+        claims = (voucher_id.bytes, expires_at_s, self._tag(self._current, person_id), binding_id or 0)
+        if grant_id is None:
+            prefix, payload = _PREFIX, _PAYLOAD.pack(*claims)
+        else:
+            prefix, payload = _PREFIX_CHOSEN, _PAYLOAD_CHOSEN.pack(*claims, grant_id)
+        signed = f"{prefix}.{self._current}.{_b64(payload)}"
         return f"{signed}.{_b64(self._mac(self._current, signed))}"
 
     def names(self, claims: VoucherClaims, person_id: str) -> bool:
@@ -104,7 +136,7 @@ class VoucherCodec:
         parts = token.split(".")
         if len(parts) == 4 and parts[0] == "GJ1":
             raise errors.VoucherInvalid("an e-voucher of an earlier format; ask the patient to show a fresh one")
-        if len(parts) != 4 or parts[0] != _PREFIX or parts[1] not in self._keys:
+        if len(parts) != 4 or parts[0] not in (_PREFIX, _PREFIX_CHOSEN) or parts[1] not in self._keys:
             raise errors.VoucherInvalid("not an e-voucher")
         signed = ".".join(parts[:3])
         try:
@@ -114,12 +146,16 @@ class VoucherCodec:
             raise errors.VoucherInvalid("not an e-voucher") from exc
         if not hmac.compare_digest(mac, self._mac(parts[1], signed)):
             raise errors.VoucherInvalid("the e-voucher's signature does not verify")
-        if len(payload) != _PAYLOAD.size:
+        layout = _PAYLOAD if parts[0] == _PREFIX else _PAYLOAD_CHOSEN
+        if len(payload) != layout.size:
             raise errors.VoucherInvalid("not an e-voucher")
-        raw_id, expires_at_s, tag, binding_id = _PAYLOAD.unpack(payload)
-        if expires_at_s > _EXPIRES_AT_S_MAX or binding_id > _BINDING_ID_MAX:
+        raw_id, expires_at_s, tag, binding_id, *chosen = layout.unpack(payload)
+        grant_id = chosen[0] if chosen else 0
+        if expires_at_s > _EXPIRES_AT_S_MAX or max(binding_id, grant_id) > _BINDING_ID_MAX:
             raise errors.VoucherInvalid("not an e-voucher")
-        return VoucherClaims(uuid.UUID(bytes=raw_id), expires_at_s, tag, binding_id or None, parts[1])
+        if chosen and grant_id == 0:
+            raise errors.VoucherInvalid("not an e-voucher")  # a GJ3 token always names a grant
+        return VoucherClaims(uuid.UUID(bytes=raw_id), expires_at_s, tag, binding_id or None, parts[1], grant_id or None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ class Limit(enum.StrEnum):
     GRANT_CAP = "GRANT_CAP"  # the yearly cap its authorizer set on the grant
     BENEFICIARY_CAP = "BENEFICIARY_CAP"  # the region's yearly cap per beneficiary, across all grants
     AUTHORIZER_FLOOR = "AUTHORIZER_FLOOR"  # the region's floor under the authorizer's balance
+    CARE_REGION = "CARE_REGION"  # the patient's region keeps mutual aid from paying for care away from home
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,25 +24,50 @@ having coalesce(-sum(l.amount_fen) filter (where l.kind = 'SETTLEMENT'), 0) <> s
     or count(*) filter (where l.kind = 'MUTUAL_AID') > 1"""
 
 # Every refund is in the ledger as split: its own-account part to the patient, its mutual-aid part to
-# the authorizer, one entry for each part that is not zero.
+# the authorizer, one entry for each part that is not zero. A reversed refund is there a second time,
+# as REFUND_REVERSAL entries taking each part back; one not reversed has none.
 _REFUND_VS_LEDGER = """
 select r.refund_id
   from refund r join settlement s on s.settlement_id = r.settlement_id
   left join ledger_entry l on l.refund_id = r.refund_id
- group by r.refund_id, r.acct_pay_fen, r.acct_mulaid_pay_fen, s.patient_id, s.authorizer_id
-having coalesce(sum(l.amount_fen) filter (where l.person_id = s.patient_id), 0) <> r.acct_pay_fen
-    or coalesce(sum(l.amount_fen) filter (where l.person_id = s.authorizer_id), 0) <> r.acct_mulaid_pay_fen
-    or count(l.entry_id) <> (r.acct_pay_fen > 0)::int + (r.acct_mulaid_pay_fen > 0)::int"""
+ group by r.refund_id, r.acct_pay_fen, r.acct_mulaid_pay_fen, r.reversed_at, s.patient_id, s.authorizer_id
+having coalesce(sum(l.amount_fen) filter (where l.person_id = s.patient_id and l.kind <> 'REFUND_REVERSAL'), 0)
+       <> r.acct_pay_fen
+    or coalesce(sum(l.amount_fen) filter (where l.person_id = s.authorizer_id and l.kind <> 'REFUND_REVERSAL'), 0)
+       <> r.acct_mulaid_pay_fen
+    or count(l.entry_id) filter (where l.kind <> 'REFUND_REVERSAL')
+       <> (r.acct_pay_fen > 0)::int + (r.acct_mulaid_pay_fen > 0)::int
+    or coalesce(-sum(l.amount_fen) filter (where l.person_id = s.patient_id and l.kind = 'REFUND_REVERSAL'), 0)
+       <> case when r.reversed_at is null then 0 else r.acct_pay_fen end
+    or coalesce(-sum(l.amount_fen) filter (where l.person_id = s.authorizer_id and l.kind = 'REFUND_REVERSAL'), 0)
+       <> case when r.reversed_at is null then 0 else r.acct_mulaid_pay_fen end
+    or count(l.entry_id) filter (where l.kind = 'REFUND_REVERSAL')
+       <> case when r.reversed_at is null then 0
+               else (r.acct_pay_fen > 0)::int + (r.acct_mulaid_pay_fen > 0)::int end
+    or bool_or(l.entry_id is not null and l.settlement_id is distinct from r.settlement_id)"""
 
-# A settlement's refunded_fen is the sum of its refunds, and never more than it settled per source.
+# A refund is reversed exactly when a reversal of its Cancel (by the Cancel's request id, of its
+# institution) names it; only a Cancel's refund can be, and not once its settlement was reversed first.
+_REFUND_VS_REVERSAL = """
+select r.refund_id
+  from refund r
+  full join refund_reversal v on v.refund_id = r.refund_id
+  left join settlement s on s.settlement_id = r.settlement_id
+ where (v.refund_id is not null or r.reversed_at is not null)
+   and (r.refund_id is null or v.refund_id is null or r.reversed_at is null or r.kind <> 'CANCEL'
+        or v.institution_id <> r.institution_id or v.request_id <> r.request_id
+        or s.reversed_at < r.reversed_at)"""
+
+# A settlement's refunded_fen is the sum of its refunds not reversed, and never more than it settled per
+# source.
 _SETTLEMENT_VS_REFUNDS = """
 select s.settlement_id
   from settlement s left join refund r on r.settlement_id = s.settlement_id
  group by s.settlement_id
-having s.refunded_fen <> coalesce(sum(r.amount_fen), 0)
-    or coalesce(sum(r.acct_pay_fen), 0) > s.acct_pay_fen
-    or coalesce(sum(r.acct_mulaid_pay_fen), 0) > s.acct_mulaid_pay_fen
-    or coalesce(sum(r.psn_cash_pay_fen), 0) > s.psn_cash_pay_fen"""
+having s.refunded_fen <> coalesce(sum(r.amount_fen) filter (where r.reversed_at is null), 0)
+    or coalesce(sum(r.acct_pay_fen) filter (where r.reversed_at is null), 0) > s.acct_pay_fen
+    or coalesce(sum(r.acct_mulaid_pay_fen) filter (where r.reversed_at is null), 0) > s.acct_mulaid_pay_fen
+    or coalesce(sum(r.psn_cash_pay_fen) filter (where r.reversed_at is null), 0) > s.psn_cash_pay_fen"""
 
 # What a settlement names exists, and its grant joins its authorizer to its patient; a settlement's
 # ledger entries name a settlement that exists (0009 left these to gongji_settle and to this check).
@@ -67,12 +92,14 @@ select v.voucher_id
  where (v.used_at is null) <> (s.settlement_id is null) or v.settlement_id is distinct from s.settlement_id"""
 
 
-# What mutual aid paid net of refunds, per grant and per beneficiary and calendar year (China's time
-# zone), is what the caps count (grant_usage, beneficiary_usage), to the fen.
+# What mutual aid paid net of refunds (a reversed refund gave nothing back), per grant and per
+# beneficiary and calendar year (China's time zone), is what the caps count (grant_usage,
+# beneficiary_usage), to the fen.
 _NET_MUTUAL_AID = """
 select s.grant_id, s.patient_id, gongji_china_year(s.created_at) as year,
        s.acct_mulaid_pay_fen - coalesce((select sum(r.acct_mulaid_pay_fen) from refund r
-                                          where r.settlement_id = s.settlement_id), 0) as fen
+                                          where r.settlement_id = s.settlement_id and r.reversed_at is null), 0)
+           as fen
   from settlement s where s.grant_id is not null"""
 _GRANT_USAGE_VS_SETTLEMENTS = f"""
 with net as ({_NET_MUTUAL_AID}), books as (select grant_id, year, sum(fen)::bigint as fen from net group by 1, 2)
@@ -106,6 +133,7 @@ _CHECKS = (
     (_BALANCE_VS_LEDGER, "account {person_id}: balance {balance_fen} fen, ledger {ledger_fen} fen"),
     (_SETTLEMENT_VS_LEDGER, "settlement {settlement_id}: ledger does not match"),
     (_REFUND_VS_LEDGER, "refund {refund_id}: ledger does not match"),
+    (_REFUND_VS_REVERSAL, "refund {refund_id}: reversed does not match its reversal"),
     (_SETTLEMENT_VS_REFUNDS, "settlement {settlement_id}: refunds do not add up"),
     (_SETTLEMENT_REFERENCES, "settlement {settlement_id}: names a missing institution, person or grant"),
     (_VOUCHER_VS_SETTLEMENT, "voucher {voucher_id}: use does not match"),

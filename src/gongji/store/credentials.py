@@ -46,8 +46,10 @@ select credential_id, label, kind, institution_id, terminal_id, created_at, last
 _LIVE_BY_LABEL = "select credential_id from credential where label = $1 and revoked_at is null order by credential_id"
 _REVOKE = """
 update credential set revoked_at = now() where credential_id = $1 and revoked_at is null returning credential_id"""
+# A region given sets the institution's 统筹区 (where its care happens, gongji_institution_region), new or not.
 _ENSURE_INSTITUTION = """
-insert into institution (institution_id, name) values ($1, $2) on conflict (institution_id) do nothing"""
+insert into institution (institution_id, name, region_code) values ($1, $2, $3)
+on conflict (institution_id) do update set region_code = coalesce(excluded.region_code, institution.region_code)"""
 
 
 # Every call that moves money holds a shared lock on its credential until it commits, taken in the
@@ -112,13 +114,16 @@ async def create(
     institution_name: str | None = None,
     terminal_id: str | None = None,
     token: str | None = None,
+    institution_region: str | None = None,
 ) -> str:
     """Store a new credential and return its token: the only time the token exists in clear."""
     assert (kind is Kind.TERMINAL) == (institution_id is not None and terminal_id is not None)
     token = token or new_token()
     async with pool.acquire() as conn, conn.transaction():
         if institution_id is not None:
-            await conn.execute(_ENSURE_INSTITUTION, institution_id, institution_name or institution_id)
+            await conn.execute(
+                _ENSURE_INSTITUTION, institution_id, institution_name or institution_id, institution_region
+            )
         await conn.execute(_INSERT, token_hash(token), kind.value, institution_id, terminal_id, label)
     return token
 

@@ -235,7 +235,7 @@ async def answers(pool: Pool, timeout_s: float) -> bool:
     would meet. Any failure (refused, reset, timed out, shutting down) means it does not."""
     try:
         async with asyncio.timeout(timeout_s):
-            return bool(await pool.fetchval("select true"))
+            return bool(await fetchval(pool, "select true"))
     except asyncio.CancelledError:
         raise
     except Exception:

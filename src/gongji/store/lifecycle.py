@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors
+from gongji.domain.eligibility import CareScope
+from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
 from gongji.store import db
 from gongji.store.settlements import TERMINAL_GUARD, SettlementRow
@@ -21,15 +23,18 @@ select g.* from credential c cross join lateral gongji_cancel(c.institution_id, 
 _REVERSE = f"""
 select g.* from credential c cross join lateral gongji_reverse(c.institution_id, $2) g
  where {TERMINAL_GUARD}"""
+_REVERSE_REFUND = f"""
+select g.* from credential c cross join lateral gongji_reverse_refund(c.institution_id, $2) g
+ where {TERMINAL_GUARD}"""
 
 _SETTLEMENT_COLUMNS = """settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, amount_fen,
        acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at,
-       mulaid_limited_by"""
+       mulaid_limited_by, cert_type, insured_region, care_region, care_scope"""
 _BY_ID = f"select {_SETTLEMENT_COLUMNS} from settlement where settlement_id = $1"
 _BY_REQUEST = f"select {_SETTLEMENT_COLUMNS} from settlement where institution_id = $1 and request_id = $2"
 _REFUNDS_OF = """
 select refund_id, request_id, settlement_id, kind, amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen,
-       created_at
+       created_at, reversed_at
   from refund where settlement_id = $1 order by created_at, refund_id"""
 
 
@@ -44,6 +49,7 @@ class RefundRow:
     acct_mulaid_pay_fen: int
     psn_cash_pay_fen: int
     created_at: dt.datetime
+    reversed_at: dt.datetime | None  # a CANCEL reversed in its turn: no longer in refunded_fen
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +60,16 @@ class SettlementView:
 
 
 def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
-    fields = {k: r[k] for k in SettlementRow.__dataclass_fields__ if k not in ("replayed", "mulaid_limited_by")}
+    special = ("replayed", "mulaid_limited_by", "cert_type", "care_scope")
+    fields = {k: r[k] for k in SettlementRow.__dataclass_fields__ if k not in special}
     limited_by = r["mulaid_limited_by"]
-    return SettlementRow(**fields, replayed=replayed, mulaid_limited_by=Limit(limited_by) if limited_by else None)
+    return SettlementRow(
+        **fields,
+        replayed=replayed,
+        mulaid_limited_by=Limit(limited_by) if limited_by else None,
+        cert_type=CertType(r["cert_type"]),
+        care_scope=CareScope(r["care_scope"]) if r["care_scope"] else None,
+    )
 
 
 async def _view(pool: asyncpg.Pool, query: str, *args: object) -> SettlementView | None:
@@ -69,7 +82,7 @@ async def _view(pool: asyncpg.Pool, query: str, *args: object) -> SettlementView
         refunds = [RefundRow(**dict(r)) for r in await conn.fetch(_REFUNDS_OF, row["settlement_id"])]
     view = SettlementView(settlement_row(row), row["reversed_at"], refunds)
     s = view.settlement
-    assert s.refunded_fen == sum(r.amount_fen for r in refunds) <= s.amount_fen
+    assert s.refunded_fen == sum(r.amount_fen for r in refunds if r.reversed_at is None) <= s.amount_fen
     return view
 
 
@@ -114,6 +127,25 @@ async def reverse(pool: asyncpg.Pool, *, credential_id: int, request_id: str) ->
     return settlement_id, row["replayed"]
 
 
+async def reverse_refund(
+    pool: asyncpg.Pool, *, credential_id: int, request_id: str
+) -> tuple[uuid.UUID | None, uuid.UUID | None, bool]:
+    """Reverse a Cancel by its request id, as the terminal of `credential_id` for its institution;
+    return (settlement id, refund id) of the refund taken back (both None when no Cancel had been
+    committed under that id: the id is then refused to a late Cancel) and whether this repeats a
+    reversal. Refusals (REFUND_ALREADY_SPENT, ALREADY_REVERSED), a revoked credential's too, raise and
+    wrote nothing."""
+    row = await db.fetchrow(pool, _REVERSE_REFUND, credential_id, request_id)
+    if row is None:
+        raise errors.CredentialsInvalid("unknown or revoked credentials")
+    if row["outcome"] != "OK":
+        raise errors.BY_REASON[row["outcome"]]()
+    settlement_id: uuid.UUID | None = row["settlement_id"]
+    refund_id: uuid.UUID | None = row["refund_id"]
+    assert row["undone"] == (refund_id is not None) == (settlement_id is not None)
+    return settlement_id, refund_id, row["replayed"]
+
+
 # Reconciliation (3201/3202): one institution, one calendar day [start, end).
 _DAY_SETTLEMENTS = """
 select count(*) as settlement_count, coalesce(sum(amount_fen), 0)::bigint as amount_fen,
@@ -131,6 +163,16 @@ select count(*) as refund_count,
        coalesce(sum(acct_mulaid_pay_fen), 0)::bigint as refund_acct_mulaid_pay_fen,
        coalesce(sum(psn_cash_pay_fen), 0)::bigint as refund_psn_cash_pay_fen
   from refund where institution_id = $1 and created_at >= $2 and created_at < $3"""
+# Reversals of refunds made that day, by the day of the reversal: a reversed refund stays in its own
+# day's refund totals above, so that a day already reconciled never changes.
+_DAY_REFUND_REVERSALS = """
+select count(*) as refund_reversal_count,
+       coalesce(sum(r.amount_fen), 0)::bigint as refund_reversed_fen,
+       coalesce(sum(r.acct_pay_fen), 0)::bigint as refund_reversed_acct_pay_fen,
+       coalesce(sum(r.acct_mulaid_pay_fen), 0)::bigint as refund_reversed_acct_mulaid_pay_fen,
+       coalesce(sum(r.psn_cash_pay_fen), 0)::bigint as refund_reversed_psn_cash_pay_fen
+  from refund_reversal v join refund r on r.refund_id = v.refund_id
+ where v.institution_id = $1 and v.created_at >= $2 and v.created_at < $3"""
 # Keyset pagination on (created_at, settlement_id): each page is one index range, whatever the day's size.
 _DAY_PAGE = f"""
 select {_SETTLEMENT_COLUMNS} from settlement
@@ -138,7 +180,7 @@ select {_SETTLEMENT_COLUMNS} from settlement
  order by created_at, settlement_id limit $6"""
 _REFUNDS_OF_MANY = """
 select refund_id, request_id, settlement_id, kind, amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen,
-       created_at
+       created_at, reversed_at
   from refund where settlement_id = any($1::uuid[]) order by created_at, refund_id"""
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -154,11 +196,37 @@ async def institution_exists(pool: asyncpg.Pool, institution_id: str) -> bool:
 async def day_totals(pool: asyncpg.Pool, institution_id: str, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
     settled = await db.fetchrow(pool, _DAY_SETTLEMENTS, institution_id, start, end)
     refunded = await db.fetchrow(pool, _DAY_REFUNDS, institution_id, start, end)
+    unrefunded = await db.fetchrow(pool, _DAY_REFUND_REVERSALS, institution_id, start, end)
     assert settled is not None
     assert refunded is not None
-    totals = {**dict(settled), **dict(refunded)}
+    assert unrefunded is not None
+    totals = {**dict(settled), **dict(refunded), **dict(unrefunded)}
     assert totals["acct_pay_fen"] + totals["acct_mulaid_pay_fen"] + totals["psn_cash_pay_fen"] == totals["amount_fen"]
+    reversed_parts = ("refund_reversed_acct_pay_fen", "refund_reversed_acct_mulaid_pay_fen")
+    assert (
+        sum(totals[k] for k in reversed_parts) + totals["refund_reversed_psn_cash_pay_fen"]
+        == (totals["refund_reversed_fen"])
+    )
     return totals
+
+
+_DAY_BY_CARE = """
+select care_scope, count(*) as settlement_count, sum(amount_fen)::bigint as amount_fen,
+       sum(acct_pay_fen)::bigint as acct_pay_fen, sum(acct_mulaid_pay_fen)::bigint as acct_mulaid_pay_fen,
+       sum(psn_cash_pay_fen)::bigint as psn_cash_pay_fen
+  from settlement where institution_id = $1 and created_at >= $2 and created_at < $3
+ group by care_scope order by care_scope nulls first"""
+
+
+async def day_care_totals(
+    pool: asyncpg.Pool, institution_id: str, start: dt.datetime, end: dt.datetime
+) -> list[tuple[CareScope | None, dict[str, int]]]:
+    """The day's settlements by care scope (None: made before gongji recorded it), a scope per line."""
+    rows = await db.fetch(pool, _DAY_BY_CARE, institution_id, start, end)
+    return [
+        (CareScope(r["care_scope"]) if r["care_scope"] else None, {k: v for k, v in r.items() if k != "care_scope"})
+        for r in rows
+    ]
 
 
 async def day_page(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import limits
-from gongji.domain.reconcile import Amounts, DetailKind, Figures, Key, Row
+from gongji.domain.reconcile import ZERO, Amounts, DetailKind, Figures, Key, Line, Row
 
 
 class Grouping(enum.Enum):
@@ -56,20 +56,33 @@ select {group} as grp, {_SUMS}
     for g, (group, patient) in _GROUP_OF.items()
 }
 
+# Reversals of refunds made in [start, end) (by the reversal's day), with the amounts they took back.
+_REFUND_REVERSED_BY_GROUP = {
+    g: f"""
+select {group} as grp, {_SUMS}
+  from refund_reversal v join refund x on x.refund_id = v.refund_id {_REFUNDED_PATIENT if patient else ""}
+ where v.institution_id = $1 and v.created_at >= $2 and v.created_at < $3
+ group by 1"""
+    for g, (group, patient) in _GROUP_OF.items()
+}
+
 
 async def totals(
     pool: asyncpg.Pool, institution_id: str, start: dt.datetime, end: dt.datetime, grouping: Grouping
-) -> tuple[dict[str, Figures], dict[str, Figures]]:
-    """(settled, refunded) figures by group of one institution's settlements created and refunds made
-    in [start, end), from one snapshot."""
+) -> dict[str, Line]:
+    """Figures by group of one institution's settlements created, refunds made and refunds reversed in
+    [start, end), from one snapshot."""
+    sides = []
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        settled = await conn.fetch(_SETTLED_BY_GROUP[grouping], institution_id, start, end)
-        refunded = await conn.fetch(_REFUNDED_BY_GROUP[grouping], institution_id, start, end)
-    by_group = ({r["grp"]: _figures(r) for r in rows} for rows in (settled, refunded))
-    result = (next(by_group), next(by_group))
-    for figures in (f for side in result for f in side.values()):
+        for queries in (_SETTLED_BY_GROUP, _REFUNDED_BY_GROUP, _REFUND_REVERSED_BY_GROUP):
+            sides.append(
+                {r["grp"]: _figures(r) for r in await conn.fetch(queries[grouping], institution_id, start, end)}
+            )
+    for figures in (f for side in sides for f in side.values()):
         assert figures.acct_pay_fen + figures.acct_mulaid_pay_fen + figures.psn_cash_pay_fen == figures.amount_fen
-    return result
+    settled, refunded, reversed_ = sides
+    groups = settled.keys() | refunded.keys() | reversed_.keys()
+    return {g: Line(settled.get(g, ZERO), refunded.get(g, ZERO), reversed_.get(g, ZERO)) for g in groups}
 
 
 def _figures(r: asyncpg.Record) -> Figures:
@@ -101,6 +114,15 @@ select y.* from generate_series($2::date, $3::date, interval '1 day') as g (day)
         and (x.request_id collate "C") > $4 and (x.request_id collate "C") <= $5
       order by (x.request_id collate "C") limit $6) y
  order by y.request_id limit $6"""
+_REFUND_REVERSAL_STRETCH = f"""
+select y.* from generate_series($2::date, $3::date, interval '1 day') as g (day)
+ cross join lateral (
+     select v.request_id collate "C" as request_id, {_STRETCH_COLUMNS.replace("x.created_at", "v.created_at")}
+       from refund_reversal v join refund x on x.refund_id = v.refund_id
+      where v.institution_id = $1 and (v.created_at at time zone 'Asia/Shanghai')::date = g.day::date
+        and (v.request_id collate "C") > $4 and (v.request_id collate "C") <= $5
+      order by (v.request_id collate "C") limit $6) y
+ order by y.request_id limit $6"""
 _REFUND_KIND = {DetailKind.CANCEL: "CANCEL", DetailKind.REVERSAL: "REVERSAL"}
 # Below and above every request id (1 to 64 of A-Z a-z 0-9 . _ : -, all below '~' in byte order).
 _BELOW_ALL = ""
@@ -126,7 +148,7 @@ async def stretch(
     order (None: the start or the end of the key space); from one snapshot."""
     assert 0 < limit <= limits.RECONCILE_DETAIL_GONGJI_ROWS_MAX + 1
     first = after[0] if after else DetailKind.SETTLEMENT
-    last = through[0] if through else DetailKind.REVERSAL
+    last = through[0] if through else DetailKind.REFUND_REVERSAL
     found: list[DetailRecord] = []
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         for kind in (k for k in DetailKind if first <= k <= last and len(found) < limit):
@@ -135,6 +157,8 @@ async def stretch(
             args: tuple[object, ...] = (institution_id, *days, low, high, limit - len(found))
             if kind is DetailKind.SETTLEMENT:
                 rows = await conn.fetch(_SETTLEMENT_STRETCH, *args)
+            elif kind is DetailKind.REFUND_REVERSAL:
+                rows = await conn.fetch(_REFUND_REVERSAL_STRETCH, *args)
             else:
                 rows = await conn.fetch(_REFUND_STRETCH, *args, _REFUND_KIND[kind])
             found += [_record(kind, r) for r in rows]

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gongji import errors
+from gongji.domain.eligibility import CareScope
+from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
 from gongji.store import credentials, db
 from gongji.store.credentials import Kind
 
-_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8)"
+_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # The caller's credential is checked in the same statement (credentials.money_guard). The function is
 # LATERAL on the credential row (it takes the institution and terminal from it), so it runs once per
 # qualifying row and never when the row is gone or revoked: the institution comes from the credential,
@@ -22,7 +24,7 @@ _QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8)"
 TERMINAL_GUARD = credentials.money_guard("$1", Kind.TERMINAL)
 _SETTLE = f"""
 select c.institution_id, g.* from credential c
- cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) g
+ cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) g
  where {TERMINAL_GUARD}"""
 
 
@@ -36,6 +38,8 @@ class QuoteResult:
     mulaid_limited_by: Limit | None
     grant_cap_left_fen: int | None  # None: the grant has no yearly cap
     beneficiary_cap_left_fen: int | None  # None: the beneficiary's region sets no yearly cap
+    care_region: str | None
+    care_scope: CareScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,10 @@ class SettlementRow:
     replayed: bool
     # The limit that made mutual aid pay less than the bill needed; None when none did.
     mulaid_limited_by: Limit | None = None
+    cert_type: CertType = CertType.E_VOUCHER  # what the patient presented
+    insured_region: str | None = None  # None: settled before gongji recorded where care happened
+    care_region: str | None = None  # None: the institution's region is unknown (or not recorded)
+    care_scope: CareScope | None = None
 
 
 def _refuse(outcome: str) -> errors.GongjiError:
@@ -121,21 +129,29 @@ async def _settle_row(pool: asyncpg.Pool, timing: SettleTiming, *args: object) -
 
 @dataclass(frozen=True, slots=True)
 class VoucherArgs:
-    """A genuine e-voucher's claims as the settlement functions take them (gongji_voucher_refusal)."""
+    """What the patient presented, as the settlement functions take it (gongji_presented_refusal): a
+    genuine e-voucher's claims, or a card read at the counter, which has no id, expiry, binding or pick."""
 
-    voucher_id: uuid.UUID
+    voucher_id: uuid.UUID | None
     names_patient: bool
-    expires_at: dt.datetime
+    expires_at: dt.datetime | None
     binding_id: int | None
+    grant_id: int | None = None  # the grant the patient picked in the app
+    cert_type: CertType = CertType.E_VOUCHER
 
-    def sql_args(self) -> tuple[uuid.UUID, bool, dt.datetime, int | None]:
+    @classmethod
+    def card(cls, cert_type: CertType, names_patient: bool) -> VoucherArgs:
+        return cls(None, names_patient, None, None, None, cert_type)
+
+    def sql_args(self) -> tuple[uuid.UUID | None, bool, dt.datetime | None, int | None, int | None, str]:
         """In the order gongji_quote and gongji_settle take them, after their own leading arguments."""
-        return self.voucher_id, self.names_patient, self.expires_at, self.binding_id
+        return self.voucher_id, self.names_patient, self.expires_at, self.binding_id, self.grant_id, self.cert_type
 
 
 async def quote(
     pool: asyncpg.Pool,
     *,
+    institution_id: str,
     voucher: VoucherArgs,
     patient_id: str,
     amount_fen: int,
@@ -143,7 +159,7 @@ async def quote(
     use_personal_account: bool,
 ) -> QuoteResult:
     row = await db.fetchrow(
-        pool, _QUOTE, *voucher.sql_args(), patient_id, amount_fen, authorizer_id, use_personal_account
+        pool, _QUOTE, institution_id, *voucher.sql_args(), patient_id, amount_fen, authorizer_id, use_personal_account
     )
     assert row is not None
     if row["outcome"] != "OK":
@@ -158,6 +174,8 @@ async def quote(
         Limit(limited_by) if limited_by else None,
         row["grant_cap_left_fen"],
         row["beneficiary_cap_left_fen"],
+        row["care_region"],
+        CareScope(row["care_scope"]),
     )
     assert result.acct_pay_fen + result.acct_mulaid_pay_fen + result.psn_cash_pay_fen == amount_fen
     return result
@@ -209,6 +227,10 @@ async def settle(
         created_at=row["created_at"],
         replayed=row["replayed"],
         mulaid_limited_by=Limit(row["mulaid_limited_by"]) if row["mulaid_limited_by"] else None,
+        cert_type=CertType(row["cert_type"]),
+        insured_region=row["insured_region"],
+        care_region=row["care_region"],
+        care_scope=CareScope(row["care_scope"]),
     )
     # Invariants where money moves, checked after the read (TIGER_STYLE).
     assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == s.amount_fen

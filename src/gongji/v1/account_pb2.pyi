@@ -345,6 +345,9 @@ class RegionPolicy(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     BENEFICIARY_YEARLY_CAP_FEN_FIELD_NUMBER: _builtins.int
     AUTHORIZER_FLOOR_FEN_FIELD_NUMBER: _builtins.int
+    ACCEPTED_CERTIFICATE_TYPES_FIELD_NUMBER: _builtins.int
+    MUTUAL_AID_OUT_OF_REGION_FIELD_NUMBER: _builtins.int
+    MUTUAL_AID_OUT_OF_PROVINCE_FIELD_NUMBER: _builtins.int
     region_key: _builtins.str
     scope: _types_pb2.GrantScope.ValueType
     beneficiary_yearly_cap_fen: _builtins.int
@@ -355,6 +358,13 @@ class RegionPolicy(_message.Message):
     """A balance mutual aid never takes an authorizer of this region below (the authorizer's own
     settlements may); unset: none. Applies by the authorizer's region.
     """
+    mutual_aid_out_of_region: _builtins.bool
+    """Whether mutual aid pays for a patient of this region who has care in another 统筹区 of the province
+    (省内异地), and in another province (跨省异地). Unset: it does, as the national rules let the personal
+    account pay 异地 care settled directly; a region that has not joined set false. Applies by the
+    patient's region; the patient's own account pays either way.
+    """
+    mutual_aid_out_of_province: _builtins.bool
     @_builtins.property
     def allowed_relationships(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Relationship.ValueType]:
         """Relationships a beneficiary may have to the authorizer. PARENT_IN_LAW and OTHER are refused
@@ -363,6 +373,12 @@ class RegionPolicy(_message.Message):
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def accepted_certificate_types(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.CertificateType.ValueType]:
+        """What a patient insured in this region may present at the counter (Settle, Quote); empty: all
+        three kinds, as the national platform accepts them. Applies by the patient's region.
+        """
+
     def __init__(
         self,
         *,
@@ -372,19 +388,30 @@ class RegionPolicy(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         beneficiary_yearly_cap_fen: _builtins.int | None = ...,
         authorizer_floor_fen: _builtins.int | None = ...,
+        accepted_certificate_types: _abc.Iterable[_types_pb2.CertificateType.ValueType] | None = ...,
+        mutual_aid_out_of_region: _builtins.bool | None = ...,
+        mutual_aid_out_of_province: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "accepted_certificate_types", b"accepted_certificate_types", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_floor_fen: _TypeAlias = _typing.Literal["authorizer_floor_fen"]  # noqa: Y015
     _WhichOneofArgType__authorizer_floor_fen: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen"]  # noqa: Y015
     _WhichOneofReturnType__beneficiary_yearly_cap_fen: _TypeAlias = _typing.Literal["beneficiary_yearly_cap_fen"]  # noqa: Y015
     _WhichOneofArgType__beneficiary_yearly_cap_fen: _TypeAlias = _typing.Literal["_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen"]  # noqa: Y015
+    _WhichOneofReturnType__mutual_aid_out_of_province: _TypeAlias = _typing.Literal["mutual_aid_out_of_province"]  # noqa: Y015
+    _WhichOneofArgType__mutual_aid_out_of_province: _TypeAlias = _typing.Literal["_mutual_aid_out_of_province", b"_mutual_aid_out_of_province"]  # noqa: Y015
+    _WhichOneofReturnType__mutual_aid_out_of_region: _TypeAlias = _typing.Literal["mutual_aid_out_of_region"]  # noqa: Y015
+    _WhichOneofArgType__mutual_aid_out_of_region: _TypeAlias = _typing.Literal["_mutual_aid_out_of_region", b"_mutual_aid_out_of_region"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__authorizer_floor_fen) -> _WhichOneofReturnType__authorizer_floor_fen | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__beneficiary_yearly_cap_fen) -> _WhichOneofReturnType__beneficiary_yearly_cap_fen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mutual_aid_out_of_province) -> _WhichOneofReturnType__mutual_aid_out_of_province | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mutual_aid_out_of_region) -> _WhichOneofReturnType__mutual_aid_out_of_region | None: ...
 
 Global___RegionPolicy: _TypeAlias = RegionPolicy  # noqa: Y015
 

@@ -480,24 +480,37 @@ class IssueVoucherRequest(_message.Message):
     PERSON_ID_FIELD_NUMBER: _builtins.int
     REQUESTER_ID_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
     person_id: _builtins.str
     """The person the voucher names: always the patient."""
     requester_id: _builtins.str
     """Who asks: the person themself, or a holder who has bound that person."""
     ttl_seconds: _builtins.int
     """Lifetime in seconds; 0 means the server's default (60 s). Capped by the server."""
+    authorizer_id: _builtins.str
+    """The family member whose mutual-aid grant the patient picked in the app before the code is shown
+    (the platform's settlement request carries no such field: the choice travels with the voucher).
+    Their live grant to person_id is signed into the voucher, and Quote and Settle draw on it: a
+    terminal's authorizer_id that names someone else is refused (VOUCHER_AUTHORIZER_MISMATCH), and if
+    the grant has ended by then the settlement is refused (GRANT_NOT_FOUND) rather than drawn on
+    another. Unset: no choice, and the terminal's authorizer_id or the oldest live grant applies. No
+    live grant from this person to person_id: FAILED_PRECONDITION / GRANT_NOT_FOUND, nothing issued.
+    """
     def __init__(
         self,
         *,
         person_id: _builtins.str = ...,
         requester_id: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
+        authorizer_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "authorizer_id", b"authorizer_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["person_id", b"person_id", "requester_id", b"requester_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "authorizer_id", b"authorizer_id", "person_id", b"person_id", "requester_id", b"requester_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
+    _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__authorizer_id) -> _WhichOneofReturnType__authorizer_id | None: ...
 
 Global___IssueVoucherRequest: _TypeAlias = IssueVoucherRequest  # noqa: Y015
 
@@ -509,11 +522,14 @@ class IssueVoucherResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PERSON_ID_FIELD_NUMBER: _builtins.int
     REQUESTER_ID_FIELD_NUMBER: _builtins.int
+    AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
     voucher: _builtins.str
     person_id: _builtins.str
     """The person the voucher names (the patient), never the holder who asked for it."""
     requester_id: _builtins.str
     """Who asked for it (recorded for audit)."""
+    authorizer_id: _builtins.str
+    """The authorizer whose grant the voucher carries; empty when it carries none."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -523,10 +539,11 @@ class IssueVoucherResponse(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         person_id: _builtins.str = ...,
         requester_id: _builtins.str = ...,
+        authorizer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "person_id", b"person_id", "requester_id", b"requester_id", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizer_id", b"authorizer_id", "expires_at", b"expires_at", "person_id", b"person_id", "requester_id", b"requester_id", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

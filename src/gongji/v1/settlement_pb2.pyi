@@ -21,6 +21,52 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _OriginalKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OriginalKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OriginalKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORIGINAL_KIND_UNSPECIFIED: _OriginalKind.ValueType  # 0
+    """A Settle (the default)."""
+    ORIGINAL_KIND_SETTLE: _OriginalKind.ValueType  # 1
+    """2207: undoes the settlement whole (what is not refunded yet goes back to its sources, as a
+    REVERSAL refund), and a late Settle with that id is refused ALREADY_REVERSED.
+    """
+    ORIGINAL_KIND_CANCEL: _OriginalKind.ValueType  # 2
+    """2208: takes the refund's money back from the accounts it credited (own-account part from the
+    patient, mutual-aid part from the authorizer; the cash part is the counter's), the refund is marked
+    reversed_at and the settlement's refunded_fen drops by it; a late Cancel with that id is refused
+    ALREADY_REVERSED. Refused, writing nothing: FAILED_PRECONDITION / REFUND_ALREADY_SPENT when an
+    account no longer holds its part (it paid something else meanwhile; a balance never goes below
+    zero, and gongji keeps no debt), so the refund stands and the reversal may be sent again once the
+    money is back; FAILED_PRECONDITION / ALREADY_REVERSED when the settlement was reversed since (that
+    already gave back everything; the refund stands).
+    """
+
+class OriginalKind(_OriginalKind, metaclass=_OriginalKindEnumTypeWrapper):
+    """The call a reversal undoes. A Settle and a Cancel of one institution may carry the same request id:
+    each kind has its own.
+    """
+
+ORIGINAL_KIND_UNSPECIFIED: OriginalKind.ValueType  # 0
+"""A Settle (the default)."""
+ORIGINAL_KIND_SETTLE: OriginalKind.ValueType  # 1
+"""2207: undoes the settlement whole (what is not refunded yet goes back to its sources, as a
+REVERSAL refund), and a late Settle with that id is refused ALREADY_REVERSED.
+"""
+ORIGINAL_KIND_CANCEL: OriginalKind.ValueType  # 2
+"""2208: takes the refund's money back from the accounts it credited (own-account part from the
+patient, mutual-aid part from the authorizer; the cash part is the counter's), the refund is marked
+reversed_at and the settlement's refunded_fen drops by it; a late Cancel with that id is refused
+ALREADY_REVERSED. Refused, writing nothing: FAILED_PRECONDITION / REFUND_ALREADY_SPENT when an
+account no longer holds its part (it paid something else meanwhile; a balance never goes below
+zero, and gongji keeps no debt), so the refund stands and the reversal may be sent again once the
+money is back; FAILED_PRECONDITION / ALREADY_REVERSED when the settlement was reversed since (that
+already gave back everything; the refund stands).
+"""
+Global___OriginalKind: _TypeAlias = OriginalKind  # noqa: Y015
+
 class _TotalsGrouping:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -52,7 +98,9 @@ class TotalsGrouping(_TotalsGrouping, metaclass=_TotalsGroupingEnumTypeWrapper):
     - a refund (2208 Cancel) on the day it was made, with what it returned to each source;
     - a reversal (2601 Reverse) on the day it was made, with what it returned (what had not been refunded
       yet). A reversal that returned nothing (its settlement had been refunded in full, or nothing had
-      been committed) is no row and no refund: Reconcile's reversal_count counts it.
+      been committed) is no row and no refund: Reconcile's reversal_count counts it;
+    - a reversal of a refund on the day it was made, with the amounts it took back (the refund itself
+      stays on its own day).
     Every figure is int64 fen; in each set acct_pay_fen + acct_mulaid_pay_fen + psn_cash_pay_fen =
     amount_fen, else the request is INVALID_ARGUMENT naming the field.
 
@@ -84,11 +132,14 @@ class _RefundTreatmentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Refun
     """Settlements in `settled`, refunds in `refunded`, each compared."""
     REFUND_TREATMENT_NETTED: _RefundTreatment.ValueType  # 2
     """Refunds netted in: `settled` holds every record of the range, a refund counting as a negative
-    settlement (count = settlements + refunds; each sum = settled - refunded, so it may be negative);
-    `refunded` is left unset.
+    settlement and a refund's reversal as a positive one (count = settlements + refunds + reversals of
+    refunds; each sum = settled - refunded + refunds_reversed, so it may be negative); `refunded` and
+    `refunds_reversed` are left unset.
     """
     REFUND_TREATMENT_EXCLUDED: _RefundTreatment.ValueType  # 3
-    """Refunds left out: `settled` holds settlements only; `refunded` is left unset."""
+    """Refunds left out (and their reversals): `settled` holds settlements only; `refunded` and
+    `refunds_reversed` are left unset.
+    """
 
 class RefundTreatment(_RefundTreatment, metaclass=_RefundTreatmentEnumTypeWrapper):
     """Whether the totals include refunds (cancellations and reversals)."""
@@ -99,11 +150,14 @@ REFUND_TREATMENT_APART: RefundTreatment.ValueType  # 1
 """Settlements in `settled`, refunds in `refunded`, each compared."""
 REFUND_TREATMENT_NETTED: RefundTreatment.ValueType  # 2
 """Refunds netted in: `settled` holds every record of the range, a refund counting as a negative
-settlement (count = settlements + refunds; each sum = settled - refunded, so it may be negative);
-`refunded` is left unset.
+settlement and a refund's reversal as a positive one (count = settlements + refunds + reversals of
+refunds; each sum = settled - refunded + refunds_reversed, so it may be negative); `refunded` and
+`refunds_reversed` are left unset.
 """
 REFUND_TREATMENT_EXCLUDED: RefundTreatment.ValueType  # 3
-"""Refunds left out: `settled` holds settlements only; `refunded` is left unset."""
+"""Refunds left out (and their reversals): `settled` holds settlements only; `refunded` and
+`refunds_reversed` are left unset.
+"""
 Global___RefundTreatment: _TypeAlias = RefundTreatment  # noqa: Y015
 
 class _DetailKind:
@@ -121,6 +175,10 @@ class _DetailKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailKind
     """A reversal that returned money, keyed by the original Settle's request_id (the Reverse's
     original_request_id).
     """
+    DETAIL_KIND_REFUND_REVERSAL: _DetailKind.ValueType  # 4
+    """A reversal of a refund (Reverse with ORIGINAL_KIND_CANCEL) that took money back, keyed by the
+    reversed Cancel's request_id, with the amounts taken back, on the day of the reversal.
+    """
 
 class DetailKind(_DetailKind, metaclass=_DetailKindEnumTypeWrapper):
     """What a detail row is. The numbers order the key space: rows sort by (kind, request_id), request ids
@@ -135,6 +193,10 @@ DETAIL_KIND_CANCEL: DetailKind.ValueType  # 2
 DETAIL_KIND_REVERSAL: DetailKind.ValueType  # 3
 """A reversal that returned money, keyed by the original Settle's request_id (the Reverse's
 original_request_id).
+"""
+DETAIL_KIND_REFUND_REVERSAL: DetailKind.ValueType  # 4
+"""A reversal of a refund (Reverse with ORIGINAL_KIND_CANCEL) that took money back, keyed by the
+reversed Cancel's request_id, with the amounts taken back, on the day of the reversal.
 """
 Global___DetailKind: _TypeAlias = DetailKind  # noqa: Y015
 
@@ -172,6 +234,9 @@ class QuoteRequest(_message.Message):
     AMOUNT_FEN_FIELD_NUMBER: _builtins.int
     AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
     USE_PERSONAL_ACCOUNT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
+    CARD_NUMBER_FIELD_NUMBER: _builtins.int
+    CARD_SERIAL_FIELD_NUMBER: _builtins.int
     voucher: _builtins.str
     """The patient's own e-voucher, as scanned."""
     patient_id: _builtins.str
@@ -180,6 +245,12 @@ class QuoteRequest(_message.Message):
     """The authorizer whose grant to use; unset means the oldest live grant."""
     use_personal_account: _builtins.bool
     """个人账户使用标志. Unset means true; false pays everything in cash."""
+    certificate_type: _types_pb2.CertificateType.ValueType
+    """What the patient presented (mdtrt_cert_type); unset: an e-voucher in `voucher`. With a card,
+    `voucher` stays empty and the card's fields say what the reader read (as in SettleRequest).
+    """
+    card_number: _builtins.str
+    card_serial: _builtins.str
     def __init__(
         self,
         *,
@@ -188,10 +259,13 @@ class QuoteRequest(_message.Message):
         amount_fen: _builtins.int = ...,
         authorizer_id: _builtins.str | None = ...,
         use_personal_account: _builtins.bool | None = ...,
+        certificate_type: _types_pb2.CertificateType.ValueType = ...,
+        card_number: _builtins.str = ...,
+        card_serial: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "use_personal_account", b"use_personal_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "patient_id", b"patient_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "patient_id", b"patient_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
     _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015
@@ -217,7 +291,11 @@ class QuoteResponse(_message.Message):
     MUTUAL_AID_LIMITED_BY_FIELD_NUMBER: _builtins.int
     GRANT_CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
     BENEFICIARY_CAP_LEFT_FEN_FIELD_NUMBER: _builtins.int
+    CARE_REGION_FIELD_NUMBER: _builtins.int
+    CARE_SCOPE_FIELD_NUMBER: _builtins.int
+    PSN_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     acct_pay_fen: _builtins.int
+    """As in Settlement: the patient's own account only; psn_acct_pay_fen is the total of both accounts."""
     acct_mulaid_pay_fen: _builtins.int
     psn_cash_pay_fen: _builtins.int
     authorizer_id: _builtins.str
@@ -235,6 +313,11 @@ class QuoteResponse(_message.Message):
     """What is left this year of the patient's yearly cap across all grants (the patient's region
     policy); unset when the region sets none (or no grant would pay).
     """
+    care_region: _builtins.str
+    """As in Settlement: the institution's 统筹区 and where the care is against the patient's insured region."""
+    care_scope: _types_pb2.CareScope.ValueType
+    psn_acct_pay_fen: _builtins.int
+    """acct_pay_fen + acct_mulaid_pay_fen (psnAcctPay)."""
     def __init__(
         self,
         *,
@@ -247,10 +330,13 @@ class QuoteResponse(_message.Message):
         mutual_aid_limited_by: _types_pb2.MutualAidLimit.ValueType = ...,
         grant_cap_left_fen: _builtins.int | None = ...,
         beneficiary_cap_left_fen: _builtins.int | None = ...,
+        care_region: _builtins.str = ...,
+        care_scope: _types_pb2.CareScope.ValueType = ...,
+        psn_acct_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "grant_cap_left_fen", b"grant_cap_left_fen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_limited_by", b"mutual_aid_limited_by", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "care_region", b"care_region", "care_scope", b"care_scope", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_limited_by", b"mutual_aid_limited_by", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["beneficiary_cap_left_fen"]  # noqa: Y015
     _WhichOneofArgType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen"]  # noqa: Y015
@@ -273,6 +359,9 @@ class SettleRequest(_message.Message):
     AMOUNT_FEN_FIELD_NUMBER: _builtins.int
     AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
     USE_PERSONAL_ACCOUNT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
+    CARD_NUMBER_FIELD_NUMBER: _builtins.int
+    CARD_SERIAL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The terminal's idempotency key: a retry with the same key and content returns the original answer."""
     voucher: _builtins.str
@@ -280,6 +369,19 @@ class SettleRequest(_message.Message):
     amount_fen: _builtins.int
     authorizer_id: _builtins.str
     use_personal_account: _builtins.bool
+    certificate_type: _types_pb2.CertificateType.ValueType
+    """What the patient presented (mdtrt_cert_type); unset: an e-voucher in `voucher`. A card read at the
+    counter instead (`voucher` empty) is accepted where the patient's region policy accepts its type
+    (every region accepts all three unless it says otherwise), and only for its own holder: a card
+    whose number is not the patient's is PERMISSION_DENIED / VOUCHER_PATIENT_MISMATCH, the real-name
+    rule as for an e-voucher. A card carries no pick of a grant, and is not used up by a settlement.
+    """
+    card_number: _builtins.str
+    """With ID_CARD or SOCIAL_SECURITY_CARD: the ID number (or social-security number) read from the card."""
+    card_serial: _builtins.str
+    """With SOCIAL_SECURITY_CARD: the card's identification code (卡识别码), 1 to 32 ASCII letters and
+    digits; required there, and empty with an ID card. Checked for form only and never stored.
+    """
     def __init__(
         self,
         *,
@@ -289,10 +391,13 @@ class SettleRequest(_message.Message):
         amount_fen: _builtins.int = ...,
         authorizer_id: _builtins.str | None = ...,
         use_personal_account: _builtins.bool | None = ...,
+        certificate_type: _types_pb2.CertificateType.ValueType = ...,
+        card_number: _builtins.str = ...,
+        card_serial: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "use_personal_account", b"use_personal_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
     _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015
@@ -390,15 +495,22 @@ class ReverseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORIGINAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_KIND_FIELD_NUMBER: _builtins.int
     original_request_id: _builtins.str
+    """The request_id of the Settle or Cancel to reverse, as this institution sent it."""
+    original_kind: Global___OriginalKind.ValueType
+    """Which call original_request_id names (the platform's 2601 names the original's interface, 2207
+    or 2208). Unset reverses a Settle, as before this field existed.
+    """
     def __init__(
         self,
         *,
         original_request_id: _builtins.str = ...,
+        original_kind: Global___OriginalKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["original_request_id", b"original_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["original_kind", b"original_kind", "original_request_id", b"original_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,23 +522,32 @@ class ReverseResponse(_message.Message):
 
     UNDONE_FIELD_NUMBER: _builtins.int
     SETTLEMENT_FIELD_NUMBER: _builtins.int
+    REFUND_FIELD_NUMBER: _builtins.int
     undone: _builtins.bool
-    """True when a committed settlement was undone; false when nothing had been committed (a late
-    original is then refused with ALREADY_REVERSED).
+    """True when a committed settlement (or refund) was undone; false when nothing had been committed
+    under that id (a late original is then refused with ALREADY_REVERSED). Reversing again answers the
+    same and moves nothing.
     """
     @_builtins.property
     def settlement(self) -> _types_pb2.Settlement:
-        """The settlement that was undone, when there was one, with the reversal among its refunds."""
+        """The settlement that was undone, or whose refund was, when there was one, with all its refunds: a
+        settlement's reversal among them, or the reversed refund with its reversed_at.
+        """
+
+    @_builtins.property
+    def refund(self) -> _types_pb2.Refund:
+        """For ORIGINAL_KIND_CANCEL, the refund that was undone, when there was one."""
 
     def __init__(
         self,
         *,
         undone: _builtins.bool = ...,
         settlement: _types_pb2.Settlement | None = ...,
+        refund: _types_pb2.Refund | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settlement", b"settlement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "settlement", b"settlement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["settlement", b"settlement", "undone", b"undone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "settlement", b"settlement", "undone", b"undone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,7 +658,13 @@ class ReconcileResponse(_message.Message):
     REFUND_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     REFUND_ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
     REFUND_PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
     REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
+    CARE_TOTALS_FIELD_NUMBER: _builtins.int
     institution_id: _builtins.str
     date: _builtins.str
     settlement_count: _builtins.int
@@ -552,6 +679,16 @@ class ReconcileResponse(_message.Message):
     refund_acct_pay_fen: _builtins.int
     refund_acct_mulaid_pay_fen: _builtins.int
     refund_psn_cash_pay_fen: _builtins.int
+    refund_reversal_count: _builtins.int
+    """Refunds reversed (2601 of a Cancel) that day, whichever day the refund or its settlement was, and
+    the money they took back, by source. A reversed refund stays in the refund totals of its own day
+    (a day's totals do not change once the day is over); the net refunded of a day is refunded_fen
+    less refund_reversed_fen.
+    """
+    refund_reversed_fen: _builtins.int
+    refund_reversed_acct_pay_fen: _builtins.int
+    refund_reversed_acct_mulaid_pay_fen: _builtins.int
+    refund_reversed_psn_cash_pay_fen: _builtins.int
     reversal_count: _builtins.int
     """Settlements reversed (2601) that day. A reversal of a settlement already refunded in full moves no
     money and adds no refund, but is counted here.
@@ -559,6 +696,13 @@ class ReconcileResponse(_message.Message):
     @_builtins.property
     def settlements(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Settlement]:
         """With detail (3202): this page of the day's settlements, oldest first."""
+
+    @_builtins.property
+    def care_totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___CareTotals]:
+        """The day's settlements again, split by where care happened (local, or 异地 within or outside the
+        province; UNSPECIFIED for settlements made before gongji recorded it), one line per scope that has
+        any, on the first page.
+        """
 
     def __init__(
         self,
@@ -577,15 +721,57 @@ class ReconcileResponse(_message.Message):
         refund_acct_pay_fen: _builtins.int = ...,
         refund_acct_mulaid_pay_fen: _builtins.int = ...,
         refund_psn_cash_pay_fen: _builtins.int = ...,
+        refund_reversal_count: _builtins.int = ...,
+        refund_reversed_fen: _builtins.int = ...,
+        refund_reversed_acct_pay_fen: _builtins.int = ...,
+        refund_reversed_acct_mulaid_pay_fen: _builtins.int = ...,
+        refund_reversed_psn_cash_pay_fen: _builtins.int = ...,
         reversal_count: _builtins.int = ...,
+        care_totals: _abc.Iterable[Global___CareTotals] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_totals", b"care_totals", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refund_reversal_count", b"refund_reversal_count", "refund_reversed_acct_mulaid_pay_fen", b"refund_reversed_acct_mulaid_pay_fen", "refund_reversed_acct_pay_fen", b"refund_reversed_acct_pay_fen", "refund_reversed_fen", b"refund_reversed_fen", "refund_reversed_psn_cash_pay_fen", b"refund_reversed_psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
+
+@_typing.final
+class CareTotals(_message.Message):
+    """The settlements of one care scope of a day: their count and sums per source."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARE_SCOPE_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
+    PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    care_scope: _types_pb2.CareScope.ValueType
+    settlement_count: _builtins.int
+    amount_fen: _builtins.int
+    acct_pay_fen: _builtins.int
+    acct_mulaid_pay_fen: _builtins.int
+    psn_cash_pay_fen: _builtins.int
+    def __init__(
+        self,
+        *,
+        care_scope: _types_pb2.CareScope.ValueType = ...,
+        settlement_count: _builtins.int = ...,
+        amount_fen: _builtins.int = ...,
+        acct_pay_fen: _builtins.int = ...,
+        acct_mulaid_pay_fen: _builtins.int = ...,
+        psn_cash_pay_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_scope", b"care_scope", "psn_cash_pay_fen", b"psn_cash_pay_fen", "settlement_count", b"settlement_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CareTotals: _TypeAlias = CareTotals  # noqa: Y015
 
 @_typing.final
 class TotalsFigures(_message.Message):
@@ -629,6 +815,7 @@ class TotalsLine(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     SETTLED_FIELD_NUMBER: _builtins.int
     REFUNDED_FIELD_NUMBER: _builtins.int
+    REFUNDS_REVERSED_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """The line's group under the request's grouping ("" for one line; "310" or "390" by insutype)."""
     @_builtins.property
@@ -639,16 +826,23 @@ class TotalsLine(_message.Message):
     def refunded(self) -> Global___TotalsFigures:
         """Only with REFUND_TREATMENT_APART; unset reads as all zero."""
 
+    @_builtins.property
+    def refunds_reversed(self) -> Global___TotalsFigures:
+        """Reversals (2601) of refunds made in the range, each with the amounts it took back: only with
+        REFUND_TREATMENT_APART; unset reads as all zero. A reversed refund stays in `refunded` of its own day.
+        """
+
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
         settled: Global___TotalsFigures | None = ...,
         refunded: Global___TotalsFigures | None = ...,
+        refunds_reversed: Global___TotalsFigures | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["refunded", b"refunded", "settled", b"settled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refunded", b"refunded", "refunds_reversed", b"refunds_reversed", "settled", b"settled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "refunded", b"refunded", "settled", b"settled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "refunded", b"refunded", "refunds_reversed", b"refunds_reversed", "settled", b"settled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

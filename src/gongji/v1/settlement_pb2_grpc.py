@@ -117,7 +117,7 @@ class SettlementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reverse(self, request, context):
-        """2601 reversal by the original request id, for a Settle whose answer never arrived.
+        """2601 reversal by the original request id, for a Settle or a Cancel whose answer never arrived.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,7 @@ class SettlementServiceStub:
     Cancel: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.CancelRequest, _settlement_pb2.CancelResponse]
     """2208 settlement cancellation: a full or partial refund. Idempotent on request_id."""
     Reverse: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ReverseRequest, _settlement_pb2.ReverseResponse]
-    """2601 reversal by the original request id, for a Settle whose answer never arrived."""
+    """2601 reversal by the original request id, for a Settle or a Cancel whose answer never arrived."""
     GetSettlement: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementRequest, _settlement_pb2.GetSettlementResponse]
     """One settlement with its refunds."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ReconcileRequest, _settlement_pb2.ReconcileResponse]
@@ -78,7 +78,7 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     Cancel: _aio.UnaryUnaryMultiCallable[_settlement_pb2.CancelRequest, _settlement_pb2.CancelResponse]  # type: ignore[assignment]
     """2208 settlement cancellation: a full or partial refund. Idempotent on request_id."""
     Reverse: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ReverseRequest, _settlement_pb2.ReverseResponse]  # type: ignore[assignment]
-    """2601 reversal by the original request id, for a Settle whose answer never arrived."""
+    """2601 reversal by the original request id, for a Settle or a Cancel whose answer never arrived."""
     GetSettlement: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementRequest, _settlement_pb2.GetSettlementResponse]  # type: ignore[assignment]
     """One settlement with its refunds."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ReconcileRequest, _settlement_pb2.ReconcileResponse]  # type: ignore[assignment]
@@ -129,7 +129,7 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _settlement_pb2.ReverseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.ReverseResponse, _abc.Awaitable[_settlement_pb2.ReverseResponse]]:
-        """2601 reversal by the original request id, for a Settle whose answer never arrived."""
+        """2601 reversal by the original request id, for a Settle or a Cancel whose answer never arrived."""
 
     @_abc_1.abstractmethod
     def GetSettlement(

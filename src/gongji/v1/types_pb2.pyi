@@ -183,6 +183,38 @@ GRANT_SCOPE_PROVINCE: GrantScope.ValueType  # 2
 GRANT_SCOPE_NATIONAL: GrantScope.ValueType  # 3
 Global___GrantScope: _TypeAlias = GrantScope  # noqa: Y015
 
+class _CertificateType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CertificateTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CertificateType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CERTIFICATE_TYPE_UNSPECIFIED: _CertificateType.ValueType  # 0
+    """An e-voucher; what a request that does not say means."""
+    CERTIFICATE_TYPE_E_VOUCHER: _CertificateType.ValueType  # 1
+    """01: the 医保电子凭证 (e-voucher), a token from IssueVoucher, in `voucher`."""
+    CERTIFICATE_TYPE_ID_CARD: _CertificateType.ValueType  # 2
+    """02: the resident ID card (居民身份证), read at the counter: `card_number` is the ID number read."""
+    CERTIFICATE_TYPE_SOCIAL_SECURITY_CARD: _CertificateType.ValueType  # 3
+    """03: the social-security card (社会保障卡): `card_number` is the social-security number read (the
+    holder's ID number), `card_serial` the card's identification code (卡识别码).
+    """
+
+class CertificateType(_CertificateType, metaclass=_CertificateTypeEnumTypeWrapper):
+    """What the patient presented at the counter to be identified (the platform's mdtrt_cert_type)."""
+
+CERTIFICATE_TYPE_UNSPECIFIED: CertificateType.ValueType  # 0
+"""An e-voucher; what a request that does not say means."""
+CERTIFICATE_TYPE_E_VOUCHER: CertificateType.ValueType  # 1
+"""01: the 医保电子凭证 (e-voucher), a token from IssueVoucher, in `voucher`."""
+CERTIFICATE_TYPE_ID_CARD: CertificateType.ValueType  # 2
+"""02: the resident ID card (居民身份证), read at the counter: `card_number` is the ID number read."""
+CERTIFICATE_TYPE_SOCIAL_SECURITY_CARD: CertificateType.ValueType  # 3
+"""03: the social-security card (社会保障卡): `card_number` is the social-security number read (the
+holder's ID number), `card_serial` the card's identification code (卡识别码).
+"""
+Global___CertificateType: _TypeAlias = CertificateType  # noqa: Y015
+
 class _GrantStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -207,6 +239,33 @@ GRANT_STATUS_ENDED: GrantStatus.ValueType  # 3
 """Ended by itself: a side stopped being ACTIVE or moved out of the grant's scope."""
 Global___GrantStatus: _TypeAlias = GrantStatus  # noqa: Y015
 
+class _CareScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CareScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CareScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CARE_SCOPE_UNSPECIFIED: _CareScope.ValueType  # 0
+    CARE_SCOPE_LOCAL: _CareScope.ValueType  # 1
+    CARE_SCOPE_OUT_OF_REGION: _CareScope.ValueType  # 2
+    """省内异地: another 统筹区 of the patient's province."""
+    CARE_SCOPE_OUT_OF_PROVINCE: _CareScope.ValueType  # 3
+    """跨省异地: another province."""
+
+class CareScope(_CareScope, metaclass=_CareScopeEnumTypeWrapper):
+    """Where care happened against where the patient is insured. The same 统筹区 is counted as the same
+    prefecture (the first four digits of the region codes), as pooling is at least city-wide; an
+    institution whose region is unknown counts as local.
+    """
+
+CARE_SCOPE_UNSPECIFIED: CareScope.ValueType  # 0
+CARE_SCOPE_LOCAL: CareScope.ValueType  # 1
+CARE_SCOPE_OUT_OF_REGION: CareScope.ValueType  # 2
+"""省内异地: another 统筹区 of the patient's province."""
+CARE_SCOPE_OUT_OF_PROVINCE: CareScope.ValueType  # 3
+"""跨省异地: another province."""
+Global___CareScope: _TypeAlias = CareScope  # noqa: Y015
+
 class _MutualAidLimit:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -223,6 +282,10 @@ class _MutualAidLimitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Mutual
     """The authorizer's region keeps a floor under the authorizer's balance that mutual aid never takes
     (the authorizer's own settlements may).
     """
+    MUTUAL_AID_LIMIT_CARE_REGION: _MutualAidLimit.ValueType  # 4
+    """The patient's region policy keeps mutual aid from paying for care away from home (异地就医), and
+    the patient holds a grant that would have paid.
+    """
 
 class MutualAidLimit(_MutualAidLimit, metaclass=_MutualAidLimitEnumTypeWrapper):
     """What can make mutual aid pay less than the authorizer's balance would. Years are calendar years in
@@ -238,6 +301,10 @@ MUTUAL_AID_LIMIT_BENEFICIARY_CAP: MutualAidLimit.ValueType  # 2
 MUTUAL_AID_LIMIT_AUTHORIZER_FLOOR: MutualAidLimit.ValueType  # 3
 """The authorizer's region keeps a floor under the authorizer's balance that mutual aid never takes
 (the authorizer's own settlements may).
+"""
+MUTUAL_AID_LIMIT_CARE_REGION: MutualAidLimit.ValueType  # 4
+"""The patient's region policy keeps mutual aid from paying for care away from home (异地就医), and
+the patient holds a grant that would have paid.
 """
 Global___MutualAidLimit: _TypeAlias = MutualAidLimit  # noqa: Y015
 
@@ -263,6 +330,11 @@ class Settlement(_message.Message):
     REFUNDS_FIELD_NUMBER: _builtins.int
     REVERSED_AT_FIELD_NUMBER: _builtins.int
     MUTUAL_AID_LIMITED_BY_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
+    INSURED_REGION_FIELD_NUMBER: _builtins.int
+    CARE_REGION_FIELD_NUMBER: _builtins.int
+    CARE_SCOPE_FIELD_NUMBER: _builtins.int
+    PSN_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     request_id: _builtins.str
     """The terminal's idempotency key."""
@@ -273,7 +345,9 @@ class Settlement(_message.Message):
     """The authorizer whose account paid acct_mulaid_pay_fen; empty when none."""
     amount_fen: _builtins.int
     acct_pay_fen: _builtins.int
-    """Paid from the patient's own personal account."""
+    """Paid from the patient's own personal account only (the platform's selfAcctPay). Some hospital
+    systems read a field named acct_pay as the total of both accounts: that total is psn_acct_pay_fen.
+    """
     acct_mulaid_pay_fen: _builtins.int
     """Paid from the authorizer's personal account (family mutual aid)."""
     psn_cash_pay_fen: _builtins.int
@@ -286,6 +360,20 @@ class Settlement(_message.Message):
     """Set when a cap or the authorizer's floor made mutual aid pay less than the bill needed (the rest
     went to cash); UNSPECIFIED when none did.
     """
+    certificate_type: Global___CertificateType.ValueType
+    """What the patient presented: an e-voucher, or a card read at the counter."""
+    insured_region: _builtins.str
+    """The 统筹区 the patient is insured in (the platform's insuplc_admdvs), as of the settlement."""
+    care_region: _builtins.str
+    """The 统筹区 of the institution (mdtrt_area_admvs): the one an operator set, else the prefecture of the
+    region in its national code (H61010300101: 610100); empty when neither is known.
+    """
+    care_scope: Global___CareScope.ValueType
+    """Local care, or 异地就医 within or outside the province. UNSPECIFIED for settlements made before
+    gongji recorded it.
+    """
+    psn_acct_pay_fen: _builtins.int
+    """Paid from personal accounts in all: acct_pay_fen + acct_mulaid_pay_fen (the platform's psnAcctPay)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -315,10 +403,15 @@ class Settlement(_message.Message):
         refunds: _abc.Iterable[Global___Refund] | None = ...,
         reversed_at: _timestamp_pb2.Timestamp | None = ...,
         mutual_aid_limited_by: Global___MutualAidLimit.ValueType = ...,
+        certificate_type: Global___CertificateType.ValueType = ...,
+        insured_region: _builtins.str = ...,
+        care_region: _builtins.str = ...,
+        care_scope: Global___CareScope.ValueType = ...,
+        psn_acct_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "created_at", b"created_at", "institution_id", b"institution_id", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "care_region", b"care_region", "care_scope", b"care_scope", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "insured_region", b"insured_region", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,6 +434,7 @@ class Refund(_message.Message):
     PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    REVERSED_AT_FIELD_NUMBER: _builtins.int
     refund_id: _builtins.str
     request_id: _builtins.str
     settlement_id: _builtins.str
@@ -352,6 +446,12 @@ class Refund(_message.Message):
     """CANCEL (2208) or REVERSAL (2601)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reversed_at(self) -> _timestamp_pb2.Timestamp:
+        """Set once this refund (a CANCEL) was itself reversed (2601 with ORIGINAL_KIND_CANCEL): its money went
+        back where the settlement had put it, and the settlement's refunded_fen no longer counts it.
+        """
+
     def __init__(
         self,
         *,
@@ -364,10 +464,11 @@ class Refund(_message.Message):
         psn_cash_pay_fen: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         kind: _builtins.str = ...,
+        reversed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "created_at", b"created_at", "kind", b"kind", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_id", b"refund_id", "request_id", b"request_id", "settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "created_at", b"created_at", "kind", b"kind", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_id", b"refund_id", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

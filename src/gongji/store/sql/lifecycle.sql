@@ -32,12 +32,13 @@ declare
     v_id    constant uuid := gen_random_uuid();
 begin
     select * into s from settlement x where x.settlement_id = p_settlement_id;
+    -- What is left per source: a reversed refund's money went back where the settlement had put it.
     -- sum(bigint) is numeric: cast back, the amounts are bounded far below bigint's range.
     select (s.acct_pay_fen - coalesce(sum(r.acct_pay_fen), 0))::bigint as own,
            (s.acct_mulaid_pay_fen - coalesce(sum(r.acct_mulaid_pay_fen), 0))::bigint as mulaid,
            (s.psn_cash_pay_fen - coalesce(sum(r.psn_cash_pay_fen), 0))::bigint as cash
       into v_left
-      from refund r where r.settlement_id = p_settlement_id;
+      from refund r where r.settlement_id = p_settlement_id and r.reversed_at is null;
     assert p_amount_fen > 0 and p_amount_fen <= v_left.own + v_left.mulaid + v_left.cash;
     select * into v_split from gongji_refund_split(p_amount_fen, v_left.own, v_left.mulaid, v_left.cash);
     assert v_split.acct_pay_fen between 0 and v_left.own;
@@ -95,6 +96,12 @@ declare
     v_amount   bigint;
 begin
     perform pg_advisory_xact_lock(hashtextextended(v_scope || '/' || p_request_id, 0));
+    -- A reversal by this request id came first (gongji_reverse_refund takes the same lock): refused,
+    -- whether it undid this Cancel's refund or found nothing to undo.
+    if exists (select 1 from refund_reversal v where v.institution_id = p_institution_id and v.request_id = p_request_id)
+    then
+        outcome := 'ALREADY_REVERSED'; return next; return;
+    end if;
     select k.request_digest, k.resource_id into v_digest, v_existing
       from idempotency_key k where k.scope = v_scope and k.request_id = p_request_id;
     if found then
@@ -155,6 +162,127 @@ begin
     undone := s.settlement_id is not null;
     settlement_id := s.settlement_id;
     replayed := false;
+    return next;
+end
+$$;
+
+-- Why a committed refund cannot be reversed, or null when it can. Twin:
+-- gongji.domain.reversal.refund_reversal_refusal. 'ALREADY_REVERSED': its settlement was reversed
+-- since, which gave back everything that was left, so there is nothing the refund's money could return
+-- to. 'REFUND_ALREADY_SPENT': an account the refund credited holds less than the refund's part of it
+-- now (the money paid something else meanwhile); taking it back would push the balance below zero,
+-- and gongji keeps no receivable for the cash it would then be owed. A null balance is an account the
+-- refund credited nothing (its part is 0).
+create or replace function gongji_refund_reversal_refusal(
+    p_settlement_reversed boolean, p_acct_pay_fen bigint, p_own_balance_fen bigint,
+    p_acct_mulaid_pay_fen bigint, p_mulaid_balance_fen bigint)
+returns text
+language sql immutable parallel safe
+as $$
+    select case
+        when p_settlement_reversed then 'ALREADY_REVERSED'
+        when p_acct_pay_fen > coalesce(p_own_balance_fen, 0)
+          or p_acct_mulaid_pay_fen > coalesce(p_mulaid_balance_fen, 0) then 'REFUND_ALREADY_SPENT'
+    end
+$$;
+
+-- Lock, FOR UPDATE and in ascending person_id order as everywhere, the accounts a refund credited (those
+-- of its parts that are not zero), and answer their balances (null: not credited, not locked).
+create or replace function gongji_lock_refunded_accounts(r refund, s settlement,
+    out own_balance_fen bigint, out mulaid_balance_fen bigint)
+language plpgsql
+as $$
+declare
+    v_pid     text;
+    v_balance bigint;
+begin
+    for v_pid in
+        select x from unnest(array[case when r.acct_pay_fen > 0 then s.patient_id end,
+                                   case when r.acct_mulaid_pay_fen > 0 then s.authorizer_id end]) as x
+         where x is not null order by x collate "C"
+    loop
+        select a.balance_fen into strict v_balance from account a where a.person_id = v_pid for update;
+        if v_pid = s.patient_id then own_balance_fen := v_balance; else mulaid_balance_fen := v_balance; end if;
+    end loop;
+end
+$$;
+
+-- Take a refund's money back from the accounts it credited, which the caller locked and found holding
+-- enough: a REFUND_REVERSAL ledger entry per account, the caps count the mutual aid again (for the
+-- settlement's year, as the refund gave it back), the settlement's refunded_fen drops, the refund is
+-- marked reversed. The caps may then count more than a cap allows, when settlements used the room the
+-- refund had made: a cap limits what mutual aid pays next, it does not undo what was paid.
+create or replace function gongji_take_refund_back(r refund, s settlement)
+returns void
+language plpgsql
+as $$
+declare
+    v_pid   text;
+    v_part  bigint;
+    v_after bigint;
+begin
+    for v_pid in
+        select x from unnest(array[case when r.acct_pay_fen > 0 then s.patient_id end,
+                                   case when r.acct_mulaid_pay_fen > 0 then s.authorizer_id end]) as x
+         where x is not null order by x collate "C"
+    loop
+        v_part := case when v_pid = s.patient_id then r.acct_pay_fen else r.acct_mulaid_pay_fen end;
+        update account a set balance_fen = a.balance_fen - v_part, updated_at = now()
+         where a.person_id = v_pid returning a.balance_fen into v_after;
+        assert v_after >= 0, 'the caller found the refund''s part in the account';
+        insert into ledger_entry (person_id, amount_fen, balance_after_fen, kind, settlement_id, refund_id,
+                                  counterpart_id)
+        values (v_pid, -v_part, v_after, 'REFUND_REVERSAL', s.settlement_id, r.refund_id,
+                case when v_pid = s.authorizer_id then s.patient_id end);
+    end loop;
+    if r.acct_mulaid_pay_fen > 0 then
+        perform gongji_count_mutual_aid(s.grant_id, s.patient_id, gongji_china_year(s.created_at),
+                                        r.acct_mulaid_pay_fen);
+    end if;
+    update settlement x set refunded_fen = x.refunded_fen - r.amount_fen where x.settlement_id = s.settlement_id;
+    update refund x set reversed_at = now() where x.refund_id = r.refund_id;
+end
+$$;
+
+-- 2601 of a Cancel (2208): the POS never got the Cancel's answer and reverses by its request id. Takes
+-- gongji_cancel's lock for that id, so the Cancel either committed before (and its refund is taken
+-- back whole) or comes after (and is refused ALREADY_REVERSED). Reversing twice answers the same; a
+-- refusal writes nothing, so a reversal refused REFUND_ALREADY_SPENT may succeed once the money is
+-- back in the account.
+create or replace function gongji_reverse_refund(p_institution_id text, p_request_id text)
+returns table (outcome text, undone boolean, settlement_id uuid, refund_id uuid, replayed boolean)
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+    v_done    refund_reversal;
+    v_refund  refund;
+    s         settlement;
+    v_balance record;
+begin
+    perform pg_advisory_xact_lock(hashtextextended('cancel/' || p_institution_id || '/' || p_request_id, 0));
+    select * into v_done from refund_reversal v where v.institution_id = p_institution_id and v.request_id = p_request_id;
+    if found then
+        select * into v_refund from refund x where x.refund_id = v_done.refund_id;
+        outcome := 'OK'; undone := v_done.refund_id is not null; settlement_id := v_refund.settlement_id;
+        refund_id := v_done.refund_id; replayed := true;
+        return next; return;
+    end if;
+    select x.* into v_refund from idempotency_key k join refund x on x.refund_id = k.resource_id
+     where k.scope = 'cancel/' || p_institution_id and k.request_id = p_request_id;
+    if v_refund.refund_id is not null then
+        -- The settlement's row lock makes this take turns with the settlement's other refunds.
+        select * into s from settlement x where x.settlement_id = v_refund.settlement_id for update;
+        select * into v_balance from gongji_lock_refunded_accounts(v_refund, s);
+        outcome := gongji_refund_reversal_refusal(s.reversed_at is not null, v_refund.acct_pay_fen,
+            v_balance.own_balance_fen, v_refund.acct_mulaid_pay_fen, v_balance.mulaid_balance_fen);
+        if outcome is not null then return next; return; end if;
+        perform gongji_take_refund_back(v_refund, s);
+    end if;
+    insert into refund_reversal (institution_id, request_id, refund_id)
+    values (p_institution_id, p_request_id, v_refund.refund_id);
+    outcome := 'OK'; undone := v_refund.refund_id is not null; settlement_id := v_refund.settlement_id;
+    refund_id := v_refund.refund_id; replayed := false;
     return next;
 end
 $$;

@@ -169,7 +169,7 @@ begin
     else
         -- 2. Who pays for whom: both people, the grant between them (locked), the beneficiary's rate.
         v_people := gongji_premium_people(p_payer_id, p_beneficiary_id);
-        v_grant := gongji_lock_grant(p_beneficiary_id, p_payer_id, true);
+        v_grant := gongji_lock_grant(p_beneficiary_id, p_payer_id, null, true);
         v_rate := gongji_premium_rate((v_people.beneficiary).region_code, p_year);
         opens_on := v_rate.opens_on;
         closes_on := v_rate.closes_on;

@@ -104,10 +104,78 @@ begin
 end
 $$;
 
--- The grant a settlement of p_beneficiary_id would draw on: the named authorizer's, or the oldest
--- live one. The authorizer must still be an active employee-insured person. Twin:
--- gongji.domain.eligibility.live_grant.
-create or replace function gongji_live_grant(p_beneficiary_id text, p_authorizer_id text) returns bigint
+-- Why a terminal's choice of authorizer may not stand, or null: the e-voucher carries the grant the
+-- patient picked in the app (p_voucher_grant_id, null when none was picked), and a terminal that names
+-- another authorizer contradicts the patient. Twin: gongji.domain.eligibility.voucher_choice_refusal.
+create or replace function gongji_voucher_choice_refusal(p_voucher_grant_id bigint, p_authorizer_id text)
+returns text
+language plpgsql stable
+as $$
+begin
+    return case when p_voucher_grant_id is not null and p_authorizer_id is not null and not exists (
+                    select 1 from mutual_aid_grant g
+                     where g.grant_id = p_voucher_grant_id and g.authorizer_id = p_authorizer_id)
+                then 'VOUCHER_AUTHORIZER_MISMATCH' end;
+end
+$$;
+
+-- Take the transaction lock of e-voucher p_voucher_id, so that settlements presenting one voucher take
+-- turns (gongji_voucher_refusal); answer the seconds waited for it. A card has no voucher id (null):
+-- nothing is locked, and null is answered.
+create or replace function gongji_lock_voucher(p_voucher_id uuid) returns double precision
+language plpgsql
+as $$
+declare
+    v_t constant timestamptz := clock_timestamp();
+begin
+    if p_voucher_id is null then
+        return null;
+    end if;
+    perform pg_advisory_xact_lock(hashtextextended('voucher/' || p_voucher_id, 0));
+    return extract(epoch from clock_timestamp() - v_t);
+end
+$$;
+
+-- Why a card of p_cert_type (what the patient presented: 'E_VOUCHER', 'ID_CARD',
+-- 'SOCIAL_SECURITY_CARD') may not be presented by a patient insured in p_region_code, or null. The
+-- e-voucher is always accepted; a card where the region's policy accepts its type (no policy, or no
+-- list: every type). Twin: gongji.domain.eligibility.certificate_refusal.
+create or replace function gongji_certificate_refusal(p_cert_type text, p_region_code text) returns text
+language plpgsql stable
+as $$
+begin
+    return case when p_cert_type <> 'E_VOUCHER'
+                 and not p_cert_type = any(coalesce((gongji_region_policy(p_region_code)).accepted_cert_types,
+                                                    array[p_cert_type]))
+                then 'CERTIFICATE_TYPE_NOT_ALLOWED' end;
+end
+$$;
+
+-- Why the patient p (all-null when not enrolled) may not settle or quote with what they presented, or
+-- null: the patient and the voucher first (gongji_settle_refusal; a card is judged as a voucher that
+-- names its holder and is never used up nor expires), then whether the patient's region accepts the
+-- card (gongji_certificate_refusal), then the terminal's authorizer against the grant the voucher
+-- carries (gongji_voucher_choice_refusal).
+create or replace function gongji_presented_refusal(
+    p person, p_voucher_id uuid, p_names_patient boolean, p_expires_at timestamptz, p_binding_id bigint,
+    p_grant_id bigint, p_cert_type text, p_authorizer_id text)
+returns text
+language plpgsql stable
+as $$
+begin
+    return coalesce(
+        gongji_settle_refusal(p, gongji_voucher_refusal(p_voucher_id, p_names_patient, p_expires_at, p_binding_id,
+                                                        p.person_id)),
+        gongji_certificate_refusal(p_cert_type, p.region_code),
+        gongji_voucher_choice_refusal(p_grant_id, p_authorizer_id));
+end
+$$;
+
+-- The grant a settlement of p_beneficiary_id would draw on: the one the patient picked (p_grant_id,
+-- carried by the e-voucher), else the named authorizer's, else the oldest live one. The authorizer must
+-- still be an active employee-insured person. Twin: gongji.domain.eligibility.live_grant.
+create or replace function gongji_live_grant(p_beneficiary_id text, p_authorizer_id text, p_grant_id bigint)
+returns bigint
 language plpgsql stable
 as $$
 begin
@@ -117,6 +185,7 @@ begin
              where g.beneficiary_id = p_beneficiary_id
                and g.status = 'LIVE'
                and (p_authorizer_id is null or g.authorizer_id = p_authorizer_id)
+               and (p_grant_id is null or g.grant_id = p_grant_id)
                and a.status = 'ACTIVE' and a.scheme = 'EMPLOYEE'
              order by g.created_at, g.grant_id
              limit 1);
@@ -131,7 +200,7 @@ $$;
 -- wait_s: time spent waiting for the row lock, null when no grant was locked. Nothing is locked when
 -- the personal account may not pay (p_use_account false): mutual aid is personal-account money too.
 create or replace function gongji_lock_grant(
-    p_beneficiary_id text, p_authorizer_id text, p_use_account boolean,
+    p_beneficiary_id text, p_authorizer_id text, p_grant_id bigint, p_use_account boolean,
     out grant_id bigint, out authorizer_id text, out wait_s double precision)
 language plpgsql
 as $$
@@ -140,7 +209,7 @@ declare
 begin
     for v_attempt in 1..3 loop
         exit when not p_use_account;
-        grant_id := gongji_live_grant(p_beneficiary_id, p_authorizer_id);
+        grant_id := gongji_live_grant(p_beneficiary_id, p_authorizer_id, p_grant_id);
         exit when grant_id is null;
         v_t := clock_timestamp();
         select g.authorizer_id into authorizer_id
@@ -353,6 +422,74 @@ begin
 end
 $$;
 
+-- The 统筹区 of an institution, as a settlement counts where care happened: the one an operator set, else
+-- the prefecture of the region in its national code (定点医药机构编码: a letter, the 6-digit region it is
+-- registered in, a number; H61010300101 is in 610103, so in 610100), else null (unknown).
+create or replace function gongji_institution_region(p_institution_id text) returns text
+language plpgsql stable
+as $$
+begin
+    return coalesce(
+        (select i.region_code from institution i where i.institution_id = p_institution_id),
+        case when p_institution_id ~ '^[A-Z][1-9][0-9]{5}' then substr(p_institution_id, 2, 4) || '00' end);
+end
+$$;
+
+-- Where care happened against where the patient is insured (异地就医): 'LOCAL' in the same 统筹区,
+-- counted as the same prefecture (the first four digits: pooling is at least city-wide), or where the
+-- institution's region is unknown; 'OUT_OF_REGION' elsewhere in the province; 'OUT_OF_PROVINCE'. Twin:
+-- gongji.domain.eligibility.care_scope.
+create or replace function gongji_care_scope(p_insured_region text, p_care_region text) returns text
+language plpgsql immutable
+as $$
+begin
+    return case when p_care_region is null or left(p_care_region, 4) = left(p_insured_region, 4) then 'LOCAL'
+                when left(p_care_region, 2) = left(p_insured_region, 2) then 'OUT_OF_REGION'
+                else 'OUT_OF_PROVINCE' end;
+end
+$$;
+
+-- Whether mutual aid may pay for care of p_care_scope for a patient insured in p_insured_region: always
+-- for local care, elsewhere as the patient's region policy says (no policy, or nothing said: it may, as
+-- the national rules let the personal account pay 异地 care). Twin:
+-- gongji.domain.eligibility.mutual_aid_for_care.
+create or replace function gongji_mutual_aid_care_allowed(p_care_scope text, p_insured_region text) returns boolean
+language plpgsql stable
+as $$
+declare
+    r region_policy;
+begin
+    if p_care_scope = 'LOCAL' then
+        return true;
+    end if;
+    r := gongji_region_policy(p_insured_region);
+    return case p_care_scope when 'OUT_OF_REGION' then coalesce(r.mutual_aid_out_of_region, true)
+                             else coalesce(r.mutual_aid_out_of_province, true) end;
+end
+$$;
+
+-- Where the care of a settlement (or quote) at p_institution_id happens, and whether mutual aid may pay
+-- for it: only when the personal account is used (p_use_account) and the care region allows it.
+-- limited_by is 'CARE_REGION' when the region does not and the patient holds a grant that would
+-- otherwise pay (the grant the settlement would pick: gongji_live_grant).
+create or replace function gongji_care(
+    p_institution_id text, p_patient_id text, p_insured_region text, p_authorizer_id text, p_grant_id bigint,
+    p_use_account boolean, out care_region text, out care_scope text, out mutual_aid boolean, out limited_by text)
+language plpgsql stable
+as $$
+declare
+    v_allowed boolean;
+begin
+    care_region := gongji_institution_region(p_institution_id);
+    care_scope := gongji_care_scope(p_insured_region, care_region);
+    v_allowed := gongji_mutual_aid_care_allowed(care_scope, p_insured_region);
+    mutual_aid := p_use_account and v_allowed;
+    limited_by := case when p_use_account and not v_allowed
+                        and gongji_live_grant(p_patient_id, p_authorizer_id, p_grant_id) is not null
+                       then 'CARE_REGION' end;
+end
+$$;
+
 -- Write a settlement the steps before decided, on accounts they locked: the settlement row (which
 -- names its voucher: that makes the voucher used), each account's debit with its ledger entry, the
 -- idempotency key. Answers the row.
@@ -362,7 +499,7 @@ create or replace function gongji_settle_write(
     p_settlement_id uuid, p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_patient_id text, p_grant_id bigint, p_authorizer_id text, p_amount_fen bigint,
     p_own_fen bigint, p_mulaid_fen bigint, p_acct_pay_fen bigint, p_acct_mulaid_pay_fen bigint,
-    p_mulaid_limited_by text)
+    p_mulaid_limited_by text, p_cert_type text, p_insured_region text, p_care_region text, p_care_scope text)
 returns settlement
 language plpgsql
 as $$
@@ -378,12 +515,13 @@ begin
     end if;
     insert into settlement (
         settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, grant_id, voucher_id,
-        amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, mulaid_limited_by)
+        amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, mulaid_limited_by, cert_type,
+        insured_region, care_region, care_scope)
     values (
         p_settlement_id, p_institution_id, p_terminal_id, p_request_id, p_patient_id, p_authorizer_id, p_grant_id,
         p_voucher_id, p_amount_fen, p_acct_pay_fen, p_acct_mulaid_pay_fen,
         p_amount_fen - p_acct_pay_fen - p_acct_mulaid_pay_fen, coalesce(p_own_fen, 0) - p_acct_pay_fen,
-        p_mulaid_limited_by)
+        p_mulaid_limited_by, p_cert_type, p_insured_region, p_care_region, p_care_scope)
     returning * into s;
     if p_acct_pay_fen > 0 then
         update account a set balance_fen = a.balance_fen - p_acct_pay_fen, updated_at = now()
@@ -407,12 +545,13 @@ end
 $$;
 
 create or replace function gongji_quote(
-    p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
-    p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
+    p_institution_id text, p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz,
+    p_voucher_binding_id bigint, p_voucher_grant_id bigint, p_cert_type text, p_patient_id text, p_amount_fen bigint,
+    p_authorizer_id text, p_use_account boolean)
 returns table (
     outcome text, authorizer_id text, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
     psn_cash_pay_fen bigint, balc_fen bigint, mulaid_limited_by text, grant_cap_left_fen bigint,
-    beneficiary_cap_left_fen bigint)
+    beneficiary_cap_left_fen bigint, care_region text, care_scope text)
 language plpgsql
 as $$
 #variable_conflict use_column
@@ -424,14 +563,17 @@ declare
     v_mulaid     bigint;
     v_room       record;
     v_split      record;
+    v_care       record;
 begin
     select * into v_patient from person p where p.person_id = p_patient_id;
-    outcome := gongji_settle_refusal(v_patient, gongji_voucher_refusal(
-        p_voucher_id, p_voucher_names_patient, p_voucher_expires_at, p_voucher_binding_id, p_patient_id));
+    outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
+                                        p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id);
     if outcome is not null then return next; return; end if;
-    if p_use_account then
-        v_grant := gongji_live_grant(p_patient_id, p_authorizer_id);
-        if p_authorizer_id is not null and v_grant is null then
+    v_care := gongji_care(p_institution_id, p_patient_id, v_patient.region_code, p_authorizer_id, p_voucher_grant_id,
+                          p_use_account);
+    if v_care.mutual_aid then
+        v_grant := gongji_live_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id);
+        if num_nonnulls(p_authorizer_id, p_voucher_grant_id) > 0 and v_grant is null then
             outcome := 'GRANT_NOT_FOUND'; return next; return;
         end if;
         select g.authorizer_id into v_authorizer from mutual_aid_grant g where g.grant_id = v_grant;
@@ -449,25 +591,43 @@ begin
     acct_mulaid_pay_fen := v_split.acct_mulaid_pay_fen;
     psn_cash_pay_fen := v_split.psn_cash_pay_fen;
     balc_fen := coalesce(v_own, 0) - v_split.acct_pay_fen;
-    mulaid_limited_by := case when v_split.psn_cash_pay_fen > 0 then v_room.limited_by end;
+    mulaid_limited_by := case when v_split.psn_cash_pay_fen > 0 then coalesce(v_room.limited_by, v_care.limited_by) end;
     grant_cap_left_fen := v_room.grant_cap_left_fen;
     beneficiary_cap_left_fen := v_room.beneficiary_cap_left_fen;
+    care_region := v_care.care_region;
+    care_scope := v_care.care_scope;
     return next;
+end
+$$;
+
+-- Take the transaction lock of a Settle's request id: requests with the same key wait for each other, so
+-- a POS retry racing its original replays it, and a reversal (gongji_reverse takes the same lock)
+-- either undoes it or refuses it, never half. Answers the seconds waited.
+create or replace function gongji_lock_request(p_institution_id text, p_request_id text) returns double precision
+language plpgsql
+as $$
+declare
+    v_t constant timestamptz := clock_timestamp();
+begin
+    perform pg_advisory_xact_lock(hashtextextended('settle/' || p_institution_id || '/' || p_request_id, 0));
+    return extract(epoch from clock_timestamp() - v_t);
 end
 $$;
 
 -- Settle also answers how long it waited for each of its locks, measured with clock_timestamp() around
 -- each locking statement: only the database knows this split (from Python one call is one number).
 -- The caller feeds them to the lock-wait histogram; a lock the call did not reach (a refusal, a replay)
--- answers null and is not observed.
+-- answers null and is not observed. Step 1 is the idempotent replay (gongji_lock_request).
 create or replace function gongji_settle(
     p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
-    p_patient_id text, p_amount_fen bigint, p_authorizer_id text, p_use_account boolean)
+    p_voucher_grant_id bigint, p_cert_type text, p_patient_id text, p_amount_fen bigint, p_authorizer_id text,
+    p_use_account boolean)
 returns table (
     outcome text, replayed boolean, settlement_id uuid, created_at timestamptz, terminal_id text,
     patient_id text, authorizer_id text, amount_fen bigint, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
-    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint, mulaid_limited_by text,
+    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint, mulaid_limited_by text, cert_type text,
+    insured_region text, care_region text, care_scope text,
     lock_wait_idempotency_s double precision, lock_wait_voucher_s double precision,
     lock_wait_grant_s double precision, lock_wait_account_s double precision)
 language plpgsql
@@ -481,14 +641,9 @@ declare
     v_room     record;   -- room_fen null: the authorizer's account is not drawn on
     v_split    record;
     s          settlement;
-    v_t        timestamptz;
+    v_care     record;   -- where care happens, and whether mutual aid may pay for it there
 begin
-    -- 1. Idempotent replay. Requests with the same key wait for each other, so a POS retry racing its
-    -- original replays it, and a reversal (gongji_reverse takes the same lock) either undoes it or
-    -- refuses it, never half.
-    v_t := clock_timestamp();
-    perform pg_advisory_xact_lock(hashtextextended('settle/' || p_institution_id || '/' || p_request_id, 0));
-    lock_wait_idempotency_s := extract(epoch from clock_timestamp() - v_t);
+    lock_wait_idempotency_s := gongji_lock_request(p_institution_id, p_request_id);
     v_seen := gongji_settle_replay(p_institution_id, p_request_id, p_request_digest);
     if v_seen.seen = 'REPLAY' then
         select * into s from settlement x where x.settlement_id = v_seen.seen_settlement_id;
@@ -497,17 +652,18 @@ begin
     else
         -- 2. The patient and the voucher, whose lock makes its settlements take turns: one uses it.
         select * into v_patient from person p where p.person_id = p_patient_id;
-        v_t := clock_timestamp();
-        perform pg_advisory_xact_lock(hashtextextended('voucher/' || p_voucher_id, 0));
-        lock_wait_voucher_s := extract(epoch from clock_timestamp() - v_t);
-        outcome := gongji_settle_refusal(v_patient, gongji_voucher_refusal(
-            p_voucher_id, p_voucher_names_patient, p_voucher_expires_at, p_voucher_binding_id, p_patient_id));
+        lock_wait_voucher_s := gongji_lock_voucher(p_voucher_id);
+        outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
+                                            p_voucher_binding_id, p_voucher_grant_id, p_cert_type,
+                                            p_authorizer_id);
         if outcome is not null then return next; return; end if;
-        -- 3. The grant and 4. the accounts, locked (when the account may pay: see gongji_lock_accounts),
-        -- and the room the caps and the floor leave on the authorizer's.
-        v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_use_account);
+        -- 3. Where care happens, the grant and 4. the accounts, locked (when the account may pay: see
+        -- gongji_lock_accounts), and the room the caps and the floor leave on the authorizer's.
+        v_care := gongji_care(p_institution_id, p_patient_id, v_patient.region_code, p_authorizer_id,
+                              p_voucher_grant_id, p_use_account);
+        v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id, v_care.mutual_aid);
         lock_wait_grant_s := v_grant.wait_s;
-        if p_use_account and p_authorizer_id is not null and v_grant.grant_id is null then
+        if v_care.mutual_aid and num_nonnulls(p_authorizer_id, p_voucher_grant_id) > 0 and v_grant.grant_id is null then
             outcome := 'GRANT_NOT_FOUND'; return next; return;
         end if;
         v_accounts := gongji_lock_accounts(p_patient_id, v_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
@@ -521,12 +677,14 @@ begin
             gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_voucher_id,
             p_patient_id, v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen,
             v_accounts.mulaid_fen, v_split.acct_pay_fen, v_split.acct_mulaid_pay_fen,
-            case when v_split.psn_cash_pay_fen > 0 then v_room.limited_by end);
+            case when v_split.psn_cash_pay_fen > 0 then coalesce(v_room.limited_by, v_care.limited_by) end,
+            p_cert_type, v_patient.region_code, v_care.care_region, v_care.care_scope);
     end if;
     return query
         select 'OK'::text, v_seen.seen is not null, s.settlement_id, s.created_at, s.terminal_id, s.patient_id,
                s.authorizer_id, s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen,
-               s.refunded_fen, s.mulaid_limited_by, lock_wait_idempotency_s, lock_wait_voucher_s, lock_wait_grant_s,
+               s.refunded_fen, s.mulaid_limited_by, s.cert_type, s.insured_region, s.care_region, s.care_scope,
+               lock_wait_idempotency_s, lock_wait_voucher_s, lock_wait_grant_s,
                lock_wait_account_s;
 end
 $$;
