@@ -93,6 +93,8 @@ DOCUMENT_TYPES = enum_words(types_pb2.DocumentType)
 SCOPES = enum_words(types_pb2.GrantScope)
 SCHEMES = enum_words(types_pb2.Scheme)
 STATUSES = enum_words(types_pb2.PersonStatus)
+GROUPINGS = enum_words(settlement_pb2.TotalsGrouping)
+REFUND_TREATMENTS = enum_words(settlement_pb2.RefundTreatment)
 CARDS = {w: n for w, n in enum_words(types_pb2.CertificateType).items() if w != "e_voucher"}
 
 
@@ -387,6 +389,58 @@ async def reconcile(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Toke
     return await _settlement(ch).Reconcile(request, metadata=tokens.auth(kind), timeout=timeout_s(args))
 
 
+def _books(args: argparse.Namespace) -> list[Any]:
+    """The institution's detail list from its CSV export (gongji.books), sorted."""
+    from gongji import books
+
+    try:
+        return books.read(Path(args.csv))
+    except OSError as exc:
+        raise ClientError(f"cannot read {args.csv}: {exc.strerror}", EXIT_USAGE) from None
+    except books.BooksError as exc:
+        raise ClientError(str(exc), EXIT_USAGE) from None
+
+
+def _check_days(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The institution (empty: the terminal's own) and the first and last day of a check."""
+    return args.institution or "", args.start_date, args.end_date or args.start_date
+
+
+async def check_totals(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    from gongji import books
+
+    lines = books.totals_lines(_books(args), by_insutype=args.grouping == "insutype", refunds=args.refunds)
+    institution_id, start_date, end_date = _check_days(args)
+    request = settlement_pb2.CheckTotalsRequest(
+        institution_id=institution_id,
+        start_date=start_date,
+        end_date=end_date,
+        grouping=GROUPINGS[args.grouping],
+        refunds=REFUND_TREATMENTS[args.refunds],
+        lines=lines,
+    )
+    kind = "operator" if args.institution else "terminal"
+    return await _settlement(ch).CheckTotals(request, metadata=tokens.auth(kind), timeout=timeout_s(args))
+
+
+async def check_detail(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    from gongji import books
+
+    rows = _books(args)
+    metadata = tokens.auth("operator" if args.institution else "terminal")
+    stub = _settlement(ch)
+
+    async def call(request: settlement_pb2.CheckDetailRequest) -> settlement_pb2.CheckDetailResponse:
+        reply: settlement_pb2.CheckDetailResponse = await stub.CheckDetail(
+            request, metadata=metadata, timeout=timeout_s(args)
+        )
+        return reply
+
+    institution_id, start_date, end_date = _check_days(args)
+    base = settlement_pb2.CheckDetailRequest(institution_id=institution_id, start_date=start_date, end_date=end_date)
+    return await books.check_detail(call, rows, base)
+
+
 async def voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = family_pb2.IssueVoucherRequest(
         person_id=args.person,
@@ -559,6 +613,8 @@ RPC_COMMANDS: dict[str, str] = {
     "gongji.v1.SettlementService.Reverse": "reverse",
     "gongji.v1.SettlementService.GetSettlement": "get-settlement",
     "gongji.v1.SettlementService.Reconcile": "reconcile",
+    "gongji.v1.SettlementService.CheckTotals": "check-totals",
+    "gongji.v1.SettlementService.CheckDetail": "check-detail",
     "gongji.v1.FamilyService.Bind": "bind",
     "gongji.v1.FamilyService.Unbind": "unbind",
     "gongji.v1.FamilyService.Grant": "grant",
@@ -586,6 +642,8 @@ COMMANDS: dict[str, Call] = {
     "reverse": reverse,
     "get-settlement": get_settlement,
     "reconcile": reconcile,
+    "check-totals": check_totals,
+    "check-detail": check_detail,
     "account": account,
     "voucher": voucher,
     "grant": grant,
@@ -761,6 +819,32 @@ def _add_settlement_arguments(add: Add) -> None:
     rc.add_argument("--institution", metavar="ID", help="the institution; an operator's call (operator token)")
     rc.add_argument("--page-size", type=int32, help="settlements per page with --detail (default 100, at most 1000)")
     rc.add_argument("--page-token", help="next_page_token of the previous answer")
+    _add_check_arguments(add)
+
+
+_CSV_HELP = "the institution's detail list, a CSV with a header (columns: docs/cli.md, check-detail)"
+
+
+def _add_check_arguments(add: Add) -> None:
+    for name, text in (
+        ("check-totals", "compare the totals of the institution's CSV export with gongji's (3201), line by line "
+         "(terminal: its own; operator: --institution)"),
+        ("check-detail", "compare the institution's CSV export with gongji's rows (3202), a page at a time; prints "
+         "only the rows that differ (terminal: its own; operator: --institution)"),
+    ):  # fmt: skip
+        x = add(name, text)
+        x.add_argument("--csv", required=True, metavar="FILE", help=_CSV_HELP)
+        x.add_argument(
+            "--start-date", type=day, metavar="YYYY-MM-DD", required=True, help="first day (China), included"
+        )
+        x.add_argument("--end-date", type=day, metavar="YYYY-MM-DD", help="last day, included (default: --start-date)")
+        x.add_argument("--institution", metavar="ID", help="the institution; an operator's call (operator token)")
+        if name == "check-totals":
+            x.add_argument("--grouping", choices=list(GROUPINGS), default="all", help="lines by (default all)")
+            x.add_argument(
+                "--refunds", choices=list(REFUND_TREATMENTS), default="apart",
+                help="refunds apart (default), netted into the settlements, or excluded",
+            )  # fmt: skip
 
 
 def _add_family_arguments(add: Add) -> None:

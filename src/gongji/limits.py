@@ -68,6 +68,18 @@ LEDGER_PAGE_SIZE_MAX = 100
 RECONCILE_PAGE_SIZE_DEFAULT = 100
 RECONCILE_PAGE_SIZE_MAX = 1_000
 PAGE_TOKEN_LEN_MAX = 256
+# Checks against the institution's books (CheckTotals 3201, CheckDetail 3202). Days in one check (a
+# month). Totals: lines one request may carry (two insurance types today, room for clearing classes),
+# and the bounds of their figures (a count of records; sums in fen, negative when refunds are netted).
+RECONCILE_CHECK_DAYS_MAX = 31
+RECONCILE_TOTALS_LINES_MAX = 8
+RECONCILE_TOTALS_COUNT_MAX = 1_000_000_000
+RECONCILE_TOTALS_FEN_MAX = 10**15
+# Detail: the institution's rows in one page, and gongji's rows one answer compares (more in the page's
+# stretch: the answer says how far it compared). A page of 1,000 rows of 64-character ids is about
+# 110 KB, well within GRPC_MESSAGE_BYTES_MAX, and an answer of 2,000 differences about 400 KB.
+RECONCILE_DETAIL_ROWS_MAX = 1_000
+RECONCILE_DETAIL_GONGJI_ROWS_MAX = 1_000
 
 # Credentials (api/auth.py, api/credential_watch.py). Money calls check their credential in their own
 # transaction, so none of these delays them. Other calls trust a per-process cache, whose entries are

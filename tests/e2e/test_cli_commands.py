@@ -256,6 +256,33 @@ def test_reconcile(gongji: Client) -> None:
     assert "invalid day '2026-02-30' (YYYY-MM-DD)" in gongji.usage("reconcile", "--date", "2026-02-30")
 
 
+def test_check_totals_and_detail_from_a_csv(gongji: Client, tmp_path: Path) -> None:
+    today = china_today().isoformat()
+    s = _settle(gongji, 1234)
+    fen = ("amount_fen", "acct_pay_fen", "acct_mulaid_pay_fen", "psn_cash_pay_fen")
+    yuan, *parts = [f"{int(s[k]) // 100}.{int(s[k]) % 100:02d}" for k in fen]  # int64 reads as a string
+    books = tmp_path / "books.csv"
+    books.write_text(
+        "kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay,patient\n"
+        f"settlement,{s['request_id']},{yuan},{','.join(parts)},王小明\n"
+        "settlement,never-settled-1,1.00,0.00,0.00,1.00,\n",
+        encoding="utf-8",
+    )
+    found = gongji.ok("check-detail", "--csv", str(books), "--start-date", today)
+    mine = {d["key"]["request_id"]: d["difference"] for d in found["differences"]}
+    assert s["request_id"] not in mine  # it agrees
+    assert mine["never-settled-1"] == "DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI"
+    totals = gongji.ok("check-totals", "--csv", str(books), "--start-date", today, "--refunds", "excluded")
+    assert totals["refunds"] == "REFUND_TREATMENT_EXCLUDED" and len(totals["lines"]) == 1
+    line = gongji.fails(
+        EXIT_REFUSED, "check-totals", "--csv", str(books), "--start-date", today, "--institution", "NOSUCH1"
+    )
+    assert reason(line) == "INSTITUTION_NOT_FOUND", line
+    books.write_text("kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay\nsettlement,a,1.5,0,0,1.5\n")
+    line = gongji.fails(EXIT_USAGE, "check-detail", "--csv", str(books), "--start-date", today)
+    assert "books.csv line 2: '1.5' is not yuan with two decimals" in line, line
+
+
 # ---- FamilyService ------------------------------------------------------------------------------------
 def test_voucher(gongji: Client) -> None:
     issued = gongji.ok("voucher", "--person", "demo:xiaobao", "--requester", "demo:xiaoming", "--ttl-s", "30")

@@ -6,7 +6,7 @@ so a refusal is the credential's doing and an allowed call shows what the creden
 terminal of institution B may settle, but not refund, read or reconcile what institution A settled.
 The rules are in src/gongji/api/auth.py: terminal -> SettlementService; app -> FamilyService and
 AccountService GetAccount/ListLedger/PayPremium; operator -> AccountService but PayPremium, and
-Reconcile for any institution.
+Reconcile, CheckTotals and CheckDetail for any institution.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ EXPECTED: dict[str, dict[str, tuple[S, str]]] = {
     # Another institution's settlement is answered as not found (nothing about it is revealed).
     "SettlementService/GetSettlement": _row(terminal_a=OK, terminal_b=(S.NOT_FOUND, "SETTLEMENT_NOT_FOUND")),
     "SettlementService/Reconcile": _row(terminal_a=OK, terminal_b=MISMATCH, operator=OK),
+    "SettlementService/CheckTotals": _row(terminal_a=OK, terminal_b=MISMATCH, operator=OK),
+    "SettlementService/CheckDetail": _row(terminal_a=OK, terminal_b=MISMATCH, operator=OK),
     "FamilyService/Bind": _row(app=OK),
     "FamilyService/Unbind": _row(app=OK),
     "FamilyService/ListFamily": _row(app=OK),
@@ -128,6 +130,19 @@ async def _make_request(rpc: str, scene: Scene) -> Message:
             return settlement_pb2.GetSettlementRequest(settlement_id=scene.settled.settlement_id)
         case "SettlementService/Reconcile":
             return settlement_pb2.ReconcileRequest(date=china_today().isoformat(), institution_id=INSTITUTION_A)
+        case "SettlementService/CheckTotals":
+            today = china_today().isoformat()
+            return settlement_pb2.CheckTotalsRequest(institution_id=INSTITUTION_A, start_date=today, end_date=today)
+        case "SettlementService/CheckDetail":
+            today = china_today().isoformat()
+            row = settlement_pb2.DetailRow(
+                kind=settlement_pb2.DETAIL_KIND_SETTLEMENT,
+                request_id=scene.settled.request_id,
+                amounts=settlement_pb2.DetailAmounts(amount_fen=1, psn_cash_pay_fen=1),
+            )
+            return settlement_pb2.CheckDetailRequest(
+                institution_id=INSTITUTION_A, start_date=today, end_date=today, rows=[row]
+            )
         case "FamilyService/Bind":
             holder = await api.enroll(birth=OLD)
             member = await api.enroll(scheme=RESIDENT, birth=dt.date(2018, 1, 1), name="王小宝")
@@ -319,6 +334,28 @@ async def test_another_institutions_settlement_is_neither_seen_nor_touched(scene
     )
     assert reconciled.institution_id == INSTITUTION_B
     assert s.settlement_id not in {x.settlement_id for x in reconciled.settlements}
+    # B's detail check naming A's request id, with A's amounts: missing in gongji (B's books), no more.
+    today = china_today().isoformat()
+    amounts = settlement_pb2.DetailAmounts(
+        amount_fen=s.amount_fen, acct_pay_fen=s.acct_pay_fen, acct_mulaid_pay_fen=s.acct_mulaid_pay_fen,
+        psn_cash_pay_fen=s.psn_cash_pay_fen,
+    )  # fmt: skip
+    row = settlement_pb2.DetailRow(kind=settlement_pb2.DETAIL_KIND_SETTLEMENT, request_id=s.request_id, amounts=amounts)
+    key = settlement_pb2.DetailKey(kind=row.kind, request_id=s.request_id)
+    checked = await api.settlement.CheckDetail(
+        settlement_pb2.CheckDetailRequest(start_date=today, end_date=today, after_key=key, rows=[]), metadata=b
+    )
+    assert s.request_id not in {d.key.request_id for d in checked.differences}
+    checked = await api.settlement.CheckDetail(
+        settlement_pb2.CheckDetailRequest(
+            start_date=today, end_date=today, rows=[row], through_key=key,
+        ), metadata=b,
+    )  # fmt: skip
+    [named] = [d for d in checked.differences if d.key.request_id == s.request_id]
+    assert (named.difference, named.settlement_id, named.HasField("gongji")) == (
+        settlement_pb2.DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI, "", False,
+    )  # fmt: skip
+    assert s.settlement_id not in {d.settlement_id for d in checked.differences}
     mine = await api.settlement.GetSettlement(
         settlement_pb2.GetSettlementRequest(settlement_id=s.settlement_id), metadata=bearer(api.tokens.terminal_a)
     )

@@ -26,6 +26,8 @@ _SERVICE_KINDS: dict[str, frozenset[Kind]] = {
 # one's money on their behalf). Everything else of AccountService is for operators.
 _METHOD_KINDS: dict[str, frozenset[Kind]] = {
     "/gongji.v1.SettlementService/Reconcile": frozenset({Kind.TERMINAL, Kind.OPERATOR}),
+    "/gongji.v1.SettlementService/CheckTotals": frozenset({Kind.TERMINAL, Kind.OPERATOR}),
+    "/gongji.v1.SettlementService/CheckDetail": frozenset({Kind.TERMINAL, Kind.OPERATOR}),
     "/gongji.v1.AccountService/GetAccount": frozenset({Kind.OPERATOR, Kind.APP}),
     "/gongji.v1.AccountService/ListLedger": frozenset({Kind.OPERATOR, Kind.APP}),
     "/gongji.v1.AccountService/PayPremium": frozenset({Kind.APP}),

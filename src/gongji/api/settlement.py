@@ -8,7 +8,7 @@ import re
 from typing import Any, NamedTuple
 
 from gongji import errors, limits, metrics
-from gongji.api import convert, pages
+from gongji.api import convert, pages, reconcile
 from gongji.api.app import App, Context
 from gongji.api.auth import current_principal
 from gongji.api.validate import CHINA, Fields
@@ -355,6 +355,20 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if asked and asked != principal.institution_id:
             raise errors.InstitutionMismatch("a terminal reconciles its own institution only")
         return principal.institution_id
+
+    async def CheckTotals(
+        self, request: settlement_pb2.CheckTotalsRequest, context: Context
+    ) -> settlement_pb2.CheckTotalsResponse:
+        fields = Fields()
+        institution_id = self._reconciled_institution(fields, request.institution_id)
+        return await reconcile.check_totals(self._app.pool, fields, institution_id, request)
+
+    async def CheckDetail(
+        self, request: settlement_pb2.CheckDetailRequest, context: Context
+    ) -> settlement_pb2.CheckDetailResponse:
+        fields = Fields()
+        institution_id = self._reconciled_institution(fields, request.institution_id)
+        return await reconcile.check_detail(self._app.pool, fields, institution_id, request)
 
 
 # A proto3 enum carries any number: only these are kinds of an original (unset is a Settle, as before).

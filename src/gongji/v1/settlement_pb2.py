@@ -23,43 +23,74 @@ _sym_db = _symbol_database.Default()
 
 
 from gongji.v1 import types_pb2 as gongji_dot_v1_dot_types__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agongji/v1/settlement.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\"\x91\x02\n\x0cQuoteRequest\x12\x0f\n\x07voucher\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x1a\n\rauthorizer_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12!\n\x14use_personal_account\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x10\x63\x65rtificate_type\x18\x06 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x13\n\x0b\x63\x61rd_number\x18\x07 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\x08 \x01(\tB\x10\n\x0e_authorizer_idB\x17\n\x15_use_personal_account\"\xa8\x03\n\rQuoteResponse\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x01 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x02 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x03 \x01(\x03\x12\x15\n\rauthorizer_id\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61lc_fen\x18\x05 \x01(\x03\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\x38\n\x15mutual_aid_limited_by\x18\x07 \x01(\x0e\x32\x19.gongji.v1.MutualAidLimit\x12\x1f\n\x12grant_cap_left_fen\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12%\n\x18\x62\x65neficiary_cap_left_fen\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x13\n\x0b\x63\x61re_region\x18\n \x01(\t\x12(\n\ncare_scope\x18\x0b \x01(\x0e\x32\x14.gongji.v1.CareScope\x12\x18\n\x10psn_acct_pay_fen\x18\x0c \x01(\x03\x42\x15\n\x13_grant_cap_left_fenB\x1b\n\x19_beneficiary_cap_left_fen\"\xa6\x02\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07voucher\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x1a\n\rauthorizer_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12!\n\x14use_personal_account\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x10\x63\x65rtificate_type\x18\x07 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x13\n\x0b\x63\x61rd_number\x18\x08 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\t \x01(\tB\x10\n\x0e_authorizer_idB\x17\n\x15_use_personal_account\"M\n\x0eSettleResponse\x12)\n\nsettlement\x18\x01 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"N\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsettlement_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\"p\n\x0e\x43\x61ncelResponse\x12!\n\x06refund\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Refund\x12)\n\nsettlement\x18\x02 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"]\n\x0eReverseRequest\x12\x1b\n\x13original_request_id\x18\x01 \x01(\t\x12.\n\roriginal_kind\x18\x02 \x01(\x0e\x32\x17.gongji.v1.OriginalKind\"o\n\x0fReverseResponse\x12\x0e\n\x06undone\x18\x01 \x01(\x08\x12)\n\nsettlement\x18\x02 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12!\n\x06refund\x18\x03 \x01(\x0b\x32\x11.gongji.v1.Refund\"L\n\x14GetSettlementRequest\x12\x17\n\rsettlement_id\x18\x01 \x01(\tH\x00\x12\x14\n\nrequest_id\x18\x02 \x01(\tH\x00\x42\x05\n\x03key\"B\n\x15GetSettlementResponse\x12)\n\nsettlement\x18\x01 \x01(\x0b\x32\x15.gongji.v1.Settlement\"o\n\x10ReconcileRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\x08\x12\x16\n\x0einstitution_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x84\x05\n\x11ReconcileResponse\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x18\n\x10settlement_count\x18\x03 \x01(\x03\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x05 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x06 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x07 \x01(\x03\x12\x14\n\x0crefund_count\x18\x08 \x01(\x03\x12\x14\n\x0crefunded_fen\x18\t \x01(\x03\x12*\n\x0bsettlements\x18\n \x03(\x0b\x32\x15.gongji.v1.Settlement\x12\x17\n\x0fnext_page_token\x18\x0b \x01(\t\x12\x1b\n\x13refund_acct_pay_fen\x18\x0c \x01(\x03\x12\"\n\x1arefund_acct_mulaid_pay_fen\x18\r \x01(\x03\x12\x1f\n\x17refund_psn_cash_pay_fen\x18\x0e \x01(\x03\x12\x1d\n\x15refund_reversal_count\x18\x10 \x01(\x03\x12\x1b\n\x13refund_reversed_fen\x18\x11 \x01(\x03\x12$\n\x1crefund_reversed_acct_pay_fen\x18\x12 \x01(\x03\x12+\n#refund_reversed_acct_mulaid_pay_fen\x18\x13 \x01(\x03\x12(\n refund_reversed_psn_cash_pay_fen\x18\x14 \x01(\x03\x12\x16\n\x0ereversal_count\x18\x0f \x01(\x03\x12*\n\x0b\x63\x61re_totals\x18\x15 \x03(\x0b\x32\x15.gongji.v1.CareTotals\"\xb1\x01\n\nCareTotals\x12(\n\ncare_scope\x18\x01 \x01(\x0e\x32\x14.gongji.v1.CareScope\x12\x18\n\x10settlement_count\x18\x02 \x01(\x03\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x04 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x05 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x06 \x01(\x03*a\n\x0cOriginalKind\x12\x1d\n\x19ORIGINAL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14ORIGINAL_KIND_SETTLE\x10\x01\x12\x18\n\x14ORIGINAL_KIND_CANCEL\x10\x02\x32\xab\x03\n\x11SettlementService\x12:\n\x05Quote\x12\x17.gongji.v1.QuoteRequest\x1a\x18.gongji.v1.QuoteResponse\x12=\n\x06Settle\x12\x18.gongji.v1.SettleRequest\x1a\x19.gongji.v1.SettleResponse\x12=\n\x06\x43\x61ncel\x12\x18.gongji.v1.CancelRequest\x1a\x19.gongji.v1.CancelResponse\x12@\n\x07Reverse\x12\x19.gongji.v1.ReverseRequest\x1a\x1a.gongji.v1.ReverseResponse\x12R\n\rGetSettlement\x12\x1f.gongji.v1.GetSettlementRequest\x1a .gongji.v1.GetSettlementResponse\x12\x46\n\tReconcile\x12\x1b.gongji.v1.ReconcileRequest\x1a\x1c.gongji.v1.ReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agongji/v1/settlement.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n\x0cQuoteRequest\x12\x0f\n\x07voucher\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x1a\n\rauthorizer_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12!\n\x14use_personal_account\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x10\x63\x65rtificate_type\x18\x06 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x13\n\x0b\x63\x61rd_number\x18\x07 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\x08 \x01(\tB\x10\n\x0e_authorizer_idB\x17\n\x15_use_personal_account\"\xa8\x03\n\rQuoteResponse\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x01 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x02 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x03 \x01(\x03\x12\x15\n\rauthorizer_id\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61lc_fen\x18\x05 \x01(\x03\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\x38\n\x15mutual_aid_limited_by\x18\x07 \x01(\x0e\x32\x19.gongji.v1.MutualAidLimit\x12\x1f\n\x12grant_cap_left_fen\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12%\n\x18\x62\x65neficiary_cap_left_fen\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x13\n\x0b\x63\x61re_region\x18\n \x01(\t\x12(\n\ncare_scope\x18\x0b \x01(\x0e\x32\x14.gongji.v1.CareScope\x12\x18\n\x10psn_acct_pay_fen\x18\x0c \x01(\x03\x42\x15\n\x13_grant_cap_left_fenB\x1b\n\x19_beneficiary_cap_left_fen\"\xa6\x02\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07voucher\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x1a\n\rauthorizer_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12!\n\x14use_personal_account\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x10\x63\x65rtificate_type\x18\x07 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x13\n\x0b\x63\x61rd_number\x18\x08 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\t \x01(\tB\x10\n\x0e_authorizer_idB\x17\n\x15_use_personal_account\"M\n\x0eSettleResponse\x12)\n\nsettlement\x18\x01 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"N\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsettlement_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\"p\n\x0e\x43\x61ncelResponse\x12!\n\x06refund\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Refund\x12)\n\nsettlement\x18\x02 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"]\n\x0eReverseRequest\x12\x1b\n\x13original_request_id\x18\x01 \x01(\t\x12.\n\roriginal_kind\x18\x02 \x01(\x0e\x32\x17.gongji.v1.OriginalKind\"o\n\x0fReverseResponse\x12\x0e\n\x06undone\x18\x01 \x01(\x08\x12)\n\nsettlement\x18\x02 \x01(\x0b\x32\x15.gongji.v1.Settlement\x12!\n\x06refund\x18\x03 \x01(\x0b\x32\x11.gongji.v1.Refund\"L\n\x14GetSettlementRequest\x12\x17\n\rsettlement_id\x18\x01 \x01(\tH\x00\x12\x14\n\nrequest_id\x18\x02 \x01(\tH\x00\x42\x05\n\x03key\"B\n\x15GetSettlementResponse\x12)\n\nsettlement\x18\x01 \x01(\x0b\x32\x15.gongji.v1.Settlement\"o\n\x10ReconcileRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\x08\x12\x16\n\x0einstitution_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x84\x05\n\x11ReconcileResponse\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x18\n\x10settlement_count\x18\x03 \x01(\x03\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x05 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x06 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x07 \x01(\x03\x12\x14\n\x0crefund_count\x18\x08 \x01(\x03\x12\x14\n\x0crefunded_fen\x18\t \x01(\x03\x12*\n\x0bsettlements\x18\n \x03(\x0b\x32\x15.gongji.v1.Settlement\x12\x17\n\x0fnext_page_token\x18\x0b \x01(\t\x12\x1b\n\x13refund_acct_pay_fen\x18\x0c \x01(\x03\x12\"\n\x1arefund_acct_mulaid_pay_fen\x18\r \x01(\x03\x12\x1f\n\x17refund_psn_cash_pay_fen\x18\x0e \x01(\x03\x12\x1d\n\x15refund_reversal_count\x18\x10 \x01(\x03\x12\x1b\n\x13refund_reversed_fen\x18\x11 \x01(\x03\x12$\n\x1crefund_reversed_acct_pay_fen\x18\x12 \x01(\x03\x12+\n#refund_reversed_acct_mulaid_pay_fen\x18\x13 \x01(\x03\x12(\n refund_reversed_psn_cash_pay_fen\x18\x14 \x01(\x03\x12\x16\n\x0ereversal_count\x18\x0f \x01(\x03\x12*\n\x0b\x63\x61re_totals\x18\x15 \x03(\x0b\x32\x15.gongji.v1.CareTotals\"\xb1\x01\n\nCareTotals\x12(\n\ncare_scope\x18\x01 \x01(\x0e\x32\x14.gongji.v1.CareScope\x12\x18\n\x10settlement_count\x18\x02 \x01(\x03\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x04 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x05 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x06 \x01(\x03\"\x7f\n\rTotalsFigures\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x12\n\namount_fen\x18\x02 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x03 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x04 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x05 \x01(\x03\"\xa6\x01\n\nTotalsLine\x12\r\n\x05group\x18\x01 \x01(\t\x12)\n\x07settled\x18\x02 \x01(\x0b\x32\x18.gongji.v1.TotalsFigures\x12*\n\x08refunded\x18\x03 \x01(\x0b\x32\x18.gongji.v1.TotalsFigures\x12\x32\n\x10refunds_reversed\x18\x04 \x01(\x0b\x32\x18.gongji.v1.TotalsFigures\"\xd2\x01\n\x12\x43heckTotalsRequest\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12+\n\x08grouping\x18\x04 \x01(\x0e\x32\x19.gongji.v1.TotalsGrouping\x12+\n\x07refunds\x18\x05 \x01(\x0e\x32\x1a.gongji.v1.RefundTreatment\x12$\n\x05lines\x18\x06 \x03(\x0b\x32\x15.gongji.v1.TotalsLine\"\x82\x01\n\x0fTotalsLineCheck\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05\x61gree\x18\x02 \x01(\x08\x12*\n\x0binstitution\x18\x03 \x01(\x0b\x32\x15.gongji.v1.TotalsLine\x12%\n\x06gongji\x18\x04 \x01(\x0b\x32\x15.gongji.v1.TotalsLine\"\xe7\x01\n\x13\x43heckTotalsResponse\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12+\n\x08grouping\x18\x04 \x01(\x0e\x32\x19.gongji.v1.TotalsGrouping\x12+\n\x07refunds\x18\x05 \x01(\x0e\x32\x1a.gongji.v1.RefundTreatment\x12\r\n\x05\x61gree\x18\x06 \x01(\x08\x12)\n\x05lines\x18\x07 \x03(\x0b\x32\x1a.gongji.v1.TotalsLineCheck\"D\n\tDetailKey\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.gongji.v1.DetailKind\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"p\n\rDetailAmounts\x12\x12\n\namount_fen\x18\x01 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x02 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x03 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x04 \x01(\x03\"o\n\tDetailRow\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.gongji.v1.DetailKind\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x07\x61mounts\x18\x03 \x01(\x0b\x32\x18.gongji.v1.DetailAmounts\"\xca\x01\n\x12\x43heckDetailRequest\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12\'\n\tafter_key\x18\x04 \x01(\x0b\x32\x14.gongji.v1.DetailKey\x12)\n\x0bthrough_key\x18\x05 \x01(\x0b\x32\x14.gongji.v1.DetailKey\x12\"\n\x04rows\x18\x06 \x03(\x0b\x32\x14.gongji.v1.DetailRow\"\x8a\x02\n\x10\x44\x65tailDifference\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.gongji.v1.DetailKey\x12\x33\n\ndifference\x18\x02 \x01(\x0e\x32\x1f.gongji.v1.DetailDifferenceKind\x12-\n\x0binstitution\x18\x03 \x01(\x0b\x32\x18.gongji.v1.DetailAmounts\x12(\n\x06gongji\x18\x04 \x01(\x0b\x32\x18.gongji.v1.DetailAmounts\x12\x15\n\rsettlement_id\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb8\x01\n\x13\x43heckDetailResponse\x12\x30\n\x0b\x64ifferences\x18\x01 \x03(\x0b\x32\x1b.gongji.v1.DetailDifference\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12.\n\x10\x63ompared_through\x18\x03 \x01(\x0b\x32\x14.gongji.v1.DetailKey\x12\x18\n\x10institution_rows\x18\x04 \x01(\x05\x12\x13\n\x0bgongji_rows\x18\x05 \x01(\x05*a\n\x0cOriginalKind\x12\x1d\n\x19ORIGINAL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14ORIGINAL_KIND_SETTLE\x10\x01\x12\x18\n\x14ORIGINAL_KIND_CANCEL\x10\x02*\x8c\x01\n\x0eTotalsGrouping\x12\x1f\n\x1bTOTALS_GROUPING_UNSPECIFIED\x10\x00\x12\x17\n\x13TOTALS_GROUPING_ALL\x10\x01\x12\x1c\n\x18TOTALS_GROUPING_INSUTYPE\x10\x02\x12\"\n\x1eTOTALS_GROUPING_CLEARING_CLASS\x10\x03*\x8b\x01\n\x0fRefundTreatment\x12 \n\x1cREFUND_TREATMENT_UNSPECIFIED\x10\x00\x12\x1a\n\x16REFUND_TREATMENT_APART\x10\x01\x12\x1b\n\x17REFUND_TREATMENT_NETTED\x10\x02\x12\x1d\n\x19REFUND_TREATMENT_EXCLUDED\x10\x03*\x98\x01\n\nDetailKind\x12\x1b\n\x17\x44\x45TAIL_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45TAIL_KIND_SETTLEMENT\x10\x01\x12\x16\n\x12\x44\x45TAIL_KIND_CANCEL\x10\x02\x12\x18\n\x14\x44\x45TAIL_KIND_REVERSAL\x10\x03\x12\x1f\n\x1b\x44\x45TAIL_KIND_REFUND_REVERSAL\x10\x04*\xca\x01\n\x14\x44\x65tailDifferenceKind\x12&\n\"DETAIL_DIFFERENCE_KIND_UNSPECIFIED\x10\x00\x12,\n(DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI\x10\x01\x12\x31\n-DETAIL_DIFFERENCE_KIND_MISSING_IN_INSTITUTION\x10\x02\x12)\n%DETAIL_DIFFERENCE_KIND_AMOUNTS_DIFFER\x10\x03\x32\xc7\x04\n\x11SettlementService\x12:\n\x05Quote\x12\x17.gongji.v1.QuoteRequest\x1a\x18.gongji.v1.QuoteResponse\x12=\n\x06Settle\x12\x18.gongji.v1.SettleRequest\x1a\x19.gongji.v1.SettleResponse\x12=\n\x06\x43\x61ncel\x12\x18.gongji.v1.CancelRequest\x1a\x19.gongji.v1.CancelResponse\x12@\n\x07Reverse\x12\x19.gongji.v1.ReverseRequest\x1a\x1a.gongji.v1.ReverseResponse\x12R\n\rGetSettlement\x12\x1f.gongji.v1.GetSettlementRequest\x1a .gongji.v1.GetSettlementResponse\x12\x46\n\tReconcile\x12\x1b.gongji.v1.ReconcileRequest\x1a\x1c.gongji.v1.ReconcileResponse\x12L\n\x0b\x43heckTotals\x12\x1d.gongji.v1.CheckTotalsRequest\x1a\x1e.gongji.v1.CheckTotalsResponse\x12L\n\x0b\x43heckDetail\x12\x1d.gongji.v1.CheckDetailRequest\x1a\x1e.gongji.v1.CheckDetailResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gongji.v1.settlement_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORIGINALKIND']._serialized_start=2631
-  _globals['_ORIGINALKIND']._serialized_end=2728
-  _globals['_QUOTEREQUEST']._serialized_start=65
-  _globals['_QUOTEREQUEST']._serialized_end=338
-  _globals['_QUOTERESPONSE']._serialized_start=341
-  _globals['_QUOTERESPONSE']._serialized_end=765
-  _globals['_SETTLEREQUEST']._serialized_start=768
-  _globals['_SETTLEREQUEST']._serialized_end=1062
-  _globals['_SETTLERESPONSE']._serialized_start=1064
-  _globals['_SETTLERESPONSE']._serialized_end=1141
-  _globals['_CANCELREQUEST']._serialized_start=1143
-  _globals['_CANCELREQUEST']._serialized_end=1221
-  _globals['_CANCELRESPONSE']._serialized_start=1223
-  _globals['_CANCELRESPONSE']._serialized_end=1335
-  _globals['_REVERSEREQUEST']._serialized_start=1337
-  _globals['_REVERSEREQUEST']._serialized_end=1430
-  _globals['_REVERSERESPONSE']._serialized_start=1432
-  _globals['_REVERSERESPONSE']._serialized_end=1543
-  _globals['_GETSETTLEMENTREQUEST']._serialized_start=1545
-  _globals['_GETSETTLEMENTREQUEST']._serialized_end=1621
-  _globals['_GETSETTLEMENTRESPONSE']._serialized_start=1623
-  _globals['_GETSETTLEMENTRESPONSE']._serialized_end=1689
-  _globals['_RECONCILEREQUEST']._serialized_start=1691
-  _globals['_RECONCILEREQUEST']._serialized_end=1802
-  _globals['_RECONCILERESPONSE']._serialized_start=1805
-  _globals['_RECONCILERESPONSE']._serialized_end=2449
-  _globals['_CARETOTALS']._serialized_start=2452
-  _globals['_CARETOTALS']._serialized_end=2629
-  _globals['_SETTLEMENTSERVICE']._serialized_start=2731
-  _globals['_SETTLEMENTSERVICE']._serialized_end=3158
+  _globals['_ORIGINALKIND']._serialized_start=4500
+  _globals['_ORIGINALKIND']._serialized_end=4597
+  _globals['_TOTALSGROUPING']._serialized_start=4600
+  _globals['_TOTALSGROUPING']._serialized_end=4740
+  _globals['_REFUNDTREATMENT']._serialized_start=4743
+  _globals['_REFUNDTREATMENT']._serialized_end=4882
+  _globals['_DETAILKIND']._serialized_start=4885
+  _globals['_DETAILKIND']._serialized_end=5037
+  _globals['_DETAILDIFFERENCEKIND']._serialized_start=5040
+  _globals['_DETAILDIFFERENCEKIND']._serialized_end=5242
+  _globals['_QUOTEREQUEST']._serialized_start=98
+  _globals['_QUOTEREQUEST']._serialized_end=371
+  _globals['_QUOTERESPONSE']._serialized_start=374
+  _globals['_QUOTERESPONSE']._serialized_end=798
+  _globals['_SETTLEREQUEST']._serialized_start=801
+  _globals['_SETTLEREQUEST']._serialized_end=1095
+  _globals['_SETTLERESPONSE']._serialized_start=1097
+  _globals['_SETTLERESPONSE']._serialized_end=1174
+  _globals['_CANCELREQUEST']._serialized_start=1176
+  _globals['_CANCELREQUEST']._serialized_end=1254
+  _globals['_CANCELRESPONSE']._serialized_start=1256
+  _globals['_CANCELRESPONSE']._serialized_end=1368
+  _globals['_REVERSEREQUEST']._serialized_start=1370
+  _globals['_REVERSEREQUEST']._serialized_end=1463
+  _globals['_REVERSERESPONSE']._serialized_start=1465
+  _globals['_REVERSERESPONSE']._serialized_end=1576
+  _globals['_GETSETTLEMENTREQUEST']._serialized_start=1578
+  _globals['_GETSETTLEMENTREQUEST']._serialized_end=1654
+  _globals['_GETSETTLEMENTRESPONSE']._serialized_start=1656
+  _globals['_GETSETTLEMENTRESPONSE']._serialized_end=1722
+  _globals['_RECONCILEREQUEST']._serialized_start=1724
+  _globals['_RECONCILEREQUEST']._serialized_end=1835
+  _globals['_RECONCILERESPONSE']._serialized_start=1838
+  _globals['_RECONCILERESPONSE']._serialized_end=2482
+  _globals['_CARETOTALS']._serialized_start=2485
+  _globals['_CARETOTALS']._serialized_end=2662
+  _globals['_TOTALSFIGURES']._serialized_start=2664
+  _globals['_TOTALSFIGURES']._serialized_end=2791
+  _globals['_TOTALSLINE']._serialized_start=2794
+  _globals['_TOTALSLINE']._serialized_end=2960
+  _globals['_CHECKTOTALSREQUEST']._serialized_start=2963
+  _globals['_CHECKTOTALSREQUEST']._serialized_end=3173
+  _globals['_TOTALSLINECHECK']._serialized_start=3176
+  _globals['_TOTALSLINECHECK']._serialized_end=3306
+  _globals['_CHECKTOTALSRESPONSE']._serialized_start=3309
+  _globals['_CHECKTOTALSRESPONSE']._serialized_end=3540
+  _globals['_DETAILKEY']._serialized_start=3542
+  _globals['_DETAILKEY']._serialized_end=3610
+  _globals['_DETAILAMOUNTS']._serialized_start=3612
+  _globals['_DETAILAMOUNTS']._serialized_end=3724
+  _globals['_DETAILROW']._serialized_start=3726
+  _globals['_DETAILROW']._serialized_end=3837
+  _globals['_CHECKDETAILREQUEST']._serialized_start=3840
+  _globals['_CHECKDETAILREQUEST']._serialized_end=4042
+  _globals['_DETAILDIFFERENCE']._serialized_start=4045
+  _globals['_DETAILDIFFERENCE']._serialized_end=4311
+  _globals['_CHECKDETAILRESPONSE']._serialized_start=4314
+  _globals['_CHECKDETAILRESPONSE']._serialized_end=4498
+  _globals['_SETTLEMENTSERVICE']._serialized_start=5245
+  _globals['_SETTLEMENTSERVICE']._serialized_end=5828
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from gongji.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -65,6 +66,164 @@ money is back; FAILED_PRECONDITION / ALREADY_REVERSED when the settlement was re
 already gave back everything; the refund stands).
 """
 Global___OriginalKind: _TypeAlias = OriginalKind  # noqa: Y015
+
+class _TotalsGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TotalsGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TotalsGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOTALS_GROUPING_UNSPECIFIED: _TotalsGrouping.ValueType  # 0
+    """The default: TOTALS_GROUPING_ALL."""
+    TOTALS_GROUPING_ALL: _TotalsGrouping.ValueType  # 1
+    """One line, group ""."""
+    TOTALS_GROUPING_INSUTYPE: _TotalsGrouping.ValueType  # 2
+    """One line per insurance type: group "310" (employee basic) or "390" (resident basic). Until
+    settlements record their insutype it is the patient's scheme when the check runs (EMPLOYEE 310,
+    RESIDENT 390): a person who changed scheme since is counted under the new one.
+    """
+    TOTALS_GROUPING_CLEARING_CLASS: _TotalsGrouping.ValueType  # 3
+    """By clearing class (清算类别). Settlements do not record one yet: answered as one line, group ""."""
+
+class TotalsGrouping(_TotalsGrouping, metaclass=_TotalsGroupingEnumTypeWrapper):
+    """---- Reconciliation against the institution's books (3201 totals check, 3202 detail check) ----------
+
+    Both checks cover the calendar days in China (Asia/Shanghai) from start_date to end_date, both
+    included, at most 31 days, none after today. Terminals check their own institution (institution_id
+    empty, or their own id; another is PERMISSION_DENIED / INSTITUTION_MISMATCH); operators name one (one
+    that does not exist is NOT_FOUND / INSTITUTION_NOT_FOUND). Nothing of another institution is read.
+
+    What gongji counts on its side, the same in both checks:
+    - a settlement on the day it was created, with its amounts as settled, whatever happened to it since;
+    - a refund (2208 Cancel) on the day it was made, with what it returned to each source;
+    - a reversal (2601 Reverse) on the day it was made, with what it returned (what had not been refunded
+      yet). A reversal that returned nothing (its settlement had been refunded in full, or nothing had
+      been committed) is no row and no refund: Reconcile's reversal_count counts it;
+    - a reversal of a refund on the day it was made, with the amounts it took back (the refund itself
+      stays on its own day).
+    Every figure is int64 fen; in each set acct_pay_fen + acct_mulaid_pay_fen + psn_cash_pay_fen =
+    amount_fen, else the request is INVALID_ARGUMENT naming the field.
+
+    How the totals are broken down into lines (the platform's insutype, clearing class).
+    """
+
+TOTALS_GROUPING_UNSPECIFIED: TotalsGrouping.ValueType  # 0
+"""The default: TOTALS_GROUPING_ALL."""
+TOTALS_GROUPING_ALL: TotalsGrouping.ValueType  # 1
+"""One line, group ""."""
+TOTALS_GROUPING_INSUTYPE: TotalsGrouping.ValueType  # 2
+"""One line per insurance type: group "310" (employee basic) or "390" (resident basic). Until
+settlements record their insutype it is the patient's scheme when the check runs (EMPLOYEE 310,
+RESIDENT 390): a person who changed scheme since is counted under the new one.
+"""
+TOTALS_GROUPING_CLEARING_CLASS: TotalsGrouping.ValueType  # 3
+"""By clearing class (清算类别). Settlements do not record one yet: answered as one line, group ""."""
+Global___TotalsGrouping: _TypeAlias = TotalsGrouping  # noqa: Y015
+
+class _RefundTreatment:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RefundTreatmentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RefundTreatment.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REFUND_TREATMENT_UNSPECIFIED: _RefundTreatment.ValueType  # 0
+    """The default: REFUND_TREATMENT_APART."""
+    REFUND_TREATMENT_APART: _RefundTreatment.ValueType  # 1
+    """Settlements in `settled`, refunds in `refunded`, each compared."""
+    REFUND_TREATMENT_NETTED: _RefundTreatment.ValueType  # 2
+    """Refunds netted in: `settled` holds every record of the range, a refund counting as a negative
+    settlement and a refund's reversal as a positive one (count = settlements + refunds + reversals of
+    refunds; each sum = settled - refunded + refunds_reversed, so it may be negative); `refunded` and
+    `refunds_reversed` are left unset.
+    """
+    REFUND_TREATMENT_EXCLUDED: _RefundTreatment.ValueType  # 3
+    """Refunds left out (and their reversals): `settled` holds settlements only; `refunded` and
+    `refunds_reversed` are left unset.
+    """
+
+class RefundTreatment(_RefundTreatment, metaclass=_RefundTreatmentEnumTypeWrapper):
+    """Whether the totals include refunds (cancellations and reversals)."""
+
+REFUND_TREATMENT_UNSPECIFIED: RefundTreatment.ValueType  # 0
+"""The default: REFUND_TREATMENT_APART."""
+REFUND_TREATMENT_APART: RefundTreatment.ValueType  # 1
+"""Settlements in `settled`, refunds in `refunded`, each compared."""
+REFUND_TREATMENT_NETTED: RefundTreatment.ValueType  # 2
+"""Refunds netted in: `settled` holds every record of the range, a refund counting as a negative
+settlement and a refund's reversal as a positive one (count = settlements + refunds + reversals of
+refunds; each sum = settled - refunded + refunds_reversed, so it may be negative); `refunded` and
+`refunds_reversed` are left unset.
+"""
+REFUND_TREATMENT_EXCLUDED: RefundTreatment.ValueType  # 3
+"""Refunds left out (and their reversals): `settled` holds settlements only; `refunded` and
+`refunds_reversed` are left unset.
+"""
+Global___RefundTreatment: _TypeAlias = RefundTreatment  # noqa: Y015
+
+class _DetailKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DetailKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DETAIL_KIND_UNSPECIFIED: _DetailKind.ValueType  # 0
+    DETAIL_KIND_SETTLEMENT: _DetailKind.ValueType  # 1
+    """A settlement, keyed by its Settle request_id."""
+    DETAIL_KIND_CANCEL: _DetailKind.ValueType  # 2
+    """A refund, keyed by its Cancel request_id."""
+    DETAIL_KIND_REVERSAL: _DetailKind.ValueType  # 3
+    """A reversal that returned money, keyed by the original Settle's request_id (the Reverse's
+    original_request_id).
+    """
+    DETAIL_KIND_REFUND_REVERSAL: _DetailKind.ValueType  # 4
+    """A reversal of a refund (Reverse with ORIGINAL_KIND_CANCEL) that took money back, keyed by the
+    reversed Cancel's request_id, with the amounts taken back, on the day of the reversal.
+    """
+
+class DetailKind(_DetailKind, metaclass=_DetailKindEnumTypeWrapper):
+    """What a detail row is. The numbers order the key space: rows sort by (kind, request_id), request ids
+    compared byte by byte (they are ASCII).
+    """
+
+DETAIL_KIND_UNSPECIFIED: DetailKind.ValueType  # 0
+DETAIL_KIND_SETTLEMENT: DetailKind.ValueType  # 1
+"""A settlement, keyed by its Settle request_id."""
+DETAIL_KIND_CANCEL: DetailKind.ValueType  # 2
+"""A refund, keyed by its Cancel request_id."""
+DETAIL_KIND_REVERSAL: DetailKind.ValueType  # 3
+"""A reversal that returned money, keyed by the original Settle's request_id (the Reverse's
+original_request_id).
+"""
+DETAIL_KIND_REFUND_REVERSAL: DetailKind.ValueType  # 4
+"""A reversal of a refund (Reverse with ORIGINAL_KIND_CANCEL) that took money back, keyed by the
+reversed Cancel's request_id, with the amounts taken back, on the day of the reversal.
+"""
+Global___DetailKind: _TypeAlias = DetailKind  # noqa: Y015
+
+class _DetailDifferenceKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DetailDifferenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailDifferenceKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DETAIL_DIFFERENCE_KIND_UNSPECIFIED: _DetailDifferenceKind.ValueType  # 0
+    DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI: _DetailDifferenceKind.ValueType  # 1
+    """In the institution's books, not in gongji's."""
+    DETAIL_DIFFERENCE_KIND_MISSING_IN_INSTITUTION: _DetailDifferenceKind.ValueType  # 2
+    """In gongji's books, not in the institution's page."""
+    DETAIL_DIFFERENCE_KIND_AMOUNTS_DIFFER: _DetailDifferenceKind.ValueType  # 3
+    """On both sides with different amounts."""
+
+class DetailDifferenceKind(_DetailDifferenceKind, metaclass=_DetailDifferenceKindEnumTypeWrapper): ...
+
+DETAIL_DIFFERENCE_KIND_UNSPECIFIED: DetailDifferenceKind.ValueType  # 0
+DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI: DetailDifferenceKind.ValueType  # 1
+"""In the institution's books, not in gongji's."""
+DETAIL_DIFFERENCE_KIND_MISSING_IN_INSTITUTION: DetailDifferenceKind.ValueType  # 2
+"""In gongji's books, not in the institution's page."""
+DETAIL_DIFFERENCE_KIND_AMOUNTS_DIFFER: DetailDifferenceKind.ValueType  # 3
+"""On both sides with different amounts."""
+Global___DetailDifferenceKind: _TypeAlias = DetailDifferenceKind  # noqa: Y015
 
 @_typing.final
 class QuoteRequest(_message.Message):
@@ -613,3 +772,416 @@ class CareTotals(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CareTotals: _TypeAlias = CareTotals  # noqa: Y015
+
+@_typing.final
+class TotalsFigures(_message.Message):
+    """Counts and sums of one line. Counts 0 to 1,000,000,000; sums at most 10^15 fen in magnitude."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
+    PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    amount_fen: _builtins.int
+    acct_pay_fen: _builtins.int
+    """Own personal account."""
+    acct_mulaid_pay_fen: _builtins.int
+    """The authorizer's personal account (mutual aid)."""
+    psn_cash_pay_fen: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        amount_fen: _builtins.int = ...,
+        acct_pay_fen: _builtins.int = ...,
+        acct_mulaid_pay_fen: _builtins.int = ...,
+        psn_cash_pay_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "count", b"count", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TotalsFigures: _TypeAlias = TotalsFigures  # noqa: Y015
+
+@_typing.final
+class TotalsLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    REFUNDS_REVERSED_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The line's group under the request's grouping ("" for one line; "310" or "390" by insutype)."""
+    @_builtins.property
+    def settled(self) -> Global___TotalsFigures:
+        """Unset reads as all zero."""
+
+    @_builtins.property
+    def refunded(self) -> Global___TotalsFigures:
+        """Only with REFUND_TREATMENT_APART; unset reads as all zero."""
+
+    @_builtins.property
+    def refunds_reversed(self) -> Global___TotalsFigures:
+        """Reversals (2601) of refunds made in the range, each with the amounts it took back: only with
+        REFUND_TREATMENT_APART; unset reads as all zero. A reversed refund stays in `refunded` of its own day.
+        """
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        settled: Global___TotalsFigures | None = ...,
+        refunded: Global___TotalsFigures | None = ...,
+        refunds_reversed: Global___TotalsFigures | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refunded", b"refunded", "refunds_reversed", b"refunds_reversed", "settled", b"settled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "refunded", b"refunded", "refunds_reversed", b"refunds_reversed", "settled", b"settled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TotalsLine: _TypeAlias = TotalsLine  # noqa: Y015
+
+@_typing.final
+class CheckTotalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTITUTION_ID_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    GROUPING_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    institution_id: _builtins.str
+    """As in ReconcileRequest: empty for a terminal (its own), required for an operator."""
+    start_date: _builtins.str
+    """First and last calendar day in China, "YYYY-MM-DD", both included; at most 31 days, none after today."""
+    end_date: _builtins.str
+    grouping: Global___TotalsGrouping.ValueType
+    refunds: Global___RefundTreatment.ValueType
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TotalsLine]:
+        """The institution's own totals: at most 8 lines, each group once. A group left out reads as zero."""
+
+    def __init__(
+        self,
+        *,
+        institution_id: _builtins.str = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        grouping: Global___TotalsGrouping.ValueType = ...,
+        refunds: Global___RefundTreatment.ValueType = ...,
+        lines: _abc.Iterable[Global___TotalsLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "grouping", b"grouping", "institution_id", b"institution_id", "lines", b"lines", "refunds", b"refunds", "start_date", b"start_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckTotalsRequest: _TypeAlias = CheckTotalsRequest  # noqa: Y015
+
+@_typing.final
+class TotalsLineCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    AGREE_FIELD_NUMBER: _builtins.int
+    INSTITUTION_FIELD_NUMBER: _builtins.int
+    GONGJI_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    agree: _builtins.bool
+    """Every figure of this line is the same on both sides."""
+    @_builtins.property
+    def institution(self) -> Global___TotalsLine:
+        """The institution's figures as sent (zero when it sent no such line), and gongji's."""
+
+    @_builtins.property
+    def gongji(self) -> Global___TotalsLine: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        agree: _builtins.bool = ...,
+        institution: Global___TotalsLine | None = ...,
+        gongji: Global___TotalsLine | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gongji", b"gongji", "institution", b"institution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agree", b"agree", "gongji", b"gongji", "group", b"group", "institution", b"institution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TotalsLineCheck: _TypeAlias = TotalsLineCheck  # noqa: Y015
+
+@_typing.final
+class CheckTotalsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTITUTION_ID_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    GROUPING_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    AGREE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    institution_id: _builtins.str
+    start_date: _builtins.str
+    end_date: _builtins.str
+    grouping: Global___TotalsGrouping.ValueType
+    """The grouping and refund treatment applied (the defaults resolved)."""
+    refunds: Global___RefundTreatment.ValueType
+    agree: _builtins.bool
+    """Every line agrees."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TotalsLineCheck]:
+        """Every group either side has, in group order: gongji's lines and the institution's."""
+
+    def __init__(
+        self,
+        *,
+        institution_id: _builtins.str = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        grouping: Global___TotalsGrouping.ValueType = ...,
+        refunds: Global___RefundTreatment.ValueType = ...,
+        agree: _builtins.bool = ...,
+        lines: _abc.Iterable[Global___TotalsLineCheck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agree", b"agree", "end_date", b"end_date", "grouping", b"grouping", "institution_id", b"institution_id", "lines", b"lines", "refunds", b"refunds", "start_date", b"start_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckTotalsResponse: _TypeAlias = CheckTotalsResponse  # noqa: Y015
+
+@_typing.final
+class DetailKey(_message.Message):
+    """A point of the key space."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___DetailKind.ValueType
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___DetailKind.ValueType = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetailKey: _TypeAlias = DetailKey  # noqa: Y015
+
+@_typing.final
+class DetailAmounts(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
+    PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    amount_fen: _builtins.int
+    acct_pay_fen: _builtins.int
+    acct_mulaid_pay_fen: _builtins.int
+    psn_cash_pay_fen: _builtins.int
+    def __init__(
+        self,
+        *,
+        amount_fen: _builtins.int = ...,
+        acct_pay_fen: _builtins.int = ...,
+        acct_mulaid_pay_fen: _builtins.int = ...,
+        psn_cash_pay_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetailAmounts: _TypeAlias = DetailAmounts  # noqa: Y015
+
+@_typing.final
+class DetailRow(_message.Message):
+    """One row of the institution's books."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AMOUNTS_FIELD_NUMBER: _builtins.int
+    kind: Global___DetailKind.ValueType
+    request_id: _builtins.str
+    @_builtins.property
+    def amounts(self) -> Global___DetailAmounts:
+        """amount_fen 1 to 100,000,000; each part 0 to amount_fen, the parts summing to it."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___DetailKind.ValueType = ...,
+        request_id: _builtins.str = ...,
+        amounts: Global___DetailAmounts | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amounts", b"amounts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amounts", b"amounts", "kind", b"kind", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetailRow: _TypeAlias = DetailRow  # noqa: Y015
+
+@_typing.final
+class CheckDetailRequest(_message.Message):
+    """One page of a detail check. Stateless: the institution sorts its rows of the days by (kind,
+    request_id) and sends them a page at a time, each page naming the stretch of the key space it covers,
+    (after_key, through_key]; gongji compares that stretch against its own rows of those days. Every
+    page must be complete for its stretch: a row of the books left out of its page reads as missing in
+    the institution's books. The stretches of successive pages follow one another: each page's after_key
+    is the previous page's through_key (or its compared_through, when that answer was not complete), the
+    first page has no after_key and the last no through_key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTITUTION_ID_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    AFTER_KEY_FIELD_NUMBER: _builtins.int
+    THROUGH_KEY_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    institution_id: _builtins.str
+    """As in ReconcileRequest: empty for a terminal (its own), required for an operator."""
+    start_date: _builtins.str
+    """As in CheckTotalsRequest."""
+    end_date: _builtins.str
+    @_builtins.property
+    def after_key(self) -> Global___DetailKey:
+        """Exclusive: the stretch starts after this key. Unset: from the start of the key space."""
+
+    @_builtins.property
+    def through_key(self) -> Global___DetailKey:
+        """Inclusive: the stretch ends with this key. Unset: to the end of the key space (the last page)."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___DetailRow]:
+        """At most 1,000 rows (and the whole request within the server's message limit, 1 MiB), in strictly
+        increasing key order, each after after_key and up to through_key.
+        """
+
+    def __init__(
+        self,
+        *,
+        institution_id: _builtins.str = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        after_key: Global___DetailKey | None = ...,
+        through_key: Global___DetailKey | None = ...,
+        rows: _abc.Iterable[Global___DetailRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after_key", b"after_key", "through_key", b"through_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_key", b"after_key", "end_date", b"end_date", "institution_id", b"institution_id", "rows", b"rows", "start_date", b"start_date", "through_key", b"through_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckDetailRequest: _TypeAlias = CheckDetailRequest  # noqa: Y015
+
+@_typing.final
+class DetailDifference(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    INSTITUTION_FIELD_NUMBER: _builtins.int
+    GONGJI_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    difference: Global___DetailDifferenceKind.ValueType
+    settlement_id: _builtins.str
+    """With gongji's row: the settlement it is (or refunds), and when gongji recorded the row."""
+    @_builtins.property
+    def key(self) -> Global___DetailKey: ...
+    @_builtins.property
+    def institution(self) -> Global___DetailAmounts:
+        """The institution's amounts; unset when missing in its books."""
+
+    @_builtins.property
+    def gongji(self) -> Global___DetailAmounts:
+        """gongji's amounts; unset when missing in gongji."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key: Global___DetailKey | None = ...,
+        difference: Global___DetailDifferenceKind.ValueType = ...,
+        institution: Global___DetailAmounts | None = ...,
+        gongji: Global___DetailAmounts | None = ...,
+        settlement_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gongji", b"gongji", "institution", b"institution", "key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "difference", b"difference", "gongji", b"gongji", "institution", b"institution", "key", b"key", "settlement_id", b"settlement_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetailDifference: _TypeAlias = DetailDifference  # noqa: Y015
+
+@_typing.final
+class CheckDetailResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    COMPARED_THROUGH_FIELD_NUMBER: _builtins.int
+    INSTITUTION_ROWS_FIELD_NUMBER: _builtins.int
+    GONGJI_ROWS_FIELD_NUMBER: _builtins.int
+    complete: _builtins.bool
+    """True when the whole stretch (after_key, through_key] was compared. False when gongji has more rows
+    in it than one answer compares (1,000): then the rows up to compared_through were compared, and the
+    next request continues with after_key = compared_through, the same through_key, and the page's rows
+    after compared_through.
+    """
+    institution_rows: _builtins.int
+    """Rows compared in this answer: the institution's, and gongji's."""
+    gongji_rows: _builtins.int
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___DetailDifference]:
+        """The rows that differ, in key order; at most 2,000 (the page's rows and gongji's, each once)."""
+
+    @_builtins.property
+    def compared_through(self) -> Global___DetailKey:
+        """The last key compared: through_key when complete (unset on the open-ended last page)."""
+
+    def __init__(
+        self,
+        *,
+        differences: _abc.Iterable[Global___DetailDifference] | None = ...,
+        complete: _builtins.bool = ...,
+        compared_through: Global___DetailKey | None = ...,
+        institution_rows: _builtins.int = ...,
+        gongji_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compared_through", b"compared_through"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compared_through", b"compared_through", "complete", b"complete", "differences", b"differences", "gongji_rows", b"gongji_rows", "institution_rows", b"institution_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckDetailResponse: _TypeAlias = CheckDetailResponse  # noqa: Y015

@@ -72,6 +72,16 @@ class SettlementServiceStub:
                 request_serializer=gongji_dot_v1_dot_settlement__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=gongji_dot_v1_dot_settlement__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.CheckTotals = channel.unary_unary(
+                '/gongji.v1.SettlementService/CheckTotals',
+                request_serializer=gongji_dot_v1_dot_settlement__pb2.CheckTotalsRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_settlement__pb2.CheckTotalsResponse.FromString,
+                _registered_method=True)
+        self.CheckDetail = channel.unary_unary(
+                '/gongji.v1.SettlementService/CheckDetail',
+                request_serializer=gongji_dot_v1_dot_settlement__pb2.CheckDetailRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_settlement__pb2.CheckDetailResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -127,6 +137,20 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckTotals(self, request, context):
+        """3201 totals check: the institution's own totals of a range of days, compared line by line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckDetail(self, request, context):
+        """3202 detail check: one page of the institution's own detail list; only the rows that differ come back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +183,16 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=gongji_dot_v1_dot_settlement__pb2.ReconcileRequest.FromString,
                     response_serializer=gongji_dot_v1_dot_settlement__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'CheckTotals': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckTotals,
+                    request_deserializer=gongji_dot_v1_dot_settlement__pb2.CheckTotalsRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_settlement__pb2.CheckTotalsResponse.SerializeToString,
+            ),
+            'CheckDetail': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDetail,
+                    request_deserializer=gongji_dot_v1_dot_settlement__pb2.CheckDetailRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_settlement__pb2.CheckDetailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -331,6 +365,60 @@ class SettlementService:
             '/gongji.v1.SettlementService/Reconcile',
             gongji_dot_v1_dot_settlement__pb2.ReconcileRequest.SerializeToString,
             gongji_dot_v1_dot_settlement__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckTotals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.SettlementService/CheckTotals',
+            gongji_dot_v1_dot_settlement__pb2.CheckTotalsRequest.SerializeToString,
+            gongji_dot_v1_dot_settlement__pb2.CheckTotalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDetail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.SettlementService/CheckDetail',
+            gongji_dot_v1_dot_settlement__pb2.CheckDetailRequest.SerializeToString,
+            gongji_dot_v1_dot_settlement__pb2.CheckDetailResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class SettlementServiceStub:
     """One settlement with its refunds."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ReconcileRequest, _settlement_pb2.ReconcileResponse]
     """3201/3202 reconciliation per institution and calendar day."""
+    CheckTotals: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.CheckTotalsRequest, _settlement_pb2.CheckTotalsResponse]
+    """3201 totals check: the institution's own totals of a range of days, compared line by line."""
+    CheckDetail: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.CheckDetailRequest, _settlement_pb2.CheckDetailResponse]
+    """3202 detail check: one page of the institution's own detail list; only the rows that differ come back."""
 
 @_typing.type_check_only
 class SettlementServiceAsyncStub(SettlementServiceStub):
@@ -79,6 +83,10 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """One settlement with its refunds."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ReconcileRequest, _settlement_pb2.ReconcileResponse]  # type: ignore[assignment]
     """3201/3202 reconciliation per institution and calendar day."""
+    CheckTotals: _aio.UnaryUnaryMultiCallable[_settlement_pb2.CheckTotalsRequest, _settlement_pb2.CheckTotalsResponse]  # type: ignore[assignment]
+    """3201 totals check: the institution's own totals of a range of days, compared line by line."""
+    CheckDetail: _aio.UnaryUnaryMultiCallable[_settlement_pb2.CheckDetailRequest, _settlement_pb2.CheckDetailResponse]  # type: ignore[assignment]
+    """3202 detail check: one page of the institution's own detail list; only the rows that differ come back."""
 
 class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     """Settlement at a designated pharmacy or hospital. Called by POS terminals with a terminal token;
@@ -138,5 +146,21 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.ReconcileResponse, _abc.Awaitable[_settlement_pb2.ReconcileResponse]]:
         """3201/3202 reconciliation per institution and calendar day."""
+
+    @_abc_1.abstractmethod
+    def CheckTotals(
+        self,
+        request: _settlement_pb2.CheckTotalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.CheckTotalsResponse, _abc.Awaitable[_settlement_pb2.CheckTotalsResponse]]:
+        """3201 totals check: the institution's own totals of a range of days, compared line by line."""
+
+    @_abc_1.abstractmethod
+    def CheckDetail(
+        self,
+        request: _settlement_pb2.CheckDetailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.CheckDetailResponse, _abc.Awaitable[_settlement_pb2.CheckDetailResponse]]:
+        """3202 detail check: one page of the institution's own detail list; only the rows that differ come back."""
 
 def add_SettlementServiceServicer_to_server(servicer: SettlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

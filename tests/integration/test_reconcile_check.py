@@ -1,0 +1,335 @@
+"""Checks against the institution's books (CheckTotals 3201, CheckDetail 3202), over a real server: the
+totals by line and refund treatment, the detail's differences found exactly, 100,000 rows of a day in
+pages with the server's memory reported, and what a caller may not do."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from harness import rss_kib
+from support import CHILD, RESIDENT, Api, bearer, cancel, field_violations, refused, reverse
+
+from gongji import books
+from gongji.api.validate import china_today
+from gongji.store import credentials
+from gongji.store.credentials import Kind
+from gongji.v1 import settlement_pb2 as pb
+
+pytestmark = pytest.mark.usefixtures("books")
+S = grpc.StatusCode
+SETTLEMENT, CANCEL, REVERSAL = pb.DETAIL_KIND_SETTLEMENT, pb.DETAIL_KIND_CANCEL, pb.DETAIL_KIND_REVERSAL
+REFUND_REVERSAL = pb.DETAIL_KIND_REFUND_REVERSAL
+
+
+async def _institution(pool: asyncpg.Pool) -> tuple[str, str]:
+    institution = f"H{uuid.uuid4().int % 10**11:011d}"
+    token = await credentials.create(pool, Kind.TERMINAL, "check", institution_id=institution, terminal_id="P1")
+    return institution, token
+
+
+def _row(kind: int, request_id: str, amount: int, own: int, mulaid: int, cash: int) -> books.BookRow:
+    return books.BookRow(kind, request_id, (amount, own, mulaid, cash), "")
+
+
+def _book(s: pb.Settlement | pb.Refund, kind: int, request_id: str, insutype: str = "") -> books.BookRow:
+    fen = (s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen)
+    return books.BookRow(kind, request_id, fen, insutype)
+
+
+async def _day_of_business(api: Api, pool: asyncpg.Pool) -> tuple[str, str, list[books.BookRow]]:
+    """Settlements of an employee and a resident, two refunds, a reversal; the books as they should be."""
+    institution, token = await _institution(pool)
+    authorizer = await api.enroll(balance_fen=20_000, birth=dt.date(1960, 1, 1))
+    employee = await api.enroll(balance_fen=700, birth=dt.date(1990, 1, 1))
+    resident = await api.enroll(scheme=RESIDENT, birth=dt.date(2015, 1, 1))
+    await api.grant(authorizer, employee, CHILD)
+    await api.grant(authorizer, resident, CHILD)
+    rows = []
+    for i, (p, insutype) in enumerate([(employee, "310"), (resident, "390")] * 2):
+        s = (await api.settle(p, 1_000 + 10 * i, request_id=f"s-{i}", token=token)).settlement
+        rows.append(_book(s, SETTLEMENT, s.request_id, insutype))
+    first = await _settlement(api, "s-0", token)
+    refund = (await cancel(api, first.settlement_id, 300, request_id="c-0", token=token)).refund
+    rows.append(_book(refund, CANCEL, "c-0", "310"))
+    # A reversal returns all that was not refunded: here the whole settlement s-1.
+    assert (await reverse(api, "s-1", token=token)).undone
+    rows.append(books.BookRow(REVERSAL, "s-1", rows[1].fen, "390"))
+    # A refund of s-2, reversed (2601 of a 2208): the refund stays, its reversal takes the money back.
+    third = await _settlement(api, "s-2", token)
+    refund = (await cancel(api, third.settlement_id, 200, request_id="c-1", token=token)).refund
+    assert (await reverse(api, "c-1", token=token, kind=pb.ORIGINAL_KIND_CANCEL)).undone
+    rows += [_book(refund, CANCEL, "c-1", "310"), _book(refund, REFUND_REVERSAL, "c-1", "310")]
+    return institution, token, rows
+
+
+async def _settlement(api: Api, request_id: str, token: str) -> pb.Settlement:
+    reply = await api.settlement.GetSettlement(pb.GetSettlementRequest(request_id=request_id), metadata=bearer(token))
+    return reply.settlement
+
+
+def _today() -> str:
+    return china_today().isoformat()
+
+
+async def test_totals_agree_by_line_and_refund_treatment(api: Api, pool: asyncpg.Pool) -> None:
+    institution, token, rows = await _day_of_business(api, pool)
+    for grouping, by_insutype in ((pb.TOTALS_GROUPING_ALL, False), (pb.TOTALS_GROUPING_INSUTYPE, True)):
+        for refunds, word in ((pb.REFUND_TREATMENT_APART, "apart"), (pb.REFUND_TREATMENT_NETTED, "netted"),
+                              (pb.REFUND_TREATMENT_EXCLUDED, "excluded")):  # fmt: skip
+            lines = books.totals_lines(rows, by_insutype=by_insutype, refunds=word)
+            request = pb.CheckTotalsRequest(
+                start_date=_today(), end_date=_today(), grouping=grouping, refunds=refunds, lines=lines
+            )
+            reply = await api.settlement.CheckTotals(request, metadata=bearer(token))
+            assert reply.agree, (grouping, word)
+            assert [line.group for line in reply.lines] == (["310", "390"] if by_insutype else [""])
+    # The defaults (one line, refunds apart), and a line that disagrees: both sides' figures come back.
+    lines = books.totals_lines(rows, by_insutype=False, refunds="apart")
+    lines[0].refunded.count += 1
+    reply = await api.settlement.CheckTotals(
+        pb.CheckTotalsRequest(start_date=_today(), end_date=_today(), lines=lines), metadata=bearer(token)
+    )
+    assert (reply.grouping, reply.refunds) == (pb.TOTALS_GROUPING_ALL, pb.REFUND_TREATMENT_APART)
+    assert not reply.agree and not reply.lines[0].agree
+    assert reply.lines[0].gongji.refunded.count == 3 and reply.lines[0].institution.refunded.count == 4
+    assert reply.lines[0].gongji.refunds_reversed.count == 1
+    assert reply.lines[0].gongji.settled.count == 4
+    # Clearing class: one line until settlements record one. An operator names the institution.
+    reply = await api.settlement.CheckTotals(
+        pb.CheckTotalsRequest(
+            institution_id=institution, start_date=_today(), end_date=_today(),
+            grouping=pb.TOTALS_GROUPING_CLEARING_CLASS,
+        ),
+        metadata=bearer(api.tokens.operator),
+    )  # fmt: skip
+    assert [(line.group, line.agree) for line in reply.lines] == [("", False)]
+    assert reply.lines[0].gongji.settled.amount_fen == sum(r.fen[0] for r in rows if r.kind == SETTLEMENT)
+
+
+async def test_detail_answers_only_the_rows_that_differ(api: Api, pool: asyncpg.Pool) -> None:
+    _, token, rows = await _day_of_business(api, pool)
+    call = _caller(api, token)
+    base = pb.CheckDetailRequest(start_date=_today(), end_date=_today())
+    agreed = await books.check_detail(call, sorted(rows, key=lambda r: r.key), base, page_rows=2)
+    assert list(agreed.differences) == [] and agreed.institution_rows == agreed.gongji_rows == len(rows)
+
+    changed = [r for r in rows if r.request_id != "s-2"]  # missing in the institution's books
+    changed.append(_row(SETTLEMENT, "s-9", 500, 0, 0, 500))  # missing in gongji
+    changed = [
+        _row(CANCEL, "c-0", 301, 0, 0, 301) if r.key == (CANCEL, b"c-0") else r for r in changed
+    ]  # amounts differ
+    found = await books.check_detail(call, sorted(changed, key=lambda r: r.key), base, page_rows=2)
+    got = [(d.key.kind, d.key.request_id, d.difference) for d in found.differences]
+    assert got == [
+        (SETTLEMENT, "s-2", pb.DETAIL_DIFFERENCE_KIND_MISSING_IN_INSTITUTION),
+        (SETTLEMENT, "s-9", pb.DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI),
+        (CANCEL, "c-0", pb.DETAIL_DIFFERENCE_KIND_AMOUNTS_DIFFER),
+    ]
+    missing, extra, differ = found.differences
+    assert missing.HasField("gongji") and not missing.HasField("institution") and missing.settlement_id
+    assert extra.HasField("institution") and not extra.HasField("gongji") and not extra.settlement_id
+    assert (differ.institution.amount_fen, differ.gongji.amount_fen) == (301, 300)
+    # Another day has none of these rows: every row of the books is missing in gongji.
+    yesterday = (china_today() - dt.timedelta(days=1)).isoformat()
+    other_day = pb.CheckDetailRequest(start_date=yesterday, end_date=yesterday)
+    none = await books.check_detail(call, sorted(rows, key=lambda r: r.key), other_day)
+    assert {d.difference for d in none.differences} == {pb.DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI}
+
+
+def _caller(api: Api, token: str) -> books.CheckDetail:
+    async def call(request: pb.CheckDetailRequest) -> pb.CheckDetailResponse:
+        reply: pb.CheckDetailResponse = await api.settlement.CheckDetail(request, metadata=bearer(token), timeout=60)
+        return reply
+
+    return call
+
+
+# ---- 100,000 rows of one day -----------------------------------------------------------------------------
+DAY_ROWS = 100_000
+_SEED_SETTLEMENTS = """
+insert into settlement (settlement_id, institution_id, terminal_id, request_id, patient_id, voucher_id, amount_fen,
+                        acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, created_at)
+select gen_random_uuid(), $1, 'P1', $2 || lpad(i::text, 7, '0'), $3, gen_random_uuid(), 1000 + i % 977,
+       (1000 + i % 977) / 2, 0, (1000 + i % 977) - (1000 + i % 977) / 2, 0,
+       $4::timestamptz + (i % 36000) * interval '1 second'
+  from generate_series(1, $5) as i"""
+# Every hundredth settlement partly refunded the same day, keyed c-<its number>.
+_SEED_REFUNDS = """
+insert into refund (refund_id, settlement_id, institution_id, request_id, kind, amount_fen, acct_pay_fen,
+                    acct_mulaid_pay_fen, psn_cash_pay_fen, created_at)
+select gen_random_uuid(), s.settlement_id, s.institution_id, 'c-' || substr(s.request_id, 3), 'CANCEL', 100, 0, 0, 100,
+       s.created_at + interval '1 minute'
+  from settlement s
+ where s.institution_id = $1 and s.request_id like 's-%' and substr(s.request_id, 3)::int % 100 = 0"""
+
+
+async def _seed_day(pool: asyncpg.Pool, institution: str, patient: str, day: dt.date) -> None:
+    morning = dt.datetime(day.year, day.month, day.day, 1, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_SEED_SETTLEMENTS, institution, "s-", patient, morning, DAY_ROWS)
+        await conn.execute(_SEED_REFUNDS, institution)
+        # The day before and the day after, with interleaved ids: history the check must step over.
+        for offset, prefix in ((-1, "s-0"), (1, "s-1")):
+            other = morning + dt.timedelta(days=offset)
+            await conn.execute(_SEED_SETTLEMENTS, institution, prefix, patient, other, DAY_ROWS // 5)
+    async with pool.acquire() as conn:
+        await conn.execute("analyze settlement")
+        await conn.execute("analyze refund")
+
+
+def _seeded_books() -> list[books.BookRow]:
+    rows = []
+    for i in range(1, DAY_ROWS + 1):
+        amount = 1000 + i % 977
+        rows.append(_row(SETTLEMENT, f"s-{i:07d}", amount, amount // 2, 0, amount - amount // 2))
+        if i % 100 == 0:
+            rows.append(_row(CANCEL, f"c-{i:07d}", 100, 0, 0, 100))
+    return rows
+
+
+async def test_a_day_of_100000_rows_with_seeded_differences_found_exactly(
+    api: Api, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    institution, token = await _institution(pool)
+    patient = await api.enroll()
+    day = china_today() - dt.timedelta(days=1)
+    await _seed_day(pool, institution, patient, day)
+    try:
+        await _check_the_seeded_day(api, token, day, capsys)
+    finally:  # seeded without their ledger: gone before the books are audited
+        await pool.execute("delete from refund where institution_id = $1", institution)
+        await pool.execute("delete from settlement where institution_id = $1", institution)
+
+
+async def _check_the_seeded_day(api: Api, token: str, day: dt.date, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _seeded_books()
+    # The seeded differences: rows the books lack, rows gongji lacks, amounts that differ, of each kind.
+    lacking = {f"s-{i:07d}" for i in (1, 500, 50_000, 99_999, 100_000)} | {"c-0042000"}
+    extra = [_row(SETTLEMENT, "s-0000000x", 1, 0, 0, 1), _row(SETTLEMENT, "s-2000000", 5, 0, 0, 5),
+             _row(REVERSAL, "s-0000777", 100, 0, 0, 100), _row(CANCEL, "c-0000001", 1, 1, 0, 0)]  # fmt: skip
+    differ = {"s-0000002": 1, "s-0070000": -1, "c-0000100": 7}
+    books_rows = [r for r in rows if r.request_id not in lacking] + extra
+    books_rows = [
+        _row(r.kind, r.request_id, r.fen[0] + differ[r.request_id], r.fen[1], r.fen[2], r.fen[3] + differ[r.request_id])
+        if r.request_id in differ else r
+        for r in books_rows
+    ]  # fmt: skip
+    books_rows.sort(key=lambda r: r.key)
+    base = pb.CheckDetailRequest(start_date=day.isoformat(), end_date=day.isoformat())
+    rss_before_kib, started = rss_kib(), time.perf_counter()
+    found = await books.check_detail(_caller(api, token), books_rows, base)
+    elapsed_s, rss_after_kib = time.perf_counter() - started, rss_kib()
+
+    got = {(d.key.request_id, d.difference) for d in found.differences}
+    assert got == (
+        {(rid, pb.DETAIL_DIFFERENCE_KIND_MISSING_IN_INSTITUTION) for rid in lacking}
+        | {(r.request_id, pb.DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI) for r in extra}
+        | {(rid, pb.DETAIL_DIFFERENCE_KIND_AMOUNTS_DIFFER) for rid in differ}
+    )
+    assert len(found.differences) == len(lacking) + len(extra) + len(differ)
+    assert found.gongji_rows == len(rows) and found.institution_rows == len(books_rows)
+    with capsys.disabled():
+        print(
+            f"\nCheckDetail of {len(books_rows)} rows ({len(rows)} in gongji's day): {elapsed_s:.1f} s, "
+            f"{len(found.differences)} differences; test process (client and in-process server) RSS "
+            f"{rss_before_kib // 1024} -> {rss_after_kib // 1024} MiB"
+        )
+
+
+# ---- refusals -------------------------------------------------------------------------------------------
+async def test_bad_requests_are_refused_naming_the_field(api: Api) -> None:
+    t = bearer(api.tokens.terminal_a)
+    today = _today()
+    error = await refused(
+        api.settlement.CheckTotals(
+            pb.CheckTotalsRequest(start_date="2026-02-30", end_date=today, grouping=9), metadata=t
+        ),
+        S.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+    )  # fmt: skip
+    assert set(field_violations(error)) == {"start_date", "grouping"}
+    long_ago = (china_today() - dt.timedelta(days=31)).isoformat()
+    tomorrow = (china_today() + dt.timedelta(days=1)).isoformat()
+    for start, end, field in (
+        (long_ago, today, "end_date"),
+        (today, tomorrow, "end_date"),
+        (today, long_ago, "end_date"),
+    ):
+        error = await refused(
+            api.settlement.CheckDetail(pb.CheckDetailRequest(start_date=start, end_date=end), metadata=t),
+            S.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+        )  # fmt: skip
+        assert field_violations(error) == [field]
+    lines = [pb.TotalsLine(group="310"), pb.TotalsLine(group="")]
+    error = await refused(
+        api.settlement.CheckTotals(pb.CheckTotalsRequest(start_date=today, end_date=today, lines=lines), metadata=t),
+        S.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+    )  # fmt: skip
+    assert field_violations(error) == ["lines[0].group"]
+    amounts = pb.DetailAmounts(amount_fen=10, acct_pay_fen=5, psn_cash_pay_fen=4)
+    rows = [
+        pb.DetailRow(kind=SETTLEMENT, request_id="b", amounts=amounts),
+        pb.DetailRow(kind=SETTLEMENT, request_id="a"),
+    ]
+    request = pb.CheckDetailRequest(start_date=today, end_date=today, rows=rows)
+    error = await refused(api.settlement.CheckDetail(request, metadata=t), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert field_violations(error) == ["rows[0].amounts.amount_fen", "rows[1].amounts.amount_fen", "rows[1]"]
+    one_fen = pb.DetailAmounts(amount_fen=1, psn_cash_pay_fen=1)
+    page = [pb.DetailRow(kind=SETTLEMENT, request_id=f"r{i:05d}", amounts=one_fen) for i in range(1_001)]
+    error = await refused(
+        api.settlement.CheckDetail(pb.CheckDetailRequest(start_date=today, end_date=today, rows=page), metadata=t),
+        S.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+    )  # fmt: skip
+    assert field_violations(error) == ["rows"]
+    keys = pb.CheckDetailRequest(
+        start_date=today, end_date=today, after_key=pb.DetailKey(kind=CANCEL, request_id="x"),
+        through_key=pb.DetailKey(kind=SETTLEMENT, request_id="日"),
+    )  # fmt: skip
+    error = await refused(api.settlement.CheckDetail(keys, metadata=t), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert set(field_violations(error)) == {"through_key.request_id", "through_key"}
+
+
+async def test_who_checks_which_institution(api: Api, pool: asyncpg.Pool) -> None:
+    institution, _, rows = await _day_of_business(api, pool)
+    today = _today()
+    # Another institution's terminal naming it is refused; without naming it, it sees its own books only:
+    # the rows of this institution read as missing in gongji, and nothing of this institution comes back.
+    await refused(
+        api.settlement.CheckTotals(
+            pb.CheckTotalsRequest(institution_id=institution, start_date=today, end_date=today),
+            metadata=bearer(api.tokens.terminal_b),
+        ),
+        S.PERMISSION_DENIED, "INSTITUTION_MISMATCH",
+    )  # fmt: skip
+    _, other_token = await _institution(pool)
+    found = await books.check_detail(
+        _caller(api, other_token),
+        sorted(rows, key=lambda r: r.key),
+        pb.CheckDetailRequest(start_date=today, end_date=today),
+    )
+    assert [d.difference for d in found.differences] == [pb.DETAIL_DIFFERENCE_KIND_MISSING_IN_GONGJI] * len(rows)
+    assert found.gongji_rows == 0 and not any(d.settlement_id for d in found.differences)
+    await refused(
+        api.settlement.CheckDetail(
+            pb.CheckDetailRequest(institution_id="H000000000000", start_date=today, end_date=today),
+            metadata=bearer(api.tokens.operator),
+        ),
+        S.NOT_FOUND, "INSTITUTION_NOT_FOUND",
+    )  # fmt: skip
+    error = await refused(
+        api.settlement.CheckDetail(
+            pb.CheckDetailRequest(start_date=today, end_date=today), metadata=bearer(api.tokens.operator)
+        ),
+        S.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+    )  # fmt: skip
+    assert field_violations(error) == ["institution_id"]
+    await refused(
+        api.settlement.CheckTotals(
+            pb.CheckTotalsRequest(start_date=today, end_date=today), metadata=bearer(api.tokens.app)
+        ),
+        S.PERMISSION_DENIED, "NOT_ALLOWED",
+    )  # fmt: skip
