@@ -1,6 +1,15 @@
 -- Cancel (2208) and Reverse (2601): the current version of their server-side functions (code, re-applied
 -- by the migration runner when this file changes; see settle.sql).
 
+-- The accounts a refund (or its reversal) moves money on, given as the patient's and the authorizer's
+-- person ids, null for one it does not touch: each at most once, in the order every money path locks
+-- accounts in (ascending person_id, collation "C"), so that two of them never deadlock.
+create or replace function gongji_in_key_order(p_first text, p_second text) returns setof text
+language sql immutable
+as $$
+    select x from unnest(array[p_first, p_second]) as x where x is not null order by x collate "C"
+$$;
+
 -- Which sources a refund returns to: last drawn first, so cash, then the authorizer's account, then
 -- the patient's own. gongji.domain.waterfall.refund_split is the reference; a property test proves
 -- the two agree. The caller makes sure p_amount_fen is at most what is left in all three.
@@ -49,9 +58,8 @@ begin
             v_split.acct_mulaid_pay_fen, v_split.psn_cash_pay_fen);
 
     for v_pid in
-        select x from unnest(array[case when v_split.acct_pay_fen > 0 then s.patient_id end,
-                                   case when v_split.acct_mulaid_pay_fen > 0 then s.authorizer_id end]) as x
-         where x is not null order by x collate "C"
+        select gongji_in_key_order(case when v_split.acct_pay_fen > 0 then s.patient_id end,
+                                   case when v_split.acct_mulaid_pay_fen > 0 then s.authorizer_id end)
     loop
         v_part := case when v_pid = s.patient_id then v_split.acct_pay_fen else v_split.acct_mulaid_pay_fen end;
         update account a set balance_fen = a.balance_fen + v_part, updated_at = now()
@@ -197,9 +205,8 @@ declare
     v_balance bigint;
 begin
     for v_pid in
-        select x from unnest(array[case when r.acct_pay_fen > 0 then s.patient_id end,
-                                   case when r.acct_mulaid_pay_fen > 0 then s.authorizer_id end]) as x
-         where x is not null order by x collate "C"
+        select gongji_in_key_order(case when r.acct_pay_fen > 0 then s.patient_id end,
+                                   case when r.acct_mulaid_pay_fen > 0 then s.authorizer_id end)
     loop
         select a.balance_fen into strict v_balance from account a where a.person_id = v_pid for update;
         if v_pid = s.patient_id then own_balance_fen := v_balance; else mulaid_balance_fen := v_balance; end if;
@@ -222,9 +229,8 @@ declare
     v_after bigint;
 begin
     for v_pid in
-        select x from unnest(array[case when r.acct_pay_fen > 0 then s.patient_id end,
-                                   case when r.acct_mulaid_pay_fen > 0 then s.authorizer_id end]) as x
-         where x is not null order by x collate "C"
+        select gongji_in_key_order(case when r.acct_pay_fen > 0 then s.patient_id end,
+                                   case when r.acct_mulaid_pay_fen > 0 then s.authorizer_id end)
     loop
         v_part := case when v_pid = s.patient_id then r.acct_pay_fen else r.acct_mulaid_pay_fen end;
         update account a set balance_fen = a.balance_fen - v_part, updated_at = now()
