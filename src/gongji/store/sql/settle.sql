@@ -119,19 +119,21 @@ begin
 end
 $$;
 
--- Take the transaction lock of e-voucher p_voucher_id, so that settlements presenting one voucher take
--- turns (gongji_voucher_refusal); answer the seconds waited for it. A card has no voucher id (null):
--- nothing is locked, and null is answered.
-create or replace function gongji_lock_voucher(p_voucher_id uuid) returns double precision
+-- Take the transaction-scoped advisory lock named p_key and answer the seconds waited for it; a null key
+-- (a card presented, which has no voucher id to lock) locks nothing and answers null. gongji_settle
+-- takes two: its request id's ('settle/<institution>/<request id>': a POS retry racing its original
+-- replays it, and a reversal, gongji_reverse taking the same lock, undoes it or refuses it, never half)
+-- and its voucher's ('voucher/<id>': settlements presenting one voucher take turns, gongji_voucher_refusal).
+create or replace function gongji_lock_key(p_key text) returns double precision
 language plpgsql
 as $$
 declare
     v_t constant timestamptz := clock_timestamp();
 begin
-    if p_voucher_id is null then
+    if p_key is null then
         return null;
     end if;
-    perform pg_advisory_xact_lock(hashtextextended('voucher/' || p_voucher_id, 0));
+    perform pg_advisory_xact_lock(hashtextextended(p_key, 0));
     return extract(epoch from clock_timestamp() - v_t);
 end
 $$;
@@ -600,24 +602,10 @@ begin
 end
 $$;
 
--- Take the transaction lock of a Settle's request id: requests with the same key wait for each other, so
--- a POS retry racing its original replays it, and a reversal (gongji_reverse takes the same lock)
--- either undoes it or refuses it, never half. Answers the seconds waited.
-create or replace function gongji_lock_request(p_institution_id text, p_request_id text) returns double precision
-language plpgsql
-as $$
-declare
-    v_t constant timestamptz := clock_timestamp();
-begin
-    perform pg_advisory_xact_lock(hashtextextended('settle/' || p_institution_id || '/' || p_request_id, 0));
-    return extract(epoch from clock_timestamp() - v_t);
-end
-$$;
-
 -- Settle also answers how long it waited for each of its locks, measured with clock_timestamp() around
 -- each locking statement: only the database knows this split (from Python one call is one number).
 -- The caller feeds them to the lock-wait histogram; a lock the call did not reach (a refusal, a replay)
--- answers null and is not observed. Step 1 is the idempotent replay (gongji_lock_request).
+-- answers null and is not observed. Its locks are taken by gongji_lock_key.
 create or replace function gongji_settle(
     p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
@@ -643,7 +631,7 @@ declare
     s          settlement;
     v_care     record;   -- where care happens, and whether mutual aid may pay for it there
 begin
-    lock_wait_idempotency_s := gongji_lock_request(p_institution_id, p_request_id);
+    lock_wait_idempotency_s := gongji_lock_key('settle/' || p_institution_id || '/' || p_request_id);
     v_seen := gongji_settle_replay(p_institution_id, p_request_id, p_request_digest);
     if v_seen.seen = 'REPLAY' then
         select * into s from settlement x where x.settlement_id = v_seen.seen_settlement_id;
@@ -652,7 +640,7 @@ begin
     else
         -- 2. The patient and the voucher, whose lock makes its settlements take turns: one uses it.
         select * into v_patient from person p where p.person_id = p_patient_id;
-        lock_wait_voucher_s := gongji_lock_voucher(p_voucher_id);
+        lock_wait_voucher_s := gongji_lock_key('voucher/' || p_voucher_id);
         outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
                                             p_voucher_binding_id, p_voucher_grant_id, p_cert_type,
                                             p_authorizer_id);
