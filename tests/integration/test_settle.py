@@ -127,9 +127,11 @@ async def test_idempotent_replay_moves_nothing(api: Api) -> None:
 async def test_retry_after_the_voucher_expired_still_replays(api: Api) -> None:
     """A POS that retries after the e-voucher's lifetime gets its original answer, not a refusal."""
     patient = await api.enroll(balance_fen=1_000)
-    voucher = await api.voucher(patient, ttl_seconds=1)
+    # Two seconds: a token's expiry is whole seconds from the second it was issued in, so a one-second
+    # voucher may live only a few milliseconds (the first settle lost that race once, behind PgBouncer).
+    voucher = await api.voucher(patient, ttl_seconds=2)
     first = await api.settle(patient, 400, voucher=voucher, request_id="pos-late-retry-1")
-    await asyncio.sleep(2.1)
+    await asyncio.sleep(2.1)  # past the expiry, which is at most two seconds after issuing
     again = await api.settle(patient, 400, voucher=voucher, request_id="pos-late-retry-1")
     assert again.replayed
     assert again.settlement == first.settlement
