@@ -207,6 +207,14 @@ class CertificateTypeNotAllowed(FailedPrecondition):
     sentence = "the patient's region does not accept this kind of card; ask for the e-voucher"
 
 
+class InsutypeMismatch(FailedPrecondition):
+    """The terminal settles under an insurance type (insutype) the patient is not insured under: the
+    patient's scheme decides, 310 for the employee basic insurance, 390 for the resident basic."""
+
+    reason = "INSUTYPE_MISMATCH"
+    sentence = "the patient is not insured under this insutype; read the patient's insurance again"
+
+
 class BeneficiaryNotResident(FailedPrecondition):
     """A premium is paid only for a resident-insured person (居民医保): an employee pays their own."""
 

@@ -399,8 +399,9 @@ async def test_a_stale_balance_peek_runs_the_settlement_again(api: Api, pool: as
         assert await _settle_calls_in_flight(pool), "the settlement waits for the patient's row"
         # In the blocker's transaction, a real settlement through the other grant spends 900 of 1,000.
         spent = await blocker.fetchrow(
-            "select * from gongji_settle('H61010300101', 'POS-A1', $1, '\\x00'::bytea, $2, true,"
-            " now() + interval '1 minute', null, null, 'E_VOUCHER', $3, 900, $4, true)",
+            "select outcome, (settled).acct_pay_fen from gongji_settle('H61010300101', 'POS-A1', $1,"
+            " '\\x00'::bytea, $2, true, now() + interval '1 minute', null, null, 'E_VOUCHER', $3, 900, $4, true,"
+            " null, null, null, null)",
             f"spend-{uuid.uuid4()}",
             spending_voucher,
             patient,

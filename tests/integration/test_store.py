@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from support import Api, cancel, new_person_id, with_database
 
 from gongji import limits
+from gongji.domain.bill import Parts, WhollySelfPaid
 from gongji.domain.people import Relationship
-from gongji.domain.waterfall import Split, mutual_aid_room, refund_split, split
+from gongji.domain.waterfall import Split, mutual_aid_room, refund_split, split, split_bill
 from gongji.store import audit, bindings, grants, migrate
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
@@ -21,22 +22,54 @@ balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN
 
 
 def test_sql_split_agrees_with_the_reference(db_url: str) -> None:
-    """gongji_split (the hot path) and domain.waterfall.split agree on arbitrary balances and amounts."""
+    """gongji_split (the hot path) and domain.waterfall.split_bill agree on arbitrary bills, balances and
+    policies on wholly self-paid items, part by part; a bill sent as its amount only is split as
+    domain.waterfall.split always split it."""
+    small = st.integers(min_value=0, max_value=60)
+    parts = st.one_of(
+        st.builds(Parts, amounts),
+        st.builds(Parts, small, small, small).filter(lambda p: p.fen > 0),
+        st.builds(Parts, amounts, st.integers(0, 1000), st.integers(0, 1000)),
+    )
+    policies = st.sampled_from([WhollySelfPaid(True, True), WhollySelfPaid(True, False), WhollySelfPaid(False, False)])
+    small_balances = st.none() | small
     with asyncio.Runner() as runner:
         conn = runner.run(asyncpg.connect(db_url))
         try:
 
-            @settings(max_examples=400, deadline=None)
-            @given(amounts, balances, balances, st.booleans())
-            def agree(amount: int, own: int | None, mulaid: int | None, use: bool) -> None:
-                row = runner.run(conn.fetchrow("select * from gongji_split($1, $2, $3, $4)", amount, own, mulaid, use))
-                assert row is not None
-                expected = split(amount, own, mulaid, use_personal_account=use)
-                assert (row["acct_pay_fen"], row["acct_mulaid_pay_fen"], row["psn_cash_pay_fen"]) == (
-                    expected.acct_pay_fen,
-                    expected.acct_mulaid_pay_fen,
-                    expected.psn_cash_pay_fen,
+            @settings(max_examples=600, deadline=None)
+            @given(parts, balances | small_balances, balances | small_balances, st.booleans(), policies)
+            def agree(bill: Parts, own: int | None, mulaid: int | None, use: bool, wholly: WhollySelfPaid) -> None:
+                row = runner.run(
+                    conn.fetchrow(
+                        "select * from gongji_split($1, $2, $3, $4, $5, $6, $7, $8)",
+                        bill.fen,
+                        bill.over_limit_fen,
+                        bill.wholly_self_paid_fen,
+                        own,
+                        mulaid,
+                        use,
+                        wholly.account,
+                        wholly.mutual_aid,
+                    )
                 )
+                assert row is not None
+                expected = split_bill(bill, own, mulaid, use_personal_account=use, wholly=wholly)
+                assert (row["acct_pay_fen"], row["acct_mulaid_pay_fen"], row["psn_cash_pay_fen"]) == (
+                    expected.totals.acct_pay_fen,
+                    expected.totals.acct_mulaid_pay_fen,
+                    expected.totals.psn_cash_pay_fen,
+                )
+                assert (row["acct_over_limit_fen"], row["acct_wholly_fen"]) == (
+                    expected.own.over_limit_fen,
+                    expected.own.wholly_self_paid_fen,
+                )
+                assert (row["mulaid_over_limit_fen"], row["mulaid_wholly_fen"]) == (
+                    expected.mutual_aid.over_limit_fen,
+                    expected.mutual_aid.wholly_self_paid_fen,
+                )
+                if bill == Parts(bill.fen):
+                    assert expected.totals == split(bill.fen, own, mulaid, use_personal_account=use)
 
             agree()
         finally:

@@ -26,6 +26,7 @@ NOT_REASONS = frozenset(
         *("GRANT_CAP", "BENEFICIARY_CAP", "AUTHORIZER_FLOOR", "CARE_REGION"),
         *("LOCAL", "OUT_OF_REGION", "OUT_OF_PROVINCE"),
         *("E_VOUCHER", "ID_CARD", "SOCIAL_SECURITY_CARD"),
+        *("AMOUNT", "PARTS"),  # how a settlement read its bill
     }
 )
 _LITERAL = re.compile(r"'([A-Z][A-Z_]*[A-Z])'")

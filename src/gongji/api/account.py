@@ -11,6 +11,7 @@ from gongji.api import convert, pages
 from gongji.api.app import App, Context
 from gongji.api.auth import current_principal
 from gongji.api.validate import CHINA, Fields, china_today
+from gongji.domain.bill import MedType
 from gongji.domain.eligibility import ALWAYS_REFUSED, DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship, Scheme
 from gongji.domain.premium import PremiumRate
@@ -118,6 +119,7 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             if value is not None and not 0 <= value <= limits.MUTUAL_AID_LIMIT_FEN_MAX:
                 fields.bad(f"policy.{name}", f"must be 0 to {limits.MUTUAL_AID_LIMIT_FEN_MAX} fen, or unset for none")
         accepted = self._accepted_cards(fields, p)
+        no_account, no_mutual_aid = self._wholly_self_paid_rules(fields, p)
         fields.done()
         assert scope is not None
         policy = RegionPolicy(
@@ -128,6 +130,8 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             accepted,
             p.mutual_aid_out_of_region if p.HasField("mutual_aid_out_of_region") else True,
             p.mutual_aid_out_of_province if p.HasField("mutual_aid_out_of_province") else True,
+            no_account,
+            no_mutual_aid,
         )
         row = await policies.set_policy(self._app.pool, p.region_key, policy, limits.REGION_POLICIES_MAX)
         if row is None:
@@ -147,6 +151,36 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             for c in p.accepted_certificate_types
         ]
         return frozenset(c for c in listed if c in CARDS) if listed else CARDS
+
+    @staticmethod
+    def _wholly_self_paid_rules(
+        fields: Fields, p: account_pb2.RegionPolicy
+    ) -> tuple[frozenset[MedType], frozenset[MedType]]:
+        """The kinds of care whose wholly self-paid items the personal account may not pay, and those
+        mutual aid may not pay: one rule at most per kind of care, never mutual aid without the account."""
+        name = "policy.wholly_self_paid_rules"
+        if len(p.wholly_self_paid_rules) > len(MedType):
+            fields.bad(name, f"at most {len(MedType)} rules, one per med_type")
+            return frozenset(), frozenset()
+        no_account: set[MedType] = set()
+        no_mutual_aid: set[MedType] = set()
+        seen: set[MedType] = set()
+        for i, rule in enumerate(p.wholly_self_paid_rules):
+            med_type = fields.enum(
+                f"{name}[{i}].med_type", rule.med_type, convert.MED_TYPE_NAMES, MedType, convert.MED_TYPE
+            )
+            if med_type is None:
+                continue
+            if med_type in seen:
+                fields.bad(f"{name}[{i}].med_type", "has a rule already: one rule per med_type")
+            if rule.mutual_aid_pays and not rule.account_pays:
+                fields.bad(f"{name}[{i}].mutual_aid_pays", "needs account_pays: mutual aid is personal-account money")
+            seen.add(med_type)
+            if not rule.account_pays:
+                no_account.add(med_type)
+            if not rule.mutual_aid_pays:
+                no_mutual_aid.add(med_type)
+        return frozenset(no_account), frozenset(no_mutual_aid)
 
     async def ListRegionPolicies(
         self, request: account_pb2.ListRegionPoliciesRequest, context: Context

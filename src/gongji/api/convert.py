@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gongji.api.app import timestamp
-from gongji.domain.eligibility import CareScope, RegionPolicy
+from gongji.domain.bill import Insutype, MedType, Parts, Reading
+from gongji.domain.eligibility import CareScope, RegionPolicy, wholly_self_paid
 from gongji.domain.people import Relationship, mask_id, mask_name
 from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
@@ -28,6 +29,8 @@ SCHEME_NAMES = names(types_pb2.Scheme.DESCRIPTOR)
 STATUS_NAMES = names(types_pb2.PersonStatus.DESCRIPTOR)
 SCOPE_NAMES = names(types_pb2.GrantScope.DESCRIPTOR)
 CERTIFICATE_TYPE_NAMES = names(types_pb2.CertificateType.DESCRIPTOR)
+MED_TYPE_NAMES = names(types_pb2.MedType.DESCRIPTOR)
+INSUTYPE_NAMES = names(types_pb2.Insutype.DESCRIPTOR)
 
 # Enum prefixes of the proto values, for Fields.enum.
 RELATIONSHIP, DOCUMENT_TYPE, SCHEME, STATUS, SCOPE, CERTIFICATE_TYPE = (
@@ -38,6 +41,7 @@ RELATIONSHIP, DOCUMENT_TYPE, SCHEME, STATUS, SCOPE, CERTIFICATE_TYPE = (
     "GRANT_SCOPE_",
     "CERTIFICATE_TYPE_",
 )
+MED_TYPE, INSUTYPE = "MED_TYPE_", "INSUTYPE_"
 
 
 def relationship(r: Relationship) -> types_pb2.Relationship.ValueType:
@@ -88,6 +92,31 @@ def region_policy(key: str, policy: RegionPolicy, row: PolicyRow | None = None) 
         accepted_certificate_types=sorted(certificate_type(c) for c in (CertType.E_VOUCHER, *policy.accepted_cards)),
         mutual_aid_out_of_region=policy.mutual_aid_out_of_region,
         mutual_aid_out_of_province=policy.mutual_aid_out_of_province,
+        wholly_self_paid_rules=[
+            account_pb2.WhollySelfPaidRule(
+                med_type=med_type(m), account_pays=rule.account, mutual_aid_pays=rule.mutual_aid
+            )
+            for m in MedType
+            if (rule := wholly_self_paid(policy, m)) != wholly_self_paid(policy, None)
+        ],
+    )
+
+
+def med_type(m: MedType | None) -> types_pb2.MedType.ValueType:
+    return types_pb2.MedType.Value(f"MED_TYPE_{m.name if m else 'UNSPECIFIED'}")
+
+
+def insutype(i: Insutype | None) -> types_pb2.Insutype.ValueType:
+    return types_pb2.Insutype.Value(f"INSUTYPE_{i.name if i else 'UNSPECIFIED'}")
+
+
+def bill_reading(r: Reading) -> types_pb2.BillReading.ValueType:
+    return types_pb2.BillReading.Value(f"BILL_READING_{r}")
+
+
+def parts(p: Parts) -> types_pb2.BillParts:
+    return types_pb2.BillParts(
+        in_scope_fen=p.in_scope_fen, over_limit_fen=p.over_limit_fen, wholly_self_paid_fen=p.wholly_self_paid_fen
     )
 
 
@@ -134,6 +163,13 @@ def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb
         care_region=s.care_region or "",
         care_scope=care_scope(s.care_scope),
         psn_acct_pay_fen=s.acct_pay_fen + s.acct_mulaid_pay_fen,
+        bill_reading=bill_reading(s.bill_read),
+        bill=parts(s.bill),
+        own_parts=parts(s.own_parts),
+        mutual_aid_parts=parts(s.mutual_aid_parts),
+        cash_parts=parts(s.cash_parts),
+        med_type=med_type(s.med_type),
+        insutype=insutype(s.insutype),
     )
 
 

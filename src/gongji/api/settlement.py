@@ -12,16 +12,22 @@ from gongji.api import convert, pages, reconcile
 from gongji.api.app import App, Context
 from gongji.api.auth import current_principal
 from gongji.api.validate import CHINA, Fields
+from gongji.domain.bill import Insutype, MedType, Parts, Reading
 from gongji.domain.vouchers import CertType
 from gongji.store import lifecycle, settlements
 from gongji.store.credentials import Kind
 from gongji.v1 import settlement_pb2, settlement_pb2_grpc
 
 
-def _digest(patient_id: str, amount_fen: int, authorizer_id: str | None, use_account: bool) -> bytes:
+def _digest(payment: _Payment) -> bytes:
     """What makes two Settle requests 'the same content' for idempotency. The voucher is a credential,
-    not content: a retry that rescanned a fresh voucher still replays the original."""
-    canonical = f"{patient_id}\x1f{amount_fen}\x1f{authorizer_id or ''}\x1f{int(use_account)}"
+    not content: a retry that rescanned a fresh voucher still replays the original. A bill sent as its
+    amount only digests as it always did, so a retry sent across an upgrade still replays."""
+    p = payment
+    canonical = f"{p.patient_id}\x1f{p.amount_fen}\x1f{p.authorizer_id or ''}\x1f{int(p.use_account)}"
+    if p.bill != settlements.AMOUNT_ONLY:
+        over, wholly, med_type, insutype = p.bill.sql_args()
+        canonical += f"\x1f{over}\x1f{wholly}\x1f{med_type}\x1f{insutype}"
     return hashlib.sha256(canonical.encode()).digest()
 
 
@@ -85,6 +91,33 @@ class _Payment(NamedTuple):
     use_account: bool
     cert_type: CertType
     card_number: str | None  # a card's; None for an e-voucher
+    bill: settlements.BillArgs
+
+
+def _bill(fields: Fields, request: Any, amount_fen: int) -> settlements.BillArgs:
+    """The bill beyond its amount: its parts (which add up to the amount), med_type and insutype."""
+    med_type = (
+        fields.enum("med_type", request.med_type, convert.MED_TYPE_NAMES, MedType, convert.MED_TYPE)
+        if request.med_type
+        else None
+    )
+    insutype = (
+        fields.enum("insutype", request.insutype, convert.INSUTYPE_NAMES, Insutype, convert.INSUTYPE)
+        if request.insutype
+        else None
+    )
+    if not request.HasField("bill"):
+        return settlements.BillArgs(None, med_type, insutype)
+    b = request.bill
+    parts = Parts(b.in_scope_fen, b.over_limit_fen, b.wholly_self_paid_fen)
+    for name in ("in_scope_fen", "over_limit_fen", "wholly_self_paid_fen"):
+        if not 0 <= getattr(b, name) <= limits.AMOUNT_FEN_MAX:
+            fields.bad(f"bill.{name}", f"must be a whole number of fen from 0 to {limits.AMOUNT_FEN_MAX}", amount=True)
+    if parts.fen != amount_fen:
+        fields.bad("bill", "its parts must add up to amount_fen", amount=True)
+    if not request.med_type:
+        fields.bad("med_type", "is required with bill: the region's policy on wholly self-paid items is per med_type")
+    return settlements.BillArgs(parts, med_type, insutype)
 
 
 def _presented(fields: Fields, request: Any) -> tuple[CertType, str | None]:
@@ -132,11 +165,12 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if authorizer_id is not None and authorizer_id == patient_id:
             fields.bad("authorizer_id", "must be another person than the patient")
         cert_type, card_number = _presented(fields, request)
+        bill = _bill(fields, request, amount_fen)
         if idempotent:
             fields.request_id("request_id", request.request_id)
         fields.done()
         use_account = request.use_personal_account if request.HasField("use_personal_account") else True
-        return _Payment(patient_id, amount_fen, authorizer_id, use_account, cert_type, card_number)
+        return _Payment(patient_id, amount_fen, authorizer_id, use_account, cert_type, card_number, bill)
 
     def _voucher(self, request: Any, payment: _Payment) -> settlements.VoucherArgs:
         """What the patient presented, judged against the patient where only the server can: whether a
@@ -166,6 +200,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                 amount_fen=amount_fen,
                 authorizer_id=authorizer_id,
                 use_personal_account=use_account,
+                bill=payment.bill,
             )
         except errors.GongjiError as exc:
             _count_voucher_refusal("Quote", exc)
@@ -183,6 +218,13 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             care_region=q.care_region or "",
             care_scope=convert.care_scope(q.care_scope),
             psn_acct_pay_fen=q.acct_pay_fen + q.acct_mulaid_pay_fen,
+            bill_reading=convert.bill_reading(Reading.AMOUNT if payment.bill.parts is None else Reading.PARTS),
+            bill=convert.parts(payment.bill.parts or Parts(amount_fen)),
+            own_parts=convert.parts(q.own_parts),
+            mutual_aid_parts=convert.parts(q.mutual_aid_parts),
+            cash_parts=convert.parts(q.cash_parts),
+            med_type=convert.med_type(payment.bill.med_type),
+            insutype=convert.insutype(q.insutype),
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
@@ -197,13 +239,14 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                 self._app.pool,
                 credential_id=principal.credential_id,
                 request_id=request.request_id,
-                digest=_digest(patient_id, amount_fen, authorizer_id, use_account),
+                digest=_digest(payment),
                 voucher=voucher,
                 patient_id=patient_id,
                 amount_fen=amount_fen,
                 authorizer_id=authorizer_id,
                 use_personal_account=use_account,
                 timing=timing,
+                bill=payment.bill,
             )
         except errors.GongjiError as exc:
             metrics.SETTLEMENTS.labels(exc.reason).inc()

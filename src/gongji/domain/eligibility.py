@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gongji import errors, limits
+from gongji.domain.bill import ACCOUNTS_PAY, MedType, WhollySelfPaid
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, age_on
 from gongji.domain.vouchers import CARDS, CertType
 
@@ -66,6 +67,11 @@ class RegionPolicy:
     # another province (异地就医). The national rules let the account pay such care; so does the default.
     mutual_aid_out_of_region: bool = True
     mutual_aid_out_of_province: bool = True
+    # The kinds of care whose wholly self-paid items (全自费) the personal account may not pay for a
+    # patient of the region (cash does), and those mutual aid may not pay them for (the own account may).
+    # Empty: the accounts pay them, as they pay a bill sent as its amount only.
+    wholly_self_paid_no_account: frozenset[MedType] = frozenset()
+    wholly_self_paid_no_mutual_aid: frozenset[MedType] = frozenset()
 
 
 DEFAULT_POLICY = RegionPolicy()
@@ -98,6 +104,16 @@ def mutual_aid_for_care(scope: CareScope, policy: RegionPolicy) -> bool:
     if scope is CareScope.OUT_OF_REGION:
         return policy.mutual_aid_out_of_region
     return policy.mutual_aid_out_of_province
+
+
+def wholly_self_paid(policy: RegionPolicy, med_type: MedType | None) -> WhollySelfPaid:
+    """What may pay the wholly self-paid items of care of `med_type` for a patient under `policy` (their
+    region's); a bill without a med_type has none to judge. The twin of `gongji_wholly_self_paid` in
+    store/sql/settle.sql."""
+    if med_type is None:
+        return ACCOUNTS_PAY
+    account = med_type not in policy.wholly_self_paid_no_account
+    return WhollySelfPaid(account, account and med_type not in policy.wholly_self_paid_no_mutual_aid)
 
 
 def certificate_refusal(cert_type: CertType, policy: RegionPolicy) -> type[errors.CertificateTypeNotAllowed] | None:

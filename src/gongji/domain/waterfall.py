@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from gongji.domain.bill import ACCOUNTS_PAY, Parts, WhollySelfPaid
+
 
 @dataclass(frozen=True, slots=True)
 class Split:
@@ -29,22 +31,70 @@ def split(
     *,
     use_personal_account: bool = True,
 ) -> Split:
-    """Split `amount_fen` over the sources.
+    """Split `amount_fen` over the sources: a bill sent as its amount only (split_bill)."""
+    return split_bill(
+        Parts(amount_fen), own_balance_fen, mulaid_balance_fen, use_personal_account=use_personal_account
+    ).totals
+
+
+@dataclass(frozen=True, slots=True)
+class BillSplit:
+    """What each source pays of each part of a bill."""
+
+    own: Parts
+    mutual_aid: Parts
+    cash: Parts
+
+    @property
+    def totals(self) -> Split:
+        return Split(self.own.fen, self.mutual_aid.fen, self.cash.fen)
+
+
+def _pay(balance_fen: int, left: Parts, order: tuple[str, ...]) -> Parts:
+    """What a source with `balance_fen` pays of the parts `left`, taking the parts in `order` (the names
+    of the Parts fields it may pay), each as far as the balance goes."""
+    paid = dict.fromkeys(("in_scope_fen", "over_limit_fen", "wholly_self_paid_fen"), 0)
+    for part in order:
+        paid[part] = min(balance_fen, getattr(left, part))
+        balance_fen -= paid[part]
+    return Parts(**paid)
+
+
+def split_bill(
+    bill: Parts,
+    own_balance_fen: int | None,
+    mulaid_balance_fen: int | None,
+    *,
+    use_personal_account: bool = True,
+    wholly: WhollySelfPaid = ACCOUNTS_PAY,
+) -> BillSplit:
+    """Split `bill` over the sources: the own account, then the authorizer's, then cash, each paying
+    only the parts it may (`wholly`: who may pay the wholly self-paid items, by region policy).
 
     `own_balance_fen` is None for a patient without a personal account (resident-insured);
     `mulaid_balance_fen` is None when no live grant is used. With `use_personal_account` false
     (个人账户使用标志 off) everything is cash: the authorizer's account is personal-account money too.
+
+    The own account pays the parts in scope and over the limit, then the wholly self-paid ones, except
+    where only it may pay the wholly self-paid ones: then it pays those first, leaving what mutual aid
+    may pay to mutual aid. Either way the own account pays as much as it may, and the least is left to
+    cash. The twin of `gongji_split` in store/sql/settle.sql.
     """
-    assert amount_fen > 0, amount_fen
+    assert bill.fen > 0 and min(bill.in_scope_fen, bill.over_limit_fen, bill.wholly_self_paid_fen) >= 0, bill
     assert own_balance_fen is None or own_balance_fen >= 0, own_balance_fen
     assert mulaid_balance_fen is None or mulaid_balance_fen >= 0, mulaid_balance_fen
     if not use_personal_account:
-        return Split(0, 0, amount_fen)
-    own = min(amount_fen, own_balance_fen or 0)
-    mulaid = min(amount_fen - own, mulaid_balance_fen or 0)
-    result = Split(own, mulaid, amount_fen - own - mulaid)
-    assert result.amount_fen == amount_fen
-    assert result.psn_cash_pay_fen >= 0
+        return BillSplit(Parts(), Parts(), bill)
+    covered = ("in_scope_fen", "over_limit_fen")
+    whole = ("wholly_self_paid_fen",)
+    own_order = (
+        whole + covered if wholly.account and not wholly.mutual_aid else covered + (whole if wholly.account else ())
+    )
+    own = _pay(own_balance_fen or 0, bill, own_order)
+    mulaid = _pay(mulaid_balance_fen or 0, bill - own, covered + (whole if wholly.mutual_aid else ()))
+    result = BillSplit(own, mulaid, bill - own - mulaid)
+    assert result.totals.amount_fen == bill.fen
+    assert min(result.cash.in_scope_fen, result.cash.over_limit_fen, result.cash.wholly_self_paid_fen) >= 0
     return result
 
 

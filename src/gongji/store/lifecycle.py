@@ -10,9 +10,7 @@ import asyncpg
 
 from gongji import errors
 from gongji.domain.eligibility import CareScope
-from gongji.domain.vouchers import CertType
-from gongji.domain.waterfall import Limit
-from gongji.store import db
+from gongji.store import db, settlements
 from gongji.store.settlements import TERMINAL_GUARD, SettlementRow
 
 # As for Settle (see gongji.store.settlements): the credential is checked in the same statement, and
@@ -27,9 +25,7 @@ _REVERSE_REFUND = f"""
 select g.* from credential c cross join lateral gongji_reverse_refund(c.institution_id, $2) g
  where {TERMINAL_GUARD}"""
 
-_SETTLEMENT_COLUMNS = """settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, amount_fen,
-       acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, refunded_fen, created_at, reversed_at,
-       mulaid_limited_by, cert_type, insured_region, care_region, care_scope"""
+_SETTLEMENT_COLUMNS = f"{settlements.COLUMNS}, reversed_at"
 _BY_ID = f"select {_SETTLEMENT_COLUMNS} from settlement where settlement_id = $1"
 _BY_REQUEST = f"select {_SETTLEMENT_COLUMNS} from settlement where institution_id = $1 and request_id = $2"
 _REFUNDS_OF = """
@@ -60,16 +56,7 @@ class SettlementView:
 
 
 def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
-    special = ("replayed", "mulaid_limited_by", "cert_type", "care_scope")
-    fields = {k: r[k] for k in SettlementRow.__dataclass_fields__ if k not in special}
-    limited_by = r["mulaid_limited_by"]
-    return SettlementRow(
-        **fields,
-        replayed=replayed,
-        mulaid_limited_by=Limit(limited_by) if limited_by else None,
-        cert_type=CertType(r["cert_type"]),
-        care_scope=CareScope(r["care_scope"]) if r["care_scope"] else None,
-    )
+    return SettlementRow.from_record(r, replayed=replayed)
 
 
 async def _view(pool: asyncpg.Pool, query: str, *args: object) -> SettlementView | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 import asyncpg.pool
 
+from gongji.domain.bill import MedType
 from gongji.domain.eligibility import DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import Relationship
 from gongji.domain.vouchers import CARDS, CertType
@@ -16,18 +17,21 @@ from gongji.store import db
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
 
 _COLUMNS = """scope, allowed_relationships, beneficiary_yearly_cap_fen, authorizer_floor_fen, accepted_cert_types,
-           mutual_aid_out_of_region, mutual_aid_out_of_province"""
+           mutual_aid_out_of_region, mutual_aid_out_of_province, wholly_self_paid_no_account,
+           wholly_self_paid_no_mutual_aid"""
 # The most specific policy wins: the 统筹区's own, else its province's (gongji_region_policy, the rule
 # a settlement's caps read too); no row when neither is set.
 _FOR_REGION = f"select {_COLUMNS} from gongji_region_policy($1) where region_key is not null"
 _UPSERT = f"""
-insert into region_policy (region_key, {_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)
+insert into region_policy (region_key, {_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 on conflict (region_key) do update
    set scope = excluded.scope, allowed_relationships = excluded.allowed_relationships,
        beneficiary_yearly_cap_fen = excluded.beneficiary_yearly_cap_fen,
        authorizer_floor_fen = excluded.authorizer_floor_fen, accepted_cert_types = excluded.accepted_cert_types,
        mutual_aid_out_of_region = excluded.mutual_aid_out_of_region,
-       mutual_aid_out_of_province = excluded.mutual_aid_out_of_province, updated_at = now()
+       mutual_aid_out_of_province = excluded.mutual_aid_out_of_province,
+       wholly_self_paid_no_account = excluded.wholly_self_paid_no_account,
+       wholly_self_paid_no_mutual_aid = excluded.wholly_self_paid_no_mutual_aid, updated_at = now()
 returning region_key, {_COLUMNS}, updated_at"""
 _COUNT = "select count(*) from region_policy"
 _LIST = f"select region_key, {_COLUMNS}, updated_at from region_policy order by region_key limit $1"
@@ -50,6 +54,9 @@ def _policy(r: asyncpg.Record) -> RegionPolicy:
         CARDS if r["accepted_cert_types"] is None else frozenset(CertType(c) for c in r["accepted_cert_types"]),
         r["mutual_aid_out_of_region"] is not False,  # null: a policy set before this was a choice
         r["mutual_aid_out_of_province"] is not False,
+        # null: none excluded (a policy set before this was a choice, or one excluding none)
+        frozenset(MedType(m) for m in r["wholly_self_paid_no_account"] or ()),
+        frozenset(MedType(m) for m in r["wholly_self_paid_no_mutual_aid"] or ()),
     )
 
 
@@ -81,6 +88,8 @@ async def set_policy(pool: asyncpg.Pool, region_key: str, policy: RegionPolicy, 
             None if policy.accepted_cards == CARDS else sorted(c.value for c in policy.accepted_cards),
             policy.mutual_aid_out_of_region,
             policy.mutual_aid_out_of_province,
+            sorted(policy.wholly_self_paid_no_account) or None,
+            sorted(policy.wholly_self_paid_no_mutual_aid) or None,
         )
         assert row is not None
         return _row(row)

@@ -10,21 +10,27 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gongji import errors
+from gongji.domain.bill import NO_PARTS, Insutype, MedType, Parts, Reading
 from gongji.domain.eligibility import CareScope
 from gongji.domain.vouchers import CertType
 from gongji.domain.waterfall import Limit
 from gongji.store import credentials, db
 from gongji.store.credentials import Kind
 
-_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_QUOTE = "select * from gongji_quote($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
 # The caller's credential is checked in the same statement (credentials.money_guard). The function is
 # LATERAL on the credential row (it takes the institution and terminal from it), so it runs once per
 # qualifying row and never when the row is gone or revoked: the institution comes from the credential,
 # never from a request.
 TERMINAL_GUARD = credentials.money_guard("$1", Kind.TERMINAL)
+# The settlement row comes back as columns, (g.settled).*: a composite column would have the driver ask
+# the database for its type on each new connection, a round trip more.
 _SETTLE = f"""
-select c.institution_id, g.* from credential c
- cross join lateral gongji_settle(c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) g
+select g.outcome, g.replayed, (g.settled).*, g.lock_wait_idempotency_s, g.lock_wait_voucher_s, g.lock_wait_grant_s,
+       g.lock_wait_account_s
+  from credential c
+ cross join lateral gongji_settle(
+     c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) g
  where {TERMINAL_GUARD}"""
 
 
@@ -40,6 +46,10 @@ class QuoteResult:
     beneficiary_cap_left_fen: int | None  # None: the beneficiary's region sets no yearly cap
     care_region: str | None
     care_scope: CareScope
+    own_parts: Parts  # what the own account would pay of each part of the bill
+    mutual_aid_parts: Parts
+    cash_parts: Parts
+    insutype: Insutype
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,52 @@ class SettlementRow:
     insured_region: str | None = None  # None: settled before gongji recorded where care happened
     care_region: str | None = None  # None: the institution's region is unknown (or not recorded)
     care_scope: CareScope | None = None
+    # How the bill was read and its parts; what each account paid of them (the cash paid the rest).
+    bill_read: Reading = Reading.AMOUNT
+    bill: Parts = NO_PARTS
+    own_parts: Parts = NO_PARTS
+    mutual_aid_parts: Parts = NO_PARTS
+    med_type: MedType | None = None
+    insutype: Insutype | None = None  # None: settled before gongji recorded it
+
+    @property
+    def cash_parts(self) -> Parts:
+        return self.bill - self.own_parts - self.mutual_aid_parts
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
+        """The row of the `settlement` table (or the columns of it a query selected) as answered."""
+        plain = {k: r[k] for k in _PLAIN_COLUMNS}
+        over, wholly = r["over_limit_fen"], r["wholly_self_paid_fen"]
+        acct_over, acct_wholly = r["acct_over_limit_fen"], r["acct_wholly_fen"]
+        mulaid_over, mulaid_wholly = r["mulaid_over_limit_fen"], r["mulaid_wholly_fen"]
+        return cls(
+            **plain,
+            replayed=replayed,
+            mulaid_limited_by=Limit(r["mulaid_limited_by"]) if r["mulaid_limited_by"] else None,
+            cert_type=CertType(r["cert_type"]),
+            care_scope=CareScope(r["care_scope"]) if r["care_scope"] else None,
+            bill_read=Reading(r["bill_read"]),
+            bill=Parts(r["amount_fen"] - over - wholly, over, wholly),
+            own_parts=Parts(r["acct_pay_fen"] - acct_over - acct_wholly, acct_over, acct_wholly),
+            mutual_aid_parts=Parts(r["acct_mulaid_pay_fen"] - mulaid_over - mulaid_wholly, mulaid_over, mulaid_wholly),
+            med_type=MedType(r["med_type"]) if r["med_type"] else None,
+            insutype=Insutype(r["insutype"]) if r["insutype"] else None,
+        )
+
+
+# The settlement's columns SettlementRow takes as they are; from_record reads the others.
+_PLAIN_COLUMNS = (
+    "settlement_id", "institution_id", "terminal_id", "request_id", "patient_id", "authorizer_id", "amount_fen",
+    "acct_pay_fen", "acct_mulaid_pay_fen", "psn_cash_pay_fen", "balc_fen", "refunded_fen", "created_at",
+    "insured_region", "care_region",
+)  # fmt: skip
+# The columns from_record reads, for a query to select.
+COLUMNS = ", ".join(
+    (*_PLAIN_COLUMNS, "mulaid_limited_by", "cert_type", "care_scope", "bill_read", "over_limit_fen",
+     "wholly_self_paid_fen", "acct_over_limit_fen", "acct_wholly_fen", "mulaid_over_limit_fen", "mulaid_wholly_fen",
+     "med_type", "insutype")
+)  # fmt: skip
 
 
 def _refuse(outcome: str) -> errors.GongjiError:
@@ -148,6 +204,25 @@ class VoucherArgs:
         return self.voucher_id, self.names_patient, self.expires_at, self.binding_id, self.grant_id, self.cert_type
 
 
+@dataclass(frozen=True, slots=True)
+class BillArgs:
+    """The bill beyond its amount, as the settlement functions take it: its parts (None: sent as the amount
+    only), its med_type and the terminal's insutype (None: not said)."""
+
+    parts: Parts | None = None
+    med_type: MedType | None = None
+    insutype: Insutype | None = None
+
+    def sql_args(self) -> tuple[int | None, int | None, str | None, str | None]:
+        """In the order gongji_quote and gongji_settle take them, last."""
+        over = None if self.parts is None else self.parts.over_limit_fen
+        wholly = None if self.parts is None else self.parts.wholly_self_paid_fen
+        return over, wholly, self.med_type, self.insutype
+
+
+AMOUNT_ONLY = BillArgs()
+
+
 async def quote(
     pool: asyncpg.Pool,
     *,
@@ -157,14 +232,26 @@ async def quote(
     amount_fen: int,
     authorizer_id: str | None,
     use_personal_account: bool,
+    bill: BillArgs = AMOUNT_ONLY,
 ) -> QuoteResult:
     row = await db.fetchrow(
-        pool, _QUOTE, institution_id, *voucher.sql_args(), patient_id, amount_fen, authorizer_id, use_personal_account
+        pool,
+        _QUOTE,
+        institution_id,
+        *voucher.sql_args(),
+        patient_id,
+        amount_fen,
+        authorizer_id,
+        use_personal_account,
+        *bill.sql_args(),
     )
     assert row is not None
     if row["outcome"] != "OK":
         raise _refuse(row["outcome"])
     limited_by = row["mulaid_limited_by"]
+    parts = bill.parts or Parts(amount_fen)
+    own = _paid(row["acct_pay_fen"], row["acct_over_limit_fen"], row["acct_wholly_fen"])
+    mutual_aid = _paid(row["acct_mulaid_pay_fen"], row["mulaid_over_limit_fen"], row["mulaid_wholly_fen"])
     result = QuoteResult(
         row["authorizer_id"],
         row["acct_pay_fen"],
@@ -176,9 +263,20 @@ async def quote(
         row["beneficiary_cap_left_fen"],
         row["care_region"],
         CareScope(row["care_scope"]),
+        own,
+        mutual_aid,
+        parts - own - mutual_aid,
+        Insutype(row["insutype"]),
     )
     assert result.acct_pay_fen + result.acct_mulaid_pay_fen + result.psn_cash_pay_fen == amount_fen
+    assert min(result.cash_parts.in_scope_fen, result.cash_parts.over_limit_fen) >= 0
+    assert result.cash_parts.wholly_self_paid_fen >= 0 and result.cash_parts.fen == result.psn_cash_pay_fen
     return result
+
+
+def _paid(total_fen: int, over_limit_fen: int, wholly_fen: int) -> Parts:
+    """What one source paid, by part: the part within the scope is the rest of its total."""
+    return Parts(total_fen - over_limit_fen - wholly_fen, over_limit_fen, wholly_fen)
 
 
 async def settle(
@@ -193,6 +291,7 @@ async def settle(
     authorizer_id: str | None,
     use_personal_account: bool,
     timing: SettleTiming,
+    bill: BillArgs = AMOUNT_ONLY,
 ) -> SettlementRow:
     """Settle in one transaction and one round trip, as the terminal of `credential_id` (which must
     still be live: checked in that transaction). Refusals raise and have written nothing. What was
@@ -208,32 +307,16 @@ async def settle(
         amount_fen,
         authorizer_id,
         use_personal_account,
+        *bill.sql_args(),
     )
     if row["outcome"] != "OK":
         raise _refuse(row["outcome"])
-    s = SettlementRow(
-        settlement_id=row["settlement_id"],
-        institution_id=row["institution_id"],
-        terminal_id=row["terminal_id"],
-        request_id=request_id,
-        patient_id=row["patient_id"],
-        authorizer_id=row["authorizer_id"],
-        amount_fen=row["amount_fen"],
-        acct_pay_fen=row["acct_pay_fen"],
-        acct_mulaid_pay_fen=row["acct_mulaid_pay_fen"],
-        psn_cash_pay_fen=row["psn_cash_pay_fen"],
-        balc_fen=row["balc_fen"],
-        refunded_fen=row["refunded_fen"],
-        created_at=row["created_at"],
-        replayed=row["replayed"],
-        mulaid_limited_by=Limit(row["mulaid_limited_by"]) if row["mulaid_limited_by"] else None,
-        cert_type=CertType(row["cert_type"]),
-        insured_region=row["insured_region"],
-        care_region=row["care_region"],
-        care_scope=CareScope(row["care_scope"]),
-    )
+    s = SettlementRow.from_record(row, replayed=row["replayed"])
     # Invariants where money moves, checked after the read (TIGER_STYLE).
     assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == s.amount_fen
     assert min(s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen) >= 0
     assert (s.authorizer_id is None) == (s.acct_mulaid_pay_fen == 0)
+    cash = s.cash_parts
+    assert min(cash.in_scope_fen, cash.over_limit_fen, cash.wholly_self_paid_fen) >= 0
+    assert cash.fen == s.psn_cash_pay_fen
     return s

@@ -348,6 +348,7 @@ class RegionPolicy(_message.Message):
     ACCEPTED_CERTIFICATE_TYPES_FIELD_NUMBER: _builtins.int
     MUTUAL_AID_OUT_OF_REGION_FIELD_NUMBER: _builtins.int
     MUTUAL_AID_OUT_OF_PROVINCE_FIELD_NUMBER: _builtins.int
+    WHOLLY_SELF_PAID_RULES_FIELD_NUMBER: _builtins.int
     region_key: _builtins.str
     scope: _types_pb2.GrantScope.ValueType
     beneficiary_yearly_cap_fen: _builtins.int
@@ -379,6 +380,14 @@ class RegionPolicy(_message.Message):
         three kinds, as the national platform accepts them. Applies by the patient's region.
         """
 
+    @_builtins.property
+    def wholly_self_paid_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___WhollySelfPaidRule]:
+        """Per kind of care, what may pay the wholly self-paid items (全自费) of a patient of this region's
+        bills sent as parts; at most one rule per med_type. A kind of care without a rule: both the
+        personal account and mutual aid may, as they pay a bill sent as its amount only. Applies by the
+        patient's region.
+        """
+
     def __init__(
         self,
         *,
@@ -391,10 +400,11 @@ class RegionPolicy(_message.Message):
         accepted_certificate_types: _abc.Iterable[_types_pb2.CertificateType.ValueType] | None = ...,
         mutual_aid_out_of_region: _builtins.bool | None = ...,
         mutual_aid_out_of_province: _builtins.bool | None = ...,
+        wholly_self_paid_rules: _abc.Iterable[Global___WhollySelfPaidRule] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "accepted_certificate_types", b"accepted_certificate_types", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "accepted_certificate_types", b"accepted_certificate_types", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at", "wholly_self_paid_rules", b"wholly_self_paid_rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_floor_fen: _TypeAlias = _typing.Literal["authorizer_floor_fen"]  # noqa: Y015
     _WhichOneofArgType__authorizer_floor_fen: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen"]  # noqa: Y015
@@ -414,6 +424,37 @@ class RegionPolicy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mutual_aid_out_of_region) -> _WhichOneofReturnType__mutual_aid_out_of_region | None: ...
 
 Global___RegionPolicy: _TypeAlias = RegionPolicy  # noqa: Y015
+
+@_typing.final
+class WhollySelfPaidRule(_message.Message):
+    """What may pay the wholly self-paid items of one kind of care."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MED_TYPE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_PAYS_FIELD_NUMBER: _builtins.int
+    MUTUAL_AID_PAYS_FIELD_NUMBER: _builtins.int
+    med_type: _types_pb2.MedType.ValueType
+    account_pays: _builtins.bool
+    """Whether the personal account (the patient's own, and mutual aid) may pay them; false: cash pays."""
+    mutual_aid_pays: _builtins.bool
+    """Whether mutual aid may pay them. Mutual aid is personal-account money too: true only with
+    account_pays (else INVALID_ARGUMENT).
+    """
+    def __init__(
+        self,
+        *,
+        med_type: _types_pb2.MedType.ValueType = ...,
+        account_pays: _builtins.bool = ...,
+        mutual_aid_pays: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_pays", b"account_pays", "med_type", b"med_type", "mutual_aid_pays", b"mutual_aid_pays"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhollySelfPaidRule: _TypeAlias = WhollySelfPaidRule  # noqa: Y015
 
 @_typing.final
 class SetRegionPolicyRequest(_message.Message):

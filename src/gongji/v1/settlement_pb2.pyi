@@ -237,6 +237,9 @@ class QuoteRequest(_message.Message):
     CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
     CARD_NUMBER_FIELD_NUMBER: _builtins.int
     CARD_SERIAL_FIELD_NUMBER: _builtins.int
+    BILL_FIELD_NUMBER: _builtins.int
+    MED_TYPE_FIELD_NUMBER: _builtins.int
+    INSUTYPE_FIELD_NUMBER: _builtins.int
     voucher: _builtins.str
     """The patient's own e-voucher, as scanned."""
     patient_id: _builtins.str
@@ -251,6 +254,12 @@ class QuoteRequest(_message.Message):
     """
     card_number: _builtins.str
     card_serial: _builtins.str
+    med_type: _types_pb2.MedType.ValueType
+    insutype: _types_pb2.Insutype.ValueType
+    @_builtins.property
+    def bill(self) -> _types_pb2.BillParts:
+        """As in SettleRequest: the bill's parts, the kind of care and the insurance."""
+
     def __init__(
         self,
         *,
@@ -262,10 +271,13 @@ class QuoteRequest(_message.Message):
         certificate_type: _types_pb2.CertificateType.ValueType = ...,
         card_number: _builtins.str = ...,
         card_serial: _builtins.str = ...,
+        bill: _types_pb2.BillParts | None = ...,
+        med_type: _types_pb2.MedType.ValueType = ...,
+        insutype: _types_pb2.Insutype.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "use_personal_account", b"use_personal_account"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "bill", b"bill", "use_personal_account", b"use_personal_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "patient_id", b"patient_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "bill", b"bill", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "insutype", b"insutype", "med_type", b"med_type", "patient_id", b"patient_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
     _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015
@@ -294,6 +306,13 @@ class QuoteResponse(_message.Message):
     CARE_REGION_FIELD_NUMBER: _builtins.int
     CARE_SCOPE_FIELD_NUMBER: _builtins.int
     PSN_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    BILL_READING_FIELD_NUMBER: _builtins.int
+    BILL_FIELD_NUMBER: _builtins.int
+    OWN_PARTS_FIELD_NUMBER: _builtins.int
+    MUTUAL_AID_PARTS_FIELD_NUMBER: _builtins.int
+    CASH_PARTS_FIELD_NUMBER: _builtins.int
+    MED_TYPE_FIELD_NUMBER: _builtins.int
+    INSUTYPE_FIELD_NUMBER: _builtins.int
     acct_pay_fen: _builtins.int
     """As in Settlement: the patient's own account only; psn_acct_pay_fen is the total of both accounts."""
     acct_mulaid_pay_fen: _builtins.int
@@ -318,6 +337,19 @@ class QuoteResponse(_message.Message):
     care_scope: _types_pb2.CareScope.ValueType
     psn_acct_pay_fen: _builtins.int
     """acct_pay_fen + acct_mulaid_pay_fen (psnAcctPay)."""
+    bill_reading: _types_pb2.BillReading.ValueType
+    """As in Settlement: how the bill was read, its parts, and what each source would pay of each part."""
+    med_type: _types_pb2.MedType.ValueType
+    insutype: _types_pb2.Insutype.ValueType
+    """The insurance the settlement would be made under: the patient's."""
+    @_builtins.property
+    def bill(self) -> _types_pb2.BillParts: ...
+    @_builtins.property
+    def own_parts(self) -> _types_pb2.BillParts: ...
+    @_builtins.property
+    def mutual_aid_parts(self) -> _types_pb2.BillParts: ...
+    @_builtins.property
+    def cash_parts(self) -> _types_pb2.BillParts: ...
     def __init__(
         self,
         *,
@@ -333,10 +365,17 @@ class QuoteResponse(_message.Message):
         care_region: _builtins.str = ...,
         care_scope: _types_pb2.CareScope.ValueType = ...,
         psn_acct_pay_fen: _builtins.int = ...,
+        bill_reading: _types_pb2.BillReading.ValueType = ...,
+        bill: _types_pb2.BillParts | None = ...,
+        own_parts: _types_pb2.BillParts | None = ...,
+        mutual_aid_parts: _types_pb2.BillParts | None = ...,
+        cash_parts: _types_pb2.BillParts | None = ...,
+        med_type: _types_pb2.MedType.ValueType = ...,
+        insutype: _types_pb2.Insutype.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "grant_cap_left_fen", b"grant_cap_left_fen"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "care_region", b"care_region", "care_scope", b"care_scope", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_limited_by", b"mutual_aid_limited_by", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "bill_reading", b"bill_reading", "care_region", b"care_region", "care_scope", b"care_scope", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "insutype", b"insutype", "med_type", b"med_type", "mutual_aid_limited_by", b"mutual_aid_limited_by", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["beneficiary_cap_left_fen"]  # noqa: Y015
     _WhichOneofArgType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen"]  # noqa: Y015
@@ -362,6 +401,9 @@ class SettleRequest(_message.Message):
     CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
     CARD_NUMBER_FIELD_NUMBER: _builtins.int
     CARD_SERIAL_FIELD_NUMBER: _builtins.int
+    BILL_FIELD_NUMBER: _builtins.int
+    MED_TYPE_FIELD_NUMBER: _builtins.int
+    INSUTYPE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The terminal's idempotency key: a retry with the same key and content returns the original answer."""
     voucher: _builtins.str
@@ -382,6 +424,22 @@ class SettleRequest(_message.Message):
     """With SOCIAL_SECURITY_CARD: the card's identification code (卡识别码), 1 to 32 ASCII letters and
     digits; required there, and empty with an ID card. Checked for form only and never stored.
     """
+    med_type: _types_pb2.MedType.ValueType
+    """The kind of care (医疗类别). Optional without `bill`; recorded either way."""
+    insutype: _types_pb2.Insutype.ValueType
+    """The insurance the terminal settles under (险种类型). Unset: the patient's. Set, it must be the
+    patient's (310 for an employee-insured patient, 390 for a resident-insured one), else
+    FAILED_PRECONDITION / INSUTYPE_MISMATCH.
+    """
+    @_builtins.property
+    def bill(self) -> _types_pb2.BillParts:
+        """The bill's parts (unset: the bill is amount_fen alone, all of it within the policy scope, settled
+        as before gongji took the parts). Set, its three parts must add up to amount_fen, none negative,
+        and med_type is required: the patient's region policy for that kind of care decides whether the
+        personal account, and mutual aid, pay the wholly self-paid part (by default both do); what they
+        may not pay is cash. Within that, the waterfall is as always: own account, mutual aid, cash.
+        """
+
     def __init__(
         self,
         *,
@@ -394,10 +452,13 @@ class SettleRequest(_message.Message):
         certificate_type: _types_pb2.CertificateType.ValueType = ...,
         card_number: _builtins.str = ...,
         card_serial: _builtins.str = ...,
+        bill: _types_pb2.BillParts | None = ...,
+        med_type: _types_pb2.MedType.ValueType = ...,
+        insutype: _types_pb2.Insutype.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "use_personal_account", b"use_personal_account"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "bill", b"bill", "use_personal_account", b"use_personal_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "bill", b"bill", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "insutype", b"insutype", "med_type", b"med_type", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
     _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015

@@ -239,6 +239,88 @@ GRANT_STATUS_ENDED: GrantStatus.ValueType  # 3
 """Ended by itself: a side stopped being ACTIVE or moved out of the grant's scope."""
 Global___GrantStatus: _TypeAlias = GrantStatus  # noqa: Y015
 
+class _BillReading:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BillReadingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BillReading.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BILL_READING_UNSPECIFIED: _BillReading.ValueType  # 0
+    BILL_READING_AMOUNT: _BillReading.ValueType  # 1
+    """Only amount_fen was sent: all of it counts as within the policy scope, and the accounts may pay it
+    whole, as gongji settled every bill before it took the parts.
+    """
+    BILL_READING_PARTS: _BillReading.ValueType  # 2
+    """The terminal sent the bill's parts (and its med_type)."""
+
+class BillReading(_BillReading, metaclass=_BillReadingEnumTypeWrapper):
+    """How a settlement read its bill."""
+
+BILL_READING_UNSPECIFIED: BillReading.ValueType  # 0
+BILL_READING_AMOUNT: BillReading.ValueType  # 1
+"""Only amount_fen was sent: all of it counts as within the policy scope, and the accounts may pay it
+whole, as gongji settled every bill before it took the parts.
+"""
+BILL_READING_PARTS: BillReading.ValueType  # 2
+"""The terminal sent the bill's parts (and its med_type)."""
+Global___BillReading: _TypeAlias = BillReading  # noqa: Y015
+
+class _MedType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MedTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MedType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MED_TYPE_UNSPECIFIED: _MedType.ValueType  # 0
+    MED_TYPE_OUTPATIENT: _MedType.ValueType  # 11
+    """11 普通门诊: ordinary outpatient care."""
+    MED_TYPE_EMERGENCY: _MedType.ValueType  # 13
+    """13 急诊: emergency care."""
+    MED_TYPE_CHRONIC_OUTPATIENT: _MedType.ValueType  # 14
+    """14 门诊慢特病: outpatient care of chronic and special diseases."""
+    MED_TYPE_INPATIENT: _MedType.ValueType  # 21
+    """21 普通住院: inpatient care."""
+    MED_TYPE_PHARMACY: _MedType.ValueType  # 41
+    """41 定点药店购药: a purchase at a designated pharmacy."""
+
+class MedType(_MedType, metaclass=_MedTypeEnumTypeWrapper):
+    """医疗类别 (med_type): the kind of care, numbered as the platform codes it."""
+
+MED_TYPE_UNSPECIFIED: MedType.ValueType  # 0
+MED_TYPE_OUTPATIENT: MedType.ValueType  # 11
+"""11 普通门诊: ordinary outpatient care."""
+MED_TYPE_EMERGENCY: MedType.ValueType  # 13
+"""13 急诊: emergency care."""
+MED_TYPE_CHRONIC_OUTPATIENT: MedType.ValueType  # 14
+"""14 门诊慢特病: outpatient care of chronic and special diseases."""
+MED_TYPE_INPATIENT: MedType.ValueType  # 21
+"""21 普通住院: inpatient care."""
+MED_TYPE_PHARMACY: MedType.ValueType  # 41
+"""41 定点药店购药: a purchase at a designated pharmacy."""
+Global___MedType: _TypeAlias = MedType  # noqa: Y015
+
+class _Insutype:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InsutypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Insutype.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INSUTYPE_UNSPECIFIED: _Insutype.ValueType  # 0
+    INSUTYPE_EMPLOYEE_BASIC: _Insutype.ValueType  # 310
+    """310 职工基本医疗保险: employee basic insurance, with a personal account."""
+    INSUTYPE_RESIDENT_BASIC: _Insutype.ValueType  # 390
+    """390 城乡居民基本医疗保险: resident basic insurance, with none."""
+
+class Insutype(_Insutype, metaclass=_InsutypeEnumTypeWrapper):
+    """险种类型 (insutype): the insurance a settlement is made under, numbered as the platform codes it."""
+
+INSUTYPE_UNSPECIFIED: Insutype.ValueType  # 0
+INSUTYPE_EMPLOYEE_BASIC: Insutype.ValueType  # 310
+"""310 职工基本医疗保险: employee basic insurance, with a personal account."""
+INSUTYPE_RESIDENT_BASIC: Insutype.ValueType  # 390
+"""390 城乡居民基本医疗保险: resident basic insurance, with none."""
+Global___Insutype: _TypeAlias = Insutype  # noqa: Y015
+
 class _CareScope:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -335,6 +417,13 @@ class Settlement(_message.Message):
     CARE_REGION_FIELD_NUMBER: _builtins.int
     CARE_SCOPE_FIELD_NUMBER: _builtins.int
     PSN_ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    BILL_READING_FIELD_NUMBER: _builtins.int
+    BILL_FIELD_NUMBER: _builtins.int
+    OWN_PARTS_FIELD_NUMBER: _builtins.int
+    MUTUAL_AID_PARTS_FIELD_NUMBER: _builtins.int
+    CASH_PARTS_FIELD_NUMBER: _builtins.int
+    MED_TYPE_FIELD_NUMBER: _builtins.int
+    INSUTYPE_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     request_id: _builtins.str
     """The terminal's idempotency key."""
@@ -374,6 +463,16 @@ class Settlement(_message.Message):
     """
     psn_acct_pay_fen: _builtins.int
     """Paid from personal accounts in all: acct_pay_fen + acct_mulaid_pay_fen (the platform's psnAcctPay)."""
+    bill_reading: Global___BillReading.ValueType
+    """How the bill was read: as its amount only (all of it within the policy scope, as every settlement
+    before the parts), or as the parts the terminal sent.
+    """
+    med_type: Global___MedType.ValueType
+    """The kind of care the terminal said; UNSPECIFIED when it did not."""
+    insutype: Global___Insutype.ValueType
+    """The insurance the settlement was made under (the patient's scheme at the time); UNSPECIFIED for
+    settlements made before gongji recorded it.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -384,6 +483,20 @@ class Settlement(_message.Message):
     def reversed_at(self) -> _timestamp_pb2.Timestamp:
         """Set once the settlement was reversed (2601)."""
 
+    @_builtins.property
+    def bill(self) -> Global___BillParts:
+        """The bill as read: its parts add up to amount_fen."""
+
+    @_builtins.property
+    def own_parts(self) -> Global___BillParts:
+        """What each source paid of each part: own_parts adds up to acct_pay_fen, mutual_aid_parts to
+        acct_mulaid_pay_fen, cash_parts to psn_cash_pay_fen; the three add up to `bill` part by part.
+        """
+
+    @_builtins.property
+    def mutual_aid_parts(self) -> Global___BillParts: ...
+    @_builtins.property
+    def cash_parts(self) -> Global___BillParts: ...
     def __init__(
         self,
         *,
@@ -408,14 +521,55 @@ class Settlement(_message.Message):
         care_region: _builtins.str = ...,
         care_scope: Global___CareScope.ValueType = ...,
         psn_acct_pay_fen: _builtins.int = ...,
+        bill_reading: Global___BillReading.ValueType = ...,
+        bill: Global___BillParts | None = ...,
+        own_parts: Global___BillParts | None = ...,
+        mutual_aid_parts: Global___BillParts | None = ...,
+        cash_parts: Global___BillParts | None = ...,
+        med_type: Global___MedType.ValueType = ...,
+        insutype: Global___Insutype.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill", "cash_parts", b"cash_parts", "created_at", b"created_at", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "care_region", b"care_region", "care_scope", b"care_scope", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "insured_region", b"insured_region", "mutual_aid_limited_by", b"mutual_aid_limited_by", "patient_id", b"patient_id", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "bill", b"bill", "bill_reading", b"bill_reading", "care_region", b"care_region", "care_scope", b"care_scope", "cash_parts", b"cash_parts", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "insured_region", b"insured_region", "insutype", b"insutype", "med_type", b"med_type", "mutual_aid_limited_by", b"mutual_aid_limited_by", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "patient_id", b"patient_id", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Settlement: _TypeAlias = Settlement  # noqa: Y015
+
+@_typing.final
+class BillParts(_message.Message):
+    """The personal burden of a bill by part (the platform's 2207 splits a bill this way), or what one
+    source paid of it. All in fen, none negative.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IN_SCOPE_FEN_FIELD_NUMBER: _builtins.int
+    OVER_LIMIT_FEN_FIELD_NUMBER: _builtins.int
+    WHOLLY_SELF_PAID_FEN_FIELD_NUMBER: _builtins.int
+    in_scope_fen: _builtins.int
+    """Within the policy scope (政策范围内自付, 先行自付 included): the accounts may always pay it."""
+    over_limit_fen: _builtins.int
+    """Over the price limit (超限价自付, overlmt_selfpay): the accounts may always pay it."""
+    wholly_self_paid_fen: _builtins.int
+    """Wholly self-paid items (全自费, fulamt_ownpay_amt): the accounts pay them as the patient's region
+    policy says for the kind of care (RegionPolicy.wholly_self_paid_rules); by default they do.
+    """
+    def __init__(
+        self,
+        *,
+        in_scope_fen: _builtins.int = ...,
+        over_limit_fen: _builtins.int = ...,
+        wholly_self_paid_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_scope_fen", b"in_scope_fen", "over_limit_fen", b"over_limit_fen", "wholly_self_paid_fen", b"wholly_self_paid_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillParts: _TypeAlias = BillParts  # noqa: Y015
 
 @_typing.final
 class Refund(_message.Message):

@@ -18,19 +18,75 @@
 -- applies it again whenever it changes (gongji.store.migrate), after the numbered migrations. A change
 -- of a function's signature needs a `drop function` in a numbered migration first.
 
--- The waterfall: own account, then the authorizer's, then cash. Twin: gongji.domain.waterfall.split.
--- A null balance means "no such account" (resident patient, or no grant used).
+-- The waterfall, by the bill's parts: the own account, then the authorizer's, then cash, each paying only
+-- the parts it may. Twin: gongji.domain.waterfall.split_bill. The part within the policy scope is what
+-- the over-limit (p_over_limit_fen) and wholly self-paid (p_wholly_fen) parts leave of p_amount_fen; a
+-- bill sent as its amount only has neither. A null balance means "no such account" (resident patient,
+-- or no grant used). p_account_pays_wholly and p_mulaid_pays_wholly: whether the personal account, and
+-- mutual aid, may pay the wholly self-paid items (gongji_wholly_self_paid). The own account pays the
+-- wholly self-paid items first where mutual aid may not pay them, so the least is left to cash.
 create or replace function gongji_split(
-    p_amount_fen bigint, p_own_balance_fen bigint, p_mulaid_balance_fen bigint, p_use_account boolean,
-    out acct_pay_fen bigint, out acct_mulaid_pay_fen bigint, out psn_cash_pay_fen bigint)
+    p_amount_fen bigint, p_over_limit_fen bigint, p_wholly_fen bigint, p_own_balance_fen bigint,
+    p_mulaid_balance_fen bigint, p_use_account boolean, p_account_pays_wholly boolean, p_mulaid_pays_wholly boolean)
+returns bill_split
 language plpgsql immutable parallel safe
 as $$
+declare
+    v_in_scope  bigint := p_amount_fen - p_over_limit_fen - p_wholly_fen;
+    v_own       bigint := case when p_use_account then coalesce(p_own_balance_fen, 0) else 0 end;
+    v_mulaid    bigint := case when p_use_account then coalesce(p_mulaid_balance_fen, 0) else 0 end;
+    v_to_mulaid boolean := p_account_pays_wholly and p_mulaid_pays_wholly;
+    v_own_in    bigint;
+    v_mulaid_in bigint;
+    r           bill_split;
 begin
-    acct_pay_fen := case when p_use_account then least(p_amount_fen, coalesce(p_own_balance_fen, 0)) else 0 end;
-    acct_mulaid_pay_fen := case when p_use_account
-                                then least(p_amount_fen - acct_pay_fen, coalesce(p_mulaid_balance_fen, 0)) else 0 end;
-    psn_cash_pay_fen := p_amount_fen - acct_pay_fen - acct_mulaid_pay_fen;
+    r.acct_wholly_fen := case when p_account_pays_wholly and not v_to_mulaid then least(v_own, p_wholly_fen) else 0 end;
+    v_own_in := least(v_own - r.acct_wholly_fen, v_in_scope);
+    r.acct_over_limit_fen := least(v_own - r.acct_wholly_fen - v_own_in, p_over_limit_fen);
+    if v_to_mulaid then
+        r.acct_wholly_fen := least(v_own - v_own_in - r.acct_over_limit_fen, p_wholly_fen);
+    end if;
+    r.acct_pay_fen := v_own_in + r.acct_over_limit_fen + r.acct_wholly_fen;
+    v_mulaid_in := least(v_mulaid, v_in_scope - v_own_in);
+    r.mulaid_over_limit_fen := least(v_mulaid - v_mulaid_in, p_over_limit_fen - r.acct_over_limit_fen);
+    r.mulaid_wholly_fen := case when v_to_mulaid
+                                then least(v_mulaid - v_mulaid_in - r.mulaid_over_limit_fen,
+                                           p_wholly_fen - r.acct_wholly_fen) else 0 end;
+    r.acct_mulaid_pay_fen := v_mulaid_in + r.mulaid_over_limit_fen + r.mulaid_wholly_fen;
+    r.psn_cash_pay_fen := p_amount_fen - r.acct_pay_fen - r.acct_mulaid_pay_fen;
+    return r;
 end
+$$;
+
+-- What may pay the wholly self-paid items (p_wholly_fen of them) of care of p_med_type for a patient
+-- insured in p_region_code: the personal account, and mutual aid, unless the region's policy excludes
+-- the kind of care (no policy, nothing excluded, no med_type or no such items: both may, and no policy
+-- is read). Mutual aid never pays what the own account may not. Twin:
+-- gongji.domain.eligibility.wholly_self_paid.
+create or replace function gongji_wholly_self_paid(
+    p_region_code text, p_med_type text, p_wholly_fen bigint, out account boolean, out mutual_aid boolean)
+language plpgsql stable
+as $$
+declare
+    r region_policy;
+begin
+    account := true;
+    mutual_aid := true;
+    if coalesce(p_wholly_fen, 0) = 0 or p_med_type is null then
+        return;
+    end if;
+    r := gongji_region_policy(p_region_code);
+    account := not coalesce(p_med_type = any(r.wholly_self_paid_no_account), false);
+    mutual_aid := account and not coalesce(p_med_type = any(r.wholly_self_paid_no_mutual_aid), false);
+end
+$$;
+
+-- The insutype a patient of scheme p_scheme settles under: 310 employee basic, 390 resident basic.
+-- Twin: gongji.domain.bill.insutype_of.
+create or replace function gongji_insutype(p_scheme text) returns text
+language sql immutable parallel safe
+as $$
+    select case p_scheme when 'EMPLOYEE' then '310' else '390' end
 $$;
 
 -- Whether a Settle request was seen before. Twin: gongji.domain.settlement.settle_replay.
@@ -157,10 +213,11 @@ $$;
 -- null: the patient and the voucher first (gongji_settle_refusal; a card is judged as a voucher that
 -- names its holder and is never used up nor expires), then whether the patient's region accepts the
 -- card (gongji_certificate_refusal), then the terminal's authorizer against the grant the voucher
--- carries (gongji_voucher_choice_refusal).
+-- carries (gongji_voucher_choice_refusal), then the insutype the terminal said (p_insutype, null when it
+-- did not) against the patient's scheme (twin: gongji.domain.bill.insutype_refusal).
 create or replace function gongji_presented_refusal(
     p person, p_voucher_id uuid, p_names_patient boolean, p_expires_at timestamptz, p_binding_id bigint,
-    p_grant_id bigint, p_cert_type text, p_authorizer_id text)
+    p_grant_id bigint, p_cert_type text, p_authorizer_id text, p_insutype text)
 returns text
 language plpgsql stable
 as $$
@@ -169,7 +226,8 @@ begin
         gongji_settle_refusal(p, gongji_voucher_refusal(p_voucher_id, p_names_patient, p_expires_at, p_binding_id,
                                                         p.person_id)),
         gongji_certificate_refusal(p_cert_type, p.region_code),
-        gongji_voucher_choice_refusal(p_grant_id, p_authorizer_id));
+        gongji_voucher_choice_refusal(p_grant_id, p_authorizer_id),
+        case when p_insutype <> gongji_insutype(p.scheme) then 'INSUTYPE_MISMATCH' end);
 end
 $$;
 
@@ -496,12 +554,14 @@ $$;
 -- names its voucher: that makes the voucher used), each account's debit with its ledger entry, the
 -- idempotency key. Answers the row.
 -- The grant and its authorizer are recorded only when mutual aid pays part of the bill, and what it
--- paid counts towards this year's caps of the grant and of the beneficiary.
+-- paid counts towards this year's caps of the grant and of the beneficiary. The bill's parts over the
+-- limit and wholly self-paid are null when it was sent as its amount only (recorded as 'AMOUNT').
 create or replace function gongji_settle_write(
     p_settlement_id uuid, p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_patient_id text, p_grant_id bigint, p_authorizer_id text, p_amount_fen bigint,
-    p_own_fen bigint, p_mulaid_fen bigint, p_acct_pay_fen bigint, p_acct_mulaid_pay_fen bigint,
-    p_mulaid_limited_by text, p_cert_type text, p_insured_region text, p_care_region text, p_care_scope text)
+    p_own_fen bigint, p_mulaid_fen bigint, p_split bill_split, p_mulaid_limited_by text, p_cert_type text,
+    p_insured_region text, p_care_region text, p_care_scope text, p_over_limit_fen bigint, p_wholly_fen bigint,
+    p_med_type text, p_insutype text)
 returns settlement
 language plpgsql
 as $$
@@ -509,36 +569,40 @@ declare
     s       settlement;
     v_after bigint;
 begin
-    assert p_acct_pay_fen between 0 and coalesce(p_own_fen, 0)
-       and p_acct_mulaid_pay_fen between 0 and coalesce(p_mulaid_fen, 0);
-    if p_acct_mulaid_pay_fen = 0 then
+    assert p_split.acct_pay_fen between 0 and coalesce(p_own_fen, 0)
+       and p_split.acct_mulaid_pay_fen between 0 and coalesce(p_mulaid_fen, 0);
+    if p_split.acct_mulaid_pay_fen = 0 then
         p_grant_id := null;
         p_authorizer_id := null;
     end if;
     insert into settlement (
         settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, grant_id, voucher_id,
         amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, mulaid_limited_by, cert_type,
-        insured_region, care_region, care_scope)
+        insured_region, care_region, care_scope, bill_read, over_limit_fen, wholly_self_paid_fen, acct_over_limit_fen,
+        acct_wholly_fen, mulaid_over_limit_fen, mulaid_wholly_fen, med_type, insutype)
     values (
         p_settlement_id, p_institution_id, p_terminal_id, p_request_id, p_patient_id, p_authorizer_id, p_grant_id,
-        p_voucher_id, p_amount_fen, p_acct_pay_fen, p_acct_mulaid_pay_fen,
-        p_amount_fen - p_acct_pay_fen - p_acct_mulaid_pay_fen, coalesce(p_own_fen, 0) - p_acct_pay_fen,
-        p_mulaid_limited_by, p_cert_type, p_insured_region, p_care_region, p_care_scope)
+        p_voucher_id, p_amount_fen, p_split.acct_pay_fen, p_split.acct_mulaid_pay_fen, p_split.psn_cash_pay_fen,
+        coalesce(p_own_fen, 0) - p_split.acct_pay_fen, p_mulaid_limited_by, p_cert_type, p_insured_region,
+        p_care_region, p_care_scope, case when p_over_limit_fen is null then 'AMOUNT' else 'PARTS' end,
+        coalesce(p_over_limit_fen, 0), coalesce(p_wholly_fen, 0), p_split.acct_over_limit_fen, p_split.acct_wholly_fen,
+        p_split.mulaid_over_limit_fen, p_split.mulaid_wholly_fen, p_med_type, p_insutype)
     returning * into s;
-    if p_acct_pay_fen > 0 then
-        update account a set balance_fen = a.balance_fen - p_acct_pay_fen, updated_at = now()
+    if p_split.acct_pay_fen > 0 then
+        update account a set balance_fen = a.balance_fen - p_split.acct_pay_fen, updated_at = now()
          where a.person_id = p_patient_id returning a.balance_fen into v_after;
-        assert v_after = p_own_fen - p_acct_pay_fen and v_after >= 0;
+        assert v_after = p_own_fen - p_split.acct_pay_fen and v_after >= 0;
         insert into ledger_entry (person_id, amount_fen, balance_after_fen, kind, settlement_id)
-        values (p_patient_id, -p_acct_pay_fen, v_after, 'SETTLEMENT', p_settlement_id);
+        values (p_patient_id, -p_split.acct_pay_fen, v_after, 'SETTLEMENT', p_settlement_id);
     end if;
-    if p_acct_mulaid_pay_fen > 0 then
-        update account a set balance_fen = a.balance_fen - p_acct_mulaid_pay_fen, updated_at = now()
+    if p_split.acct_mulaid_pay_fen > 0 then
+        update account a set balance_fen = a.balance_fen - p_split.acct_mulaid_pay_fen, updated_at = now()
          where a.person_id = p_authorizer_id returning a.balance_fen into v_after;
-        assert v_after = p_mulaid_fen - p_acct_mulaid_pay_fen and v_after >= 0;
+        assert v_after = p_mulaid_fen - p_split.acct_mulaid_pay_fen and v_after >= 0;
         insert into ledger_entry (person_id, amount_fen, balance_after_fen, kind, settlement_id, counterpart_id)
-        values (p_authorizer_id, -p_acct_mulaid_pay_fen, v_after, 'MUTUAL_AID', p_settlement_id, p_patient_id);
-        perform gongji_count_mutual_aid(p_grant_id, p_patient_id, gongji_china_year(s.created_at), p_acct_mulaid_pay_fen);
+        values (p_authorizer_id, -p_split.acct_mulaid_pay_fen, v_after, 'MUTUAL_AID', p_settlement_id, p_patient_id);
+        perform gongji_count_mutual_aid(p_grant_id, p_patient_id, gongji_china_year(s.created_at),
+                                        p_split.acct_mulaid_pay_fen);
     end if;
     insert into idempotency_key (scope, request_id, request_digest, resource_id)
     values ('settle/' || p_institution_id, p_request_id, p_request_digest, p_settlement_id);
@@ -549,11 +613,13 @@ $$;
 create or replace function gongji_quote(
     p_institution_id text, p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz,
     p_voucher_binding_id bigint, p_voucher_grant_id bigint, p_cert_type text, p_patient_id text, p_amount_fen bigint,
-    p_authorizer_id text, p_use_account boolean)
+    p_authorizer_id text, p_use_account boolean, p_over_limit_fen bigint, p_wholly_fen bigint, p_med_type text,
+    p_insutype text)
 returns table (
     outcome text, authorizer_id text, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
     psn_cash_pay_fen bigint, balc_fen bigint, mulaid_limited_by text, grant_cap_left_fen bigint,
-    beneficiary_cap_left_fen bigint, care_region text, care_scope text)
+    beneficiary_cap_left_fen bigint, care_region text, care_scope text, acct_over_limit_fen bigint,
+    acct_wholly_fen bigint, mulaid_over_limit_fen bigint, mulaid_wholly_fen bigint, insutype text)
 language plpgsql
 as $$
 #variable_conflict use_column
@@ -564,12 +630,14 @@ declare
     v_own        bigint;
     v_mulaid     bigint;
     v_room       record;
-    v_split      record;
+    v_split      bill_split;
     v_care       record;
+    v_wholly     record;
 begin
     select * into v_patient from person p where p.person_id = p_patient_id;
     outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
-                                        p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id);
+                                        p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id,
+                                        p_insutype);
     if outcome is not null then return next; return; end if;
     v_care := gongji_care(p_institution_id, p_patient_id, v_patient.region_code, p_authorizer_id, p_voucher_grant_id,
                           p_use_account);
@@ -586,12 +654,19 @@ begin
     select a.balance_fen into v_own from account a
      where a.person_id = p_patient_id and v_patient.scheme = 'EMPLOYEE';
     v_room := gongji_mutual_aid_limits(v_grant, p_patient_id, v_patient.region_code, v_mulaid, false);
-    v_split := gongji_split(p_amount_fen, v_own, v_room.room_fen, p_use_account);
+    v_wholly := gongji_wholly_self_paid(v_patient.region_code, p_med_type, p_wholly_fen);
+    v_split := gongji_split(p_amount_fen, coalesce(p_over_limit_fen, 0), coalesce(p_wholly_fen, 0), v_own,
+                            v_room.room_fen, p_use_account, v_wholly.account, v_wholly.mutual_aid);
     outcome := 'OK';
     authorizer_id := case when v_split.acct_mulaid_pay_fen > 0 then v_authorizer end;
     acct_pay_fen := v_split.acct_pay_fen;
     acct_mulaid_pay_fen := v_split.acct_mulaid_pay_fen;
     psn_cash_pay_fen := v_split.psn_cash_pay_fen;
+    acct_over_limit_fen := v_split.acct_over_limit_fen;
+    acct_wholly_fen := v_split.acct_wholly_fen;
+    mulaid_over_limit_fen := v_split.mulaid_over_limit_fen;
+    mulaid_wholly_fen := v_split.mulaid_wholly_fen;
+    insutype := gongji_insutype(v_patient.scheme);
     balc_fen := coalesce(v_own, 0) - v_split.acct_pay_fen;
     mulaid_limited_by := case when v_split.psn_cash_pay_fen > 0 then coalesce(v_room.limited_by, v_care.limited_by) end;
     grant_cap_left_fen := v_room.grant_cap_left_fen;
@@ -602,20 +677,20 @@ begin
 end
 $$;
 
--- Settle also answers how long it waited for each of its locks, measured with clock_timestamp() around
--- each locking statement: only the database knows this split (from Python one call is one number).
--- The caller feeds them to the lock-wait histogram; a lock the call did not reach (a refusal, a replay)
--- answers null and is not observed. Its locks are taken by gongji_lock_key.
+-- Settle answers the settlement row (a new one, or the one a replay finds) and how long it waited for
+-- each of its locks, measured with clock_timestamp() around each locking statement: only the database
+-- knows this split (from Python one call is one number). The caller feeds them to the lock-wait
+-- histogram; a lock the call did not reach (a refusal, a replay) answers null and is not observed. Its
+-- locks are taken by gongji_lock_key. A bill sent as its amount only has null p_over_limit_fen and
+-- p_wholly_fen; p_insutype is the terminal's (null: it did not say), and the settlement records the
+-- patient's.
 create or replace function gongji_settle(
     p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
     p_voucher_grant_id bigint, p_cert_type text, p_patient_id text, p_amount_fen bigint, p_authorizer_id text,
-    p_use_account boolean)
+    p_use_account boolean, p_over_limit_fen bigint, p_wholly_fen bigint, p_med_type text, p_insutype text)
 returns table (
-    outcome text, replayed boolean, settlement_id uuid, created_at timestamptz, terminal_id text,
-    patient_id text, authorizer_id text, amount_fen bigint, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
-    psn_cash_pay_fen bigint, balc_fen bigint, refunded_fen bigint, mulaid_limited_by text, cert_type text,
-    insured_region text, care_region text, care_scope text,
+    outcome text, replayed boolean, settled settlement,
     lock_wait_idempotency_s double precision, lock_wait_voucher_s double precision,
     lock_wait_grant_s double precision, lock_wait_account_s double precision)
 language plpgsql
@@ -627,52 +702,53 @@ declare
     v_grant    record;   -- grant_id and authorizer_id null: no grant is drawn on
     v_accounts record;   -- own_fen null: no account (resident-insured); mulaid_fen null: not drawn on
     v_room     record;   -- room_fen null: the authorizer's account is not drawn on
-    v_split    record;
-    s          settlement;
+    v_wholly   record;   -- whether the accounts may pay the wholly self-paid items
     v_care     record;   -- where care happens, and whether mutual aid may pay for it there
+    v_split    bill_split;
 begin
     lock_wait_idempotency_s := gongji_lock_key('settle/' || p_institution_id || '/' || p_request_id);
     v_seen := gongji_settle_replay(p_institution_id, p_request_id, p_request_digest);
+    replayed := v_seen.seen is not null;
     if v_seen.seen = 'REPLAY' then
-        select * into s from settlement x where x.settlement_id = v_seen.seen_settlement_id;
-    elsif v_seen.seen is not null then
+        select * into settled from settlement x where x.settlement_id = v_seen.seen_settlement_id;
+        outcome := 'OK'; return next; return;
+    elsif replayed then
         outcome := v_seen.seen; return next; return;
-    else
-        -- 2. The patient and the voucher, whose lock makes its settlements take turns: one uses it.
-        select * into v_patient from person p where p.person_id = p_patient_id;
-        lock_wait_voucher_s := gongji_lock_key('voucher/' || p_voucher_id);
-        outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
-                                            p_voucher_binding_id, p_voucher_grant_id, p_cert_type,
-                                            p_authorizer_id);
-        if outcome is not null then return next; return; end if;
-        -- 3. Where care happens, the grant and 4. the accounts, locked (when the account may pay: see
-        -- gongji_lock_accounts), and the room the caps and the floor leave on the authorizer's.
-        v_care := gongji_care(p_institution_id, p_patient_id, v_patient.region_code, p_authorizer_id,
-                              p_voucher_grant_id, p_use_account);
-        v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id, v_care.mutual_aid);
-        lock_wait_grant_s := v_grant.wait_s;
-        if v_care.mutual_aid and num_nonnulls(p_authorizer_id, p_voucher_grant_id) > 0 and v_grant.grant_id is null then
-            outcome := 'GRANT_NOT_FOUND'; return next; return;
-        end if;
-        v_accounts := gongji_lock_accounts(p_patient_id, v_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
-                                           p_amount_fen, p_use_account);
-        lock_wait_account_s := v_accounts.wait_s;
-        v_room := gongji_mutual_aid_limits(v_grant.grant_id, p_patient_id, v_patient.region_code,
-                                           v_accounts.mulaid_fen, true);
-        -- 5. The split, 6. the write.
-        v_split := gongji_split(p_amount_fen, v_accounts.own_fen, v_room.room_fen, p_use_account);
-        s := gongji_settle_write(
-            gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_voucher_id,
-            p_patient_id, v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen,
-            v_accounts.mulaid_fen, v_split.acct_pay_fen, v_split.acct_mulaid_pay_fen,
-            case when v_split.psn_cash_pay_fen > 0 then coalesce(v_room.limited_by, v_care.limited_by) end,
-            p_cert_type, v_patient.region_code, v_care.care_region, v_care.care_scope);
     end if;
-    return query
-        select 'OK'::text, v_seen.seen is not null, s.settlement_id, s.created_at, s.terminal_id, s.patient_id,
-               s.authorizer_id, s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen,
-               s.refunded_fen, s.mulaid_limited_by, s.cert_type, s.insured_region, s.care_region, s.care_scope,
-               lock_wait_idempotency_s, lock_wait_voucher_s, lock_wait_grant_s,
-               lock_wait_account_s;
+    -- 2. The patient and the voucher, whose lock makes its settlements take turns: one uses it.
+    select * into v_patient from person p where p.person_id = p_patient_id;
+    lock_wait_voucher_s := gongji_lock_key('voucher/' || p_voucher_id);
+    outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
+                                        p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id,
+                                        p_insutype);
+    if outcome is not null then return next; return; end if;
+    -- 3. Where care happens, the grant and 4. the accounts, locked (when the account may pay: see
+    -- gongji_lock_accounts, told what the accounts may pay of the bill), and the room the caps and the
+    -- floor leave on the authorizer's.
+    v_care := gongji_care(p_institution_id, p_patient_id, v_patient.region_code, p_authorizer_id, p_voucher_grant_id,
+                          p_use_account);
+    v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id, v_care.mutual_aid);
+    lock_wait_grant_s := v_grant.wait_s;
+    if v_care.mutual_aid and num_nonnulls(p_authorizer_id, p_voucher_grant_id) > 0 and v_grant.grant_id is null then
+        outcome := 'GRANT_NOT_FOUND'; return next; return;
+    end if;
+    v_wholly := gongji_wholly_self_paid(v_patient.region_code, p_med_type, p_wholly_fen);
+    v_accounts := gongji_lock_accounts(p_patient_id, v_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
+                                       p_amount_fen - case when v_wholly.account then 0 else p_wholly_fen end,
+                                       p_use_account);
+    lock_wait_account_s := v_accounts.wait_s;
+    v_room := gongji_mutual_aid_limits(v_grant.grant_id, p_patient_id, v_patient.region_code, v_accounts.mulaid_fen,
+                                       true);
+    -- 5. The split, 6. the write.
+    v_split := gongji_split(p_amount_fen, coalesce(p_over_limit_fen, 0), coalesce(p_wholly_fen, 0),
+                            v_accounts.own_fen, v_room.room_fen, p_use_account, v_wholly.account, v_wholly.mutual_aid);
+    settled := gongji_settle_write(
+        gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_voucher_id, p_patient_id,
+        v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen, v_accounts.mulaid_fen, v_split,
+        case when v_split.psn_cash_pay_fen > 0 then coalesce(v_room.limited_by, v_care.limited_by) end, p_cert_type,
+        v_patient.region_code, v_care.care_region, v_care.care_scope, p_over_limit_fen, p_wholly_fen, p_med_type,
+        gongji_insutype(v_patient.scheme));
+    outcome := 'OK';
+    return next;
 end
 $$;
