@@ -1,6 +1,7 @@
 """A POS that sends exactly what it sent before issue 17 gets exactly the answers it got: requests built
 with only the fields of that contract, and every field of the answers that contract had compared whole
-(the fields added since are checked apart, at their neutral values). Real server, real PostgreSQL."""
+(the fields added since are checked apart, at their neutral values: a bill sent as its amount is read
+as all within the policy scope, and its split is today's). Real server, real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -61,6 +62,15 @@ def _neutral(s: types_pb2.Settlement, patient_region: str) -> None:
     assert s.certificate_type == types_pb2.CERTIFICATE_TYPE_E_VOUCHER
     assert (s.insured_region, s.care_region, s.care_scope) == (patient_region, "610100", types_pb2.CARE_SCOPE_LOCAL)
     assert s.psn_acct_pay_fen == s.acct_pay_fen + s.acct_mulaid_pay_fen
+    # The bill read as its amount, all of it within the policy scope, each source's share in that part.
+    assert (s.bill_reading, s.med_type) == (types_pb2.BILL_READING_AMOUNT, types_pb2.MED_TYPE_UNSPECIFIED)
+    assert s.bill == types_pb2.BillParts(in_scope_fen=s.amount_fen)
+    assert (s.own_parts, s.mutual_aid_parts, s.cash_parts) == (
+        types_pb2.BillParts(in_scope_fen=s.acct_pay_fen),
+        types_pb2.BillParts(in_scope_fen=s.acct_mulaid_pay_fen),
+        types_pb2.BillParts(in_scope_fen=s.psn_cash_pay_fen),
+    )
+    assert s.insutype in (types_pb2.INSUTYPE_EMPLOYEE_BASIC, types_pb2.INSUTYPE_RESIDENT_BASIC)
 
 
 def _settle_request(voucher: str, patient: str, amount: int, **legacy: Any) -> settlement_pb2.SettleRequest:
@@ -86,6 +96,8 @@ async def test_todays_requests_get_todays_answers(api: Api) -> None:
     assert (quote.authorizer_id, quote.balc_fen, quote.amount_fen) == (authorizer, 0, 1_000)
     assert quote.mutual_aid_limited_by == types_pb2.MUTUAL_AID_LIMIT_UNSPECIFIED
     assert not quote.HasField("grant_cap_left_fen") and not quote.HasField("beneficiary_cap_left_fen")
+    assert (quote.bill_reading, quote.bill) == (types_pb2.BILL_READING_AMOUNT, types_pb2.BillParts(in_scope_fen=1_000))
+    assert (quote.own_parts.in_scope_fen, quote.mutual_aid_parts.in_scope_fen) == (300, 700)
 
     # Own account, then mutual aid; then a resident child on mutual aid alone; then cash only; then a
     # named authorizer; each answer whole.

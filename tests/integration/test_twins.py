@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gongji.domain.bill import Insutype, MedType, insutype_of, insutype_refusal
 from gongji.domain.eligibility import (
     DEFAULT_POLICY,
     HeldGrant,
@@ -30,6 +31,7 @@ from gongji.domain.eligibility import (
     live_grant,
     mutual_aid_for_care,
     voucher_choice_refusal,
+    wholly_self_paid,
 )
 from gongji.domain.people import Person, PersonStatus, Scheme
 from gongji.domain.premium import PremiumRate, premium_rate_for, premium_refusal, premium_replay
@@ -700,3 +702,67 @@ def test_sql_refund_reversal_refusal_agrees_with_the_twin(db_url: str) -> None:
     """gongji_refund_reversal_refusal and domain.reversal.refund_reversal_refusal: a settlement reversed
     since, an account short of its part (or not credited at all), or a refund that can be taken back."""
     hold_to_twin(db_url, refund_reversal_refusal_both, st.booleans(), parts, balances, parts, balances)
+
+
+# ---- gongji_wholly_self_paid, gongji_insutype_refusal / domain.eligibility, domain.bill --------------
+async def wholly_self_paid_both(
+    conn: asyncpg.Connection,
+    region: str,
+    rules: tuple[frozenset[MedType], frozenset[MedType]] | None,
+    own_key: bool,
+    med_type: MedType | None,
+    wholly_fen: int,
+) -> tuple[tuple[bool, bool], tuple[bool, bool]]:
+    """What may pay the wholly self-paid items of a patient of `region`, by SQL and by the twin, under a
+    policy excluding `rules` (the kinds of care the account may not pay them for, those mutual aid may
+    not; None: no policy), set for the 统筹区 itself or for its province."""
+    await conn.execute("delete from region_policy where region_key in ($1, $2)", region, region[:2])
+    policy = DEFAULT_POLICY
+    if rules is not None:
+        no_account, no_mutual_aid = rules
+        await conn.execute(
+            "insert into region_policy (region_key, scope, allowed_relationships, wholly_self_paid_no_account,"
+            " wholly_self_paid_no_mutual_aid) values ($1, 'PROVINCE', '{SPOUSE}', $2, $3)",
+            region if own_key else region[:2],
+            sorted(no_account) or None,
+            sorted(no_mutual_aid) or None,
+        )
+        policy = RegionPolicy(wholly_self_paid_no_account=no_account, wholly_self_paid_no_mutual_aid=no_mutual_aid)
+    row = await conn.fetchrow("select * from gongji_wholly_self_paid($1, $2, $3)", region, med_type, wholly_fen)
+    assert row is not None
+    # No wholly self-paid items: nothing to judge, whatever the policy.
+    twin = wholly_self_paid(policy, med_type) if wholly_fen > 0 else wholly_self_paid(policy, None)
+    return (row["account"], row["mutual_aid"]), (twin.account, twin.mutual_aid)
+
+
+def test_sql_wholly_self_paid_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_wholly_self_paid against domain.eligibility.wholly_self_paid: a rule of the region's own or
+    of its province's, for this kind of care or another, mutual aid never paying what the account may not."""
+    med_types = st.frozensets(st.sampled_from(MedType))
+    hold_to_twin(
+        db_url,
+        wholly_self_paid_both,
+        st.sampled_from(REGIONS_DRAWN),
+        st.one_of(st.none(), st.tuples(med_types, med_types)),
+        st.booleans(),
+        st.one_of(st.none(), st.sampled_from(MedType)),
+        st.sampled_from([0, 1, 5_000]),
+    )
+
+
+async def insutype_both(
+    conn: asyncpg.Connection, scheme: Scheme, insutype: Insutype | None
+) -> tuple[tuple[str | None, str], tuple[str | None, str]]:
+    row = await conn.fetchrow(
+        "select gongji_insutype_refusal($1, $2) as refusal, gongji_insutype($1) as insutype", scheme, insutype
+    )
+    assert row is not None
+    twin = insutype_refusal(scheme, insutype)
+    return (row["refusal"], row["insutype"]), (None if twin is None else twin.reason, insutype_of(scheme).value)
+
+
+def test_sql_insutype_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_insutype and gongji_insutype_refusal against domain.bill: the patient's scheme decides."""
+    hold_to_twin(
+        db_url, insutype_both, st.sampled_from(Scheme), st.one_of(st.none(), st.sampled_from(Insutype)), examples=20
+    )

@@ -40,7 +40,7 @@ def insutype_of(scheme: Scheme) -> Insutype:
 
 def insutype_refusal(scheme: Scheme, insutype: Insutype | None) -> type[errors.InsutypeMismatch] | None:
     """Why a settlement under `insutype` (None: the terminal did not say) may not be made for a patient
-    of `scheme`, or None. The twin of the insutype step of `gongji_presented_refusal`."""
+    of `scheme`, or None. The twin of `gongji_insutype_refusal`."""
     return errors.InsutypeMismatch if insutype is not None and insutype is not insutype_of(scheme) else None
 
 

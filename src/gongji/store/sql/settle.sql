@@ -160,6 +160,14 @@ begin
 end
 $$;
 
+-- Why a settlement under the insutype the terminal said (p_insutype; null: it did not say) may not be made
+-- for a patient of scheme p_scheme, or null. Twin: gongji.domain.bill.insutype_refusal.
+create or replace function gongji_insutype_refusal(p_scheme text, p_insutype text) returns text
+language sql immutable parallel safe
+as $$
+    select case when p_insutype <> gongji_insutype(p_scheme) then 'INSUTYPE_MISMATCH' end
+$$;
+
 -- Why a terminal's choice of authorizer may not stand, or null: the e-voucher carries the grant the
 -- patient picked in the app (p_voucher_grant_id, null when none was picked), and a terminal that names
 -- another authorizer contradicts the patient. Twin: gongji.domain.eligibility.voucher_choice_refusal.
@@ -214,7 +222,7 @@ $$;
 -- names its holder and is never used up nor expires), then whether the patient's region accepts the
 -- card (gongji_certificate_refusal), then the terminal's authorizer against the grant the voucher
 -- carries (gongji_voucher_choice_refusal), then the insutype the terminal said (p_insutype, null when it
--- did not) against the patient's scheme (twin: gongji.domain.bill.insutype_refusal).
+-- did not) against the patient's scheme (gongji_insutype_refusal).
 create or replace function gongji_presented_refusal(
     p person, p_voucher_id uuid, p_names_patient boolean, p_expires_at timestamptz, p_binding_id bigint,
     p_grant_id bigint, p_cert_type text, p_authorizer_id text, p_insutype text)
@@ -227,7 +235,7 @@ begin
                                                         p.person_id)),
         gongji_certificate_refusal(p_cert_type, p.region_code),
         gongji_voucher_choice_refusal(p_grant_id, p_authorizer_id),
-        case when p_insutype <> gongji_insutype(p.scheme) then 'INSUTYPE_MISMATCH' end);
+        gongji_insutype_refusal(p.scheme, p_insutype));
 end
 $$;
 
