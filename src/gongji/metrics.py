@@ -107,6 +107,12 @@ SETTLED_FEN_BY_CARE = Counter(
     " gongji_settlements_by_care_total.",
     ["care_scope"],
 )
+SETTLED_FEN_BY_PART = Counter(
+    "gongji_settled_fen_by_part_total",
+    "Money settled, in fen, by source as in gongji_settled_fen_total and by part of the bill: in_scope,"
+    " over_limit, wholly_self_paid (a bill sent as its amount only is all in_scope).",
+    ["source", "part"],
+)
 MUTUAL_AID_LIMITED = Counter(
     "gongji_mutual_aid_limited_total",
     "Settlements in which a limit made mutual aid pay less than the bill needed, by limit: GRANT_CAP,"

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from support import RESIDENT, Api, bearer, cancel, field_violations, refused
 
 from gongji.v1 import account_pb2, settlement_pb2, types_pb2
@@ -129,8 +130,15 @@ async def test_a_region_may_keep_wholly_self_paid_items_off_the_accounts(api: Ap
         (INPATIENT, True, False),
     }
     patient, authorizer = await family(api, NANCHANG, own_fen=1_000)
+    kept_off = REGISTRY.get_sample_value(
+        "gongji_settled_fen_by_part_total", {"source": "cash", "part": "wholly_self_paid"}
+    )
     s = await settle(api, patient, bill(300, 100, 200))
     assert split(s) == ((300, 100, 0), (0, 0, 0), (0, 0, 200))
+    assert (
+        REGISTRY.get_sample_value("gongji_settled_fen_by_part_total", {"source": "cash", "part": "wholly_self_paid"})
+        or 0.0
+    ) - (kept_off or 0.0) == 200
     assert (s.acct_pay_fen, s.psn_cash_pay_fen) == (400, 200)
     assert await api.balance(patient) == 600
 
@@ -142,6 +150,14 @@ async def test_a_region_may_keep_wholly_self_paid_items_off_the_accounts(api: Ap
     s = await settle(api, patient, bill(100, 50, 70), med_type=INPATIENT)
     assert split(s) == ((0, 0, 0), (100, 50, 0), (0, 0, 70))
     assert await api.balance(authorizer) == 10_000 - 300 - 150
+
+    # Cash paying wholly self-paid items the account may not pay is no limit of mutual aid's.
+    poor, _ = await family(api, NANCHANG, own_fen=0)
+    s = await settle(api, poor, bill(100, 0, 50))
+    assert (split(s), s.mutual_aid_limited_by) == (
+        ((0, 0, 0), (100, 0, 0), (0, 0, 50)),
+        types_pb2.MUTUAL_AID_LIMIT_UNSPECIFIED,
+    )
 
     # Outpatient care has no rule: the default.
     other, _ = await family(api, NANCHANG, own_fen=100)

@@ -14,7 +14,7 @@ from support import Api, cancel, new_person_id, with_database
 from gongji import limits
 from gongji.domain.bill import Parts, WhollySelfPaid
 from gongji.domain.people import Relationship
-from gongji.domain.waterfall import Split, mutual_aid_room, refund_split, split, split_bill
+from gongji.domain.waterfall import Limit, Split, mutual_aid_room, refund_split, settlement_limit, split, split_bill
 from gongji.store import audit, bindings, grants, migrate
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
@@ -70,6 +70,46 @@ def test_sql_split_agrees_with_the_reference(db_url: str) -> None:
                 )
                 if bill == Parts(bill.fen):
                     assert expected.totals == split(bill.fen, own, mulaid, use_personal_account=use)
+
+            agree()
+        finally:
+            runner.run(conn.close())
+
+
+def test_sql_settlement_limit_agrees_with_the_reference(db_url: str) -> None:
+    """gongji_settlement_limit and domain.waterfall.settlement_limit: a limit is named only when cash
+    paid part of what mutual aid may pay, on bills split under each policy on wholly self-paid items."""
+    small = st.integers(min_value=0, max_value=40)
+    policies = st.sampled_from([WhollySelfPaid(True, True), WhollySelfPaid(True, False), WhollySelfPaid(False, False)])
+    with asyncio.Runner() as runner:
+        conn = runner.run(asyncpg.connect(db_url))
+        try:
+
+            @settings(max_examples=300, deadline=None)
+            @given(
+                st.builds(Parts, small, small, small).filter(lambda p: p.fen > 0), st.none() | small, small, policies
+            )
+            def agree(bill: Parts, own: int | None, room: int, wholly: WhollySelfPaid) -> None:
+                s = split_bill(bill, own, room, wholly=wholly)
+                sql = runner.run(
+                    conn.fetchval(
+                        "select gongji_settlement_limit("
+                        " row($1, $2, $3, $4, $5, $6, $7)::bill_split, $8, $9, 'GRANT_CAP')",
+                        s.totals.acct_pay_fen,
+                        s.totals.acct_mulaid_pay_fen,
+                        s.totals.psn_cash_pay_fen,
+                        s.own.over_limit_fen,
+                        s.own.wholly_self_paid_fen,
+                        s.mutual_aid.over_limit_fen,
+                        s.mutual_aid.wholly_self_paid_fen,
+                        bill.wholly_self_paid_fen,
+                        wholly.mutual_aid,
+                    )
+                )
+                twin = settlement_limit(s, Limit.GRANT_CAP, wholly)
+                assert sql == (None if twin is None else twin.value)
+                # A limit named means mutual aid paid all its room.
+                assert twin is None or s.totals.acct_mulaid_pay_fen == room
 
             agree()
         finally:

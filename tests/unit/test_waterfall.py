@@ -7,7 +7,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gongji import limits
-from gongji.domain.waterfall import Limit, Room, Split, mutual_aid_room, refund_split, settlement_limit, split
+from gongji.domain.bill import Parts, WhollySelfPaid
+from gongji.domain.waterfall import (
+    Limit,
+    Room,
+    Split,
+    mutual_aid_room,
+    refund_split,
+    settlement_limit,
+    split,
+    split_bill,
+)
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
 balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
@@ -102,6 +112,15 @@ def test_room_examples() -> None:
     assert mutual_aid_room(6_000, floor_fen=5_000) == Room(1_000, Limit.AUTHORIZER_FLOOR)
     assert mutual_aid_room(6_000, floor_fen=5_000, grant_cap_left_fen=1_000) == Room(1_000, Limit.GRANT_CAP)
     assert mutual_aid_room(800, beneficiary_cap_left_fen=200) == Room(200, Limit.BENEFICIARY_CAP)
-    # A settlement names the limit only when mutual aid paid the whole room and cash the rest.
-    assert settlement_limit(Split(0, 200, 300), Room(200, Limit.GRANT_CAP)) is Limit.GRANT_CAP
-    assert settlement_limit(Split(0, 150, 0), Room(200, Limit.GRANT_CAP)) is None
+    # A settlement names the limit only when cash paid part of what mutual aid may pay.
+    capped = split_bill(Parts(500), 0, 200)
+    assert settlement_limit(capped, Limit.GRANT_CAP) is Limit.GRANT_CAP
+    assert settlement_limit(split_bill(Parts(150), 0, 200), Limit.GRANT_CAP) is None
+    # Cash paying wholly self-paid items mutual aid may not pay for is no limit of mutual aid's.
+    no_mutual_aid = WhollySelfPaid(account=True, mutual_aid=False)
+    wholly = split_bill(Parts(150, 0, 300), 0, 200, wholly=no_mutual_aid)
+    assert (wholly.mutual_aid, wholly.cash) == (Parts(150), Parts(0, 0, 300))
+    assert settlement_limit(wholly, Limit.GRANT_CAP, no_mutual_aid) is None
+    assert settlement_limit(
+        split_bill(Parts(250, 0, 300), 0, 200, wholly=no_mutual_aid), Limit.GRANT_CAP, no_mutual_aid
+    )

@@ -48,6 +48,10 @@ def _count_settlement(s: settlements.SettlementRow) -> None:
     metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
     metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
     metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
+    for source, paid in (("own", s.own_parts), ("mutual_aid", s.mutual_aid_parts), ("cash", s.cash_parts)):
+        metrics.SETTLED_FEN_BY_PART.labels(source, "in_scope").inc(paid.in_scope_fen)
+        metrics.SETTLED_FEN_BY_PART.labels(source, "over_limit").inc(paid.over_limit_fen)
+        metrics.SETTLED_FEN_BY_PART.labels(source, "wholly_self_paid").inc(paid.wholly_self_paid_fen)
     if s.care_scope is not None:
         metrics.SETTLEMENTS_BY_CARE.labels(s.care_scope.value).inc()
         metrics.SETTLED_FEN_BY_CARE.labels(s.care_scope.value).inc(s.acct_pay_fen + s.acct_mulaid_pay_fen)

@@ -145,13 +145,14 @@ def mutual_aid_room(
     return Room(room, limited_by)
 
 
-def settlement_limit(s: Split, room: Room | None) -> Limit | None:
-    """The limit a settlement answers: the room's, when mutual aid paid all the room and cash paid the
-    rest. The twin of the same rule in gongji_settle and gongji_quote."""
-    if room is None or s.psn_cash_pay_fen == 0:
-        return None
-    assert s.acct_mulaid_pay_fen == room.fen
-    return room.limited_by
+def settlement_limit(s: BillSplit, limited_by: Limit | None, wholly: WhollySelfPaid = ACCOUNTS_PAY) -> Limit | None:
+    """The limit a settlement answers: `limited_by`, what held mutual aid back (the room's, or the care
+    region's), when cash paid part of what mutual aid may pay (`wholly`: whether it may pay the wholly
+    self-paid items), so mutual aid paid all it could. Cash paying what mutual aid may not pay is no
+    limit of mutual aid's. The twin of `gongji_settlement_limit` in store/sql/settle.sql."""
+    cash = s.cash
+    mutual_aid_could = cash.in_scope_fen + cash.over_limit_fen + (cash.wholly_self_paid_fen if wholly.mutual_aid else 0)
+    return limited_by if mutual_aid_could > 0 else None
 
 
 def refund_split(amount_fen: int, left: Split) -> Split:
