@@ -7,7 +7,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gongji import limits
-from gongji.domain.waterfall import Limit, Room, Split, mutual_aid_room, refund_split, settlement_limit, split
+from gongji.domain.bill import Parts, WhollySelfPaid
+from gongji.domain.waterfall import (
+    Limit,
+    Room,
+    Split,
+    mutual_aid_room,
+    refund_split,
+    settlement_limit,
+    split,
+    split_bill,
+)
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
 balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN_MAX)
@@ -105,3 +115,17 @@ def test_room_examples() -> None:
     # A settlement names the limit only when mutual aid paid the whole room and cash the rest.
     assert settlement_limit(Split(0, 200, 300), Room(200, Limit.GRANT_CAP)) is Limit.GRANT_CAP
     assert settlement_limit(Split(0, 150, 0), Room(200, Limit.GRANT_CAP)) is None
+    # With the parts: cash paying only wholly self-paid items mutual aid may not pay is the region's
+    # rule, not the limit's doing (mutual aid paid 100 of a room of 200).
+    no_mulaid = WhollySelfPaid(account=True, mutual_aid=False)
+    bill = Parts(100, 0, 500)
+    paid = split_bill(bill, None, 200, wholly=no_mulaid)
+    assert paid.totals == Split(0, 100, 500)
+    assert settlement_limit(paid, Room(200, Limit.GRANT_CAP), no_mulaid) is None
+    assert (
+        settlement_limit(
+            split_bill(Parts(300, 0, 500), None, 200, wholly=no_mulaid), Room(200, Limit.GRANT_CAP), no_mulaid
+        )
+        is Limit.GRANT_CAP
+    )
+    assert settlement_limit(split_bill(bill, None, 80), Room(80, Limit.GRANT_CAP)) is Limit.GRANT_CAP

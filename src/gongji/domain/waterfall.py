@@ -145,10 +145,17 @@ def mutual_aid_room(
     return Room(room, limited_by)
 
 
-def settlement_limit(s: Split, room: Room | None) -> Limit | None:
-    """The limit a settlement answers: the room's, when mutual aid paid all the room and cash paid the
-    rest. The twin of the same rule in gongji_settle and gongji_quote."""
-    if room is None or s.psn_cash_pay_fen == 0:
+def settlement_limit(s: Split | BillSplit, room: Room | None, wholly: WhollySelfPaid = ACCOUNTS_PAY) -> Limit | None:
+    """The limit a settlement answers: the room's, when mutual aid paid all the room and cash paid some
+    of what mutual aid may pay. Cash paying the wholly self-paid items mutual aid may not pay (`wholly`,
+    by region policy) is the region's rule: no limit held mutual aid back from them. The twin of
+    gongji_cash_held_back in store/sql/settle.sql."""
+    if isinstance(s, BillSplit):
+        held_back = s.cash.fen - (0 if wholly.mutual_aid else s.cash.wholly_self_paid_fen)
+        s = s.totals
+    else:
+        held_back = s.psn_cash_pay_fen
+    if room is None or held_back == 0:
         return None
     assert s.acct_mulaid_pay_fen == room.fen
     return room.limited_by

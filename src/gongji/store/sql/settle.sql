@@ -58,6 +58,18 @@ begin
 end
 $$;
 
+-- Whether cash paid some of what mutual aid may pay: only then did a limit on mutual aid (a cap, the
+-- floor, the care region) hold it back, and the settlement names the limit. Cash paying wholly
+-- self-paid items mutual aid may not pay (p_mulaid_pays_wholly false) is the region's rule, not a limit.
+-- Twin: gongji.domain.waterfall.settlement_limit.
+create or replace function gongji_cash_held_back(p_split bill_split, p_wholly_fen bigint, p_mulaid_pays_wholly boolean)
+returns boolean
+language sql immutable parallel safe
+as $$
+    select p_split.psn_cash_pay_fen
+           - case when p_mulaid_pays_wholly then 0 else coalesce(p_wholly_fen, 0) - p_split.acct_wholly_fen end > 0
+$$;
+
 -- What may pay the wholly self-paid items (p_wholly_fen of them) of care of p_med_type for a patient
 -- insured in p_region_code: the personal account, and mutual aid, unless the region's policy excludes
 -- the kind of care (no policy, nothing excluded, no med_type or no such items: both may, and no policy
@@ -668,7 +680,8 @@ begin
     mulaid_wholly_fen := v_split.mulaid_wholly_fen;
     insutype := gongji_insutype(v_patient.scheme);
     balc_fen := coalesce(v_own, 0) - v_split.acct_pay_fen;
-    mulaid_limited_by := case when v_split.psn_cash_pay_fen > 0 then coalesce(v_room.limited_by, v_care.limited_by) end;
+    mulaid_limited_by := case when gongji_cash_held_back(v_split, p_wholly_fen, v_wholly.mutual_aid)
+                              then coalesce(v_room.limited_by, v_care.limited_by) end;
     grant_cap_left_fen := v_room.grant_cap_left_fen;
     beneficiary_cap_left_fen := v_room.beneficiary_cap_left_fen;
     care_region := v_care.care_region;
@@ -745,7 +758,8 @@ begin
     settled := gongji_settle_write(
         gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_voucher_id, p_patient_id,
         v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen, v_accounts.mulaid_fen, v_split,
-        case when v_split.psn_cash_pay_fen > 0 then coalesce(v_room.limited_by, v_care.limited_by) end, p_cert_type,
+        case when gongji_cash_held_back(v_split, p_wholly_fen, v_wholly.mutual_aid)
+             then coalesce(v_room.limited_by, v_care.limited_by) end, p_cert_type,
         v_patient.region_code, v_care.care_region, v_care.care_scope, p_over_limit_fen, p_wholly_fen, p_med_type,
         gongji_insutype(v_patient.scheme));
     outcome := 'OK';
