@@ -1,6 +1,9 @@
 """A pure, in-memory model of docs/domain.md (and of the contract in docs/api.md and the README), written apart
 from gongji's code so that the two can disagree. Only the waterfall is shared: gongji.domain.waterfall
-is the reference for splits and refunds, as the store's own property tests already prove.
+is the reference for splits and refunds, as the store's own property tests already prove. Who may pay a
+bill's wholly self-paid items is the model's own reading of the region rules, and every split is
+checked against the rules said simply (Model._check_split), whatever order the waterfall takes the
+parts in.
 
 Each operation answers what gongji should answer: a value, or a Refused(code, reason), checked in the
 order the contract gives them. No I/O; the state machine in test_model.py drives the real server and
@@ -12,7 +15,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from gongji.domain.waterfall import Split, refund_split, split
+from gongji.domain.bill import Parts, WhollySelfPaid
+from gongji.domain.waterfall import BillSplit, Split, refund_split, split_bill
 
 EMPLOYEE, RESIDENT = "EMPLOYEE", "RESIDENT"
 ACTIVE, SUSPENDED, TERMINATED = "ACTIVE", "SUSPENDED", "TERMINATED"
@@ -25,6 +29,10 @@ FAMILY_BOUND_MEMBERS_MAX = 5
 AMOUNT_FEN_MAX = 100_000_000  # one settlement: at most 1,000,000 yuan
 FACE_VERIFICATION_AGE_OVER = 16
 PREMIUM_YEAR_MIN = 2024  # the first contribution year a personal account may pay (国办发〔2024〕38号)
+# 医疗类别 (med_type) codes gongji settles, and the 险种类型 (insutype) of each scheme.
+MED_TYPES = ("11", "13", "14", "21", "41")
+INSUTYPES = {EMPLOYEE: "310", RESIDENT: "390"}
+AMOUNT, PARTS = "AMOUNT", "PARTS"  # how a settlement read its bill
 
 
 @dataclass(frozen=True)
@@ -77,11 +85,14 @@ class Voucher:
 class Settlement:
     institution: str
     request_id: str
-    content: tuple[str, int, str | None, bool]  # what makes a retry "the same request"
+    content: tuple[object, ...]  # what makes a retry "the same request"
     patient: str
     authorizer: str | None
     paid: Split
     balc_fen: int
+    bill: Bill
+    parts: BillSplit  # what each source paid of each part
+    insutype: str  # the patient's, at the time
     refunded: Split = field(default_factory=lambda: Split(0, 0, 0))
     reversed: bool = False
     settlement_id: str = ""  # as the server named it
@@ -97,6 +108,26 @@ class Settlement:
         )
 
 
+@dataclass(frozen=True)
+class Bill:
+    """A bill as the POS sent it: the amount, and its parts (None: the amount only), the kind of care
+    and the insutype it settles under (None: not said)."""
+
+    amount_fen: int
+    parts: Parts | None = None
+    med_type: str | None = None
+    insutype: str | None = None
+
+    @property
+    def reading(self) -> str:
+        return AMOUNT if self.parts is None else PARTS
+
+    @property
+    def read(self) -> Parts:
+        """The bill as gongji reads it: sent as its amount only, all of it is within the policy scope."""
+        return Parts(self.amount_fen) if self.parts is None else self.parts
+
+
 @dataclass
 class Quoted:
     paid: Split
@@ -104,6 +135,8 @@ class Quoted:
     balc_fen: int
     grant: Grant | None  # drawn on
     limited_by: str | None
+    parts: BillSplit
+    insutype: str  # the patient's
 
 
 @dataclass
@@ -158,6 +191,9 @@ class Model:
         # 统筹区 -> (yearly cap per beneficiary, floor under an authorizer), by region policy
         self.caps: dict[str, tuple[int | None, int | None]] = {}
         self.ben_used: dict[str, int] = {}  # beneficiary -> mutual aid received this year, net of refunds
+        # 统筹区 -> med_type -> (the personal account, mutual aid) may pay its wholly self-paid items, by
+        # region policy; a kind of care without a rule: both may.
+        self.wholly: dict[str, dict[str, tuple[bool, bool]]] = {}
 
     # ---- people and accounts ---------------------------------------------------------------------
     def enroll(self, pid: str, scheme: str, status: str, region: str, birth: dt.date) -> int:
@@ -350,9 +386,23 @@ class Model:
             return Refused("FAILED_PRECONDITION", "VOUCHER_INVALID")  # a holder's voucher dies with the binding
         return None
 
+    # ---- region policy on wholly self-paid items -------------------------------------------------
+    def set_wholly_self_paid_rules(self, region: str, rules: list[tuple[str, bool, bool]]) -> Refused | None:
+        """A region's rules (med_type, account pays, mutual aid pays), replacing its old ones: one per
+        med_type, and mutual aid pays only where the account does (it is personal-account money too)."""
+        med_types = [m for m, _, _ in rules]
+        if len(set(med_types)) < len(med_types) or any(mutual and not account for _, account, mutual in rules):
+            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        self.wholly[region] = {m: (account, mutual) for m, account, mutual in rules}
+        return None
+
+    def _who_pays_wholly(self, region: str, med_type: str | None) -> WhollySelfPaid:
+        account, mutual = self.wholly.get(region, {}).get(med_type or "", (True, True))
+        return WhollySelfPaid(account, mutual)
+
     # ---- settlement ------------------------------------------------------------------------------
     def _split(
-        self, patient: str, amount_fen: int, authorizer: str | None, use_account: bool, picked: Grant | None
+        self, patient: str, bill: Bill, authorizer: str | None, use_account: bool, picked: Grant | None
     ) -> Refused | Quoted:
         """The waterfall: own account, then the picked (in the app), else the named, else the oldest live
         grant's authorizer, no more
@@ -381,30 +431,66 @@ class Model:
             room = min([mulaid, *(v for _, v in limits if v is not None)])
             limit = next((name for name, v in limits if v is not None and v == room < mulaid), None)
             mulaid = room
-        paid = split(amount_fen, own if use_account else None, mulaid, use_personal_account=use_account)
+        wholly = self._who_pays_wholly(p.region, bill.med_type)
+        parts = split_bill(
+            bill.read, own if use_account else None, mulaid, use_personal_account=use_account, wholly=wholly
+        )
+        self._check_split(bill.read, parts, own if use_account else None, mulaid, wholly)
+        paid = parts.totals
         # balc is the patient's own balance after the settlement, used or not (0 without an account).
         balc = (own or 0) - paid.acct_pay_fen
         drawn = grant if paid.acct_mulaid_pay_fen else None
-        limited_by = limit if paid.psn_cash_pay_fen else None
-        return Quoted(paid, drawn.authorizer if drawn else None, balc, drawn, limited_by)
+        # A limit held mutual aid back only when cash paid some of what mutual aid may pay.
+        cash = parts.cash
+        held_back = cash.in_scope_fen + cash.over_limit_fen + (cash.wholly_self_paid_fen if wholly.mutual_aid else 0)
+        limited_by = limit if held_back else None
+        return Quoted(paid, drawn.authorizer if drawn else None, balc, drawn, limited_by, parts, INSUTYPES[p.scheme])
 
-    def _payment_refusal(
-        self, voucher: str | None, patient: str, amount_fen: int, authorizer: str | None
-    ) -> Refused | None:
-        """What is refused before the database: malformed fields (INVALID_AMOUNT when the amount is all
-        that is wrong), then a voucher that is not genuine."""
+    @staticmethod
+    def _check_split(bill: Parts, paid: BillSplit, own: int | None, mulaid: int | None, wholly: WhollySelfPaid) -> None:
+        """The rules of the split, said simply, whatever order the waterfall takes the parts in: each
+        source pays only what it may and has, the three add up to the bill part by part, and the own
+        account, then mutual aid, pay as much as they may."""
+        fields = ("in_scope_fen", "over_limit_fen", "wholly_self_paid_fen")
+        for part in fields:
+            shares = [getattr(paid.own, part), getattr(paid.mutual_aid, part), getattr(paid.cash, part)]
+            assert min(shares) >= 0 and sum(shares) == getattr(bill, part), (part, bill, paid)
+        assert wholly.account or paid.own.wholly_self_paid_fen == paid.mutual_aid.wholly_self_paid_fen == 0
+        assert wholly.mutual_aid or paid.mutual_aid.wholly_self_paid_fen == 0
+        covered = bill.in_scope_fen + bill.over_limit_fen
+        own_may = covered + (bill.wholly_self_paid_fen if wholly.account else 0)
+        assert paid.own.fen == min(own or 0, own_may), (bill, paid, own)
+        # Mutual aid pays the rest of what it may, the own account having paid first what only it may.
+        mulaid_may = covered + (bill.wholly_self_paid_fen if wholly.mutual_aid else 0)
+        only_own = bill.wholly_self_paid_fen if wholly.account and not wholly.mutual_aid else 0
+        left = mulaid_may - (paid.own.fen - min(paid.own.fen, only_own))
+        assert paid.mutual_aid.fen == min(mulaid or 0, left), (bill, paid, mulaid)
+
+    def _payment_refusal(self, voucher: str | None, patient: str, bill: Bill, authorizer: str | None) -> Refused | None:
+        """What is refused before the database: malformed fields (INVALID_AMOUNT when the amount, or the
+        parts that must add up to it, is all that is wrong), then a voucher that is not genuine."""
+        amount_only = []  # per malformed field: whether it is about the amount
         if authorizer == patient:
-            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
-        if not 0 < amount_fen <= AMOUNT_FEN_MAX:
-            return Refused("INVALID_ARGUMENT", "INVALID_AMOUNT")
+            amount_only.append(False)
+        if not 0 < bill.amount_fen <= AMOUNT_FEN_MAX:
+            amount_only.append(True)
+        if bill.parts is not None:
+            parts = (bill.parts.in_scope_fen, bill.parts.over_limit_fen, bill.parts.wholly_self_paid_fen)
+            amount_only += [True for part in parts if not 0 <= part <= AMOUNT_FEN_MAX]
+            if sum(parts) != bill.amount_fen:
+                amount_only.append(True)
+            if bill.med_type is None:
+                amount_only.append(False)  # the region's rules are per med_type
+        if amount_only:
+            return Refused("INVALID_ARGUMENT", "INVALID_AMOUNT" if all(amount_only) else "INVALID_ARGUMENT")
         if voucher is None:
             return Refused("FAILED_PRECONDITION", "VOUCHER_INVALID")  # its signature does not verify
         return None
 
     def quote(
-        self, voucher: str | None, patient: str, amount_fen: int, authorizer: str | None, use_account: bool
+        self, voucher: str | None, patient: str, bill: Bill, authorizer: str | None, use_account: bool
     ) -> Refused | Quoted:
-        refusal = self._payment_refusal(voucher, patient, amount_fen, authorizer)
+        refusal = self._payment_refusal(voucher, patient, bill, authorizer)
         if refusal is not None:
             return refusal
         assert voucher is not None
@@ -418,7 +504,9 @@ class Model:
         picked = self.vouchers[voucher].picked
         if picked is not None and authorizer is not None and authorizer != picked.authorizer:
             return Refused("FAILED_PRECONDITION", "VOUCHER_AUTHORIZER_MISMATCH")  # the patient's pick wins
-        return self._split(patient, amount_fen, authorizer, use_account, picked)
+        if bill.insutype is not None and bill.insutype != INSUTYPES[self.people[patient].scheme]:
+            return Refused("FAILED_PRECONDITION", "INSUTYPE_MISMATCH")
+        return self._split(patient, bill, authorizer, use_account, picked)
 
     def settle(
         self,
@@ -426,25 +514,25 @@ class Model:
         request_id: str,
         voucher: str | None,
         patient: str,
-        amount_fen: int,
+        bill: Bill,
         authorizer: str | None,
         use_account: bool,
     ) -> Refused | tuple[Settlement, bool]:
         """(settlement, replayed)."""
-        refusal = self._payment_refusal(voucher, patient, amount_fen, authorizer)
+        refusal = self._payment_refusal(voucher, patient, bill, authorizer)
         if refusal is not None:
             return refusal
         assert voucher is not None
         key = (institution, request_id)
         if key in self.reversals:
             return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
-        content = (patient, amount_fen, authorizer, use_account)
+        content = (patient, authorizer, use_account, bill)
         known = self.settlements.get(key)
         if known is not None:
             if known.content != content:
                 return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
             return known, True
-        quoted = self.quote(voucher, patient, amount_fen, authorizer, use_account)
+        quoted = self.quote(voucher, patient, bill, authorizer, use_account)
         if isinstance(quoted, Refused):
             return quoted
         paid, drawn_on = quoted.paid, quoted.authorizer
@@ -462,6 +550,9 @@ class Model:
             drawn_on,
             paid,
             quoted.balc_fen,
+            bill,
+            quoted.parts,
+            quoted.insutype,
             grant=quoted.grant,
             limited_by=quoted.limited_by,
         )

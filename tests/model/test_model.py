@@ -1,7 +1,8 @@
 """The model-based test: hypothesis drives the real gongji server over gRPC with random sequences of
-enrolments, status changes, credits, grants, revocations, bindings, vouchers, quotes, settlements,
-refunds and reversals, relatives' premiums paid and refunded (retries with the same request id among
-them), and after every step compares
+enrolments, status changes, credits, grants, revocations, bindings, vouchers, region rules on wholly
+self-paid items, quotes and settlements of bills sent as their amount or as their parts (with a kind of
+care and an insutype), refunds and reversals, relatives' premiums paid and refunded (retries with the
+same request id among them), and after every step compares
 every answer, split, refusal reason and balance with the pure model of the rules (docs/domain.md) in gongji_model.py.
 After every step the books must also pass the audit.
 
@@ -31,6 +32,8 @@ from gongji_model import (
     FAMILY_BOUND_MEMBERS_MAX,
     GRANDCHILD,
     GRANDPARENT,
+    INSUTYPES,
+    MED_TYPES,
     OTHER,
     PARENT,
     RESIDENT,
@@ -38,7 +41,9 @@ from gongji_model import (
     SPOUSE,
     SUSPENDED,
     TERMINATED,
+    Bill,
     Model,
+    Quoted,
     Refused,
     Settlement,
 )
@@ -58,7 +63,8 @@ from hypothesis.stateful import (
 from support import bearer
 
 from gongji.api.family import china_today
-from gongji.domain.waterfall import Split
+from gongji.domain.bill import Parts
+from gongji.domain.waterfall import BillSplit, Split
 from gongji.store import audit
 from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2
 
@@ -92,6 +98,42 @@ schemes = st.sampled_from([EMPLOYEE, EMPLOYEE, EMPLOYEE, RESIDENT])
 statuses = st.sampled_from([ACTIVE] * 6 + [SUSPENDED, TERMINATED])
 amounts = st.integers(1, 3_000) | st.sampled_from([1, 100_000_000])
 use_account = st.sampled_from([True, True, True, False])
+# What may pay a kind of care's wholly self-paid items (account, mutual aid); the last is refused.
+WHOLLY_RULES = [(True, True), (True, False), (False, False)]
+wholly_rules = st.dictionaries(st.sampled_from(MED_TYPES), st.sampled_from(WHOLLY_RULES), max_size=3)
+
+
+@dataclass(frozen=True)
+class BillShape:
+    """A bill as a POS might send it, before it is known whose: the amount, its parts (None: the amount
+    only), the kind of care, and which insutype the POS says ("theirs": the patient's, "other": the
+    other scheme's, None: none)."""
+
+    amount_fen: int
+    parts: Parts | None
+    med_type: str | None
+    insutype: str | None
+
+
+@st.composite
+def bills(draw: st.DrawFn) -> BillShape:
+    """Mostly bills sent as their parts, now and then as their amount only as before; now and then
+    parts that do not add up, a negative part, a missing med_type, or the wrong insutype."""
+    amount = draw(amounts, label="amount")
+    med_type = draw(st.none() | st.sampled_from(MED_TYPES), label="med_type")
+    insutype = draw(st.sampled_from([None, None, None, "theirs", "theirs", "other"]), label="insutype")
+    if not draw(st.sampled_from([False, True, True]), label="as parts"):
+        return BillShape(amount, None, med_type, insutype)
+    edges = st.sampled_from([0, amount])
+    over = draw(edges | st.integers(0, amount), label="over the limit")
+    wholly = draw(edges.map(lambda x: min(x, amount - over)) | st.integers(0, amount - over), label="wholly")
+    parts = Parts(amount - over - wholly, over, wholly)
+    broken = draw(st.sampled_from([None] * 12 + ["not adding up", "negative"]), label="broken")
+    if broken == "not adding up":
+        parts = Parts(parts.in_scope_fen + 1, over, wholly)
+    elif broken == "negative":
+        parts = Parts(amount - wholly + 1, -1, wholly)
+    return BillShape(amount, parts, med_type or draw(st.sampled_from([*MED_TYPES, None]), label="med"), insutype)
 
 
 @dataclass(frozen=True)
@@ -105,6 +147,13 @@ class SettleCall:
     authorizer: str | None
     use_account: bool
     card: str | None = None  # an ID card of this person read at the counter instead of an e-voucher
+    parts: Parts | None = None  # the bill's; None: sent as its amount only
+    med_type: str | None = None
+    insutype: str | None = None
+
+    @property
+    def bill(self) -> Bill:
+        return Bill(self.amount_fen, self.parts, self.med_type, self.insutype)
 
 
 @dataclass(frozen=True)
@@ -152,6 +201,43 @@ FIGURES = Figures()
 
 def _split_of(m: Any) -> Split:
     return Split(m.acct_pay_fen, m.acct_mulaid_pay_fen, m.psn_cash_pay_fen)
+
+
+def _parts_of(p: types_pb2.BillParts) -> Parts:
+    return Parts(p.in_scope_fen, p.over_limit_fen, p.wholly_self_paid_fen)
+
+
+def _bill_answer(m: Any) -> tuple[object, ...]:
+    """How a Settlement or a QuoteResponse read the bill and what each source paid of each part."""
+    return (
+        types_pb2.BillReading.Name(m.bill_reading).removeprefix("BILL_READING_"),
+        _parts_of(m.bill),
+        BillSplit(_parts_of(m.own_parts), _parts_of(m.mutual_aid_parts), _parts_of(m.cash_parts)),
+        str(m.med_type) if m.med_type else None,
+        str(m.insutype),
+    )
+
+
+def _bill_expected(bill: Bill, parts: BillSplit, insutype: str) -> tuple[object, ...]:
+    return (bill.reading, bill.read, parts, bill.med_type, insutype)
+
+
+def _with_bill(request: Any, bill: Bill) -> None:
+    """The bill's parts, med_type and insutype on a SettleRequest or QuoteRequest (their numbers are the
+    platform's codes)."""
+    if bill.parts is not None:
+        p = bill.parts
+        request.bill.CopyFrom(
+            types_pb2.BillParts(
+                in_scope_fen=p.in_scope_fen,
+                over_limit_fen=p.over_limit_fen,
+                wholly_self_paid_fen=p.wholly_self_paid_fen,
+            )
+        )
+    if bill.med_type is not None:
+        request.med_type = int(bill.med_type)
+    if bill.insutype is not None:
+        request.insutype = int(bill.insutype)
 
 
 class GongjiMachine(RuleBasedStateMachine):
@@ -297,12 +383,12 @@ class GongjiMachine(RuleBasedStateMachine):
     @rule(
         target=settle_calls,
         cap=st.none() | st.integers(0, 1_500),
-        amounts=st.lists(st.integers(1, 3_000), min_size=1, max_size=4),
+        shapes=st.lists(bills(), min_size=1, max_size=4),
         institution=st.sampled_from(INSTITUTIONS),
         data=st.data(),
     )
     def mutual_aid_meets_the_limits(
-        self, cap: int | None, amounts: list[int], institution: str, data: st.DataObject
+        self, cap: int | None, shapes: list[BillShape], institution: str, data: st.DataObject
     ) -> Any:
         """A live grant (often the one in the region with caps and a floor), maybe capped by its
         authorizer, then its beneficiary settles a few bills in a row: the limits meet the waterfall in
@@ -316,11 +402,11 @@ class GongjiMachine(RuleBasedStateMachine):
         if cap is not None:
             self.set_grant_cap(authorizer, beneficiary, cap, "authorizer", data)
         calls = []
-        for amount in amounts:
+        for shape in shapes:
             voucher = self._issue(beneficiary, beneficiary)
             if isinstance(voucher, Refused):
                 break
-            calls.append(self._settle(SettleCall(institution, self._id("s"), beneficiary, amount, None, True), voucher))
+            calls.append(self._settle(self._settle_call(institution, beneficiary, shape, None, True), voucher))
         return multiple(*calls)
 
     # ---- kinship binding and vouchers ------------------------------------------------------------
@@ -401,6 +487,33 @@ class GongjiMachine(RuleBasedStateMachine):
         assert reply.refunded_fen == s.refunded.amount_fen
         limit = types_pb2.MutualAidLimit.Name(reply.mutual_aid_limited_by).removeprefix("MUTUAL_AID_LIMIT_")
         assert (None if limit == "UNSPECIFIED" else limit) == s.limited_by
+        assert _bill_answer(reply) == _bill_expected(s.bill, s.parts, s.insutype), (_bill_answer(reply), s)
+
+    def _settle_call(
+        self,
+        institution: str,
+        patient: str,
+        shape: BillShape,
+        authorizer: str | None,
+        use: bool,
+        card: str | None = None,
+    ) -> SettleCall:
+        """A new Settle of `shape`, the insutype it names made the patient's, or the other scheme's."""
+        scheme = self.model.people[patient].scheme if patient in self.model.people else EMPLOYEE
+        other = RESIDENT if scheme == EMPLOYEE else EMPLOYEE
+        insutype = {"theirs": INSUTYPES[scheme], "other": INSUTYPES[other], None: None}[shape.insutype]
+        return SettleCall(
+            institution,
+            self._id("s"),
+            patient,
+            shape.amount_fen,
+            authorizer,
+            use,
+            card=card,
+            parts=shape.parts,
+            med_type=shape.med_type,
+            insutype=insutype,
+        )
 
     def _settle(self, call: SettleCall, voucher: str | None) -> Any:
         request = settlement_pb2.SettleRequest(
@@ -416,13 +529,14 @@ class GongjiMachine(RuleBasedStateMachine):
             request.card_number = call.card
         if call.authorizer is not None:
             request.authorizer_id = call.authorizer
+        _with_bill(request, call.bill)
         reply = self._run(lambda: self.api.settlement.Settle(request, metadata=bearer(self._token(call.institution))))
         expected = self.model.settle(
             call.institution,
             call.request_id,
             voucher,
             call.patient,
-            call.amount_fen,
+            call.bill,
             call.authorizer,
             call.use_account,
         )
@@ -434,51 +548,49 @@ class GongjiMachine(RuleBasedStateMachine):
     @rule(
         target=settle_calls,
         patient=people,
-        amount=amounts,
+        bill=bills(),
         use=use_account,
         institution=st.sampled_from(INSTITUTIONS),
         data=st.data(),
     )
     def settle_with_a_fresh_voucher(
-        self, patient: str, amount: int, use: bool, institution: str, data: st.DataObject
+        self, patient: str, bill: BillShape, use: bool, institution: str, data: st.DataObject
     ) -> Any:
         """The usual way: the patient shows their own code, just refreshed (with a family member
         picked in the app, sometimes)."""
         voucher = self._issue(patient, patient, self._picked(data))
         if isinstance(voucher, Refused):
             return multiple()
-        call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), use)
-        return self._settle(call, voucher)
+        return self._settle(self._settle_call(institution, patient, bill, self._authorizer(data), use), voucher)
 
     @rule(
         target=settle_calls,
         voucher=vouchers,
         patient=people,
-        amount=amounts,
+        bill=bills(),
         use=use_account,
         institution=st.sampled_from(INSTITUTIONS),
         data=st.data(),
     )
     def settle_with_any_voucher(
-        self, voucher: str, patient: str, amount: int, use: bool, institution: str, data: st.DataObject
+        self, voucher: str, patient: str, bill: BillShape, use: bool, institution: str, data: st.DataObject
     ) -> Any:
         """Someone's code, maybe used, maybe another person's, maybe a holder's from a removed binding."""
-        call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), use)
-        return self._settle(call, voucher)
+        return self._settle(self._settle_call(institution, patient, bill, self._authorizer(data), use), voucher)
 
     @rule(
         target=settle_calls,
         patient=people,
         holder=people,
-        amount=amounts,
+        bill=bills(),
         institution=st.sampled_from(INSTITUTIONS),
         data=st.data(),
     )
     def settle_with_an_id_card(
-        self, patient: str, holder: str, amount: int, institution: str, data: st.DataObject
+        self, patient: str, holder: str, bill: BillShape, institution: str, data: st.DataObject
     ) -> Any:
         """An ID card read at the counter: the patient's own, or someone else's (the real-name rule)."""
-        call = SettleCall(institution, self._id("s"), patient, amount, self._authorizer(data), True, card=holder)
+        call = self._settle_call(institution, patient, bill, self._authorizer(data), True, card=holder)
         return self._settle(call, self.model.card(holder))
 
     @rule(target=settle_calls, patient=people, amount=amounts, institution=st.sampled_from(INSTITUTIONS))
@@ -493,29 +605,46 @@ class GongjiMachine(RuleBasedStateMachine):
         expires_s = int(dt.datetime.now(dt.UTC).timestamp()) + 60
         rescanned = CODEC.issue(uuid.uuid4(), expires_s, call.patient, None)
         self.model.issued(rescanned, call.patient, call.patient)
-        retried = call if same else SettleCall(**{**call.__dict__, "amount_fen": call.amount_fen + 1})
+        # Other content: a fen more (within the scope, when the parts were sent), or another kind of care.
+        other: dict[str, Any] = {"amount_fen": call.amount_fen + 1}
+        if call.parts is not None:
+            other["parts"] = Parts(
+                call.parts.in_scope_fen + 1, call.parts.over_limit_fen, call.parts.wholly_self_paid_fen
+            )
+        if call.med_type is not None and call.amount_fen % 2:
+            other = {"med_type": next(m for m in MED_TYPES if m != call.med_type)}
+        retried = call if same else SettleCall(**{**call.__dict__, **other})
         # A card is read again as it is.
         self._settle(retried, rescanned if call.card is None else self.model.card(call.card))
 
-    @rule(patient=people, amount=amounts, use=use_account, data=st.data())
-    def quote(self, patient: str, amount: int, use: bool, data: st.DataObject) -> None:
+    @rule(patient=people, shape=bills(), use=use_account, data=st.data())
+    def quote(self, patient: str, shape: BillShape, use: bool, data: st.DataObject) -> None:
         voucher = self._issue(patient, patient, self._picked(data))
         if isinstance(voucher, Refused):
             return
         authorizer = self._authorizer(data)
+        bill = self._settle_call("A", patient, shape, authorizer, use).bill
         request = settlement_pb2.QuoteRequest(
-            voucher=voucher, patient_id=patient, amount_fen=amount, use_personal_account=use
+            voucher=voucher, patient_id=patient, amount_fen=bill.amount_fen, use_personal_account=use
         )
         if authorizer is not None:
             request.authorizer_id = authorizer
+        _with_bill(request, bill)
         reply = self._run(lambda: self.api.settlement.Quote(request, metadata=bearer(self.api.tokens.terminal_a)))
-        expected = self.model.quote(voucher, patient, amount, authorizer, use)
+        expected = self.model.quote(voucher, patient, bill, authorizer, use)
         self._same_outcome(reply, expected)
         if not isinstance(expected, Refused):
             assert not isinstance(reply, Refused)
-            assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen
-            got = (_split_of(reply), reply.authorizer_id, reply.balc_fen)
-            assert got == (expected.paid, expected.authorizer or "", expected.balc_fen)
+            self._check_quote(reply, bill, expected)
+
+    @staticmethod
+    def _check_quote(reply: settlement_pb2.QuoteResponse, bill: Bill, expected: Quoted) -> None:
+        assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen
+        got = (_split_of(reply), reply.authorizer_id, reply.balc_fen)
+        assert got == (expected.paid, expected.authorizer or "", expected.balc_fen)
+        limit = types_pb2.MutualAidLimit.Name(reply.mutual_aid_limited_by).removeprefix("MUTUAL_AID_LIMIT_")
+        assert (None if limit == "UNSPECIFIED" else limit) == expected.limited_by
+        assert _bill_answer(reply) == _bill_expected(bill, expected.parts, expected.insutype), (reply, expected)
 
     # ---- refunds and reversals -------------------------------------------------------------------
     def _cancel(self, call: CancelCall) -> CancelCall:
@@ -615,27 +744,63 @@ class GongjiMachine(RuleBasedStateMachine):
         return call
 
     # ---- resident premiums paid from a relative's account (国办发〔2024〕38号) ----------------------
-    @initialize(target=people)
-    def caps_in_one_region(self) -> Any:
+    @initialize(target=people, rules=st.fixed_dictionaries({region: wholly_rules for region in REGIONS}))
+    def caps_in_one_region(self, rules: dict[str, dict[str, tuple[bool, bool]]]) -> Any:
         """Region 610200 caps what mutual aid pays one beneficiary in a year and keeps a floor under its
         authorizers (set again, the same, at each example: region policy outlives one), and a family
-        lives there: a parent with a little above the floor, granting a resident child."""
+        lives there: a parent with a little above the floor, granting a resident child. Every region's
+        rules on wholly self-paid items are set afresh too: often none, else the account only, or cash
+        only, for some kinds of care."""
         region, ben_cap, floor = REGIONS[1], 2_000, 1_000
-        self.runner.run(
-            self.api.set_policy(
-                region,
-                types_pb2.GRANT_SCOPE_PROVINCE,
-                [RELATIONSHIPS[r] for r in (SPOUSE, PARENT, CHILD, SIBLING, GRANDPARENT, GRANDCHILD)],
-                beneficiary_yearly_cap_fen=ben_cap,
-                authorizer_floor_fen=floor,
-            )
-        )
         self.model.caps[region] = (ben_cap, floor)
+        for key, by_med_type in rules.items():
+            self._set_policy(key, [(m, *who) for m, who in by_med_type.items()])
         parent = self._enroll(EMPLOYEE, ACTIVE, region, BIRTHS[1])
         child = self._enroll(RESIDENT, ACTIVE, region, BIRTHS[3])
         self._credit(CreditCall(self._id("c"), parent, 4_000))
         self.grant(parent, child, CHILD)
         return multiple(parent, child)
+
+    # ---- region policy on wholly self-paid items ---------------------------------------------------
+    def _set_policy(self, region: str, rules: list[tuple[str, bool, bool]]) -> None:
+        """The region's whole policy, as the model has it (the default scope and relationships, the caps
+        of caps_in_one_region), with these rules on wholly self-paid items."""
+        ben_cap, floor = self.model.caps.get(region, (None, None))
+        policy = account_pb2.RegionPolicy(
+            region_key=region,
+            scope=types_pb2.GRANT_SCOPE_PROVINCE,
+            allowed_relationships=[RELATIONSHIPS[r] for r in (SPOUSE, PARENT, CHILD, SIBLING, GRANDPARENT, GRANDCHILD)],
+            beneficiary_yearly_cap_fen=ben_cap,
+            authorizer_floor_fen=floor,
+            wholly_self_paid_rules=[
+                account_pb2.WhollySelfPaidRule(
+                    med_type=types_pb2.MedType.ValueType(int(m)), account_pays=account, mutual_aid_pays=mutual
+                )
+                for m, account, mutual in rules
+            ],
+        )
+        request = account_pb2.SetRegionPolicyRequest(policy=policy)
+        reply = self._run(lambda: self.api.account.SetRegionPolicy(request, metadata=bearer(self.api.tokens.operator)))
+        expected = self.model.set_wholly_self_paid_rules(region, rules)
+        self._same_outcome(reply, expected)
+        if not isinstance(reply, Refused):
+            # A rule that says what a region without one says (both pay) is not listed back.
+            got = {(str(r.med_type), r.account_pays, r.mutual_aid_pays) for r in reply.policy.wholly_self_paid_rules}
+            assert got == {(m, *who) for m, who in self.model.wholly[region].items() if who != (True, True)}
+
+    @rule(
+        region=st.sampled_from(REGIONS),
+        rules=st.lists(
+            st.tuples(st.sampled_from(MED_TYPES), st.sampled_from([*WHOLLY_RULES, (False, True)])).map(
+                lambda r: (r[0], *r[1])
+            ),
+            max_size=4,
+        ),
+    )
+    def change_wholly_self_paid_rules(self, region: str, rules: list[tuple[str, bool, bool]]) -> None:
+        """An operator sets a region's rules again: now and then two for one med_type, or mutual aid
+        without the account (both refused, the old rules kept)."""
+        self._set_policy(region, rules)
 
     @initialize(target=people)
     def premium_rates_and_a_resident_child(self) -> Any:
@@ -776,6 +941,7 @@ class GongjiMachine(RuleBasedStateMachine):
                 s.refunded.amount_fen,
                 s.reversed,
             )
+            assert _bill_answer(got) == _bill_expected(s.bill, s.parts, s.insutype)
             refunded = [_split_of(r) for r in got.refunds]
             assert sum(r.amount_fen for r in refunded) == s.refunded.amount_fen
         for person in self.model.people:
@@ -828,5 +994,22 @@ def test_shrunk_balc_of_a_settlement_that_does_not_use_the_account(server_url: s
         voucher = state._issue(child, child)
         assert not isinstance(voucher, Refused)
         state._settle(SettleCall("A", state._id("s"), child, 245, parent, False), voucher)
+        state.balances_and_books()
+        state.teardown()
+
+
+def test_a_limit_that_held_nothing_back_is_not_named(server_url: str) -> None:
+    """caps_in_one_region(), a rule of its region that the accounts do not pay the wholly self-paid
+    items of outpatient care, then the resident child settles 100 within the scope and 500 wholly
+    self-paid: mutual aid pays the 100, well within the room the authorizer's floor leaves it, and cash
+    the 500 it may not pay. The floor held nothing back, so no limit is named."""
+    with _serving_the_machine(server_url):
+        state = GongjiMachine()
+        _, child = state.caps_in_one_region({region: {} for region in REGIONS})
+        state.change_wholly_self_paid_rules(REGIONS[1], [("11", False, False)])
+        voucher = state._issue(child, child)
+        assert not isinstance(voucher, Refused)
+        shape = BillShape(600, Parts(100, 0, 500), "11", None)
+        state._settle(state._settle_call("A", child, shape, None, True), voucher)
         state.balances_and_books()
         state.teardown()
