@@ -409,7 +409,7 @@ def _check_days(args: argparse.Namespace) -> tuple[str, str, str]:
 async def check_totals(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     from gongji import books
 
-    lines = books.totals_lines(_books(args), by_insutype=args.grouping == "insutype", refunds=args.refunds)
+    lines = books.totals_lines(_books(args), grouping=args.grouping, refunds=args.refunds)
     institution_id, start_date, end_date = _check_days(args)
     request = settlement_pb2.CheckTotalsRequest(
         institution_id=institution_id,
@@ -840,7 +840,10 @@ def _add_check_arguments(add: Add) -> None:
         x.add_argument("--end-date", type=day, metavar="YYYY-MM-DD", help="last day, included (default: --start-date)")
         x.add_argument("--institution", metavar="ID", help="the institution; an operator's call (operator token)")
         if name == "check-totals":
-            x.add_argument("--grouping", choices=list(GROUPINGS), default="all", help="lines by (default all)")
+            x.add_argument(
+                "--grouping", choices=list(GROUPINGS), default="all",
+                help="lines by (default all): insutype and clearing_class read the CSV's column of that name",
+            )  # fmt: skip
             x.add_argument(
                 "--refunds", choices=list(REFUND_TREATMENTS), default="apart",
                 help="refunds apart (default), netted into the settlements, or excluded",
