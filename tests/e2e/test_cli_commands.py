@@ -319,6 +319,30 @@ def test_check_totals_and_detail_from_a_csv(gongji: Client, tmp_path: Path) -> N
     assert "books.csv line 2: '1.5' is not yuan with two decimals" in line, line
 
 
+def test_check_totals_by_clearing_class_from_a_csv(gongji: Client, tmp_path: Path) -> None:
+    """The only inpatient settlements of this module's demo institution are this test's: its CSV agrees
+    with gongji's line "21"."""
+    today = china_today().isoformat()
+    made = [_settle(gongji, None, "--in-scope-fen", "800", "--over-limit-fen", "34", "--med-type", "inpatient")]
+    made.append(_settle(gongji, None, "--in-scope-fen", "166", "--med-type", "inpatient"))
+    fen = ("amount_fen", "acct_pay_fen", "acct_mulaid_pay_fen", "psn_cash_pay_fen")
+    yuan = [",".join(f"{int(s[k]) // 100}.{int(s[k]) % 100:02d}" for k in fen) for s in made]
+    books = tmp_path / "books.csv"
+    books.write_text(
+        "kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay,insutype,clearing_class\n"
+        + "".join(f"settlement,{s['request_id']},{y},310,21\n" for s, y in zip(made, yuan, strict=True)),
+        encoding="utf-8",
+    )
+    totals = gongji.ok("check-totals", "--csv", str(books), "--start-date", today, "--grouping", "clearing_class")
+    assert totals["grouping"] == "TOTALS_GROUPING_CLEARING_CLASS"
+    lines = {line["group"]: line for line in totals["lines"]}
+    assert lines["21"]["agree"] is True, lines["21"]
+    assert lines["21"]["gongji"]["settled"]["count"] == "2"
+    assert lines["21"]["gongji"]["settled"]["amount_fen"] == "1000"
+    # The demo pharmacy's other settlements of the module (no med_type, or others) are not in this CSV.
+    assert set(lines) <= {"", "11", "21", "41"} and "" in lines and not totals["agree"]
+
+
 # ---- FamilyService ------------------------------------------------------------------------------------
 def test_voucher(gongji: Client) -> None:
     issued = gongji.ok("voucher", "--person", "demo:xiaobao", "--requester", "demo:xiaoming", "--ttl-s", "30")
