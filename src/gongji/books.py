@@ -9,7 +9,9 @@ header name, others are ignored (an export may carry dates, names, invoice numbe
   the reversed Cancel's;
 - `amount`, `acct_pay`, `acct_mulaid_pay`, `psn_cash_pay`: yuan with exactly two decimals
   (`12.30`, no sign, no thousands separator), read as whole fen without floating point;
-- `insutype` (optional): 310 or 390, for totals by insurance type.
+- `insutype` (optional): 310 or 390, for totals by insurance type;
+- `clearing_class` (optional): 11 (outpatient), 21 (inpatient) or 41 (pharmacy), or empty for a row of
+  no kind of care, for totals by clearing class (清算类别).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class BookRow:
     request_id: str
     fen: tuple[int, int, int, int]  # amount, acct_pay, acct_mulaid_pay, psn_cash_pay
     insutype: str
+    clearing_class: str = ""
 
     @property
     def key(self) -> tuple[int, bytes]:
@@ -85,7 +88,9 @@ def _row(name: str, line: int, record: dict[str, Any]) -> BookRow:
     except ValueError as exc:
         raise BooksError(f"{name} line {line}: {exc}") from None
     insutype = (record.get("insutype") or "").strip()
-    return BookRow(kind, (record["request_id"] or "").strip(), (fen[0], fen[1], fen[2], fen[3]), insutype)
+    clearing_class = (record.get("clearing_class") or "").strip()
+    request_id = (record["request_id"] or "").strip()
+    return BookRow(kind, request_id, (fen[0], fen[1], fen[2], fen[3]), insutype, clearing_class)
 
 
 def _kind_word(kind: pb.DetailKind.ValueType) -> str:
@@ -131,13 +136,18 @@ async def check_detail(
         at += sum(1 for r in page if r.key <= through)
 
 
-def totals_lines(rows: Iterable[BookRow], *, by_insutype: bool, refunds: str) -> list[pb.TotalsLine]:
-    """The books' totals as CheckTotals lines: per insutype or one line; refunds 'apart', 'netted' (a
-    refund is one more record and takes its amounts off, a reversal of a refund puts them back) or
-    'excluded'."""
+# The column each grouping reads (the words of `check-totals --grouping`); none: one line, group "".
+GROUP_COLUMNS = {"all": None, "insutype": "insutype", "clearing_class": "clearing_class"}
+
+
+def totals_lines(rows: Iterable[BookRow], *, grouping: str, refunds: str) -> list[pb.TotalsLine]:
+    """The books' totals as CheckTotals lines: one line ('all'), or per value of the column `grouping`
+    names ('insutype', 'clearing_class'); refunds 'apart', 'netted' (a refund is one more record and
+    takes its amounts off, a reversal of a refund puts them back) or 'excluded'."""
+    column = GROUP_COLUMNS[grouping]
     lines: dict[str, list[list[int]]] = {}
     for r in rows:
-        sides = lines.setdefault(r.insutype if by_insutype else "", [[0] * 5, [0] * 5, [0] * 5])
+        sides = lines.setdefault(getattr(r, column) if column else "", [[0] * 5, [0] * 5, [0] * 5])
         if r.kind != pb.DETAIL_KIND_SETTLEMENT and refunds == "excluded":
             continue
         side = {pb.DETAIL_KIND_SETTLEMENT: 0, pb.DETAIL_KIND_REFUND_REVERSAL: 2}.get(r.kind, 1)

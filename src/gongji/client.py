@@ -96,6 +96,13 @@ STATUSES = enum_words(types_pb2.PersonStatus)
 GROUPINGS = enum_words(settlement_pb2.TotalsGrouping)
 REFUND_TREATMENTS = enum_words(settlement_pb2.RefundTreatment)
 CARDS = {w: n for w, n in enum_words(types_pb2.CertificateType).items() if w != "e_voucher"}
+MED_TYPES = enum_words(types_pb2.MedType)
+INSUTYPES = {str(n): n for n in enum_words(types_pb2.Insutype).values()}  # by the platform's code: 310, 390
+# The bill's parts, as options of settle and quote and fields of BillParts.
+BILL_PARTS = tuple(f.name for f in types_pb2.BillParts.DESCRIPTOR.fields)
+# Who may pay a kind of care's wholly self-paid items (policy-set --wholly-self-paid MED_TYPE=WHO), as
+# WhollySelfPaidRule's (account_pays, mutual_aid_pays).
+WHOLLY_SELF_PAID_PAYERS = {"cash": (False, False), "own": (True, False), "accounts": (True, True)}
 
 
 def person(text: str) -> str:
@@ -138,6 +145,27 @@ def fen(text: str) -> int:
 def int32(text: str) -> int:
     """An argparse type: a count or a year, a whole number that fits the contract's int32."""
     return _integer(text, 32)
+
+
+def med_type(text: str) -> str:
+    """An argparse type: a med_type word, in any case, with - or _ (`chronic-outpatient`)."""
+    return text.strip().lower().replace("-", "_")
+
+
+def wholly_self_paid_rule(text: str) -> account_pb2.WhollySelfPaidRule:
+    """An argparse type: MED_TYPE=WHO, e.g. `pharmacy=cash`: who may pay that kind of care's wholly
+    self-paid items (WHOLLY_SELF_PAID_PAYERS)."""
+    word, _, who = text.partition("=")
+    payers = WHOLLY_SELF_PAID_PAYERS.get(who.strip().lower())
+    if med_type(word) not in MED_TYPES or payers is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid rule {text!r}: MED_TYPE=WHO, MED_TYPE one of {', '.join(MED_TYPES)}, WHO one of "
+            f"{', '.join(WHOLLY_SELF_PAID_PAYERS)}"
+        )
+    account, mutual_aid = payers
+    return account_pb2.WhollySelfPaidRule(
+        med_type=MED_TYPES[med_type(word)], account_pays=account, mutual_aid_pays=mutual_aid
+    )
 
 
 def relationship_list(text: str) -> list[Any]:
@@ -323,8 +351,31 @@ async def _voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Token
     return str(issued.voucher)
 
 
+def _bill(args: argparse.Namespace) -> dict[str, Any]:
+    """The bill: --amount-fen alone, or the parts given (the others 0) and their sum as the amount; an
+    --amount-fen given with the parts must be that sum. Checked before anything is sent."""
+    parts = {name: getattr(args, name) for name in BILL_PARTS if getattr(args, name) is not None}
+    if not parts:
+        if args.amount_fen is None:
+            options = ", ".join(f"--{name.replace('_', '-')}" for name in BILL_PARTS)
+            raise ClientError(f"the bill: --amount-fen, or its parts ({options})", EXIT_USAGE)
+        return {"amount_fen": args.amount_fen}
+    total = sum(parts.values())
+    if args.amount_fen is not None and args.amount_fen != total:
+        raise ClientError(
+            f"--amount-fen {args.amount_fen} is not the sum of the bill's parts, {total}: leave it out", EXIT_USAGE
+        )
+    if not -(2**63) <= total < 2**63:
+        raise ClientError(f"the bill's parts add up to {total}, out of range (a 64-bit integer)", EXIT_USAGE)
+    return {"amount_fen": total, "bill": types_pb2.BillParts(**parts)}
+
+
 def _payment(args: argparse.Namespace) -> dict[str, Any]:
-    fields: dict[str, Any] = {"patient_id": args.patient, "amount_fen": args.amount_fen}
+    fields: dict[str, Any] = {"patient_id": args.patient, **_bill(args)}
+    if args.med_type:
+        fields["med_type"] = MED_TYPES[args.med_type]
+    if args.insutype:
+        fields["insutype"] = INSUTYPES[args.insutype]
     if args.authorizer:
         fields["authorizer_id"] = args.authorizer
     if args.no_account:
@@ -345,15 +396,17 @@ async def _presented(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tok
 
 async def settle(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     metadata = tokens.auth("terminal")  # before the voucher: a missing token wastes no voucher
+    payment = _payment(args)  # and a bill that does not add up
     presented = await _presented(ch, args, tokens)
-    request = settlement_pb2.SettleRequest(request_id=args.request_id, **presented, **_payment(args))
+    request = settlement_pb2.SettleRequest(request_id=args.request_id, **presented, **payment)
     return await _settlement(ch).Settle(request, metadata=metadata, timeout=timeout_s(args))
 
 
 async def quote(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     metadata = tokens.auth("terminal")
+    payment = _payment(args)
     presented = await _presented(ch, args, tokens)
-    request = settlement_pb2.QuoteRequest(**presented, **_payment(args))
+    request = settlement_pb2.QuoteRequest(**presented, **payment)
     return await _settlement(ch).Quote(request, metadata=metadata, timeout=timeout_s(args))
 
 
@@ -409,7 +462,7 @@ def _check_days(args: argparse.Namespace) -> tuple[str, str, str]:
 async def check_totals(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     from gongji import books
 
-    lines = books.totals_lines(_books(args), by_insutype=args.grouping == "insutype", refunds=args.refunds)
+    lines = books.totals_lines(_books(args), grouping=args.grouping, refunds=args.refunds)
     institution_id, start_date, end_date = _check_days(args)
     request = settlement_pb2.CheckTotalsRequest(
         institution_id=institution_id,
@@ -539,6 +592,7 @@ async def policy_set(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tok
         + ([types_pb2.CERTIFICATE_TYPE_E_VOUCHER] if args.accept_card is not None else []),
         mutual_aid_out_of_region=not args.no_mutual_aid_out_of_region,
         mutual_aid_out_of_province=not args.no_mutual_aid_out_of_province,
+        wholly_self_paid_rules=args.wholly_self_paid or (),
     )
     request = account_pb2.SetRegionPolicyRequest(policy=policy)
     return await _account(ch).SetRegionPolicy(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
@@ -761,7 +815,7 @@ def _add_settlement_arguments(add: Add) -> None:
         x.add_argument(
             "--patient", type=person, metavar="PERSON", required=True, help="the patient: ID number or demo alias"
         )
-        x.add_argument("--amount-fen", type=fen, metavar="FEN", required=True, help="the bill, in fen (1/100 yuan)")
+        _add_bill_arguments(x)
         x.add_argument(
             "--authorizer",
             type=person,
@@ -822,6 +876,33 @@ def _add_settlement_arguments(add: Add) -> None:
     _add_check_arguments(add)
 
 
+def _add_bill_arguments(x: argparse.ArgumentParser) -> None:
+    """The bill of settle and quote: its amount, or its parts, and the kind of care and insurance."""
+    x.add_argument(
+        "--amount-fen", type=fen, metavar="FEN",
+        help="the bill, in fen (1/100 yuan); with the bill's parts leave it out: it is their sum (given, it must "
+        "be their sum)",
+    )  # fmt: skip
+    for name, text in (
+        ("in-scope", "within the policy scope (政策范围内自付)"),
+        ("over-limit", "over the price limit (超限价自付)"),
+        ("wholly-self-paid", "of wholly self-paid items (全自费), which the policy may leave to cash"),
+    ):
+        x.add_argument(
+            f"--{name}-fen", type=fen, metavar="FEN",
+            help=f"the bill's part {text}, in fen; any part given sends the bill as parts (a part left out: 0)",
+        )  # fmt: skip
+    x.add_argument(
+        "--med-type", type=med_type, choices=MED_TYPES,
+        help="the kind of care (医疗类别); required with the bill's parts",
+    )  # fmt: skip
+    x.add_argument(
+        "--insutype", choices=INSUTYPES,
+        help="the insurance settled under (险种类型): 310 employee, 390 resident; must be the patient's "
+        "(default: the patient's)",
+    )  # fmt: skip
+
+
 _CSV_HELP = "the institution's detail list, a CSV with a header (columns: docs/cli.md, check-detail)"
 
 
@@ -840,7 +921,10 @@ def _add_check_arguments(add: Add) -> None:
         x.add_argument("--end-date", type=day, metavar="YYYY-MM-DD", help="last day, included (default: --start-date)")
         x.add_argument("--institution", metavar="ID", help="the institution; an operator's call (operator token)")
         if name == "check-totals":
-            x.add_argument("--grouping", choices=list(GROUPINGS), default="all", help="lines by (default all)")
+            x.add_argument(
+                "--grouping", choices=list(GROUPINGS), default="all",
+                help="lines by (default all): insutype and clearing_class read the CSV's column of that name",
+            )  # fmt: skip
             x.add_argument(
                 "--refunds", choices=list(REFUND_TREATMENTS), default="apart",
                 help="refunds apart (default), netted into the settlements, or excluded",
@@ -934,6 +1018,16 @@ def _add_account_arguments(add: Add) -> None:
     a.add_argument("--person", type=person, metavar="PERSON", required=True, help="ID number or demo alias")
     a.add_argument("--as", dest="as_kind", choices=("operator", "app"), default="operator",
                    help="call with this token (default operator)")  # fmt: skip
+    _add_policy_arguments(add)
+    le = add("ledger", "a person's newest ledger entries (交易记录), as the app shows them (app, or operator)")
+    le.add_argument("--person", type=person, metavar="PERSON", required=True, help="ID number or demo alias")
+    le.add_argument("--page-size", type=int32, default=10, help="entries, newest first (default 10, at most 100)")
+    le.add_argument("--page-token", help="next_page_token of the previous answer")
+    le.add_argument("--as", dest="as_kind", choices=("app", "operator"), default="app",
+                    help="call with this token (default app)")  # fmt: skip
+
+
+def _add_policy_arguments(add: Add) -> None:
     p = add("policy-set", "set a region's grant policy (operator)")
     p.add_argument("--region", required=True, help="province ('45') or 统筹区 ('450100')")
     p.add_argument("--scope", type=str.lower, choices=SCOPES, required=True,
@@ -970,13 +1064,13 @@ def _add_account_arguments(add: Add) -> None:
         action="store_true",
         help="mutual aid does not pay for care in other provinces (default: it does)",
     )
+    p.add_argument(
+        "--wholly-self-paid", type=wholly_self_paid_rule, action="append", metavar="MED_TYPE=WHO",
+        help="who may pay the wholly self-paid items (全自费) of a kind of care: cash (not the personal account), "
+        "own (the patient's own account, not mutual aid) or accounts (both); e.g. pharmacy=cash; repeat per kind "
+        f"of care ({', '.join(MED_TYPES)}); one not named: accounts (the default)",
+    )  # fmt: skip
     add("policies", "list region grant policies, and the default (operator)")
-    le = add("ledger", "a person's newest ledger entries (交易记录), as the app shows them (app, or operator)")
-    le.add_argument("--person", type=person, metavar="PERSON", required=True, help="ID number or demo alias")
-    le.add_argument("--page-size", type=int32, default=10, help="entries, newest first (default 10, at most 100)")
-    le.add_argument("--page-token", help="next_page_token of the previous answer")
-    le.add_argument("--as", dest="as_kind", choices=("app", "operator"), default="app",
-                    help="call with this token (default app)")  # fmt: skip
 
 
 def _add_premium_arguments(add: Add) -> None:

@@ -181,8 +181,10 @@ def reason(line: str) -> str:
     return str(found[-1])
 
 
-def _settle(gongji: Client, amount_fen: int = 100, *extra: str) -> dict[str, Any]:
-    settled = gongji.ok("settle", "--patient", "demo:xiaoli", "--amount-fen", str(amount_fen), *extra)
+def _settle(gongji: Client, amount_fen: int | None = 100, *extra: str) -> dict[str, Any]:
+    """xiaoli settles `amount_fen` (None: the bill's parts in `extra`, without --amount-fen)."""
+    amount = ("--amount-fen", str(amount_fen)) if amount_fen is not None else ()
+    settled = gongji.ok("settle", "--patient", "demo:xiaoli", *amount, *extra)
     s: dict[str, Any] = settled["settlement"]
     return s
 
@@ -209,6 +211,40 @@ def test_quote(gongji: Client) -> None:
     assert "amount_fen" in line and reason(line) == "INVALID_AMOUNT", line
     assert "invalid whole number '1.5'" in gongji.usage("quote", "--patient", "demo:xiaoli", "--amount-fen", "1.5")
     assert "out of range" in gongji.usage("quote", "--patient", "demo:xiaoli", "--amount-fen", str(2**63))
+
+
+def test_settle_and_quote_the_bill_as_parts(gongji: Client) -> None:
+    parts = ("--in-scope-fen", "300", "--over-limit-fen", "100", "--wholly-self-paid-fen", "50")
+    quoted = gongji.ok("quote", "--patient", "demo:xiaoli", *parts, "--med-type", "pharmacy", "--insutype", "310")
+    assert quoted["amount_fen"] == "450", "the parts' sum"
+    assert quoted["bill"] == {"in_scope_fen": "300", "over_limit_fen": "100", "wholly_self_paid_fen": "50"}
+    assert (quoted["bill_reading"], quoted["med_type"], quoted["insutype"]) == (
+        "BILL_READING_PARTS", "MED_TYPE_PHARMACY", "INSUTYPE_EMPLOYEE_BASIC",
+    )  # fmt: skip
+    s = _settle(gongji, 450, *parts, "--med-type", "Chronic-Outpatient")  # --amount-fen may be given: the sum
+    assert (s["amount_fen"], s["bill"]["over_limit_fen"], s["med_type"]) == (
+        "450", "100", "MED_TYPE_CHRONIC_OUTPATIENT",
+    )  # fmt: skip
+    # The amount alone, with the kind of care: read as before the parts, its med_type recorded.
+    s = _settle(gongji, 120, "--med-type", "emergency")
+    assert (s["bill_reading"], s["med_type"], s["bill"]["in_scope_fen"]) == (
+        "BILL_READING_AMOUNT", "MED_TYPE_EMERGENCY", "120",
+    )  # fmt: skip
+
+    line = gongji.fails(EXIT_USAGE, "settle", "--patient", "demo:xiaoli", "--amount-fen", "500", *parts)
+    assert line == "error: --amount-fen 500 is not the sum of the bill's parts, 450: leave it out", line
+    line = gongji.fails(EXIT_USAGE, "quote", "--patient", "demo:xiaoli")
+    assert "--amount-fen, or its parts (--in-scope-fen, --over-limit-fen, --wholly-self-paid-fen)" in line, line
+    line = gongji.fails(EXIT_REFUSED, "settle", "--patient", "demo:xiaoli", *parts)
+    assert "med_type" in line and reason(line) == "INVALID_ARGUMENT", line
+    line = gongji.fails(EXIT_REFUSED, "quote", "--patient", "demo:xiaoli", "--amount-fen", "100", "--insutype", "390")
+    assert reason(line) == "INSUTYPE_MISMATCH", line
+    assert "argument --med-type: invalid choice: 'dental'" in gongji.usage(
+        "quote", "--patient", "demo:xiaoli", "--amount-fen", "100", "--med-type", "dental"
+    )
+    assert "argument --insutype: invalid choice: '320'" in gongji.usage(
+        "quote", "--patient", "demo:xiaoli", "--amount-fen", "100", "--insutype", "320"
+    )
 
 
 def test_cancel(gongji: Client) -> None:
@@ -281,6 +317,30 @@ def test_check_totals_and_detail_from_a_csv(gongji: Client, tmp_path: Path) -> N
     books.write_text("kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay\nsettlement,a,1.5,0,0,1.5\n")
     line = gongji.fails(EXIT_USAGE, "check-detail", "--csv", str(books), "--start-date", today)
     assert "books.csv line 2: '1.5' is not yuan with two decimals" in line, line
+
+
+def test_check_totals_by_clearing_class_from_a_csv(gongji: Client, tmp_path: Path) -> None:
+    """The only inpatient settlements of this module's demo institution are this test's: its CSV agrees
+    with gongji's line "21"."""
+    today = china_today().isoformat()
+    made = [_settle(gongji, None, "--in-scope-fen", "800", "--over-limit-fen", "34", "--med-type", "inpatient")]
+    made.append(_settle(gongji, None, "--in-scope-fen", "166", "--med-type", "inpatient"))
+    fen = ("amount_fen", "acct_pay_fen", "acct_mulaid_pay_fen", "psn_cash_pay_fen")
+    yuan = [",".join(f"{int(s[k]) // 100}.{int(s[k]) % 100:02d}" for k in fen) for s in made]
+    books = tmp_path / "books.csv"
+    books.write_text(
+        "kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay,insutype,clearing_class\n"
+        + "".join(f"settlement,{s['request_id']},{y},310,21\n" for s, y in zip(made, yuan, strict=True)),
+        encoding="utf-8",
+    )
+    totals = gongji.ok("check-totals", "--csv", str(books), "--start-date", today, "--grouping", "clearing_class")
+    assert totals["grouping"] == "TOTALS_GROUPING_CLEARING_CLASS"
+    lines = {line["group"]: line for line in totals["lines"]}
+    assert lines["21"]["agree"] is True, lines["21"]
+    assert lines["21"]["gongji"]["settled"]["count"] == "2"
+    assert lines["21"]["gongji"]["settled"]["amount_fen"] == "1000"
+    # The demo pharmacy's other settlements of the module (no med_type, or others) are not in this CSV.
+    assert set(lines) <= {"", "11", "21", "41"} and "" in lines and not totals["agree"]
 
 
 # ---- FamilyService ------------------------------------------------------------------------------------
@@ -380,6 +440,37 @@ def test_policy_set_and_policies(gongji: Client) -> None:
     app_token = gongji.servers.tokens["app"]
     line = gongji.fails(EXIT_REFUSED, "policies", "--operator-token", app_token)
     assert reason(line) == "NOT_ALLOWED", line
+
+
+def test_policy_set_wholly_self_paid_rules(gongji: Client) -> None:
+    patient = new_person_id()
+    gongji.ok("enroll", "--person", patient, "--name", "测试", "--birth-date", "1985-06-01", "--region", "460100",
+              "--scheme", "employee")  # fmt: skip
+    gongji.ok("credit", "--person", patient, "--amount-fen", "10000")
+    base = ("policy-set", "--region", "460100", "--scope", "region", "--allow", "spouse")
+    policy = gongji.ok(*base, "--wholly-self-paid", "pharmacy=cash", "--wholly-self-paid", "Inpatient = own")
+    assert policy["policy"]["wholly_self_paid_rules"] == [
+        {"med_type": "MED_TYPE_INPATIENT", "account_pays": True, "mutual_aid_pays": False},
+        {"med_type": "MED_TYPE_PHARMACY", "account_pays": False, "mutual_aid_pays": False},
+    ]
+    bill = ("quote", "--patient", patient, "--in-scope-fen", "100", "--wholly-self-paid-fen", "500")
+    at_pharmacy = gongji.ok(*bill, "--med-type", "pharmacy")
+    assert (at_pharmacy["acct_pay_fen"], at_pharmacy["psn_cash_pay_fen"]) == ("100", "500"), "cash pays 全自费"
+    assert at_pharmacy["cash_parts"]["wholly_self_paid_fen"] == "500"
+    outpatient = gongji.ok(*bill, "--med-type", "outpatient")  # no rule: the accounts pay
+    assert (outpatient["acct_pay_fen"], outpatient["psn_cash_pay_fen"]) == ("600", "0")
+    # accounts: the default again, which the answer leaves out.
+    policy = gongji.ok(*base, "--wholly-self-paid", "pharmacy=accounts")
+    assert policy["policy"]["wholly_self_paid_rules"] == []
+    assert gongji.ok(*bill, "--med-type", "pharmacy")["psn_cash_pay_fen"] == "0"
+
+    line = gongji.fails(EXIT_REFUSED, *base, "--wholly-self-paid", "pharmacy=cash", "--wholly-self-paid",
+                        "pharmacy=own")  # fmt: skip
+    assert "policy.wholly_self_paid_rules[1].med_type" in line and reason(line) == "INVALID_ARGUMENT", line
+    for bad in ("pharmacy=nobody", "dental=cash", "pharmacy"):
+        assert f"argument --wholly-self-paid: invalid rule '{bad}': MED_TYPE=WHO" in gongji.usage(
+            *base, "--wholly-self-paid", bad
+        )
 
 
 def test_ledger(gongji: Client) -> None:

@@ -19,6 +19,7 @@ from gongji.api.validate import china_today
 from gongji.store import credentials
 from gongji.store.credentials import Kind
 from gongji.v1 import settlement_pb2 as pb
+from gongji.v1 import types_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
 S = grpc.StatusCode
@@ -78,18 +79,18 @@ def _today() -> str:
 
 async def test_totals_agree_by_line_and_refund_treatment(api: Api, pool: asyncpg.Pool) -> None:
     institution, token, rows = await _day_of_business(api, pool)
-    for grouping, by_insutype in ((pb.TOTALS_GROUPING_ALL, False), (pb.TOTALS_GROUPING_INSUTYPE, True)):
+    for grouping, word_of in ((pb.TOTALS_GROUPING_ALL, "all"), (pb.TOTALS_GROUPING_INSUTYPE, "insutype")):
         for refunds, word in ((pb.REFUND_TREATMENT_APART, "apart"), (pb.REFUND_TREATMENT_NETTED, "netted"),
                               (pb.REFUND_TREATMENT_EXCLUDED, "excluded")):  # fmt: skip
-            lines = books.totals_lines(rows, by_insutype=by_insutype, refunds=word)
+            lines = books.totals_lines(rows, grouping=word_of, refunds=word)
             request = pb.CheckTotalsRequest(
                 start_date=_today(), end_date=_today(), grouping=grouping, refunds=refunds, lines=lines
             )
             reply = await api.settlement.CheckTotals(request, metadata=bearer(token))
             assert reply.agree, (grouping, word)
-            assert [line.group for line in reply.lines] == (["310", "390"] if by_insutype else [""])
+            assert [line.group for line in reply.lines] == (["310", "390"] if word_of == "insutype" else [""])
     # The defaults (one line, refunds apart), and a line that disagrees: both sides' figures come back.
-    lines = books.totals_lines(rows, by_insutype=False, refunds="apart")
+    lines = books.totals_lines(rows, grouping="all", refunds="apart")
     lines[0].refunded.count += 1
     reply = await api.settlement.CheckTotals(
         pb.CheckTotalsRequest(start_date=_today(), end_date=_today(), lines=lines), metadata=bearer(token)
@@ -99,7 +100,8 @@ async def test_totals_agree_by_line_and_refund_treatment(api: Api, pool: asyncpg
     assert reply.lines[0].gongji.refunded.count == 3 and reply.lines[0].institution.refunded.count == 4
     assert reply.lines[0].gongji.refunds_reversed.count == 1
     assert reply.lines[0].gongji.settled.count == 4
-    # Clearing class: one line until settlements record one. An operator names the institution.
+    # Clearing class: settlements that did not say their med_type are group "". An operator names the
+    # institution.
     reply = await api.settlement.CheckTotals(
         pb.CheckTotalsRequest(
             institution_id=institution, start_date=_today(), end_date=_today(),
@@ -109,6 +111,100 @@ async def test_totals_agree_by_line_and_refund_treatment(api: Api, pool: asyncpg
     )  # fmt: skip
     assert [(line.group, line.agree) for line in reply.lines] == [("", False)]
     assert reply.lines[0].gongji.settled.amount_fen == sum(r.fen[0] for r in rows if r.kind == SETTLEMENT)
+
+
+async def _settle_as(
+    api: Api, patient: str, request_id: str, token: str, med_type: int = 0, insutype: int = 0, wholly_fen: int = 0
+) -> pb.Settlement:
+    """A settlement of 1,000 fen (and `wholly_fen` wholly self-paid) of the kind of care and insurance
+    the terminal says; its bill as parts when it says a med_type."""
+    request = pb.SettleRequest(
+        request_id=request_id, voucher=await api.voucher(patient), patient_id=patient,
+        amount_fen=1_000 + wholly_fen, med_type=med_type, insutype=insutype,
+    )  # fmt: skip
+    if med_type:
+        request.bill.CopyFrom(types_pb2.BillParts(in_scope_fen=1_000, wholly_self_paid_fen=wholly_fen))
+    return (await api.settlement.Settle(request, metadata=bearer(token))).settlement
+
+
+async def test_totals_group_by_the_insutype_and_clearing_class_the_settlement_recorded(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    institution, token = await _institution(pool)
+    employee = await api.enroll(balance_fen=10_000)
+    resident = await api.enroll(scheme=RESIDENT)
+    before = await api.enroll(balance_fen=10_000)  # settles as if before gongji recorded insutype
+    made = [
+        (
+            await _settle_as(
+                api, employee, "o-1", token, types_pb2.MED_TYPE_OUTPATIENT, types_pb2.INSUTYPE_EMPLOYEE_BASIC
+            ),
+            "11",
+        ),
+        (await _settle_as(api, employee, "e-1", token, types_pb2.MED_TYPE_EMERGENCY, wholly_fen=250), "11"),
+        (await _settle_as(api, employee, "i-1", token, types_pb2.MED_TYPE_INPATIENT), "21"),
+        (
+            await _settle_as(
+                api, resident, "p-1", token, types_pb2.MED_TYPE_PHARMACY, types_pb2.INSUTYPE_RESIDENT_BASIC
+            ),
+            "41",
+        ),
+        (await _settle_as(api, resident, "c-1", token, types_pb2.MED_TYPE_CHRONIC_OUTPATIENT), "11"),
+        (await _settle_as(api, resident, "n-1", token), ""),  # no med_type: no clearing class
+        (await _settle_as(api, before, "b-1", token, types_pb2.MED_TYPE_PHARMACY), "41"),
+    ]
+    assert [s.insutype for s, _ in made] == [types_pb2.INSUTYPE_EMPLOYEE_BASIC] * 3 + [
+        types_pb2.INSUTYPE_RESIDENT_BASIC
+    ] * 3 + [types_pb2.INSUTYPE_EMPLOYEE_BASIC]
+    refund = (await cancel(api, made[3][0].settlement_id, 400, request_id="r-1", token=token)).refund
+    # The employee becomes resident-insured after settling: the settlements keep the insutype they
+    # recorded. A settlement with none recorded (made before migration 0015) counts under its patient's
+    # scheme now: `before` becomes resident-insured too, and b-1 counts as 390.
+    await pool.execute("update settlement set insutype = null where institution_id = $1 and request_id = 'b-1'",
+                       institution)  # fmt: skip
+    await api.enroll(person_id=employee, scheme=RESIDENT, balance_fen=0)
+    await api.enroll(person_id=before, scheme=RESIDENT, balance_fen=0)
+    insutype = {"o-1": "310", "e-1": "310", "i-1": "310", "p-1": "390", "c-1": "390", "n-1": "390", "b-1": "390"}
+    rows = [
+        books.BookRow(SETTLEMENT, s.request_id, _book(s, SETTLEMENT, s.request_id).fen, insutype[s.request_id], c)
+        for s, c in made
+    ]
+    rows.append(books.BookRow(CANCEL, "r-1", _book(refund, CANCEL, "r-1").fen, "390", "41"))
+    expected = {"insutype": ["310", "390"], "clearing_class": ["", "11", "21", "41"]}
+    for grouping, word in ((pb.TOTALS_GROUPING_INSUTYPE, "insutype"), (pb.TOTALS_GROUPING_CLEARING_CLASS,
+                                                                        "clearing_class")):  # fmt: skip
+        for refunds, treatment in ((pb.REFUND_TREATMENT_APART, "apart"), (pb.REFUND_TREATMENT_NETTED, "netted")):
+            lines = books.totals_lines(rows, grouping=word, refunds=treatment)
+            request = pb.CheckTotalsRequest(
+                start_date=_today(), end_date=_today(), grouping=grouping, refunds=refunds, lines=lines
+            )
+            reply = await api.settlement.CheckTotals(request, metadata=bearer(token))
+            assert reply.agree, (word, treatment, reply)
+            assert [line.group for line in reply.lines] == expected[word]
+    by_class = {
+        line.group: line.gongji
+        for line in (
+            await api.settlement.CheckTotals(
+                pb.CheckTotalsRequest(
+                    start_date=_today(), end_date=_today(), grouping=pb.TOTALS_GROUPING_CLEARING_CLASS
+                ),
+                metadata=bearer(token),
+            )
+        ).lines
+    }
+    assert {g: (line.settled.count, line.settled.amount_fen) for g, line in by_class.items()} == {
+        "": (1, 1_000), "11": (3, 3_250), "21": (1, 1_000), "41": (2, 2_000)
+    }  # fmt: skip
+    assert (by_class["41"].refunded.count, by_class["41"].refunded.amount_fen) == (1, 400)
+    # A line may name only a group gongji's side may have.
+    bad = pb.TotalsLine(group="13", settled=pb.TotalsFigures())
+    request = pb.CheckTotalsRequest(
+        start_date=_today(), end_date=_today(), grouping=pb.TOTALS_GROUPING_CLEARING_CLASS, lines=[bad]
+    )
+    error = await refused(
+        api.settlement.CheckTotals(request, metadata=bearer(token)), S.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert field_violations(error) == ["lines[0].group"]
 
 
 async def test_detail_answers_only_the_rows_that_differ(api: Api, pool: asyncpg.Pool) -> None:

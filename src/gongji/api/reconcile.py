@@ -14,6 +14,7 @@ from gongji.api.app import timestamp
 from gongji.api.auth import current_principal
 from gongji.api.validate import CHINA, Fields, china_today
 from gongji.domain import reconcile as rules
+from gongji.domain.bill import CLEARING_CLASSES, Insutype
 from gongji.domain.reconcile import Amounts, DetailKind, Figures, Key, Line, RefundTreatment, Row
 from gongji.store import lifecycle, reconcile
 from gongji.store.credentials import Kind
@@ -23,8 +24,12 @@ from gongji.v1 import settlement_pb2 as pb
 _GROUPING_NAMES = convert.names(pb.TotalsGrouping.DESCRIPTOR)
 _TREATMENT_NAMES = convert.names(pb.RefundTreatment.DESCRIPTOR)
 _KIND_NAMES = convert.names(pb.DetailKind.DESCRIPTOR)
-# The groups a line may name, per grouping.
-_GROUPS = {Grouping.ALL: {""}, Grouping.INSUTYPE: {"310", "390"}, Grouping.CLEARING_CLASS: {""}}
+# The groups a line may name, per grouping: those gongji's side may have (store.reconcile).
+_GROUPS = {
+    Grouping.ALL: frozenset({""}),
+    Grouping.INSUTYPE: frozenset(i.value for i in Insutype),
+    Grouping.CLEARING_CLASS: CLEARING_CLASSES,
+}
 _FIRST_DAY = dt.date(1900, 1, 1)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import limits
+from gongji.domain.bill import CLEARING_CLASS
 from gongji.domain.reconcile import ZERO, Amounts, DetailKind, Figures, Key, Line, Row
 
 
@@ -23,47 +24,61 @@ class Grouping(enum.Enum):
     CLEARING_CLASS = "CLEARING_CLASS"
 
 
-# A settlement's group, per grouping, as (expression, join) over `s` (the settlement): the one place
-# that says how a group is derived. Settlements record neither insutype nor clearing class yet, so
-# insutype is the patient's scheme now (EMPLOYEE 310 employee basic, RESIDENT 390 resident basic) and
-# the clearing class one group; once settlements record them, these read the columns instead.
-# The person `p` is joined only where the expression reads it.
+# A settlement's group, per grouping, as an expression over `s` (the settlement): the one place that
+# says how a group is derived. Both read what the settlement recorded (migration 0015):
+# - insutype: the recorded one; a settlement made before gongji recorded it has none, and falls back
+#   to the patient's scheme now (gongji_insutype: EMPLOYEE 310, RESIDENT 390), read only for such rows
+#   (coalesce evaluates its second argument only when the first is null), so no join of the person;
+# - clearing class: from the recorded med_type by domain.bill.CLEARING_CLASS; "" without one (every
+#   settlement made before 0015, and those whose terminal did not say).
+_INSUTYPE_OF = """coalesce(s.insutype,
+                (select gongji_insutype(p.scheme) from person p where p.person_id = s.patient_id))"""
+
+
+def clearing_class_sql(column: str) -> str:
+    """The SQL expression of the clearing class of a settlement whose med_type is `column`, written from
+    domain.bill.CLEARING_CLASS: the mapping has one live place, and this is generated from it."""
+    whens = " ".join(f"when '{m.value}' then '{c}'" for m, c in sorted(CLEARING_CLASS.items()))
+    return f"(case {column} {whens} else '' end)"
+
+
 _GROUP_OF = {
-    Grouping.ALL: ("''", False),
-    Grouping.INSUTYPE: ("case p.scheme when 'EMPLOYEE' then '310' else '390' end", True),
-    Grouping.CLEARING_CLASS: ("''", False),
+    Grouping.ALL: "''",
+    Grouping.INSUTYPE: _INSUTYPE_OF,
+    Grouping.CLEARING_CLASS: clearing_class_sql("s.med_type"),
 }
 _SUMS = """count(*) as count, coalesce(sum(x.amount_fen), 0)::bigint as amount_fen,
        coalesce(sum(x.acct_pay_fen), 0)::bigint as acct_pay_fen,
        coalesce(sum(x.acct_mulaid_pay_fen), 0)::bigint as acct_mulaid_pay_fen,
        coalesce(sum(x.psn_cash_pay_fen), 0)::bigint as psn_cash_pay_fen"""
-_REFUNDED_PATIENT = "join settlement s on s.settlement_id = x.settlement_id join person p on p.person_id = s.patient_id"
+# A refund's group is its settlement's: joined only where the group reads it.
+_REFUNDED = "join settlement s on s.settlement_id = x.settlement_id"
 # Settlements created and refunds made in [start, end) (the institution-and-day indexes), by group.
 _SETTLED_BY_GROUP = {
     g: f"""
 select {group} as grp, {_SUMS}
-  from settlement s {"join person p on p.person_id = s.patient_id" if patient else ""}
+  from settlement s
  where s.institution_id = $1 and s.created_at >= $2 and s.created_at < $3
  group by 1""".replace("x.", "s.")
-    for g, (group, patient) in _GROUP_OF.items()
+    for g, group in _GROUP_OF.items()
 }
 _REFUNDED_BY_GROUP = {
     g: f"""
 select {group} as grp, {_SUMS}
-  from refund x {_REFUNDED_PATIENT if patient else ""}
+  from refund x {_REFUNDED if g is not Grouping.ALL else ""}
  where x.institution_id = $1 and x.created_at >= $2 and x.created_at < $3
  group by 1"""
-    for g, (group, patient) in _GROUP_OF.items()
+    for g, group in _GROUP_OF.items()
 }
 
 # Reversals of refunds made in [start, end) (by the reversal's day), with the amounts they took back.
 _REFUND_REVERSED_BY_GROUP = {
     g: f"""
 select {group} as grp, {_SUMS}
-  from refund_reversal v join refund x on x.refund_id = v.refund_id {_REFUNDED_PATIENT if patient else ""}
+  from refund_reversal v join refund x on x.refund_id = v.refund_id {_REFUNDED if g is not Grouping.ALL else ""}
  where v.institution_id = $1 and v.created_at >= $2 and v.created_at < $3
  group by 1"""
-    for g, (group, patient) in _GROUP_OF.items()
+    for g, group in _GROUP_OF.items()
 }
 
 

@@ -78,12 +78,17 @@ class _TotalsGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Totals
     TOTALS_GROUPING_ALL: _TotalsGrouping.ValueType  # 1
     """One line, group ""."""
     TOTALS_GROUPING_INSUTYPE: _TotalsGrouping.ValueType  # 2
-    """One line per insurance type: group "310" (employee basic) or "390" (resident basic). Until
-    settlements record their insutype it is the patient's scheme when the check runs (EMPLOYEE 310,
-    RESIDENT 390): a person who changed scheme since is counted under the new one.
+    """One line per insurance type: group "310" (employee basic) or "390" (resident basic), the insutype
+    the settlement recorded (Settlement.insutype: the patient's when it was made). A settlement made
+    before gongji recorded it counts under the patient's scheme when the check runs (EMPLOYEE 310,
+    RESIDENT 390). A refund and a reversal count under their settlement's.
     """
     TOTALS_GROUPING_CLEARING_CLASS: _TotalsGrouping.ValueType  # 3
-    """By clearing class (清算类别). Settlements do not record one yet: answered as one line, group ""."""
+    """One line per clearing class (清算类别) of the med_type the settlement recorded: group "11"
+    outpatient care (med_type 11, 13, 14), "21" inpatient care (21), "41" pharmacy purchases (41); ""
+    for a settlement without a med_type (its terminal did not say, or it was made before gongji
+    recorded one). A refund and a reversal count under their settlement's.
+    """
 
 class TotalsGrouping(_TotalsGrouping, metaclass=_TotalsGroupingEnumTypeWrapper):
     """---- Reconciliation against the institution's books (3201 totals check, 3202 detail check) ----------
@@ -112,12 +117,17 @@ TOTALS_GROUPING_UNSPECIFIED: TotalsGrouping.ValueType  # 0
 TOTALS_GROUPING_ALL: TotalsGrouping.ValueType  # 1
 """One line, group ""."""
 TOTALS_GROUPING_INSUTYPE: TotalsGrouping.ValueType  # 2
-"""One line per insurance type: group "310" (employee basic) or "390" (resident basic). Until
-settlements record their insutype it is the patient's scheme when the check runs (EMPLOYEE 310,
-RESIDENT 390): a person who changed scheme since is counted under the new one.
+"""One line per insurance type: group "310" (employee basic) or "390" (resident basic), the insutype
+the settlement recorded (Settlement.insutype: the patient's when it was made). A settlement made
+before gongji recorded it counts under the patient's scheme when the check runs (EMPLOYEE 310,
+RESIDENT 390). A refund and a reversal count under their settlement's.
 """
 TOTALS_GROUPING_CLEARING_CLASS: TotalsGrouping.ValueType  # 3
-"""By clearing class (清算类别). Settlements do not record one yet: answered as one line, group ""."""
+"""One line per clearing class (清算类别) of the med_type the settlement recorded: group "11"
+outpatient care (med_type 11, 13, 14), "21" inpatient care (21), "41" pharmacy purchases (41); ""
+for a settlement without a med_type (its terminal did not say, or it was made before gongji
+recorded one). A refund and a reversal count under their settlement's.
+"""
 Global___TotalsGrouping: _TypeAlias = TotalsGrouping  # noqa: Y015
 
 class _RefundTreatment:
