@@ -40,6 +40,13 @@ declare
     v_mulaid_in bigint;
     r           bill_split;
 begin
+    if p_over_limit_fen = 0 and p_wholly_fen = 0 then
+        -- All within the scope (a bill sent as its amount): one statement, as each one costs.
+        r := row(least(p_amount_fen, v_own), least(p_amount_fen - least(p_amount_fen, v_own), v_mulaid),
+                 p_amount_fen - least(p_amount_fen, v_own) - least(p_amount_fen - least(p_amount_fen, v_own), v_mulaid),
+                 0, 0, 0, 0);
+        return r;
+    end if;
     r.acct_wholly_fen := case when p_account_pays_wholly and not v_to_mulaid then least(v_own, p_wholly_fen) else 0 end;
     v_own_in := least(v_own - r.acct_wholly_fen, v_in_scope);
     r.acct_over_limit_fen := least(v_own - r.acct_wholly_fen - v_own_in, p_over_limit_fen);
