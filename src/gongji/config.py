@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # How long a call's request message may take to follow its headers (limits.py).
     request_message_wait_s: float = Field(default=limits.REQUEST_MESSAGE_WAIT_S, gt=0, le=60)
 
+    # How often each server runs the 医保钱包 expiry work (returning unaccepted transfers past their due
+    # time); it also runs once at start, catching up on what came due while gongji was down.
+    wallet_expiry_interval_s: float = Field(default=30.0, gt=0, le=3600)
+
     # TLS: certificate chain and key (PEM). With a client CA too: mTLS, a client certificate is required.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

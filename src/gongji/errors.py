@@ -147,6 +147,13 @@ class BindingNotFound(NotFound):
     sentence = "the holder has no live binding of this member"
 
 
+class TransferNotFound(NotFound):
+    """No transfer with this id to (or from) this person."""
+
+    reason = "TRANSFER_NOT_FOUND"
+    sentence = "no transfer with this id for this person"
+
+
 class PremiumPaymentNotFound(NotFound):
     reason = "PREMIUM_PAYMENT_NOT_FOUND"
     sentence = "no premium payment with this id"
@@ -237,10 +244,55 @@ class PremiumWindowClosed(FailedPrecondition):
 
 
 class InsufficientBalance(FailedPrecondition):
-    """The payer's account holds less than the premium, which is paid whole from it or not at all."""
+    """The payer's account holds less than a premium or a transfer, which is paid whole from it or not
+    at all."""
 
     reason = "INSUFFICIENT_BALANCE"
-    sentence = "the payer's personal account holds less than the premium"
+    sentence = "the payer's personal account holds less than the amount, which is paid whole or not at all"
+
+
+class WalletNotOpen(FailedPrecondition):
+    """A transfer's recipient has not opened a 医保钱包 (OpenWallet)."""
+
+    reason = "WALLET_NOT_OPEN"
+    sentence = "the recipient has not opened a medical-insurance wallet"
+
+
+class TransferQuietHours(FailedPrecondition):
+    """No transfer is sent between 22:00 and 06:00 China time (the sender's region policy may say other
+    hours)."""
+
+    reason = "TRANSFER_QUIET_HOURS"
+    sentence = "no transfer is sent at this hour (China time); try again in the morning"
+
+
+class TransferOverLimit(FailedPrecondition):
+    """More than one transfer may carry (2,000 元 unless the sender's region policy says otherwise)."""
+
+    reason = "TRANSFER_OVER_LIMIT"
+    sentence = "the amount is more than one transfer may carry"
+
+
+class TransferPending(FailedPrecondition):
+    """The sender has a transfer the recipient has not accepted yet: no other until it resolves."""
+
+    reason = "TRANSFER_PENDING"
+    sentence = "the sender's last transfer is still waiting for its recipient"
+
+
+class TransferDailyLimit(FailedPrecondition):
+    """The sender has sent as many transfers today (China's calendar day) as a day allows (3 unless the
+    sender's region policy says otherwise)."""
+
+    reason = "TRANSFER_DAILY_LIMIT"
+    sentence = "the sender has sent as many transfers today as a day allows"
+
+
+class TransferResolved(FailedPrecondition):
+    """The transfer was accepted, declined or returned already, in another way than this call asks."""
+
+    reason = "TRANSFER_RESOLVED"
+    sentence = "the transfer was resolved already: accepted, declined, or returned to its sender"
 
 
 class IdentityMismatch(FailedPrecondition):

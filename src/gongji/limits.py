@@ -65,6 +65,9 @@ POLICY_RELATIONSHIPS_MAX = 8
 # Pages a client may ask for.
 LEDGER_PAGE_SIZE_DEFAULT = 20
 LEDGER_PAGE_SIZE_MAX = 100
+# The expiry work returns due wallet transfers this many per statement (one transaction each), so that
+# a long backlog after an outage holds no lock for long.
+WALLET_EXPIRY_BATCH = 100
 RECONCILE_PAGE_SIZE_DEFAULT = 100
 RECONCILE_PAGE_SIZE_MAX = 1_000
 PAGE_TOKEN_LEN_MAX = 256

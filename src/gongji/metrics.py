@@ -150,6 +150,38 @@ PREMIUM_PAID_FEN = Counter("gongji_premium_paid_fen_total", "Premiums paid from 
 PREMIUM_REFUNDS = Counter("gongji_premium_refunds_total", "Premium payments refunded (RefundPremium), counted once.")
 PREMIUM_REFUNDED_FEN = Counter("gongji_premium_refunded_fen_total", "Premiums refunded to personal accounts, in fen.")
 
+# The 医保钱包: transfers by what happened to them, and what the expiry work sees. The gauges are set
+# by each replica's expiry work from the database, so any replica's figure is the whole service's:
+# `max` across a server's worker processes.
+WALLET_TRANSFERS = Counter(
+    "gongji_wallet_transfers_total",
+    "Wallet transfers by event: SENT, ACCEPTED, DECLINED, EXPIRED (returned by the expiry work or at an"
+    " accept or decline past the due time); refused sends and calls by their reason.",
+    ["event"],
+)
+WALLET_TRANSFERRED_FEN = Counter(
+    "gongji_wallet_transferred_fen_total", "Money of wallet transfers, in fen, by event as above.", ["event"]
+)
+WALLET_PENDING = Gauge(
+    "gongji_wallet_pending_transfers",
+    "Wallet transfers PENDING (out of the sender's account, not yet accepted), as the expiry work last saw.",
+    multiprocess_mode="max",
+)
+WALLET_PENDING_FEN = Gauge(
+    "gongji_wallet_pending_fen",
+    "Money in PENDING wallet transfers, in fen, as the expiry work last saw.",
+    multiprocess_mode="max",
+)
+WALLET_OVERDUE_SECONDS = Gauge(
+    "gongji_wallet_expiry_overdue_seconds",
+    "How far past its due time the oldest PENDING wallet transfer was when the expiry work last looked"
+    " (0: none was due). Above a few minutes: the expiry work is late or failing.",
+    multiprocess_mode="max",
+)
+WALLET_EXPIRY_RUNS = Counter(
+    "gongji_wallet_expiry_runs_total", "Runs of the wallet expiry work, by outcome: ok, failed.", ["outcome"]
+)
+
 # E-vouchers. Every refusal is counted by reason; the real-name mismatch (a voucher naming someone else
 # than the patient: the fraud signal) also has a family of its own, per institution, so that an alert
 # and an investigator see where it happens without digging through the other reasons.

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
+from gongji.clock import SYSTEM_CLOCK, Clock
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
 from gongji.store import db
@@ -22,6 +23,8 @@ class App:
     settings: Settings
     pool: db.Pool
     vouchers: VoucherCodec
+    # What time it is for the decisions taken by time of day (gongji.clock); tests pass their own.
+    clock: Clock = SYSTEM_CLOCK
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -18,6 +18,7 @@ current_principal: ContextVar[Principal] = ContextVar("current_principal")
 _SERVICE_KINDS: dict[str, frozenset[Kind]] = {
     "gongji.v1.SettlementService": frozenset({Kind.TERMINAL}),
     "gongji.v1.FamilyService": frozenset({Kind.APP}),
+    "gongji.v1.WalletService": frozenset({Kind.APP}),
     "gongji.v1.AccountService": frozenset({Kind.OPERATOR}),
 }
 # Operators reconcile any institution (a terminal reconciles its own). The app backend reads a person's

@@ -22,6 +22,8 @@ from gongji.api.credential_watch import CredentialWatch
 from gongji.api.family import FamilyService
 from gongji.api.interceptor import GongjiInterceptor
 from gongji.api.settlement import SettlementService
+from gongji.api.wallet import WalletService
+from gongji.api.wallet_expiry import WalletExpiry
 from gongji.config import CannotListen, Settings
 from gongji.store import db
 from gongji.v1 import (
@@ -31,6 +33,8 @@ from gongji.v1 import (
     family_pb2_grpc,
     settlement_pb2,
     settlement_pb2_grpc,
+    wallet_pb2,
+    wallet_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
     family_pb2.DESCRIPTOR.services_by_name["FamilyService"].full_name,
+    wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
 )
 
@@ -86,6 +91,7 @@ class Running:
     # The plaintext health-only listener (GONGJI_HEALTH_LISTEN), when configured.
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
+    wallet_expiry: WalletExpiry | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, stop accepting, let in-flight RPCs finish within `grace_s`; then stop
@@ -94,6 +100,8 @@ class Running:
         self.watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.wallet_expiry is not None:
+            await self.wallet_expiry.close()
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.credentials.close()
@@ -143,7 +151,7 @@ async def watch_database(pool: db.Pool, health: HealthServicer) -> None:
 # Every (service, method) of the contract, for the metrics that exist before the first call.
 _METHODS = tuple(
     (service.full_name, method.name)
-    for module in (settlement_pb2, family_pb2, account_pb2)
+    for module in (settlement_pb2, family_pb2, account_pb2, wallet_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 )
@@ -172,6 +180,7 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     )
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(app), server)
     family_pb2_grpc.add_FamilyServiceServicer_to_server(FamilyService(app), server)
+    wallet_pb2_grpc.add_WalletServiceServicer_to_server(WalletService(app), server)
     account_pb2_grpc.add_AccountServiceServicer_to_server(AccountService(app), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -199,7 +208,9 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     watch = asyncio.create_task(watch_database(app.pool, health_servicer), name="gongji-health-watch")
     credential_watch = CredentialWatch(authenticator, app.pool, app.settings.listen_url())
     credential_watch.start()
-    return Running(server, port, health_servicer, watch, credential_watch, health_server, health_port)
+    wallet_expiry = WalletExpiry(app.pool, app.clock, app.settings.wallet_expiry_interval_s)
+    wallet_expiry.start()
+    return Running(server, port, health_servicer, watch, credential_watch, health_server, health_port, wallet_expiry)
 
 
 async def run_until_signalled(running: Running, grace_s: float, on_stop: Callable[[], Awaitable[None]]) -> None:

@@ -134,7 +134,7 @@ def in_scope(a_region: str, b_region: str, scope: Scope) -> bool:
     return a_region == b_region
 
 
-def _check_plausible(authorizer: Person, beneficiary: Person, relationship: Relationship) -> None:
+def check_plausible(authorizer: Person, beneficiary: Person, relationship: Relationship) -> None:
     """Raise RelationshipImplausible when the birth dates contradict `relationship`: a parent or
     grandparent is older than the authorizer, a child or grandchild younger, and a grandparent and
     grandchild are at least limits.GRANDPARENT_AGE_GAP_YEARS_MIN full years apart."""
@@ -174,7 +174,7 @@ def check_grant(
         raise errors.PersonNotActive("the beneficiary's insurance is not active")
     if relationship in ALWAYS_REFUSED or relationship not in policy.allowed:
         raise errors.RelationshipNotAllowed(f"{relationship} may not receive mutual aid in this region")
-    _check_plausible(authorizer, beneficiary, relationship)
+    check_plausible(authorizer, beneficiary, relationship)
     if not in_scope(authorizer.region_code, beneficiary.region_code, policy.scope):
         raise errors.RegionOutOfScope(f"authorizer and beneficiary must be in the same {policy.scope.lower()}")
 

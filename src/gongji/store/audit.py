@@ -127,6 +127,35 @@ having count(*) filter (where l.kind = 'PREMIUM') <> 1
        <> case when p.refunded_at is null then 0 else p.amount_fen end
     or bool_or(l.person_id <> p.payer_id or l.counterpart_id is distinct from p.beneficiary_id)"""
 
+# Every wallet balance is the sum of its entries (wallets open at zero).
+_WALLET_VS_ENTRIES = """
+select w.person_id, w.balance_fen, coalesce(sum(e.amount_fen), 0)::bigint as entries_fen
+  from wallet w left join wallet_entry e on e.person_id = w.person_id
+ group by w.person_id, w.balance_fen
+having w.balance_fen <> coalesce(sum(e.amount_fen), 0)"""
+# Every transfer left its sender's account exactly once (TRANSFER_OUT of its amount); one declined or
+# expired came back exactly once (TRANSFER_RETURN); one accepted is in the recipient's wallet exactly
+# once (TRANSFER_IN); a pending one is in neither: the money in flight is the sum of the pending ones.
+_TRANSFER_VS_BOOKS = """
+select t.transfer_id
+  from wallet_transfer t
+  left join lateral (
+      select count(*) filter (where l.kind = 'TRANSFER_OUT') as outs,
+             coalesce(sum(l.amount_fen) filter (where l.kind = 'TRANSFER_OUT'), 0) as out_fen,
+             count(*) filter (where l.kind = 'TRANSFER_RETURN') as returns,
+             coalesce(sum(l.amount_fen) filter (where l.kind = 'TRANSFER_RETURN'), 0) as return_fen,
+             bool_or(l.person_id <> t.sender_id) as elsewhere
+        from ledger_entry l where l.transfer_id = t.transfer_id) a on true
+  left join lateral (
+      select count(*) as ins, coalesce(sum(e.amount_fen), 0) as in_fen,
+             bool_or(e.person_id <> t.recipient_id) as elsewhere
+        from wallet_entry e where e.transfer_id = t.transfer_id) w on true
+ where a.outs <> 1 or a.out_fen <> -t.amount_fen or coalesce(a.elsewhere, false) or coalesce(w.elsewhere, false)
+    or a.returns <> (t.state in ('VOIDED', 'EXPIRED'))::int
+    or a.return_fen <> case when t.state in ('VOIDED', 'EXPIRED') then t.amount_fen else 0 end
+    or w.ins <> (t.state = 'POSTED')::int
+    or w.in_fen <> case when t.state = 'POSTED' then t.amount_fen else 0 end"""
+
 
 # Each check and how to name what it found. Every query answers the rows that are off.
 _CHECKS = (
@@ -143,6 +172,8 @@ _CHECKS = (
         "beneficiary {beneficiary_id}, {year}: caps count {used_fen} fen, settlements {books_fen} fen",
     ),
     (_PREMIUM_VS_LEDGER, "premium payment {payment_id}: ledger does not match"),
+    (_WALLET_VS_ENTRIES, "wallet {person_id}: balance {balance_fen} fen, entries {entries_fen} fen"),
+    (_TRANSFER_VS_BOOKS, "wallet transfer {transfer_id}: the books do not match its state"),
 )
 
 

@@ -74,7 +74,7 @@ _ALTERED = re.compile(r"^\s*alter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?(\w+)
 _UPGRADE_LOCK_TIMEOUT = "10s"
 
 # The code files, in the order they are applied (a later file may use an earlier one's functions).
-CODE_FILES = ("settle.sql", "premium.sql", "lifecycle.sql", "credentials.sql")
+CODE_FILES = ("settle.sql", "premium.sql", "lifecycle.sql", "credentials.sql", "wallet.sql")
 
 
 @dataclass(frozen=True, slots=True)

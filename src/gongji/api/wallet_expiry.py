@@ -1,0 +1,69 @@
+"""The 医保钱包 expiry work: transfers nobody accepted by their due time go back to their senders.
+
+Every server runs it: once at start (catching up on what came due while gongji was down) and then every
+`wallet_expiry_interval_s`. Several replicas never return a transfer twice: each batch takes the due
+transfers' rows with FOR UPDATE SKIP LOCKED and re-reads their state under the lock (store/sql/wallet.sql,
+gongji_expire_transfers), so one replica's batch skips what another holds, and an accept or decline in
+flight wins or loses whole. Time is the service's clock (gongji.clock): tests move it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from gongji import limits, metrics
+from gongji.api.wallet import count_ended
+from gongji.clock import Clock
+from gongji.store import wallets
+
+log = logging.getLogger(__name__)
+
+
+class WalletExpiry:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, interval_s: float) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        """Return every transfer due by now, a batch per transaction; how many were returned. Then read
+        what is still pending for the gauges."""
+        returned = 0
+        while True:
+            batch = await wallets.expire_due(self._pool, self._clock.now(), limits.WALLET_EXPIRY_BATCH)
+            for t in batch:
+                count_ended(t)
+            returned += len(batch)
+            if len(batch) < limits.WALLET_EXPIRY_BATCH:
+                break
+        stats = await wallets.pending_stats(self._pool, self._clock.now())
+        metrics.WALLET_PENDING.set(stats.pending)
+        metrics.WALLET_PENDING_FEN.set(stats.pending_fen)
+        metrics.WALLET_OVERDUE_SECONDS.set(stats.overdue_s or 0.0)
+        if returned:
+            log.info("wallet transfers returned to their senders", extra={"returned": returned})
+        return returned
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+                metrics.WALLET_EXPIRY_RUNS.labels("ok").inc()
+            except Exception:
+                # Whatever failed (the database away or busy, a defect), the work must go on: the due
+                # transfers stay due and the next run catches up; the log and the metric tell.
+                metrics.WALLET_EXPIRY_RUNS.labels("failed").inc()
+                log.warning("the wallet expiry work failed; it runs again", exc_info=True)
+            await asyncio.sleep(self._interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="gongji-wallet-expiry")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,341 @@
+"""The 医保钱包 (issue 18): wallets, two-phase transfers, their limits at each edge, and the expiry work,
+against a real server whose clock the test holds (gongji.clock.ManualClock) and a real PostgreSQL.
+
+The clock stands in 2031 and later, ahead of any real clock, so that the suite's other servers, whose
+expiry work runs on the machine's clock, never reach these transfers; and every test takes a day of its
+own, so that no test's transfers come due in another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import pytest
+from conftest import VOUCHER_KEY
+from support import RESIDENT, Api, Tokens, bearer, refused
+
+from gongji.api import server
+from gongji.api.app import App
+from gongji.api.wallet_expiry import WalletExpiry
+from gongji.clock import ManualClock
+from gongji.config import Settings
+from gongji.domain.vouchers import VoucherCodec
+from gongji.store import audit, wallets
+from gongji.v1 import types_pb2, wallet_pb2, wallet_pb2_grpc
+
+pytestmark = pytest.mark.usefixtures("books")
+S = grpc.StatusCode
+CHINA = dt.timezone(dt.timedelta(hours=8))
+CHILD, PARENT, SPOUSE = types_pb2.RELATIONSHIP_CHILD, types_pb2.RELATIONSHIP_PARENT, types_pb2.RELATIONSHIP_SPOUSE
+PENDING, POSTED, VOIDED, EXPIRED = (
+    wallet_pb2.TRANSFER_STATE_PENDING,
+    wallet_pb2.TRANSFER_STATE_POSTED,
+    wallet_pb2.TRANSFER_STATE_VOIDED,
+    wallet_pb2.TRANSFER_STATE_EXPIRED,
+)
+_DAYS = itertools.count()
+
+
+def a_day() -> dt.date:
+    """A China calendar day no other test of the module uses."""
+    return dt.date(2031, 1, 1) + dt.timedelta(days=7 * next(_DAYS))
+
+
+def at(day: dt.date, hh: int, mm: int = 0, ss: int = 0) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, hh, mm, ss, tzinfo=CHINA)
+
+
+@dataclass
+class Wallets:
+    """This module's server, its clock, and calls to it as the app backend."""
+
+    clock: ManualClock
+    stub: wallet_pb2_grpc.WalletServiceStub
+    api: Api
+    pool: asyncpg.Pool
+    server_pool: asyncpg.Pool
+
+    def _md(self) -> tuple[tuple[str, str], ...]:
+        return bearer(self.api.tokens.app)
+
+    async def family(self, *, sender_fen: int = 500_000, region: str = "610100", recipient_region: str = "610100"):
+        """A parent with a personal account and their child with an open wallet."""
+        parent = await self.api.enroll(region=region, birth=dt.date(1960, 1, 1), balance_fen=sender_fen)
+        child = await self.api.enroll(region=recipient_region, birth=dt.date(1990, 1, 1), scheme=RESIDENT)
+        await self.stub.OpenWallet(wallet_pb2.OpenWalletRequest(person_id=child), metadata=self._md())
+        return parent, child
+
+    async def send(
+        self, sender: str, recipient: str, amount_fen: int, *, relationship: int = CHILD, request_id: str | None = None
+    ) -> wallet_pb2.SendTransferResponse:
+        reply: wallet_pb2.SendTransferResponse = await self.stub.SendTransfer(
+            wallet_pb2.SendTransferRequest(
+                request_id=request_id or f"t-{uuid.uuid4()}",
+                sender_id=sender,
+                recipient_id=recipient,
+                relationship=relationship,
+                amount_fen=amount_fen,
+            ),
+            metadata=self._md(),
+        )
+        return reply
+
+    async def accept(self, t: wallet_pb2.Transfer) -> wallet_pb2.AcceptTransferResponse:
+        reply: wallet_pb2.AcceptTransferResponse = await self.stub.AcceptTransfer(
+            wallet_pb2.AcceptTransferRequest(transfer_id=t.transfer_id, recipient_id=t.recipient_id),
+            metadata=self._md(),
+        )
+        return reply
+
+    async def decline(self, t: wallet_pb2.Transfer) -> wallet_pb2.DeclineTransferResponse:
+        reply: wallet_pb2.DeclineTransferResponse = await self.stub.DeclineTransfer(
+            wallet_pb2.DeclineTransferRequest(transfer_id=t.transfer_id, recipient_id=t.recipient_id),
+            metadata=self._md(),
+        )
+        return reply
+
+    async def wallet(self, person_id: str) -> wallet_pb2.Wallet:
+        reply = await self.stub.GetWallet(wallet_pb2.GetWalletRequest(person_id=person_id), metadata=self._md())
+        return reply.wallet
+
+    async def expire(self) -> int:
+        return await WalletExpiry(self.server_pool, self.clock, 3600).run_once()
+
+
+@pytest.fixture(scope="module")
+async def wallet_server(db_url: str, server_pool: asyncpg.Pool) -> AsyncIterator[tuple[server.Running, ManualClock]]:
+    clock = ManualClock(at(dt.date(2031, 1, 1), 10))
+    settings = Settings(
+        database_url=db_url, voucher_key=VOUCHER_KEY.decode(), grpc_listen="127.0.0.1:0", wallet_expiry_interval_s=3600
+    )
+    app = App(settings, server_pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1"), clock)
+    running = await server.start(app, "127.0.0.1:0")
+    try:
+        yield running, clock
+    finally:
+        await running.stop(1.0)
+
+
+@pytest.fixture
+async def w(
+    wallet_server: tuple[server.Running, ManualClock], tokens: Tokens, pool: asyncpg.Pool, server_pool: asyncpg.Pool
+) -> AsyncIterator[Wallets]:
+    running, clock = wallet_server
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        clock.set(at(a_day(), 10))
+        yield Wallets(clock, wallet_pb2_grpc.WalletServiceStub(channel), Api(channel, tokens), pool, server_pool)
+
+
+async def test_a_transfer_is_sent_accepted_and_in_the_books(w: Wallets) -> None:
+    parent, child = await w.family(sender_fen=100_000)
+    sent = (await w.send(parent, child, 30_000)).transfer
+    assert (sent.state, sent.amount_fen, sent.relationship) == (PENDING, 30_000, CHILD)
+    day = w.clock.now().astimezone(CHINA).date()
+    assert sent.due_at.ToDatetime(dt.UTC) == at(day + dt.timedelta(days=1), 6)
+    # Out of the sender's account at once: it cannot be spent twice.
+    assert await w.api.balance(parent) == 70_000
+    assert (await w.wallet(child)).pending_in_fen == 30_000
+    w.clock.advance(dt.timedelta(hours=3))
+    accepted = await w.accept(sent)
+    assert (accepted.transfer.state, accepted.replayed) == (POSTED, False)
+    wallet = await w.wallet(child)
+    assert (wallet.balance_fen, wallet.pending_in_fen) == (30_000, 0)
+    # Accepting again answers it again; declining it now is refused; the money stays.
+    again = await w.accept(sent)
+    assert (again.transfer.state, again.replayed) == (POSTED, True)
+    await refused(w.decline(sent), S.FAILED_PRECONDITION, "TRANSFER_RESOLVED")
+    assert (await w.wallet(child)).balance_fen == 30_000 and await w.api.balance(parent) == 70_000
+
+
+async def test_a_declined_transfer_goes_back_and_a_send_is_idempotent(w: Wallets) -> None:
+    parent, child = await w.family(sender_fen=10_000)
+    first = await w.send(parent, child, 4_000, request_id="wallet-once-" + parent)
+    again = await w.send(parent, child, 4_000, request_id="wallet-once-" + parent)
+    assert (again.replayed, again.transfer.transfer_id) == (True, first.transfer.transfer_id)
+    await refused(
+        w.send(parent, child, 4_001, request_id="wallet-once-" + parent), S.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED"
+    )
+    declined = await w.decline(first.transfer)
+    assert declined.transfer.state == VOIDED
+    assert await w.api.balance(parent) == 10_000
+    assert (await w.decline(first.transfer)).replayed
+    await refused(w.accept(first.transfer), S.FAILED_PRECONDITION, "TRANSFER_RESOLVED")
+    # Someone else cannot resolve it.
+    stranger = await w.api.enroll()
+    await refused(
+        w.stub.AcceptTransfer(
+            wallet_pb2.AcceptTransferRequest(transfer_id=first.transfer.transfer_id, recipient_id=stranger),
+            metadata=bearer(w.api.tokens.app),
+        ),
+        S.NOT_FOUND,
+        "TRANSFER_NOT_FOUND",
+    )
+
+
+async def test_the_daily_count_the_amount_and_one_pending_at_a_time(w: Wallets) -> None:
+    parent, child = await w.family()
+    day = w.clock.now().astimezone(CHINA).date()
+    # 2,000.01 元 is over; 2,000.00 is the most.
+    await refused(w.send(parent, child, 200_001), S.FAILED_PRECONDITION, "TRANSFER_OVER_LIMIT")
+    first = (await w.send(parent, child, 200_000)).transfer
+    # A second while the first is pending.
+    await refused(w.send(parent, child, 100), S.FAILED_PRECONDITION, "TRANSFER_PENDING")
+    await w.decline(first)
+    second = (await w.send(parent, child, 100)).transfer
+    await w.accept(second)
+    third = (await w.send(parent, child, 100)).transfer
+    await w.accept(third)
+    # The fourth of the day, whatever became of the first three.
+    await refused(w.send(parent, child, 100), S.FAILED_PRECONDITION, "TRANSFER_DAILY_LIMIT")
+    w.clock.set(at(day + dt.timedelta(days=1), 6))
+    assert (await w.send(parent, child, 100)).transfer.state == PENDING
+    assert await w.api.balance(parent) == 500_000 - 300
+
+
+async def test_no_sends_from_22_00_to_06_00_china_time(w: Wallets) -> None:
+    parent, child = await w.family()
+    day = w.clock.now().astimezone(CHINA).date()
+    w.clock.set(at(day, 21, 59, 59))
+    t = (await w.send(parent, child, 100)).transfer
+    await w.accept(t)
+    w.clock.set(at(day, 22))
+    await refused(w.send(parent, child, 100), S.FAILED_PRECONDITION, "TRANSFER_QUIET_HOURS")
+    w.clock.set(at(day + dt.timedelta(days=1), 5, 59, 59))
+    await refused(w.send(parent, child, 100), S.FAILED_PRECONDITION, "TRANSFER_QUIET_HOURS")
+    w.clock.set(at(day + dt.timedelta(days=1), 6))
+    assert (await w.send(parent, child, 100)).transfer.state == PENDING
+
+
+async def test_an_unaccepted_transfer_goes_back_at_06_00_the_next_day(w: Wallets) -> None:
+    parent, child = await w.family(sender_fen=1_000)
+    day = w.clock.now().astimezone(CHINA).date()
+    t = (await w.send(parent, child, 600)).transfer
+    w.clock.set(at(day + dt.timedelta(days=1), 5, 59, 59))
+    await w.expire()
+    assert (await w.wallet(child)).pending_in_fen == 600  # not yet
+    w.clock.set(at(day + dt.timedelta(days=1), 6))
+    assert await w.expire() >= 1
+    assert await w.api.balance(parent) == 1_000
+    await refused(w.accept(t), S.FAILED_PRECONDITION, "TRANSFER_RESOLVED")
+    # Declining a returned transfer answers it as it is.
+    declined = await w.decline(t)
+    assert (declined.transfer.state, declined.replayed) == (EXPIRED, True)
+
+
+async def test_an_accept_past_the_due_time_returns_the_money_whether_the_work_ran_or_not(w: Wallets) -> None:
+    parent, child = await w.family(sender_fen=1_000)
+    day = w.clock.now().astimezone(CHINA).date()
+    late = (await w.send(parent, child, 700)).transfer
+    w.clock.set(at(day + dt.timedelta(days=1), 6))
+    await refused(w.accept(late), S.FAILED_PRECONDITION, "TRANSFER_RESOLVED")
+    assert await w.api.balance(parent) == 1_000
+    assert (await w.wallet(child)).balance_fen == 0
+
+
+async def test_the_recipient_must_have_a_wallet_and_be_a_close_relative(w: Wallets) -> None:
+    parent = await w.api.enroll(birth=dt.date(1960, 1, 1), balance_fen=10_000)
+    no_wallet = await w.api.enroll(birth=dt.date(1990, 1, 1))
+    await refused(w.send(parent, no_wallet, 100), S.FAILED_PRECONDITION, "WALLET_NOT_OPEN")
+    _, child = await w.family()
+    # A "parent" younger than the sender: the birth dates contradict it.
+    await refused(w.send(parent, child, 100, relationship=PARENT), S.FAILED_PRECONDITION, "RELATIONSHIP_IMPLAUSIBLE")
+    await refused(
+        w.send(parent, child, 100, relationship=types_pb2.RELATIONSHIP_PARENT_IN_LAW),
+        S.FAILED_PRECONDITION,
+        "RELATIONSHIP_NOT_ALLOWED",
+    )
+    # A resident has no personal account to send from.
+    resident = await w.api.enroll(birth=dt.date(1960, 1, 1), scheme=RESIDENT)
+    await refused(w.send(resident, child, 100), S.FAILED_PRECONDITION, "NOT_EMPLOYEE_INSURED")
+    # Across provinces, by default.
+    far_parent, far_child = await w.family(region="610100", recipient_region="450100")
+    assert (await w.send(far_parent, far_child, 100)).transfer.state == PENDING
+    assert await w.api.balance(parent) == 10_000
+
+
+async def test_accept_racing_the_expiry_ends_each_transfer_once(w: Wallets) -> None:
+    """Many times over: an accept and the expiry work (two replicas of it) on a transfer at its due
+    time. Exactly one outcome each; the books say which."""
+    families = [await w.family(sender_fen=1_500) for _ in range(12)]
+    day = w.clock.now().astimezone(CHINA).date()
+    sent = [(await w.send(p, c, 1_000)).transfer for p, c in families]
+    w.clock.set(
+        at(
+            day + dt.timedelta(days=1),
+            5,
+            59,
+            59,
+        )
+        + dt.timedelta(microseconds=999_999)
+    )
+
+    async def accept(t: wallet_pb2.Transfer) -> str:
+        try:
+            return wallet_pb2.TransferState.Name((await w.accept(t)).transfer.state)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+
+    outcomes = await asyncio.gather(*(accept(t) for t in sent), w.expire(), w.expire())
+    accepted = [o for o in outcomes[: len(sent)] if o == "TRANSFER_STATE_POSTED"]
+    assert len(accepted) == len(sent)  # before 06:00 the accept wins: nothing was due
+    w.clock.set(at(day + dt.timedelta(days=2), 10))
+    second = [(await w.send(p, c, 500)).transfer for p, c in families]
+    w.clock.set(at(day + dt.timedelta(days=3), 6))
+    outcomes = await asyncio.gather(*(accept(t) for t in second), w.expire(), w.expire())
+    assert all(o == "FAILED_PRECONDITION" for o in outcomes[: len(second)])
+    assert sum(outcomes[len(second) :]) <= len(second)
+    for parent, child in families:
+        assert await w.api.balance(parent) == 500  # 1,000 sent and kept, 500 sent and returned
+        assert (await w.wallet(child)).balance_fen == 1_000
+    assert await audit.differences(w.pool) == []
+
+
+async def test_two_replicas_return_each_due_transfer_once(w: Wallets) -> None:
+    families = [await w.family(sender_fen=300) for _ in range(30)]
+    day = w.clock.now().astimezone(CHINA).date()
+    for parent, child in families:
+        await w.send(parent, child, 300)
+    w.clock.set(at(day + dt.timedelta(days=1), 7))
+    returned = await asyncio.gather(*(w.expire() for _ in range(4)))
+    assert sum(returned) >= len(families)  # these, and any other test's left due by this hour
+    for parent, _ in families:
+        assert await w.api.balance(parent) == 300
+    entries = await w.pool.fetchval(
+        "select count(*) from ledger_entry where kind = 'TRANSFER_RETURN' and person_id = any($1::text[])",
+        [p for p, _ in families],
+    )
+    assert entries == len(families)
+
+
+async def test_a_server_started_after_the_due_time_catches_up(
+    w: Wallets, db_url: str, server_pool: asyncpg.Pool
+) -> None:
+    """gongji was down over 06:00: the expiry work runs at start and returns what came due meanwhile."""
+    parent, child = await w.family(sender_fen=800)
+    day = w.clock.now().astimezone(CHINA).date()
+    t = (await w.send(parent, child, 800)).transfer
+    later = ManualClock(at(day + dt.timedelta(days=1), 9))
+    settings = Settings(
+        database_url=db_url, voucher_key=VOUCHER_KEY.decode(), grpc_listen="127.0.0.1:0", wallet_expiry_interval_s=3600
+    )
+    restarted = await server.start(
+        App(settings, server_pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1"), later), "127.0.0.1:0"
+    )
+    try:
+        for _ in range(100):
+            if await w.api.balance(parent) == 800:
+                break
+            await asyncio.sleep(0.05)
+        assert await w.api.balance(parent) == 800
+    finally:
+        await restarted.stop(1.0)
+    row = await wallets.get_wallet(w.pool, child)
+    assert row is not None and row.pending_in_fen == 0
+    assert t.state == PENDING
