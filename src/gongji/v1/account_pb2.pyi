@@ -349,6 +349,7 @@ class RegionPolicy(_message.Message):
     MUTUAL_AID_OUT_OF_REGION_FIELD_NUMBER: _builtins.int
     MUTUAL_AID_OUT_OF_PROVINCE_FIELD_NUMBER: _builtins.int
     WHOLLY_SELF_PAID_RULES_FIELD_NUMBER: _builtins.int
+    WALLET_FIELD_NUMBER: _builtins.int
     region_key: _builtins.str
     scope: _types_pb2.GrantScope.ValueType
     beneficiary_yearly_cap_fen: _builtins.int
@@ -388,6 +389,12 @@ class RegionPolicy(_message.Message):
         patient's region.
         """
 
+    @_builtins.property
+    def wallet(self) -> Global___WalletPolicy:
+        """The limits on 医保钱包 transfers a person insured in this region sends (WalletService). Unset fields
+        take the published values; answers show every field as it applies.
+        """
+
     def __init__(
         self,
         *,
@@ -401,10 +408,11 @@ class RegionPolicy(_message.Message):
         mutual_aid_out_of_region: _builtins.bool | None = ...,
         mutual_aid_out_of_province: _builtins.bool | None = ...,
         wholly_self_paid_rules: _abc.Iterable[Global___WhollySelfPaidRule] | None = ...,
+        wallet: Global___WalletPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "updated_at", b"updated_at", "wallet", b"wallet"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "accepted_certificate_types", b"accepted_certificate_types", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at", "wholly_self_paid_rules", b"wholly_self_paid_rules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "accepted_certificate_types", b"accepted_certificate_types", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at", "wallet", b"wallet", "wholly_self_paid_rules", b"wholly_self_paid_rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_floor_fen: _TypeAlias = _typing.Literal["authorizer_floor_fen"]  # noqa: Y015
     _WhichOneofArgType__authorizer_floor_fen: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen"]  # noqa: Y015
@@ -424,6 +432,68 @@ class RegionPolicy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mutual_aid_out_of_region) -> _WhichOneofReturnType__mutual_aid_out_of_region | None: ...
 
 Global___RegionPolicy: _TypeAlias = RegionPolicy  # noqa: Y015
+
+@_typing.final
+class WalletPolicy(_message.Message):
+    """The limits on sending 医保钱包 transfers, by the sender's region. Each unset field is the published
+    value of 2025, given after it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELATIONSHIPS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    SENDS_PER_DAY_FIELD_NUMBER: _builtins.int
+    SEND_MAX_FEN_FIELD_NUMBER: _builtins.int
+    QUIET_FROM_FIELD_NUMBER: _builtins.int
+    QUIET_UNTIL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    scope: _types_pb2.GrantScope.ValueType
+    """How far apart sender and recipient may live. Unset: anywhere in the country (GRANT_SCOPE_NATIONAL)."""
+    sends_per_day: _builtins.int
+    """Sends per sender and China calendar day, whatever became of them: 0 to 100. Unset: 3."""
+    send_max_fen: _builtins.int
+    """The most one transfer carries: 1 to 100,000,000 fen. Unset: 200,000 (2,000 元)."""
+    quiet_from: _builtins.str
+    """No sends from quiet_from (included) to quiet_until (excluded), China time, "HH:MM"; over midnight
+    when quiet_from is the later, none when they are equal. Unset: "22:00" and "06:00".
+    """
+    quiet_until: _builtins.str
+    expires_at: _builtins.str
+    """An unaccepted transfer goes back to its sender at this time ("HH:MM", China time) the day after it
+    was sent. Unset: "06:00".
+    """
+    @_builtins.property
+    def relationships(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Relationship.ValueType]:
+        """Who may receive, as the recipient's relation to the sender. Empty: the close relatives (spouse,
+        parents, children, siblings, grandparents, grandchildren).
+        """
+
+    def __init__(
+        self,
+        *,
+        relationships: _abc.Iterable[_types_pb2.Relationship.ValueType] | None = ...,
+        scope: _types_pb2.GrantScope.ValueType = ...,
+        sends_per_day: _builtins.int | None = ...,
+        send_max_fen: _builtins.int | None = ...,
+        quiet_from: _builtins.str = ...,
+        quiet_until: _builtins.str = ...,
+        expires_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_send_max_fen", b"_send_max_fen", "_sends_per_day", b"_sends_per_day", "send_max_fen", b"send_max_fen", "sends_per_day", b"sends_per_day"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_send_max_fen", b"_send_max_fen", "_sends_per_day", b"_sends_per_day", "expires_at", b"expires_at", "quiet_from", b"quiet_from", "quiet_until", b"quiet_until", "relationships", b"relationships", "scope", b"scope", "send_max_fen", b"send_max_fen", "sends_per_day", b"sends_per_day"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__send_max_fen: _TypeAlias = _typing.Literal["send_max_fen"]  # noqa: Y015
+    _WhichOneofArgType__send_max_fen: _TypeAlias = _typing.Literal["_send_max_fen", b"_send_max_fen"]  # noqa: Y015
+    _WhichOneofReturnType__sends_per_day: _TypeAlias = _typing.Literal["sends_per_day"]  # noqa: Y015
+    _WhichOneofArgType__sends_per_day: _TypeAlias = _typing.Literal["_sends_per_day", b"_sends_per_day"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__send_max_fen) -> _WhichOneofReturnType__send_max_fen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sends_per_day) -> _WhichOneofReturnType__sends_per_day | None: ...
+
+Global___WalletPolicy: _TypeAlias = WalletPolicy  # noqa: Y015
 
 @_typing.final
 class WhollySelfPaidRule(_message.Message):
