@@ -28,7 +28,7 @@ from gongji.clock import ManualClock
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
 from gongji.store import audit, wallets
-from gongji.v1 import types_pb2, wallet_pb2, wallet_pb2_grpc
+from gongji.v1 import account_pb2, types_pb2, wallet_pb2, wallet_pb2_grpc
 
 pytestmark = pytest.mark.usefixtures("books")
 S = grpc.StatusCode
@@ -139,8 +139,18 @@ async def test_a_transfer_is_sent_accepted_and_in_the_books(w: Wallets) -> None:
     assert (sent.state, sent.amount_fen, sent.relationship) == (PENDING, 30_000, CHILD)
     day = w.clock.now().astimezone(CHINA).date()
     assert sent.due_at.ToDatetime(dt.UTC) == at(day + dt.timedelta(days=1), 6)
-    # Out of the sender's account at once: it cannot be spent twice.
+    # Out of the sender's account at once: it cannot be spent twice; GetAccount and ListLedger say where.
     assert await w.api.balance(parent) == 70_000
+    account = await w.api.account.GetAccount(
+        account_pb2.GetAccountRequest(person_id=parent), metadata=bearer(w.api.tokens.app)
+    )
+    assert account.account.transfer_pending_out_fen == 30_000
+    ledger = await w.api.account.ListLedger(
+        account_pb2.ListLedgerRequest(person_id=parent, page_size=1), metadata=bearer(w.api.tokens.app)
+    )
+    newest = ledger.entries[0]
+    assert (newest.kind, newest.amount_fen, newest.transfer_id) == ("TRANSFER_OUT", -30_000, sent.transfer_id)
+    assert newest.note.startswith("to the wallet of ") and child not in newest.note
     assert (await w.wallet(child)).pending_in_fen == 30_000
     w.clock.advance(dt.timedelta(hours=3))
     accepted = await w.accept(sent)

@@ -183,12 +183,18 @@ def mutual_aid_limit(limit: Limit | None) -> types_pb2.MutualAidLimit.ValueType:
 
 # What a premium's entries say, with the beneficiary masked: never a whole ID number, a name or a phone.
 _PREMIUM_NOTES = {"PREMIUM": "premium for {who}, {year}", "PREMIUM_REFUND": "premium refunded for {who}, {year}"}
+_TRANSFER_NOTES = {
+    "TRANSFER_OUT": "to the wallet of {who}",
+    "TRANSFER_RETURN": "back from {who}: declined, or not accepted in time",
+}
 
 
 def _note(e: EntryRow) -> str:
     if e.kind in _PREMIUM_NOTES and e.counterpart_id is not None:
         said = _PREMIUM_NOTES[e.kind].format(who=mask_id(e.counterpart_id), year=e.premium_year)
         return "; ".join(filter(None, (said, e.note)))
+    if e.kind in _TRANSFER_NOTES and e.counterpart_id is not None:
+        return _TRANSFER_NOTES[e.kind].format(who=mask_id(e.counterpart_id))
     return e.note or ""
 
 
@@ -202,6 +208,7 @@ def ledger_entry(e: EntryRow) -> account_pb2.LedgerEntry:
         credit_id=str(e.credit_id or ""),
         refund_id=str(e.refund_id or ""),
         premium_payment_id=str(e.premium_payment_id or ""),
+        transfer_id=str(e.transfer_id or ""),
         counterpart_id_masked=mask_id(e.counterpart_id) if e.counterpart_id else "",
         note=_note(e),
         created_at=timestamp(e.created_at),

@@ -14,7 +14,7 @@ from gongji.store import db
 # premium's entries with the year paid for (the payment's key: one row each).
 _PAGE = """
 select l.entry_id, l.amount_fen, l.balance_after_fen, l.kind, l.settlement_id, l.credit_id, l.refund_id,
-       l.premium_payment_id, l.counterpart_id, l.note, l.created_at, p.year as premium_year
+       l.premium_payment_id, l.transfer_id, l.counterpart_id, l.note, l.created_at, p.year as premium_year
   from ledger_entry l left join premium_payment p on p.payment_id = l.premium_payment_id
  where l.person_id = $1 and l.entry_id < $2 order by l.entry_id desc limit $3"""
 
@@ -31,6 +31,7 @@ class EntryRow:
     credit_id: uuid.UUID | None
     refund_id: uuid.UUID | None
     premium_payment_id: uuid.UUID | None
+    transfer_id: uuid.UUID | None
     counterpart_id: str | None
     note: str | None
     created_at: dt.datetime

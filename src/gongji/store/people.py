@@ -17,7 +17,9 @@ _SELECT_PERSON = f"select {PERSON_COLUMNS} from person where person_id = $1"
 
 _SELECT_ACCOUNT = """
 select p.person_id, p.name, p.birth_date, p.region_code, p.scheme, p.status, p.document_type, p.document_number,
-       a.balance_fen
+       a.balance_fen,
+       (select coalesce(sum(t.amount_fen), 0) from wallet_transfer t
+         where t.sender_id = p.person_id and t.state = 'PENDING')::bigint as transfer_pending_out_fen
   from person p left join account a on a.person_id = p.person_id
  where p.person_id = $1"""
 
@@ -54,6 +56,7 @@ update mutual_aid_grant set status = 'ENDED', ended_at = now(), end_reason = $2
 class AccountView:
     person: Person
     balance_fen: int | None  # None: no personal account (resident-insured)
+    transfer_pending_out_fen: int = 0  # sent to a 医保钱包, not yet accepted (out of balance_fen)
 
 
 def person_from_row(row: asyncpg.Record) -> Person:
@@ -88,7 +91,7 @@ async def get_account(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) -
         return None
     person = person_from_row(row)
     balance = row["balance_fen"] if person.has_personal_account else None
-    return AccountView(person, balance)
+    return AccountView(person, balance, row["transfer_pending_out_fen"])
 
 
 async def enroll(pool: asyncpg.Pool, person: Person, *, keep_document: bool = False) -> tuple[bool, int]:

@@ -194,6 +194,7 @@ class Account(_message.Message):
     REGION_CODE_FIELD_NUMBER: _builtins.int
     BALANCE_FEN_FIELD_NUMBER: _builtins.int
     HAS_PERSONAL_ACCOUNT_FIELD_NUMBER: _builtins.int
+    TRANSFER_PENDING_OUT_FEN_FIELD_NUMBER: _builtins.int
     person_id: _builtins.str
     scheme: _types_pb2.Scheme.ValueType
     status: _types_pb2.PersonStatus.ValueType
@@ -201,6 +202,10 @@ class Account(_message.Message):
     balance_fen: _builtins.int
     """0 for a resident-insured person, who has no personal account."""
     has_personal_account: _builtins.bool
+    transfer_pending_out_fen: _builtins.int
+    """Sent to a relative's 医保钱包 and not yet accepted (WalletService): out of balance_fen, and back in
+    it if the transfer is declined or not accepted in time.
+    """
     def __init__(
         self,
         *,
@@ -210,10 +215,11 @@ class Account(_message.Message):
         region_code: _builtins.str = ...,
         balance_fen: _builtins.int = ...,
         has_personal_account: _builtins.bool = ...,
+        transfer_pending_out_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "has_personal_account", b"has_personal_account", "person_id", b"person_id", "region_code", b"region_code", "scheme", b"scheme", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "has_personal_account", b"has_personal_account", "person_id", b"person_id", "region_code", b"region_code", "scheme", b"scheme", "status", b"status", "transfer_pending_out_fen", b"transfer_pending_out_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,19 +290,22 @@ class LedgerEntry(_message.Message):
     REFUND_ID_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     PREMIUM_PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     amount_fen: _builtins.int
     """Signed: positive credits the account, negative debits it."""
     balance_after_fen: _builtins.int
     kind: _builtins.str
     """CREDIT, SETTLEMENT, MUTUAL_AID, REFUND, REVERSAL, PREMIUM (a relative's resident premium paid from
-    the account), PREMIUM_REFUND (that premium given back).
+    the account), PREMIUM_REFUND (that premium given back), TRANSFER_OUT (sent to a relative's 医保钱包),
+    TRANSFER_RETURN (that transfer back: declined, or not accepted in time).
     """
     settlement_id: _builtins.str
     credit_id: _builtins.str
     counterpart_id_masked: _builtins.str
-    """The family member who used the money (masked), for mutual-aid entries and their refunds, and the
-    relative whose premium was paid, for PREMIUM and PREMIUM_REFUND.
+    """The family member who used the money (masked), for mutual-aid entries and their refunds; the
+    relative whose premium was paid, for PREMIUM and PREMIUM_REFUND; the transfer's recipient, for
+    TRANSFER_OUT and TRANSFER_RETURN.
     """
     refund_id: _builtins.str
     note: _builtins.str
@@ -305,6 +314,8 @@ class LedgerEntry(_message.Message):
     """
     premium_payment_id: _builtins.str
     """The premium payment a PREMIUM or PREMIUM_REFUND entry belongs to; empty for other kinds."""
+    transfer_id: _builtins.str
+    """The wallet transfer a TRANSFER_OUT or TRANSFER_RETURN entry belongs to; empty for other kinds."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -321,10 +332,11 @@ class LedgerEntry(_message.Message):
         refund_id: _builtins.str = ...,
         note: _builtins.str = ...,
         premium_payment_id: _builtins.str = ...,
+        transfer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "balance_after_fen", b"balance_after_fen", "counterpart_id_masked", b"counterpart_id_masked", "created_at", b"created_at", "credit_id", b"credit_id", "entry_id", b"entry_id", "kind", b"kind", "note", b"note", "premium_payment_id", b"premium_payment_id", "refund_id", b"refund_id", "settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "balance_after_fen", b"balance_after_fen", "counterpart_id_masked", b"counterpart_id_masked", "created_at", b"created_at", "credit_id", b"credit_id", "entry_id", b"entry_id", "kind", b"kind", "note", b"note", "premium_payment_id", b"premium_payment_id", "refund_id", b"refund_id", "settlement_id", b"settlement_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
