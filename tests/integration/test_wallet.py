@@ -14,11 +14,13 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import grpc
 import pytest
 from conftest import VOUCHER_KEY
+from harness import reason_of
 from support import RESIDENT, Api, Tokens, bearer, refused
 
 from gongji.api import server
@@ -349,3 +351,37 @@ async def test_a_server_started_after_the_due_time_catches_up(
     row = await wallets.get_wallet(w.pool, child)
     assert row is not None and row.pending_in_fen == 0
     assert t.state == PENDING
+
+
+async def test_accept_decline_expiry_and_a_retried_send_race_to_one_outcome(w: Wallets) -> None:
+    """For each transfer, at once: an accept, a decline, the same send again and two expiry runs. Each
+    transfer ends accepted or declined, never both; the retried send answers the one transfer."""
+    families = [await w.family(sender_fen=2_000) for _ in range(16)]
+    sent = []
+    for parent, child in families:
+        reply = await w.send(parent, child, 2_000, request_id=f"race-{parent}")
+        sent.append(reply.transfer)
+    w.clock.advance(dt.timedelta(hours=1))
+
+    async def call(coroutine: Any) -> Any:
+        try:
+            return await coroutine
+        except grpc.aio.AioRpcError as exc:
+            return reason_of(exc)
+
+    calls = [
+        c
+        for (parent, child), t in zip(families, sent, strict=True)
+        for c in (w.accept(t), w.decline(t), w.send(parent, child, 2_000, request_id=f"race-{parent}"))
+    ]
+    answers = await asyncio.gather(*(call(c) for c in calls), w.expire(), w.expire())
+    for i, ((parent, child), t) in enumerate(zip(families, sent, strict=True)):
+        accepted, declined, again = answers[3 * i : 3 * i + 3]
+        assert again.replayed and again.transfer.transfer_id == t.transfer_id
+        won = [a for a in (accepted, declined) if not isinstance(a, str) and not a.replayed]
+        assert len(won) == 1, (accepted, declined)
+        lost = declined if won[0] is accepted else accepted
+        assert lost == "TRANSFER_RESOLVED"
+        in_wallet = (await w.wallet(child)).balance_fen
+        back = await w.api.balance(parent)
+        assert (in_wallet, back) == ((2_000, 0) if won[0] is accepted else (0, 2_000))
