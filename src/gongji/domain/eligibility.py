@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from gongji import errors, limits
 from gongji.domain.bill import ACCOUNTS_PAY, MedType, WhollySelfPaid
-from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, age_on
+from gongji.domain.people import CLOSE_RELATIVES, Person, PersonStatus, Relationship, Scheme, age_on
 from gongji.domain.vouchers import CARDS, CertType
 
 
@@ -24,19 +24,6 @@ class Scope(enum.StrEnum):
 # Never allowed for a grant, whatever the region's policy says.
 ALWAYS_REFUSED = frozenset({Relationship.PARENT_IN_LAW, Relationship.OTHER})
 
-# The close relatives (近亲属) whose costs and resident premium an employee's personal account may pay
-# since 国办发〔2024〕38号: spouse, parents, children, siblings, grandparents and grandchildren, on the
-# father's and the mother's side alike. What a region with no policy of its own allows.
-CLOSE_RELATIVES = frozenset(
-    {
-        Relationship.SPOUSE,
-        Relationship.PARENT,
-        Relationship.CHILD,
-        Relationship.SIBLING,
-        Relationship.GRANDPARENT,
-        Relationship.GRANDCHILD,
-    }
-)
 # The set of the 2023 rules (spouse, parents, children), which a region may keep with SetRegionPolicy.
 IMMEDIATE_FAMILY = frozenset({Relationship.SPOUSE, Relationship.PARENT, Relationship.CHILD})
 

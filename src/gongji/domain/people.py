@@ -35,6 +35,22 @@ class Relationship(enum.StrEnum):
     OTHER = "OTHER"
 
 
+# The close relatives (近亲属) whose costs and resident premium an employee's personal account may pay
+# since 国办发〔2024〕38号, and who may receive 医保钱包 transfers since 2025: spouse, parents, children,
+# siblings, grandparents and grandchildren, on the father's and the mother's side alike. What a region
+# with no policy of its own allows.
+CLOSE_RELATIVES = frozenset(
+    {
+        Relationship.SPOUSE,
+        Relationship.PARENT,
+        Relationship.CHILD,
+        Relationship.SIBLING,
+        Relationship.GRANDPARENT,
+        Relationship.GRANDCHILD,
+    }
+)
+
+
 class DocumentType(enum.StrEnum):
     RESIDENT_ID_CARD = "RESIDENT_ID_CARD"  # 居民身份证: its number is the person_id
     HK_MO_TW_RESIDENCE_PERMIT = "HK_MO_TW_RESIDENCE_PERMIT"

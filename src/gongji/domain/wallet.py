@@ -15,25 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from gongji import errors
-from gongji.domain.people import Person, PersonStatus, Relationship, Scheme
+from gongji.domain.people import CLOSE_RELATIVES, Person, PersonStatus, Relationship, Scheme
 
 CHINA = ZoneInfo("Asia/Shanghai")
-
-# The close relatives of 国办发〔2024〕38号 (the same set as for grants: eligibility.CLOSE_RELATIVES).
-_CLOSE_RELATIVES = frozenset(
-    {
-        Relationship.SPOUSE,
-        Relationship.PARENT,
-        Relationship.CHILD,
-        Relationship.SIBLING,
-        Relationship.GRANDPARENT,
-        Relationship.GRANDCHILD,
-    }
-)
 
 
 class TransferState(enum.StrEnum):
@@ -55,7 +43,7 @@ class WalletScope(enum.StrEnum):
 class WalletPolicy:
     """A region's limits on transfers its insured send; the defaults are the published ones (2025)."""
 
-    relationships: frozenset[Relationship] = field(default_factory=lambda: _CLOSE_RELATIVES)
+    relationships: frozenset[Relationship] = CLOSE_RELATIVES
     scope: WalletScope = WalletScope.NATIONAL  # across provinces too, since 2025
     sends_per_day: int = 3  # per sender and China's calendar day, whatever became of them
     send_max_fen: int = 200_000  # 2,000 元 a transfer
