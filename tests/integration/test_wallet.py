@@ -12,8 +12,9 @@ import asyncio
 import datetime as dt
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import grpc
@@ -28,7 +29,7 @@ from gongji.clock import ManualClock
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
 from gongji.store import audit, wallets
-from gongji.v1 import types_pb2, wallet_pb2, wallet_pb2_grpc
+from gongji.v1 import account_pb2, types_pb2, wallet_pb2, wallet_pb2_grpc
 
 pytestmark = pytest.mark.usefixtures("books")
 S = grpc.StatusCode
@@ -339,3 +340,81 @@ async def test_a_server_started_after_the_due_time_catches_up(
     row = await wallets.get_wallet(w.pool, child)
     assert row is not None and row.pending_in_fen == 0
     assert t.state == PENDING
+
+
+# ---- The sender's region policy says the limits (RegionPolicy.wallet) -------------------------------
+# Gansu (62) and Qinghai (63): no other test sets a policy for them or sends from them.
+LANZHOU, JIAYUGUAN, XINING = "620100", "620200", "630100"
+
+
+@pytest.fixture
+async def lanzhou(w: Wallets) -> AsyncIterator[Callable[..., Awaitable[account_pb2.RegionPolicy]]]:
+    """Set Lanzhou's policy with these wallet limits (its grant rules the default's); removed after."""
+
+    async def set_wallet(**wallet: Any) -> account_pb2.RegionPolicy:
+        reply = await w.api.set_policy(
+            LANZHOU, types_pb2.GRANT_SCOPE_PROVINCE, [SPOUSE, PARENT, CHILD], wallet=account_pb2.WalletPolicy(**wallet)
+        )
+        return reply.policy
+
+    try:
+        yield set_wallet
+    finally:
+        await w.pool.execute("delete from region_policy where region_key = $1", LANZHOU)
+
+
+async def test_a_regions_wallet_policy_changes_what_a_send_allows(w: Wallets, lanzhou: Any) -> None:
+    """One send a day of at most 1 元, at any hour, within the province: Lanzhou's senders only."""
+    policy = await lanzhou(
+        sends_per_day=1, send_max_fen=100, quiet_from="00:00", quiet_until="00:00", scope=types_pb2.GRANT_SCOPE_PROVINCE
+    )
+    assert (policy.wallet.sends_per_day, policy.wallet.send_max_fen) == (1, 100)
+    assert (policy.wallet.quiet_from, policy.wallet.quiet_until, policy.wallet.expires_at) == (
+        "00:00",
+        "00:00",
+        "06:00",
+    )
+    day = w.clock.now().astimezone(CHINA).date()
+    w.clock.set(at(day, 23, 30))  # quiet hours by default; none in Lanzhou
+    parent, child = await w.family(region=LANZHOU, recipient_region=JIAYUGUAN)
+    await refused(w.send(parent, child, 101), S.FAILED_PRECONDITION, "TRANSFER_OVER_LIMIT")
+    first = (await w.send(parent, child, 100)).transfer
+    assert first.due_at.ToDatetime(dt.UTC) == at(day + dt.timedelta(days=1), 6)
+    await w.accept(first)
+    await refused(w.send(parent, child, 1), S.FAILED_PRECONDITION, "TRANSFER_DAILY_LIMIT")
+    # Another province's recipient: out of the province scope.
+    far_parent, far_child = await w.family(region=LANZHOU, recipient_region=XINING)
+    await refused(w.send(far_parent, far_child, 1), S.FAILED_PRECONDITION, "REGION_OUT_OF_SCOPE")
+    # A sender elsewhere keeps the published limits: 22:00 to 06:00 is quiet.
+    xian_parent, xian_child = await w.family(region="610100")
+    await refused(w.send(xian_parent, xian_child, 100), S.FAILED_PRECONDITION, "TRANSFER_QUIET_HOURS")
+    # The next China day, Lanzhou's one send is there again.
+    w.clock.set(at(day + dt.timedelta(days=1), 0, 0))
+    assert (await w.send(parent, child, 100)).transfer.state == PENDING
+
+
+async def test_a_regions_relatives_and_expiry_time(w: Wallets, lanzhou: Any) -> None:
+    """Lanzhou: spouses only, and unaccepted transfers go back at noon; no sends at all in the night."""
+    await lanzhou(relationships=[SPOUSE], expires_at="12:00", quiet_from="20:00", quiet_until="08:00")
+    parent, child = await w.family(region=LANZHOU)
+    await refused(w.send(parent, child, 100), S.FAILED_PRECONDITION, "RELATIONSHIP_NOT_ALLOWED")
+    husband = await w.api.enroll(region=LANZHOU, birth=dt.date(1960, 1, 1), balance_fen=1_000)
+    wife = await w.api.enroll(region=LANZHOU, birth=dt.date(1962, 1, 1), scheme=RESIDENT)
+    await w.stub.OpenWallet(wallet_pb2.OpenWalletRequest(person_id=wife), metadata=w._md())
+    day = w.clock.now().astimezone(CHINA).date()
+    w.clock.set(at(day, 7, 59, 59))
+    await refused(w.send(husband, wife, 100, relationship=SPOUSE), S.FAILED_PRECONDITION, "TRANSFER_QUIET_HOURS")
+    w.clock.set(at(day, 8))
+    t = (await w.send(husband, wife, 100, relationship=SPOUSE)).transfer
+    assert t.due_at.ToDatetime(dt.UTC) == at(day + dt.timedelta(days=1), 12)
+    w.clock.set(at(day + dt.timedelta(days=1), 11, 59, 59))
+    await w.expire()
+    assert await w.api.balance(husband) == 900
+    w.clock.set(at(day + dt.timedelta(days=1), 12))
+    await w.expire()
+    assert await w.api.balance(husband) == 1_000
+    # No sends a day: every send refused, and the default once the policy is gone.
+    await lanzhou(sends_per_day=0)
+    await refused(w.send(husband, wife, 100, relationship=SPOUSE), S.FAILED_PRECONDITION, "TRANSFER_DAILY_LIMIT")
+    await w.pool.execute("delete from region_policy where region_key = $1", LANZHOU)
+    assert (await w.send(husband, wife, 100, relationship=SPOUSE)).transfer.state == PENDING
