@@ -20,6 +20,7 @@ import asyncpg
 import grpc
 import pytest
 from conftest import VOUCHER_KEY
+from prometheus_client import REGISTRY
 from support import RESIDENT, Api, Tokens, bearer, refused
 
 from gongji.api import server
@@ -418,3 +419,71 @@ async def test_a_regions_relatives_and_expiry_time(w: Wallets, lanzhou: Any) -> 
     await refused(w.send(husband, wife, 100, relationship=SPOUSE), S.FAILED_PRECONDITION, "TRANSFER_DAILY_LIMIT")
     await w.pool.execute("delete from region_policy where region_key = $1", LANZHOU)
     assert (await w.send(husband, wife, 100, relationship=SPOUSE)).transfer.state == PENDING
+
+
+# ---- Metrics: what the alerts on the expiry work read (deploy/prometheus/gongji-rules.yml) ----------
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _events() -> dict[str, tuple[float, float]]:
+    names = ("SENT", "ACCEPTED", "DECLINED", "EXPIRED", "TRANSFER_PENDING")
+    return {
+        e: (
+            _value("gongji_wallet_transfers_total", event=e),
+            _value("gongji_wallet_transferred_fen_total", event=e),
+        )
+        for e in names
+    }
+
+
+async def test_the_counters_and_gauges_move_on_send_accept_decline_and_expiry(w: Wallets) -> None:
+    day = w.clock.now().astimezone(CHINA).date()
+    await w.expire()  # what earlier tests left due by now goes back first: the deltas below are this test's
+    before = _events()
+    parent, child = await w.family(sender_fen=1_000)
+    await w.accept((await w.send(parent, child, 300)).transfer)
+    await w.decline((await w.send(parent, child, 200)).transfer)
+    last = (await w.send(parent, child, 100)).transfer
+    await refused(w.send(parent, child, 1), S.FAILED_PRECONDITION, "TRANSFER_PENDING")
+    await w.expire()
+    pending = await w.pool.fetchrow(
+        "select count(*) as n, coalesce(sum(amount_fen), 0) as fen from wallet_transfer where state = 'PENDING'"
+    )
+    assert pending is not None and pending["n"] >= 1
+    assert (_value("gongji_wallet_pending_transfers"), _value("gongji_wallet_pending_fen")) == (
+        pending["n"], pending["fen"]
+    )  # fmt: skip
+    assert _value("gongji_wallet_expiry_overdue_seconds") == 0.0
+    # Ten minutes past the due time, with the transfer's row held by someone else: the work skips it,
+    # and the gauge says how late it is.
+    w.clock.set(at(day + dt.timedelta(days=1), 6, 10))
+    async with w.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "select 1 from wallet_transfer where transfer_id = $1 for update", uuid.UUID(last.transfer_id)
+        )
+        assert await w.expire() == 0
+        assert _value("gongji_wallet_expiry_overdue_seconds") == 600.0
+    assert await w.expire() == 1
+    assert _value("gongji_wallet_expiry_overdue_seconds") == 0.0
+    after = _events()
+    delta = {e: (after[e][0] - before[e][0], after[e][1] - before[e][1]) for e in after}
+    assert delta == {
+        "SENT": (3, 600),
+        "ACCEPTED": (1, 300),
+        "DECLINED": (1, 200),
+        "EXPIRED": (1, 100),
+        "TRANSFER_PENDING": (1, 0),  # a refused send, counted by its reason
+    }
+    # The work's own loop counts its runs.
+    ok = _value("gongji_wallet_expiry_runs_total", outcome="ok")
+    loop = WalletExpiry(w.server_pool, w.clock, 0.01)
+    loop.start()
+    try:
+        for _ in range(200):
+            if _value("gongji_wallet_expiry_runs_total", outcome="ok") > ok:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await loop.close()
+    assert _value("gongji_wallet_expiry_runs_total", outcome="ok") > ok
