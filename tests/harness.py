@@ -143,6 +143,17 @@ select (select count(*) from premium_rate) as premium_rates,
        (select count(*) from premium_payment where refunded_at is not null) as premium_refunds"""
 
 
+# The 医保钱包's tables (0016), where they exist: wallets, their money, transfers by state, entries.
+_WALLET_FINGERPRINT = """
+select (select count(*) from wallet) as wallets,
+       (select coalesce(sum(balance_fen), 0) from wallet) as wallet_balances_fen,
+       (select max(updated_at) from wallet) as wallets_updated,
+       (select count(*) from wallet_transfer) as transfers,
+       (select count(*) from wallet_transfer where state = 'PENDING') as transfers_pending,
+       (select count(*) from wallet_transfer where resolved_at is not null) as transfers_resolved,
+       (select count(*) from wallet_entry) as wallet_entries"""
+
+
 async def fingerprint(conn: asyncpg.Pool | asyncpg.Connection) -> dict[str, object]:
     row = await conn.fetchrow(_FINGERPRINT)
     assert row is not None
@@ -151,6 +162,10 @@ async def fingerprint(conn: asyncpg.Pool | asyncpg.Connection) -> dict[str, obje
         premium = await conn.fetchrow(_PREMIUM_FINGERPRINT)
         assert premium is not None
         found |= dict(premium)
+    if await conn.fetchval("select to_regclass('wallet_transfer') is not null"):
+        wallets = await conn.fetchrow(_WALLET_FINGERPRINT)
+        assert wallets is not None
+        found |= dict(wallets)
     return found
 
 

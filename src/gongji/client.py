@@ -593,6 +593,15 @@ async def policy_set(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tok
         mutual_aid_out_of_region=not args.no_mutual_aid_out_of_region,
         mutual_aid_out_of_province=not args.no_mutual_aid_out_of_province,
         wholly_self_paid_rules=args.wholly_self_paid or (),
+        wallet=account_pb2.WalletPolicy(
+            relationships=args.wallet_allow or (),
+            scope=SCOPES[args.wallet_scope] if args.wallet_scope else types_pb2.GRANT_SCOPE_UNSPECIFIED,
+            sends_per_day=args.wallet_sends_per_day,
+            send_max_fen=args.wallet_send_max_fen,
+            quiet_from=args.wallet_quiet_from or "",
+            quiet_until=args.wallet_quiet_until or "",
+            expires_at=args.wallet_expires_at or "",
+        ),
     )
     request = account_pb2.SetRegionPolicyRequest(policy=policy)
     return await _account(ch).SetRegionPolicy(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
@@ -1070,7 +1079,30 @@ def _add_policy_arguments(add: Add) -> None:
         "own (the patient's own account, not mutual aid) or accounts (both); e.g. pharmacy=cash; repeat per kind "
         f"of care ({', '.join(MED_TYPES)}); one not named: accounts (the default)",
     )  # fmt: skip
+    _add_wallet_policy_arguments(p)
     add("policies", "list region grant policies, and the default (operator)")
+
+
+def _add_wallet_policy_arguments(p: argparse.ArgumentParser) -> None:
+    """policy-set's limits on 医保钱包 transfers the region's insured send; each one not given is the
+    published value."""
+    w = p.add_argument_group("医保钱包 transfers (each not given: the published value)")
+    w.add_argument("--wallet-allow", type=relationship_list, metavar="RELATIONSHIPS",
+                   help="comma-separated relationships that may receive (default: the close relatives)")  # fmt: skip
+    w.add_argument("--wallet-scope", type=str.lower, choices=SCOPES,
+                   help="how far apart sender and recipient may live (default: national)")  # fmt: skip
+    w.add_argument("--wallet-sends-per-day", type=int32, metavar="N",
+                   help="sends per sender and China calendar day, 0 to 100 (default: 3)")  # fmt: skip
+    w.add_argument("--wallet-send-max-fen", type=fen, metavar="FEN",
+                   help="the most one transfer carries, fen (default: 200000)")  # fmt: skip
+    w.add_argument("--wallet-quiet-from", metavar="HH:MM",
+                   help="no sends from this time, China time (default: 22:00; the same as --wallet-quiet-until: "
+                   "no quiet hours)")  # fmt: skip
+    w.add_argument("--wallet-quiet-until", metavar="HH:MM",
+                   help="... until this time, excluded (default: 06:00)")  # fmt: skip
+    w.add_argument("--wallet-expires-at", metavar="HH:MM",
+                   help="an unaccepted transfer goes back at this time the next day, China time "
+                   "(default: 06:00)")  # fmt: skip
 
 
 def _add_premium_arguments(add: Add) -> None:

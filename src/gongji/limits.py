@@ -61,6 +61,10 @@ PREMIUM_REPORT_PAGE_SIZE_MAX = 1_000
 FIELD_VIOLATIONS_MAX = 20
 # Relationships one region policy may list (there are eight).
 POLICY_RELATIONSHIPS_MAX = 8
+# A region policy's wallet limits (the region_policy wallet_* checks of migration 0016 say the same):
+# sends per sender and day, and the most one transfer may carry.
+WALLET_SENDS_PER_DAY_MAX = 100
+WALLET_SEND_MAX_FEN_MAX = 100_000_000
 
 # Pages a client may ask for.
 LEDGER_PAGE_SIZE_DEFAULT = 20

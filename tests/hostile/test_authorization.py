@@ -5,15 +5,15 @@ Each cell sends a request that is valid for the RPC (fresh people, settlements, 
 so a refusal is the credential's doing and an allowed call shows what the credential may do: a
 terminal of institution B may settle, but not refund, read or reconcile what institution A settled.
 The rules are in src/gongji/api/auth.py: terminal -> SettlementService; app -> FamilyService and
-AccountService GetAccount/ListLedger/PayPremium; operator -> AccountService but PayPremium, and
-Reconcile, CheckTotals and CheckDetail for any institution.
+AccountService GetAccount/ListLedger/PayPremium, and WalletService; operator -> AccountService but
+PayPremium, and Reconcile, CheckTotals and CheckDetail for any institution.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, Api, bearer, 
 from gongji.api.family import china_today
 from gongji.store import credentials
 from gongji.store.credentials import Kind
-from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2
+from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2, wallet_pb2
 
 S = grpc.StatusCode
 OLD, YOUNG = dt.date(1960, 1, 1), dt.date(1990, 1, 1)
@@ -81,6 +81,13 @@ EXPECTED: dict[str, dict[str, tuple[S, str]]] = {
     "AccountService/PayPremium": _row(app=OK),
     "AccountService/RefundPremium": _row(operator=OK),
     "AccountService/ReportPremiums": _row(operator=OK),
+    # The 医保钱包 moves a person's money at the person's request: the app backend only.
+    "WalletService/OpenWallet": _row(app=OK),
+    "WalletService/GetWallet": _row(app=OK),
+    "WalletService/SendTransfer": _row(app=OK),
+    "WalletService/AcceptTransfer": _row(app=OK),
+    "WalletService/DeclineTransfer": _row(app=OK),
+    "WalletService/ListTransfers": _row(app=OK),
 }
 
 
@@ -216,6 +223,51 @@ async def _make_request(rpc: str, scene: Scene) -> Message:
         case "AccountService/ReportPremiums":
             today = china_today().isoformat()
             return account_pb2.ReportPremiumsRequest(from_date=today, to_date=today)
+    if rpc.startswith("WalletService/"):
+        return await _wallet_request(rpc, scene)
+    raise AssertionError(f"no request for {rpc}")
+
+
+# A 统筹区 of its own for the matrix's wallet senders, without quiet hours: the session server keeps
+# the machine's clock, and a send must be allowed at whatever hour the suite runs.
+WALLET_REGION = "659002"
+
+
+async def _wallet_pair(scene: Scene) -> tuple[str, str]:
+    """A parent able to send, and their child with an open wallet."""
+    parent = await scene.api.enroll(birth=OLD, region=WALLET_REGION, balance_fen=1_000)
+    child = await scene.api.enroll(scheme=RESIDENT, birth=YOUNG, region=WALLET_REGION)
+    await scene.api.wallet.OpenWallet(
+        wallet_pb2.OpenWalletRequest(person_id=child), metadata=bearer(scene.api.tokens.app)
+    )
+    return parent, child
+
+
+def _send_request(parent: str, child: str) -> wallet_pb2.SendTransferRequest:
+    return wallet_pb2.SendTransferRequest(
+        request_id=f"matrix-{uuid.uuid4()}", sender_id=parent, recipient_id=child, relationship=CHILD, amount_fen=100
+    )
+
+
+async def _wallet_request(rpc: str, scene: Scene) -> Message:
+    api = scene.api
+    match rpc:
+        case "WalletService/OpenWallet":
+            return wallet_pb2.OpenWalletRequest(person_id=await api.enroll(scheme=RESIDENT, birth=YOUNG))
+        case "WalletService/GetWallet" | "WalletService/ListTransfers":
+            _, child = await _wallet_pair(scene)
+            cls = wallet_pb2.GetWalletRequest if rpc.endswith("GetWallet") else wallet_pb2.ListTransfersRequest
+            return cls(person_id=child)
+        case "WalletService/SendTransfer":
+            return _send_request(*await _wallet_pair(scene))
+        case "WalletService/AcceptTransfer" | "WalletService/DeclineTransfer":
+            sent = await api.wallet.SendTransfer(
+                _send_request(*await _wallet_pair(scene)), metadata=bearer(api.tokens.app)
+            )
+            t = sent.transfer
+            if rpc.endswith("AcceptTransfer"):
+                return wallet_pb2.AcceptTransferRequest(transfer_id=t.transfer_id, recipient_id=t.recipient_id)
+            return wallet_pb2.DeclineTransferRequest(transfer_id=t.transfer_id, recipient_id=t.recipient_id)
     raise AssertionError(f"no request for {rpc}")
 
 
@@ -241,7 +293,7 @@ def _pay_request(payer: str, beneficiary: str) -> account_pb2.PayPremiumRequest:
 
 
 @pytest.fixture(scope="module")
-async def scene(api: Api) -> Scene:
+async def scene(api: Api, pool: asyncpg.Pool) -> AsyncIterator[Scene]:
     authorizer = await api.enroll(balance_fen=1_000_000, birth=OLD)
     patient = await api.enroll(balance_fen=1_000, birth=YOUNG)
     await api.grant(authorizer, patient, CHILD)
@@ -250,7 +302,12 @@ async def scene(api: Api) -> Scene:
     await api.account.SetPremiumRate(
         account_pb2.SetPremiumRateRequest(rate=_premium_rate()), metadata=bearer(api.tokens.operator)
     )
-    return scene
+    no_quiet_hours = account_pb2.WalletPolicy(quiet_from="00:00", quiet_until="00:00")
+    await api.set_policy(WALLET_REGION, types_pb2.GRANT_SCOPE_PROVINCE, [CHILD], wallet=no_quiet_hours)
+    try:
+        yield scene
+    finally:
+        await pool.execute("delete from region_policy where region_key = $1", WALLET_REGION)
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +331,8 @@ async def metadata(api: Api, pool: asyncpg.Pool) -> dict[str, tuple[tuple[str, s
 
 def _stub_call(api: Api, rpc: str) -> Callable[..., Awaitable[Any]]:
     service, method = rpc.split("/")
-    stub = {"SettlementService": api.settlement, "FamilyService": api.family, "AccountService": api.account}[service]
+    stubs = {"SettlementService": api.settlement, "FamilyService": api.family, "AccountService": api.account}
+    stub = (stubs | {"WalletService": api.wallet})[service]
     call: Callable[..., Awaitable[Any]] = getattr(stub, method)
     return call
 
@@ -284,8 +342,14 @@ def test_the_matrix_names_every_rpc_and_every_credential() -> None:
     from gongji.v1 import account_pb2 as a
     from gongji.v1 import family_pb2 as f
     from gongji.v1 import settlement_pb2 as s
+    from gongji.v1 import wallet_pb2 as w
 
-    files = {"gongji.v1.SettlementService": s, "gongji.v1.FamilyService": f, "gongji.v1.AccountService": a}
+    files = {
+        "gongji.v1.SettlementService": s,
+        "gongji.v1.FamilyService": f,
+        "gongji.v1.AccountService": a,
+        "gongji.v1.WalletService": w,
+    }
     rpcs = {
         f"{name.split('.')[-1]}/{m.name}"
         for name in SERVICE_NAMES

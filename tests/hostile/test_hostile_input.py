@@ -34,7 +34,7 @@ from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, SUSPENDED, TE
 from gongji import limits
 from gongji.api import pages
 from gongji.api.validate import china_today
-from gongji.v1 import account_pb2, family_pb2, settlement_pb2
+from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2, wallet_pb2
 
 S = grpc.StatusCode
 FieldDescriptor = pb_descriptor.FieldDescriptor
@@ -66,6 +66,7 @@ SERVICES = {
     "gongji.v1.SettlementService": settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"],
     "gongji.v1.FamilyService": family_pb2.DESCRIPTOR.services_by_name["FamilyService"],
     "gongji.v1.AccountService": account_pb2.DESCRIPTOR.services_by_name["AccountService"],
+    "gongji.v1.WalletService": wallet_pb2.DESCRIPTOR.services_by_name["WalletService"],
 }
 METHODS: list[tuple[str, pb_descriptor.MethodDescriptor]] = [
     (f"/{full}/{m.name}", m) for full, service in SERVICES.items() for m in service.methods
@@ -76,7 +77,7 @@ def _token_for(served: Served, method: str) -> str:
     """The credential each method expects, so that input reaches validation and the store."""
     if "SettlementService" in method:
         return served.tokens.terminal_a
-    if "FamilyService" in method or method.endswith("/PayPremium"):
+    if "FamilyService" in method or "WalletService" in method or method.endswith("/PayPremium"):
         return served.tokens.app
     return served.tokens.operator
 
@@ -140,6 +141,8 @@ _PERSON_FIELDS = (
     "member_id",
     "requester_id",
     "payer_id",
+    "sender_id",
+    "recipient_id",
 )
 
 
@@ -166,6 +169,18 @@ async def _world(served: Served) -> World:
     this_year = china_today().year
     await api.set_premium_rate("610100", this_year + 1, 40_000, dt.date(this_year, 1, 1), dt.date(this_year, 12, 31))
     paid = (await api.pay_premium(authorizer, resident, this_year + 1)).payment
+    # A wallet, and a transfer waiting for it (the 统筹区's policy has no quiet hours: the server keeps
+    # the machine's clock).
+    wallet = account_pb2.WalletPolicy(quiet_from="00:00", quiet_until="00:00")
+    close = [types_pb2.RELATIONSHIP_SPOUSE, types_pb2.RELATIONSHIP_PARENT, CHILD, types_pb2.RELATIONSHIP_SIBLING]
+    close += [types_pb2.RELATIONSHIP_GRANDPARENT, types_pb2.RELATIONSHIP_GRANDCHILD]
+    await api.set_policy("610100", types_pb2.GRANT_SCOPE_PROVINCE, close, wallet=wallet)
+    app = bearer(api.tokens.app)
+    await api.wallet.OpenWallet(wallet_pb2.OpenWalletRequest(person_id=patient), metadata=app)
+    send = wallet_pb2.SendTransferRequest(
+        request_id="hostile-w-1", sender_id=authorizer, recipient_id=patient, relationship=CHILD, amount_fen=100
+    )
+    transfer_id = (await api.wallet.SendTransfer(send, metadata=app)).transfer.transfer_id
     genuine = [await api.voucher(p, ttl_seconds=limits.VOUCHER_TTL_S_MAX) for p in (patient, resident, authorizer)]
     genuine.append(await api.voucher(resident, requester_id=authorizer, ttl_seconds=limits.VOUCHER_TTL_S_MAX))
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
@@ -186,7 +201,7 @@ async def _world(served: Served) -> World:
     for name in _PERSON_FIELDS:
         world.values[name] = [*people, unknown, patient.lower(), patient + " "]
     world.values |= {
-        "request_id": ["hostile-a-1", "hostile-b-1", "x" * limits.REQUEST_ID_LEN_MAX, "a:b.c-d_e"],
+        "request_id": ["hostile-a-1", "hostile-b-1", "x" * limits.REQUEST_ID_LEN_MAX, "a:b.c-d_e", "hostile-w-1"],
         "original_request_id": ["hostile-a-1", "hostile-b-1", "hostile-cancel-1", "never-sent-1"],
         "settlement_id": [*ids, str(uuid.UUID(int=0)), ids[1].upper(), "{" + ids[1][1:35] + "}", "-" * 36],
         "voucher": genuine + doctored,
@@ -217,6 +232,7 @@ async def _world(served: Served) -> World:
         "memo": ["划入"],
         "reason": ["代孩子出示医保码"],
         "payment_id": [str(paid.payment_id), str(uuid.uuid4()), str(paid.payment_id).upper()],
+        "transfer_id": [transfer_id, str(uuid.uuid4()), transfer_id.upper()],
         "start_date": [china_today().isoformat(), (china_today() - dt.timedelta(days=30)).isoformat(), "2024-02-30"],
         "end_date": [china_today().isoformat(), (china_today() + dt.timedelta(days=1)).isoformat(), "1900-01-01"],
         "group": ["", "310", "390", "311"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import asyncpg
 import grpc
 import pytest
 from support import ACTIVE, RESIDENT, Api, bearer, field_violations, refused
@@ -145,3 +146,96 @@ async def test_many_bad_entries_still_get_a_clear_answer(api: Api) -> None:
     assert set(field_violations(error)) == {"policy.allowed_relationships"}
     error = await refused(api.set_policy("610000", NATIONAL, [SPOUSE]), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     assert field_violations(error) == ["policy.region_key"]
+
+
+# ---- RegionPolicy.wallet: the limits on 医保钱包 transfers (tests/integration/test_wallet.py sends) ---
+PUBLISHED_WALLET = account_pb2.WalletPolicy(
+    relationships=sorted([SPOUSE, PARENT, CHILD, SIBLING, GRANDPARENT, GRANDCHILD]),
+    scope=NATIONAL,
+    sends_per_day=3,
+    send_max_fen=200_000,
+    quiet_from="22:00",
+    quiet_until="06:00",
+    expires_at="06:00",
+)
+
+
+async def test_the_wallet_policy_is_answered_whole_with_the_published_values(api: Api, pool: asyncpg.Pool) -> None:
+    """Qinghai (63): a policy saying nothing of the wallet answers the published values; one saying some
+    answers those and the published values for the rest; ListRegionPolicies answers the same."""
+    try:
+        reply = await api.set_policy("63", PROVINCE, [SPOUSE])
+        assert reply.policy.wallet == PUBLISHED_WALLET
+        wallet = account_pb2.WalletPolicy(
+            relationships=[CHILD, SPOUSE, CHILD], scope=REGION, sends_per_day=0, quiet_from="23:59", expires_at="00:00"
+        )
+        reply = await api.set_policy("630100", PROVINCE, [SPOUSE], wallet=wallet)
+        expected = account_pb2.WalletPolicy()
+        expected.CopyFrom(PUBLISHED_WALLET)
+        expected.relationships[:] = [SPOUSE, CHILD]
+        expected.scope, expected.sends_per_day, expected.quiet_from, expected.expires_at = REGION, 0, "23:59", "00:00"
+        assert reply.policy.wallet == expected
+        listed = await api.account.ListRegionPolicies(
+            account_pb2.ListRegionPoliciesRequest(), metadata=bearer(api.tokens.operator)
+        )
+        by_key = {p.region_key: p for p in listed.policies}
+        assert (by_key["63"].wallet, by_key["630100"].wallet) == (PUBLISHED_WALLET, expected)
+        assert listed.default_policy.wallet == PUBLISHED_WALLET
+        # What a send reads (gongji_wallet_policy) is what was answered; the published values are stored
+        # as null, so that a region that set none follows them.
+        row = await pool.fetchrow("select * from gongji_wallet_policy('630100')")
+        assert row is not None
+        assert (row["scope"], row["sends_per_day"], row["quiet_from"], row["expires_at"]) == (
+            "REGION", 0, dt.time(23, 59), dt.time(0, 0)
+        )  # fmt: skip
+        assert sorted(row["relationships"]) == ["CHILD", "SPOUSE"]
+        stored = await pool.fetchrow("select * from region_policy where region_key = '630100'")
+        assert stored is not None
+        assert (stored["wallet_send_max_fen"], stored["wallet_quiet_until"]) == (None, None)
+        # Set again without the wallet: the published values again.
+        assert (await api.set_policy("630100", PROVINCE, [SPOUSE])).policy.wallet == PUBLISHED_WALLET
+    finally:
+        await pool.execute("delete from region_policy where region_key in ('63', '630100')")
+
+
+_BAD_WALLETS: dict[str, account_pb2.WalletPolicy] = {
+    "relationships": account_pb2.WalletPolicy(relationships=[types_pb2.RELATIONSHIP_PARENT_IN_LAW]),
+    "relationships other": account_pb2.WalletPolicy(relationships=[SPOUSE, types_pb2.RELATIONSHIP_OTHER]),
+    "relationships unknown": account_pb2.WalletPolicy(relationships=[99]),
+    "relationships unspecified": account_pb2.WalletPolicy(relationships=[0]),
+    "relationships too many": account_pb2.WalletPolicy(relationships=[SPOUSE] * 9),
+    "scope": account_pb2.WalletPolicy(scope=7),
+    "sends_per_day": account_pb2.WalletPolicy(sends_per_day=101),
+    "sends_per_day negative": account_pb2.WalletPolicy(sends_per_day=-1),
+    "send_max_fen": account_pb2.WalletPolicy(send_max_fen=0),
+    "send_max_fen huge": account_pb2.WalletPolicy(send_max_fen=100_000_001),
+    "quiet_from": account_pb2.WalletPolicy(quiet_from="24:00"),
+    "quiet_until": account_pb2.WalletPolicy(quiet_until="6:00"),
+    "expires_at": account_pb2.WalletPolicy(expires_at="06:00:00"),
+    "expires_at letters": account_pb2.WalletPolicy(expires_at="６:００"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_WALLETS))
+async def test_bad_wallet_limits_are_named_and_write_nothing(api: Api, pool: asyncpg.Pool, case: str) -> None:
+    before = await pool.fetchval("select count(*) from region_policy where region_key = '63'")
+    error = await refused(
+        api.set_policy("63", PROVINCE, [SPOUSE], wallet=_BAD_WALLETS[case]), S.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert field_violations(error) == [f"policy.wallet.{case.split()[0]}"]
+    assert await pool.fetchval("select count(*) from region_policy where region_key = '63'") == before == 0
+
+
+async def test_the_wallet_limits_edges_are_accepted(api: Api, pool: asyncpg.Pool) -> None:
+    try:
+        for wallet in (
+            account_pb2.WalletPolicy(sends_per_day=100, send_max_fen=100_000_000, quiet_from="23:59"),
+            account_pb2.WalletPolicy(sends_per_day=0, send_max_fen=1, quiet_until="00:00", expires_at="23:59"),
+            account_pb2.WalletPolicy(relationships=[*PUBLISHED_WALLET.relationships, SPOUSE, SPOUSE]),
+        ):
+            reply = await api.set_policy("63", PROVINCE, [SPOUSE], wallet=wallet)
+            for name in ("sends_per_day", "send_max_fen", "quiet_from", "quiet_until", "expires_at"):
+                if wallet.HasField(name) if name in ("sends_per_day", "send_max_fen") else getattr(wallet, name):
+                    assert getattr(reply.policy.wallet, name) == getattr(wallet, name), name
+    finally:
+        await pool.execute("delete from region_policy where region_key = '63'")

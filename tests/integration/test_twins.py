@@ -1,5 +1,6 @@
 """Each SQL step that decides money against its pure Python twin in gongji.domain, on random states:
-the steps of gongji_settle and of gongji_pay_premium, and the refusal of gongji_reverse_refund.
+the steps of gongji_settle and of gongji_pay_premium, the refusal of gongji_reverse_refund, and the
+医保钱包's steps (store/sql/wallet.sql against domain.wallet).
 
 Every example writes its rows in one transaction, asks the SQL function, and rolls back; the twin gets
 the same state as Python values. `now()` in SQL is the transaction's start, so the test reads it once
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gongji.domain import wallet
 from gongji.domain.bill import Insutype, MedType, insutype_of, insutype_refusal
 from gongji.domain.eligibility import (
     DEFAULT_POLICY,
@@ -33,11 +35,12 @@ from gongji.domain.eligibility import (
     voucher_choice_refusal,
     wholly_self_paid,
 )
-from gongji.domain.people import Person, PersonStatus, Scheme
+from gongji.domain.people import Person, PersonStatus, Relationship, Scheme
 from gongji.domain.premium import PremiumRate, premium_rate_for, premium_refusal, premium_replay
 from gongji.domain.reversal import refund_reversal_refusal
 from gongji.domain.settlement import Seen, settle_refusal, settle_replay
 from gongji.domain.vouchers import CARDS, CertType, PresentedVoucher, voucher_refusal
+from gongji.store import policies
 
 T = TypeVar("T")
 EXAMPLES = 200
@@ -766,3 +769,214 @@ def test_sql_insutype_agrees_with_the_twin(db_url: str) -> None:
     hold_to_twin(
         db_url, insutype_both, st.sampled_from(Scheme), st.one_of(st.none(), st.sampled_from(Insutype)), examples=20
     )
+
+
+# ---- The 医保钱包: store/sql/wallet.sql against domain.wallet -----------------------------------------
+# Whole minutes as a policy writes them, the minutes at both ends of the day, and odd instants.
+_MINUTES = st.sampled_from([dt.time(0, 0), dt.time(23, 59), dt.time(22, 0), dt.time(6, 0), dt.time(12, 0)]) | st.builds(
+    dt.time, st.integers(0, 23), st.integers(0, 59)
+)
+_DAYS = st.dates(dt.date(2024, 1, 1), dt.date(2099, 12, 31))
+
+
+def _china(day: dt.date, t: dt.time) -> dt.datetime:
+    return dt.datetime.combine(day, t, tzinfo=wallet.CHINA)
+
+
+@st.composite
+def instants_near(draw: st.DrawFn, *bounds: dt.time) -> dt.datetime:
+    """An instant at one of `bounds` (China time) or just either side of it, or anywhen."""
+    day = draw(_DAYS)
+    at_bound = st.sampled_from(bounds).map(lambda t: _china(day, t)).flatmap(
+        lambda t: st.sampled_from([t, t - dt.timedelta(microseconds=1), t + dt.timedelta(microseconds=1),
+                                   t - dt.timedelta(seconds=1), t + dt.timedelta(seconds=59, microseconds=999_999)])
+    )  # fmt: skip
+    anywhen = st.datetimes(dt.datetime(2024, 1, 1), dt.datetime(2099, 12, 31), timezones=st.just(dt.UTC))
+    return draw(at_bound | anywhen)
+
+
+async def quiet_both(conn: asyncpg.Connection, start: dt.time, end: dt.time, data: Any) -> tuple[bool, bool]:
+    now = data.draw(instants_near(start, end, dt.time(0, 0), dt.time(23, 59, 59, 999_999)))
+    sql = await conn.fetchval("select gongji_transfer_quiet($1, $2, $3)", now, start, end)
+    return sql, wallet.in_quiet_hours(now, wallet.WalletPolicy(quiet_from=start, quiet_until=end))
+
+
+def test_sql_transfer_quiet_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_transfer_quiet and domain.wallet.in_quiet_hours: within the day, over midnight, none when the
+    bounds are equal; instants at each bound, a microsecond either side, and at the day's ends."""
+    equal = _MINUTES.map(lambda t: (t, t))
+    bounds = st.tuples(_MINUTES, _MINUTES) | equal
+    hold_to_twin(db_url, lambda conn, b, data: quiet_both(conn, *b, data), bounds, st.data(), examples=EXAMPLES * 2)
+
+
+async def due_both(conn: asyncpg.Connection, sent_at: dt.datetime, expires: dt.time) -> tuple[dt.datetime, ...]:
+    sql = await conn.fetchval("select gongji_transfer_due($1, $2)", sent_at, expires)
+    twin = wallet.due_at(sent_at, wallet.WalletPolicy(expires_at=expires))
+    return (sql,), (twin,)
+
+
+def test_sql_transfer_due_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_transfer_due and domain.wallet.due_at: the next China day at the expiry time, from sends at
+    any instant, around China's midnight too (the UTC date is then another)."""
+    hold_to_twin(
+        db_url, due_both, instants_near(dt.time(0, 0), dt.time(23, 59), dt.time(8, 0), dt.time(6, 0)), _MINUTES
+    )
+
+
+@dataclass(frozen=True)
+class SendState:
+    sender: tuple[Scheme, PersonStatus] | None  # None: not enrolled
+    sender_has_account: bool
+    recipient: PersonStatus | None
+    wallet_open: bool
+    now: dt.datetime
+    quiet: tuple[dt.time, dt.time]
+    send_max_fen: int
+    amount_fen: int
+    pending: bool
+    sent_today: int
+    sends_per_day: int
+    balance_fen: int
+
+
+@st.composite
+def send_states(draw: st.DrawFn) -> SendState:
+    """Each check passing most of the time (so that the later ones are reached), the limits at their
+    edges: an amount at the most one send carries and a fen over, the day's count at its limit and one
+    short, a balance a fen short."""
+    others = [(scheme, status) for scheme in Scheme for status in PersonStatus]
+    quiet = draw(_mostly((dt.time(22), dt.time(6)), (dt.time(0), dt.time(0)), (dt.time(8), dt.time(20))))
+    now = draw(instants_near(*quiet))
+    most = draw(st.sampled_from([1, 100, 200_000, 100_000_000]))
+    amount = draw(st.sampled_from([most, most + 1, max(1, most - 1), 1]))
+    per_day = draw(st.sampled_from([0, 1, 3, 100]))
+    return SendState(
+        sender=draw(_mostly((Scheme.EMPLOYEE, PersonStatus.ACTIVE), None, *others)),
+        sender_has_account=draw(_mostly(True, False)),
+        recipient=draw(_mostly(PersonStatus.ACTIVE, None, PersonStatus.SUSPENDED, PersonStatus.TERMINATED)),
+        wallet_open=draw(_mostly(True, False)),
+        now=now,
+        quiet=quiet,
+        send_max_fen=most,
+        amount_fen=amount,
+        pending=draw(_mostly(False, True)),
+        sent_today=draw(st.sampled_from([0, max(0, per_day - 1), per_day, per_day + 1])),
+        sends_per_day=per_day,
+        balance_fen=draw(st.sampled_from([amount, amount - 1, amount + 1, 0])),
+    )
+
+
+async def send_refusal_both(conn: asyncpg.Connection, s: SendState) -> tuple[str | None, str | None]:
+    sender = _person(PAYER, *s.sender) if s.sender else None
+    recipient = _person(RELATIVE, Scheme.RESIDENT, s.recipient) if s.recipient else None
+    people = [p for p in (sender, recipient) if p is not None]
+    await conn.executemany(
+        "insert into person (person_id, name, birth_date, region_code, scheme, status)"
+        " values ($1, 'twin', date '1980-01-01', $2, $3, $4)",
+        [(p.person_id, p.region_code, p.scheme.value, p.status.value) for p in people],
+    )
+    sql = await conn.fetchval(
+        "select gongji_send_refusal((select p from person p where p.person_id = $1), $2,"
+        " (select p from person p where p.person_id = $3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        PAYER, s.sender_has_account, RELATIVE, s.wallet_open, s.now, *s.quiet, s.send_max_fen, s.amount_fen,
+        s.pending, s.sent_today, s.sends_per_day, s.balance_fen,
+    )  # fmt: skip
+    twin = wallet.send_refusal(
+        sender=sender,
+        sender_has_account=s.sender_has_account,
+        recipient=recipient,
+        wallet_open=s.wallet_open,
+        now=s.now,
+        policy=wallet.WalletPolicy(
+            quiet_from=s.quiet[0], quiet_until=s.quiet[1], send_max_fen=s.send_max_fen, sends_per_day=s.sends_per_day
+        ),
+        amount_fen=s.amount_fen,
+        pending=s.pending,
+        sent_today=s.sent_today,
+        balance_fen=s.balance_fen,
+    )
+    return sql, None if twin is None else twin.reason
+
+
+def test_sql_send_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_send_refusal and domain.wallet.send_refusal: the same reason, in the same order."""
+    hold_to_twin(db_url, send_refusal_both, send_states(), examples=EXAMPLES * 3)
+
+
+async def resolution_both(
+    conn: asyncpg.Connection, state: wallet.TransferState, due: dt.datetime, late: dt.timedelta, accept: bool
+) -> tuple[tuple[str, str | None, bool], tuple[str, str | None, bool]]:
+    now = due + late
+    row = await conn.fetchrow("select * from gongji_transfer_resolution($1, $2, $3, $4)", state.value, due, now, accept)
+    assert row is not None
+    end, refusal, moves = wallet.resolution(state, due, now, accept)
+    return (row["state"], row["refusal"], row["moves"]), (end.value, None if refusal is None else refusal.reason, moves)
+
+
+def test_sql_transfer_resolution_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_transfer_resolution and domain.wallet.resolution: every state, accept or decline, a
+    microsecond before its due time, at it, and after."""
+    late = st.sampled_from([-1, 0, 1, -86_400_000_000, 3_600_000_000]).map(lambda us: dt.timedelta(microseconds=us))
+    due = st.datetimes(dt.datetime(2024, 1, 1), dt.datetime(2099, 12, 31), timezones=st.just(dt.UTC))
+    hold_to_twin(
+        db_url, resolution_both, st.sampled_from(wallet.TransferState), due, late, st.booleans(), examples=EXAMPLES
+    )
+
+
+_WALLET_COLUMNS = (
+    "wallet_relationships", "wallet_scope", "wallet_sends_per_day", "wallet_send_max_fen", "wallet_quiet_from",
+    "wallet_quiet_until", "wallet_expires_at",
+)  # fmt: skip
+
+
+async def wallet_policy_both(
+    conn: asyncpg.Connection, region: str, values: tuple[Any, ...] | None, own_key: bool
+) -> tuple[wallet.WalletPolicy, wallet.WalletPolicy]:
+    """The wallet limits gongji_wallet_policy gives a send from `region` under a policy row of these
+    wallet_* values (None each: unset; None whole: no policy), set for the 统筹区 or its province, and
+    what the store reads of the same row (gongji.store.policies, as ListRegionPolicies answers)."""
+    await conn.execute("delete from region_policy where region_key in ($1, $2)", region, region[:2])
+    if values is not None:
+        await conn.execute(
+            f"insert into region_policy (region_key, scope, allowed_relationships, {', '.join(_WALLET_COLUMNS)})"
+            " values ($1, 'PROVINCE', '{SPOUSE}', $2, $3, $4, $5, $6, $7, $8)",
+            region if own_key else region[:2],
+            *values,
+        )
+    row = await conn.fetchrow("select * from gongji_wallet_policy($1)", region)
+    assert row is not None
+    sql = wallet.WalletPolicy(
+        frozenset(Relationship(r) for r in row["relationships"]),
+        wallet.WalletScope(row["scope"]),
+        *(row[k] for k in ("sends_per_day", "send_max_fen", "quiet_from", "quiet_until", "expires_at")),
+    )
+    return sql, (await policies.for_region(conn, region)).wallet
+
+
+def test_sql_wallet_policy_defaults_agree_with_the_twin(db_url: str) -> None:
+    """gongji_wallet_policy's published values are DEFAULT_WALLET_POLICY's, field by field: a region with
+    no policy, and a policy row with any of its wallet columns unset."""
+    close = sorted(r.value for r in wallet.DEFAULT_WALLET_POLICY.relationships)
+    column_values = st.tuples(
+        st.none() | st.sampled_from([["SPOUSE"], close, ["CHILD", "PARENT"]]),
+        st.none() | st.sampled_from([s.value for s in wallet.WalletScope]),
+        st.none() | st.integers(0, 100),
+        st.none() | st.integers(1, 100_000_000),
+        st.none() | _MINUTES,
+        st.none() | _MINUTES,
+        st.none() | _MINUTES,
+    )
+    hold_to_twin(db_url, wallet_policy_both, st.sampled_from(REGIONS_DRAWN), st.none() | column_values, st.booleans())
+
+
+async def test_the_published_wallet_limits_apply_where_no_policy_says(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow("select * from gongji_wallet_policy(null)")
+        assert row is not None
+        d = wallet.DEFAULT_WALLET_POLICY
+        assert sorted(row["relationships"]) == sorted(r.value for r in d.relationships)
+        assert (row["scope"], row["sends_per_day"], row["send_max_fen"]) == (d.scope, d.sends_per_day, d.send_max_fen)
+        assert (row["quiet_from"], row["quiet_until"], row["expires_at"]) == (d.quiet_from, d.quiet_until, d.expires_at)
+    finally:
+        await conn.close()

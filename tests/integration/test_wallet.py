@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import grpc
 import pytest
 from conftest import VOUCHER_KEY
 from harness import reason_of
+from prometheus_client import REGISTRY
 from support import RESIDENT, Api, Tokens, bearer, refused
 
 from gongji.api import server
@@ -385,3 +386,149 @@ async def test_accept_decline_expiry_and_a_retried_send_race_to_one_outcome(w: W
         in_wallet = (await w.wallet(child)).balance_fen
         back = await w.api.balance(parent)
         assert (in_wallet, back) == ((2_000, 0) if won[0] is accepted else (0, 2_000))
+
+
+# ---- The sender's region policy says the limits (RegionPolicy.wallet) -------------------------------
+# Gansu (62) and Qinghai (63): no other test sets a policy for them or sends from them.
+LANZHOU, JIAYUGUAN, XINING = "620100", "620200", "630100"
+
+
+@pytest.fixture
+async def lanzhou(w: Wallets) -> AsyncIterator[Callable[..., Awaitable[account_pb2.RegionPolicy]]]:
+    """Set Lanzhou's policy with these wallet limits (its grant rules the default's); removed after."""
+
+    async def set_wallet(**wallet: Any) -> account_pb2.RegionPolicy:
+        reply = await w.api.set_policy(
+            LANZHOU, types_pb2.GRANT_SCOPE_PROVINCE, [SPOUSE, PARENT, CHILD], wallet=account_pb2.WalletPolicy(**wallet)
+        )
+        return reply.policy
+
+    try:
+        yield set_wallet
+    finally:
+        await w.pool.execute("delete from region_policy where region_key = $1", LANZHOU)
+
+
+async def test_a_regions_wallet_policy_changes_what_a_send_allows(w: Wallets, lanzhou: Any) -> None:
+    """One send a day of at most 1 元, at any hour, within the province: Lanzhou's senders only."""
+    policy = await lanzhou(
+        sends_per_day=1, send_max_fen=100, quiet_from="00:00", quiet_until="00:00", scope=types_pb2.GRANT_SCOPE_PROVINCE
+    )
+    assert (policy.wallet.sends_per_day, policy.wallet.send_max_fen) == (1, 100)
+    assert (policy.wallet.quiet_from, policy.wallet.quiet_until, policy.wallet.expires_at) == (
+        "00:00",
+        "00:00",
+        "06:00",
+    )
+    day = w.clock.now().astimezone(CHINA).date()
+    w.clock.set(at(day, 23, 30))  # quiet hours by default; none in Lanzhou
+    parent, child = await w.family(region=LANZHOU, recipient_region=JIAYUGUAN)
+    await refused(w.send(parent, child, 101), S.FAILED_PRECONDITION, "TRANSFER_OVER_LIMIT")
+    first = (await w.send(parent, child, 100)).transfer
+    assert first.due_at.ToDatetime(dt.UTC) == at(day + dt.timedelta(days=1), 6)
+    await w.accept(first)
+    await refused(w.send(parent, child, 1), S.FAILED_PRECONDITION, "TRANSFER_DAILY_LIMIT")
+    # Another province's recipient: out of the province scope.
+    far_parent, far_child = await w.family(region=LANZHOU, recipient_region=XINING)
+    await refused(w.send(far_parent, far_child, 1), S.FAILED_PRECONDITION, "REGION_OUT_OF_SCOPE")
+    # A sender elsewhere keeps the published limits: 22:00 to 06:00 is quiet.
+    xian_parent, xian_child = await w.family(region="610100")
+    await refused(w.send(xian_parent, xian_child, 100), S.FAILED_PRECONDITION, "TRANSFER_QUIET_HOURS")
+    # The next China day, Lanzhou's one send is there again.
+    w.clock.set(at(day + dt.timedelta(days=1), 0, 0))
+    assert (await w.send(parent, child, 100)).transfer.state == PENDING
+
+
+async def test_a_regions_relatives_and_expiry_time(w: Wallets, lanzhou: Any) -> None:
+    """Lanzhou: spouses only, and unaccepted transfers go back at noon; no sends at all in the night."""
+    await lanzhou(relationships=[SPOUSE], expires_at="12:00", quiet_from="20:00", quiet_until="08:00")
+    parent, child = await w.family(region=LANZHOU)
+    await refused(w.send(parent, child, 100), S.FAILED_PRECONDITION, "RELATIONSHIP_NOT_ALLOWED")
+    husband = await w.api.enroll(region=LANZHOU, birth=dt.date(1960, 1, 1), balance_fen=1_000)
+    wife = await w.api.enroll(region=LANZHOU, birth=dt.date(1962, 1, 1), scheme=RESIDENT)
+    await w.stub.OpenWallet(wallet_pb2.OpenWalletRequest(person_id=wife), metadata=w._md())
+    day = w.clock.now().astimezone(CHINA).date()
+    w.clock.set(at(day, 7, 59, 59))
+    await refused(w.send(husband, wife, 100, relationship=SPOUSE), S.FAILED_PRECONDITION, "TRANSFER_QUIET_HOURS")
+    w.clock.set(at(day, 8))
+    t = (await w.send(husband, wife, 100, relationship=SPOUSE)).transfer
+    assert t.due_at.ToDatetime(dt.UTC) == at(day + dt.timedelta(days=1), 12)
+    w.clock.set(at(day + dt.timedelta(days=1), 11, 59, 59))
+    await w.expire()
+    assert await w.api.balance(husband) == 900
+    w.clock.set(at(day + dt.timedelta(days=1), 12))
+    await w.expire()
+    assert await w.api.balance(husband) == 1_000
+    # No sends a day: every send refused, and the default once the policy is gone.
+    await lanzhou(sends_per_day=0)
+    await refused(w.send(husband, wife, 100, relationship=SPOUSE), S.FAILED_PRECONDITION, "TRANSFER_DAILY_LIMIT")
+    await w.pool.execute("delete from region_policy where region_key = $1", LANZHOU)
+    assert (await w.send(husband, wife, 100, relationship=SPOUSE)).transfer.state == PENDING
+
+
+# ---- Metrics: what the alerts on the expiry work read (deploy/prometheus/gongji-rules.yml) ----------
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _events() -> dict[str, tuple[float, float]]:
+    names = ("SENT", "ACCEPTED", "DECLINED", "EXPIRED", "TRANSFER_PENDING")
+    return {
+        e: (
+            _value("gongji_wallet_transfers_total", event=e),
+            _value("gongji_wallet_transferred_fen_total", event=e),
+        )
+        for e in names
+    }
+
+
+async def test_the_counters_and_gauges_move_on_send_accept_decline_and_expiry(w: Wallets) -> None:
+    day = w.clock.now().astimezone(CHINA).date()
+    await w.expire()  # what earlier tests left due by now goes back first: the deltas below are this test's
+    before = _events()
+    parent, child = await w.family(sender_fen=1_000)
+    await w.accept((await w.send(parent, child, 300)).transfer)
+    await w.decline((await w.send(parent, child, 200)).transfer)
+    last = (await w.send(parent, child, 100)).transfer
+    await refused(w.send(parent, child, 1), S.FAILED_PRECONDITION, "TRANSFER_PENDING")
+    await w.expire()
+    pending = await w.pool.fetchrow(
+        "select count(*) as n, coalesce(sum(amount_fen), 0) as fen from wallet_transfer where state = 'PENDING'"
+    )
+    assert pending is not None and pending["n"] >= 1
+    assert (_value("gongji_wallet_pending_transfers"), _value("gongji_wallet_pending_fen")) == (
+        pending["n"], pending["fen"]
+    )  # fmt: skip
+    assert _value("gongji_wallet_expiry_overdue_seconds") == 0.0
+    # Ten minutes past the due time, with the transfer's row held by someone else: the work skips it,
+    # and the gauge says how late it is.
+    w.clock.set(at(day + dt.timedelta(days=1), 6, 10))
+    async with w.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "select 1 from wallet_transfer where transfer_id = $1 for update", uuid.UUID(last.transfer_id)
+        )
+        assert await w.expire() == 0
+        assert _value("gongji_wallet_expiry_overdue_seconds") == 600.0
+    assert await w.expire() == 1
+    assert _value("gongji_wallet_expiry_overdue_seconds") == 0.0
+    after = _events()
+    delta = {e: (after[e][0] - before[e][0], after[e][1] - before[e][1]) for e in after}
+    assert delta == {
+        "SENT": (3, 600),
+        "ACCEPTED": (1, 300),
+        "DECLINED": (1, 200),
+        "EXPIRED": (1, 100),
+        "TRANSFER_PENDING": (1, 0),  # a refused send, counted by its reason
+    }
+    # The work's own loop counts its runs.
+    ok = _value("gongji_wallet_expiry_runs_total", outcome="ok")
+    loop = WalletExpiry(w.server_pool, w.clock, 0.01)
+    loop.start()
+    try:
+        for _ in range(200):
+            if _value("gongji_wallet_expiry_runs_total", outcome="ok") > ok:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await loop.close()
+    assert _value("gongji_wallet_expiry_runs_total", outcome="ok") > ok

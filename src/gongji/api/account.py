@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 
 from gongji import errors, limits, metrics
 from gongji.api import convert, pages
@@ -16,6 +17,7 @@ from gongji.domain.eligibility import ALWAYS_REFUSED, DEFAULT_POLICY, RegionPoli
 from gongji.domain.people import DocumentType, Person, PersonStatus, Relationship, Scheme
 from gongji.domain.premium import PremiumRate
 from gongji.domain.vouchers import CARDS, CertType
+from gongji.domain.wallet import DEFAULT_WALLET_POLICY, WalletPolicy, WalletScope
 from gongji.store import credits, ledger, people, policies, premiums
 from gongji.v1 import account_pb2, account_pb2_grpc, types_pb2
 
@@ -121,6 +123,7 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
                 fields.bad(f"policy.{name}", f"must be 0 to {limits.MUTUAL_AID_LIMIT_FEN_MAX} fen, or unset for none")
         accepted = self._accepted_cards(fields, p)
         no_account, no_mutual_aid = self._wholly_self_paid_rules(fields, p)
+        wallet = _wallet_policy(fields, p.wallet)
         fields.done()
         assert scope is not None
         policy = RegionPolicy(
@@ -133,6 +136,7 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             p.mutual_aid_out_of_province if p.HasField("mutual_aid_out_of_province") else True,
             no_account,
             no_mutual_aid,
+            wallet,
         )
         row = await policies.set_policy(self._app.pool, p.region_key, policy, limits.REGION_POLICIES_MAX)
         if row is None:
@@ -372,3 +376,44 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         if len(rows) == page_size:
             reply.next_page_token = pages.encode(rows[-1].day.isoformat(), rows[-1].region_code)
         return reply
+
+
+_HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def _wallet_policy(fields: Fields, w: account_pb2.WalletPolicy) -> WalletPolicy:
+    """The wallet limits a policy sets, each unset field at its published value. PARENT_IN_LAW and OTHER
+    never receive transfers, as they never receive mutual aid: the wallet is for the close relatives of
+    国办发〔2024〕38号, which a region may narrow but not widen."""
+    d, name = DEFAULT_WALLET_POLICY, "policy.wallet"
+    relationships = d.relationships
+    if len(w.relationships) > len(Relationship):
+        fields.bad(f"{name}.relationships", f"at most {len(Relationship)} relationships")
+    elif w.relationships:
+        listed = [
+            fields.enum(f"{name}.relationships", r, convert.RELATIONSHIP_NAMES, Relationship, convert.RELATIONSHIP)
+            for r in w.relationships
+        ]
+        if any(r in ALWAYS_REFUSED for r in listed):
+            fields.bad(f"{name}.relationships", "PARENT_IN_LAW and OTHER can never receive transfers")
+        relationships = frozenset(r for r in listed if r is not None)
+    scope = d.scope
+    if w.scope:
+        scope = fields.enum(f"{name}.scope", w.scope, convert.SCOPE_NAMES, WalletScope, convert.SCOPE) or d.scope
+    sends = w.sends_per_day if w.HasField("sends_per_day") else d.sends_per_day
+    if not 0 <= sends <= limits.WALLET_SENDS_PER_DAY_MAX:
+        fields.bad(f"{name}.sends_per_day", f"must be 0 to {limits.WALLET_SENDS_PER_DAY_MAX}, or unset for 3")
+    most = w.send_max_fen if w.HasField("send_max_fen") else d.send_max_fen
+    if not 1 <= most <= limits.WALLET_SEND_MAX_FEN_MAX:
+        fields.bad(f"{name}.send_max_fen", f"must be 1 to {limits.WALLET_SEND_MAX_FEN_MAX} fen, or unset for 200000")
+    times = {}
+    for field, default in (("quiet_from", d.quiet_from), ("quiet_until", d.quiet_until), ("expires_at", d.expires_at)):
+        text: str = getattr(w, field)
+        times[field] = default
+        if text and not _HH_MM.fullmatch(text):
+            fields.bad(f"{name}.{field}", "must be a time of day written HH:MM, 00:00 to 23:59, or empty")
+        elif text:
+            times[field] = dt.time(int(text[:2]), int(text[3:]))
+    return WalletPolicy(
+        relationships, scope, sends, most, times["quiet_from"], times["quiet_until"], times["expires_at"]
+    )

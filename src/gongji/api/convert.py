@@ -7,6 +7,7 @@ from gongji.domain.bill import Insutype, MedType, Parts, Reading
 from gongji.domain.eligibility import CareScope, RegionPolicy, wholly_self_paid
 from gongji.domain.people import Relationship, mask_id, mask_name
 from gongji.domain.vouchers import CertType
+from gongji.domain.wallet import WalletPolicy
 from gongji.domain.waterfall import Limit
 from gongji.store.bindings import BindingRow
 from gongji.store.grants import GrantRow
@@ -99,6 +100,20 @@ def region_policy(key: str, policy: RegionPolicy, row: PolicyRow | None = None) 
             for m in MedType
             if (rule := wholly_self_paid(policy, m)) != wholly_self_paid(policy, None)
         ],
+        wallet=wallet_policy(policy.wallet),
+    )
+
+
+def wallet_policy(w: WalletPolicy) -> account_pb2.WalletPolicy:
+    """Every field as it applies: the published value where the region says none."""
+    return account_pb2.WalletPolicy(
+        relationships=sorted(relationship(r) for r in w.relationships),
+        scope=types_pb2.GrantScope.Value(f"GRANT_SCOPE_{w.scope}"),
+        sends_per_day=w.sends_per_day,
+        send_max_fen=w.send_max_fen,
+        quiet_from=w.quiet_from.strftime("%H:%M"),
+        quiet_until=w.quiet_until.strftime("%H:%M"),
+        expires_at=w.expires_at.strftime("%H:%M"),
     )
 
 

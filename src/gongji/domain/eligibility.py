@@ -11,6 +11,7 @@ from gongji import errors, limits
 from gongji.domain.bill import ACCOUNTS_PAY, MedType, WhollySelfPaid
 from gongji.domain.people import CLOSE_RELATIVES, Person, PersonStatus, Relationship, Scheme, age_on
 from gongji.domain.vouchers import CARDS, CertType
+from gongji.domain.wallet import DEFAULT_WALLET_POLICY, WalletPolicy
 
 
 class Scope(enum.StrEnum):
@@ -59,6 +60,9 @@ class RegionPolicy:
     # Empty: the accounts pay them, as they pay a bill sent as its amount only.
     wholly_self_paid_no_account: frozenset[MedType] = frozenset()
     wholly_self_paid_no_mutual_aid: frozenset[MedType] = frozenset()
+    # The limits on 医保钱包 transfers the region's insured send (domain.wallet); the published ones by
+    # default.
+    wallet: WalletPolicy = DEFAULT_WALLET_POLICY
 
 
 DEFAULT_POLICY = RegionPolicy()

@@ -1,9 +1,11 @@
-"""Region grant policy as data: scope and allowed relationships per province or 统筹区."""
+"""Region policy as data, per province or 统筹区: grant scope and allowed relationships, caps, cards, what
+mutual aid pays for, and the limits on 医保钱包 transfers."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 import asyncpg.pool
@@ -12,18 +14,22 @@ from gongji.domain.bill import MedType
 from gongji.domain.eligibility import DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import Relationship
 from gongji.domain.vouchers import CARDS, CertType
+from gongji.domain.wallet import DEFAULT_WALLET_POLICY, WalletPolicy, WalletScope
 from gongji.store import db
 
+T = TypeVar("T")
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
 
 _COLUMNS = """scope, allowed_relationships, beneficiary_yearly_cap_fen, authorizer_floor_fen, accepted_cert_types,
            mutual_aid_out_of_region, mutual_aid_out_of_province, wholly_self_paid_no_account,
-           wholly_self_paid_no_mutual_aid"""
+           wholly_self_paid_no_mutual_aid, wallet_relationships, wallet_scope, wallet_sends_per_day,
+           wallet_send_max_fen, wallet_quiet_from, wallet_quiet_until, wallet_expires_at"""
 # The most specific policy wins: the 统筹区's own, else its province's (gongji_region_policy, the rule
 # a settlement's caps read too); no row when neither is set.
 _FOR_REGION = f"select {_COLUMNS} from gongji_region_policy($1) where region_key is not null"
 _UPSERT = f"""
-insert into region_policy (region_key, {_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+insert into region_policy (region_key, {_COLUMNS})
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 on conflict (region_key) do update
    set scope = excluded.scope, allowed_relationships = excluded.allowed_relationships,
        beneficiary_yearly_cap_fen = excluded.beneficiary_yearly_cap_fen,
@@ -31,7 +37,11 @@ on conflict (region_key) do update
        mutual_aid_out_of_region = excluded.mutual_aid_out_of_region,
        mutual_aid_out_of_province = excluded.mutual_aid_out_of_province,
        wholly_self_paid_no_account = excluded.wholly_self_paid_no_account,
-       wholly_self_paid_no_mutual_aid = excluded.wholly_self_paid_no_mutual_aid, updated_at = now()
+       wholly_self_paid_no_mutual_aid = excluded.wholly_self_paid_no_mutual_aid,
+       wallet_relationships = excluded.wallet_relationships, wallet_scope = excluded.wallet_scope,
+       wallet_sends_per_day = excluded.wallet_sends_per_day, wallet_send_max_fen = excluded.wallet_send_max_fen,
+       wallet_quiet_from = excluded.wallet_quiet_from, wallet_quiet_until = excluded.wallet_quiet_until,
+       wallet_expires_at = excluded.wallet_expires_at, updated_at = now()
 returning region_key, {_COLUMNS}, updated_at"""
 _COUNT = "select count(*) from region_policy"
 _LIST = f"select region_key, {_COLUMNS}, updated_at from region_policy order by region_key limit $1"
@@ -57,7 +67,48 @@ def _policy(r: asyncpg.Record) -> RegionPolicy:
         # null: none excluded (a policy set before this was a choice, or one excluding none)
         frozenset(MedType(m) for m in r["wholly_self_paid_no_account"] or ()),
         frozenset(MedType(m) for m in r["wholly_self_paid_no_mutual_aid"] or ()),
+        _wallet(r),
     )
+
+
+def _wallet(r: asyncpg.Record) -> WalletPolicy:
+    """The wallet limits of a policy row: each null column is the published value (as
+    gongji_wallet_policy reads them for a send)."""
+    d = DEFAULT_WALLET_POLICY
+    relationships = r["wallet_relationships"]
+    return WalletPolicy(
+        d.relationships if relationships is None else frozenset(Relationship(x) for x in relationships),
+        d.scope if r["wallet_scope"] is None else WalletScope(r["wallet_scope"]),
+        _or(r["wallet_sends_per_day"], d.sends_per_day),
+        _or(r["wallet_send_max_fen"], d.send_max_fen),
+        _or(r["wallet_quiet_from"], d.quiet_from),
+        _or(r["wallet_quiet_until"], d.quiet_until),
+        _or(r["wallet_expires_at"], d.expires_at),
+    )
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+def _wallet_columns(w: WalletPolicy) -> list[object]:
+    """The wallet_* columns for `w`: null where it says the published value, so that a region that set
+    nothing of its own follows the published values (as accepted_cert_types is null for every card)."""
+    d = DEFAULT_WALLET_POLICY
+    return [
+        None if w.relationships == d.relationships else sorted(r.value for r in w.relationships),
+        *(
+            None if value == default else value
+            for value, default in (
+                (w.scope.value, d.scope.value),
+                (w.sends_per_day, d.sends_per_day),
+                (w.send_max_fen, d.send_max_fen),
+                (w.quiet_from, d.quiet_from),
+                (w.quiet_until, d.quiet_until),
+                (w.expires_at, d.expires_at),
+            )
+        ),
+    ]
 
 
 def _row(r: asyncpg.Record) -> PolicyRow:
@@ -90,6 +141,7 @@ async def set_policy(pool: asyncpg.Pool, region_key: str, policy: RegionPolicy, 
             policy.mutual_aid_out_of_province,
             sorted(policy.wholly_self_paid_no_account) or None,
             sorted(policy.wholly_self_paid_no_mutual_aid) or None,
+            *_wallet_columns(policy.wallet),
         )
         assert row is not None
         return _row(row)

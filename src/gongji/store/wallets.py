@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gongji import errors
-from gongji.domain.eligibility import Scope, check_plausible, in_scope
+from gongji.domain.eligibility import ALWAYS_REFUSED, Scope, check_plausible, in_scope
 from gongji.domain.people import Relationship
 from gongji.domain.wallet import TransferState, WalletPolicy, WalletScope
 from gongji.store import credentials, db, people
@@ -136,7 +136,7 @@ async def check_relationship(pool: asyncpg.Pool, sender_id: str, recipient_id: s
     if sender is None or recipient is None:
         raise errors.PersonNotFound()
     policy = await policy_for(pool, sender.region_code)
-    if relationship not in policy.relationships:
+    if relationship in ALWAYS_REFUSED or relationship not in policy.relationships:
         raise errors.RelationshipNotAllowed(f"{relationship} may not receive transfers from this region")
     check_plausible(sender, recipient, relationship)
     if not in_scope(sender.region_code, recipient.region_code, Scope(policy.scope.value)):
