@@ -26,6 +26,7 @@ from gongji.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
     types_pb2,
+    wallet_pb2_grpc,
 )
 
 # asyncpg's statement cache for the suite's pools, as the server would set it: 0 when the suite runs
@@ -91,7 +92,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 class Api:
-    """The three services, each called with the credential it expects (overridable per call)."""
+    """The four services, each called with the credential it expects (overridable per call)."""
 
     def __init__(self, channel: grpc.aio.Channel, tokens: Tokens) -> None:
         self.tokens = tokens
@@ -100,6 +101,7 @@ class Api:
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
         self.family = family_pb2_grpc.FamilyServiceStub(channel)
         self.account = account_pb2_grpc.AccountServiceStub(channel)
+        self.wallet = wallet_pb2_grpc.WalletServiceStub(channel)
 
     async def enroll(
         self,
