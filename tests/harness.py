@@ -26,6 +26,7 @@ from support import INSTITUTION_A, INSTITUTION_B, Api, Tokens, with_database
 from gongji import logs
 from gongji.api import server
 from gongji.api.app import App
+from gongji.clock import SYSTEM_CLOCK, Clock
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
 from gongji.store import credentials, db, migrate
@@ -91,12 +92,15 @@ async def make_tokens(pool: asyncpg.Pool) -> Tokens:
 
 
 @contextlib.asynccontextmanager
-async def serving(db_url: str, *, pool_max_size: int = 10, command_timeout_s: float = 30) -> AsyncIterator[Served]:
-    """gongji on a free loopback port over `db_url`, in the running event loop, with fresh tokens."""
+async def serving(
+    db_url: str, *, pool_max_size: int = 10, command_timeout_s: float = 30, clock: Clock = SYSTEM_CLOCK
+) -> AsyncIterator[Served]:
+    """gongji on a free loopback port over `db_url`, in the running event loop, with fresh tokens, on
+    `clock` (a test's ManualClock moves the 医保钱包's time of day)."""
     pool = await db.create_pool(db_url, min_size=2, max_size=pool_max_size, command_timeout_s=command_timeout_s)
     try:
         settings = Settings(database_url=db_url, voucher_key=VOUCHER_KEY.decode(), grpc_listen="127.0.0.1:0")
-        running = await server.start(App(settings, pool, CODEC), "127.0.0.1:0")
+        running = await server.start(App(settings, pool, CODEC, clock), "127.0.0.1:0")
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 yield Served(running, pool, channel, Api(channel, await make_tokens(pool)), db_url)

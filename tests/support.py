@@ -92,7 +92,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 class Api:
-    """The three services, each called with the credential it expects (overridable per call)."""
+    """The four services, each called with the credential it expects (overridable per call)."""
 
     def __init__(self, channel: grpc.aio.Channel, tokens: Tokens) -> None:
         self.tokens = tokens

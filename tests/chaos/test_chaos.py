@@ -1,14 +1,16 @@
 """Chaos: for a bounded time, concurrent POS terminals, the app backend and an operator run mixed
-traffic on a few hot families against a real `gongji serve` process, while the suite injects faults:
+traffic (settlements, refunds, reversals, credits, and 医保钱包 transfers sent, accepted and declined)
+on a few hot families against a real `gongji serve` process, while the suite injects faults:
 client cancellations and tiny deadlines, pg_terminate_backend on the server's database connections,
 and gongji restarts (SIGTERM mid-load, then start again). Then every request left without an answer
 is retried with the same request id until it has one, and the suite checks:
 
-- every request converged to exactly one outcome: one settlement, refund or credit for an answered
-  OK (the same one every time it was answered), none for a refusal;
+- every request converged to exactly one outcome: one settlement, refund, credit or transfer for an
+  answered OK (the same one every time it was answered), none for a refusal; an accepted transfer is
+  in its wallet, a declined one back with its sender;
 - `gongji audit` finds no difference; no balance is negative; no settlement is half-written (each has
   its ledger entries and its idempotency key, each key its settlement) and no voucher settled twice;
-  the money that moved adds up from the settlement, refund and credit tables alone;
+  the money that moved adds up from the settlement, refund, credit and transfer tables alone;
 - no call was ever answered INTERNAL or UNKNOWN.
 
 The figures are printed at the end. `make chaos` runs it with CHAOS_SECONDS of load (CI: a few).
@@ -41,12 +43,14 @@ from conftest import VOUCHER_KEY
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import error_infos, fresh_database, make_tokens
-from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, Api, Tokens, bearer
+from support import CHILD, INSTITUTION_A, INSTITUTION_B, PARENT, RESIDENT, Api, Tokens, bearer
 
+from gongji.domain.eligibility import DEFAULT_POLICY
 from gongji.store import audit
-from gongji.v1 import account_pb2, family_pb2, settlement_pb2
+from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2, wallet_pb2
 
 S = grpc.StatusCode
+SIBLING = types_pb2.RELATIONSHIP_SIBLING
 GONGJI = str(Path(sys.executable).with_name("gongji"))
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "8"))
@@ -160,8 +164,10 @@ class GongjiProcess:
 class Request:
     """One logical request as a POS (or the operator) sent it, with every answer it got."""
 
-    kind: str  # settle, cancel, credit, reverse; read (not kept)
-    key: tuple[str, str]  # (institution or "", request id)
+    kind: str  # settle, cancel, credit, reverse, send, accept, decline; read (not kept)
+    # (institution or "", request id); a send: (sender, request id); an accept or decline: (transfer id,
+    # a name of its own).
+    key: tuple[str, str]
     method: Callable[..., Any]  # the stub's method
     message: Message
     token: str
@@ -195,6 +201,8 @@ class Figures:
     retries: int = 0
     replays_checked: int = 0
     violations: list[str] = field(default_factory=list)
+    # 医保钱包 requests by how they ended ("send OK", "send TRANSFER_PENDING", "accept OK", ...).
+    wallet: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def faults(self) -> int:
         database = self.restarts + self.database_restarts + sum(self.database_kills.values())
@@ -217,6 +225,7 @@ class Figures:
             f"chaos: acknowledged writes checked: {self.acknowledged}, lost: {sum(self.lost.values())}"
             + (f" {dict(self.lost)}" if self.lost else ""),
             f"chaos: retries: {self.retries} (and {self.replays_checked} answered requests sent again)",
+            f"chaos: 医保钱包 requests: {', '.join(f'{what} {n}' for what, n in sorted(self.wallet.items()))}",
             *(
                 [f"chaos: while PostgreSQL was down: health NOT_SERVING, calls answered {dict(self.outage_answers)}"]
                 if self.database_restarts or self.database_kills
@@ -236,6 +245,7 @@ class Chaos:
         self.figures = Figures()
         self.requests: list[Request] = []
         self.settled: list[Request] = []  # settle requests answered OK, to refund
+        self.sent: list[Request] = []  # 医保钱包 sends answered OK, to accept or decline
         self.families: list[tuple[str, list[str]]] = []
         self.health: health_pb2_grpc.HealthStub | None = None  # the server's, through the clients' channel
 
@@ -360,6 +370,52 @@ class Chaos:
             self._new("credit", key, self.api.account.Credit, message, self.tokens.operator), faults=True
         )
 
+    async def send(self) -> None:
+        """A 医保钱包 transfer within a family: the authorizer to a member, a member to the authorizer or
+        to another member; now and then over the limit of one transfer. While the sender's last one
+        waits for its recipient, or past the day's count, or in the quiet hours where the published
+        limits apply, it is refused: an outcome like any other, converged on like any other."""
+        authorizer, members = self.rng.choice(self.families)
+        senders = [authorizer, *members[:2]]  # the employee-insured
+        sender = self.rng.choice(senders)
+        recipient = self.rng.choice([p for p in (authorizer, *members) if p != sender])
+        relationship = CHILD if sender == authorizer else PARENT if recipient == authorizer else SIBLING
+        amount = self.rng.choice([self.rng.randint(1, 3_000)] * 9 + [200_001])
+        message = wallet_pb2.SendTransferRequest(
+            request_id=f"chaos-w-{uuid.uuid4()}",
+            sender_id=sender,
+            recipient_id=recipient,
+            relationship=relationship,
+            amount_fen=amount,
+        )
+        request = self._new(
+            "send", (sender, message.request_id), self.api.wallet.SendTransfer, message, self.tokens.app
+        )
+        await self._attempt(request, faults=True)
+        if request.final and request.final[0] == S.OK:
+            self.sent.append(request)
+
+    async def resolve(self) -> None:
+        """The recipient accepts (mostly) or declines a transfer sent in this run, maybe one answered
+        already or raced by another client: each resolves once."""
+        if not self.sent:
+            return
+        t = self.rng.choice(self.sent).final[2].transfer  # type: ignore[index]
+        if self.rng.random() < 0.7:
+            kind, method, message = (
+                "accept",
+                self.api.wallet.AcceptTransfer,
+                wallet_pb2.AcceptTransferRequest(transfer_id=t.transfer_id, recipient_id=t.recipient_id),
+            )
+        else:
+            kind, method, message = (
+                "decline",
+                self.api.wallet.DeclineTransfer,
+                wallet_pb2.DeclineTransferRequest(transfer_id=t.transfer_id, recipient_id=t.recipient_id),
+            )
+        request = self._new(kind, (t.transfer_id, str(uuid.uuid4())), method, message, self.tokens.app)
+        await self._attempt(request, faults=True)
+
     async def read(self) -> None:
         """A quote or a balance: nothing to converge, but never INTERNAL either."""
         _, members = self.rng.choice(self.families)
@@ -380,6 +436,7 @@ class Chaos:
         """Until `until`, and on while faults are still being injected (a database outage that began
         late is still met by load), but never beyond LOAD_OVERRUN_S_MAX."""
         ops = [self.settle] * 6 + [self.cancel] * 2 + [self.reverse, self.credit, self.read, self.read]
+        ops += [self.send] * 2 + [self.resolve] * 2
         for _ in range(OPS_PER_CLIENT_MAX):
             now = time.monotonic()
             if now >= until + LOAD_OVERRUN_S_MAX or (now >= until and faults_done.is_set()):
@@ -454,13 +511,24 @@ class Chaos:
 
     async def setup(self) -> None:
         """Hot families: an authorizer with money and three members holding grants from them (two
-        employees with a little of their own, one resident-insured), all in one province."""
-        for _ in range(FAMILIES):
-            authorizer = await self.api.enroll(balance_fen=500_000, birth=dt.date(1960, 1, 1))
-            members = [await self.api.enroll(balance_fen=5_000, birth=dt.date(1990, 1, 1)) for _ in range(2)]
-            members.append(await self.api.enroll(scheme=RESIDENT, birth=dt.date(2015, 1, 1)))
+        employees with a little of their own, one resident-insured), all in one province, each with a
+        医保钱包 open. The last family lives where the published wallet limits apply (3 sends a day,
+        none from 22:00 to 06:00 China time: on the machine's clock, as the server runs); the others
+        where the region's policy allows 100 sends a day at any hour, so that transfers are sent,
+        accepted and declined under load whenever the suite runs."""
+        await self.check.execute(WALLET_LIMITS_LIFTED, RELAXED_REGION)
+        for i in range(FAMILIES):
+            region = PUBLISHED_REGION if i == FAMILIES - 1 else RELAXED_REGION
+            authorizer = await self.api.enroll(balance_fen=500_000, birth=dt.date(1960, 1, 1), region=region)
+            members = [
+                await self.api.enroll(balance_fen=5_000, birth=dt.date(1990, 1, 1), region=region) for _ in range(2)
+            ]
+            members.append(await self.api.enroll(scheme=RESIDENT, birth=dt.date(2015, 1, 1), region=region))
             for member in members:
                 await self.api.grant(authorizer, member, CHILD)
+            for person in (authorizer, *members):
+                opened = wallet_pb2.OpenWalletRequest(person_id=person)
+                await self.api.wallet.OpenWallet(opened, metadata=bearer(self.tokens.app))
             self.families.append((authorizer, members))
 
     async def check_acknowledged(self) -> list[Request]:
@@ -482,8 +550,12 @@ class Chaos:
         """Leave requests out of the retries and convergence checks (acknowledged writes that a failover
         with asynchronous replication lost: counted, and the books checked without them)."""
         gone = {id(r) for r in lost}
+        # An accept or decline of a transfer whose send was lost goes with it.
+        lost_transfers = {_written_id("send", r.final[2], r) for r in lost if r.kind == "send" and r.final}
+        gone |= {id(r) for r in self.requests if r.kind in ("accept", "decline") and r.key[0] in lost_transfers}
         self.requests = [r for r in self.requests if id(r) not in gone]
         self.settled = [r for r in self.settled if id(r) not in gone]
+        self.sent = [r for r in self.sent if id(r) not in gone]
 
     async def check_convergence(self) -> None:
         """Each request has exactly one outcome: what its answers say is what the store holds."""
@@ -492,6 +564,8 @@ class Chaos:
             if final is None:
                 continue  # already a violation: no answer after retries
             oks = [a[2] for a in request.answers if a[0] == S.OK]
+            if request.kind in ("send", "accept", "decline"):
+                self.figures.wallet[f"{request.kind} {final[1] or final[0].name}"] += 1
             problem = await getattr(self, f"_converged_{request.kind}")(request, final, oks)
             if problem:
                 self.figures.violations.append(f"{request.kind} {request.key}: {problem}")
@@ -561,6 +635,38 @@ class Chaos:
             return f"answered undone={sorted({r.undone for r in oks})}, stored {undone}"
         return None
 
+    async def _converged_send(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        rows = await self.check.fetch(
+            "select transfer_id::text as id from wallet_transfer where sender_id = $1 and request_id = $2",
+            *request.key,
+        )
+        ids = {reply.transfer.transfer_id for reply in oks}
+        if len(ids) > 1:
+            return f"answered with {len(ids)} different transfers"
+        if final[0] == S.OK:
+            return None if len(rows) == 1 and rows[0]["id"] in ids else f"answered OK; {len(rows)} transfers stored"
+        return None if not rows and not oks else f"finally refused ({final[1]}); {len(rows)} transfers stored"
+
+    async def _converged_accept(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        return await self._converged_resolve(request, final, {"POSTED"}, {"VOIDED", "EXPIRED"})
+
+    async def _converged_decline(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        return await self._converged_resolve(request, final, {"VOIDED", "EXPIRED"}, {"POSTED"})
+
+    async def _converged_resolve(
+        self, request: Request, final: tuple[S, str, Any], done: set[str], other: set[str]
+    ) -> str | None:
+        """An accept (decline) answered OK left its transfer accepted (returned); one refused
+        TRANSFER_RESOLVED found it ended the other way. The books of each state are the audit's."""
+        state = await self.check.fetchval(
+            "select state from wallet_transfer where transfer_id::text = $1", request.key[0]
+        )
+        if final[0] == S.OK:
+            return None if state in done and final[2].transfer.state == _STATE[state] else f"answered OK; it is {state}"
+        if final[1] == "TRANSFER_RESOLVED":
+            return None if state in other else f"refused TRANSFER_RESOLVED; it is {state}"
+        return f"refused {final[1]}; it is {state}"
+
     async def check_books(self) -> None:
         v = self.figures.violations
         v += [f"audit: {d}" for d in await audit.differences(self.check)]
@@ -570,13 +676,26 @@ class Chaos:
                 v.append(f"{n} {name}")
         money = await self.check.fetchrow(MONEY)
         assert money is not None
-        if money["balances"] != money["credited"] - money["spent"] + money["returned"]:
+        if money["balances"] != money["credited"] - money["spent"] + money["returned"] - money["transferred"]:
             v.append(f"money does not add up: {dict(money)}")
+        if money["wallets"] != money["posted"]:
+            v.append(f"the wallets do not hold what was accepted: {dict(money)}")
         if await self.check.fetchval("select count(*) from account where balance_fen < 0"):
             v.append("a negative balance")
 
 
 INSTITUTIONS = {"A": INSTITUTION_A, "B": INSTITUTION_B}
+
+# Where the hot families live: two 统筹区 of one province, one with the published 医保钱包 limits and one
+# whose region policy lifts the daily count and the quiet hours. RegionPolicy.wallet is in the contract
+# but SetRegionPolicy does not take it yet, so the policy is written as its columns (0016_wallets.sql);
+# the grant rules are the built-in ones, as where no policy is set.
+RELAXED_REGION, PUBLISHED_REGION = "610100", "610200"
+WALLET_LIMITS_LIFTED = f"""
+insert into region_policy (region_key, scope, allowed_relationships, wallet_sends_per_day, wallet_quiet_from,
+                           wallet_quiet_until)
+values ($1, '{DEFAULT_POLICY.scope.value}', array[{", ".join(f"'{r.value}'" for r in sorted(DEFAULT_POLICY.allowed))}],
+        100, time '00:00', time '00:00')"""
 
 # Where an acknowledged write must be found, by the id its answer gave (a reversal: by its request).
 ACKNOWLEDGED = {
@@ -584,6 +703,12 @@ ACKNOWLEDGED = {
     "cancel": "select refund_id::text from refund where refund_id::text = any($1::text[])",
     "credit": "select credit_id::text from credit where credit_id::text = any($1::text[])",
     "reverse": "select request_id from reversal where request_id = any($1::text[])",
+    "send": "select transfer_id::text from wallet_transfer where transfer_id::text = any($1::text[])",
+    # An accept or decline answered OK ended its transfer (or found it ended).
+    "accept": "select transfer_id::text from wallet_transfer where transfer_id::text = any($1::text[])"
+    " and state <> 'PENDING'",
+    "decline": "select transfer_id::text from wallet_transfer where transfer_id::text = any($1::text[])"
+    " and state <> 'PENDING'",
 }
 
 
@@ -594,6 +719,8 @@ def _written_id(kind: str, reply: Any, request: Request) -> str:
         return str(reply.refund.refund_id)
     if kind == "credit":
         return str(reply.credit_id)
+    if kind in ("send", "accept", "decline"):
+        return str(reply.transfer.transfer_id)
     return request.key[1]
 
 
@@ -624,13 +751,20 @@ HALF_WRITTEN = {
         select count(*) from (select voucher_id from settlement group by voucher_id having count(*) > 1) as twice""",
 }
 
-# The money of the personal accounts, from the settlement, refund and credit tables (not the ledger):
-# what is in the accounts is what was credited, less what settlements took, plus what refunds gave back.
+# The money of the personal accounts, from the settlement, refund, credit and transfer tables (not the
+# ledger): what is in the accounts is what was credited, less what settlements took, plus what refunds
+# gave back, less the transfers that did not come back (pending or accepted); and what is in the
+# wallets is what was accepted.
 MONEY = """
 select (select coalesce(sum(balance_fen), 0) from account)::bigint as balances,
        (select coalesce(sum(amount_fen), 0) from credit)::bigint as credited,
        (select coalesce(sum(acct_pay_fen + acct_mulaid_pay_fen), 0) from settlement)::bigint as spent,
-       (select coalesce(sum(acct_pay_fen + acct_mulaid_pay_fen), 0) from refund)::bigint as returned"""
+       (select coalesce(sum(acct_pay_fen + acct_mulaid_pay_fen), 0) from refund)::bigint as returned,
+       (select coalesce(sum(amount_fen), 0) from wallet_transfer
+         where state in ('PENDING', 'POSTED'))::bigint as transferred,
+       (select coalesce(sum(amount_fen), 0) from wallet_transfer where state = 'POSTED')::bigint as posted,
+       (select coalesce(sum(balance_fen), 0) from wallet)::bigint as wallets"""
+_STATE = {name.removeprefix("TRANSFER_STATE_"): number for name, number in wallet_pb2.TransferState.items()}
 
 
 @contextlib.asynccontextmanager

@@ -33,6 +33,13 @@ PREMIUM_YEAR_MIN = 2024  # the first contribution year a personal account may pa
 MED_TYPES = ("11", "13", "14", "21", "41")
 INSUTYPES = {EMPLOYEE: "310", RESIDENT: "390"}
 AMOUNT, PARTS = "AMOUNT", "PARTS"  # how a settlement read its bill
+# The 医保钱包's published limits (2025), which every region of the model keeps: 3 sends a China calendar
+# day per sender whatever became of them, 2,000 元 each, none from 22:00 to 06:00 China time, and an
+# unaccepted transfer back to its sender at 06:00 China time the next day.
+CHINA_TIME = dt.timezone(dt.timedelta(hours=8))  # China keeps no summer time
+SENDS_PER_DAY = 3
+SEND_MAX_FEN = 200_000
+PENDING, POSTED, VOIDED, EXPIRED = "PENDING", "POSTED", "VOIDED", "EXPIRED"
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,47 @@ class Premium:
         return self.refund_balance_fen is not None
 
 
+@dataclass
+class Wallet:
+    opened_at: dt.datetime
+    balance_fen: int = 0
+
+
+@dataclass
+class Transfer:
+    """A 医保钱包 transfer as the app backend sent it, and what became of it."""
+
+    request_id: str
+    sender: str
+    recipient: str
+    relationship: str
+    amount_fen: int
+    sent_at: dt.datetime
+    state: str = PENDING
+    resolved_at: dt.datetime | None = None
+    transfer_id: str = ""  # as the server named it
+
+    @property
+    def content(self) -> tuple[str, int, str]:
+        """What makes a retry "the same request"."""
+        return self.recipient, self.amount_fen, self.relationship
+
+    @property
+    def due_at(self) -> dt.datetime:
+        """06:00 China time, the day after it was sent (China's calendar day)."""
+        day = self.sent_at.astimezone(CHINA_TIME).date() + dt.timedelta(days=1)
+        return dt.datetime(day.year, day.month, day.day, 6, tzinfo=CHINA_TIME)
+
+
+def china_day(t: dt.datetime) -> dt.date:
+    return t.astimezone(CHINA_TIME).date()
+
+
+def quiet(t: dt.datetime) -> bool:
+    """From 22:00 to 06:00 China time no transfer is sent."""
+    return not 6 <= t.astimezone(CHINA_TIME).hour < 22
+
+
 def _plus(a: Split, b: Split) -> Split:
     return Split(
         a.acct_pay_fen + b.acct_pay_fen,
@@ -171,6 +219,18 @@ def _plus(a: Split, b: Split) -> Split:
 
 def age_on(birth: dt.date, day: dt.date) -> int:
     return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def plausible(a: Person, b: Person, relationship: str) -> bool:
+    """Whether the birth dates allow `relationship`, read from a's side (a grant's authorizer, a
+    transfer's sender): a CHILD is younger, a PARENT older, and grandparents 24 full years older."""
+    younger = relationship in (CHILD, GRANDCHILD)
+    if (younger and not b.birth > a.birth) or (relationship in (PARENT, GRANDPARENT) and not b.birth < a.birth):
+        return False
+    if relationship in (GRANDPARENT, GRANDCHILD):
+        elder, junior = (a.birth, b.birth) if younger else (b.birth, a.birth)
+        return age_on(elder, junior) >= GRANDPARENT_GAP_YEARS
+    return True
 
 
 class Model:
@@ -194,6 +254,11 @@ class Model:
         # 统筹区 -> med_type -> (the personal account, mutual aid) may pay its wholly self-paid items, by
         # region policy; a kind of care without a rule: both may.
         self.wholly: dict[str, dict[str, tuple[bool, bool]]] = {}
+        # The 医保钱包: the model's clock (the server's follows it), the open wallets, and every transfer
+        # sent, by (sender, request id), in the order sent.
+        self.now = dt.datetime(2032, 1, 1, 10, tzinfo=CHINA_TIME)
+        self.wallets: dict[str, Wallet] = {}
+        self.transfers: dict[tuple[str, str], Transfer] = {}
 
     # ---- people and accounts ---------------------------------------------------------------------
     def enroll(self, pid: str, scheme: str, status: str, region: str, birth: dt.date) -> int:
@@ -272,15 +337,8 @@ class Model:
             return no("PERSON_NOT_ACTIVE")
         if relationship not in CLOSE_RELATIVES:  # the default region policy
             return no("RELATIONSHIP_NOT_ALLOWED")
-        # The relationship reads from the authorizer's side: a CHILD is younger, a PARENT older.
-        younger = relationship in (CHILD, GRANDCHILD)
-        if (younger and not b.birth > a.birth) or (relationship in (PARENT, GRANDPARENT) and not b.birth < a.birth):
+        if not plausible(a, b, relationship):
             return no("RELATIONSHIP_IMPLAUSIBLE")
-        if relationship in (GRANDPARENT, GRANDCHILD):
-            elder, junior = (a.birth, b.birth) if younger else (b.birth, a.birth)
-            years = junior.year - elder.year - ((junior.month, junior.day) < (elder.month, elder.day))
-            if years < GRANDPARENT_GAP_YEARS:
-                return no("RELATIONSHIP_IMPLAUSIBLE")
         if a.region[:2] != b.region[:2]:
             return no("REGION_OUT_OF_SCOPE")
         return None
@@ -712,3 +770,125 @@ class Model:
         payer.balance_fen += paid.amount_fen
         paid.refund_balance_fen = payer.balance_fen
         return paid, False
+
+    # ---- the 医保钱包: wallets and two-phase transfers into them -------------------------------------
+    def open_wallet(self, pid: str) -> Refused | tuple[Wallet, bool]:
+        """(wallet, replayed): an ACTIVE person opens one; an open wallet is answered as it is, whatever
+        became of its holder."""
+        p = self.people.get(pid)
+        if p is None:
+            return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
+        known = self.wallets.get(pid)
+        if known is not None:
+            return known, True
+        if p.status != ACTIVE:
+            return Refused("FAILED_PRECONDITION", "PERSON_NOT_ACTIVE")
+        self.wallets[pid] = Wallet(self.now)
+        return self.wallets[pid], False
+
+    def wallet(self, pid: str) -> Refused | tuple[int, int]:
+        """GetWallet: the balance, and what PENDING transfers to it carry (past due too, until returned)."""
+        w = self.wallets.get(pid)
+        if w is None:
+            return Refused("FAILED_PRECONDITION", "WALLET_NOT_OPEN")
+        return w.balance_fen, sum(
+            t.amount_fen for t in self.transfers.values() if t.recipient == pid and t.state == PENDING
+        )
+
+    def send(
+        self, request_id: str, sender: str, recipient: str, relationship: str, amount_fen: int
+    ) -> Refused | tuple[Transfer, bool]:
+        """(transfer as it is now, replayed), or the first rule broken, in the contract's order: the
+        request's fields, the people and their relationship, the request id, then money and time."""
+        if sender == recipient:
+            return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        if not 0 < amount_fen <= AMOUNT_FEN_MAX:
+            return Refused("INVALID_ARGUMENT", "INVALID_AMOUNT")
+        a, b = self.people.get(sender), self.people.get(recipient)
+        if a is None or b is None:
+            return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
+        refusal = self._relative_refusal(a, b, relationship)
+        if refusal is not None:
+            return refusal
+        known = self.transfers.get((sender, request_id))
+        if known is not None:
+            if known.content != (recipient, amount_fen, relationship):
+                return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
+            return known, True
+        refusal = self._send_refusal(a, b, amount_fen)
+        if refusal is not None:
+            return refusal
+        a.balance_fen -= amount_fen
+        t = Transfer(request_id, sender, recipient, relationship, amount_fen, self.now)
+        self.transfers[(sender, request_id)] = t
+        return t, False
+
+    @staticmethod
+    def _relative_refusal(a: Person, b: Person, relationship: str) -> Refused | None:
+        """The default region policy: the close relatives, their birth dates agreeing, anywhere in China."""
+        if relationship not in CLOSE_RELATIVES:
+            return Refused("FAILED_PRECONDITION", "RELATIONSHIP_NOT_ALLOWED")
+        if not plausible(a, b, relationship):
+            return Refused("FAILED_PRECONDITION", "RELATIONSHIP_IMPLAUSIBLE")
+        return None
+
+    def _send_refusal(self, a: Person, b: Person, amount_fen: int) -> Refused | None:
+        def no(reason: str) -> Refused:
+            return Refused("FAILED_PRECONDITION", reason)
+
+        mine = [t for t in self.transfers.values() if t.sender == a.person_id]
+        if a.status != ACTIVE:
+            return no("PERSON_NOT_ACTIVE")
+        if a.scheme != EMPLOYEE or not a.has_account:
+            return no("NOT_EMPLOYEE_INSURED")
+        if b.status != ACTIVE:
+            return no("PERSON_NOT_ACTIVE")
+        if b.person_id not in self.wallets:
+            return no("WALLET_NOT_OPEN")
+        if quiet(self.now):
+            return no("TRANSFER_QUIET_HOURS")
+        if amount_fen > SEND_MAX_FEN:
+            return no("TRANSFER_OVER_LIMIT")
+        # Past its due time a transfer is still PENDING until something returns it (the expiry work, or
+        # a call on it): until then it holds its sender's next send back.
+        if any(t.state == PENDING for t in mine):
+            return no("TRANSFER_PENDING")
+        if sum(china_day(t.sent_at) == china_day(self.now) for t in mine) >= SENDS_PER_DAY:
+            return no("TRANSFER_DAILY_LIMIT")
+        if a.balance_fen < amount_fen:
+            return no("INSUFFICIENT_BALANCE")
+        return None
+
+    def by_transfer_id(self, transfer_id: str) -> Transfer | None:
+        return next((t for t in self.transfers.values() if t.transfer_id == transfer_id), None)
+
+    def resolve(self, transfer_id: str, person: str, *, accept: bool) -> Refused | tuple[Transfer, bool]:
+        """The recipient accepts (or declines): (transfer as it is now, replayed). Past its due time a
+        PENDING transfer goes back to its sender now, whatever the call, and an accept is refused."""
+        t = self.by_transfer_id(transfer_id)
+        if t is None or t.recipient != person:
+            return Refused("NOT_FOUND", "TRANSFER_NOT_FOUND")
+        resolved = Refused("FAILED_PRECONDITION", "TRANSFER_RESOLVED")
+        if t.state == PENDING:
+            if self.now >= t.due_at:
+                self._end(t, EXPIRED)
+                return resolved if accept else (t, False)
+            self._end(t, POSTED if accept else VOIDED)
+            return t, False
+        if t.state == (POSTED if accept else VOIDED) or (not accept and t.state == EXPIRED):
+            return t, True
+        return resolved
+
+    def expire(self) -> int:
+        """The expiry work: every PENDING transfer due by now goes back; how many."""
+        due = [t for t in self.transfers.values() if t.state == PENDING and t.due_at <= self.now]
+        for t in due:
+            self._end(t, EXPIRED)
+        return len(due)
+
+    def _end(self, t: Transfer, state: str) -> None:
+        t.state, t.resolved_at = state, self.now
+        if state == POSTED:
+            self.wallets[t.recipient].balance_fen += t.amount_fen
+        else:  # back to the sender's account, whatever became of the sender
+            self.people[t.sender].balance_fen += t.amount_fen

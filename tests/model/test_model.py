@@ -28,6 +28,8 @@ import grpc
 from gongji_model import (
     ACTIVE,
     CHILD,
+    CHINA_TIME,
+    CLOSE_RELATIVES,
     EMPLOYEE,
     FAMILY_BOUND_MEMBERS_MAX,
     GRANDCHILD,
@@ -36,7 +38,9 @@ from gongji_model import (
     MED_TYPES,
     OTHER,
     PARENT,
+    PENDING,
     RESIDENT,
+    SEND_MAX_FEN,
     SIBLING,
     SPOUSE,
     SUSPENDED,
@@ -46,6 +50,8 @@ from gongji_model import (
     Quoted,
     Refused,
     Settlement,
+    Transfer,
+    plausible,
 )
 from harness import CODEC, Served, own_loop_server, reason_of
 from hypothesis import HealthCheck, settings
@@ -63,10 +69,12 @@ from hypothesis.stateful import (
 from support import bearer
 
 from gongji.api.family import china_today
+from gongji.api.wallet_expiry import WalletExpiry
+from gongji.clock import ManualClock
 from gongji.domain.bill import Parts
 from gongji.domain.waterfall import BillSplit, Split
 from gongji.store import audit
-from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2
+from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2, wallet_pb2, wallet_pb2_grpc
 
 T = TypeVar("T")
 
@@ -101,6 +109,36 @@ use_account = st.sampled_from([True, True, True, False])
 # What may pay a kind of care's wholly self-paid items (account, mutual aid); the last is refused.
 WHOLLY_RULES = [(True, True), (True, False), (False, False)]
 wholly_rules = st.dictionaries(st.sampled_from(MED_TYPES), st.sampled_from(WHOLLY_RULES), max_size=3)
+
+
+# 医保钱包 transfers: around the limit of one transfer, the odd invalid amount, mostly small ones.
+wallet_amounts = st.sampled_from([0, 1, SEND_MAX_FEN - 1, SEND_MAX_FEN, SEND_MAX_FEN + 1]) | st.integers(1, 3_000)
+# Where the model's clock goes next (China time): just before and at the quiet hours' edges, to the
+# morning, or on by a second, an hour, a day.
+CLOCK_MOVES = ["21:59:59", "22:00:00", "05:59:59", "06:00:00", "10:00:00", "+1s", "+1h", "+1d"]
+# The first example's clock: ahead of any real clock and of tests/integration/test_wallet.py's 2031.
+CLOCK_START = dt.datetime(2032, 1, 1, 10, tzinfo=CHINA_TIME)
+
+
+def moved(now: dt.datetime, move: str) -> dt.datetime:
+    """`now` moved as CLOCK_MOVES says: on by a step, or to the next time of day strictly after it."""
+    steps = {"+1s": dt.timedelta(seconds=1), "+1h": dt.timedelta(hours=1), "+1d": dt.timedelta(days=1)}
+    if move in steps:
+        return now + steps[move]
+    local = now.astimezone(CHINA_TIME)
+    target = dt.datetime.combine(local.date(), dt.time.fromisoformat(move), tzinfo=CHINA_TIME)
+    return target if target > local else target + dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class SendCall:
+    """A SendTransfer as the app backend sent it, kept so that it can be retried."""
+
+    request_id: str
+    sender: str
+    recipient: str
+    relationship: str
+    amount_fen: int
 
 
 @dataclass(frozen=True)
@@ -187,12 +225,16 @@ class Figures:
     steps: int = 0
     calls: int = 0
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    # The 医保钱包's calls by what they were and how each ended ("send TRANSFER_PENDING", "accept OK"),
+    # with the transfers the expiry work returned: the wallet's share of `outcomes`, told apart.
+    wallet: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def line(self) -> str:
         top = ", ".join(f"{reason} {n}" for reason, n in self.outcomes.most_common())
+        wallet = ", ".join(f"{what} {n}" for what, n in sorted(self.wallet.items()))
         return (
             f"model: {self.examples} sequences, {self.steps} steps checked, {self.calls} calls ({top}); "
-            "disagreements with the model: 0"
+            f"医保钱包: {wallet}; disagreements with the model: 0"
         )
 
 
@@ -243,6 +285,7 @@ def _with_bill(request: Any, bill: Bill) -> None:
 class GongjiMachine(RuleBasedStateMachine):
     runner: ClassVar[asyncio.Runner]
     served: ClassVar[Served]
+    clock: ClassVar[ManualClock]  # the server's: the model's clock drives it
 
     people = Bundle("people")
     vouchers = Bundle("vouchers")
@@ -250,6 +293,7 @@ class GongjiMachine(RuleBasedStateMachine):
     cancel_calls = Bundle("cancel_calls")
     credit_calls = Bundle("credit_calls")
     premium_calls = Bundle("premium_calls")
+    send_calls = Bundle("send_calls")
 
     def __init__(self) -> None:
         super().__init__()
@@ -259,6 +303,13 @@ class GongjiMachine(RuleBasedStateMachine):
         self.tag = uuid.uuid4().hex[:10]  # request ids of this example only
         self.sequence = 0
         self.big_family = False
+        self.wallet = wallet_pb2_grpc.WalletServiceStub(self.served.channel)
+        # Each example on days of its own, after the last one's: the morning after the latest time so
+        # far. The expiry work returns what earlier examples left pending, so that from here on it
+        # returns this example's transfers only.
+        day = self.clock.now().astimezone(CHINA_TIME).date() + dt.timedelta(days=1)
+        self._set_clock(dt.datetime(day.year, day.month, day.day, 10, tzinfo=CHINA_TIME))
+        self.runner.run(self._expiry().run_once())
 
     # ---- plumbing --------------------------------------------------------------------------------
     def _run(self, make: Callable[[], Awaitable[T]]) -> T | Refused:
@@ -897,6 +948,216 @@ class GongjiMachine(RuleBasedStateMachine):
                 replayed,
             )
 
+    # ---- the 医保钱包: wallets, transfers, and the clock they run on --------------------------------
+    def _set_clock(self, at: dt.datetime) -> None:
+        self.model.now = at
+        self.clock.set(at)
+
+    def _expiry(self) -> WalletExpiry:
+        return WalletExpiry(self.served.pool, self.clock, 3600)
+
+    def _app(self) -> tuple[tuple[str, str], ...]:
+        return bearer(self.api.tokens.app)
+
+    @rule(person=people)
+    def open_wallet(self, person: str) -> None:
+        request = wallet_pb2.OpenWalletRequest(person_id=person)
+        reply = self._run(lambda: self.wallet.OpenWallet(request, metadata=self._app()))
+        expected = self.model.open_wallet(person)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert not isinstance(reply, Refused)
+            w, replayed = expected
+            got = reply.wallet
+            opened_at = got.opened_at.ToDatetime(dt.UTC)
+            assert (got.person_id, got.balance_fen, opened_at, reply.replayed) == (
+                person,
+                w.balance_fen,
+                w.opened_at,
+                replayed,
+            )
+
+    @initialize(target=people)
+    def a_wallet_family(self) -> Any:
+        """Three generations with wallets: a grandparent with enough for a few transfers at the limit, a
+        parent with a little (both employee-insured), and a resident-insured grandchild in another
+        province (transfers go across provinces since 2025)."""
+        grandparent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[0], BIRTHS[0])
+        parent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[1], BIRTHS[1])
+        grandchild = self._enroll(RESIDENT, ACTIVE, REGIONS[2], BIRTHS[3])
+        self._credit(CreditCall(self._id("c"), grandparent, 450_000))
+        self._credit(CreditCall(self._id("c"), parent, 1_000))
+        for person in (grandparent, parent, grandchild):
+            self.open_wallet(person)
+        return multiple(grandparent, parent, grandchild)
+
+    def _check_transfer(self, got: wallet_pb2.Transfer, t: Transfer) -> None:
+        resolved_at = got.resolved_at.ToDatetime(dt.UTC) if got.HasField("resolved_at") else None
+        assert (
+            got.transfer_id,
+            got.request_id,
+            got.sender_id,
+            got.recipient_id,
+            types_pb2.Relationship.Name(got.relationship).removeprefix("RELATIONSHIP_"),
+            got.amount_fen,
+            wallet_pb2.TransferState.Name(got.state).removeprefix("TRANSFER_STATE_"),
+            got.sent_at.ToDatetime(dt.UTC),
+            got.due_at.ToDatetime(dt.UTC),
+            resolved_at,
+        ) == (
+            t.transfer_id,
+            t.request_id,
+            t.sender,
+            t.recipient,
+            t.relationship,
+            t.amount_fen,
+            t.state,
+            t.sent_at,
+            t.due_at,
+            t.resolved_at,
+        ), (got, t)
+
+    def _send(self, call: SendCall) -> SendCall:
+        request = wallet_pb2.SendTransferRequest(
+            request_id=call.request_id,
+            sender_id=call.sender,
+            recipient_id=call.recipient,
+            relationship=RELATIONSHIPS[call.relationship],
+            amount_fen=call.amount_fen,
+        )
+        reply = self._run(lambda: self.wallet.SendTransfer(request, metadata=self._app()))
+        FIGURES.wallet[f"send {reply.reason if isinstance(reply, Refused) else 'OK'}"] += 1
+        expected = self.model.send(call.request_id, call.sender, call.recipient, call.relationship, call.amount_fen)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert not isinstance(reply, Refused)
+            t, replayed = expected
+            if not t.transfer_id:
+                t.transfer_id = reply.transfer.transfer_id
+            self._check_transfer(reply.transfer, t)
+            assert reply.replayed == replayed
+        return call
+
+    @rule(
+        target=send_calls,
+        sender=people,
+        recipient=people,
+        relationship=st.sampled_from(sorted(RELATIONSHIPS)),
+        amount=wallet_amounts,
+    )
+    def send_transfer(self, sender: str, recipient: str, relationship: str, amount: int) -> SendCall:
+        """Anyone to anyone, as any relative: mostly refused, for every reason in turn."""
+        return self._send(SendCall(self._id("w"), sender, recipient, relationship, amount))
+
+    @rule(target=send_calls, data=st.data(), amount=st.sampled_from(["small", "max", "over", "all", "all+1"]))
+    def send_to_a_relative(self, data: st.DataObject, amount: str) -> Any:
+        """The usual way: an employee sends to a relative with an open wallet, named as the birth dates
+        allow; the amount small, at the limit or just over, or all the account holds, or a fen more."""
+        people = self.model.people
+        senders = [p for p in people if people[p].has_account]
+        # Mostly one who may send and has money to: the rules after the first ones then decide.
+        able = [
+            p for p in senders if people[p].balance_fen and (people[p].status, people[p].scheme) == (ACTIVE, EMPLOYEE)
+        ]
+        if able and data.draw(st.integers(0, 3), label="an able sender") > 0:
+            senders = able
+        if not senders or not self.model.wallets:
+            return multiple()
+        sender = data.draw(st.sampled_from(senders), label="sender")
+        recipients = [p for p in self.model.wallets if p != sender]
+        if not recipients:
+            return multiple()
+        recipient = data.draw(st.sampled_from(recipients), label="recipient")
+        fitting = [r for r in CLOSE_RELATIVES if plausible(people[sender], people[recipient], r)]
+        relationship = data.draw(st.sampled_from(fitting), label="relationship")
+        balance = people[sender].balance_fen
+        fen = {"max": SEND_MAX_FEN, "over": SEND_MAX_FEN + 1, "all": balance, "all+1": balance + 1}.get(amount)
+        if not fen:
+            fen = data.draw(st.integers(1, min(max(balance, 1), 3_000)), label="small")
+        return self._send(SendCall(self._id("w"), sender, recipient, relationship, fen))
+
+    @rule(call=send_calls, same=st.booleans())
+    def retry_send(self, call: SendCall, same: bool) -> None:
+        """The app backend's retry: the same request replays the transfer as it is now; a fen more under
+        its request id is refused."""
+        self._send(
+            call
+            if same
+            else SendCall(call.request_id, call.sender, call.recipient, call.relationship, call.amount_fen + 1)
+        )
+
+    @precondition(lambda self: self.model.transfers)
+    @rule(data=st.data(), accept=st.booleans(), by=st.sampled_from(["recipient"] * 4 + ["sender", "unknown"]))
+    def resolve_transfer(self, data: st.DataObject, accept: bool, by: str) -> None:
+        """The recipient accepts or declines a transfer of this example (mostly a pending one); or the
+        sender tries to; or someone answers a transfer that does not exist."""
+        known = [t for t in self.model.transfers.values() if t.transfer_id]
+        pending = [t for t in known if t.state == PENDING]
+        if not known:
+            return
+        t = data.draw(
+            st.sampled_from(pending if pending and data.draw(st.booleans(), label="pending") else known),
+            label="transfer",
+        )
+        transfer_id = str(uuid.uuid4()) if by == "unknown" else t.transfer_id
+        person = t.sender if by == "sender" else t.recipient
+        if accept:
+            accept_request = wallet_pb2.AcceptTransferRequest(transfer_id=transfer_id, recipient_id=person)
+            reply = self._run(lambda: self.wallet.AcceptTransfer(accept_request, metadata=self._app()))
+        else:
+            decline_request = wallet_pb2.DeclineTransferRequest(transfer_id=transfer_id, recipient_id=person)
+            reply = self._run(lambda: self.wallet.DeclineTransfer(decline_request, metadata=self._app()))
+        FIGURES.wallet[
+            f"{'accept' if accept else 'decline'} {reply.reason if isinstance(reply, Refused) else 'OK'}"
+        ] += 1
+        expected = self.model.resolve(transfer_id, person, accept=accept)
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert not isinstance(reply, Refused)
+            self._check_transfer(reply.transfer, expected[0])
+            assert reply.replayed == expected[1]
+
+    @rule(move=st.sampled_from(CLOCK_MOVES))
+    def move_the_clock(self, move: str) -> None:
+        """Time passes, for the model and the server alike: across the quiet hours' edges, past due
+        times, into the next China calendar day."""
+        self._set_clock(moved(self.model.now, move))
+
+    @rule()
+    def run_the_expiry_work(self) -> None:
+        """The expiry work runs (the server's own loop is stopped: when it runs is the model's to say)."""
+        returned = self.runner.run(self._expiry().run_once())
+        assert returned == self.model.expire()
+        FIGURES.wallet["returned by the expiry work"] += returned
+
+    @rule(
+        target=send_calls,
+        steps=st.lists(
+            st.sampled_from(["send"] * 3 + ["accept"] * 2 + ["decline", "clock", "clock", "expire"]),
+            min_size=3,
+            max_size=8,
+        ),
+        data=st.data(),
+    )
+    def a_day_of_transfers(self, steps: list[str], data: st.DataObject) -> Any:
+        """A few of the wallet's steps in a row, mostly the usual ones: the family sends, the recipients
+        accept or decline, time passes and the expiry work runs. The limits (one pending, three a day,
+        the quiet hours, the due time) meet each other in every run, not only when single steps happen
+        to line up."""
+        calls = []
+        for step in steps:
+            if step == "send":
+                amount = data.draw(st.sampled_from(["small", "small", "max", "over", "all", "all+1"]), label="amount")
+                calls.append(self.send_to_a_relative(data, amount))
+            elif step in ("accept", "decline") and self.model.transfers:
+                by = data.draw(st.sampled_from(["recipient"] * 9 + ["sender"]), label="by")
+                self.resolve_transfer(data, step == "accept", by)
+            elif step == "clock":
+                self.move_the_clock(data.draw(st.sampled_from(CLOCK_MOVES), label="move"))
+            elif step == "expire":
+                self.run_the_expiry_work()
+        return multiple(*(c for c in calls if isinstance(c, SendCall)))
+
     # ---- after every step ------------------------------------------------------------------------
     @invariant()
     def balances_and_books(self) -> None:
@@ -922,9 +1183,19 @@ class GongjiMachine(RuleBasedStateMachine):
                 for r in replies
             ]
 
+        async def wallets() -> list[tuple[int, int]]:
+            requests = [wallet_pb2.GetWalletRequest(person_id=p) for p in self.model.wallets]
+            replies = await asyncio.gather(*(self.wallet.GetWallet(r, metadata=self._app()) for r in requests))
+            return [(r.wallet.balance_fen, r.wallet.pending_in_fen) for r in replies]
+
         got = self.runner.run(accounts())
         expected = [self.model.account(p) for p in self.model.people]
         assert got == expected, [(p, g, e) for p, g, e in zip(self.model.people, got, expected, strict=True) if g != e]
+        got_wallets = self.runner.run(wallets())
+        expected_wallets = [self.model.wallet(p) for p in self.model.wallets]
+        assert got_wallets == expected_wallets, list(
+            zip(self.model.wallets, got_wallets, expected_wallets, strict=True)
+        )
         assert all(p.balance_fen >= 0 for p in self.model.people.values())
         assert self.runner.run(audit.differences(self.served.pool)) == []
 
@@ -950,13 +1221,32 @@ class GongjiMachine(RuleBasedStateMachine):
             assert not isinstance(family, Refused), family
             live_held = [g.authorizer_id for g in family.grants_held if g.status == types_pb2.GRANT_STATUS_LIVE]
             assert live_held == [g.authorizer for g in self.model.grants if g.live and g.beneficiary == person]
+        self._transfers_listed()
+
+    def _transfers_listed(self) -> None:
+        """Every person's transfers, sent and received, newest first, each as the model has it."""
+        for person in self.model.people:
+            listing = wallet_pb2.ListTransfersRequest(person_id=person, page_size=100)
+            reply = self._run(lambda: self.wallet.ListTransfers(listing, metadata=self._app()))  # noqa: B023
+            assert not isinstance(reply, Refused), reply
+            theirs = [t for t in self.model.transfers.values() if person in (t.sender, t.recipient)]
+            theirs.sort(key=lambda t: (t.sent_at, t.transfer_id), reverse=True)
+            assert len(reply.transfers) == len(theirs), (person, reply.transfers, theirs)
+            for got, t in zip(reply.transfers, theirs, strict=True):
+                self._check_transfer(got, t)
 
 
 @contextlib.contextmanager
 def _serving_the_machine(server_url: str) -> Iterator[None]:
-    with own_loop_server(server_url, "gongji_model") as (runner, served):
+    clock = ManualClock(CLOCK_START)
+    with own_loop_server(server_url, "gongji_model", clock=clock) as (runner, served):
+        # The machine runs the expiry work itself, as a step: stop the server's own loop of it, which
+        # would otherwise return transfers whenever it happened to run.
+        assert served.running.wallet_expiry is not None
+        runner.run(served.running.wallet_expiry.close())
         GongjiMachine.runner = runner
         GongjiMachine.served = served
+        GongjiMachine.clock = clock
         yield
 
 
