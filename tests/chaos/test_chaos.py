@@ -687,9 +687,10 @@ class Chaos:
 INSTITUTIONS = {"A": INSTITUTION_A, "B": INSTITUTION_B}
 
 # Where the hot families live: two 统筹区 of one province, one with the published 医保钱包 limits and one
-# whose region policy lifts the daily count and the quiet hours. RegionPolicy.wallet is in the contract
-# but SetRegionPolicy does not take it yet, so the policy is written as its columns (0016_wallets.sql);
-# the grant rules are the built-in ones, as where no policy is set.
+# whose region policy lifts the daily count and the quiet hours (so that a run at any hour sends). The
+# policy is written into its columns (0016_wallets.sql) as SetRegionPolicy's RegionPolicy.wallet stores
+# them, with the chaos data set up before the load; the grant rules are the built-in ones, as where no
+# policy is set.
 RELAXED_REGION, PUBLISHED_REGION = "610100", "610200"
 WALLET_LIMITS_LIFTED = f"""
 insert into region_policy (region_key, scope, allowed_relationships, wallet_sends_per_day, wallet_quiet_from,
