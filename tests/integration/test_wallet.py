@@ -339,3 +339,18 @@ async def test_a_server_started_after_the_due_time_catches_up(
     row = await wallets.get_wallet(w.pool, child)
     assert row is not None and row.pending_in_fen == 0
     assert t.state == PENDING
+
+
+async def test_two_opens_racing_both_answer_the_wallet(w: Wallets) -> None:
+    """The second of two OpenWallet calls at once waits on the first's insert, which then does nothing:
+    it answers the wallet the first opened, not a refusal."""
+    person = await w.api.enroll(scheme=RESIDENT)
+    async with w.pool.acquire() as first, first.transaction():
+        await first.execute(
+            "insert into wallet (person_id, opened_at, updated_at) values ($1, $2, $2)", person, w.clock.now()
+        )
+        second = asyncio.create_task(wallets.open_wallet(w.server_pool, person, w.clock.now()))
+        await asyncio.sleep(0.3)  # the second's insert waits for this transaction
+        assert not second.done()
+    wallet, opened = await second
+    assert (wallet.person_id, wallet.balance_fen, opened) == (person, 0, False)
