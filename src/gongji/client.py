@@ -30,6 +30,8 @@ from gongji.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
     types_pb2,
+    wallet_pb2,
+    wallet_pb2_grpc,
 )
 
 DESCRIPTION = """\
@@ -51,7 +53,7 @@ TOKEN_KINDS = ("terminal", "app", "operator")
 # against every service of every proto file).
 SERVICES = tuple(
     service
-    for module in (settlement_pb2, family_pb2, account_pb2)
+    for module in (settlement_pb2, family_pb2, wallet_pb2, account_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 
@@ -340,6 +342,10 @@ def _account(ch: grpc.aio.Channel) -> account_pb2_grpc.AccountServiceAsyncStub:
     return account_pb2_grpc.AccountServiceStub(ch)
 
 
+def _wallet(ch: grpc.aio.Channel) -> wallet_pb2_grpc.WalletServiceAsyncStub:
+    return wallet_pb2_grpc.WalletServiceStub(ch)
+
+
 async def _voucher(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> str:
     issued = await _family(ch).IssueVoucher(
         family_pb2.IssueVoucherRequest(
@@ -555,6 +561,44 @@ async def family(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens)
     return await _family(ch).ListFamily(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
 
 
+async def open_wallet(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    request = wallet_pb2.OpenWalletRequest(person_id=args.person)
+    return await _wallet(ch).OpenWallet(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
+
+
+async def get_wallet(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    request = wallet_pb2.GetWalletRequest(person_id=args.person)
+    return await _wallet(ch).GetWallet(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
+
+
+async def send_transfer(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    request = wallet_pb2.SendTransferRequest(
+        request_id=args.request_id,
+        sender_id=args.sender,
+        recipient_id=args.recipient,
+        relationship=RELATIONSHIPS[args.relationship],
+        amount_fen=args.amount_fen,
+    )
+    return await _wallet(ch).SendTransfer(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
+
+
+async def accept_transfer(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    request = wallet_pb2.AcceptTransferRequest(transfer_id=args.transfer, recipient_id=args.recipient)
+    return await _wallet(ch).AcceptTransfer(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
+
+
+async def decline_transfer(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    request = wallet_pb2.DeclineTransferRequest(transfer_id=args.transfer, recipient_id=args.recipient)
+    return await _wallet(ch).DeclineTransfer(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
+
+
+async def list_transfers(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    request = wallet_pb2.ListTransfersRequest(
+        person_id=args.person, page_size=args.page_size or 0, page_token=args.page_token or ""
+    )
+    return await _wallet(ch).ListTransfers(request, metadata=tokens.auth("app"), timeout=timeout_s(args))
+
+
 async def enroll(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
     request = account_pb2.EnrollRequest(
         person_id=args.person,
@@ -685,6 +729,12 @@ RPC_COMMANDS: dict[str, str] = {
     "gongji.v1.FamilyService.SetGrantCap": "grant-cap",
     "gongji.v1.FamilyService.ListFamily": "family",
     "gongji.v1.FamilyService.IssueVoucher": "voucher",
+    "gongji.v1.WalletService.OpenWallet": "open-wallet",
+    "gongji.v1.WalletService.GetWallet": "get-wallet",
+    "gongji.v1.WalletService.SendTransfer": "send-transfer",
+    "gongji.v1.WalletService.AcceptTransfer": "accept-transfer",
+    "gongji.v1.WalletService.DeclineTransfer": "decline-transfer",
+    "gongji.v1.WalletService.ListTransfers": "list-transfers",
     "gongji.v1.AccountService.Enroll": "enroll",
     "gongji.v1.AccountService.SetRegionPolicy": "policy-set",
     "gongji.v1.AccountService.ListRegionPolicies": "policies",
@@ -715,6 +765,12 @@ COMMANDS: dict[str, Call] = {
     "bind": bind,
     "unbind": unbind,
     "family": family,
+    "open-wallet": open_wallet,
+    "get-wallet": get_wallet,
+    "send-transfer": send_transfer,
+    "accept-transfer": accept_transfer,
+    "decline-transfer": decline_transfer,
+    "list-transfers": list_transfers,
     "enroll": enroll,
     "credit": credit,
     "policy-set": policy_set,
@@ -775,7 +831,7 @@ def common_options(*, top: bool) -> argparse.ArgumentParser:
     )  # fmt: skip
     for kind, calls in (
         ("terminal", "a terminal's settlement calls and reconcile"),
-        ("app", "the app backend's family calls, vouchers, premium-pay"),
+        ("app", "the app backend's family calls, vouchers, wallets and transfers, premium-pay"),
         ("operator", "an operator's enroll, credit, policies, premium rates, reports"),
     ):
         g.add_argument(
@@ -807,6 +863,7 @@ def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
 
     _add_settlement_arguments(add)
     _add_family_arguments(add)
+    _add_wallet_arguments(add)
     _add_account_arguments(add)
     _add_premium_arguments(add)
 
@@ -1002,6 +1059,41 @@ def _add_family_arguments(add: Add) -> None:
     u.add_argument("--member", type=person, metavar="PERSON", required=True, help="the member bound")
     f = add("family", "a person's bindings and grants (app)")
     f.add_argument("--person", type=person, metavar="PERSON", required=True, help="ID number or demo alias")
+
+
+def _add_wallet_arguments(add: Add) -> None:
+    """The 医保钱包 subcommands: wallets, and two-phase transfers into them (all the app backend's)."""
+    o = add(
+        "open-wallet", "open a person's 医保钱包 (medical-insurance wallet); opening it again changes nothing (app)"
+    )
+    o.add_argument("--person", type=person, metavar="PERSON", required=True, help="whose wallet: ID number or alias")
+    g = add("get-wallet", "a person's wallet: its balance, and transfers still waiting to be accepted (app)")
+    g.add_argument("--person", type=person, metavar="PERSON", required=True, help="whose wallet: ID number or alias")
+    s = add("send-transfer", "send personal-account money to a close relative's wallet; it waits to be accepted (app)")
+    s.add_argument(
+        "--sender", type=person, metavar="PERSON", required=True, help="the employee whose personal account pays"
+    )
+    s.add_argument(
+        "--recipient", type=person, metavar="PERSON", required=True, help="the close relative whose wallet receives"
+    )
+    s.add_argument("--relationship", type=str.lower, choices=RELATIONSHIPS, required=True,
+                   help="the recipient's relation to the sender")  # fmt: skip
+    s.add_argument(
+        "--amount-fen", type=fen, metavar="FEN", required=True,
+        help="the amount, in fen (1/100 yuan); at most the sender's region's limit (2,000 元 by default)",
+    )  # fmt: skip
+    s.add_argument("--request-id", default=None, help=_REQUEST_ID)
+    for name, text in (
+        ("accept-transfer", "the recipient takes a pending transfer into the wallet (app)"),
+        ("decline-transfer", "the recipient turns a pending transfer down: it goes back to the sender (app)"),
+    ):
+        r = add(name, text)
+        r.add_argument("--transfer", required=True, metavar="ID", help="transfer_id, as send-transfer answered it")
+        r.add_argument("--recipient", type=person, metavar="PERSON", required=True, help="the transfer's recipient")
+    ls = add("list-transfers", "a person's transfers, sent and received, newest first (app)")
+    ls.add_argument("--person", type=person, metavar="PERSON", required=True, help="ID number or demo alias")
+    ls.add_argument("--page-size", type=int32, help="transfers per page (default 20, at most 100)")
+    ls.add_argument("--page-token", help="next_page_token of the previous answer")
 
 
 def _add_account_arguments(add: Add) -> None:

@@ -14,7 +14,7 @@ import asyncpg
 from gongji import limits
 from gongji.domain.people import Person, PersonStatus, Relationship, Scheme, resident_id_check_char
 from gongji.domain.premium import PremiumRate
-from gongji.store import bindings, credentials, credits, grants, people, premiums
+from gongji.store import bindings, credentials, credits, grants, people, premiums, wallets
 from gongji.store.credentials import Kind
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ CHENJING = Person(_id("61030219750707302"), "陈静", dt.date(1975, 7, 7), "6103
 ZHAOQIANG = Person(
     _id("44010619700303561"), "赵强", dt.date(1970, 3, 3), "440100", Scheme.EMPLOYEE, PersonStatus.ACTIVE
 )
-# 王小明's grandmother, resident-insured (居民医保): her premium can be paid from his account.
+# 王小明's grandmother, 王德福's mother, resident-insured (居民医保): her premium can be paid from his
+# account, and her 医保钱包 is open (WALLETS), so that 王德福 can send her money (README).
 XIUYING = Person(
     _id("61011319420815202"), "王秀英", dt.date(1942, 8, 15), "610100", Scheme.RESIDENT, PersonStatus.ACTIVE
 )
@@ -95,6 +96,15 @@ def premium_rate(today: dt.date) -> PremiumRate:
 
 # 王小明 shows his son's e-voucher (a child under 16: no face verification).
 BINDINGS = ((XIAOMING, XIAOBAO, Relationship.CHILD),)
+# The 医保钱包 open in the demo: 王秀英's, which her son 王德福 sends to (the README's wallet example).
+WALLETS = (XIUYING,)
+
+
+async def _open_wallets(pool: asyncpg.Pool) -> None:
+    """Open the demo wallets; opening an open one changes nothing, so a demo database loaded by a
+    release before the wallet gets them on its next start too."""
+    for person in WALLETS:
+        await wallets.open_wallet(pool, person.person_id, dt.datetime.now(dt.UTC))
 
 
 def _write_tokens(path: Path, tokens: dict[str, str]) -> None:
@@ -109,6 +119,7 @@ async def seed(pool: asyncpg.Pool, data_dir: Path, *, premium: bool = True) -> d
     token_file = data_dir / "demo-tokens.json"
     seeded = await pool.fetchval("select 1 from institution where institution_id = $1", INSTITUTION_ID)
     if seeded and token_file.exists():
+        await _open_wallets(pool)
         tokens: dict[str, str] = json.loads(token_file.read_text())
         return tokens
     for person in PEOPLE:
@@ -135,6 +146,7 @@ async def seed(pool: asyncpg.Pool, data_dir: Path, *, premium: bool = True) -> d
             amount_fen=amount_fen,
             memo="demo 个人账户划入",
         )
+    await _open_wallets(pool)
     if premium:
         today = dt.datetime.now(ZoneInfo("Asia/Shanghai")).date()
         await premiums.set_rate(pool, premium_rate(today), limits.PREMIUM_RATES_MAX)

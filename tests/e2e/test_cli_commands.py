@@ -6,6 +6,7 @@ run the installed entry point to prove the user sees no traceback."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 import subprocess
@@ -28,10 +29,12 @@ from gongji import cli, demo
 from gongji.api import server
 from gongji.api.app import App
 from gongji.api.validate import china_today
+from gongji.clock import ManualClock
 from gongji.config import Settings
 from gongji.store import db
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
+CHINA = dt.timezone(dt.timedelta(hours=8))
 
 
 @dataclass
@@ -42,6 +45,9 @@ class Servers:
     tokens: dict[str, str]  # the demo tokens: terminal (the demo pharmacy), app, operator
     pki: dict[str, Path]
     data_dir: Path  # holds the demo-tokens.json the seed wrote
+    # The servers' clock, for the 医保钱包's decisions by time of day (quiet hours, due times): the
+    # wallet tests set it, so that they pass whatever the hour they run at.
+    clock: ManualClock
 
 
 async def _serve(server_url: str, tmp: Path, pki: dict[str, Path], up: Any) -> None:
@@ -51,13 +57,14 @@ async def _serve(server_url: str, tmp: Path, pki: dict[str, Path], up: Any) -> N
             tokens = await demo.seed(pool, tmp / "data")
             base = Settings(database_url=url, voucher_key=VOUCHER_KEY.decode(), grpc_listen="127.0.0.1:0")
             tls = {"tls_cert_file": pki["server_cert"], "tls_key_file": pki["server_key"]}
+            clock = ManualClock(dt.datetime.combine(china_today(), dt.time(10), tzinfo=CHINA))
             running = [
-                await server.start(App(base.model_copy(update=update), pool, CODEC), "127.0.0.1:0")
+                await server.start(App(base.model_copy(update=update), pool, CODEC, clock), "127.0.0.1:0")
                 for update in ({}, tls, tls | {"tls_client_ca_file": pki["ca"]})
             ]
             try:
                 down = asyncio.Event()
-                up(Servers(*(r.port for r in running), tokens, pki, tmp / "data"), down)
+                up(Servers(*(r.port for r in running), tokens, pki, tmp / "data", clock), down)
                 await down.wait()
             finally:
                 for r in running:
@@ -394,6 +401,135 @@ def test_bind_unbind_and_family(gongji: Client) -> None:
     assert unbound["binding"]["active"] is False
     line = gongji.fails(EXIT_REFUSED, "unbind", "--holder", "demo:zhaoqiang", "--member", "demo:liufang")
     assert reason(line) == "BINDING_NOT_FOUND", line
+
+
+# ---- WalletService -------------------------------------------------------------------------------------
+def _relatives(gongji: Client, balance_fen: int = 50_000) -> tuple[str, str]:
+    """A parent, employee-insured with `balance_fen` in the account, and their resident-insured child with
+    an open wallet: fresh people, so that no other test's transfers count towards their limits."""
+    parent, child = new_person_id(dt.date(1960, 1, 1)), new_person_id(dt.date(1990, 1, 1))
+    for who, born, scheme in ((parent, "1960-01-01", "employee"), (child, "1990-01-01", "resident")):
+        gongji.ok("enroll", "--person", who, "--name", "测试", "--birth-date", born, "--region", "610100",
+                  "--scheme", scheme)  # fmt: skip
+    gongji.ok("credit", "--person", parent, "--amount-fen", str(balance_fen))
+    assert gongji.ok("open-wallet", "--person", child)["replayed"] is False
+    return parent, child
+
+
+def _china(day: dt.date, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=CHINA)
+
+
+def test_open_wallet_and_get_wallet(gongji: Client) -> None:
+    person = new_person_id()
+    gongji.ok("enroll", "--person", person, "--name", "测试", "--birth-date", "1985-06-01", "--region", "610100",
+              "--scheme", "resident")  # fmt: skip
+    line = gongji.fails(EXIT_REFUSED, "get-wallet", "--person", person)
+    assert reason(line) == "WALLET_NOT_OPEN", line
+    opened = gongji.ok("open-wallet", "--person", person)
+    assert (opened["replayed"], opened["wallet"]["person_id"], opened["wallet"]["balance_fen"]) == (False, person, "0")
+    again = gongji.ok("open-wallet", "--person", person)
+    assert again["replayed"] is True and again["wallet"]["opened_at"] == opened["wallet"]["opened_at"]
+    assert gongji.ok("get-wallet", "--person", person)["wallet"]["pending_in_fen"] == "0"
+    # The demo data opened 王秀英's wallet (the README sends to it).
+    assert gongji.ok("get-wallet", "--person", "demo:xiuying")["wallet"]["person_id"] == demo.XIUYING.person_id
+    line = gongji.fails(EXIT_REFUSED, "open-wallet", "--person", new_person_id())
+    assert reason(line) == "PERSON_NOT_FOUND", line
+    line = gongji.fails(EXIT_REFUSED, "get-wallet", "--person", "12345")
+    assert "person_id" in line and reason(line) == "INVALID_ARGUMENT", line
+    line = gongji.fails(
+        EXIT_REFUSED, "get-wallet", "--person", person, "--app-token", gongji.servers.tokens["operator"]
+    )
+    assert reason(line) == "NOT_ALLOWED", line  # the app backend's call only
+
+
+def test_send_accept_and_list_transfers(gongji: Client, servers: Servers) -> None:
+    servers.clock.set(_china(china_today(), 10))
+    parent, child = _relatives(gongji)
+    send = ("send-transfer", "--sender", parent, "--recipient", child, "--relationship", "Child")
+    request_id = f"cli-send-{uuid.uuid4().hex[:8]}"
+    sent = gongji.ok(*send, "--amount-fen", "20000", "--request-id", request_id)
+    t = sent["transfer"]
+    assert (sent["replayed"], t["state"], t["amount_fen"], t["relationship"]) == (
+        False, "TRANSFER_STATE_PENDING", "20000", "RELATIONSHIP_CHILD",
+    )  # fmt: skip
+    assert "resolved_at" not in t
+    assert gongji.ok("get-wallet", "--person", child)["wallet"]["pending_in_fen"] == "20000"
+    assert gongji.ok("account", "--person", parent)["account"]["balance_fen"] == "30000"
+    again = gongji.ok(*send, "--amount-fen", "20000", "--request-id", request_id)
+    assert (again["replayed"], again["transfer"]["transfer_id"]) == (True, t["transfer_id"])
+    line = gongji.fails(EXIT_REFUSED, *send, "--amount-fen", "20001", "--request-id", request_id)
+    assert reason(line) == "IDEMPOTENCY_KEY_REUSED", line
+    line = gongji.fails(EXIT_REFUSED, *send, "--amount-fen", "100")
+    assert reason(line) == "TRANSFER_PENDING", line
+
+    accepted = gongji.ok("accept-transfer", "--transfer", t["transfer_id"], "--recipient", child)
+    assert (accepted["replayed"], accepted["transfer"]["state"]) == (False, "TRANSFER_STATE_POSTED")
+    assert accepted["transfer"]["resolved_at"]
+    assert gongji.ok("accept-transfer", "--transfer", t["transfer_id"], "--recipient", child)["replayed"] is True
+    line = gongji.fails(EXIT_REFUSED, "decline-transfer", "--transfer", t["transfer_id"], "--recipient", child)
+    assert reason(line) == "TRANSFER_RESOLVED", line
+    wallet = gongji.ok("get-wallet", "--person", child)["wallet"]
+    assert (wallet["balance_fen"], wallet["pending_in_fen"]) == ("20000", "0")
+    (out,) = gongji.ok("ledger", "--person", parent, "--page-size", "1")["entries"]
+    assert (out["kind"], out["amount_fen"], out["balance_after_fen"]) == ("TRANSFER_OUT", "-20000", "30000")
+
+    line = gongji.fails(EXIT_REFUSED, *send, "--amount-fen", "200001")
+    assert reason(line) == "TRANSFER_OVER_LIMIT", line
+    line = gongji.fails(EXIT_REFUSED, "send-transfer", "--sender", parent, "--recipient", child, "--relationship",
+                        "parent", "--amount-fen", "100")  # fmt: skip
+    assert reason(line) == "RELATIONSHIP_IMPLAUSIBLE", line  # the child is younger than the sender
+    assert "argument --relationship: invalid choice: 'cousin'" in gongji.usage(
+        "send-transfer", "--sender", parent, "--recipient", child, "--relationship", "cousin", "--amount-fen", "1"
+    )
+    assert "invalid whole number '1.5'" in gongji.usage(*send, "--amount-fen", "1.5")
+
+    listed = gongji.ok("list-transfers", "--person", child, "--page-size", "1")
+    assert [x["transfer_id"] for x in listed["transfers"]] == [t["transfer_id"]]
+    assert listed["next_page_token"]
+    rest = gongji.ok("list-transfers", "--person", child, "--page-token", listed["next_page_token"])
+    assert rest == {"transfers": [], "next_page_token": ""}
+    line = gongji.fails(EXIT_REFUSED, "list-transfers", "--person", child, "--page-size", "101")
+    assert "page_size" in line and reason(line) == "INVALID_ARGUMENT", line
+
+
+def test_quiet_hours_decline_and_the_return_at_06_00(gongji: Client, servers: Servers) -> None:
+    day = china_today() + dt.timedelta(days=10)  # a day of its own: the other wallet tests send today
+    parent, child = _relatives(gongji)
+    send = ("send-transfer", "--sender", parent, "--recipient", child, "--relationship", "child")
+    servers.clock.set(_china(day, 22))
+    line = gongji.fails(EXIT_REFUSED, *send, "--amount-fen", "1000")
+    assert reason(line) == "TRANSFER_QUIET_HOURS", line
+    servers.clock.set(_china(day + dt.timedelta(days=1), 5, 59))
+    assert reason(gongji.fails(EXIT_REFUSED, *send, "--amount-fen", "1000")) == "TRANSFER_QUIET_HOURS"
+
+    day += dt.timedelta(days=1)
+    servers.clock.set(_china(day, 6))
+    first = gongji.ok(*send, "--amount-fen", "1000")["transfer"]
+    declined = gongji.ok("decline-transfer", "--transfer", first["transfer_id"], "--recipient", child)
+    assert (declined["replayed"], declined["transfer"]["state"]) == (False, "TRANSFER_STATE_VOIDED")
+    assert gongji.ok("decline-transfer", "--transfer", first["transfer_id"], "--recipient", child)["replayed"]
+    line = gongji.fails(EXIT_REFUSED, "accept-transfer", "--transfer", first["transfer_id"], "--recipient", child)
+    assert reason(line) == "TRANSFER_RESOLVED", line
+
+    servers.clock.set(_china(day, 7))  # later than the first: transfers list by the time they were sent
+    second = gongji.ok(*send, "--amount-fen", "3000")["transfer"]
+    assert second["due_at"] == f"{day.isoformat()}T22:00:00Z"  # 06:00 China time the next day
+    servers.clock.set(_china(day + dt.timedelta(days=1), 6, 1))
+    line = gongji.fails(EXIT_REFUSED, "accept-transfer", "--transfer", second["transfer_id"], "--recipient", child)
+    assert reason(line) == "TRANSFER_RESOLVED", line  # past its due time: the money went back instead
+    newest = gongji.ok("list-transfers", "--person", parent)["transfers"]
+    assert [x["state"] for x in newest] == ["TRANSFER_STATE_EXPIRED", "TRANSFER_STATE_VOIDED"]
+    assert gongji.ok("account", "--person", parent)["account"]["balance_fen"] == "50000"
+    wallet = gongji.ok("get-wallet", "--person", child)["wallet"]
+    assert (wallet["balance_fen"], wallet["pending_in_fen"]) == ("0", "0")
+
+    line = gongji.fails(EXIT_REFUSED, "accept-transfer", "--transfer", str(uuid.uuid4()), "--recipient", child)
+    assert reason(line) == "TRANSFER_NOT_FOUND", line
+    line = gongji.fails(EXIT_REFUSED, "accept-transfer", "--transfer", second["transfer_id"], "--recipient", parent)
+    assert reason(line) == "TRANSFER_NOT_FOUND", line  # only its recipient may end it
+    line = gongji.fails(EXIT_REFUSED, "decline-transfer", "--transfer", "not-a-transfer", "--recipient", child)
+    assert "transfer_id" in line and reason(line) == "INVALID_ARGUMENT", line
 
 
 # ---- AccountService -----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The README, executed top to bottom as a reader would after `make run`: the first call, the family
-examples, buf curl and buf convert, in the README's order against one `gongji serve --demo`, each
+examples, the 医保钱包 examples, buf curl and buf convert, in the README's order against one `gongji serve --demo`, each
 documented output checked; then a restart, whose banner must tell the balances as they are now.
 
 The commands are taken from the README's marked blocks as written. Only what differs between a reader's
@@ -9,6 +9,7 @@ machine and this test is rewritten: the port (the test serves on a free one), th
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ from e2e_support import ROOT, serve, stop
 from gongji import demo
 from gongji.api.validate import china_today
 from gongji.domain.people import mask_id
+from gongji.domain.wallet import CHINA, DEFAULT_WALLET_POLICY, in_quiet_hours
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 BIN = str(Path(sys.executable).parent) + "/"
@@ -133,6 +135,37 @@ def _check_family_examples(results: list[Any]) -> None:
     assert demo.XIUYING.person_id not in json.dumps(ledger, ensure_ascii=False), "the relative masked"
 
 
+def _check_wallet_examples(reader: Reader) -> None:
+    """What each comment of the wallet-examples block says. The server decides by the real clock: from
+    22:00 to 06:00 China time the send is refused (the README says so), and the rest is not tried."""
+    send, accept, wallet, ledger = _commands(_block("wallet-examples"))
+    before = dt.datetime.now(CHINA)
+    done = reader.run(send, ok=False)
+    quiet = [in_quiet_hours(t, DEFAULT_WALLET_POLICY) for t in (before, dt.datetime.now(CHINA))]
+    if done.returncode != 0:
+        assert any(quiet), done.stderr
+        assert done.stderr.rstrip().endswith("(TRANSFER_QUIET_HOURS)"), done.stderr
+        return
+    assert not all(quiet), "a send in the quiet hours was refused"
+    sent = json.loads(done.stdout)["transfer"]
+    assert (sent["state"], sent["amount_fen"], sent["relationship"]) == (
+        "TRANSFER_STATE_PENDING",
+        "20000",
+        "RELATIONSHIP_PARENT",
+    )
+    assert (sent["sender_id"], sent["recipient_id"]) == (demo.DEFU.person_id, demo.XIUYING.person_id)
+    accepted = reader.json(accept)
+    assert (accepted["transfer"]["transfer_id"], accepted["transfer"]["state"]) == (
+        sent["transfer_id"],
+        "TRANSFER_STATE_POSTED",
+    )
+    held = reader.json(wallet)["wallet"]
+    assert (held["balance_fen"], held["pending_in_fen"]) == ("20000", "0")
+    (entry,) = reader.json(ledger)["entries"]
+    assert (entry["kind"], entry["amount_fen"], entry["balance_after_fen"]) == ("TRANSFER_OUT", "-20000", "130000")
+    assert entry["counterpart_id_masked"] == mask_id(demo.XIUYING.person_id)
+
+
 def _check_buf(reader: Reader) -> None:
     if shutil.which("buf", path=BIN) is None:
         pytest.fail("buf is one of the test tools (pyproject.toml, extra 'test')")
@@ -163,6 +196,7 @@ def test_the_readme_top_to_bottom_after_make_run(env: dict[str, str]) -> None:
         assert _contains(answer, shown), f"the README shows {shown}, the call answered {answer}"
 
         _check_family_examples([reader.json(line) for line in _commands(_block("family-examples"))])
+        _check_wallet_examples(reader)
         _check_buf(reader)
     finally:
         stop(proc)

@@ -532,3 +532,18 @@ async def test_the_counters_and_gauges_move_on_send_accept_decline_and_expiry(w:
     finally:
         await loop.close()
     assert _value("gongji_wallet_expiry_runs_total", outcome="ok") > ok
+
+
+async def test_two_opens_racing_both_answer_the_wallet(w: Wallets) -> None:
+    """The second of two OpenWallet calls at once waits on the first's insert, which then does nothing:
+    it answers the wallet the first opened, not a refusal."""
+    person = await w.api.enroll(scheme=RESIDENT)
+    async with w.pool.acquire() as first, first.transaction():
+        await first.execute(
+            "insert into wallet (person_id, opened_at, updated_at) values ($1, $2, $2)", person, w.clock.now()
+        )
+        second = asyncio.create_task(wallets.open_wallet(w.server_pool, person, w.clock.now()))
+        await asyncio.sleep(0.3)  # the second's insert waits for this transaction
+        assert not second.done()
+    wallet, opened = await second
+    assert (wallet.person_id, wallet.balance_fen, opened) == (person, 0, False)

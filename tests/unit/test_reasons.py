@@ -18,8 +18,7 @@ from gongji.store import migrate
 # the CHECK constraints allow (statuses, schemes, ledger kinds, refund kinds), trigger levels, and
 # 'REPLAY', which gongji_settle_replay and gongji_premium_replay answer to their callers (never to a
 # client), the limits that can hold mutual aid back (an answer's field, not a refusal), what a
-# patient presented at the counter, where care happened, and the 医保钱包's transfer states, wallet
-# entry kinds, and its published limits (the relationships and scope gongji_wallet_policy defaults to).
+# patient presented at the counter, where care happened, and the wallet's states, entries and defaults.
 NOT_REASONS = frozenset(
     {
         *("OK", "ACTIVE", "EMPLOYEE", "RESIDENT", "LIVE", "CANCEL", "REFUND", "REVERSAL", "SETTLEMENT"),
@@ -28,7 +27,9 @@ NOT_REASONS = frozenset(
         *("LOCAL", "OUT_OF_REGION", "OUT_OF_PROVINCE"),
         *("E_VOUCHER", "ID_CARD", "SOCIAL_SECURITY_CARD"),
         *("AMOUNT", "PARTS"),  # how a settlement read its bill
-        *("PENDING", "POSTED", "VOIDED", "EXPIRED", "TRANSFER_IN", "TRANSFER_OUT", "TRANSFER_RETURN"),
+        # The 医保钱包: a transfer's states, its ledger and wallet entries, and the wallet policy's
+        # published defaults (the close relatives, anywhere in the country).
+        *("PENDING", "POSTED", "VOIDED", "EXPIRED", "TRANSFER_OUT", "TRANSFER_RETURN", "TRANSFER_IN"),
         *("SPOUSE", "PARENT", "CHILD", "SIBLING", "GRANDPARENT", "GRANDCHILD", "NATIONAL"),
     }
 )

@@ -96,6 +96,12 @@ async def open_wallet(pool: asyncpg.Pool, person_id: str, now: dt.datetime) -> t
     Opening an open wallet answers it as it is."""
     rows = await db.fetch(pool, _OPEN, person_id, now)
     if not rows:
+        # Either no active person, or another OpenWallet of this person committed its insert while this
+        # one waited on it: the insert then did nothing, and the statement's snapshot, taken before that
+        # commit, cannot see the row. A statement of its own can.
+        opened = await get_wallet(pool, person_id)
+        if opened is not None:
+            return opened, False
         person = await people.get_person(pool, person_id)
         raise errors.PersonNotFound() if person is None else errors.PersonNotActive()
     r = rows[0]
