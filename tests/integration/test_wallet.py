@@ -547,3 +547,37 @@ async def test_two_opens_racing_both_answer_the_wallet(w: Wallets) -> None:
         assert not second.done()
     wallet, opened = await second
     assert (wallet.person_id, wallet.balance_fen, opened) == (person, 0, False)
+
+
+async def test_a_transfer_past_its_due_time_holds_its_sender_back_no_more(w: Wallets) -> None:
+    """The expiry work has not run yet: the next send returns the past-due transfer itself, and its
+    money counts; a refused send leaves it for the work."""
+    parent, child = await w.family(sender_fen=1_000)
+    day = w.clock.now().astimezone(CHINA).date()
+    first = (await w.send(parent, child, 1_000)).transfer
+    w.clock.set(at(day + dt.timedelta(days=1), 6))
+    await refused(w.send(parent, child, 1_001), S.FAILED_PRECONDITION, "INSUFFICIENT_BALANCE")
+    assert (await w.wallet(child)).pending_in_fen == 1_000  # refused: nothing written
+    second = (await w.send(parent, child, 1_000)).transfer
+    assert second.state == PENDING
+    listed = await w.stub.ListTransfers(
+        wallet_pb2.ListTransfersRequest(person_id=parent), metadata=bearer(w.api.tokens.app)
+    )
+    states = {t.transfer_id: t.state for t in listed.transfers}
+    assert (states[first.transfer_id], states[second.transfer_id]) == (EXPIRED, PENDING)
+    assert await w.api.balance(parent) == 0
+
+
+async def test_a_retry_is_answered_by_its_transfer_whatever_the_rules_say_now(w: Wallets, pool: asyncpg.Pool) -> None:
+    parent, child = await w.family(region="640100", recipient_region="640100")
+    first = await w.send(parent, child, 100, request_id="retry-rules-" + parent)
+    try:
+        await pool.execute(
+            "insert into region_policy (region_key, scope, allowed_relationships, wallet_relationships)"
+            " values ('64', 'PROVINCE', '{SPOUSE}', '{SPOUSE}')"
+        )
+        again = await w.send(parent, child, 100, request_id="retry-rules-" + parent)
+        assert (again.replayed, again.transfer.transfer_id) == (True, first.transfer.transfer_id)
+        await refused(w.send(parent, child, 100), S.FAILED_PRECONDITION, "RELATIONSHIP_NOT_ALLOWED")
+    finally:
+        await pool.execute("delete from region_policy where region_key = '64'")

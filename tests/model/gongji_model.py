@@ -799,7 +799,7 @@ class Model:
         self, request_id: str, sender: str, recipient: str, relationship: str, amount_fen: int
     ) -> Refused | tuple[Transfer, bool]:
         """(transfer as it is now, replayed), or the first rule broken, in the contract's order: the
-        request's fields, the people and their relationship, the request id, then money and time."""
+        request's fields, the people, the request id, their relationship, then money and time."""
         if sender == recipient:
             return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
         if not 0 < amount_fen <= AMOUNT_FEN_MAX:
@@ -807,17 +807,21 @@ class Model:
         a, b = self.people.get(sender), self.people.get(recipient)
         if a is None or b is None:
             return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
-        refusal = self._relative_refusal(a, b, relationship)
-        if refusal is not None:
-            return refusal
+        # A retry is answered by what the request id made, whatever the relationship rules say now.
         known = self.transfers.get((sender, request_id))
         if known is not None:
             if known.content != (recipient, amount_fen, relationship):
                 return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
             return known, True
+        refusal = self._relative_refusal(a, b, relationship)
+        if refusal is not None:
+            return refusal
         refusal = self._send_refusal(a, b, amount_fen)
         if refusal is not None:
             return refusal
+        # The sender's pending transfer past its due time goes back first: it holds nothing back.
+        for due in [t for t in self.transfers.values() if t.sender == sender and self._overdue(t)]:
+            self._end(due, EXPIRED)
         a.balance_fen -= amount_fen
         t = Transfer(request_id, sender, recipient, relationship, amount_fen, self.now)
         self.transfers[(sender, request_id)] = t
@@ -849,15 +853,18 @@ class Model:
             return no("TRANSFER_QUIET_HOURS")
         if amount_fen > SEND_MAX_FEN:
             return no("TRANSFER_OVER_LIMIT")
-        # Past its due time a transfer is still PENDING until something returns it (the expiry work, or
-        # a call on it): until then it holds its sender's next send back.
-        if any(t.state == PENDING for t in mine):
+        # Past its due time a transfer holds its sender's next send back no more: a send that may go
+        # ahead returns it first, and its money counts towards the balance.
+        if any(t.state == PENDING and not self._overdue(t) for t in mine):
             return no("TRANSFER_PENDING")
         if sum(china_day(t.sent_at) == china_day(self.now) for t in mine) >= SENDS_PER_DAY:
             return no("TRANSFER_DAILY_LIMIT")
-        if a.balance_fen < amount_fen:
+        if a.balance_fen + sum(t.amount_fen for t in mine if self._overdue(t)) < amount_fen:
             return no("INSUFFICIENT_BALANCE")
         return None
+
+    def _overdue(self, t: Transfer) -> bool:
+        return t.state == PENDING and t.due_at <= self.now
 
     def by_transfer_id(self, transfer_id: str) -> Transfer | None:
         return next((t for t in self.transfers.values() if t.transfer_id == transfer_id), None)

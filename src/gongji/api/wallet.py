@@ -90,7 +90,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         fields.done()
         assert relationship is not None
         try:
-            await wallets.check_relationship(self._app.pool, sender_id, recipient_id, relationship)
+            if not await wallets.sent_before(self._app.pool, sender_id, request_id):
+                await wallets.check_relationship(self._app.pool, sender_id, recipient_id, relationship)
             sent, replayed = await wallets.send(
                 self._app.pool,
                 credential_id=current_principal.get().credential_id,

@@ -94,8 +94,10 @@ def send_refusal(
 ) -> type[errors.GongjiError] | None:
     """Why a send may not be made, in the order the checks run, or None. Twin of `gongji_send_refusal`.
 
-    `pending`: the sender has a transfer still PENDING; `sent_today`: the sender's sends this China
-    calendar day (whatever became of them); `balance_fen`: the sender's account."""
+    `pending`: the sender has a transfer still PENDING and not past its due time (one past it goes back
+    before the send: it holds nothing back); `sent_today`: the sender's sends this China calendar day
+    (whatever became of them); `balance_fen`: the sender's account, with the money of a transfer past
+    its due time."""
     if sender is None or recipient is None:
         return errors.PersonNotFound
     if sender.status is not PersonStatus.ACTIVE:

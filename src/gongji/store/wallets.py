@@ -29,6 +29,7 @@ select g.outcome, g.replayed, (g.transfer).* from credential c
  where {credentials.money_guard("$1", Kind.APP)}"""
 _EXPIRE = f"select {_TRANSFER_COLUMNS} from gongji_expire_transfers($1, $2)"
 _POLICY = "select * from gongji_wallet_policy($1)"
+_SENT_BEFORE = "select exists (select 1 from wallet_transfer where sender_id = $1 and request_id = $2)"
 _OPEN = """
 with person_ok as (select p.person_id from person p where p.person_id = $1 and p.status = 'ACTIVE'),
 opened as (
@@ -131,6 +132,13 @@ async def policy_for(pool: asyncpg.Pool, region_code: str | None) -> WalletPolic
         r["quiet_until"],
         r["expires_at"],
     )
+
+
+async def sent_before(pool: asyncpg.Pool, sender_id: str, request_id: str) -> bool:
+    """Whether the sender's request id made a transfer already: its retry is answered by the send's own
+    statement (the same transfer, or IDEMPOTENCY_KEY_REUSED), whatever the relationship rules say now."""
+    seen: bool = await db.fetchval(pool, _SENT_BEFORE, sender_id, request_id)
+    return seen
 
 
 async def check_relationship(pool: asyncpg.Pool, sender_id: str, recipient_id: str, relationship: Relationship) -> None:

@@ -86,6 +86,13 @@ $$;
 -- account lock makes one sender's sends take turns: the replay, the pending one, the day's count and
 -- the balance are read after it. A request id seen before with the same recipient, amount and
 -- relationship answers its transfer again (replayed); with other content, IDEMPOTENCY_KEY_REUSED.
+--
+-- The sender's pending transfer past its due time holds nothing back: a send that may go ahead returns
+-- it first (EXPIRED), so that what the sender may do never waits on the expiry work. Its row is taken
+-- SKIP LOCKED, since this statement holds the account's lock already and whoever holds the transfer's
+-- row (an accept, a decline, the expiry work) may be waiting for the account: that one ends it, and the
+-- send is refused TRANSFER_PENDING meanwhile. A refused send writes nothing: the transfer past due waits
+-- for the expiry work.
 create or replace function gongji_send_transfer(
     p_now timestamptz, p_request_id text, p_sender_id text, p_recipient_id text, p_relationship text,
     p_amount_fen bigint)
@@ -100,6 +107,7 @@ declare
     v_policy    record;
     v_sent      integer;
     v_after     bigint;
+    v_due       wallet_transfer;  -- the sender's pending transfer past its due time, its row locked
 begin
     select a.balance_fen into v_balance from account a where a.person_id = p_sender_id for update;
     select * into transfer from wallet_transfer t where t.sender_id = p_sender_id and t.request_id = p_request_id;
@@ -116,13 +124,20 @@ begin
     v_policy := gongji_wallet_policy(v_sender.region_code);
     select count(*) into v_sent from wallet_transfer t
      where t.sender_id = p_sender_id and t.china_day = (p_now at time zone 'Asia/Shanghai')::date;
+    select * into v_due from wallet_transfer t
+     where t.sender_id = p_sender_id and t.state = 'PENDING' and t.due_at <= p_now for update skip locked;
     outcome := gongji_send_refusal(
         v_sender, v_balance is not null, v_recipient,
         exists (select 1 from wallet w where w.person_id = p_recipient_id), p_now, v_policy.quiet_from,
         v_policy.quiet_until, v_policy.send_max_fen, p_amount_fen,
-        exists (select 1 from wallet_transfer t where t.sender_id = p_sender_id and t.state = 'PENDING'), v_sent,
-        v_policy.sends_per_day, v_balance);
+        exists (select 1 from wallet_transfer t where t.sender_id = p_sender_id and t.state = 'PENDING'
+                   and t.transfer_id is distinct from v_due.transfer_id), v_sent,
+        v_policy.sends_per_day, v_balance + coalesce(v_due.amount_fen, 0));
     if outcome is not null then return next; return; end if;
+    if v_due.transfer_id is not null then
+        v_due := gongji_end_transfer(v_due, 'EXPIRED', p_now);
+        v_balance := v_balance + v_due.amount_fen;
+    end if;
     insert into wallet_transfer (transfer_id, sender_id, recipient_id, relationship, amount_fen, state, request_id,
                                  china_day, sent_at, due_at)
     values (gen_random_uuid(), p_sender_id, p_recipient_id, p_relationship, p_amount_fen, 'PENDING', p_request_id,
