@@ -160,12 +160,19 @@ async def test_a_database_of_the_released_migrations_upgrades_in_place(old_datab
 
         after = await fingerprint(conn)
         assert {k: after[k] for k in before} == before
-        # The premium tables came with the upgrade, empty.
+        # The premium tables and the 医保钱包's came with the upgrade, empty.
         assert {k: after[k] for k in after.keys() - before.keys()} == {
             "premium_rates": 0,
             "premium_rates_updated": None,
             "premium_payments": 0,
             "premium_refunds": 0,
+            "wallets": 0,
+            "wallet_balances_fen": 0,
+            "wallets_updated": None,
+            "transfers": 0,
+            "transfers_pending": 0,
+            "transfers_resolved": 0,
+            "wallet_entries": 0,
         }
         assert await conn.fetch(_BALANCES) == balances
         assert await audit.differences(conn) == []

@@ -581,3 +581,25 @@ async def test_a_retry_is_answered_by_its_transfer_whatever_the_rules_say_now(w:
         await refused(w.send(parent, child, 100), S.FAILED_PRECONDITION, "RELATIONSHIP_NOT_ALLOWED")
     finally:
         await pool.execute("delete from region_policy where region_key = '64'")
+
+
+async def test_the_expiry_work_locks_accounts_in_the_order_settlements_do(w: Wallets) -> None:
+    """A batch returning transfers of several senders takes their accounts in key order, as a settlement
+    or a refund takes its two: a transaction holding the first sender's account and then asking for the
+    second's finishes, and the batch after it (before the fix: a deadlock, one side aborted)."""
+    day = w.clock.now().astimezone(CHINA).date()
+    one, child_one = await w.family(sender_fen=100)
+    two, child_two = await w.family(sender_fen=100)
+    first, second = sorted((one, two))  # key order, as the "C" collation sorts these ids
+    recipient = {one: child_one, two: child_two}
+    await w.send(second, recipient[second], 100)  # due first
+    w.clock.set(at(day + dt.timedelta(days=1), 10))
+    await w.send(first, recipient[first], 100)
+    w.clock.set(at(day + dt.timedelta(days=3), 10))
+    async with w.pool.acquire() as conn, conn.transaction():
+        await conn.execute("select 1 from account where person_id = $1 for update", first)
+        expiring = asyncio.create_task(w.expire())
+        await asyncio.sleep(0.3)  # the batch now holds both transfers and waits for the first account
+        await conn.execute("select 1 from account where person_id = $1 for update", second)
+    assert await expiring >= 2
+    assert (await w.api.balance(first), await w.api.balance(second)) == (100, 100)

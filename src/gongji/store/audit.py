@@ -136,25 +136,35 @@ having w.balance_fen <> coalesce(sum(e.amount_fen), 0)"""
 # Every transfer left its sender's account exactly once (TRANSFER_OUT of its amount); one declined or
 # expired came back exactly once (TRANSFER_RETURN); one accepted is in the recipient's wallet exactly
 # once (TRANSFER_IN); a pending one is in neither: the money in flight is the sum of the pending ones.
+# Each entry is the transfer's own person's. An accept or decline ended it before its due time, a return
+# at it or after; its China day (which the daily count reads) is its sending's. The entries are
+# aggregated once per transfer, not looked up per transfer (ledger_entry has no index on transfer_id).
 _TRANSFER_VS_BOOKS = """
+with a as (
+    select l.transfer_id,
+           count(*) filter (where l.kind = 'TRANSFER_OUT') as outs,
+           coalesce(sum(l.amount_fen) filter (where l.kind = 'TRANSFER_OUT'), 0) as out_fen,
+           count(*) filter (where l.kind = 'TRANSFER_RETURN') as returns,
+           coalesce(sum(l.amount_fen) filter (where l.kind = 'TRANSFER_RETURN'), 0) as return_fen,
+           min(l.person_id) as first_person, max(l.person_id) as last_person
+      from ledger_entry l where l.transfer_id is not null group by l.transfer_id),
+w as (
+    select e.transfer_id, count(*) as ins, sum(e.amount_fen) as in_fen,
+           min(e.person_id) as first_person, max(e.person_id) as last_person
+      from wallet_entry e where e.transfer_id is not null group by e.transfer_id)
 select t.transfer_id
-  from wallet_transfer t
-  left join lateral (
-      select count(*) filter (where l.kind = 'TRANSFER_OUT') as outs,
-             coalesce(sum(l.amount_fen) filter (where l.kind = 'TRANSFER_OUT'), 0) as out_fen,
-             count(*) filter (where l.kind = 'TRANSFER_RETURN') as returns,
-             coalesce(sum(l.amount_fen) filter (where l.kind = 'TRANSFER_RETURN'), 0) as return_fen,
-             bool_or(l.person_id <> t.sender_id) as elsewhere
-        from ledger_entry l where l.transfer_id = t.transfer_id) a on true
-  left join lateral (
-      select count(*) as ins, coalesce(sum(e.amount_fen), 0) as in_fen,
-             bool_or(e.person_id <> t.recipient_id) as elsewhere
-        from wallet_entry e where e.transfer_id = t.transfer_id) w on true
- where a.outs <> 1 or a.out_fen <> -t.amount_fen or coalesce(a.elsewhere, false) or coalesce(w.elsewhere, false)
-    or a.returns <> (t.state in ('VOIDED', 'EXPIRED'))::int
-    or a.return_fen <> case when t.state in ('VOIDED', 'EXPIRED') then t.amount_fen else 0 end
-    or w.ins <> (t.state = 'POSTED')::int
-    or w.in_fen <> case when t.state = 'POSTED' then t.amount_fen else 0 end"""
+  from wallet_transfer t left join a on a.transfer_id = t.transfer_id left join w on w.transfer_id = t.transfer_id
+ where coalesce(a.outs, 0) <> 1 or coalesce(a.out_fen, 0) <> -t.amount_fen
+    or a.first_person <> t.sender_id or a.last_person <> t.sender_id
+    or w.first_person <> t.recipient_id or w.last_person <> t.recipient_id
+    or coalesce(a.returns, 0) <> (t.state in ('VOIDED', 'EXPIRED'))::int
+    or coalesce(a.return_fen, 0) <> case when t.state in ('VOIDED', 'EXPIRED') then t.amount_fen else 0 end
+    or coalesce(w.ins, 0) <> (t.state = 'POSTED')::int
+    or coalesce(w.in_fen, 0) <> case when t.state = 'POSTED' then t.amount_fen else 0 end
+    or (t.state in ('POSTED', 'VOIDED') and t.resolved_at >= t.due_at)
+    or (t.state = 'EXPIRED' and t.resolved_at < t.due_at)
+    or t.china_day <> (t.sent_at at time zone 'Asia/Shanghai')::date"""
+
 
 
 # Each check and how to name what it found. Every query answers the rows that are off.

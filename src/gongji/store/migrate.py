@@ -71,6 +71,10 @@ TABLE_ORDER = (
     "settlement", "refund", "credit", "premium_payment", "ledger_entry",
 )  # fmt: skip
 _ALTERED = re.compile(r"^\s*alter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?(\w+)", re.IGNORECASE | re.MULTILINE)
+# A foreign key to a table locks it too (SHARE ROW EXCLUSIVE, which holds off its writers): taken up
+# front with the altered ones, in the same order, or a settlement writing it could wait on a table the
+# migration holds while the migration waits on it.
+_REFERENCED = re.compile(r"\breferences\s+(\w+)", re.IGNORECASE)
 _UPGRADE_LOCK_TIMEOUT = "10s"
 
 # The code files, in the order they are applied (a later file may use an earlier one's functions).
@@ -162,8 +166,9 @@ async def _apply_migrations(
 async def _lock_altered_tables(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, pending: list[Migration]
 ) -> None:
-    """Take every table the pending migrations alter at once, in TABLE_ORDER, before any of them runs."""
-    altered = {name.lower() for m in pending for name in _ALTERED.findall(m.sql)}
+    """Take every table the pending migrations alter (or reference by a foreign key) at once, in
+    TABLE_ORDER, before any of them runs."""
+    altered = {name.lower() for m in pending for name in (*_ALTERED.findall(m.sql), *_REFERENCED.findall(m.sql))}
     existing = {r["relname"] for r in await conn.fetch(_EXISTING_TABLES, sorted(altered))}
     ordered = [t for t in TABLE_ORDER if t in existing] + sorted(existing - set(TABLE_ORDER))
     if ordered:

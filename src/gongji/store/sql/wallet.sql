@@ -1,6 +1,7 @@
 -- The 医保钱包: wallets and two-phase transfers into them (issue 18). A send, an accept or decline, and
 -- the expiry work are one statement each; refusals are answered as an `outcome` reason (the same
--- reasons as gongji.errors) and write nothing. Every decision about time takes the service's clock as
+-- reasons as gongji.errors) and write nothing, with one exception: an accept past the due time returns
+-- the transfer to its sender (what the expiry work would do) and is then refused. Every decision about time takes the service's clock as
 -- p_now (gongji.clock), never the database's now(): tests move it, and a replica late to the work
 -- decides as if it had been on time.
 --
@@ -237,21 +238,32 @@ $$;
 -- The expiry work: return to their senders at most p_limit PENDING transfers due by p_now, oldest due
 -- first, and answer them. Rows another transaction holds (an accept or decline in flight, or another
 -- replica's expiry) are skipped, not waited for: that one resolves them, and a replica never returns a
--- transfer twice (each is re-read under its row lock: gongji_end_transfer ends only a PENDING one).
+-- transfer twice (each is re-read under its row lock: gongji_end_transfer ends only a PENDING one). The
+-- senders' accounts are then locked in key order ("C" collation), the order settlements and refunds lock
+-- accounts in (gongji_lock_accounts, gongji_in_key_order), before any is written: a batch holding several
+-- accounts never waits in a cycle with them.
 create or replace function gongji_expire_transfers(p_now timestamptz, p_limit integer)
 returns setof wallet_transfer
 language plpgsql
 as $$
 declare
-    t wallet_transfer;
+    v_due wallet_transfer[];
+    t     wallet_transfer;
 begin
-    for t in
-        select * from wallet_transfer x
-         where x.state = 'PENDING' and x.due_at <= p_now
-         order by x.due_at
-         limit p_limit
-           for update skip locked
-    loop
+    select array_agg(x order by x.due_at) into v_due
+      from (select * from wallet_transfer x
+             where x.state = 'PENDING' and x.due_at <= p_now
+             order by x.due_at
+             limit p_limit
+               for update skip locked) x;
+    if v_due is null then
+        return;
+    end if;
+    perform 1 from account a
+      where a.person_id = any(array(select d.sender_id from unnest(v_due) d))
+      order by a.person_id collate "C"
+        for update;
+    foreach t in array v_due loop
         return next gongji_end_transfer(t, 'EXPIRED', p_now);
     end loop;
 end
