@@ -166,7 +166,6 @@ select t.transfer_id
     or t.china_day <> (t.sent_at at time zone 'Asia/Shanghai')::date"""
 
 
-
 # Each check and how to name what it found. Every query answers the rows that are off.
 _CHECKS = (
     (_BALANCE_VS_LEDGER, "account {person_id}: balance {balance_fen} fen, ledger {ledger_fen} fen"),
