@@ -48,7 +48,10 @@ async def database(settings: Settings, *, migrate_schema: bool = True) -> AsyncI
     )
     try:
         if migrate_schema:
-            metrics.MIGRATIONS_APPLIED.inc(len(await _migrate(settings, pool)))
+            # Tried again like the pool itself while the database is not reachable (or restarts under the
+            # first statements): a migration that fails rolls back whole, so it may simply run again.
+            applied = await db.patiently(lambda: _migrate(settings, pool), settings.db_start_wait_s, "migrations")
+            metrics.MIGRATIONS_APPLIED.inc(len(applied))
         yield pool
     finally:
         await pool.close()

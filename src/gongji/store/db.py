@@ -37,6 +37,9 @@ UNREACHABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.AdminShutdownError,
     asyncpg.exceptions.TargetServerAttributeNotMatched,
+    # A session the database dropped while the driver was talking to it (a restart under way) can leave
+    # the connection in a state the driver refuses to go on from: the next connection starts afresh.
+    asyncpg.exceptions.InternalClientError,
 )
 _BACKOFF_FIRST_S = 0.25
 
