@@ -705,11 +705,13 @@ ACKNOWLEDGED = {
     "credit": "select credit_id::text from credit where credit_id::text = any($1::text[])",
     "reverse": "select request_id from reversal where request_id = any($1::text[])",
     "send": "select transfer_id::text from wallet_transfer where transfer_id::text = any($1::text[])",
-    # An accept or decline answered OK ended its transfer (or found it ended).
+    # An accept answered OK left its transfer POSTED, a decline VOIDED or EXPIRED (or found it so). Not
+    # just "ended": a decline a failover lost leaves the transfer PENDING on the new primary, and a later
+    # accept there may end it the other way; that decline is lost, not found.
     "accept": "select transfer_id::text from wallet_transfer where transfer_id::text = any($1::text[])"
-    " and state <> 'PENDING'",
+    " and state = 'POSTED'",
     "decline": "select transfer_id::text from wallet_transfer where transfer_id::text = any($1::text[])"
-    " and state <> 'PENDING'",
+    " and state in ('VOIDED', 'EXPIRED')",
 }
 
 
