@@ -55,10 +55,6 @@ class SettlementView:
     refunds: list[RefundRow]
 
 
-def settlement_row(r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
-    return SettlementRow.from_record(r, replayed=replayed)
-
-
 async def _view(pool: asyncpg.Pool, query: str, *args: object) -> SettlementView | None:
     """The settlement and its refunds from one snapshot, so a refund committing in between cannot
     make them disagree."""
@@ -67,7 +63,7 @@ async def _view(pool: asyncpg.Pool, query: str, *args: object) -> SettlementView
         if row is None:
             return None
         refunds = [RefundRow(**dict(r)) for r in await conn.fetch(_REFUNDS_OF, row["settlement_id"])]
-    view = SettlementView(settlement_row(row), row["reversed_at"], refunds)
+    view = SettlementView(SettlementRow.from_record(row), row["reversed_at"], refunds)
     s = view.settlement
     assert s.refunded_fen == sum(r.amount_fen for r in refunds if r.reversed_at is None) <= s.amount_fen
     return view
@@ -230,4 +226,4 @@ async def day_page(
     refunds: dict[uuid.UUID, list[RefundRow]] = {r["settlement_id"]: [] for r in rows}
     for r in await db.fetch(pool, _REFUNDS_OF_MANY, list(refunds)):
         refunds[r["settlement_id"]].append(RefundRow(**dict(r)))
-    return [SettlementView(settlement_row(r), r["reversed_at"], refunds[r["settlement_id"]]) for r in rows]
+    return [SettlementView(SettlementRow.from_record(r), r["reversed_at"], refunds[r["settlement_id"]]) for r in rows]
