@@ -93,7 +93,7 @@ SETTLEMENTS = Counter(
     "gongji_settlements_total", "Settle calls by outcome: OK, REPLAYED, or the refusal reason.", ["outcome"]
 )
 SETTLED_FEN = Counter(
-    "gongji_settled_fen_total", "Money settled, in fen, by source: own, mutual_aid, cash.", ["source"]
+    "gongji_settled_fen_total", "Money settled, in fen, by source: own, mutual_aid, wallet, cash.", ["source"]
 )
 SETTLEMENTS_BY_CARE = Counter(
     "gongji_settlements_by_care_total",
@@ -103,7 +103,7 @@ SETTLEMENTS_BY_CARE = Counter(
 )
 SETTLED_FEN_BY_CARE = Counter(
     "gongji_settled_fen_by_care_total",
-    "Money settled from personal accounts (own and mutual aid), in fen, by care scope as in"
+    "Money settled from personal accounts (own, mutual aid and the wallet), in fen, by care scope as in"
     " gongji_settlements_by_care_total.",
     ["care_scope"],
 )
@@ -129,7 +129,7 @@ IDEMPOTENT_REPLAYS = Counter(
 # repeated Reverse moves nothing and is not counted again. A reversal's money is in REFUNDED_FEN too.
 REFUNDS = Counter("gongji_refunds_total", "Refunds (Cancel) committed.")
 REFUNDED_FEN = Counter(
-    "gongji_refunded_fen_total", "Money refunded, in fen, by source: own, mutual_aid, cash.", ["source"]
+    "gongji_refunded_fen_total", "Money refunded, in fen, by source: own, mutual_aid, wallet, cash.", ["source"]
 )
 REVERSALS = Counter("gongji_reversals_total", "Reversals (Reverse) that undid a settlement.")
 # Reversals of a Cancel (Reverse with ORIGINAL_KIND_CANCEL) that took a refund back, counted once, and the
@@ -137,7 +137,7 @@ REVERSALS = Counter("gongji_reversals_total", "Reversals (Reverse) that undid a 
 REFUND_REVERSALS = Counter("gongji_refund_reversals_total", "Reversals (Reverse) that undid a refund.")
 REFUND_REVERSED_FEN = Counter(
     "gongji_refund_reversed_fen_total",
-    "Money taken back by reversals of refunds, in fen, by source: own, mutual_aid, cash.",
+    "Money taken back by reversals of refunds, in fen, by source: own, mutual_aid, wallet, cash.",
     ["source"],
 )
 
@@ -276,7 +276,7 @@ def _zero_fixed_series() -> None:
     for method in ("Quote", "Settle"):
         for reason in _VOUCHER_REASONS:
             VOUCHER_REFUSALS.labels(method, reason)
-    for source in ("own", "mutual_aid", "cash"):
+    for source in ("own", "mutual_aid", "wallet", "cash"):
         SETTLED_FEN.labels(source)
         REFUNDED_FEN.labels(source)
         REFUND_REVERSED_FEN.labels(source)

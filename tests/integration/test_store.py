@@ -14,7 +14,16 @@ from support import Api, cancel, new_person_id, with_database
 from gongji import limits
 from gongji.domain.bill import Parts, WhollySelfPaid
 from gongji.domain.people import Relationship
-from gongji.domain.waterfall import Limit, Split, mutual_aid_room, refund_split, settlement_limit, split, split_bill
+from gongji.domain.waterfall import (
+    Limit,
+    Split,
+    WalletOrder,
+    mutual_aid_room,
+    refund_split,
+    settlement_limit,
+    split,
+    split_bill,
+)
 from gongji.store import audit, bindings, grants, migrate
 
 amounts = st.integers(min_value=1, max_value=limits.AMOUNT_FEN_MAX)
@@ -22,9 +31,10 @@ balances = st.none() | st.integers(min_value=0, max_value=10 * limits.AMOUNT_FEN
 
 
 def test_sql_split_agrees_with_the_reference(db_url: str) -> None:
-    """gongji_split (the hot path) and domain.waterfall.split_bill agree on arbitrary bills, balances and
-    policies on wholly self-paid items, part by part; a bill sent as its amount only is split as
-    domain.waterfall.split always split it."""
+    """gongji_split (the hot path) and domain.waterfall.split_bill agree on arbitrary bills, balances
+    (the wallet's among them) and policies on wholly self-paid items and the wallet's place, part by
+    part; a bill sent as its amount only, without wallet money, is split as domain.waterfall.split
+    always split it."""
     small = st.integers(min_value=0, max_value=60)
     parts = st.one_of(
         st.builds(Parts, amounts),
@@ -37,28 +47,59 @@ def test_sql_split_agrees_with_the_reference(db_url: str) -> None:
         conn = runner.run(asyncpg.connect(db_url))
         try:
 
-            @settings(max_examples=600, deadline=None)
-            @given(parts, balances | small_balances, balances | small_balances, st.booleans(), policies)
-            def agree(bill: Parts, own: int | None, mulaid: int | None, use: bool, wholly: WhollySelfPaid) -> None:
+            @settings(max_examples=800, deadline=None)
+            @given(
+                parts,
+                balances | small_balances,
+                balances | small_balances,
+                st.none() | small_balances | balances,
+                st.booleans(),
+                policies,
+                st.sampled_from(WalletOrder),
+            )
+            def agree(
+                bill: Parts,
+                own: int | None,
+                mulaid: int | None,
+                wallet: int | None,
+                use: bool,
+                wholly: WhollySelfPaid,
+                order: WalletOrder,
+            ) -> None:
                 row = runner.run(
                     conn.fetchrow(
-                        "select * from gongji_split($1, $2, $3, $4, $5, $6, $7, $8)",
+                        "select * from gongji_split($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                         bill.fen,
                         bill.over_limit_fen,
                         bill.wholly_self_paid_fen,
                         own,
                         mulaid,
+                        wallet,
                         use,
                         wholly.account,
                         wholly.mutual_aid,
+                        order.value,
                     )
                 )
                 assert row is not None
-                expected = split_bill(bill, own, mulaid, use_personal_account=use, wholly=wholly)
+                expected = split_bill(
+                    bill,
+                    own,
+                    mulaid,
+                    use_personal_account=use,
+                    wholly=wholly,
+                    wallet_balance_fen=wallet,
+                    wallet_order=order,
+                )
                 assert (row["acct_pay_fen"], row["acct_mulaid_pay_fen"], row["psn_cash_pay_fen"]) == (
                     expected.totals.acct_pay_fen,
                     expected.totals.acct_mulaid_pay_fen,
                     expected.totals.psn_cash_pay_fen,
+                )
+                assert (row["wallet_pay_fen"], row["wallet_over_limit_fen"], row["wallet_wholly_fen"]) == (
+                    expected.wallet.fen,
+                    expected.wallet.over_limit_fen,
+                    expected.wallet.wholly_self_paid_fen,
                 )
                 assert (row["acct_over_limit_fen"], row["acct_wholly_fen"]) == (
                     expected.own.over_limit_fen,
@@ -68,7 +109,7 @@ def test_sql_split_agrees_with_the_reference(db_url: str) -> None:
                     expected.mutual_aid.over_limit_fen,
                     expected.mutual_aid.wholly_self_paid_fen,
                 )
-                if bill == Parts(bill.fen):
+                if bill == Parts(bill.fen) and not wallet:
                     assert expected.totals == split(bill.fen, own, mulaid, use_personal_account=use)
 
             agree()
@@ -94,7 +135,7 @@ def test_sql_settlement_limit_agrees_with_the_reference(db_url: str) -> None:
                 sql = runner.run(
                     conn.fetchval(
                         "select gongji_settlement_limit("
-                        " row($1, $2, $3, $4, $5, $6, $7)::bill_split, $8, $9, 'GRANT_CAP')",
+                        " row($1, $2, $3, $4, $5, $6, $7, 0, 0, 0)::bill_split, $8, $9, 'GRANT_CAP')",
                         s.totals.acct_pay_fen,
                         s.totals.acct_mulaid_pay_fen,
                         s.totals.psn_cash_pay_fen,
@@ -151,20 +192,25 @@ def test_sql_refund_split_agrees_with_the_reference(db_url: str) -> None:
         try:
 
             @settings(max_examples=300, deadline=None)
-            @given(st.integers(0, 10**8), st.integers(0, 10**8), st.integers(0, 10**8), st.data())
-            def agree(own: int, mulaid: int, cash: int, data: st.DataObject) -> None:
-                left = Split(own, mulaid, cash)
+            @given(
+                st.integers(0, 10**8), st.integers(0, 10**8), st.integers(0, 10**8), st.integers(0, 10**8), st.data()
+            )
+            def agree(own: int, mulaid: int, wallet: int, cash: int, data: st.DataObject) -> None:
+                left = Split(own, mulaid, cash, wallet)
                 if left.amount_fen == 0:
                     return
                 amount = data.draw(st.integers(1, left.amount_fen))
                 row = runner.run(
-                    conn.fetchrow("select * from gongji_refund_split($1, $2, $3, $4)", amount, own, mulaid, cash)
+                    conn.fetchrow(
+                        "select * from gongji_refund_split($1, $2, $3, $4, $5)", amount, own, mulaid, wallet, cash
+                    )
                 )
                 assert row is not None
                 expected = refund_split(amount, left)
-                assert (row["acct_pay_fen"], row["acct_mulaid_pay_fen"], row["psn_cash_pay_fen"]) == (
+                assert tuple(row.values()) == (
                     expected.acct_pay_fen,
                     expected.acct_mulaid_pay_fen,
+                    expected.wallet_pay_fen,
                     expected.psn_cash_pay_fen,
                 )
 

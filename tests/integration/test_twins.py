@@ -687,24 +687,30 @@ async def refund_reversal_refusal_both(
     own_balance: int | None,
     mulaid: int,
     mulaid_balance: int | None,
+    wallet: int,
+    wallet_balance: int | None,
 ) -> tuple[str | None, str | None]:
     sql = await conn.fetchval(
-        "select gongji_refund_reversal_refusal($1, $2, $3, $4, $5)", reversed_, own, own_balance, mulaid, mulaid_balance
-    )
+        "select gongji_refund_reversal_refusal($1, $2, $3, $4, $5, $6, $7)",
+        reversed_, own, own_balance, mulaid, mulaid_balance, wallet, wallet_balance,
+    )  # fmt: skip
     twin = refund_reversal_refusal(
         settlement_reversed=reversed_,
         acct_pay_fen=own,
         own_balance_fen=own_balance,
         acct_mulaid_pay_fen=mulaid,
         mulaid_balance_fen=mulaid_balance,
+        wallet_pay_fen=wallet,
+        wallet_balance_fen=wallet_balance,
     )
     return sql, None if twin is None else twin.reason
 
 
 def test_sql_refund_reversal_refusal_agrees_with_the_twin(db_url: str) -> None:
     """gongji_refund_reversal_refusal and domain.reversal.refund_reversal_refusal: a settlement reversed
-    since, an account short of its part (or not credited at all), or a refund that can be taken back."""
-    hold_to_twin(db_url, refund_reversal_refusal_both, st.booleans(), parts, balances, parts, balances)
+    since, an account or the wallet short of its part (or not credited at all), or a refund that can be
+    taken back."""
+    hold_to_twin(db_url, refund_reversal_refusal_both, st.booleans(), parts, balances, parts, balances, parts, balances)
 
 
 # ---- gongji_wholly_self_paid, gongji_insutype_refusal / domain.eligibility, domain.bill --------------

@@ -1,19 +1,15 @@
 """The 医保钱包 (issue 18): wallets, two-phase transfers, their limits at each edge, and the expiry work,
 against a real server whose clock the test holds (gongji.clock.ManualClock) and a real PostgreSQL.
 
-The clock stands in 2031 and later, ahead of any real clock, so that the suite's other servers, whose
-expiry work runs on the machine's clock, never reach these transfers; and every test takes a day of its
-own, so that no test's transfers come due in another's.
+The server and its clock are tests/wallet_support.py's (the fixtures `w` and `wallet_server`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -22,7 +18,8 @@ import pytest
 from conftest import VOUCHER_KEY
 from harness import reason_of
 from prometheus_client import REGISTRY
-from support import RESIDENT, Api, Tokens, bearer, refused
+from support import RESIDENT, bearer, refused
+from wallet_support import CHINA, Wallets, at
 
 from gongji.api import server
 from gongji.api.app import App
@@ -31,11 +28,10 @@ from gongji.clock import ManualClock
 from gongji.config import Settings
 from gongji.domain.vouchers import VoucherCodec
 from gongji.store import audit, wallets
-from gongji.v1 import account_pb2, types_pb2, wallet_pb2, wallet_pb2_grpc
+from gongji.v1 import account_pb2, types_pb2, wallet_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
 S = grpc.StatusCode
-CHINA = dt.timezone(dt.timedelta(hours=8))
 CHILD, PARENT, SPOUSE = types_pb2.RELATIONSHIP_CHILD, types_pb2.RELATIONSHIP_PARENT, types_pb2.RELATIONSHIP_SPOUSE
 PENDING, POSTED, VOIDED, EXPIRED = (
     wallet_pb2.TRANSFER_STATE_PENDING,
@@ -43,97 +39,6 @@ PENDING, POSTED, VOIDED, EXPIRED = (
     wallet_pb2.TRANSFER_STATE_VOIDED,
     wallet_pb2.TRANSFER_STATE_EXPIRED,
 )
-_DAYS = itertools.count()
-
-
-def a_day() -> dt.date:
-    """A China calendar day no other test of the module uses."""
-    return dt.date(2031, 1, 1) + dt.timedelta(days=7 * next(_DAYS))
-
-
-def at(day: dt.date, hh: int, mm: int = 0, ss: int = 0) -> dt.datetime:
-    return dt.datetime(day.year, day.month, day.day, hh, mm, ss, tzinfo=CHINA)
-
-
-@dataclass
-class Wallets:
-    """This module's server, its clock, and calls to it as the app backend."""
-
-    clock: ManualClock
-    stub: wallet_pb2_grpc.WalletServiceStub
-    api: Api
-    pool: asyncpg.Pool
-    server_pool: asyncpg.Pool
-
-    def _md(self) -> tuple[tuple[str, str], ...]:
-        return bearer(self.api.tokens.app)
-
-    async def family(self, *, sender_fen: int = 500_000, region: str = "610100", recipient_region: str = "610100"):
-        """A parent with a personal account and their child with an open wallet."""
-        parent = await self.api.enroll(region=region, birth=dt.date(1960, 1, 1), balance_fen=sender_fen)
-        child = await self.api.enroll(region=recipient_region, birth=dt.date(1990, 1, 1), scheme=RESIDENT)
-        await self.stub.OpenWallet(wallet_pb2.OpenWalletRequest(person_id=child), metadata=self._md())
-        return parent, child
-
-    async def send(
-        self, sender: str, recipient: str, amount_fen: int, *, relationship: int = CHILD, request_id: str | None = None
-    ) -> wallet_pb2.SendTransferResponse:
-        reply: wallet_pb2.SendTransferResponse = await self.stub.SendTransfer(
-            wallet_pb2.SendTransferRequest(
-                request_id=request_id or f"t-{uuid.uuid4()}",
-                sender_id=sender,
-                recipient_id=recipient,
-                relationship=relationship,
-                amount_fen=amount_fen,
-            ),
-            metadata=self._md(),
-        )
-        return reply
-
-    async def accept(self, t: wallet_pb2.Transfer) -> wallet_pb2.AcceptTransferResponse:
-        reply: wallet_pb2.AcceptTransferResponse = await self.stub.AcceptTransfer(
-            wallet_pb2.AcceptTransferRequest(transfer_id=t.transfer_id, recipient_id=t.recipient_id),
-            metadata=self._md(),
-        )
-        return reply
-
-    async def decline(self, t: wallet_pb2.Transfer) -> wallet_pb2.DeclineTransferResponse:
-        reply: wallet_pb2.DeclineTransferResponse = await self.stub.DeclineTransfer(
-            wallet_pb2.DeclineTransferRequest(transfer_id=t.transfer_id, recipient_id=t.recipient_id),
-            metadata=self._md(),
-        )
-        return reply
-
-    async def wallet(self, person_id: str) -> wallet_pb2.Wallet:
-        reply = await self.stub.GetWallet(wallet_pb2.GetWalletRequest(person_id=person_id), metadata=self._md())
-        return reply.wallet
-
-    async def expire(self) -> int:
-        return await WalletExpiry(self.server_pool, self.clock, 3600).run_once()
-
-
-@pytest.fixture(scope="module")
-async def wallet_server(db_url: str, server_pool: asyncpg.Pool) -> AsyncIterator[tuple[server.Running, ManualClock]]:
-    clock = ManualClock(at(dt.date(2031, 1, 1), 10))
-    settings = Settings(
-        database_url=db_url, voucher_key=VOUCHER_KEY.decode(), grpc_listen="127.0.0.1:0", wallet_expiry_interval_s=3600
-    )
-    app = App(settings, server_pool, VoucherCodec({"k1": VOUCHER_KEY}, "k1"), clock)
-    running = await server.start(app, "127.0.0.1:0")
-    try:
-        yield running, clock
-    finally:
-        await running.stop(1.0)
-
-
-@pytest.fixture
-async def w(
-    wallet_server: tuple[server.Running, ManualClock], tokens: Tokens, pool: asyncpg.Pool, server_pool: asyncpg.Pool
-) -> AsyncIterator[Wallets]:
-    running, clock = wallet_server
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        clock.set(at(a_day(), 10))
-        yield Wallets(clock, wallet_pb2_grpc.WalletServiceStub(channel), Api(channel, tokens), pool, server_pool)
 
 
 async def test_a_transfer_is_sent_accepted_and_in_the_books(w: Wallets) -> None:

@@ -31,6 +31,8 @@ NOT_REASONS = frozenset(
         # published defaults (the close relatives, anywhere in the country).
         *("PENDING", "POSTED", "VOIDED", "EXPIRED", "TRANSFER_OUT", "TRANSFER_RETURN", "TRANSFER_IN"),
         *("SPOUSE", "PARENT", "CHILD", "SIBLING", "GRANDPARENT", "GRANDCHILD", "NATIONAL"),
+        # The wallet's place in the deduction order, and the sources gongji_split names.
+        *("BEFORE_ACCOUNT", "AFTER_ACCOUNT", "AFTER_MUTUAL_AID", "OWN", "WALLET", "MULAID"),
     }
 )
 _LITERAL = re.compile(r"'([A-Z][A-Z_]*[A-Z])'")

@@ -18,6 +18,7 @@ from gongji.domain.people import DocumentType, Person, PersonStatus, Relationshi
 from gongji.domain.premium import PremiumRate
 from gongji.domain.vouchers import CARDS, CertType
 from gongji.domain.wallet import DEFAULT_WALLET_POLICY, WalletPolicy, WalletScope
+from gongji.domain.waterfall import DEFAULT_WALLET_ORDER, WalletOrder
 from gongji.store import credits, ledger, people, policies, premiums
 from gongji.v1 import account_pb2, account_pb2_grpc, types_pb2
 
@@ -124,6 +125,13 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         accepted = self._accepted_cards(fields, p)
         no_account, no_mutual_aid = self._wholly_self_paid_rules(fields, p)
         wallet = _wallet_policy(fields, p.wallet)
+        wallet_order = (
+            fields.enum(
+                "policy.wallet_order", p.wallet_order, convert.WALLET_ORDER_NAMES, WalletOrder, convert.WALLET_ORDER
+            )
+            if p.wallet_order
+            else DEFAULT_WALLET_ORDER
+        )
         fields.done()
         assert scope is not None
         policy = RegionPolicy(
@@ -137,6 +145,7 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
             no_account,
             no_mutual_aid,
             wallet,
+            wallet_order or DEFAULT_WALLET_ORDER,
         )
         row = await policies.set_policy(self._app.pool, p.region_key, policy, limits.REGION_POLICIES_MAX)
         if row is None:

@@ -32,6 +32,7 @@ SCOPE_NAMES = names(types_pb2.GrantScope.DESCRIPTOR)
 CERTIFICATE_TYPE_NAMES = names(types_pb2.CertificateType.DESCRIPTOR)
 MED_TYPE_NAMES = names(types_pb2.MedType.DESCRIPTOR)
 INSUTYPE_NAMES = names(types_pb2.Insutype.DESCRIPTOR)
+WALLET_ORDER_NAMES = names(account_pb2.WalletOrder.DESCRIPTOR)
 
 # Enum prefixes of the proto values, for Fields.enum.
 RELATIONSHIP, DOCUMENT_TYPE, SCHEME, STATUS, SCOPE, CERTIFICATE_TYPE = (
@@ -42,7 +43,7 @@ RELATIONSHIP, DOCUMENT_TYPE, SCHEME, STATUS, SCOPE, CERTIFICATE_TYPE = (
     "GRANT_SCOPE_",
     "CERTIFICATE_TYPE_",
 )
-MED_TYPE, INSUTYPE = "MED_TYPE_", "INSUTYPE_"
+MED_TYPE, INSUTYPE, WALLET_ORDER = "MED_TYPE_", "INSUTYPE_", "WALLET_ORDER_"
 
 
 def relationship(r: Relationship) -> types_pb2.Relationship.ValueType:
@@ -101,6 +102,7 @@ def region_policy(key: str, policy: RegionPolicy, row: PolicyRow | None = None) 
             if (rule := wholly_self_paid(policy, m)) != wholly_self_paid(policy, None)
         ],
         wallet=wallet_policy(policy.wallet),
+        wallet_order=account_pb2.WalletOrder.Value(f"WALLET_ORDER_{policy.wallet_order}"),
     )
 
 
@@ -151,6 +153,7 @@ def refund(r: RefundRow) -> types_pb2.Refund:
         psn_cash_pay_fen=r.psn_cash_pay_fen,
         created_at=timestamp(r.created_at),
         reversed_at=timestamp(r.reversed_at) if r.reversed_at else None,
+        wallet_pay_fen=r.wallet_pay_fen,
     )
 
 
@@ -185,6 +188,9 @@ def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb
         cash_parts=parts(s.cash_parts),
         med_type=med_type(s.med_type),
         insutype=insutype(s.insutype),
+        wallet_pay_fen=s.wallet_pay_fen,
+        wallet_parts=parts(s.wallet_parts),
+        wallet_balc_fen=s.wallet_balc_fen,
     )
 
 

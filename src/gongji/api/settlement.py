@@ -47,14 +47,23 @@ def _count_settlement(s: settlements.SettlementRow) -> None:
     metrics.SETTLEMENTS.labels("OK").inc()
     metrics.SETTLED_FEN.labels("own").inc(s.acct_pay_fen)
     metrics.SETTLED_FEN.labels("mutual_aid").inc(s.acct_mulaid_pay_fen)
+    metrics.SETTLED_FEN.labels("wallet").inc(s.wallet_pay_fen)
     metrics.SETTLED_FEN.labels("cash").inc(s.psn_cash_pay_fen)
-    for source, paid in (("own", s.own_parts), ("mutual_aid", s.mutual_aid_parts), ("cash", s.cash_parts)):
+    by_source = (
+        ("own", s.own_parts),
+        ("mutual_aid", s.mutual_aid_parts),
+        ("wallet", s.wallet_parts),
+        ("cash", s.cash_parts),
+    )
+    for source, paid in by_source:
         metrics.SETTLED_FEN_BY_PART.labels(source, "in_scope").inc(paid.in_scope_fen)
         metrics.SETTLED_FEN_BY_PART.labels(source, "over_limit").inc(paid.over_limit_fen)
         metrics.SETTLED_FEN_BY_PART.labels(source, "wholly_self_paid").inc(paid.wholly_self_paid_fen)
     if s.care_scope is not None:
         metrics.SETTLEMENTS_BY_CARE.labels(s.care_scope.value).inc()
-        metrics.SETTLED_FEN_BY_CARE.labels(s.care_scope.value).inc(s.acct_pay_fen + s.acct_mulaid_pay_fen)
+        metrics.SETTLED_FEN_BY_CARE.labels(s.care_scope.value).inc(
+            s.acct_pay_fen + s.acct_mulaid_pay_fen + s.wallet_pay_fen
+        )
     if s.mulaid_limited_by is not None:
         metrics.MUTUAL_AID_LIMITED.labels(s.mulaid_limited_by.value).inc()
 
@@ -80,6 +89,7 @@ def _observe_settle_timing(timing: settlements.SettleTiming) -> None:
 def _count_refunded(refund: lifecycle.RefundRow) -> None:
     metrics.REFUNDED_FEN.labels("own").inc(refund.acct_pay_fen)
     metrics.REFUNDED_FEN.labels("mutual_aid").inc(refund.acct_mulaid_pay_fen)
+    metrics.REFUNDED_FEN.labels("wallet").inc(refund.wallet_pay_fen)
     metrics.REFUNDED_FEN.labels("cash").inc(refund.psn_cash_pay_fen)
 
 
@@ -229,6 +239,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             cash_parts=convert.parts(q.cash_parts),
             med_type=convert.med_type(payment.bill.med_type),
             insutype=convert.insutype(q.insutype),
+            wallet_pay_fen=q.wallet_pay_fen,
+            wallet_parts=convert.parts(q.wallet_parts),
+            wallet_balc_fen=q.wallet_balc_fen,
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
@@ -327,6 +340,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             metrics.REFUND_REVERSALS.inc()
             metrics.REFUND_REVERSED_FEN.labels("own").inc(refund.acct_pay_fen)
             metrics.REFUND_REVERSED_FEN.labels("mutual_aid").inc(refund.acct_mulaid_pay_fen)
+            metrics.REFUND_REVERSED_FEN.labels("wallet").inc(refund.wallet_pay_fen)
             metrics.REFUND_REVERSED_FEN.labels("cash").inc(refund.psn_cash_pay_fen)
         return settlement_pb2.ReverseResponse(
             undone=True, settlement=convert.settlement(view.settlement, view), refund=convert.refund(refund)

@@ -12,6 +12,7 @@ from gongji.domain.bill import ACCOUNTS_PAY, MedType, WhollySelfPaid
 from gongji.domain.people import CLOSE_RELATIVES, Person, PersonStatus, Relationship, Scheme, age_on
 from gongji.domain.vouchers import CARDS, CertType
 from gongji.domain.wallet import DEFAULT_WALLET_POLICY, WalletPolicy
+from gongji.domain.waterfall import DEFAULT_WALLET_ORDER, WalletOrder
 
 
 class Scope(enum.StrEnum):
@@ -63,6 +64,8 @@ class RegionPolicy:
     # The limits on 医保钱包 transfers the region's insured send (domain.wallet); the published ones by
     # default.
     wallet: WalletPolicy = DEFAULT_WALLET_POLICY
+    # Where the wallet of a patient insured in the region pays at settlement (domain.waterfall).
+    wallet_order: WalletOrder = DEFAULT_WALLET_ORDER
 
 
 DEFAULT_POLICY = RegionPolicy()

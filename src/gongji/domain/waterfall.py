@@ -1,4 +1,5 @@
-"""The deduction order of docs/domain.md, exact in fen: own account, then the authorizer's, then cash.
+"""The deduction order of docs/domain.md, exact in fen: own account, the patient's wallet (where its
+region's policy places it), the authorizer's, then cash.
 
 This is the reference implementation. The hot path computes the same split inside SQL
 (`gongji_split` in the store's migrations) so that a settlement is one round trip; a property test
@@ -10,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from gongji.domain.bill import ACCOUNTS_PAY, Parts, WhollySelfPaid
+from gongji.domain.bill import ACCOUNTS_PAY, NO_PARTS, Parts, WhollySelfPaid
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +19,37 @@ class Split:
     acct_pay_fen: int
     acct_mulaid_pay_fen: int
     psn_cash_pay_fen: int
+    wallet_pay_fen: int = 0
 
     @property
     def amount_fen(self) -> int:
-        return self.acct_pay_fen + self.acct_mulaid_pay_fen + self.psn_cash_pay_fen
+        return self.acct_pay_fen + self.acct_mulaid_pay_fen + self.wallet_pay_fen + self.psn_cash_pay_fen
+
+
+class WalletOrder(enum.StrEnum):
+    """Where the patient's wallet stands in the deduction order: region policy (`wallet_order`).
+
+    The default, AFTER_ACCOUNT: the patient's own account first, as before wallets; then the wallet,
+    money a relative gave outright and the patient accepted, so the patient's own; then mutual aid, a
+    standing permission to draw on a relative's account, which is still the relative's money. A family
+    thus spends what is already the patient's before it touches what is not. The twin of
+    `gongji_wallet_order` in store/sql/settle.sql (its default)."""
+
+    BEFORE_ACCOUNT = "BEFORE_ACCOUNT"
+    AFTER_ACCOUNT = "AFTER_ACCOUNT"
+    AFTER_MUTUAL_AID = "AFTER_MUTUAL_AID"
+
+    @property
+    def sources(self) -> tuple[str, str, str]:
+        """The accounts in the order they pay: "own", "wallet", "mutual_aid"."""
+        return {
+            WalletOrder.BEFORE_ACCOUNT: ("wallet", "own", "mutual_aid"),
+            WalletOrder.AFTER_ACCOUNT: ("own", "wallet", "mutual_aid"),
+            WalletOrder.AFTER_MUTUAL_AID: ("own", "mutual_aid", "wallet"),
+        }[self]
+
+
+DEFAULT_WALLET_ORDER = WalletOrder.AFTER_ACCOUNT
 
 
 def split(
@@ -44,10 +72,11 @@ class BillSplit:
     own: Parts
     mutual_aid: Parts
     cash: Parts
+    wallet: Parts = NO_PARTS
 
     @property
     def totals(self) -> Split:
-        return Split(self.own.fen, self.mutual_aid.fen, self.cash.fen)
+        return Split(self.own.fen, self.mutual_aid.fen, self.cash.fen, self.wallet.fen)
 
 
 def _pay(balance_fen: int, left: Parts, order: tuple[str, ...]) -> Parts:
@@ -67,32 +96,42 @@ def split_bill(
     *,
     use_personal_account: bool = True,
     wholly: WhollySelfPaid = ACCOUNTS_PAY,
+    wallet_balance_fen: int | None = None,
+    wallet_order: WalletOrder = DEFAULT_WALLET_ORDER,
 ) -> BillSplit:
-    """Split `bill` over the sources: the own account, then the authorizer's, then cash, each paying
-    only the parts it may (`wholly`: who may pay the wholly self-paid items, by region policy).
+    """Split `bill` over the sources: the own account, the patient's wallet and the authorizer's in
+    `wallet_order`, then cash, each paying only the parts it may (`wholly`: who may pay the wholly
+    self-paid items, by region policy; the wallet holds personal-account money and may what the
+    account may).
 
     `own_balance_fen` is None for a patient without a personal account (resident-insured);
-    `mulaid_balance_fen` is None when no live grant is used. With `use_personal_account` false
-    (个人账户使用标志 off) everything is cash: the authorizer's account is personal-account money too.
+    `mulaid_balance_fen` is None when no live grant is used; `wallet_balance_fen` None when the patient
+    has no wallet. With `use_personal_account` false (个人账户使用标志 off) everything is cash: the
+    authorizer's account and the wallet are personal-account money too.
 
-    The own account pays the parts in scope and over the limit, then the wholly self-paid ones, except
-    where only it may pay the wholly self-paid ones: then it pays those first, leaving what mutual aid
-    may pay to mutual aid. Either way the own account pays as much as it may, and the least is left to
-    cash. The twin of `gongji_split` in store/sql/settle.sql.
+    A source pays the parts in scope and over the limit, then the wholly self-paid ones, except where
+    mutual aid comes after it and may not pay the wholly self-paid ones: then it pays those first,
+    leaving what mutual aid may pay to mutual aid. Either way each source pays as much as it may, and
+    the least is left to cash. The twin of `gongji_split` in store/sql/settle.sql.
     """
     assert bill.fen > 0 and min(bill.in_scope_fen, bill.over_limit_fen, bill.wholly_self_paid_fen) >= 0, bill
-    assert own_balance_fen is None or own_balance_fen >= 0, own_balance_fen
-    assert mulaid_balance_fen is None or mulaid_balance_fen >= 0, mulaid_balance_fen
+    for balance in (own_balance_fen, mulaid_balance_fen, wallet_balance_fen):
+        assert balance is None or balance >= 0, balance
     if not use_personal_account:
         return BillSplit(Parts(), Parts(), bill)
     covered = ("in_scope_fen", "over_limit_fen")
     whole = ("wholly_self_paid_fen",)
-    own_order = (
-        whole + covered if wholly.account and not wholly.mutual_aid else covered + (whole if wholly.account else ())
-    )
-    own = _pay(own_balance_fen or 0, bill, own_order)
-    mulaid = _pay(mulaid_balance_fen or 0, bill - own, covered + (whole if wholly.mutual_aid else ()))
-    result = BillSplit(own, mulaid, bill - own - mulaid)
+    balances = {"own": own_balance_fen, "wallet": wallet_balance_fen, "mutual_aid": mulaid_balance_fen}
+    order = wallet_order.sources
+    paid: dict[str, Parts] = {}
+    left = bill
+    for source in order:
+        may = wholly.mutual_aid if source == "mutual_aid" else wholly.account
+        first = may and not wholly.mutual_aid and order.index("mutual_aid") > order.index(source)
+        parts = whole + covered if first else covered + (whole if may else ())
+        paid[source] = _pay(balances[source] or 0, left, parts)
+        left = left - paid[source]
+    result = BillSplit(paid["own"], paid["mutual_aid"], left, paid["wallet"])
     assert result.totals.amount_fen == bill.fen
     assert min(result.cash.in_scope_fen, result.cash.over_limit_fen, result.cash.wholly_self_paid_fen) >= 0
     return result
@@ -158,13 +197,16 @@ def settlement_limit(s: BillSplit, limited_by: Limit | None, wholly: WhollySelfP
 def refund_split(amount_fen: int, left: Split) -> Split:
     """Which sources a refund of `amount_fen` returns to, given what is not refunded yet (`left`).
 
-    Last drawn first: cash, then the authorizer's account, then the patient's own. So a partial refund
-    of a settlement that was paid partly in cash gives the cash back first, and the accounts keep what
-    they paid until the refund reaches them.
+    Cash first, then the authorizer's account, then the patient's wallet, then the patient's own: last
+    drawn first in the default deduction order, and the same order whatever a region's (a refund never
+    depends on a policy changed since). So a partial refund of a settlement that was paid partly in
+    cash gives the cash back first, and the accounts keep what they paid until the refund reaches them.
+    The twin of `gongji_refund_split` in store/sql/lifecycle.sql.
     """
     assert 0 < amount_fen <= left.amount_fen, (amount_fen, left)
     cash = min(amount_fen, left.psn_cash_pay_fen)
     mulaid = min(amount_fen - cash, left.acct_mulaid_pay_fen)
-    result = Split(amount_fen - cash - mulaid, mulaid, cash)
+    wallet = min(amount_fen - cash - mulaid, left.wallet_pay_fen)
+    result = Split(amount_fen - cash - mulaid - wallet, mulaid, cash, wallet)
     assert 0 <= result.acct_pay_fen <= left.acct_pay_fen
     return result

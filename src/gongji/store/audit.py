@@ -67,7 +67,8 @@ select s.settlement_id
 having s.refunded_fen <> coalesce(sum(r.amount_fen) filter (where r.reversed_at is null), 0)
     or coalesce(sum(r.acct_pay_fen) filter (where r.reversed_at is null), 0) > s.acct_pay_fen
     or coalesce(sum(r.acct_mulaid_pay_fen) filter (where r.reversed_at is null), 0) > s.acct_mulaid_pay_fen
-    or coalesce(sum(r.psn_cash_pay_fen) filter (where r.reversed_at is null), 0) > s.psn_cash_pay_fen"""
+    or coalesce(sum(r.psn_cash_pay_fen) filter (where r.reversed_at is null), 0) > s.psn_cash_pay_fen
+    or coalesce(sum(r.wallet_pay_fen) filter (where r.reversed_at is null), 0) > s.wallet_pay_fen"""
 
 # What a settlement names exists, and its grant joins its authorizer to its patient; a settlement's
 # ledger entries name a settlement that exists (0009 left these to gongji_settle and to this check).
@@ -165,6 +166,42 @@ select t.transfer_id
     or (t.state = 'EXPIRED' and t.resolved_at < t.due_at)
     or t.china_day <> (t.sent_at at time zone 'Asia/Shanghai')::date"""
 
+# What a settlement paid from the wallet is in the patient's wallet exactly once (SETTLEMENT), and the
+# balance after it recorded is that entry's; what each refund gave back to the wallet is there once
+# (REFUND or REVERSAL), and once more taken back (REFUND_REVERSAL) when the refund was reversed. Every
+# entry of a settlement is the patient's.
+_SETTLEMENT_VS_WALLET = """
+with e as (
+    select e.settlement_id, e.refund_id, e.kind, e.person_id, e.amount_fen, e.balance_after_fen
+      from wallet_entry e where e.settlement_id is not null),
+paid as (
+    select s.settlement_id, s.wallet_pay_fen, s.wallet_balc_fen, s.patient_id,
+           count(e.kind) filter (where e.kind = 'SETTLEMENT') as entries,
+           coalesce(-sum(e.amount_fen) filter (where e.kind = 'SETTLEMENT'), 0) as entry_fen,
+           min(e.balance_after_fen) filter (where e.kind = 'SETTLEMENT') as balance_after_fen,
+           bool_or(e.person_id <> s.patient_id) as elsewhere
+      from settlement s left join e on e.settlement_id = s.settlement_id and e.refund_id is null
+     where s.wallet_pay_fen > 0 or e.settlement_id is not null
+     group by s.settlement_id),
+back as (
+    select r.refund_id, r.wallet_pay_fen, r.reversed_at, s.patient_id,
+           coalesce(sum(e.amount_fen) filter (where e.kind <> 'REFUND_REVERSAL'), 0) as given_fen,
+           count(e.kind) filter (where e.kind <> 'REFUND_REVERSAL') as given,
+           coalesce(-sum(e.amount_fen) filter (where e.kind = 'REFUND_REVERSAL'), 0) as taken_fen,
+           count(e.kind) filter (where e.kind = 'REFUND_REVERSAL') as taken,
+           bool_or(e.person_id <> s.patient_id or e.settlement_id <> r.settlement_id) as elsewhere
+      from refund r join settlement s on s.settlement_id = r.settlement_id
+      left join e on e.refund_id = r.refund_id
+     where r.wallet_pay_fen > 0 or e.refund_id is not null
+     group by r.refund_id, s.patient_id)
+select 'settlement ' || settlement_id as what from paid
+ where entries <> (wallet_pay_fen > 0)::int or entry_fen <> wallet_pay_fen or elsewhere
+    or (wallet_pay_fen > 0 and balance_after_fen is distinct from wallet_balc_fen)
+union all
+select 'refund ' || refund_id from back
+ where given <> (wallet_pay_fen > 0)::int or given_fen <> wallet_pay_fen or elsewhere
+    or taken <> (wallet_pay_fen > 0 and reversed_at is not null)::int
+    or taken_fen <> case when reversed_at is null then 0 else wallet_pay_fen end"""
 
 # Each check and how to name what it found. Every query answers the rows that are off.
 _CHECKS = (
@@ -183,6 +220,7 @@ _CHECKS = (
     (_PREMIUM_VS_LEDGER, "premium payment {payment_id}: ledger does not match"),
     (_WALLET_VS_ENTRIES, "wallet {person_id}: balance {balance_fen} fen, entries {entries_fen} fen"),
     (_TRANSFER_VS_BOOKS, "wallet transfer {transfer_id}: the books do not match its state"),
+    (_SETTLEMENT_VS_WALLET, "{what}: the wallet's entries do not match what it paid or gave back"),
 )
 
 

@@ -30,7 +30,7 @@ _BY_ID = f"select {_SETTLEMENT_COLUMNS} from settlement where settlement_id = $1
 _BY_REQUEST = f"select {_SETTLEMENT_COLUMNS} from settlement where institution_id = $1 and request_id = $2"
 _REFUNDS_OF = """
 select refund_id, request_id, settlement_id, kind, amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen,
-       created_at, reversed_at
+       created_at, reversed_at, wallet_pay_fen
   from refund where settlement_id = $1 order by created_at, refund_id"""
 
 
@@ -46,6 +46,7 @@ class RefundRow:
     psn_cash_pay_fen: int
     created_at: dt.datetime
     reversed_at: dt.datetime | None  # a CANCEL reversed in its turn: no longer in refunded_fen
+    wallet_pay_fen: int = 0  # given back to the patient's wallet
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,8 @@ _DAY_SETTLEMENTS = """
 select count(*) as settlement_count, coalesce(sum(amount_fen), 0)::bigint as amount_fen,
        coalesce(sum(acct_pay_fen), 0)::bigint as acct_pay_fen,
        coalesce(sum(acct_mulaid_pay_fen), 0)::bigint as acct_mulaid_pay_fen,
-       coalesce(sum(psn_cash_pay_fen), 0)::bigint as psn_cash_pay_fen
+       coalesce(sum(psn_cash_pay_fen), 0)::bigint as psn_cash_pay_fen,
+       coalesce(sum(wallet_pay_fen), 0)::bigint as wallet_pay_fen
   from settlement where institution_id = $1 and created_at >= $2 and created_at < $3"""
 _DAY_REFUNDS = """
 select count(*) as refund_count,
@@ -144,7 +146,8 @@ select count(*) as refund_count,
        coalesce(sum(amount_fen), 0)::bigint as refunded_fen,
        coalesce(sum(acct_pay_fen), 0)::bigint as refund_acct_pay_fen,
        coalesce(sum(acct_mulaid_pay_fen), 0)::bigint as refund_acct_mulaid_pay_fen,
-       coalesce(sum(psn_cash_pay_fen), 0)::bigint as refund_psn_cash_pay_fen
+       coalesce(sum(psn_cash_pay_fen), 0)::bigint as refund_psn_cash_pay_fen,
+       coalesce(sum(wallet_pay_fen), 0)::bigint as refund_wallet_pay_fen
   from refund where institution_id = $1 and created_at >= $2 and created_at < $3"""
 # Reversals of refunds made that day, by the day of the reversal: a reversed refund stays in its own
 # day's refund totals above, so that a day already reconciled never changes.
@@ -153,7 +156,8 @@ select count(*) as refund_reversal_count,
        coalesce(sum(r.amount_fen), 0)::bigint as refund_reversed_fen,
        coalesce(sum(r.acct_pay_fen), 0)::bigint as refund_reversed_acct_pay_fen,
        coalesce(sum(r.acct_mulaid_pay_fen), 0)::bigint as refund_reversed_acct_mulaid_pay_fen,
-       coalesce(sum(r.psn_cash_pay_fen), 0)::bigint as refund_reversed_psn_cash_pay_fen
+       coalesce(sum(r.psn_cash_pay_fen), 0)::bigint as refund_reversed_psn_cash_pay_fen,
+       coalesce(sum(r.wallet_pay_fen), 0)::bigint as refund_reversed_wallet_pay_fen
   from refund_reversal v join refund r on r.refund_id = v.refund_id
  where v.institution_id = $1 and v.created_at >= $2 and v.created_at < $3"""
 # Keyset pagination on (created_at, settlement_id): each page is one index range, whatever the day's size.
@@ -163,7 +167,7 @@ select {_SETTLEMENT_COLUMNS} from settlement
  order by created_at, settlement_id limit $6"""
 _REFUNDS_OF_MANY = """
 select refund_id, request_id, settlement_id, kind, amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen,
-       created_at, reversed_at
+       created_at, reversed_at, wallet_pay_fen
   from refund where settlement_id = any($1::uuid[]) order by created_at, refund_id"""
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -184,19 +188,17 @@ async def day_totals(pool: asyncpg.Pool, institution_id: str, start: dt.datetime
     assert refunded is not None
     assert unrefunded is not None
     totals = {**dict(settled), **dict(refunded), **dict(unrefunded)}
-    assert totals["acct_pay_fen"] + totals["acct_mulaid_pay_fen"] + totals["psn_cash_pay_fen"] == totals["amount_fen"]
-    reversed_parts = ("refund_reversed_acct_pay_fen", "refund_reversed_acct_mulaid_pay_fen")
-    assert (
-        sum(totals[k] for k in reversed_parts) + totals["refund_reversed_psn_cash_pay_fen"]
-        == (totals["refund_reversed_fen"])
-    )
+    sources = ("acct_pay_fen", "acct_mulaid_pay_fen", "wallet_pay_fen", "psn_cash_pay_fen")
+    assert sum(totals[k] for k in sources) == totals["amount_fen"]
+    assert sum(totals[f"refund_{k}"] for k in sources) == totals["refunded_fen"]
+    assert sum(totals[f"refund_reversed_{k}"] for k in sources) == totals["refund_reversed_fen"]
     return totals
 
 
 _DAY_BY_CARE = """
 select care_scope, count(*) as settlement_count, sum(amount_fen)::bigint as amount_fen,
        sum(acct_pay_fen)::bigint as acct_pay_fen, sum(acct_mulaid_pay_fen)::bigint as acct_mulaid_pay_fen,
-       sum(psn_cash_pay_fen)::bigint as psn_cash_pay_fen
+       sum(psn_cash_pay_fen)::bigint as psn_cash_pay_fen, sum(wallet_pay_fen)::bigint as wallet_pay_fen
   from settlement where institution_id = $1 and created_at >= $2 and created_at < $3
  group by care_scope order by care_scope nulls first"""
 

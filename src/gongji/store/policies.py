@@ -15,6 +15,7 @@ from gongji.domain.eligibility import DEFAULT_POLICY, RegionPolicy, Scope
 from gongji.domain.people import Relationship
 from gongji.domain.vouchers import CARDS, CertType
 from gongji.domain.wallet import DEFAULT_WALLET_POLICY, WalletPolicy, WalletScope
+from gongji.domain.waterfall import DEFAULT_WALLET_ORDER, WalletOrder
 from gongji.store import db
 
 T = TypeVar("T")
@@ -23,13 +24,13 @@ Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
 _COLUMNS = """scope, allowed_relationships, beneficiary_yearly_cap_fen, authorizer_floor_fen, accepted_cert_types,
            mutual_aid_out_of_region, mutual_aid_out_of_province, wholly_self_paid_no_account,
            wholly_self_paid_no_mutual_aid, wallet_relationships, wallet_scope, wallet_sends_per_day,
-           wallet_send_max_fen, wallet_quiet_from, wallet_quiet_until, wallet_expires_at"""
+           wallet_send_max_fen, wallet_quiet_from, wallet_quiet_until, wallet_expires_at, wallet_order"""
 # The most specific policy wins: the 统筹区's own, else its province's (gongji_region_policy, the rule
 # a settlement's caps read too); no row when neither is set.
 _FOR_REGION = f"select {_COLUMNS} from gongji_region_policy($1) where region_key is not null"
 _UPSERT = f"""
 insert into region_policy (region_key, {_COLUMNS})
-values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 on conflict (region_key) do update
    set scope = excluded.scope, allowed_relationships = excluded.allowed_relationships,
        beneficiary_yearly_cap_fen = excluded.beneficiary_yearly_cap_fen,
@@ -41,7 +42,7 @@ on conflict (region_key) do update
        wallet_relationships = excluded.wallet_relationships, wallet_scope = excluded.wallet_scope,
        wallet_sends_per_day = excluded.wallet_sends_per_day, wallet_send_max_fen = excluded.wallet_send_max_fen,
        wallet_quiet_from = excluded.wallet_quiet_from, wallet_quiet_until = excluded.wallet_quiet_until,
-       wallet_expires_at = excluded.wallet_expires_at, updated_at = now()
+       wallet_expires_at = excluded.wallet_expires_at, wallet_order = excluded.wallet_order, updated_at = now()
 returning region_key, {_COLUMNS}, updated_at"""
 _COUNT = "select count(*) from region_policy"
 _LIST = f"select region_key, {_COLUMNS}, updated_at from region_policy order by region_key limit $1"
@@ -68,6 +69,8 @@ def _policy(r: asyncpg.Record) -> RegionPolicy:
         frozenset(MedType(m) for m in r["wholly_self_paid_no_account"] or ()),
         frozenset(MedType(m) for m in r["wholly_self_paid_no_mutual_aid"] or ()),
         _wallet(r),
+        # null: the default place (a policy set before this was a choice, or one keeping the default)
+        DEFAULT_WALLET_ORDER if r["wallet_order"] is None else WalletOrder(r["wallet_order"]),
     )
 
 
@@ -142,6 +145,7 @@ async def set_policy(pool: asyncpg.Pool, region_key: str, policy: RegionPolicy, 
             sorted(policy.wholly_self_paid_no_account) or None,
             sorted(policy.wholly_self_paid_no_mutual_aid) or None,
             *_wallet_columns(policy.wallet),
+            None if policy.wallet_order == DEFAULT_WALLET_ORDER else policy.wallet_order.value,
         )
         assert row is not None
         return _row(row)

@@ -50,6 +50,12 @@ class QuoteResult:
     mutual_aid_parts: Parts
     cash_parts: Parts
     insutype: Insutype
+    wallet_parts: Parts = NO_PARTS  # what the patient's wallet would pay of each part
+    wallet_balc_fen: int | None = None  # None: no wallet, or the account is not to be used
+
+    @property
+    def wallet_pay_fen(self) -> int:
+        return self.wallet_parts.fen
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +87,16 @@ class SettlementRow:
     mutual_aid_parts: Parts = NO_PARTS
     med_type: MedType | None = None
     insutype: Insutype | None = None  # None: settled before gongji recorded it
+    wallet_parts: Parts = NO_PARTS  # what the patient's wallet paid of each part
+    wallet_balc_fen: int | None = None  # None: no wallet, or not to be used
+
+    @property
+    def wallet_pay_fen(self) -> int:
+        return self.wallet_parts.fen
 
     @property
     def cash_parts(self) -> Parts:
-        return self.bill - self.own_parts - self.mutual_aid_parts
+        return self.bill - self.own_parts - self.mutual_aid_parts - self.wallet_parts
 
     @classmethod
     def from_record(cls, r: asyncpg.Record, *, replayed: bool = False) -> SettlementRow:
@@ -105,6 +117,7 @@ class SettlementRow:
             mutual_aid_parts=Parts(r["acct_mulaid_pay_fen"] - mulaid_over - mulaid_wholly, mulaid_over, mulaid_wholly),
             med_type=MedType(r["med_type"]) if r["med_type"] else None,
             insutype=Insutype(r["insutype"]) if r["insutype"] else None,
+            wallet_parts=_paid(r["wallet_pay_fen"], r["wallet_over_limit_fen"], r["wallet_wholly_fen"]),
         )
 
 
@@ -112,13 +125,13 @@ class SettlementRow:
 _PLAIN_COLUMNS = (
     "settlement_id", "institution_id", "terminal_id", "request_id", "patient_id", "authorizer_id", "amount_fen",
     "acct_pay_fen", "acct_mulaid_pay_fen", "psn_cash_pay_fen", "balc_fen", "refunded_fen", "created_at",
-    "insured_region", "care_region",
+    "insured_region", "care_region", "wallet_balc_fen",
 )  # fmt: skip
 # The columns from_record reads, for a query to select.
 COLUMNS = ", ".join(
     (*_PLAIN_COLUMNS, "mulaid_limited_by", "cert_type", "care_scope", "bill_read", "over_limit_fen",
      "wholly_self_paid_fen", "acct_over_limit_fen", "acct_wholly_fen", "mulaid_over_limit_fen", "mulaid_wholly_fen",
-     "med_type", "insutype")
+     "med_type", "insutype", "wallet_pay_fen", "wallet_over_limit_fen", "wallet_wholly_fen")
 )  # fmt: skip
 
 
@@ -252,6 +265,7 @@ async def quote(
     parts = bill.parts or Parts(amount_fen)
     own = _paid(row["acct_pay_fen"], row["acct_over_limit_fen"], row["acct_wholly_fen"])
     mutual_aid = _paid(row["acct_mulaid_pay_fen"], row["mulaid_over_limit_fen"], row["mulaid_wholly_fen"])
+    wallet = _paid(row["wallet_pay_fen"], row["wallet_over_limit_fen"], row["wallet_wholly_fen"])
     result = QuoteResult(
         row["authorizer_id"],
         row["acct_pay_fen"],
@@ -265,10 +279,14 @@ async def quote(
         CareScope(row["care_scope"]),
         own,
         mutual_aid,
-        parts - own - mutual_aid,
+        parts - own - mutual_aid - wallet,
         Insutype(row["insutype"]),
+        wallet,
+        row["wallet_balc_fen"],
     )
-    assert result.acct_pay_fen + result.acct_mulaid_pay_fen + result.psn_cash_pay_fen == amount_fen
+    assert (
+        result.acct_pay_fen + result.acct_mulaid_pay_fen + result.wallet_pay_fen + result.psn_cash_pay_fen == amount_fen
+    )
     assert min(result.cash_parts.in_scope_fen, result.cash_parts.over_limit_fen) >= 0
     assert result.cash_parts.wholly_self_paid_fen >= 0 and result.cash_parts.fen == result.psn_cash_pay_fen
     return result
@@ -313,8 +331,9 @@ async def settle(
         raise _refuse(row["outcome"])
     s = SettlementRow.from_record(row, replayed=row["replayed"])
     # Invariants where money moves, checked after the read (TIGER_STYLE).
-    assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == s.amount_fen
-    assert min(s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.balc_fen) >= 0
+    assert s.acct_pay_fen + s.acct_mulaid_pay_fen + s.wallet_pay_fen + s.psn_cash_pay_fen == s.amount_fen
+    assert min(s.acct_pay_fen, s.acct_mulaid_pay_fen, s.wallet_pay_fen, s.psn_cash_pay_fen, s.balc_fen) >= 0
+    assert s.wallet_balc_fen is None or s.wallet_balc_fen >= 0
     assert (s.authorizer_id is None) == (s.acct_mulaid_pay_fen == 0)
     cash = s.cash_parts
     assert min(cash.in_scope_fen, cash.over_limit_fen, cash.wholly_self_paid_fen) >= 0

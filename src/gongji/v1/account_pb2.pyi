@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _WalletOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WalletOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WalletOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WALLET_ORDER_UNSPECIFIED: _WalletOrder.ValueType  # 0
+    """Read as WALLET_ORDER_AFTER_ACCOUNT, the default."""
+    WALLET_ORDER_BEFORE_ACCOUNT: _WalletOrder.ValueType  # 1
+    """The wallet, the own account, mutual aid."""
+    WALLET_ORDER_AFTER_ACCOUNT: _WalletOrder.ValueType  # 2
+    """The own account, the wallet, mutual aid: what is the patient's before what is a relative's."""
+    WALLET_ORDER_AFTER_MUTUAL_AID: _WalletOrder.ValueType  # 3
+    """The own account, mutual aid, the wallet."""
+
+class WalletOrder(_WalletOrder, metaclass=_WalletOrderEnumTypeWrapper):
+    """Where a patient's 医保钱包 pays at settlement, against the own account and mutual aid (cash is always
+    last). A refund gives back in one order whatever this says: cash, mutual aid, the wallet, the own account.
+    """
+
+WALLET_ORDER_UNSPECIFIED: WalletOrder.ValueType  # 0
+"""Read as WALLET_ORDER_AFTER_ACCOUNT, the default."""
+WALLET_ORDER_BEFORE_ACCOUNT: WalletOrder.ValueType  # 1
+"""The wallet, the own account, mutual aid."""
+WALLET_ORDER_AFTER_ACCOUNT: WalletOrder.ValueType  # 2
+"""The own account, the wallet, mutual aid: what is the patient's before what is a relative's."""
+WALLET_ORDER_AFTER_MUTUAL_AID: WalletOrder.ValueType  # 3
+"""The own account, mutual aid, the wallet."""
+Global___WalletOrder: _TypeAlias = WalletOrder  # noqa: Y015
 
 @_typing.final
 class EnrollRequest(_message.Message):
@@ -362,6 +393,7 @@ class RegionPolicy(_message.Message):
     MUTUAL_AID_OUT_OF_PROVINCE_FIELD_NUMBER: _builtins.int
     WHOLLY_SELF_PAID_RULES_FIELD_NUMBER: _builtins.int
     WALLET_FIELD_NUMBER: _builtins.int
+    WALLET_ORDER_FIELD_NUMBER: _builtins.int
     region_key: _builtins.str
     scope: _types_pb2.GrantScope.ValueType
     beneficiary_yearly_cap_fen: _builtins.int
@@ -379,6 +411,10 @@ class RegionPolicy(_message.Message):
     patient's region; the patient's own account pays either way.
     """
     mutual_aid_out_of_province: _builtins.bool
+    wallet_order: Global___WalletOrder.ValueType
+    """Where the wallet of a patient insured in this region stands in the deduction order at settlement.
+    Unset: WALLET_ORDER_AFTER_ACCOUNT. Applies by the patient's region.
+    """
     @_builtins.property
     def allowed_relationships(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Relationship.ValueType]:
         """Relationships a beneficiary may have to the authorizer. PARENT_IN_LAW and OTHER are refused
@@ -421,10 +457,11 @@ class RegionPolicy(_message.Message):
         mutual_aid_out_of_province: _builtins.bool | None = ...,
         wholly_self_paid_rules: _abc.Iterable[Global___WhollySelfPaidRule] | None = ...,
         wallet: Global___WalletPolicy | None = ...,
+        wallet_order: Global___WalletOrder.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "updated_at", b"updated_at", "wallet", b"wallet"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "accepted_certificate_types", b"accepted_certificate_types", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at", "wallet", b"wallet", "wholly_self_paid_rules", b"wholly_self_paid_rules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen", "_beneficiary_yearly_cap_fen", b"_beneficiary_yearly_cap_fen", "_mutual_aid_out_of_province", b"_mutual_aid_out_of_province", "_mutual_aid_out_of_region", b"_mutual_aid_out_of_region", "accepted_certificate_types", b"accepted_certificate_types", "allowed_relationships", b"allowed_relationships", "authorizer_floor_fen", b"authorizer_floor_fen", "beneficiary_yearly_cap_fen", b"beneficiary_yearly_cap_fen", "mutual_aid_out_of_province", b"mutual_aid_out_of_province", "mutual_aid_out_of_region", b"mutual_aid_out_of_region", "region_key", b"region_key", "scope", b"scope", "updated_at", b"updated_at", "wallet", b"wallet", "wallet_order", b"wallet_order", "wholly_self_paid_rules", b"wholly_self_paid_rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_floor_fen: _TypeAlias = _typing.Literal["authorizer_floor_fen"]  # noqa: Y015
     _WhichOneofArgType__authorizer_floor_fen: _TypeAlias = _typing.Literal["_authorizer_floor_fen", b"_authorizer_floor_fen"]  # noqa: Y015

@@ -106,8 +106,9 @@ class TotalsGrouping(_TotalsGrouping, metaclass=_TotalsGroupingEnumTypeWrapper):
       been committed) is no row and no refund: Reconcile's reversal_count counts it;
     - a reversal of a refund on the day it was made, with the amounts it took back (the refund itself
       stays on its own day).
-    Every figure is int64 fen; in each set acct_pay_fen + acct_mulaid_pay_fen + psn_cash_pay_fen =
-    amount_fen, else the request is INVALID_ARGUMENT naming the field.
+    Every figure is int64 fen; in each set acct_pay_fen + acct_mulaid_pay_fen + wallet_pay_fen +
+    psn_cash_pay_fen = amount_fen, else the request is INVALID_ARGUMENT naming the field. Books that know
+    no wallet leave wallet_pay_fen unset (0).
 
     How the totals are broken down into lines (the platform's insutype, clearing class).
     """
@@ -323,6 +324,9 @@ class QuoteResponse(_message.Message):
     CASH_PARTS_FIELD_NUMBER: _builtins.int
     MED_TYPE_FIELD_NUMBER: _builtins.int
     INSUTYPE_FIELD_NUMBER: _builtins.int
+    WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
+    WALLET_PARTS_FIELD_NUMBER: _builtins.int
+    WALLET_BALC_FEN_FIELD_NUMBER: _builtins.int
     acct_pay_fen: _builtins.int
     """As in Settlement: the patient's own account only; psn_acct_pay_fen is the total of both accounts."""
     acct_mulaid_pay_fen: _builtins.int
@@ -352,6 +356,9 @@ class QuoteResponse(_message.Message):
     med_type: _types_pb2.MedType.ValueType
     insutype: _types_pb2.Insutype.ValueType
     """The insurance the settlement would be made under: the patient's."""
+    wallet_pay_fen: _builtins.int
+    """As in Settlement: what the patient's wallet would pay, and its balance after."""
+    wallet_balc_fen: _builtins.int
     @_builtins.property
     def bill(self) -> _types_pb2.BillParts: ...
     @_builtins.property
@@ -360,6 +367,8 @@ class QuoteResponse(_message.Message):
     def mutual_aid_parts(self) -> _types_pb2.BillParts: ...
     @_builtins.property
     def cash_parts(self) -> _types_pb2.BillParts: ...
+    @_builtins.property
+    def wallet_parts(self) -> _types_pb2.BillParts: ...
     def __init__(
         self,
         *,
@@ -382,19 +391,26 @@ class QuoteResponse(_message.Message):
         cash_parts: _types_pb2.BillParts | None = ...,
         med_type: _types_pb2.MedType.ValueType = ...,
         insutype: _types_pb2.Insutype.ValueType = ...,
+        wallet_pay_fen: _builtins.int = ...,
+        wallet_parts: _types_pb2.BillParts | None = ...,
+        wallet_balc_fen: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "_wallet_balc_fen", b"_wallet_balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "wallet_balc_fen", b"wallet_balc_fen", "wallet_parts", b"wallet_parts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "bill_reading", b"bill_reading", "care_region", b"care_region", "care_scope", b"care_scope", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "insutype", b"insutype", "med_type", b"med_type", "mutual_aid_limited_by", b"mutual_aid_limited_by", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "_wallet_balc_fen", b"_wallet_balc_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "bill_reading", b"bill_reading", "care_region", b"care_region", "care_scope", b"care_scope", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "insutype", b"insutype", "med_type", b"med_type", "mutual_aid_limited_by", b"mutual_aid_limited_by", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "wallet_balc_fen", b"wallet_balc_fen", "wallet_parts", b"wallet_parts", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["beneficiary_cap_left_fen"]  # noqa: Y015
     _WhichOneofArgType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen"]  # noqa: Y015
     _WhichOneofReturnType__grant_cap_left_fen: _TypeAlias = _typing.Literal["grant_cap_left_fen"]  # noqa: Y015
     _WhichOneofArgType__grant_cap_left_fen: _TypeAlias = _typing.Literal["_grant_cap_left_fen", b"_grant_cap_left_fen"]  # noqa: Y015
+    _WhichOneofReturnType__wallet_balc_fen: _TypeAlias = _typing.Literal["wallet_balc_fen"]  # noqa: Y015
+    _WhichOneofArgType__wallet_balc_fen: _TypeAlias = _typing.Literal["_wallet_balc_fen", b"_wallet_balc_fen"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__beneficiary_cap_left_fen) -> _WhichOneofReturnType__beneficiary_cap_left_fen | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__grant_cap_left_fen) -> _WhichOneofReturnType__grant_cap_left_fen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wallet_balc_fen) -> _WhichOneofReturnType__wallet_balc_fen | None: ...
 
 Global___QuoteResponse: _TypeAlias = QuoteResponse  # noqa: Y015
 
@@ -736,6 +752,9 @@ class ReconcileResponse(_message.Message):
     REFUND_REVERSED_PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
     REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
     CARE_TOTALS_FIELD_NUMBER: _builtins.int
+    WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
+    REFUND_REVERSED_WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
     institution_id: _builtins.str
     date: _builtins.str
     settlement_count: _builtins.int
@@ -764,6 +783,12 @@ class ReconcileResponse(_message.Message):
     """Settlements reversed (2601) that day. A reversal of a settlement already refunded in full moves no
     money and adds no refund, but is counted here.
     """
+    wallet_pay_fen: _builtins.int
+    """Paid from patients' wallets, by the day's settlements, given back by its refunds, and taken back
+    by its reversals of refunds.
+    """
+    refund_wallet_pay_fen: _builtins.int
+    refund_reversed_wallet_pay_fen: _builtins.int
     @_builtins.property
     def settlements(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Settlement]:
         """With detail (3202): this page of the day's settlements, oldest first."""
@@ -799,10 +824,13 @@ class ReconcileResponse(_message.Message):
         refund_reversed_psn_cash_pay_fen: _builtins.int = ...,
         reversal_count: _builtins.int = ...,
         care_totals: _abc.Iterable[Global___CareTotals] | None = ...,
+        wallet_pay_fen: _builtins.int = ...,
+        refund_wallet_pay_fen: _builtins.int = ...,
+        refund_reversed_wallet_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_totals", b"care_totals", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refund_reversal_count", b"refund_reversal_count", "refund_reversed_acct_mulaid_pay_fen", b"refund_reversed_acct_mulaid_pay_fen", "refund_reversed_acct_pay_fen", b"refund_reversed_acct_pay_fen", "refund_reversed_fen", b"refund_reversed_fen", "refund_reversed_psn_cash_pay_fen", b"refund_reversed_psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_totals", b"care_totals", "date", b"date", "institution_id", b"institution_id", "next_page_token", b"next_page_token", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_acct_mulaid_pay_fen", b"refund_acct_mulaid_pay_fen", "refund_acct_pay_fen", b"refund_acct_pay_fen", "refund_count", b"refund_count", "refund_psn_cash_pay_fen", b"refund_psn_cash_pay_fen", "refund_reversal_count", b"refund_reversal_count", "refund_reversed_acct_mulaid_pay_fen", b"refund_reversed_acct_mulaid_pay_fen", "refund_reversed_acct_pay_fen", b"refund_reversed_acct_pay_fen", "refund_reversed_fen", b"refund_reversed_fen", "refund_reversed_psn_cash_pay_fen", b"refund_reversed_psn_cash_pay_fen", "refund_reversed_wallet_pay_fen", b"refund_reversed_wallet_pay_fen", "refund_wallet_pay_fen", b"refund_wallet_pay_fen", "refunded_fen", b"refunded_fen", "reversal_count", b"reversal_count", "settlement_count", b"settlement_count", "settlements", b"settlements", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -820,12 +848,14 @@ class CareTotals(_message.Message):
     ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
     PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
     care_scope: _types_pb2.CareScope.ValueType
     settlement_count: _builtins.int
     amount_fen: _builtins.int
     acct_pay_fen: _builtins.int
     acct_mulaid_pay_fen: _builtins.int
     psn_cash_pay_fen: _builtins.int
+    wallet_pay_fen: _builtins.int
     def __init__(
         self,
         *,
@@ -835,10 +865,11 @@ class CareTotals(_message.Message):
         acct_pay_fen: _builtins.int = ...,
         acct_mulaid_pay_fen: _builtins.int = ...,
         psn_cash_pay_fen: _builtins.int = ...,
+        wallet_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_scope", b"care_scope", "psn_cash_pay_fen", b"psn_cash_pay_fen", "settlement_count", b"settlement_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "care_scope", b"care_scope", "psn_cash_pay_fen", b"psn_cash_pay_fen", "settlement_count", b"settlement_count", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -855,6 +886,7 @@ class TotalsFigures(_message.Message):
     ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
     PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     amount_fen: _builtins.int
     acct_pay_fen: _builtins.int
@@ -862,6 +894,8 @@ class TotalsFigures(_message.Message):
     acct_mulaid_pay_fen: _builtins.int
     """The authorizer's personal account (mutual aid)."""
     psn_cash_pay_fen: _builtins.int
+    wallet_pay_fen: _builtins.int
+    """The patient's 医保钱包."""
     def __init__(
         self,
         *,
@@ -870,10 +904,11 @@ class TotalsFigures(_message.Message):
         acct_pay_fen: _builtins.int = ...,
         acct_mulaid_pay_fen: _builtins.int = ...,
         psn_cash_pay_fen: _builtins.int = ...,
+        wallet_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "count", b"count", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "count", b"count", "psn_cash_pay_fen", b"psn_cash_pay_fen", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1065,10 +1100,12 @@ class DetailAmounts(_message.Message):
     ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
     ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
     PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
     amount_fen: _builtins.int
     acct_pay_fen: _builtins.int
     acct_mulaid_pay_fen: _builtins.int
     psn_cash_pay_fen: _builtins.int
+    wallet_pay_fen: _builtins.int
     def __init__(
         self,
         *,
@@ -1076,10 +1113,11 @@ class DetailAmounts(_message.Message):
         acct_pay_fen: _builtins.int = ...,
         acct_mulaid_pay_fen: _builtins.int = ...,
         psn_cash_pay_fen: _builtins.int = ...,
+        wallet_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,43 +26,43 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import error_details_pb2 as google_dot_rpc_dot_error__details__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gongji/v1/types.proto\x12\tgongji.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/rpc/error_details.proto\"\xa0\x07\n\nSettlement\x12\x15\n\rsettlement_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0einstitution_id\x18\x03 \x01(\t\x12\x12\n\npatient_id\x18\x04 \x01(\t\x12\x15\n\rauthorizer_id\x18\x05 \x01(\t\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x07 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x08 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\t \x01(\x03\x12\x10\n\x08\x62\x61lc_fen\x18\n \x01(\x03\x12\x14\n\x0crefunded_fen\x18\x0b \x01(\x03\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bterminal_id\x18\r \x01(\t\x12\"\n\x07refunds\x18\x0e \x03(\x0b\x32\x11.gongji.v1.Refund\x12/\n\x0breversed_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x15mutual_aid_limited_by\x18\x10 \x01(\x0e\x32\x19.gongji.v1.MutualAidLimit\x12\x34\n\x10\x63\x65rtificate_type\x18\x11 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x16\n\x0einsured_region\x18\x12 \x01(\t\x12\x13\n\x0b\x63\x61re_region\x18\x13 \x01(\t\x12(\n\ncare_scope\x18\x14 \x01(\x0e\x32\x14.gongji.v1.CareScope\x12\x18\n\x10psn_acct_pay_fen\x18\x15 \x01(\x03\x12,\n\x0c\x62ill_reading\x18\x16 \x01(\x0e\x32\x16.gongji.v1.BillReading\x12\"\n\x04\x62ill\x18\x17 \x01(\x0b\x32\x14.gongji.v1.BillParts\x12\'\n\town_parts\x18\x18 \x01(\x0b\x32\x14.gongji.v1.BillParts\x12.\n\x10mutual_aid_parts\x18\x19 \x01(\x0b\x32\x14.gongji.v1.BillParts\x12(\n\ncash_parts\x18\x1a \x01(\x0b\x32\x14.gongji.v1.BillParts\x12$\n\x08med_type\x18\x1b \x01(\x0e\x32\x12.gongji.v1.MedType\x12%\n\x08insutype\x18\x1c \x01(\x0e\x32\x13.gongji.v1.Insutype\"W\n\tBillParts\x12\x14\n\x0cin_scope_fen\x18\x01 \x01(\x03\x12\x16\n\x0eover_limit_fen\x18\x02 \x01(\x03\x12\x1c\n\x14wholly_self_paid_fen\x18\x03 \x01(\x03\"\x96\x02\n\x06Refund\x12\x11\n\trefund_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rsettlement_id\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x05 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x06 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x07 \x01(\x03\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\t \x01(\t\x12/\n\x0breversed_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x0eRefusalDetails\x12)\n\nerror_info\x18\x01 \x01(\x0b\x32\x15.google.rpc.ErrorInfo\x12+\n\x0b\x62\x61\x64_request\x18\x02 \x01(\x0b\x32\x16.google.rpc.BadRequest*J\n\x06Scheme\x12\x16\n\x12SCHEME_UNSPECIFIED\x10\x00\x12\x13\n\x0fSCHEME_EMPLOYEE\x10\x01\x12\x13\n\x0fSCHEME_RESIDENT\x10\x02*\x82\x01\n\x0cPersonStatus\x12\x1d\n\x19PERSON_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14PERSON_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17PERSON_STATUS_SUSPENDED\x10\x02\x12\x1c\n\x18PERSON_STATUS_TERMINATED\x10\x03*\x83\x02\n\x0cRelationship\x12\x1c\n\x18RELATIONSHIP_UNSPECIFIED\x10\x00\x12\x17\n\x13RELATIONSHIP_SPOUSE\x10\x01\x12\x17\n\x13RELATIONSHIP_PARENT\x10\x02\x12\x16\n\x12RELATIONSHIP_CHILD\x10\x03\x12\x18\n\x14RELATIONSHIP_SIBLING\x10\x04\x12\x1c\n\x18RELATIONSHIP_GRANDPARENT\x10\x05\x12\x1b\n\x17RELATIONSHIP_GRANDCHILD\x10\x06\x12\x1e\n\x1aRELATIONSHIP_PARENT_IN_LAW\x10\x07\x12\x16\n\x12RELATIONSHIP_OTHER\x10\x08*\xf1\x01\n\x0c\x44ocumentType\x12\x1d\n\x19\x44OCUMENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x44OCUMENT_TYPE_RESIDENT_ID_CARD\x10\x01\x12+\n\'DOCUMENT_TYPE_HK_MO_TW_RESIDENCE_PERMIT\x10\x02\x12\x30\n,DOCUMENT_TYPE_FOREIGN_PERMANENT_RESIDENCE_ID\x10\x03\x12\x1a\n\x16\x44OCUMENT_TYPE_PASSPORT\x10\x04\x12#\n\x1f\x44OCUMENT_TYPE_BIRTH_CERTIFICATE\x10\x05*u\n\nGrantScope\x12\x1b\n\x17GRANT_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12GRANT_SCOPE_REGION\x10\x01\x12\x18\n\x14GRANT_SCOPE_PROVINCE\x10\x02\x12\x18\n\x14GRANT_SCOPE_NATIONAL\x10\x03*\x9c\x01\n\x0f\x43\x65rtificateType\x12 \n\x1c\x43\x45RTIFICATE_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43\x45RTIFICATE_TYPE_E_VOUCHER\x10\x01\x12\x1c\n\x18\x43\x45RTIFICATE_TYPE_ID_CARD\x10\x02\x12)\n%CERTIFICATE_TYPE_SOCIAL_SECURITY_CARD\x10\x03*t\n\x0bGrantStatus\x12\x1c\n\x18GRANT_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11GRANT_STATUS_LIVE\x10\x01\x12\x18\n\x14GRANT_STATUS_REVOKED\x10\x02\x12\x16\n\x12GRANT_STATUS_ENDED\x10\x03*\\\n\x0b\x42illReading\x12\x1c\n\x18\x42ILL_READING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42ILL_READING_AMOUNT\x10\x01\x12\x16\n\x12\x42ILL_READING_PARTS\x10\x02*\xa4\x01\n\x07MedType\x12\x18\n\x14MED_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MED_TYPE_OUTPATIENT\x10\x0b\x12\x16\n\x12MED_TYPE_EMERGENCY\x10\r\x12\x1f\n\x1bMED_TYPE_CHRONIC_OUTPATIENT\x10\x0e\x12\x16\n\x12MED_TYPE_INPATIENT\x10\x15\x12\x15\n\x11MED_TYPE_PHARMACY\x10)*`\n\x08Insutype\x12\x18\n\x14INSUTYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x17INSUTYPE_EMPLOYEE_BASIC\x10\xb6\x02\x12\x1c\n\x17INSUTYPE_RESIDENT_BASIC\x10\x86\x03*{\n\tCareScope\x12\x1a\n\x16\x43\x41RE_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41RE_SCOPE_LOCAL\x10\x01\x12\x1c\n\x18\x43\x41RE_SCOPE_OUT_OF_REGION\x10\x02\x12\x1e\n\x1a\x43\x41RE_SCOPE_OUT_OF_PROVINCE\x10\x03*\xc1\x01\n\x0eMutualAidLimit\x12 \n\x1cMUTUAL_AID_LIMIT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMUTUAL_AID_LIMIT_GRANT_CAP\x10\x01\x12$\n MUTUAL_AID_LIMIT_BENEFICIARY_CAP\x10\x02\x12%\n!MUTUAL_AID_LIMIT_AUTHORIZER_FLOOR\x10\x03\x12 \n\x1cMUTUAL_AID_LIMIT_CARE_REGION\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gongji/v1/types.proto\x12\tgongji.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/rpc/error_details.proto\"\x96\x08\n\nSettlement\x12\x15\n\rsettlement_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0einstitution_id\x18\x03 \x01(\t\x12\x12\n\npatient_id\x18\x04 \x01(\t\x12\x15\n\rauthorizer_id\x18\x05 \x01(\t\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x07 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x08 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\t \x01(\x03\x12\x10\n\x08\x62\x61lc_fen\x18\n \x01(\x03\x12\x14\n\x0crefunded_fen\x18\x0b \x01(\x03\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bterminal_id\x18\r \x01(\t\x12\"\n\x07refunds\x18\x0e \x03(\x0b\x32\x11.gongji.v1.Refund\x12/\n\x0breversed_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x15mutual_aid_limited_by\x18\x10 \x01(\x0e\x32\x19.gongji.v1.MutualAidLimit\x12\x34\n\x10\x63\x65rtificate_type\x18\x11 \x01(\x0e\x32\x1a.gongji.v1.CertificateType\x12\x16\n\x0einsured_region\x18\x12 \x01(\t\x12\x13\n\x0b\x63\x61re_region\x18\x13 \x01(\t\x12(\n\ncare_scope\x18\x14 \x01(\x0e\x32\x14.gongji.v1.CareScope\x12\x18\n\x10psn_acct_pay_fen\x18\x15 \x01(\x03\x12,\n\x0c\x62ill_reading\x18\x16 \x01(\x0e\x32\x16.gongji.v1.BillReading\x12\"\n\x04\x62ill\x18\x17 \x01(\x0b\x32\x14.gongji.v1.BillParts\x12\'\n\town_parts\x18\x18 \x01(\x0b\x32\x14.gongji.v1.BillParts\x12.\n\x10mutual_aid_parts\x18\x19 \x01(\x0b\x32\x14.gongji.v1.BillParts\x12(\n\ncash_parts\x18\x1a \x01(\x0b\x32\x14.gongji.v1.BillParts\x12$\n\x08med_type\x18\x1b \x01(\x0e\x32\x12.gongji.v1.MedType\x12%\n\x08insutype\x18\x1c \x01(\x0e\x32\x13.gongji.v1.Insutype\x12\x16\n\x0ewallet_pay_fen\x18\x1d \x01(\x03\x12*\n\x0cwallet_parts\x18\x1e \x01(\x0b\x32\x14.gongji.v1.BillParts\x12\x1c\n\x0fwallet_balc_fen\x18\x1f \x01(\x03H\x00\x88\x01\x01\x42\x12\n\x10_wallet_balc_fen\"W\n\tBillParts\x12\x14\n\x0cin_scope_fen\x18\x01 \x01(\x03\x12\x16\n\x0eover_limit_fen\x18\x02 \x01(\x03\x12\x1c\n\x14wholly_self_paid_fen\x18\x03 \x01(\x03\"\xae\x02\n\x06Refund\x12\x11\n\trefund_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rsettlement_id\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x63\x63t_pay_fen\x18\x05 \x01(\x03\x12\x1b\n\x13\x61\x63\x63t_mulaid_pay_fen\x18\x06 \x01(\x03\x12\x18\n\x10psn_cash_pay_fen\x18\x07 \x01(\x03\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\t \x01(\t\x12/\n\x0breversed_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ewallet_pay_fen\x18\x0b \x01(\x03\"h\n\x0eRefusalDetails\x12)\n\nerror_info\x18\x01 \x01(\x0b\x32\x15.google.rpc.ErrorInfo\x12+\n\x0b\x62\x61\x64_request\x18\x02 \x01(\x0b\x32\x16.google.rpc.BadRequest*J\n\x06Scheme\x12\x16\n\x12SCHEME_UNSPECIFIED\x10\x00\x12\x13\n\x0fSCHEME_EMPLOYEE\x10\x01\x12\x13\n\x0fSCHEME_RESIDENT\x10\x02*\x82\x01\n\x0cPersonStatus\x12\x1d\n\x19PERSON_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14PERSON_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17PERSON_STATUS_SUSPENDED\x10\x02\x12\x1c\n\x18PERSON_STATUS_TERMINATED\x10\x03*\x83\x02\n\x0cRelationship\x12\x1c\n\x18RELATIONSHIP_UNSPECIFIED\x10\x00\x12\x17\n\x13RELATIONSHIP_SPOUSE\x10\x01\x12\x17\n\x13RELATIONSHIP_PARENT\x10\x02\x12\x16\n\x12RELATIONSHIP_CHILD\x10\x03\x12\x18\n\x14RELATIONSHIP_SIBLING\x10\x04\x12\x1c\n\x18RELATIONSHIP_GRANDPARENT\x10\x05\x12\x1b\n\x17RELATIONSHIP_GRANDCHILD\x10\x06\x12\x1e\n\x1aRELATIONSHIP_PARENT_IN_LAW\x10\x07\x12\x16\n\x12RELATIONSHIP_OTHER\x10\x08*\xf1\x01\n\x0c\x44ocumentType\x12\x1d\n\x19\x44OCUMENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x44OCUMENT_TYPE_RESIDENT_ID_CARD\x10\x01\x12+\n\'DOCUMENT_TYPE_HK_MO_TW_RESIDENCE_PERMIT\x10\x02\x12\x30\n,DOCUMENT_TYPE_FOREIGN_PERMANENT_RESIDENCE_ID\x10\x03\x12\x1a\n\x16\x44OCUMENT_TYPE_PASSPORT\x10\x04\x12#\n\x1f\x44OCUMENT_TYPE_BIRTH_CERTIFICATE\x10\x05*u\n\nGrantScope\x12\x1b\n\x17GRANT_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12GRANT_SCOPE_REGION\x10\x01\x12\x18\n\x14GRANT_SCOPE_PROVINCE\x10\x02\x12\x18\n\x14GRANT_SCOPE_NATIONAL\x10\x03*\x9c\x01\n\x0f\x43\x65rtificateType\x12 \n\x1c\x43\x45RTIFICATE_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43\x45RTIFICATE_TYPE_E_VOUCHER\x10\x01\x12\x1c\n\x18\x43\x45RTIFICATE_TYPE_ID_CARD\x10\x02\x12)\n%CERTIFICATE_TYPE_SOCIAL_SECURITY_CARD\x10\x03*t\n\x0bGrantStatus\x12\x1c\n\x18GRANT_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11GRANT_STATUS_LIVE\x10\x01\x12\x18\n\x14GRANT_STATUS_REVOKED\x10\x02\x12\x16\n\x12GRANT_STATUS_ENDED\x10\x03*\\\n\x0b\x42illReading\x12\x1c\n\x18\x42ILL_READING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42ILL_READING_AMOUNT\x10\x01\x12\x16\n\x12\x42ILL_READING_PARTS\x10\x02*\xa4\x01\n\x07MedType\x12\x18\n\x14MED_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MED_TYPE_OUTPATIENT\x10\x0b\x12\x16\n\x12MED_TYPE_EMERGENCY\x10\r\x12\x1f\n\x1bMED_TYPE_CHRONIC_OUTPATIENT\x10\x0e\x12\x16\n\x12MED_TYPE_INPATIENT\x10\x15\x12\x15\n\x11MED_TYPE_PHARMACY\x10)*`\n\x08Insutype\x12\x18\n\x14INSUTYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x17INSUTYPE_EMPLOYEE_BASIC\x10\xb6\x02\x12\x1c\n\x17INSUTYPE_RESIDENT_BASIC\x10\x86\x03*{\n\tCareScope\x12\x1a\n\x16\x43\x41RE_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41RE_SCOPE_LOCAL\x10\x01\x12\x1c\n\x18\x43\x41RE_SCOPE_OUT_OF_REGION\x10\x02\x12\x1e\n\x1a\x43\x41RE_SCOPE_OUT_OF_PROVINCE\x10\x03*\xc1\x01\n\x0eMutualAidLimit\x12 \n\x1cMUTUAL_AID_LIMIT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMUTUAL_AID_LIMIT_GRANT_CAP\x10\x01\x12$\n MUTUAL_AID_LIMIT_BENEFICIARY_CAP\x10\x02\x12%\n!MUTUAL_AID_LIMIT_AUTHORIZER_FLOOR\x10\x03\x12 \n\x1cMUTUAL_AID_LIMIT_CARE_REGION\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gongji.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCHEME']._serialized_start=1508
-  _globals['_SCHEME']._serialized_end=1582
-  _globals['_PERSONSTATUS']._serialized_start=1585
-  _globals['_PERSONSTATUS']._serialized_end=1715
-  _globals['_RELATIONSHIP']._serialized_start=1718
-  _globals['_RELATIONSHIP']._serialized_end=1977
-  _globals['_DOCUMENTTYPE']._serialized_start=1980
-  _globals['_DOCUMENTTYPE']._serialized_end=2221
-  _globals['_GRANTSCOPE']._serialized_start=2223
-  _globals['_GRANTSCOPE']._serialized_end=2340
-  _globals['_CERTIFICATETYPE']._serialized_start=2343
-  _globals['_CERTIFICATETYPE']._serialized_end=2499
-  _globals['_GRANTSTATUS']._serialized_start=2501
-  _globals['_GRANTSTATUS']._serialized_end=2617
-  _globals['_BILLREADING']._serialized_start=2619
-  _globals['_BILLREADING']._serialized_end=2711
-  _globals['_MEDTYPE']._serialized_start=2714
-  _globals['_MEDTYPE']._serialized_end=2878
-  _globals['_INSUTYPE']._serialized_start=2880
-  _globals['_INSUTYPE']._serialized_end=2976
-  _globals['_CARESCOPE']._serialized_start=2978
-  _globals['_CARESCOPE']._serialized_end=3101
-  _globals['_MUTUALAIDLIMIT']._serialized_start=3104
-  _globals['_MUTUALAIDLIMIT']._serialized_end=3297
+  _globals['_SCHEME']._serialized_start=1650
+  _globals['_SCHEME']._serialized_end=1724
+  _globals['_PERSONSTATUS']._serialized_start=1727
+  _globals['_PERSONSTATUS']._serialized_end=1857
+  _globals['_RELATIONSHIP']._serialized_start=1860
+  _globals['_RELATIONSHIP']._serialized_end=2119
+  _globals['_DOCUMENTTYPE']._serialized_start=2122
+  _globals['_DOCUMENTTYPE']._serialized_end=2363
+  _globals['_GRANTSCOPE']._serialized_start=2365
+  _globals['_GRANTSCOPE']._serialized_end=2482
+  _globals['_CERTIFICATETYPE']._serialized_start=2485
+  _globals['_CERTIFICATETYPE']._serialized_end=2641
+  _globals['_GRANTSTATUS']._serialized_start=2643
+  _globals['_GRANTSTATUS']._serialized_end=2759
+  _globals['_BILLREADING']._serialized_start=2761
+  _globals['_BILLREADING']._serialized_end=2853
+  _globals['_MEDTYPE']._serialized_start=2856
+  _globals['_MEDTYPE']._serialized_end=3020
+  _globals['_INSUTYPE']._serialized_start=3022
+  _globals['_INSUTYPE']._serialized_end=3118
+  _globals['_CARESCOPE']._serialized_start=3120
+  _globals['_CARESCOPE']._serialized_end=3243
+  _globals['_MUTUALAIDLIMIT']._serialized_start=3246
+  _globals['_MUTUALAIDLIMIT']._serialized_end=3439
   _globals['_SETTLEMENT']._serialized_start=102
-  _globals['_SETTLEMENT']._serialized_end=1030
-  _globals['_BILLPARTS']._serialized_start=1032
-  _globals['_BILLPARTS']._serialized_end=1119
-  _globals['_REFUND']._serialized_start=1122
-  _globals['_REFUND']._serialized_end=1400
-  _globals['_REFUSALDETAILS']._serialized_start=1402
-  _globals['_REFUSALDETAILS']._serialized_end=1506
+  _globals['_SETTLEMENT']._serialized_end=1148
+  _globals['_BILLPARTS']._serialized_start=1150
+  _globals['_BILLPARTS']._serialized_end=1237
+  _globals['_REFUND']._serialized_start=1240
+  _globals['_REFUND']._serialized_end=1542
+  _globals['_REFUSALDETAILS']._serialized_start=1544
+  _globals['_REFUSALDETAILS']._serialized_end=1648
 # @@protoc_insertion_point(module_scope)

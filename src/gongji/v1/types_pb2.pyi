@@ -424,6 +424,9 @@ class Settlement(_message.Message):
     CASH_PARTS_FIELD_NUMBER: _builtins.int
     MED_TYPE_FIELD_NUMBER: _builtins.int
     INSUTYPE_FIELD_NUMBER: _builtins.int
+    WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
+    WALLET_PARTS_FIELD_NUMBER: _builtins.int
+    WALLET_BALC_FEN_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     request_id: _builtins.str
     """The terminal's idempotency key."""
@@ -440,7 +443,9 @@ class Settlement(_message.Message):
     acct_mulaid_pay_fen: _builtins.int
     """Paid from the authorizer's personal account (family mutual aid)."""
     psn_cash_pay_fen: _builtins.int
-    """Paid by the patient in cash."""
+    """Paid by the patient in cash. amount_fen = acct_pay_fen + acct_mulaid_pay_fen + wallet_pay_fen +
+    psn_cash_pay_fen.
+    """
     balc_fen: _builtins.int
     """The patient's own balance after the settlement (0 for a resident-insured patient)."""
     refunded_fen: _builtins.int
@@ -473,6 +478,15 @@ class Settlement(_message.Message):
     """The insurance the settlement was made under (the patient's scheme at the time); UNSPECIFIED for
     settlements made before gongji recorded it.
     """
+    wallet_pay_fen: _builtins.int
+    """Paid from the patient's 医保钱包 (wallet), its own source: not part of psn_acct_pay_fen, which is
+    the platform's total of the two personal accounts. Where the wallet stands in the deduction order
+    is the patient's region policy (RegionPolicy.wallet_order).
+    """
+    wallet_balc_fen: _builtins.int
+    """The wallet's balance after the settlement; unset when the patient has no wallet or the personal
+    account was not to be used.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -490,13 +504,16 @@ class Settlement(_message.Message):
     @_builtins.property
     def own_parts(self) -> Global___BillParts:
         """What each source paid of each part: own_parts adds up to acct_pay_fen, mutual_aid_parts to
-        acct_mulaid_pay_fen, cash_parts to psn_cash_pay_fen; the three add up to `bill` part by part.
+        acct_mulaid_pay_fen, wallet_parts to wallet_pay_fen, cash_parts to psn_cash_pay_fen; the four add up
+        to `bill` part by part.
         """
 
     @_builtins.property
     def mutual_aid_parts(self) -> Global___BillParts: ...
     @_builtins.property
     def cash_parts(self) -> Global___BillParts: ...
+    @_builtins.property
+    def wallet_parts(self) -> Global___BillParts: ...
     def __init__(
         self,
         *,
@@ -528,12 +545,17 @@ class Settlement(_message.Message):
         cash_parts: Global___BillParts | None = ...,
         med_type: Global___MedType.ValueType = ...,
         insutype: Global___Insutype.ValueType = ...,
+        wallet_pay_fen: _builtins.int = ...,
+        wallet_parts: Global___BillParts | None = ...,
+        wallet_balc_fen: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill", "cash_parts", b"cash_parts", "created_at", b"created_at", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "reversed_at", b"reversed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_wallet_balc_fen", b"_wallet_balc_fen", "bill", b"bill", "cash_parts", b"cash_parts", "created_at", b"created_at", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "reversed_at", b"reversed_at", "wallet_balc_fen", b"wallet_balc_fen", "wallet_parts", b"wallet_parts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "bill", b"bill", "bill_reading", b"bill_reading", "care_region", b"care_region", "care_scope", b"care_scope", "cash_parts", b"cash_parts", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "insured_region", b"insured_region", "insutype", b"insutype", "med_type", b"med_type", "mutual_aid_limited_by", b"mutual_aid_limited_by", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "patient_id", b"patient_id", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_wallet_balc_fen", b"_wallet_balc_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "bill", b"bill", "bill_reading", b"bill_reading", "care_region", b"care_region", "care_scope", b"care_scope", "cash_parts", b"cash_parts", "certificate_type", b"certificate_type", "created_at", b"created_at", "institution_id", b"institution_id", "insured_region", b"insured_region", "insutype", b"insutype", "med_type", b"med_type", "mutual_aid_limited_by", b"mutual_aid_limited_by", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "patient_id", b"patient_id", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refunded_fen", b"refunded_fen", "refunds", b"refunds", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "terminal_id", b"terminal_id", "wallet_balc_fen", b"wallet_balc_fen", "wallet_parts", b"wallet_parts", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__wallet_balc_fen: _TypeAlias = _typing.Literal["wallet_balc_fen"]  # noqa: Y015
+    _WhichOneofArgType__wallet_balc_fen: _TypeAlias = _typing.Literal["_wallet_balc_fen", b"_wallet_balc_fen"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wallet_balc_fen) -> _WhichOneofReturnType__wallet_balc_fen | None: ...
 
 Global___Settlement: _TypeAlias = Settlement  # noqa: Y015
 
@@ -589,6 +611,7 @@ class Refund(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     REVERSED_AT_FIELD_NUMBER: _builtins.int
+    WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
     refund_id: _builtins.str
     request_id: _builtins.str
     settlement_id: _builtins.str
@@ -598,6 +621,10 @@ class Refund(_message.Message):
     psn_cash_pay_fen: _builtins.int
     kind: _builtins.str
     """CANCEL (2208) or REVERSAL (2601)."""
+    wallet_pay_fen: _builtins.int
+    """Given back to the patient's wallet. A refund gives back cash first, then mutual aid, then the
+    wallet, then the own account.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -619,10 +646,11 @@ class Refund(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         kind: _builtins.str = ...,
         reversed_at: _timestamp_pb2.Timestamp | None = ...,
+        wallet_pay_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reversed_at", b"reversed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "created_at", b"created_at", "kind", b"kind", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_id", b"refund_id", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "created_at", b"created_at", "kind", b"kind", "psn_cash_pay_fen", b"psn_cash_pay_fen", "refund_id", b"refund_id", "request_id", b"request_id", "reversed_at", b"reversed_at", "settlement_id", b"settlement_id", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

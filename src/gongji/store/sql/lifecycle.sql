@@ -10,17 +10,21 @@ as $$
     select x from unnest(array[p_first, p_second]) as x where x is not null order by x collate "C"
 $$;
 
--- Which sources a refund returns to: last drawn first, so cash, then the authorizer's account, then
--- the patient's own. gongji.domain.waterfall.refund_split is the reference; a property test proves
--- the two agree. The caller makes sure p_amount_fen is at most what is left in all three.
+-- Which sources a refund returns to: cash, then the authorizer's account, then the patient's wallet,
+-- then the patient's own account (last drawn first, in the wallet's default place in the deduction
+-- order; the same order whatever the region's, so that a refund never depends on a policy changed
+-- since). gongji.domain.waterfall.refund_split is the reference; a property test proves the two agree.
+-- The caller makes sure p_amount_fen is at most what is left in all four.
 create or replace function gongji_refund_split(
-    p_amount_fen bigint, p_own_left_fen bigint, p_mulaid_left_fen bigint, p_cash_left_fen bigint,
-    out acct_pay_fen bigint, out acct_mulaid_pay_fen bigint, out psn_cash_pay_fen bigint)
+    p_amount_fen bigint, p_own_left_fen bigint, p_mulaid_left_fen bigint, p_wallet_left_fen bigint,
+    p_cash_left_fen bigint,
+    out acct_pay_fen bigint, out acct_mulaid_pay_fen bigint, out wallet_pay_fen bigint, out psn_cash_pay_fen bigint)
 language sql immutable parallel safe
 as $$
-    select p_amount_fen - c.cash - m.mulaid, m.mulaid, c.cash
+    select p_amount_fen - c.cash - m.mulaid - w.wallet, m.mulaid, w.wallet, c.cash
       from (select least(p_amount_fen, p_cash_left_fen)) as c (cash),
-           lateral (select least(p_amount_fen - c.cash, p_mulaid_left_fen)) as m (mulaid)
+           lateral (select least(p_amount_fen - c.cash, p_mulaid_left_fen)) as m (mulaid),
+           lateral (select least(p_amount_fen - c.cash - m.mulaid, p_wallet_left_fen)) as w (wallet)
 $$;
 
 -- Refund p_amount_fen of a settlement whose row the caller holds FOR UPDATE; return the refund's id.
@@ -45,17 +49,24 @@ begin
     -- sum(bigint) is numeric: cast back, the amounts are bounded far below bigint's range.
     select (s.acct_pay_fen - coalesce(sum(r.acct_pay_fen), 0))::bigint as own,
            (s.acct_mulaid_pay_fen - coalesce(sum(r.acct_mulaid_pay_fen), 0))::bigint as mulaid,
+           (s.wallet_pay_fen - coalesce(sum(r.wallet_pay_fen), 0))::bigint as wallet,
            (s.psn_cash_pay_fen - coalesce(sum(r.psn_cash_pay_fen), 0))::bigint as cash
       into v_left
       from refund r where r.settlement_id = p_settlement_id and r.reversed_at is null;
-    assert p_amount_fen > 0 and p_amount_fen <= v_left.own + v_left.mulaid + v_left.cash;
-    select * into v_split from gongji_refund_split(p_amount_fen, v_left.own, v_left.mulaid, v_left.cash);
+    assert p_amount_fen > 0 and p_amount_fen <= v_left.own + v_left.mulaid + v_left.wallet + v_left.cash;
+    select * into v_split from gongji_refund_split(p_amount_fen, v_left.own, v_left.mulaid, v_left.wallet, v_left.cash);
     assert v_split.acct_pay_fen between 0 and v_left.own;
 
     insert into refund (refund_id, settlement_id, institution_id, request_id, kind, amount_fen, acct_pay_fen,
-                        acct_mulaid_pay_fen, psn_cash_pay_fen)
+                        acct_mulaid_pay_fen, wallet_pay_fen, psn_cash_pay_fen)
     values (v_id, s.settlement_id, s.institution_id, p_request_id, p_kind, p_amount_fen, v_split.acct_pay_fen,
-            v_split.acct_mulaid_pay_fen, v_split.psn_cash_pay_fen);
+            v_split.acct_mulaid_pay_fen, v_split.wallet_pay_fen, v_split.psn_cash_pay_fen);
+
+    -- The wallet before the accounts, the order every money path takes them in (gongji_lock_accounts).
+    if v_split.wallet_pay_fen > 0 then
+        perform gongji_wallet_move(s.patient_id, v_split.wallet_pay_fen,
+                                   case p_kind when 'CANCEL' then 'REFUND' else 'REVERSAL' end, s.settlement_id, v_id);
+    end if;
 
     for v_pid in
         select gongji_in_key_order(case when v_split.acct_pay_fen > 0 then s.patient_id end,
@@ -177,33 +188,38 @@ $$;
 -- Why a committed refund cannot be reversed, or null when it can. Twin:
 -- gongji.domain.reversal.refund_reversal_refusal. 'ALREADY_REVERSED': its settlement was reversed
 -- since, which gave back everything that was left, so there is nothing the refund's money could return
--- to. 'REFUND_ALREADY_SPENT': an account the refund credited holds less than the refund's part of it
--- now (the money paid something else meanwhile); taking it back would push the balance below zero,
--- and gongji keeps no receivable for the cash it would then be owed. A null balance is an account the
--- refund credited nothing (its part is 0).
+-- to. 'REFUND_ALREADY_SPENT': an account (or the wallet) the refund credited holds less than the
+-- refund's part of it now (the money paid something else meanwhile); taking it back would push the
+-- balance below zero, and gongji keeps no receivable for the cash it would then be owed. A null balance
+-- is one the refund credited nothing (its part is 0).
 create or replace function gongji_refund_reversal_refusal(
     p_settlement_reversed boolean, p_acct_pay_fen bigint, p_own_balance_fen bigint,
-    p_acct_mulaid_pay_fen bigint, p_mulaid_balance_fen bigint)
+    p_acct_mulaid_pay_fen bigint, p_mulaid_balance_fen bigint, p_wallet_pay_fen bigint, p_wallet_balance_fen bigint)
 returns text
 language sql immutable parallel safe
 as $$
     select case
         when p_settlement_reversed then 'ALREADY_REVERSED'
         when p_acct_pay_fen > coalesce(p_own_balance_fen, 0)
-          or p_acct_mulaid_pay_fen > coalesce(p_mulaid_balance_fen, 0) then 'REFUND_ALREADY_SPENT'
+          or p_acct_mulaid_pay_fen > coalesce(p_mulaid_balance_fen, 0)
+          or p_wallet_pay_fen > coalesce(p_wallet_balance_fen, 0) then 'REFUND_ALREADY_SPENT'
     end
 $$;
 
--- Lock, FOR UPDATE and in ascending person_id order as everywhere, the accounts a refund credited (those
--- of its parts that are not zero), and answer their balances (null: not credited, not locked).
+-- Lock, FOR UPDATE, what a refund credited (those of its parts that are not zero): the patient's wallet
+-- first, then the accounts in ascending person_id order, as everywhere; answer their balances (null: not
+-- credited, not locked).
 create or replace function gongji_lock_refunded_accounts(r refund, s settlement,
-    out own_balance_fen bigint, out mulaid_balance_fen bigint)
+    out own_balance_fen bigint, out mulaid_balance_fen bigint, out wallet_balance_fen bigint)
 language plpgsql
 as $$
 declare
     v_pid     text;
     v_balance bigint;
 begin
+    if r.wallet_pay_fen > 0 then
+        select w.balance_fen into strict wallet_balance_fen from wallet w where w.person_id = s.patient_id for update;
+    end if;
     for v_pid in
         select gongji_in_key_order(case when r.acct_pay_fen > 0 then s.patient_id end,
                                    case when r.acct_mulaid_pay_fen > 0 then s.authorizer_id end)
@@ -228,6 +244,9 @@ declare
     v_part  bigint;
     v_after bigint;
 begin
+    if r.wallet_pay_fen > 0 then
+        perform gongji_wallet_move(s.patient_id, -r.wallet_pay_fen, 'REFUND_REVERSAL', s.settlement_id, r.refund_id);
+    end if;
     for v_pid in
         select gongji_in_key_order(case when r.acct_pay_fen > 0 then s.patient_id end,
                                    case when r.acct_mulaid_pay_fen > 0 then s.authorizer_id end)
@@ -281,7 +300,8 @@ begin
         select * into s from settlement x where x.settlement_id = v_refund.settlement_id for update;
         select * into v_balance from gongji_lock_refunded_accounts(v_refund, s);
         outcome := gongji_refund_reversal_refusal(s.reversed_at is not null, v_refund.acct_pay_fen,
-            v_balance.own_balance_fen, v_refund.acct_mulaid_pay_fen, v_balance.mulaid_balance_fen);
+            v_balance.own_balance_fen, v_refund.acct_mulaid_pay_fen, v_balance.mulaid_balance_fen,
+            v_refund.wallet_pay_fen, v_balance.wallet_balance_fen);
         if outcome is not null then return next; return; end if;
         perform gongji_take_refund_back(v_refund, s);
     end if;

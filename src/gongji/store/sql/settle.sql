@@ -18,50 +18,111 @@
 -- applies it again whenever it changes (gongji.store.migrate), after the numbered migrations. A change
 -- of a function's signature needs a `drop function` in a numbered migration first.
 
--- The waterfall, by the bill's parts: the own account, then the authorizer's, then cash, each paying only
--- the parts it may. Twin: gongji.domain.waterfall.split_bill. The part within the policy scope is what
--- the over-limit (p_over_limit_fen) and wholly self-paid (p_wholly_fen) parts leave of p_amount_fen; a
--- bill sent as its amount only has neither. A null balance means "no such account" (resident patient,
--- or no grant used). p_account_pays_wholly and p_mulaid_pays_wholly: whether the personal account, and
--- mutual aid, may pay the wholly self-paid items (gongji_wholly_self_paid). The own account pays the
--- wholly self-paid items first where mutual aid may not pay them, so the least is left to cash.
+-- The waterfall, by the bill's parts: the sources in p_wallet_order (the patient's wallet, own account
+-- and the authorizer's: gongji_wallet_order), then cash, each paying only the parts it may. Twin:
+-- gongji.domain.waterfall.split_bill. The part within the policy scope is what the over-limit
+-- (p_over_limit_fen) and wholly self-paid (p_wholly_fen) parts leave of p_amount_fen; a bill sent as its
+-- amount only has neither. A null balance means "no such source" (resident patient, no grant used, no
+-- wallet). p_account_pays_wholly and p_mulaid_pays_wholly: whether the personal account (and the
+-- wallet, which holds personal-account money), and mutual aid, may pay the wholly self-paid items
+-- (gongji_wholly_self_paid). A source pays the wholly self-paid items first where mutual aid comes after
+-- it and may not pay them, so the least is left to cash; otherwise in scope, over the limit, wholly
+-- self-paid.
 create or replace function gongji_split(
     p_amount_fen bigint, p_over_limit_fen bigint, p_wholly_fen bigint, p_own_balance_fen bigint,
-    p_mulaid_balance_fen bigint, p_use_account boolean, p_account_pays_wholly boolean, p_mulaid_pays_wholly boolean)
+    p_mulaid_balance_fen bigint, p_wallet_balance_fen bigint, p_use_account boolean, p_account_pays_wholly boolean,
+    p_mulaid_pays_wholly boolean, p_wallet_order text)
 returns bill_split
 language plpgsql immutable parallel safe
 as $$
 declare
-    v_in_scope  bigint := p_amount_fen - p_over_limit_fen - p_wholly_fen;
-    v_own       bigint := case when p_use_account then coalesce(p_own_balance_fen, 0) else 0 end;
-    v_mulaid    bigint := case when p_use_account then coalesce(p_mulaid_balance_fen, 0) else 0 end;
-    v_to_mulaid boolean := p_account_pays_wholly and p_mulaid_pays_wholly;
-    v_own_in    bigint;
-    v_mulaid_in bigint;
-    r           bill_split;
+    v_own     bigint := case when p_use_account then coalesce(p_own_balance_fen, 0) else 0 end;
+    v_mulaid  bigint := case when p_use_account then coalesce(p_mulaid_balance_fen, 0) else 0 end;
+    v_wallet  bigint := case when p_use_account then coalesce(p_wallet_balance_fen, 0) else 0 end;
+    v_in      bigint := p_amount_fen - p_over_limit_fen - p_wholly_fen;
+    v_over    bigint := p_over_limit_fen;
+    v_wholly  bigint := p_wholly_fen;
+    v_order   text[] := case p_wallet_order when 'BEFORE_ACCOUNT' then array['WALLET', 'OWN', 'MULAID']
+                                            when 'AFTER_MUTUAL_AID' then array['OWN', 'MULAID', 'WALLET']
+                                            else array['OWN', 'WALLET', 'MULAID'] end;
+    v_source  text;
+    v_balance bigint;
+    v_may     boolean;
+    v_first   boolean;
+    v_pay_in  bigint;
+    v_pay_over   bigint;
+    v_pay_wholly bigint;
+    r         bill_split;
 begin
-    if p_over_limit_fen = 0 and p_wholly_fen = 0 then
-        -- All within the scope (a bill sent as its amount): one statement, as each one costs.
+    if p_over_limit_fen = 0 and p_wholly_fen = 0 and v_wallet = 0 then
+        -- All within the scope (a bill sent as its amount), no wallet: one statement, as each one costs.
         r := row(least(p_amount_fen, v_own), least(p_amount_fen - least(p_amount_fen, v_own), v_mulaid),
                  p_amount_fen - least(p_amount_fen, v_own) - least(p_amount_fen - least(p_amount_fen, v_own), v_mulaid),
-                 0, 0, 0, 0);
+                 0, 0, 0, 0, 0, 0, 0);
         return r;
     end if;
-    r.acct_wholly_fen := case when p_account_pays_wholly and not v_to_mulaid then least(v_own, p_wholly_fen) else 0 end;
-    v_own_in := least(v_own - r.acct_wholly_fen, v_in_scope);
-    r.acct_over_limit_fen := least(v_own - r.acct_wholly_fen - v_own_in, p_over_limit_fen);
-    if v_to_mulaid then
-        r.acct_wholly_fen := least(v_own - v_own_in - r.acct_over_limit_fen, p_wholly_fen);
-    end if;
-    r.acct_pay_fen := v_own_in + r.acct_over_limit_fen + r.acct_wholly_fen;
-    v_mulaid_in := least(v_mulaid, v_in_scope - v_own_in);
-    r.mulaid_over_limit_fen := least(v_mulaid - v_mulaid_in, p_over_limit_fen - r.acct_over_limit_fen);
-    r.mulaid_wholly_fen := case when v_to_mulaid
-                                then least(v_mulaid - v_mulaid_in - r.mulaid_over_limit_fen,
-                                           p_wholly_fen - r.acct_wholly_fen) else 0 end;
-    r.acct_mulaid_pay_fen := v_mulaid_in + r.mulaid_over_limit_fen + r.mulaid_wholly_fen;
-    r.psn_cash_pay_fen := p_amount_fen - r.acct_pay_fen - r.acct_mulaid_pay_fen;
+    foreach v_source in array v_order loop
+        v_balance := case v_source when 'OWN' then v_own when 'MULAID' then v_mulaid else v_wallet end;
+        v_may := case v_source when 'MULAID' then p_mulaid_pays_wholly else p_account_pays_wholly end;
+        v_first := v_may and not p_mulaid_pays_wholly
+                   and array_position(v_order, 'MULAID') > array_position(v_order, v_source);
+        v_pay_wholly := case when v_first then least(v_balance, v_wholly) else 0 end;
+        v_pay_in := least(v_balance - v_pay_wholly, v_in);
+        v_pay_over := least(v_balance - v_pay_wholly - v_pay_in, v_over);
+        if v_may and not v_first then
+            v_pay_wholly := least(v_balance - v_pay_in - v_pay_over, v_wholly);
+        end if;
+        v_in := v_in - v_pay_in;
+        v_over := v_over - v_pay_over;
+        v_wholly := v_wholly - v_pay_wholly;
+        case v_source
+            when 'OWN' then
+                r.acct_pay_fen := v_pay_in + v_pay_over + v_pay_wholly;
+                r.acct_over_limit_fen := v_pay_over;
+                r.acct_wholly_fen := v_pay_wholly;
+            when 'MULAID' then
+                r.acct_mulaid_pay_fen := v_pay_in + v_pay_over + v_pay_wholly;
+                r.mulaid_over_limit_fen := v_pay_over;
+                r.mulaid_wholly_fen := v_pay_wholly;
+            else
+                r.wallet_pay_fen := v_pay_in + v_pay_over + v_pay_wholly;
+                r.wallet_over_limit_fen := v_pay_over;
+                r.wallet_wholly_fen := v_pay_wholly;
+        end case;
+    end loop;
+    r.psn_cash_pay_fen := v_in + v_over + v_wholly;
     return r;
+end
+$$;
+
+-- Move p_fen (negative: out) on p_person_id's wallet for settlement p_settlement_id (and refund
+-- p_refund_id) with a wallet entry of p_kind, and answer the balance after. The caller holds the
+-- wallet's row, or takes it here, wallets before accounts (gongji_lock_accounts).
+create or replace function gongji_wallet_move(
+    p_person_id text, p_fen bigint, p_kind text, p_settlement_id uuid, p_refund_id uuid)
+returns bigint
+language plpgsql
+as $$
+declare
+    v_after bigint;
+begin
+    update wallet w set balance_fen = w.balance_fen + p_fen, updated_at = now()
+     where w.person_id = p_person_id returning w.balance_fen into v_after;
+    assert v_after >= 0, 'a wallet that paid exists and holds what it gives';
+    insert into wallet_entry (person_id, amount_fen, balance_after_fen, kind, settlement_id, refund_id, created_at)
+    values (p_person_id, p_fen, v_after, p_kind, p_settlement_id, p_refund_id, now());
+    return v_after;
+end
+$$;
+
+-- Where the wallet stands in the deduction order of a patient insured in p_region_code: the region
+-- policy's, else after the own account and before mutual aid (docs/domain.md says why). Twin:
+-- gongji.domain.wallet.WalletPolicy.order.
+create or replace function gongji_wallet_order(p_region_code text) returns text
+language plpgsql stable
+as $$
+begin
+    return coalesce((gongji_region_policy(p_region_code)).wallet_order, 'AFTER_ACCOUNT');
 end
 $$;
 
@@ -323,9 +384,15 @@ $$;
 -- paying with its own money does not queue on the authorizer's row. A peek decides. When the personal
 -- account may not pay (p_use_account false), nothing is taken from it and nothing is locked: its
 -- balance is read for balc only, the patient's balance after the settlement.
+--
+-- The patient's wallet (wallet_fen null: none, or the account may not pay) is locked first, as every
+-- money path takes a wallet before accounts (refunds, their reversals); its balance is then fixed, and
+-- what it pays before mutual aid (wallet_order, the patient's region policy: gongji_wallet_order, read
+-- only when the wallet holds money) leaves less to the accounts.
 create or replace function gongji_lock_accounts(
     p_patient_id text, p_has_account boolean, p_authorizer_id text, p_amount_fen bigint, p_use_account boolean,
-    out own_fen bigint, out mulaid_fen bigint, out wait_s double precision)
+    p_region_code text,
+    out own_fen bigint, out mulaid_fen bigint, out wallet_fen bigint, out wallet_order text, out wait_s double precision)
 language plpgsql
 as $$
 declare
@@ -334,11 +401,17 @@ declare
     v_second  text;
     v_pid     text;
     v_balance bigint;
-    v_t       timestamptz;
+    v_t       timestamptz := clock_timestamp();
 begin
     if not p_use_account then
         select a.balance_fen into own_fen from account a where a.person_id = p_patient_id and p_has_account;
         return;
+    end if;
+    select w.balance_fen into wallet_fen from wallet w where w.person_id = p_patient_id for update;
+    if found then
+        wait_s := extract(epoch from clock_timestamp() - v_t);
+        wallet_order := case when wallet_fen > 0 then gongji_wallet_order(p_region_code) end;
+        p_amount_fen := p_amount_fen - case when wallet_order <> 'AFTER_MUTUAL_AID' then wallet_fen else 0 end;
     end if;
     if v_need_authorizer and p_has_account then
         select a.balance_fen into v_balance from account a where a.person_id = p_patient_id;
@@ -587,13 +660,14 @@ $$;
 -- idempotency key. Answers the row.
 -- The grant and its authorizer are recorded only when mutual aid pays part of the bill, and what it
 -- paid counts towards this year's caps of the grant and of the beneficiary. The bill's parts over the
--- limit and wholly self-paid are null when it was sent as its amount only (recorded as 'AMOUNT').
+-- limit and wholly self-paid are null when it was sent as its amount only (recorded as 'AMOUNT'). The
+-- wallet's balance after is recorded when it was drawn on (p_wallet_fen not null: its balance before).
 create or replace function gongji_settle_write(
     p_settlement_id uuid, p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_patient_id text, p_grant_id bigint, p_authorizer_id text, p_amount_fen bigint,
-    p_own_fen bigint, p_mulaid_fen bigint, p_split bill_split, p_mulaid_limited_by text, p_cert_type text,
-    p_insured_region text, p_care_region text, p_care_scope text, p_over_limit_fen bigint, p_wholly_fen bigint,
-    p_med_type text, p_insutype text)
+    p_own_fen bigint, p_mulaid_fen bigint, p_wallet_fen bigint, p_split bill_split, p_mulaid_limited_by text,
+    p_cert_type text, p_insured_region text, p_care_region text, p_care_scope text, p_over_limit_fen bigint,
+    p_wholly_fen bigint, p_med_type text, p_insutype text)
 returns settlement
 language plpgsql
 as $$
@@ -602,7 +676,8 @@ declare
     v_after bigint;
 begin
     assert p_split.acct_pay_fen between 0 and coalesce(p_own_fen, 0)
-       and p_split.acct_mulaid_pay_fen between 0 and coalesce(p_mulaid_fen, 0);
+       and p_split.acct_mulaid_pay_fen between 0 and coalesce(p_mulaid_fen, 0)
+       and p_split.wallet_pay_fen between 0 and coalesce(p_wallet_fen, 0);
     if p_split.acct_mulaid_pay_fen = 0 then
         p_grant_id := null;
         p_authorizer_id := null;
@@ -611,14 +686,16 @@ begin
         settlement_id, institution_id, terminal_id, request_id, patient_id, authorizer_id, grant_id, voucher_id,
         amount_fen, acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, balc_fen, mulaid_limited_by, cert_type,
         insured_region, care_region, care_scope, bill_read, over_limit_fen, wholly_self_paid_fen, acct_over_limit_fen,
-        acct_wholly_fen, mulaid_over_limit_fen, mulaid_wholly_fen, med_type, insutype)
+        acct_wholly_fen, mulaid_over_limit_fen, mulaid_wholly_fen, med_type, insutype, wallet_pay_fen,
+        wallet_over_limit_fen, wallet_wholly_fen, wallet_balc_fen)
     values (
         p_settlement_id, p_institution_id, p_terminal_id, p_request_id, p_patient_id, p_authorizer_id, p_grant_id,
         p_voucher_id, p_amount_fen, p_split.acct_pay_fen, p_split.acct_mulaid_pay_fen, p_split.psn_cash_pay_fen,
         coalesce(p_own_fen, 0) - p_split.acct_pay_fen, p_mulaid_limited_by, p_cert_type, p_insured_region,
         p_care_region, p_care_scope, case when p_over_limit_fen is null then 'AMOUNT' else 'PARTS' end,
         coalesce(p_over_limit_fen, 0), coalesce(p_wholly_fen, 0), p_split.acct_over_limit_fen, p_split.acct_wholly_fen,
-        p_split.mulaid_over_limit_fen, p_split.mulaid_wholly_fen, p_med_type, p_insutype)
+        p_split.mulaid_over_limit_fen, p_split.mulaid_wholly_fen, p_med_type, p_insutype, p_split.wallet_pay_fen,
+        p_split.wallet_over_limit_fen, p_split.wallet_wholly_fen, p_wallet_fen - p_split.wallet_pay_fen)
     returning * into s;
     if p_split.acct_pay_fen > 0 then
         update account a set balance_fen = a.balance_fen - p_split.acct_pay_fen, updated_at = now()
@@ -636,6 +713,10 @@ begin
         perform gongji_count_mutual_aid(p_grant_id, p_patient_id, gongji_china_year(s.created_at),
                                         p_split.acct_mulaid_pay_fen);
     end if;
+    if p_split.wallet_pay_fen > 0 then
+        v_after := gongji_wallet_move(p_patient_id, -p_split.wallet_pay_fen, 'SETTLEMENT', p_settlement_id, null);
+        assert v_after = p_wallet_fen - p_split.wallet_pay_fen;
+    end if;
     insert into idempotency_key (scope, request_id, request_digest, resource_id)
     values ('settle/' || p_institution_id, p_request_id, p_request_digest, p_settlement_id);
     return s;
@@ -651,7 +732,8 @@ returns table (
     outcome text, authorizer_id text, acct_pay_fen bigint, acct_mulaid_pay_fen bigint,
     psn_cash_pay_fen bigint, balc_fen bigint, mulaid_limited_by text, grant_cap_left_fen bigint,
     beneficiary_cap_left_fen bigint, care_region text, care_scope text, acct_over_limit_fen bigint,
-    acct_wholly_fen bigint, mulaid_over_limit_fen bigint, mulaid_wholly_fen bigint, insutype text)
+    acct_wholly_fen bigint, mulaid_over_limit_fen bigint, mulaid_wholly_fen bigint, insutype text,
+    wallet_pay_fen bigint, wallet_over_limit_fen bigint, wallet_wholly_fen bigint, wallet_balc_fen bigint)
 language plpgsql
 as $$
 #variable_conflict use_column
@@ -661,6 +743,7 @@ declare
     v_authorizer text;
     v_own        bigint;
     v_mulaid     bigint;
+    v_wallet     bigint;
     v_room       record;
     v_split      bill_split;
     v_care       record;
@@ -685,19 +768,20 @@ begin
     -- takes nothing from it when p_use_account is false.
     select a.balance_fen into v_own from account a
      where a.person_id = p_patient_id and v_patient.scheme = 'EMPLOYEE';
+    select w.balance_fen into v_wallet from wallet w where w.person_id = p_patient_id and p_use_account;
     v_room := gongji_mutual_aid_limits(v_grant, p_patient_id, v_patient.region_code, v_mulaid, false);
     v_wholly := gongji_wholly_self_paid(v_patient.region_code, p_med_type, p_wholly_fen);
     v_split := gongji_split(p_amount_fen, coalesce(p_over_limit_fen, 0), coalesce(p_wholly_fen, 0), v_own,
-                            v_room.room_fen, p_use_account, v_wholly.account, v_wholly.mutual_aid);
+                            v_room.room_fen, v_wallet, p_use_account, v_wholly.account, v_wholly.mutual_aid,
+                            case when v_wallet > 0 then gongji_wallet_order(v_patient.region_code) end);
     outcome := 'OK';
     authorizer_id := case when v_split.acct_mulaid_pay_fen > 0 then v_authorizer end;
-    acct_pay_fen := v_split.acct_pay_fen;
-    acct_mulaid_pay_fen := v_split.acct_mulaid_pay_fen;
-    psn_cash_pay_fen := v_split.psn_cash_pay_fen;
-    acct_over_limit_fen := v_split.acct_over_limit_fen;
-    acct_wholly_fen := v_split.acct_wholly_fen;
-    mulaid_over_limit_fen := v_split.mulaid_over_limit_fen;
-    mulaid_wholly_fen := v_split.mulaid_wholly_fen;
+    select v_split.acct_pay_fen, v_split.acct_mulaid_pay_fen, v_split.psn_cash_pay_fen, v_split.acct_over_limit_fen,
+           v_split.acct_wholly_fen, v_split.mulaid_over_limit_fen, v_split.mulaid_wholly_fen, v_split.wallet_pay_fen,
+           v_split.wallet_over_limit_fen, v_split.wallet_wholly_fen, v_wallet - v_split.wallet_pay_fen
+      into acct_pay_fen, acct_mulaid_pay_fen, psn_cash_pay_fen, acct_over_limit_fen, acct_wholly_fen,
+           mulaid_over_limit_fen, mulaid_wholly_fen, wallet_pay_fen, wallet_over_limit_fen, wallet_wholly_fen,
+           wallet_balc_fen;
     insutype := gongji_insutype(v_patient.scheme);
     balc_fen := coalesce(v_own, 0) - v_split.acct_pay_fen;
     mulaid_limited_by := gongji_settlement_limit(v_split, p_wholly_fen, v_wholly.mutual_aid,
@@ -755,9 +839,8 @@ begin
                                         p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id,
                                         p_insutype);
     if outcome is not null then return next; return; end if;
-    -- 3. Where care happens, the grant and 4. the accounts, locked (when the account may pay: see
-    -- gongji_lock_accounts, told what the accounts may pay of the bill), and the room the caps and the
-    -- floor leave on the authorizer's.
+    -- 3. Where care happens, the grant and 4. the wallet and accounts, locked (gongji_lock_accounts, told
+    -- what the accounts may pay of the bill), and the room the caps and the floor leave on the authorizer's.
     v_care := gongji_care(p_institution_id, p_patient_id, v_patient.region_code, p_authorizer_id, p_voucher_grant_id,
                           p_use_account);
     v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id, v_care.mutual_aid);
@@ -768,16 +851,18 @@ begin
     v_wholly := gongji_wholly_self_paid(v_patient.region_code, p_med_type, p_wholly_fen);
     v_accounts := gongji_lock_accounts(p_patient_id, v_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
                                        p_amount_fen - case when v_wholly.account then 0 else p_wholly_fen end,
-                                       p_use_account);
-    lock_wait_account_s := v_accounts.wait_s;
+                                       p_use_account, v_patient.region_code);
+    lock_wait_account_s := v_accounts.wait_s;  -- the wallet's lock is counted as an account's
     v_room := gongji_mutual_aid_limits(v_grant.grant_id, p_patient_id, v_patient.region_code, v_accounts.mulaid_fen,
                                        true);
     -- 5. The split, 6. the write.
     v_split := gongji_split(p_amount_fen, coalesce(p_over_limit_fen, 0), coalesce(p_wholly_fen, 0),
-                            v_accounts.own_fen, v_room.room_fen, p_use_account, v_wholly.account, v_wholly.mutual_aid);
+                            v_accounts.own_fen, v_room.room_fen, v_accounts.wallet_fen, p_use_account,
+                            v_wholly.account, v_wholly.mutual_aid, v_accounts.wallet_order);
     settled := gongji_settle_write(
         gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_voucher_id, p_patient_id,
-        v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen, v_accounts.mulaid_fen, v_split,
+        v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen, v_accounts.mulaid_fen,
+        v_accounts.wallet_fen, v_split,
         gongji_settlement_limit(v_split, p_wholly_fen, v_wholly.mutual_aid,
                                 coalesce(v_room.limited_by, v_care.limited_by)), p_cert_type,
         v_patient.region_code, v_care.care_region, v_care.care_scope, p_over_limit_fen, p_wholly_fen, p_med_type,
