@@ -47,6 +47,8 @@ BAD_TOKENS = [
     pages.encode("2024-01-01T00:00:00+08:00"),
     pages.encode("x", "y", "z"),
     "x" * (limits.PAGE_TOKEN_LEN_MAX + 1),
+    pages.encode("0001-01-01T00:00:00+14:00", AN_ID),  # an instant the driver cannot encode
+    pages.encode("9999-12-31T23:59:59-14:00", AN_ID),
 ]
 
 

@@ -162,15 +162,21 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         return reply
 
 
+# The instants a transfer list's cursor may hold: wallets began in 2025; the tests' clocks run to the 2030s.
+_CURSOR_FIRST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_CURSOR_LAST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
 def _transfer_cursor(fields: Fields, token: str) -> tuple[dt.datetime, uuid.UUID] | None:
     if not token:
         return None
     try:
         at_text, id_text = pages.decode(token, 2)
         at = dt.datetime.fromisoformat(at_text)
-        if at.utcoffset() is None:
+        # A cursor from a page only: an instant far out of range (year 1 at +14:00) overflows the driver.
+        if at.utcoffset() is None or not _CURSOR_FIRST <= at <= _CURSOR_LAST:
             raise ValueError(at_text)
         return at, uuid.UUID(id_text)
-    except (errors.InvalidArgument, ValueError):
+    except (errors.InvalidArgument, ValueError, OverflowError):
         fields.bad("page_token", "is not a token from a previous answer")
         return None
