@@ -102,6 +102,12 @@ MED_TYPES = enum_words(types_pb2.MedType)
 INSUTYPES = {str(n): n for n in enum_words(types_pb2.Insutype).values()}  # by the platform's code: 310, 390
 # The bill's parts, as options of settle and quote and fields of BillParts.
 BILL_PARTS = tuple(f.name for f in types_pb2.BillParts.DESCRIPTOR.fields)
+# Where a patient's wallet pays at settlement (policy-set --wallet-order).
+WALLET_ORDERS = {
+    "before-account": account_pb2.WALLET_ORDER_BEFORE_ACCOUNT,
+    "after-account": account_pb2.WALLET_ORDER_AFTER_ACCOUNT,
+    "after-mutual-aid": account_pb2.WALLET_ORDER_AFTER_MUTUAL_AID,
+}
 # Who may pay a kind of care's wholly self-paid items (policy-set --wholly-self-paid MED_TYPE=WHO), as
 # WhollySelfPaidRule's (account_pays, mutual_aid_pays).
 WHOLLY_SELF_PAID_PAYERS = {"cash": (False, False), "own": (True, False), "accounts": (True, True)}
@@ -646,6 +652,7 @@ async def policy_set(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tok
             quiet_until=args.wallet_quiet_until or "",
             expires_at=args.wallet_expires_at or "",
         ),
+        wallet_order=WALLET_ORDERS[args.wallet_order] if args.wallet_order else account_pb2.WALLET_ORDER_UNSPECIFIED,
     )
     request = account_pb2.SetRegionPolicyRequest(policy=policy)
     return await _account(ch).SetRegionPolicy(request, metadata=tokens.auth("operator"), timeout=timeout_s(args))
@@ -1195,6 +1202,9 @@ def _add_wallet_policy_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--wallet-expires-at", metavar="HH:MM",
                    help="an unaccepted transfer goes back at this time the next day, China time "
                    "(default: 06:00)")  # fmt: skip
+    w.add_argument("--wallet-order", choices=sorted(WALLET_ORDERS),
+                   help="where a patient's wallet pays at settlement: before-account, after-account (the "
+                   "default: own account, wallet, mutual aid), after-mutual-aid")  # fmt: skip
 
 
 def _add_premium_arguments(add: Add) -> None:

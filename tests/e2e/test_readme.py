@@ -138,7 +138,7 @@ def _check_family_examples(results: list[Any]) -> None:
 def _check_wallet_examples(reader: Reader) -> None:
     """What each comment of the wallet-examples block says. The server decides by the real clock: from
     22:00 to 06:00 China time the send is refused (the README says so), and the rest is not tried."""
-    send, accept, wallet, ledger = _commands(_block("wallet-examples"))
+    send, accept, wallet, ledger, settle = _commands(_block("wallet-examples"))
     before = dt.datetime.now(CHINA)
     done = reader.run(send, ok=False)
     quiet = [in_quiet_hours(t, DEFAULT_WALLET_POLICY) for t in (before, dt.datetime.now(CHINA))]
@@ -164,6 +164,13 @@ def _check_wallet_examples(reader: Reader) -> None:
     (entry,) = reader.json(ledger)["entries"]
     assert (entry["kind"], entry["amount_fen"], entry["balance_after_fen"]) == ("TRANSFER_OUT", "-20000", "130000")
     assert entry["counterpart_id_masked"] == mask_id(demo.XIUYING.person_id)
+    paid = reader.json(settle)["settlement"]
+    assert (paid["wallet_pay_fen"], paid["wallet_balc_fen"], paid.get("psn_cash_pay_fen", "0")) == (
+        "5000",
+        "15000",
+        "0",
+    )
+    assert "acct_pay_fen" not in paid, "a resident has no personal account"
 
 
 def _check_buf(reader: Reader) -> None:
