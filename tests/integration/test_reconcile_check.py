@@ -33,12 +33,12 @@ async def _institution(pool: asyncpg.Pool) -> tuple[str, str]:
     return institution, token
 
 
-def _row(kind: int, request_id: str, amount: int, own: int, mulaid: int, cash: int) -> books.BookRow:
-    return books.BookRow(kind, request_id, (amount, own, mulaid, cash), "")
+def _row(kind: int, request_id: str, amount: int, own: int, mulaid: int, cash: int, wallet: int = 0) -> books.BookRow:
+    return books.BookRow(kind, request_id, (amount, own, mulaid, cash, wallet), "")
 
 
 def _book(s: pb.Settlement | pb.Refund, kind: int, request_id: str, insutype: str = "") -> books.BookRow:
-    fen = (s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen)
+    fen = (s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.wallet_pay_fen)
     return books.BookRow(kind, request_id, fen, insutype)
 
 
