@@ -99,6 +99,23 @@ class Wallets:
         return await WalletExpiry(self.server_pool, self.clock, 3600).run_once()
 
 
+async def funded(
+    w: Wallets, wallet_fen: int, *, scheme: int = RESIDENT, own_fen: int = 0, region: str = "610100"
+) -> tuple[str, str]:
+    """A patient whose wallet holds `wallet_fen` (sent by a parent, accepted), and the parent."""
+    parent = await w.api.enroll(region=region, birth=dt.date(1960, 1, 1), balance_fen=wallet_fen + 100_000)
+    patient = await w.api.enroll(region=region, birth=dt.date(1990, 1, 1), scheme=scheme, balance_fen=own_fen)
+    await w.stub.OpenWallet(wallet_pb2.OpenWalletRequest(person_id=patient), metadata=bearer(w.api.tokens.app))
+    left = wallet_fen
+    while left:
+        amount = min(left, 200_000)
+        sent = await w.send(parent, patient, amount, relationship=CHILD)
+        await w.accept(sent.transfer)
+        left -= amount
+    assert (await w.wallet(patient)).balance_fen == wallet_fen
+    return patient, parent
+
+
 @pytest.fixture(scope="module")
 async def wallet_server(db_url: str, server_pool: asyncpg.Pool) -> AsyncIterator[tuple[server.Running, ManualClock]]:
     clock = ManualClock(at(dt.date(2031, 1, 1), 10))

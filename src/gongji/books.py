@@ -9,6 +9,8 @@ header name, others are ignored (an export may carry dates, names, invoice numbe
   the reversed Cancel's;
 - `amount`, `acct_pay`, `acct_mulaid_pay`, `psn_cash_pay`: yuan with exactly two decimals
   (`12.30`, no sign, no thousands separator), read as whole fen without floating point;
+- `wallet_pay` (optional): what the patient's 医保钱包 paid (or got back), in the same shape; books that
+  know no wallet leave the column out, and every row reads as 0 from it;
 - `insutype` (optional): 310 or 390, for totals by insurance type;
 - `clearing_class` (optional): 11 (outpatient), 21 (inpatient) or 41 (pharmacy), or empty for a row of
   no kind of care, for totals by clearing class (清算类别).
@@ -33,6 +35,7 @@ KINDS = {
     "refund_reversal": pb.DETAIL_KIND_REFUND_REVERSAL,
 }
 AMOUNT_COLUMNS = ("amount", "acct_pay", "acct_mulaid_pay", "psn_cash_pay")
+WALLET_COLUMN = "wallet_pay"  # optional: absent, every row's wallet part is 0
 _YUAN = re.compile(r"([0-9]{1,12})\.([0-9]{2})")
 PAGE_ROWS = 1_000  # the contract's most
 
@@ -45,7 +48,7 @@ class BooksError(ValueError):
 class BookRow:
     kind: pb.DetailKind.ValueType  # the first part of the sort key
     request_id: str
-    fen: tuple[int, int, int, int]  # amount, acct_pay, acct_mulaid_pay, psn_cash_pay
+    fen: tuple[int, int, int, int, int]  # amount, acct_pay, acct_mulaid_pay, psn_cash_pay, wallet_pay
     insutype: str
     clearing_class: str = ""
 
@@ -67,11 +70,13 @@ def read(path: Path) -> list[BookRow]:
     rows = []
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in ("kind", "request_id", *AMOUNT_COLUMNS) if c not in (reader.fieldnames or [])]
+        header = reader.fieldnames or []
+        missing = [c for c in ("kind", "request_id", *AMOUNT_COLUMNS) if c not in header]
         if missing:
             raise BooksError(f"{path.name}: no column {', '.join(missing)} in the header")
+        wallet = WALLET_COLUMN in header
         for line, record in enumerate(reader, start=2):
-            rows.append(_row(path.name, line, record))
+            rows.append(_row(path.name, line, record, wallet=wallet))
     rows.sort(key=lambda r: r.key)
     for a, b in itertools.pairwise(rows):
         if a.key == b.key:
@@ -79,18 +84,21 @@ def read(path: Path) -> list[BookRow]:
     return rows
 
 
-def _row(name: str, line: int, record: dict[str, Any]) -> BookRow:
+def _row(name: str, line: int, record: dict[str, Any], *, wallet: bool) -> BookRow:
+    """One row; with `wallet` (the header has the column) its wallet_pay is read like the other amounts."""
     kind = KINDS.get((record["kind"] or "").strip().lower())
     if kind is None:
         raise BooksError(f"{name} line {line}: kind must be one of {', '.join(KINDS)}")
+    columns = (*AMOUNT_COLUMNS, WALLET_COLUMN) if wallet else AMOUNT_COLUMNS
     try:
-        fen = tuple(yuan_to_fen(record[c] or "") for c in AMOUNT_COLUMNS)
+        fen = [yuan_to_fen(record[c] or "") for c in columns]
     except ValueError as exc:
         raise BooksError(f"{name} line {line}: {exc}") from None
+    wallet_fen = fen[4] if wallet else 0
     insutype = (record.get("insutype") or "").strip()
     clearing_class = (record.get("clearing_class") or "").strip()
     request_id = (record["request_id"] or "").strip()
-    return BookRow(kind, request_id, (fen[0], fen[1], fen[2], fen[3]), insutype, clearing_class)
+    return BookRow(kind, request_id, (fen[0], fen[1], fen[2], fen[3], wallet_fen), insutype, clearing_class)
 
 
 def _kind_word(kind: pb.DetailKind.ValueType) -> str:
@@ -98,8 +106,10 @@ def _kind_word(kind: pb.DetailKind.ValueType) -> str:
 
 
 def _detail_row(r: BookRow) -> pb.DetailRow:
-    amount, own, mulaid, cash = r.fen
-    amounts = pb.DetailAmounts(amount_fen=amount, acct_pay_fen=own, acct_mulaid_pay_fen=mulaid, psn_cash_pay_fen=cash)
+    amount, own, mulaid, cash, wallet = r.fen
+    amounts = pb.DetailAmounts(
+        amount_fen=amount, acct_pay_fen=own, acct_mulaid_pay_fen=mulaid, psn_cash_pay_fen=cash, wallet_pay_fen=wallet
+    )
     return pb.DetailRow(kind=r.kind, request_id=r.request_id, amounts=amounts)
 
 
@@ -147,7 +157,7 @@ def totals_lines(rows: Iterable[BookRow], *, grouping: str, refunds: str) -> lis
     column = GROUP_COLUMNS[grouping]
     lines: dict[str, list[list[int]]] = {}
     for r in rows:
-        sides = lines.setdefault(getattr(r, column) if column else "", [[0] * 5, [0] * 5, [0] * 5])
+        sides = lines.setdefault(getattr(r, column) if column else "", [[0] * 6, [0] * 6, [0] * 6])
         if r.kind != pb.DETAIL_KIND_SETTLEMENT and refunds == "excluded":
             continue
         side = {pb.DETAIL_KIND_SETTLEMENT: 0, pb.DETAIL_KIND_REFUND_REVERSAL: 2}.get(r.kind, 1)
@@ -168,5 +178,6 @@ def totals_lines(rows: Iterable[BookRow], *, grouping: str, refunds: str) -> lis
 
 def _figures(f: list[int]) -> pb.TotalsFigures:
     return pb.TotalsFigures(
-        count=f[0], amount_fen=f[1], acct_pay_fen=f[2], acct_mulaid_pay_fen=f[3], psn_cash_pay_fen=f[4]
-    )
+        count=f[0], amount_fen=f[1], acct_pay_fen=f[2], acct_mulaid_pay_fen=f[3], psn_cash_pay_fen=f[4],
+        wallet_pay_fen=f[5],
+    )  # fmt: skip

@@ -332,11 +332,12 @@ def test_check_totals_by_clearing_class_from_a_csv(gongji: Client, tmp_path: Pat
     today = china_today().isoformat()
     made = [_settle(gongji, None, "--in-scope-fen", "800", "--over-limit-fen", "34", "--med-type", "inpatient")]
     made.append(_settle(gongji, None, "--in-scope-fen", "166", "--med-type", "inpatient"))
-    fen = ("amount_fen", "acct_pay_fen", "acct_mulaid_pay_fen", "psn_cash_pay_fen")
+    # This CSV has the optional wallet_pay column (the one above does not).
+    fen = ("amount_fen", "acct_pay_fen", "acct_mulaid_pay_fen", "psn_cash_pay_fen", "wallet_pay_fen")
     yuan = [",".join(f"{int(s[k]) // 100}.{int(s[k]) % 100:02d}" for k in fen) for s in made]
     books = tmp_path / "books.csv"
     books.write_text(
-        "kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay,insutype,clearing_class\n"
+        "kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay,wallet_pay,insutype,clearing_class\n"
         + "".join(f"settlement,{s['request_id']},{y},310,21\n" for s, y in zip(made, yuan, strict=True)),
         encoding="utf-8",
     )

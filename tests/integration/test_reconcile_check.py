@@ -1,18 +1,22 @@
 """Checks against the institution's books (CheckTotals 3201, CheckDetail 3202), over a real server: the
-totals by line and refund treatment, the detail's differences found exactly, 100,000 rows of a day in
-pages with the server's memory reported, and what a caller may not do."""
+totals by line and refund treatment, the detail's differences found exactly, the patient's 医保钱包 as a
+source of its own, 100,000 rows of a day in pages with the server's memory reported, and what a caller
+may not do."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
 from harness import rss_kib
-from support import CHILD, RESIDENT, Api, bearer, cancel, field_violations, refused, reverse
+from support import CHILD, EMPLOYEE, RESIDENT, Api, bearer, cancel, field_violations, refused, reverse
+from wallet_support import Wallets, funded
 
 from gongji import books
 from gongji.api.validate import china_today
@@ -33,12 +37,12 @@ async def _institution(pool: asyncpg.Pool) -> tuple[str, str]:
     return institution, token
 
 
-def _row(kind: int, request_id: str, amount: int, own: int, mulaid: int, cash: int) -> books.BookRow:
-    return books.BookRow(kind, request_id, (amount, own, mulaid, cash), "")
+def _row(kind: int, request_id: str, amount: int, own: int, mulaid: int, cash: int, wallet: int = 0) -> books.BookRow:
+    return books.BookRow(kind, request_id, (amount, own, mulaid, cash, wallet), "")
 
 
 def _book(s: pb.Settlement | pb.Refund, kind: int, request_id: str, insutype: str = "") -> books.BookRow:
-    fen = (s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen)
+    fen = (s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.psn_cash_pay_fen, s.wallet_pay_fen)
     return books.BookRow(kind, request_id, fen, insutype)
 
 
@@ -245,6 +249,140 @@ def _caller(api: Api, token: str) -> books.CheckDetail:
     return call
 
 
+# ---- the 医保钱包 ------------------------------------------------------------------------------------------
+async def _day_with_the_wallet(w: Wallets, pool: asyncpg.Pool) -> tuple[str, list[books.BookRow]]:
+    """Settlements the wallet paid part of, a refund giving some back, a reversal, a refund reversed, and
+    one settlement without the wallet; the books as they should be (wallet_pay per row)."""
+    _, token = await _institution(pool)
+    api, rows = w.api, []
+    resident, _ = await funded(w, 1_500)
+    employee, _ = await funded(w, 1_000, scheme=EMPLOYEE, own_fen=1_000)
+    authorizer = await api.enroll(balance_fen=1_000, birth=dt.date(1960, 1, 1))
+    await api.grant(authorizer, employee)
+    reversed_, _ = await funded(w, 2_000)
+    refunded, _ = await funded(w, 1_200)
+    plain = await api.enroll(balance_fen=5_000)
+    made = [(resident, 2_000), (employee, 3_500), (reversed_, 1_500), (refunded, 1_200), (plain, 800)]
+    for i, (patient, amount) in enumerate(made):
+        request_id = f"w-{i}"
+        s = (await api.settle(patient, amount, request_id=request_id, token=token)).settlement
+        rows.append(_book(s, SETTLEMENT, request_id))
+    assert [r.fen[4] for r in rows] == [1_500, 1_000, 1_500, 1_200, 0]
+    settled = {r.request_id: await _settlement(api, r.request_id, token) for r in rows}
+    # Cash first, then mutual aid, then the wallet: 500, 1,000, 300.
+    refund = (await cancel(api, settled["w-1"].settlement_id, 1_800, request_id="wc-0", token=token)).refund
+    rows.append(_book(refund, CANCEL, "wc-0"))
+    undone = await reverse(api, "w-2", token=token)
+    rows.append(_book(undone.settlement.refunds[0], REVERSAL, "w-2"))
+    refund = (await cancel(api, settled["w-3"].settlement_id, 1_200, request_id="wc-1", token=token)).refund
+    assert (await reverse(api, "wc-1", token=token, kind=pb.ORIGINAL_KIND_CANCEL)).undone
+    rows += [_book(refund, CANCEL, "wc-1"), _book(refund, REFUND_REVERSAL, "wc-1")]
+    assert [(r.request_id, r.fen[4]) for r in rows[5:]] == [
+        ("wc-0", 300), ("w-2", 1_500), ("wc-1", 1_200), ("wc-1", 1_200)
+    ]  # fmt: skip
+    return token, rows
+
+
+def _wallet_in_cash(r: books.BookRow) -> books.BookRow:
+    """The row as books that know no wallet keep it: the wallet's money counted as cash."""
+    amount, own, mulaid, cash, wallet = r.fen
+    return dataclasses.replace(r, fen=(amount, own, mulaid, cash + wallet, 0))
+
+
+async def test_the_wallet_agrees_when_the_books_say_the_same(w: Wallets, pool: asyncpg.Pool) -> None:
+    token, rows = await _day_with_the_wallet(w, pool)
+    for refunds, word in ((pb.REFUND_TREATMENT_APART, "apart"), (pb.REFUND_TREATMENT_NETTED, "netted"),
+                          (pb.REFUND_TREATMENT_EXCLUDED, "excluded")):  # fmt: skip
+        lines = books.totals_lines(rows, grouping="all", refunds=word)
+        request = pb.CheckTotalsRequest(start_date=_today(), end_date=_today(), refunds=refunds, lines=lines)
+        reply = await w.api.settlement.CheckTotals(request, metadata=bearer(token))
+        assert reply.agree, (word, reply)
+    apart = await w.api.settlement.CheckTotals(
+        pb.CheckTotalsRequest(start_date=_today(), end_date=_today()), metadata=bearer(token)
+    )
+    ours = apart.lines[0].gongji
+    # Settled: 1,500 + 1,000 + 1,500 + 1,200; refunded: 300 (wc-0) + 1,500 (the reversal) + 1,200 (wc-1);
+    # taken back by the reversal of wc-1: 1,200.
+    assert (ours.settled.wallet_pay_fen, ours.refunded.wallet_pay_fen, ours.refunds_reversed.wallet_pay_fen) == (
+        5_200, 3_000, 1_200
+    )  # fmt: skip
+    for f in (ours.settled, ours.refunded, ours.refunds_reversed):
+        assert f.acct_pay_fen + f.acct_mulaid_pay_fen + f.wallet_pay_fen + f.psn_cash_pay_fen == f.amount_fen
+    base = pb.CheckDetailRequest(start_date=_today(), end_date=_today())
+    agreed = await books.check_detail(_caller(w.api, token), sorted(rows, key=lambda r: r.key), base, page_rows=3)
+    assert list(agreed.differences) == [] and agreed.institution_rows == agreed.gongji_rows == len(rows) == 9
+
+
+async def test_the_wallet_in_cash_in_the_books_is_a_difference(w: Wallets, pool: asyncpg.Pool) -> None:
+    token, rows = await _day_with_the_wallet(w, pool)
+    theirs = [_wallet_in_cash(r) for r in rows]
+    lines = books.totals_lines(theirs, grouping="all", refunds="apart")
+    reply = await w.api.settlement.CheckTotals(
+        pb.CheckTotalsRequest(start_date=_today(), end_date=_today(), lines=lines), metadata=bearer(token)
+    )
+    assert not reply.agree and not reply.lines[0].agree
+    line = reply.lines[0]
+    for side, wallet in (("settled", 5_200), ("refunded", 3_000), ("refunds_reversed", 1_200)):
+        inst, ours = getattr(line.institution, side), getattr(line.gongji, side)
+        assert (inst.count, inst.amount_fen) == (ours.count, ours.amount_fen), side
+        assert (inst.wallet_pay_fen, ours.wallet_pay_fen) == (0, wallet), side
+        assert inst.psn_cash_pay_fen - ours.psn_cash_pay_fen == wallet, side
+    netted = books.totals_lines(theirs, grouping="all", refunds="netted")
+    reply = await w.api.settlement.CheckTotals(
+        pb.CheckTotalsRequest(start_date=_today(), end_date=_today(), refunds=pb.REFUND_TREATMENT_NETTED, lines=netted),
+        metadata=bearer(token),
+    )
+    settled = (reply.lines[0].institution.settled, reply.lines[0].gongji.settled)
+    assert not reply.agree and [f.wallet_pay_fen for f in settled] == [0, 5_200 - 3_000 + 1_200]
+
+    base = pb.CheckDetailRequest(start_date=_today(), end_date=_today())
+    found = await books.check_detail(_caller(w.api, token), sorted(theirs, key=lambda r: r.key), base, page_rows=4)
+    # Every row the wallet had a part in differs, with both sides' figures; w-4 (no wallet) agrees.
+    wallet_rows = {r.key: r.fen for r in rows if r.fen[4]}
+    assert [(d.key.kind, d.key.request_id.encode()) for d in found.differences] == sorted(wallet_rows)
+    for d in found.differences:
+        assert d.difference == pb.DETAIL_DIFFERENCE_KIND_AMOUNTS_DIFFER and d.settlement_id
+        amount, own, mulaid, cash, wallet = wallet_rows[(d.key.kind, d.key.request_id.encode())]
+        gongji, institution = d.gongji, d.institution
+        assert (gongji.amount_fen, gongji.acct_pay_fen, gongji.acct_mulaid_pay_fen) == (amount, own, mulaid)
+        assert (gongji.psn_cash_pay_fen, gongji.wallet_pay_fen) == (cash, wallet)
+        assert (institution.psn_cash_pay_fen, institution.wallet_pay_fen) == (cash + wallet, 0)
+
+
+def _csv(path: Path, rows: list[books.BookRow], *, wallet: bool) -> Path:
+    kinds = {k: word for word, k in books.KINDS.items()}
+    yuan = [f"{fen // 100}.{fen % 100:02d}" for r in rows for fen in r.fen]
+    header = "kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay" + (",wallet_pay" if wallet else "")
+    width = 5 if wallet else 4
+    body = [",".join([kinds[r.kind], r.request_id, *yuan[5 * i : 5 * i + width]]) for i, r in enumerate(rows)]
+    path.write_text("\n".join([header, *body]) + "\n", encoding="utf-8")
+    return path
+
+
+async def test_the_books_csv_with_and_without_the_wallet_column(w: Wallets, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    token, rows = await _day_with_the_wallet(w, pool)
+    call, base = _caller(w.api, token), pb.CheckDetailRequest(start_date=_today(), end_date=_today())
+    with_wallet = books.read(_csv(tmp_path / "with.csv", rows, wallet=True))
+    assert with_wallet == sorted(rows, key=lambda r: r.key)
+    assert list((await books.check_detail(call, with_wallet, base)).differences) == []
+    lines = books.totals_lines(with_wallet, grouping="all", refunds="apart")
+    reply = await w.api.settlement.CheckTotals(
+        pb.CheckTotalsRequest(start_date=_today(), end_date=_today(), lines=lines), metadata=bearer(token)
+    )
+    assert reply.agree
+    # Books without the column, the wallet's money in cash: every row reads wallet 0; those the wallet had a
+    # part in differ, the rest agree.
+    without = books.read(_csv(tmp_path / "without.csv", [_wallet_in_cash(r) for r in rows], wallet=False))
+    assert {r.fen[4] for r in without} == {0}
+    found = await books.check_detail(call, without, base)
+    assert {d.key.request_id for d in found.differences} == {r.request_id for r in rows if r.fen[4]}
+    lines = books.totals_lines(without, grouping="all", refunds="apart")
+    reply = await w.api.settlement.CheckTotals(
+        pb.CheckTotalsRequest(start_date=_today(), end_date=_today(), lines=lines), metadata=bearer(token)
+    )
+    assert not reply.agree and reply.lines[0].institution.settled.wallet_pay_fen == 0
+
+
 # ---- 100,000 rows of one day -----------------------------------------------------------------------------
 DAY_ROWS = 100_000
 _SEED_SETTLEMENTS = """
@@ -387,6 +525,38 @@ async def test_bad_requests_are_refused_naming_the_field(api: Api) -> None:
     )  # fmt: skip
     error = await refused(api.settlement.CheckDetail(keys, metadata=t), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     assert set(field_violations(error)) == {"through_key.request_id", "through_key"}
+
+
+async def test_the_wallet_part_must_add_up(api: Api) -> None:
+    """wallet_pay_fen is one of the parts: the parts still sum to amount_fen, each >= 0 (a netted sum may be
+    negative); unset, it is 0 and the other three add up as before."""
+    t, today = bearer(api.tokens.terminal_a), _today()
+    rows = [
+        pb.DetailRow(kind=SETTLEMENT, request_id="a", amounts=pb.DetailAmounts(amount_fen=10, acct_pay_fen=4,
+                                                                                wallet_pay_fen=6)),
+        pb.DetailRow(kind=SETTLEMENT, request_id="b", amounts=pb.DetailAmounts(amount_fen=10, psn_cash_pay_fen=10,
+                                                                                wallet_pay_fen=1)),
+        pb.DetailRow(kind=SETTLEMENT, request_id="c", amounts=pb.DetailAmounts(amount_fen=10, psn_cash_pay_fen=11,
+                                                                                wallet_pay_fen=-1)),
+    ]  # fmt: skip
+    request = pb.CheckDetailRequest(start_date=today, end_date=today, rows=rows)
+    error = await refused(api.settlement.CheckDetail(request, metadata=t), S.INVALID_ARGUMENT, "INVALID_AMOUNT")
+    assert field_violations(error) == ["rows[1].amounts.amount_fen", "rows[2].amounts.amount_fen"]
+    assert "wallet_pay_fen" in error.details()
+    line = pb.TotalsLine(
+        settled=pb.TotalsFigures(count=1, amount_fen=10, psn_cash_pay_fen=4, wallet_pay_fen=6),
+        refunded=pb.TotalsFigures(count=1, amount_fen=1, psn_cash_pay_fen=2, wallet_pay_fen=-1),
+        refunds_reversed=pb.TotalsFigures(count=1, amount_fen=1, psn_cash_pay_fen=1, wallet_pay_fen=1),
+    )
+    request = pb.CheckTotalsRequest(start_date=today, end_date=today, lines=[line])
+    error = await refused(api.settlement.CheckTotals(request, metadata=t), S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert field_violations(error) == ["lines[0].refunded.amount_fen", "lines[0].refunds_reversed.amount_fen"]
+    netted = pb.TotalsLine(settled=pb.TotalsFigures(count=2, amount_fen=-5, psn_cash_pay_fen=5, wallet_pay_fen=-10))
+    reply = await api.settlement.CheckTotals(
+        pb.CheckTotalsRequest(start_date=today, end_date=today, refunds=pb.REFUND_TREATMENT_NETTED, lines=[netted]),
+        metadata=t,
+    )
+    assert reply.lines[0].institution.settled.wallet_pay_fen == -10
 
 
 async def test_who_checks_which_institution(api: Api, pool: asyncpg.Pool) -> None:

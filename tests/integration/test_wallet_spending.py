@@ -17,33 +17,16 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from support import RESIDENT, Api, bearer, cancel, refused, reverse
-from wallet_support import Wallets
+from support import Api, bearer, cancel, refused, reverse
+from wallet_support import Wallets, funded
 
 from gongji.store import audit
-from gongji.v1 import account_pb2, settlement_pb2, types_pb2, wallet_pb2
+from gongji.v1 import account_pb2, settlement_pb2, types_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
 S = grpc.StatusCode
 CHILD = types_pb2.RELATIONSHIP_CHILD
 NANNING = "450100"
-
-
-async def funded(
-    w: Wallets, wallet_fen: int, *, scheme: int = RESIDENT, own_fen: int = 0, region: str = "610100"
-) -> tuple[str, str]:
-    """A patient whose wallet holds `wallet_fen` (sent by a parent, accepted), and the parent."""
-    parent = await w.api.enroll(region=region, birth=dt.date(1960, 1, 1), balance_fen=wallet_fen + 100_000)
-    patient = await w.api.enroll(region=region, birth=dt.date(1990, 1, 1), scheme=scheme, balance_fen=own_fen)
-    await w.stub.OpenWallet(wallet_pb2.OpenWalletRequest(person_id=patient), metadata=bearer(w.api.tokens.app))
-    left = wallet_fen
-    while left:
-        amount = min(left, 200_000)
-        sent = await w.send(parent, patient, amount, relationship=CHILD)
-        await w.accept(sent.transfer)
-        left -= amount
-    assert (await w.wallet(patient)).balance_fen == wallet_fen
-    return patient, parent
 
 
 def sources(s: types_pb2.Settlement | settlement_pb2.QuoteResponse) -> tuple[int, int, int, int]:

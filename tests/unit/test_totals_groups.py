@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gongji import books, client
 from gongji.api import reconcile as api_reconcile
 from gongji.domain.bill import CLEARING_CLASS, CLEARING_CLASSES, Insutype, MedType
@@ -59,3 +61,54 @@ def test_the_books_are_totalled_by_the_column_the_grouping_names(tmp_path: Path)
     rows = books.read(csv)
     assert [line.group for line in books.totals_lines(rows, grouping="clearing_class", refunds="apart")] == [""]
     assert client.GROUPINGS["clearing_class"] == pb.TOTALS_GROUPING_CLEARING_CLASS
+
+
+def test_the_wallet_column_is_optional_and_read_like_the_other_amounts(tmp_path: Path) -> None:
+    """`wallet_pay` (the patient's 医保钱包) is read as yuan with two decimals when the header has it; a CSV
+    without it reads every row's wallet part as 0, as before the wallet."""
+    csv = tmp_path / "books.csv"
+    csv.write_text(
+        "kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay,wallet_pay\n"
+        "settlement,a,20.00,0.00,0.00,5.00,15.00\n"
+        "settlement,b,3.00,3.00,0.00,0.00,0.00\n"
+        "cancel,r,8.00,0.00,0.00,5.00,3.00\n"
+        "refund_reversal,r,8.00,0.00,0.00,5.00,3.00\n",
+        encoding="utf-8",
+    )
+    rows = books.read(csv)
+    assert [(r.request_id, r.fen) for r in rows] == [
+        ("a", (2_000, 0, 0, 500, 1_500)), ("b", (300, 300, 0, 0, 0)),
+        ("r", (800, 0, 0, 500, 300)), ("r", (800, 0, 0, 500, 300)),
+    ]  # fmt: skip
+
+    def wallet(refunds: str) -> tuple[int, int, int]:
+        (line,) = books.totals_lines(rows, grouping="all", refunds=refunds)
+        return line.settled.wallet_pay_fen, line.refunded.wallet_pay_fen, line.refunds_reversed.wallet_pay_fen
+
+    assert wallet("apart") == (1_500, 300, 300)
+    assert wallet("netted") == (1_500, 0, 0)
+    assert wallet("excluded") == (1_500, 0, 0)
+    (line,) = books.totals_lines(rows, grouping="all", refunds="apart")
+    f = line.settled
+    assert (f.count, f.amount_fen, f.acct_pay_fen, f.psn_cash_pay_fen) == (2, 2_300, 300, 500)
+
+    csv.write_text("kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay\nsettlement,a,1.00,0.00,0.00,1.00\n")
+    (row,) = books.read(csv)
+    assert row.fen == (100, 0, 0, 100, 0)
+    assert books.totals_lines([row], grouping="all", refunds="apart")[0].settled.wallet_pay_fen == 0
+
+    # The column present: every row says its wallet part, in the shape of the other amounts.
+    for bad in ("", "1.5", "-1.00"):
+        csv.write_text(
+            "kind,request_id,amount,acct_pay,acct_mulaid_pay,psn_cash_pay,wallet_pay\n"
+            f"settlement,a,1.00,0.00,0.00,1.00,0.00\nsettlement,b,1.00,0.00,0.00,1.00,{bad}\n"
+        )
+        with pytest.raises(books.BooksError, match=r"books\.csv line 3: "):
+            books.read(csv)
+
+
+def test_a_book_row_is_sent_with_its_wallet_part() -> None:
+    row = books.BookRow(pb.DETAIL_KIND_SETTLEMENT, "a", (2_000, 0, 0, 500, 1_500), "")
+    assert books._detail_row(row).amounts == pb.DetailAmounts(
+        amount_fen=2_000, psn_cash_pay_fen=500, wallet_pay_fen=1_500
+    )

@@ -31,6 +31,7 @@ _GROUPS = {
     Grouping.CLEARING_CLASS: CLEARING_CLASSES,
 }
 _FIRST_DAY = dt.date(1900, 1, 1)
+_SOURCES = "acct_pay_fen + acct_mulaid_pay_fen + wallet_pay_fen + psn_cash_pay_fen"
 
 
 def _days(fields: Fields, start_date: str, end_date: str) -> tuple[dt.date, dt.date]:
@@ -54,12 +55,13 @@ def _figures(fields: Fields, field: str, f: pb.TotalsFigures, *, netted: bool) -
     floor = -limits.RECONCILE_TOTALS_FEN_MAX if netted else 0
     if not 0 <= f.count <= limits.RECONCILE_TOTALS_COUNT_MAX:
         fields.bad(f"{field}.count", f"must be 0 to {limits.RECONCILE_TOTALS_COUNT_MAX}")
-    sums = (f.amount_fen, f.acct_pay_fen, f.acct_mulaid_pay_fen, f.psn_cash_pay_fen)
+    sums = (f.amount_fen, f.acct_pay_fen, f.acct_mulaid_pay_fen, f.psn_cash_pay_fen, f.wallet_pay_fen)
+    figures = Figures(f.count, *sums)
     if not all(floor <= x <= limits.RECONCILE_TOTALS_FEN_MAX for x in sums):
         fields.bad(f"{field}.amount_fen", f"every sum must be {floor} to {limits.RECONCILE_TOTALS_FEN_MAX} fen")
-    elif f.acct_pay_fen + f.acct_mulaid_pay_fen + f.psn_cash_pay_fen != f.amount_fen:
-        fields.bad(f"{field}.amount_fen", "must equal acct_pay_fen + acct_mulaid_pay_fen + psn_cash_pay_fen")
-    return Figures(f.count, *sums)
+    elif not figures.adds_up():
+        fields.bad(f"{field}.amount_fen", f"must equal {_SOURCES}")
+    return figures
 
 
 def _lines(
@@ -138,6 +140,7 @@ def _totals_figures(f: Figures) -> pb.TotalsFigures:
     return pb.TotalsFigures(
         count=f.count, amount_fen=f.amount_fen, acct_pay_fen=f.acct_pay_fen,
         acct_mulaid_pay_fen=f.acct_mulaid_pay_fen, psn_cash_pay_fen=f.psn_cash_pay_fen,
+        wallet_pay_fen=f.wallet_pay_fen,
     )  # fmt: skip
 
 
@@ -151,15 +154,12 @@ def _key(fields: Fields, field: str, kind: int, request_id: str) -> Key | None:
 
 
 def _amounts(fields: Fields, field: str, a: pb.DetailAmounts) -> Amounts:
-    amounts = Amounts(a.amount_fen, a.acct_pay_fen, a.acct_mulaid_pay_fen, a.psn_cash_pay_fen)
-    parts = (a.acct_pay_fen, a.acct_mulaid_pay_fen, a.psn_cash_pay_fen)
+    amounts = Amounts(a.amount_fen, a.acct_pay_fen, a.acct_mulaid_pay_fen, a.psn_cash_pay_fen, a.wallet_pay_fen)
+    parts = (a.acct_pay_fen, a.acct_mulaid_pay_fen, a.wallet_pay_fen, a.psn_cash_pay_fen)
     if not 0 < a.amount_fen <= limits.AMOUNT_FEN_MAX:
         fields.amount(f"{field}.amount_fen", a.amount_fen, limits.AMOUNT_FEN_MAX)
     elif not all(p >= 0 for p in parts) or not amounts.adds_up():
-        fields.bad(
-            f"{field}.amount_fen", "must equal acct_pay_fen + acct_mulaid_pay_fen + psn_cash_pay_fen, each >= 0",
-            amount=True,
-        )  # fmt: skip
+        fields.bad(f"{field}.amount_fen", f"must equal {_SOURCES}, each >= 0", amount=True)
     return amounts
 
 
@@ -238,5 +238,5 @@ def _detail_key(key: Key) -> pb.DetailKey:
 def _detail_amounts(a: Amounts) -> pb.DetailAmounts:
     return pb.DetailAmounts(
         amount_fen=a.amount_fen, acct_pay_fen=a.acct_pay_fen, acct_mulaid_pay_fen=a.acct_mulaid_pay_fen,
-        psn_cash_pay_fen=a.psn_cash_pay_fen,
+        psn_cash_pay_fen=a.psn_cash_pay_fen, wallet_pay_fen=a.wallet_pay_fen,
     )  # fmt: skip

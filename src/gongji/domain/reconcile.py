@@ -37,9 +37,11 @@ class Amounts:
     acct_pay_fen: int
     acct_mulaid_pay_fen: int
     psn_cash_pay_fen: int
+    wallet_pay_fen: int  # the patient's 医保钱包 (0 in books that know no wallet)
 
     def adds_up(self) -> bool:
-        return self.acct_pay_fen + self.acct_mulaid_pay_fen + self.psn_cash_pay_fen == self.amount_fen
+        parts = self.acct_pay_fen + self.acct_mulaid_pay_fen + self.wallet_pay_fen + self.psn_cash_pay_fen
+        return parts == self.amount_fen
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,11 @@ class Figures:
     acct_pay_fen: int = 0
     acct_mulaid_pay_fen: int = 0
     psn_cash_pay_fen: int = 0
+    wallet_pay_fen: int = 0
+
+    def adds_up(self) -> bool:
+        parts = self.acct_pay_fen + self.acct_mulaid_pay_fen + self.wallet_pay_fen + self.psn_cash_pay_fen
+        return parts == self.amount_fen
 
 
 ZERO = Figures()
@@ -118,6 +125,7 @@ def _netted(line: Line) -> Figures:
         s.acct_pay_fen - r.acct_pay_fen + b.acct_pay_fen,
         s.acct_mulaid_pay_fen - r.acct_mulaid_pay_fen + b.acct_mulaid_pay_fen,
         s.psn_cash_pay_fen - r.psn_cash_pay_fen + b.psn_cash_pay_fen,
+        s.wallet_pay_fen - r.wallet_pay_fen + b.wallet_pay_fen,
     )
 
 

@@ -50,7 +50,8 @@ _GROUP_OF = {
 _SUMS = """count(*) as count, coalesce(sum(x.amount_fen), 0)::bigint as amount_fen,
        coalesce(sum(x.acct_pay_fen), 0)::bigint as acct_pay_fen,
        coalesce(sum(x.acct_mulaid_pay_fen), 0)::bigint as acct_mulaid_pay_fen,
-       coalesce(sum(x.psn_cash_pay_fen), 0)::bigint as psn_cash_pay_fen"""
+       coalesce(sum(x.psn_cash_pay_fen), 0)::bigint as psn_cash_pay_fen,
+       coalesce(sum(x.wallet_pay_fen), 0)::bigint as wallet_pay_fen"""
 # A refund's group is its settlement's: joined only where the group reads it.
 _REFUNDED = "join settlement s on s.settlement_id = x.settlement_id"
 # Settlements created and refunds made in [start, end) (the institution-and-day indexes), by group.
@@ -94,22 +95,25 @@ async def totals(
                 {r["grp"]: _figures(r) for r in await conn.fetch(queries[grouping], institution_id, start, end)}
             )
     for figures in (f for side in sides for f in side.values()):
-        assert figures.acct_pay_fen + figures.acct_mulaid_pay_fen + figures.psn_cash_pay_fen == figures.amount_fen
+        assert figures.adds_up()
     settled, refunded, reversed_ = sides
     groups = settled.keys() | refunded.keys() | reversed_.keys()
     return {g: Line(settled.get(g, ZERO), refunded.get(g, ZERO), reversed_.get(g, ZERO)) for g in groups}
 
 
 def _figures(r: asyncpg.Record) -> Figures:
-    return Figures(r["count"], r["amount_fen"], r["acct_pay_fen"], r["acct_mulaid_pay_fen"], r["psn_cash_pay_fen"])
+    return Figures(
+        r["count"], r["amount_fen"], r["acct_pay_fen"], r["acct_mulaid_pay_fen"], r["psn_cash_pay_fen"],
+        r["wallet_pay_fen"],
+    )  # fmt: skip
 
 
 # One kind's rows of the days [$2, $3] whose request ids lie in ($4, $5], in byte order, at most $6.
 # Each day is its own range of the (institution, China day, request id) indexes of migration 0012, so a
 # call reads at most days x $6 index entries, whatever the institution's history and however wide the
 # stretch of ids.
-_STRETCH_COLUMNS = """x.amount_fen, x.acct_pay_fen, x.acct_mulaid_pay_fen, x.psn_cash_pay_fen, x.settlement_id,
-            x.created_at"""
+_STRETCH_COLUMNS = """x.amount_fen, x.acct_pay_fen, x.acct_mulaid_pay_fen, x.psn_cash_pay_fen, x.wallet_pay_fen,
+            x.settlement_id, x.created_at"""
 _SETTLEMENT_STRETCH = f"""
 select y.* from generate_series($2::date, $3::date, interval '1 day') as g (day)
  cross join lateral (
@@ -182,6 +186,8 @@ async def stretch(
 
 
 def _record(kind: DetailKind, r: asyncpg.Record) -> DetailRecord:
-    amounts = Amounts(r["amount_fen"], r["acct_pay_fen"], r["acct_mulaid_pay_fen"], r["psn_cash_pay_fen"])
+    amounts = Amounts(
+        r["amount_fen"], r["acct_pay_fen"], r["acct_mulaid_pay_fen"], r["psn_cash_pay_fen"], r["wallet_pay_fen"]
+    )
     assert amounts.adds_up()
     return DetailRecord(Row((kind, r["request_id"]), amounts), r["settlement_id"], r["created_at"])
