@@ -410,7 +410,7 @@ async def settle(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens)
     metadata = tokens.auth("terminal")  # before the voucher: a missing token wastes no voucher
     payment = _payment(args)  # and a bill that does not add up
     presented = await _presented(ch, args, tokens)
-    request = settlement_pb2.SettleRequest(request_id=args.request_id, **presented, **payment)
+    request = settlement_pb2.SettleRequest(request_id=args.request_id, hold_id=args.hold or "", **presented, **payment)
     return await _settlement(ch).Settle(request, metadata=metadata, timeout=timeout_s(args))
 
 
@@ -419,7 +419,15 @@ async def quote(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) 
     payment = _payment(args)
     presented = await _presented(ch, args, tokens)
     request = settlement_pb2.QuoteRequest(**presented, **payment)
+    if args.hold_seconds:
+        request.hold_seconds = args.hold_seconds
+        request.request_id = args.request_id
     return await _settlement(ch).Quote(request, metadata=metadata, timeout=timeout_s(args))
+
+
+async def release_hold(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
+    request = settlement_pb2.ReleaseHoldRequest(hold_id=args.hold)
+    return await _settlement(ch).ReleaseHold(request, metadata=tokens.auth("terminal"), timeout=timeout_s(args))
 
 
 async def cancel(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> Message:
@@ -723,6 +731,7 @@ async def premium_report(ch: grpc.aio.Channel, args: argparse.Namespace, tokens:
 RPC_COMMANDS: dict[str, str] = {
     "gongji.v1.SettlementService.Quote": "quote",
     "gongji.v1.SettlementService.Settle": "settle",
+    "gongji.v1.SettlementService.ReleaseHold": "release-hold",
     "gongji.v1.SettlementService.Cancel": "cancel",
     "gongji.v1.SettlementService.Reverse": "reverse",
     "gongji.v1.SettlementService.GetSettlement": "get-settlement",
@@ -758,6 +767,7 @@ RPC_COMMANDS: dict[str, str] = {
 COMMANDS: dict[str, Call] = {
     "settle": settle,
     "quote": quote,
+    "release-hold": release_hold,
     "cancel": cancel,
     "reverse": reverse,
     "get-settlement": get_settlement,
@@ -918,8 +928,9 @@ def _add_settlement_arguments(add: Add) -> None:
         )
         x.add_argument("--card-serial", metavar="CODE", help="a social-security card's identification code (卡识别码)")
         x.add_argument("--no-account", action="store_true", help="pay everything in cash (no personal account)")
-        if name == "settle":
-            x.add_argument("--request-id", default=None, help=_REQUEST_ID)
+        _add_hold_arguments(x, name)
+    h = add("release-hold", "give back the money of a pending hold at the till (terminal)")
+    h.add_argument("--hold", required=True, metavar="ID", help="hold_id, as quote --hold-seconds answered it")
     c = add("cancel", "refund all or part of a settlement (2208) to where it came from (terminal)")
     c.add_argument("--settlement", required=True, metavar="ID", help="settlement_id, as settle answered it")
     c.add_argument(
@@ -947,6 +958,19 @@ def _add_settlement_arguments(add: Add) -> None:
     rc.add_argument("--page-size", type=int32, help="settlements per page with --detail (default 100, at most 1000)")
     rc.add_argument("--page-token", help="next_page_token of the previous answer")
     _add_check_arguments(add)
+
+
+def _add_hold_arguments(x: argparse.ArgumentParser, name: str) -> None:
+    """settle's request id and the hold it captures; quote's hold."""
+    if name == "settle":
+        x.add_argument("--request-id", default=None, help=_REQUEST_ID)
+        x.add_argument("--hold", metavar="ID", help="capture this hold (hold_id, as quote --hold-seconds answered it)")
+        return
+    x.add_argument(
+        "--hold-seconds", type=int, metavar="S", default=0,
+        help="hold the split for S seconds, 1 to 300, until a settle --hold captures it (default 0: no hold)",
+    )  # fmt: skip
+    x.add_argument("--request-id", default=None, help="with --hold-seconds: " + _REQUEST_ID)
 
 
 def _add_bill_arguments(x: argparse.ArgumentParser) -> None:

@@ -154,6 +154,13 @@ class TransferNotFound(NotFound):
     sentence = "no transfer with this id for this person"
 
 
+class HoldNotFound(NotFound):
+    """No hold with this id of this institution."""
+
+    reason = "HOLD_NOT_FOUND"
+    sentence = "no hold with this id at this institution"
+
+
 class PremiumPaymentNotFound(NotFound):
     reason = "PREMIUM_PAYMENT_NOT_FOUND"
     sentence = "no premium payment with this id"
@@ -293,6 +300,27 @@ class TransferResolved(FailedPrecondition):
 
     reason = "TRANSFER_RESOLVED"
     sentence = "the transfer was resolved already: accepted, declined, or returned to its sender"
+
+
+class HoldResolved(FailedPrecondition):
+    """The hold was captured by a settlement, or released or expired, already."""
+
+    reason = "HOLD_RESOLVED"
+    sentence = "the hold was captured, released or expired already"
+
+
+class HoldExpired(FailedPrecondition):
+    """The hold's time is over: its money goes back; quote again."""
+
+    reason = "HOLD_EXPIRED"
+    sentence = "the hold's time is over: its money goes back; quote again"
+
+
+class HoldMismatch(FailedPrecondition):
+    """The Settle asks other content (patient, amount, bill, authorizer) than the Quote that held."""
+
+    reason = "HOLD_MISMATCH"
+    sentence = "the settlement does not ask what the hold holds: the same patient, amount, bill and authorizer"
 
 
 class IdentityMismatch(FailedPrecondition):

@@ -72,6 +72,9 @@ LEDGER_PAGE_SIZE_MAX = 100
 # The expiry work returns due wallet transfers this many per statement (one transaction each), so that
 # a long backlog after an outage holds no lock for long.
 WALLET_EXPIRY_BATCH = 100
+# A Quote may hold its split for 1 to this many seconds (the patient confirms on the terminal or in the
+# app); the expiry work gives back what nobody captured.
+HOLD_SECONDS_MAX = 300
 RECONCILE_PAGE_SIZE_DEFAULT = 100
 RECONCILE_PAGE_SIZE_MAX = 1_000
 PAGE_TOKEN_LEN_MAX = 256

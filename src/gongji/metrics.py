@@ -125,6 +125,22 @@ IDEMPOTENT_REPLAYS = Counter(
     ["method"],
 )
 
+# Holds at the till (Quote with hold_seconds), counted once per event: HELD, CAPTURED (a Settle took it),
+# RELEASED (its terminal gave it back), EXPIRED (nobody captured it in time). A replay is not counted.
+HOLDS = Counter(
+    "gongji_holds_total", "Holds at the till by event: HELD, CAPTURED, RELEASED, EXPIRED, each counted once.", ["event"]
+)
+HOLDS_PENDING = Gauge(
+    "gongji_holds_pending",
+    "Holds PENDING (their money out of the accounts and wallets), as the expiry work last read them.",
+    multiprocess_mode="max",
+)
+HELD_FEN = Gauge(
+    "gongji_held_fen",
+    "Money held at the till by PENDING holds, in fen, as the expiry work last read it.",
+    multiprocess_mode="max",
+)
+
 # Refunds (Cancel, 2208) and reversals (Reverse, 2601), counted once each: a replayed Cancel or a
 # repeated Reverse moves nothing and is not counted again. A reversal's money is in REFUNDED_FEN too.
 REFUNDS = Counter("gongji_refunds_total", "Refunds (Cancel) committed.")
@@ -282,6 +298,8 @@ def _zero_fixed_series() -> None:
         REFUND_REVERSED_FEN.labels(source)
     for limit in Limit:
         MUTUAL_AID_LIMITED.labels(limit.value)
+    for event in ("HELD", "CAPTURED", "RELEASED", "EXPIRED"):
+        HOLDS.labels(event)
     for reason in (errors.ServerBusy.reason, errors.CallerBusy.reason, errors.RequestMessageTimeout.reason):
         EDGE_REFUSALS.labels(reason)
     for method in ("Settle", "Cancel", "Credit", "PayPremium", "RefundPremium"):

@@ -53,6 +53,8 @@ def _row(*, terminal_a: Any = DENIED, terminal_b: Any = DENIED, app: Any = DENIE
 EXPECTED: dict[str, dict[str, tuple[S, str]]] = {
     "SettlementService/Quote": _row(terminal_a=OK, terminal_b=OK),
     "SettlementService/Settle": _row(terminal_a=OK, terminal_b=OK),
+    # A's hold: another institution's is answered as not found.
+    "SettlementService/ReleaseHold": _row(terminal_a=OK, terminal_b=(S.NOT_FOUND, "HOLD_NOT_FOUND")),
     "SettlementService/Cancel": _row(terminal_a=OK, terminal_b=MISMATCH),
     # B reverses its own request id of that name: nothing of A's is undone (checked below).
     "SettlementService/Reverse": _row(terminal_a=OK, terminal_b=OK),
@@ -128,6 +130,18 @@ async def _make_request(rpc: str, scene: Scene) -> Message:
         case "SettlementService/Settle":
             voucher, rid = await api.voucher(patient), f"matrix-{uuid.uuid4()}"
             return settlement_pb2.SettleRequest(request_id=rid, voucher=voucher, patient_id=patient, amount_fen=100)
+        case "SettlementService/ReleaseHold":
+            held = await api.settlement.Quote(
+                settlement_pb2.QuoteRequest(
+                    voucher=await api.voucher(patient),
+                    patient_id=patient,
+                    amount_fen=100,
+                    hold_seconds=60,
+                    request_id=f"matrix-{uuid.uuid4()}",
+                ),
+                metadata=bearer(api.tokens.terminal_a),
+            )
+            return settlement_pb2.ReleaseHoldRequest(hold_id=held.hold.hold_id)
         case "SettlementService/Cancel":
             s = await _settled_at_a(scene)
             return settlement_pb2.CancelRequest(request_id=f"matrix-{uuid.uuid4()}", settlement_id=s.settlement_id)

@@ -259,6 +259,8 @@ def _value(f: FieldDescriptor, world: World, depth: int, tame: bool) -> st.Searc
     if f.type == FieldDescriptor.TYPE_ENUM:
         known = st.sampled_from([v.number for v in f.enum_type.values])
         return known if tame else known | _ints(32)
+    if f.type == FieldDescriptor.TYPE_UINT32:
+        return st.integers(0, 400) if tame else st.integers(0, 2**32 - 1)
     bits = 64 if f.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64) else 32
     if f.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_INT32):
         plausible_ints = st.sampled_from(world.plausible(f.name)) if world.plausible(f.name) else st.nothing()

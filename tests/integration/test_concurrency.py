@@ -401,7 +401,7 @@ async def test_a_stale_balance_peek_runs_the_settlement_again(api: Api, pool: as
         spent = await blocker.fetchrow(
             "select outcome, (settled).acct_pay_fen from gongji_settle('H61010300101', 'POS-A1', $1,"
             " '\\x00'::bytea, $2, true, now() + interval '1 minute', null, null, 'E_VOUCHER', $3, 900, $4, true,"
-            " null, null, null, null)",
+            " null, null, null, null, null, null, null)",
             f"spend-{uuid.uuid4()}",
             spending_voucher,
             patient,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gongji.domain import wallet
+from gongji.domain import holds, wallet
 from gongji.domain.bill import Insutype, MedType, insutype_of, insutype_refusal
 from gongji.domain.eligibility import (
     DEFAULT_POLICY,
@@ -986,3 +987,74 @@ async def test_the_published_wallet_limits_apply_where_no_policy_says(db_url: st
         assert (row["quiet_from"], row["quiet_until"], row["expires_at"]) == (d.quiet_from, d.quiet_until, d.expires_at)
     finally:
         await conn.close()
+
+
+# ---- Holds at the till: store/sql/hold.sql against domain.holds -------------------------------------
+_HOLD_ROW = "jsonb_populate_record(null::settlement_hold, $1::jsonb)"
+
+
+def _hold_json(state: holds.HoldState | None, institution: str, expires_at: dt.datetime, digest: bytes) -> str | None:
+    """A settlement_hold row as JSON with what the refusals read (None: no such hold)."""
+    if state is None:
+        return None
+    return json.dumps(
+        {
+            "hold_id": str(uuid.uuid4()),
+            "institution_id": institution,
+            "state": state.value,
+            "expires_at": expires_at.isoformat(),
+            "request_digest": "\\x" + digest.hex(),
+        }
+    )
+
+
+async def capture_refusal_both(
+    conn: asyncpg.Connection,
+    state: holds.HoldState | None,
+    same_institution: bool,
+    late: dt.timedelta,
+    same_content: bool,
+) -> tuple[str | None, str | None]:
+    expires_at = dt.datetime(2031, 5, 1, 10, tzinfo=dt.UTC)
+    now = expires_at + late
+    row = _hold_json(state, "H61010300101" if same_institution else "H61010300202", expires_at, b"held")
+    sql = await conn.fetchval(
+        f"select gongji_capture_refusal({_HOLD_ROW}, $2, $3, $4)",
+        row,
+        "H61010300101",
+        b"held" if same_content else b"other",
+        now,
+    )
+    twin = holds.capture_refusal(
+        state=state, same_institution=same_institution, expires_at=expires_at, now=now, same_content=same_content
+    )
+    return sql, None if twin is None else twin.reason
+
+
+def test_sql_capture_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_capture_refusal and domain.holds.capture_refusal: no hold or another institution's, every
+    state, a microsecond before the hold's time, at it and after, the same content or other."""
+    late = st.sampled_from([-1, 0, 1, -60_000_000]).map(lambda us: dt.timedelta(microseconds=us))
+    hold_to_twin(
+        db_url,
+        capture_refusal_both,
+        st.none() | st.sampled_from(holds.HoldState),
+        st.booleans(),
+        late,
+        st.booleans(),
+        examples=EXAMPLES,
+    )
+
+
+async def release_refusal_both(
+    conn: asyncpg.Connection, state: holds.HoldState | None, same_institution: bool
+) -> tuple[str | None, str | None]:
+    row = _hold_json(state, "H61010300101" if same_institution else "H61010300202", dt.datetime.now(dt.UTC), b"")
+    sql = await conn.fetchval(f"select gongji_release_refusal({_HOLD_ROW}, $2)", row, "H61010300101")
+    twin = holds.release_refusal(state=state, same_institution=same_institution)
+    return sql, None if twin is None else twin.reason
+
+
+def test_sql_release_refusal_agrees_with_the_twin(db_url: str) -> None:
+    """gongji_release_refusal and domain.holds.release_refusal: every state, either institution, none."""
+    hold_to_twin(db_url, release_refusal_both, st.none() | st.sampled_from(holds.HoldState), st.booleans(), examples=40)

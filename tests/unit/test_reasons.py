@@ -33,6 +33,8 @@ NOT_REASONS = frozenset(
         *("SPOUSE", "PARENT", "CHILD", "SIBLING", "GRANDPARENT", "GRANDCHILD", "NATIONAL"),
         # The wallet's place in the deduction order, and the sources gongji_split names.
         *("BEFORE_ACCOUNT", "AFTER_ACCOUNT", "AFTER_MUTUAL_AID", "OWN", "WALLET", "MULAID"),
+        # A hold at the till: its states and its entries.
+        *("CAPTURED", "RELEASED", "HOLD", "HOLD_RELEASE"),
     }
 )
 _LITERAL = re.compile(r"'([A-Z][A-Z_]*[A-Z])'")

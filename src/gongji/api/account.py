@@ -33,6 +33,7 @@ def _account(view: people.AccountView) -> account_pb2.Account:
         balance_fen=view.balance_fen or 0,
         has_personal_account=view.balance_fen is not None,
         transfer_pending_out_fen=view.transfer_pending_out_fen,
+        held_fen=view.held_fen,
     )
 
 

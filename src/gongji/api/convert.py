@@ -11,12 +11,13 @@ from gongji.domain.wallet import WalletPolicy
 from gongji.domain.waterfall import Limit
 from gongji.store.bindings import BindingRow
 from gongji.store.grants import GrantRow
+from gongji.store.holds import HoldRow
 from gongji.store.ledger import EntryRow
 from gongji.store.lifecycle import RefundRow, SettlementView
 from gongji.store.policies import PolicyRow
 from gongji.store.premiums import PaymentRow, RateRow, ReportRow
 from gongji.store.settlements import SettlementRow
-from gongji.v1 import account_pb2, family_pb2, types_pb2
+from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2
 
 
 def names(enum_descriptor: object) -> dict[int, str]:
@@ -191,6 +192,25 @@ def settlement(s: SettlementRow, view: SettlementView | None = None) -> types_pb
         wallet_pay_fen=s.wallet_pay_fen,
         wallet_parts=parts(s.wallet_parts),
         wallet_balc_fen=s.wallet_balc_fen,
+    )
+
+
+def hold(h: HoldRow) -> settlement_pb2.Hold:
+    return settlement_pb2.Hold(
+        hold_id=str(h.hold_id),
+        request_id=h.request_id,
+        patient_id=h.patient_id,
+        amount_fen=h.amount_fen,
+        acct_pay_fen=h.acct_pay_fen,
+        acct_mulaid_pay_fen=h.acct_mulaid_pay_fen,
+        wallet_pay_fen=h.wallet_pay_fen,
+        psn_cash_pay_fen=h.psn_cash_pay_fen,
+        authorizer_id=h.authorizer_id or "",
+        state=settlement_pb2.HoldState.Value(f"HOLD_STATE_{h.state}"),
+        created_at=timestamp(h.created_at),
+        expires_at=timestamp(h.expires_at),
+        resolved_at=timestamp(h.resolved_at) if h.resolved_at else None,
+        settlement_id=str(h.settlement_id) if h.settlement_id else "",
     )
 
 

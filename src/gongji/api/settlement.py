@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import uuid
 from typing import Any, NamedTuple
 
 from gongji import errors, limits, metrics
@@ -14,7 +15,7 @@ from gongji.api.auth import current_principal
 from gongji.api.validate import CHINA, Fields
 from gongji.domain.bill import Insutype, MedType, Parts, Reading
 from gongji.domain.vouchers import CertType
-from gongji.store import lifecycle, settlements
+from gongji.store import holds, lifecycle, settlements
 from gongji.store.credentials import Kind
 from gongji.v1 import settlement_pb2, settlement_pb2_grpc
 
@@ -106,6 +107,17 @@ class _Payment(NamedTuple):
     cert_type: CertType
     card_number: str | None  # a card's; None for an e-voucher
     bill: settlements.BillArgs
+    hold_seconds: int = 0  # a Quote's: hold its split this long (0: a plain quote)
+    hold_id: uuid.UUID | None = None  # a Settle's: the hold it captures
+
+
+def _settle_digest(payment: _Payment) -> bytes:
+    """A Settle's digest for idempotency: its content (_digest, which a hold it captures must have been
+    asked with), and the hold it captures, if any."""
+    content = _digest(payment)
+    if payment.hold_id is None:
+        return content
+    return hashlib.sha256(content + payment.hold_id.bytes).digest()
 
 
 def _bill(fields: Fields, request: Any, amount_fen: int) -> settlements.BillArgs:
@@ -180,11 +192,17 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             fields.bad("authorizer_id", "must be another person than the patient")
         cert_type, card_number = _presented(fields, request)
         bill = _bill(fields, request, amount_fen)
-        if idempotent:
+        hold_seconds = getattr(request, "hold_seconds", 0)
+        if hold_seconds > limits.HOLD_SECONDS_MAX:
+            fields.bad("hold_seconds", f"must be 1 to {limits.HOLD_SECONDS_MAX}, or 0 for no hold")
+        if idempotent or hold_seconds:
             fields.request_id("request_id", request.request_id)
+        hold_id = fields.uuid_id("hold_id", request.hold_id) if getattr(request, "hold_id", "") else None
         fields.done()
         use_account = request.use_personal_account if request.HasField("use_personal_account") else True
-        return _Payment(patient_id, amount_fen, authorizer_id, use_account, cert_type, card_number, bill)
+        return _Payment(
+            patient_id, amount_fen, authorizer_id, use_account, cert_type, card_number, bill, hold_seconds, hold_id
+        )
 
     def _voucher(self, request: Any, payment: _Payment) -> settlements.VoucherArgs:
         """What the patient presented, judged against the patient where only the server can: whether a
@@ -205,6 +223,8 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     async def Quote(self, request: settlement_pb2.QuoteRequest, context: Context) -> settlement_pb2.QuoteResponse:
         payment = self._payment(request, idempotent=False)
         patient_id, amount_fen, authorizer_id, use_account, *_ = payment
+        if payment.hold_seconds:
+            return await self._hold(request, payment)
         try:
             q = await settlements.quote(
                 self._app.pool,
@@ -244,6 +264,72 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             wallet_balc_fen=q.wallet_balc_fen,
         )
 
+    async def _hold(self, request: settlement_pb2.QuoteRequest, payment: _Payment) -> settlement_pb2.QuoteResponse:
+        """A Quote that holds its split (hold_seconds): the answer of a Quote, from the hold."""
+        try:
+            held = await holds.hold(
+                self._app.pool,
+                credential_id=current_principal.get().credential_id,
+                now=self._app.clock.now(),
+                hold_seconds=payment.hold_seconds,
+                request_id=request.request_id,
+                digest=_digest(payment),
+                voucher=self._voucher(request, payment),
+                patient_id=payment.patient_id,
+                amount_fen=payment.amount_fen,
+                authorizer_id=payment.authorizer_id,
+                use_personal_account=payment.use_account,
+                bill=payment.bill,
+            )
+        except errors.GongjiError as exc:
+            _count_voucher_refusal("Quote", exc)
+            raise
+        h = held.hold
+        if not held.replayed:
+            metrics.HOLDS.labels("HELD").inc()
+        return settlement_pb2.QuoteResponse(
+            amount_fen=h.amount_fen,
+            acct_pay_fen=h.acct_pay_fen,
+            acct_mulaid_pay_fen=h.acct_mulaid_pay_fen,
+            psn_cash_pay_fen=h.psn_cash_pay_fen,
+            authorizer_id=h.authorizer_id or "",
+            balc_fen=held.balc_fen or 0,
+            mutual_aid_limited_by=convert.mutual_aid_limit(h.mulaid_limited_by),
+            grant_cap_left_fen=held.grant_cap_left_fen,
+            beneficiary_cap_left_fen=held.beneficiary_cap_left_fen,
+            care_region=held.care_region or "",
+            care_scope=convert.care_scope(held.care_scope),
+            psn_acct_pay_fen=h.acct_pay_fen + h.acct_mulaid_pay_fen,
+            bill_reading=convert.bill_reading(Reading.AMOUNT if payment.bill.parts is None else Reading.PARTS),
+            bill=convert.parts(h.bill),
+            own_parts=convert.parts(h.own_parts),
+            mutual_aid_parts=convert.parts(h.mutual_aid_parts),
+            cash_parts=convert.parts(h.cash_parts),
+            med_type=convert.med_type(payment.bill.med_type),
+            insutype=convert.insutype(held.insutype),
+            wallet_pay_fen=h.wallet_pay_fen,
+            wallet_parts=convert.parts(h.wallet_parts),
+            wallet_balc_fen=held.wallet_balc_fen,
+            hold=convert.hold(h),
+        )
+
+    async def ReleaseHold(
+        self, request: settlement_pb2.ReleaseHoldRequest, context: Context
+    ) -> settlement_pb2.ReleaseHoldResponse:
+        fields = Fields()
+        hold_id = fields.uuid_id("hold_id", request.hold_id)
+        fields.done()
+        assert hold_id is not None
+        h, replayed = await holds.release(
+            self._app.pool,
+            credential_id=current_principal.get().credential_id,
+            now=self._app.clock.now(),
+            hold_id=hold_id,
+        )
+        if not replayed:
+            metrics.HOLDS.labels(h.state.value).inc()
+        return settlement_pb2.ReleaseHoldResponse(hold=convert.hold(h), replayed=replayed)
+
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Context) -> settlement_pb2.SettleResponse:
         principal = current_principal.get()
         metrics.REAL_NAME_MISMATCHES.labels(principal.institution_id or "")  # the series exists before its first
@@ -256,7 +342,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                 self._app.pool,
                 credential_id=principal.credential_id,
                 request_id=request.request_id,
-                digest=_digest(payment),
+                digest=_settle_digest(payment),
                 voucher=voucher,
                 patient_id=patient_id,
                 amount_fen=amount_fen,
@@ -264,6 +350,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                 use_personal_account=use_account,
                 timing=timing,
                 bill=payment.bill,
+                capture=None
+                if payment.hold_id is None
+                else settlements.Capture(payment.hold_id, _digest(payment), self._app.clock.now()),
             )
         except errors.GongjiError as exc:
             metrics.SETTLEMENTS.labels(exc.reason).inc()
@@ -272,6 +361,8 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         finally:
             _observe_settle_timing(timing)
         _count_settlement(s)
+        if payment.hold_id is not None and not s.replayed:
+            metrics.HOLDS.labels("CAPTURED").inc()
         return settlement_pb2.SettleResponse(settlement=convert.settlement(s), replayed=s.replayed)
 
     async def Cancel(self, request: settlement_pb2.CancelRequest, context: Context) -> settlement_pb2.CancelResponse:

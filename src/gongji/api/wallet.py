@@ -40,6 +40,7 @@ def _wallet(w: wallets.WalletRow) -> wallet_pb2.Wallet:
         balance_fen=w.balance_fen,
         opened_at=timestamp(w.opened_at),
         pending_in_fen=w.pending_in_fen,
+        held_fen=w.held_fen,
     )
 
 

@@ -5,6 +5,9 @@ Every server runs it: once at start (catching up on what came due while gongji w
 transfers' rows with FOR UPDATE SKIP LOCKED and re-reads their state under the lock (store/sql/wallet.sql,
 gongji_expire_transfers), so one replica's batch skips what another holds, and an accept or decline in
 flight wins or loses whole. Time is the service's clock (gongji.clock): tests move it.
+
+The same work gives back the money of holds at the till nobody captured in time (store/sql/hold.sql,
+gongji_expire_holds), by the same rules.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncpg
 from gongji import limits, metrics
 from gongji.api.wallet import count_ended
 from gongji.clock import Clock
-from gongji.store import wallets
+from gongji.store import holds, wallets
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ class WalletExpiry:
 
     async def run_once(self) -> int:
         """Return every transfer due by now, a batch per transaction; how many were returned. Then read
-        what is still pending for the gauges."""
+        what is still pending for the gauges, and expire the holds past their time (expire_holds)."""
         returned = 0
         while True:
             batch = await wallets.expire_due(self._pool, self._clock.now(), limits.WALLET_EXPIRY_BATCH)
@@ -46,7 +49,25 @@ class WalletExpiry:
         metrics.WALLET_OVERDUE_SECONDS.set(stats.overdue_s or 0.0)
         if returned:
             log.info("wallet transfers returned to their senders", extra={"returned": returned})
+        await self.expire_holds()
         return returned
+
+    async def expire_holds(self) -> int:
+        """Give back the money of every hold at the till past its time, a batch per transaction, by the
+        same rules (gongji_expire_holds); how many. Then read what is still held for the gauges."""
+        released = 0
+        while True:
+            batch = await holds.expire_due(self._pool, self._clock.now(), limits.WALLET_EXPIRY_BATCH)
+            metrics.HOLDS.labels("EXPIRED").inc(len(batch))
+            released += len(batch)
+            if len(batch) < limits.WALLET_EXPIRY_BATCH:
+                break
+        pending, held_fen = await holds.pending_stats(self._pool)
+        metrics.HOLDS_PENDING.set(pending)
+        metrics.HELD_FEN.set(held_fen)
+        if released:
+            log.info("holds at the till expired, their money given back", extra={"released": released})
+        return released
 
     async def _loop(self) -> None:
         while True:

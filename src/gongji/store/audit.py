@@ -93,15 +93,18 @@ select v.voucher_id
  where (v.used_at is null) <> (s.settlement_id is null) or v.settlement_id is distinct from s.settlement_id"""
 
 
-# What mutual aid paid net of refunds (a reversed refund gave nothing back), per grant and per
-# beneficiary and calendar year (China's time zone), is what the caps count (grant_usage,
-# beneficiary_usage), to the fen.
+# What mutual aid paid net of refunds (a reversed refund gave nothing back), and what pending holds at
+# the till hold of it, per grant and per beneficiary and calendar year (China's time zone), is what the
+# caps count (grant_usage, beneficiary_usage), to the fen.
 _NET_MUTUAL_AID = """
 select s.grant_id, s.patient_id, gongji_china_year(s.created_at) as year,
        s.acct_mulaid_pay_fen - coalesce((select sum(r.acct_mulaid_pay_fen) from refund r
                                           where r.settlement_id = s.settlement_id and r.reversed_at is null), 0)
            as fen
-  from settlement s where s.grant_id is not null"""
+  from settlement s where s.grant_id is not null
+union all
+select h.grant_id, h.patient_id, gongji_china_year(h.created_at), h.acct_mulaid_pay_fen
+  from settlement_hold h where h.state = 'PENDING' and h.grant_id is not null"""
 _GRANT_USAGE_VS_SETTLEMENTS = f"""
 with net as ({_NET_MUTUAL_AID}), books as (select grant_id, year, sum(fen)::bigint as fen from net group by 1, 2)
 select coalesce(u.grant_id, b.grant_id) as grant_id, coalesce(u.year, b.year) as year,
@@ -202,6 +205,38 @@ select 'refund ' || refund_id from back
  where given <> (wallet_pay_fen > 0)::int or given_fen <> wallet_pay_fen or elsewhere
     or taken <> (wallet_pay_fen > 0 and reversed_at is not null)::int
     or taken_fen <> case when reversed_at is null then 0 else wallet_pay_fen end"""
+# Every hold's money left its sources exactly once (HOLD: the patient's account, the authorizer's, named
+# by its counterpart, and the wallet) and came back exactly once when it ended (HOLD_RELEASE), never while
+# pending; a captured hold's settlement is the patient's and settled exactly the split held.
+_HOLD_VS_BOOKS = """
+with a as (
+    select l.hold_id, count(*) as entries,
+           coalesce(-sum(l.amount_fen) filter (where l.kind = 'HOLD' and l.counterpart_id is null), 0) as own_out,
+           coalesce(sum(l.amount_fen) filter (where l.kind = 'HOLD_RELEASE' and l.counterpart_id is null), 0)
+               as own_back,
+           coalesce(-sum(l.amount_fen) filter (where l.kind = 'HOLD' and l.counterpart_id is not null), 0) as aid_out,
+           coalesce(sum(l.amount_fen) filter (where l.kind = 'HOLD_RELEASE' and l.counterpart_id is not null), 0)
+               as aid_back
+      from ledger_entry l where l.hold_id is not null group by l.hold_id),
+w as (
+    select e.hold_id, count(*) as entries,
+           coalesce(-sum(e.amount_fen) filter (where e.kind = 'HOLD'), 0) as out_fen,
+           coalesce(sum(e.amount_fen) filter (where e.kind = 'HOLD_RELEASE'), 0) as back_fen
+      from wallet_entry e where e.hold_id is not null group by e.hold_id)
+select h.hold_id
+  from settlement_hold h left join a on a.hold_id = h.hold_id left join w on w.hold_id = h.hold_id
+ cross join lateral (select (h.state <> 'PENDING')::int as ended) x
+ where coalesce(a.own_out, 0) <> h.acct_pay_fen or coalesce(a.aid_out, 0) <> h.acct_mulaid_pay_fen
+    or coalesce(w.out_fen, 0) <> h.wallet_pay_fen
+    or coalesce(a.own_back, 0) <> x.ended * h.acct_pay_fen or coalesce(a.aid_back, 0) <> x.ended * h.acct_mulaid_pay_fen
+    or coalesce(w.back_fen, 0) <> x.ended * h.wallet_pay_fen
+    or coalesce(a.entries, 0) <> ((h.acct_pay_fen > 0)::int + (h.acct_mulaid_pay_fen > 0)::int) * (1 + x.ended)
+    or coalesce(w.entries, 0) <> (h.wallet_pay_fen > 0)::int * (1 + x.ended)
+    or (h.state = 'CAPTURED' and not exists (
+           select 1 from settlement s
+            where s.settlement_id = h.settlement_id and s.patient_id = h.patient_id and s.amount_fen = h.amount_fen
+              and (s.acct_pay_fen, s.acct_mulaid_pay_fen, s.wallet_pay_fen, s.psn_cash_pay_fen)
+                  = (h.acct_pay_fen, h.acct_mulaid_pay_fen, h.wallet_pay_fen, h.psn_cash_pay_fen)))"""
 
 # Each check and how to name what it found. Every query answers the rows that are off.
 _CHECKS = (
@@ -221,6 +256,7 @@ _CHECKS = (
     (_WALLET_VS_ENTRIES, "wallet {person_id}: balance {balance_fen} fen, entries {entries_fen} fen"),
     (_TRANSFER_VS_BOOKS, "wallet transfer {transfer_id}: the books do not match its state"),
     (_SETTLEMENT_VS_WALLET, "{what}: the wallet's entries do not match what it paid or gave back"),
+    (_HOLD_VS_BOOKS, "hold {hold_id}: the books do not match its state"),
 )
 
 

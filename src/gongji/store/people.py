@@ -19,7 +19,11 @@ _SELECT_ACCOUNT = """
 select p.person_id, p.name, p.birth_date, p.region_code, p.scheme, p.status, p.document_type, p.document_number,
        a.balance_fen,
        (select coalesce(sum(t.amount_fen), 0) from wallet_transfer t
-         where t.sender_id = p.person_id and t.state = 'PENDING')::bigint as transfer_pending_out_fen
+         where t.sender_id = p.person_id and t.state = 'PENDING')::bigint as transfer_pending_out_fen,
+       (select coalesce(sum(h.acct_pay_fen), 0) from settlement_hold h
+         where h.patient_id = p.person_id and h.state = 'PENDING')::bigint
+       + (select coalesce(sum(h.acct_mulaid_pay_fen), 0) from settlement_hold h
+           where h.authorizer_id = p.person_id and h.state = 'PENDING')::bigint as held_fen
   from person p left join account a on a.person_id = p.person_id
  where p.person_id = $1"""
 
@@ -57,6 +61,7 @@ class AccountView:
     person: Person
     balance_fen: int | None  # None: no personal account (resident-insured)
     transfer_pending_out_fen: int = 0  # sent to a 医保钱包, not yet accepted (out of balance_fen)
+    held_fen: int = 0  # held at the till by pending holds, own or as authorizer (out of balance_fen)
 
 
 def person_from_row(row: asyncpg.Record) -> Person:
@@ -91,7 +96,7 @@ async def get_account(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) -
         return None
     person = person_from_row(row)
     balance = row["balance_fen"] if person.has_personal_account else None
-    return AccountView(person, balance, row["transfer_pending_out_fen"])
+    return AccountView(person, balance, row["transfer_pending_out_fen"], row["held_fen"])
 
 
 async def enroll(pool: asyncpg.Pool, person: Person, *, keep_document: bool = False) -> tuple[bool, int]:

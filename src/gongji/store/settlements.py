@@ -6,6 +6,7 @@ import datetime as dt
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import asyncpg
 
@@ -30,7 +31,8 @@ select g.outcome, g.replayed, (g.settled).*, g.lock_wait_idempotency_s, g.lock_w
        g.lock_wait_account_s
   from credential c
  cross join lateral gongji_settle(
-     c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) g
+     c.institution_id, c.terminal_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+     $18, $19, $20) g
  where {TERMINAL_GUARD}"""
 
 
@@ -117,7 +119,7 @@ class SettlementRow:
             mutual_aid_parts=Parts(r["acct_mulaid_pay_fen"] - mulaid_over - mulaid_wholly, mulaid_over, mulaid_wholly),
             med_type=MedType(r["med_type"]) if r["med_type"] else None,
             insutype=Insutype(r["insutype"]) if r["insutype"] else None,
-            wallet_parts=_paid(r["wallet_pay_fen"], r["wallet_over_limit_fen"], r["wallet_wholly_fen"]),
+            wallet_parts=paid_parts(r["wallet_pay_fen"], r["wallet_over_limit_fen"], r["wallet_wholly_fen"]),
         )
 
 
@@ -236,6 +238,18 @@ class BillArgs:
 AMOUNT_ONLY = BillArgs()
 
 
+class Capture(NamedTuple):
+    """A hold a Settle captures, as gongji_settle takes it, last: its id, the digest of what the Settle
+    asks without the hold (which must be the holding Quote's), and the service's clock."""
+
+    hold_id: uuid.UUID | None
+    content_digest: bytes | None
+    now: dt.datetime | None
+
+
+NO_CAPTURE = Capture(None, None, None)
+
+
 async def quote(
     pool: asyncpg.Pool,
     *,
@@ -263,9 +277,9 @@ async def quote(
         raise _refuse(row["outcome"])
     limited_by = row["mulaid_limited_by"]
     parts = bill.parts or Parts(amount_fen)
-    own = _paid(row["acct_pay_fen"], row["acct_over_limit_fen"], row["acct_wholly_fen"])
-    mutual_aid = _paid(row["acct_mulaid_pay_fen"], row["mulaid_over_limit_fen"], row["mulaid_wholly_fen"])
-    wallet = _paid(row["wallet_pay_fen"], row["wallet_over_limit_fen"], row["wallet_wholly_fen"])
+    own = paid_parts(row["acct_pay_fen"], row["acct_over_limit_fen"], row["acct_wholly_fen"])
+    mutual_aid = paid_parts(row["acct_mulaid_pay_fen"], row["mulaid_over_limit_fen"], row["mulaid_wholly_fen"])
+    wallet = paid_parts(row["wallet_pay_fen"], row["wallet_over_limit_fen"], row["wallet_wholly_fen"])
     result = QuoteResult(
         row["authorizer_id"],
         row["acct_pay_fen"],
@@ -292,7 +306,7 @@ async def quote(
     return result
 
 
-def _paid(total_fen: int, over_limit_fen: int, wholly_fen: int) -> Parts:
+def paid_parts(total_fen: int, over_limit_fen: int, wholly_fen: int) -> Parts:
     """What one source paid, by part: the part within the scope is the rest of its total."""
     return Parts(total_fen - over_limit_fen - wholly_fen, over_limit_fen, wholly_fen)
 
@@ -310,10 +324,11 @@ async def settle(
     use_personal_account: bool,
     timing: SettleTiming,
     bill: BillArgs = AMOUNT_ONLY,
+    capture: Capture | None = None,
 ) -> SettlementRow:
     """Settle in one transaction and one round trip, as the terminal of `credential_id` (which must
-    still be live: checked in that transaction). Refusals raise and have written nothing. What was
-    measured is in `timing`, whether this returns or raises."""
+    still be live: checked in that transaction); with `capture`, take exactly the hold's split. Refusals
+    raise and have written nothing. What was measured is in `timing`, whether this returns or raises."""
     row = await _settle_row(
         pool,
         timing,
@@ -326,6 +341,7 @@ async def settle(
         authorizer_id,
         use_personal_account,
         *bill.sql_args(),
+        *(capture or NO_CAPTURE),
     )
     if row["outcome"] != "OK":
         raise _refuse(row["outcome"])

@@ -41,7 +41,9 @@ select w.person_id, w.balance_fen, w.opened_at, false from wallet w where w.pers
 _WALLET = """
 select w.person_id, w.balance_fen, w.opened_at,
        coalesce((select sum(t.amount_fen) from wallet_transfer t
-                  where t.recipient_id = w.person_id and t.state = 'PENDING'), 0)::bigint as pending_in_fen
+                  where t.recipient_id = w.person_id and t.state = 'PENDING'), 0)::bigint as pending_in_fen,
+       coalesce((select sum(h.wallet_pay_fen) from settlement_hold h
+                  where h.patient_id = w.person_id and h.state = 'PENDING'), 0)::bigint as held_fen
   from wallet w where w.person_id = $1"""
 _PENDING_OUT = """
 select coalesce(sum(t.amount_fen), 0)::bigint from wallet_transfer t where t.sender_id = $1 and t.state = 'PENDING'"""
@@ -63,6 +65,7 @@ class WalletRow:
     balance_fen: int
     opened_at: dt.datetime
     pending_in_fen: int = 0  # transfers to this wallet still waiting to be accepted
+    held_fen: int = 0  # held at the till by the owner's pending holds (out of balance_fen)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,15 +26,15 @@ from gongji.v1 import types_pb2 as gongji_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gongji/v1/account.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\rEnrollRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x13\n\x0bregion_code\x18\x04 \x01(\t\x12!\n\x06scheme\x18\x05 \x01(\x0e\x32\x11.gongji.v1.Scheme\x12\'\n\x06status\x18\x06 \x01(\x0e\x32\x17.gongji.v1.PersonStatus\x12.\n\rdocument_type\x18\x07 \x01(\x0e\x32\x17.gongji.v1.DocumentType\x12\x17\n\x0f\x64ocument_number\x18\x08 \x01(\t\"\\\n\x0e\x45nrollResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Account\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x14\n\x0cgrants_ended\x18\x03 \x01(\x05\"X\n\rCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tperson_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x0c\n\x04memo\x18\x04 \x01(\t\"J\n\x0e\x43reditResponse\x12\x11\n\tcredit_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"&\n\x11GetAccountRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"9\n\x12GetAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Account\"\xd2\x01\n\x07\x41\x63\x63ount\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12!\n\x06scheme\x18\x02 \x01(\x0e\x32\x11.gongji.v1.Scheme\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.gongji.v1.PersonStatus\x12\x13\n\x0bregion_code\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x05 \x01(\x03\x12\x1c\n\x14has_personal_account\x18\x06 \x01(\x08\x12 \n\x18transfer_pending_out_fen\x18\x07 \x01(\x03\"M\n\x11ListLedgerRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.gongji.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa7\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\namount_fen\x18\x02 \x01(\x03\x12\x19\n\x11\x62\x61lance_after_fen\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\rsettlement_id\x18\x05 \x01(\t\x12\x11\n\tcredit_id\x18\x06 \x01(\t\x12\x1d\n\x15\x63ounterpart_id_masked\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trefund_id\x18\t \x01(\t\x12\x0c\n\x04note\x18\n \x01(\t\x12\x1a\n\x12premium_payment_id\x18\x0b \x01(\t\x12\x13\n\x0btransfer_id\x18\x0c \x01(\t\"\x96\x05\n\x0cRegionPolicy\x12\x12\n\nregion_key\x18\x01 \x01(\t\x12$\n\x05scope\x18\x02 \x01(\x0e\x32\x15.gongji.v1.GrantScope\x12\x36\n\x15\x61llowed_relationships\x18\x03 \x03(\x0e\x32\x17.gongji.v1.Relationship\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x1a\x62\x65neficiary_yearly_cap_fen\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12!\n\x14\x61uthorizer_floor_fen\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12>\n\x1a\x61\x63\x63\x65pted_certificate_types\x18\x07 \x03(\x0e\x32\x1a.gongji.v1.CertificateType\x12%\n\x18mutual_aid_out_of_region\x18\x08 \x01(\x08H\x02\x88\x01\x01\x12\'\n\x1amutual_aid_out_of_province\x18\t \x01(\x08H\x03\x88\x01\x01\x12=\n\x16wholly_self_paid_rules\x18\n \x03(\x0b\x32\x1d.gongji.v1.WhollySelfPaidRule\x12\'\n\x06wallet\x18\x0b \x01(\x0b\x32\x17.gongji.v1.WalletPolicy\x12,\n\x0cwallet_order\x18\x0c \x01(\x0e\x32\x16.gongji.v1.WalletOrderB\x1d\n\x1b_beneficiary_yearly_cap_fenB\x17\n\x15_authorizer_floor_fenB\x1b\n\x19_mutual_aid_out_of_regionB\x1d\n\x1b_mutual_aid_out_of_province\"\xfb\x01\n\x0cWalletPolicy\x12.\n\rrelationships\x18\x01 \x03(\x0e\x32\x17.gongji.v1.Relationship\x12$\n\x05scope\x18\x02 \x01(\x0e\x32\x15.gongji.v1.GrantScope\x12\x1a\n\rsends_per_day\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0csend_max_fen\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nquiet_from\x18\x05 \x01(\t\x12\x13\n\x0bquiet_until\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\tB\x10\n\x0e_sends_per_dayB\x0f\n\r_send_max_fen\"i\n\x12WhollySelfPaidRule\x12$\n\x08med_type\x18\x01 \x01(\x0e\x32\x12.gongji.v1.MedType\x12\x14\n\x0c\x61\x63\x63ount_pays\x18\x02 \x01(\x08\x12\x17\n\x0fmutual_aid_pays\x18\x03 \x01(\x08\"A\n\x16SetRegionPolicyRequest\x12\'\n\x06policy\x18\x01 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy\"B\n\x17SetRegionPolicyResponse\x12\'\n\x06policy\x18\x01 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy\"\x1b\n\x19ListRegionPoliciesRequest\"x\n\x1aListRegionPoliciesResponse\x12)\n\x08policies\x18\x01 \x03(\x0b\x32\x17.gongji.v1.RegionPolicy\x12/\n\x0e\x64\x65\x66\x61ult_policy\x18\x02 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy\"\x98\x01\n\x0bPremiumRate\x12\x12\n\nregion_key\x18\x01 \x01(\t\x12\x0c\n\x04year\x18\x02 \x01(\x05\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x10\n\x08opens_on\x18\x04 \x01(\t\x12\x11\n\tcloses_on\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x15SetPremiumRateRequest\x12$\n\x04rate\x18\x01 \x01(\x0b\x32\x16.gongji.v1.PremiumRate\">\n\x16SetPremiumRateResponse\x12$\n\x04rate\x18\x01 \x01(\x0b\x32\x16.gongji.v1.PremiumRate\"\'\n\x17ListPremiumRatesRequest\x12\x0c\n\x04year\x18\x01 \x01(\x05\"A\n\x18ListPremiumRatesResponse\x12%\n\x05rates\x18\x01 \x03(\x0b\x32\x16.gongji.v1.PremiumRate\"\xd6\x02\n\x0ePremiumPayment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08payer_id\x18\x03 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x04 \x01(\t\x12\x1d\n\x15\x62\x65neficiary_id_masked\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x0c\n\x04year\x18\x07 \x01(\x05\x12\x12\n\nregion_key\x18\x08 \x01(\t\x12\x13\n\x0bregion_code\x18\t \x01(\t\x12\x12\n\namount_fen\x18\n \x01(\x03\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brefunded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\r \x01(\t\"_\n\x11PayPremiumRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08payer_id\x18\x02 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x03 \x01(\t\x12\x0c\n\x04year\x18\x04 \x01(\x05\"g\n\x12PayPremiumResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.gongji.v1.PremiumPayment\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\":\n\x14RefundPremiumRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"j\n\x15RefundPremiumResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.gongji.v1.PremiumPayment\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"v\n\x15ReportPremiumsRequest\x12\x11\n\tfrom_date\x18\x01 \x01(\t\x12\x0f\n\x07to_date\x18\x02 \x01(\t\x12\x12\n\nregion_key\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x84\x01\n\nPremiumDay\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x13\n\x0bregion_code\x18\x02 \x01(\t\x12\x15\n\rpayment_count\x18\x03 \x01(\x03\x12\x10\n\x08paid_fen\x18\x04 \x01(\x03\x12\x14\n\x0crefund_count\x18\x05 \x01(\x03\x12\x14\n\x0crefunded_fen\x18\x06 \x01(\x03\"V\n\x16ReportPremiumsResponse\x12#\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32\x15.gongji.v1.PremiumDay\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8f\x01\n\x0bWalletOrder\x12\x1c\n\x18WALLET_ORDER_UNSPECIFIED\x10\x00\x12\x1f\n\x1bWALLET_ORDER_BEFORE_ACCOUNT\x10\x01\x12\x1e\n\x1aWALLET_ORDER_AFTER_ACCOUNT\x10\x02\x12!\n\x1dWALLET_ORDER_AFTER_MUTUAL_AID\x10\x03\x32\x8b\x07\n\x0e\x41\x63\x63ountService\x12=\n\x06\x45nroll\x12\x18.gongji.v1.EnrollRequest\x1a\x19.gongji.v1.EnrollResponse\x12X\n\x0fSetRegionPolicy\x12!.gongji.v1.SetRegionPolicyRequest\x1a\".gongji.v1.SetRegionPolicyResponse\x12\x61\n\x12ListRegionPolicies\x12$.gongji.v1.ListRegionPoliciesRequest\x1a%.gongji.v1.ListRegionPoliciesResponse\x12=\n\x06\x43redit\x12\x18.gongji.v1.CreditRequest\x1a\x19.gongji.v1.CreditResponse\x12I\n\nGetAccount\x12\x1c.gongji.v1.GetAccountRequest\x1a\x1d.gongji.v1.GetAccountResponse\x12I\n\nListLedger\x12\x1c.gongji.v1.ListLedgerRequest\x1a\x1d.gongji.v1.ListLedgerResponse\x12U\n\x0eSetPremiumRate\x12 .gongji.v1.SetPremiumRateRequest\x1a!.gongji.v1.SetPremiumRateResponse\x12[\n\x10ListPremiumRates\x12\".gongji.v1.ListPremiumRatesRequest\x1a#.gongji.v1.ListPremiumRatesResponse\x12I\n\nPayPremium\x12\x1c.gongji.v1.PayPremiumRequest\x1a\x1d.gongji.v1.PayPremiumResponse\x12R\n\rRefundPremium\x12\x1f.gongji.v1.RefundPremiumRequest\x1a .gongji.v1.RefundPremiumResponse\x12U\n\x0eReportPremiums\x12 .gongji.v1.ReportPremiumsRequest\x1a!.gongji.v1.ReportPremiumsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gongji/v1/account.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\rEnrollRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x13\n\x0bregion_code\x18\x04 \x01(\t\x12!\n\x06scheme\x18\x05 \x01(\x0e\x32\x11.gongji.v1.Scheme\x12\'\n\x06status\x18\x06 \x01(\x0e\x32\x17.gongji.v1.PersonStatus\x12.\n\rdocument_type\x18\x07 \x01(\x0e\x32\x17.gongji.v1.DocumentType\x12\x17\n\x0f\x64ocument_number\x18\x08 \x01(\t\"\\\n\x0e\x45nrollResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Account\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x14\n\x0cgrants_ended\x18\x03 \x01(\x05\"X\n\rCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tperson_id\x18\x02 \x01(\t\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x0c\n\x04memo\x18\x04 \x01(\t\"J\n\x0e\x43reditResponse\x12\x11\n\tcredit_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"&\n\x11GetAccountRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"9\n\x12GetAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.gongji.v1.Account\"\xe4\x01\n\x07\x41\x63\x63ount\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12!\n\x06scheme\x18\x02 \x01(\x0e\x32\x11.gongji.v1.Scheme\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.gongji.v1.PersonStatus\x12\x13\n\x0bregion_code\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x05 \x01(\x03\x12\x1c\n\x14has_personal_account\x18\x06 \x01(\x08\x12 \n\x18transfer_pending_out_fen\x18\x07 \x01(\x03\x12\x10\n\x08held_fen\x18\x08 \x01(\x03\"M\n\x11ListLedgerRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.gongji.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa7\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\namount_fen\x18\x02 \x01(\x03\x12\x19\n\x11\x62\x61lance_after_fen\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\rsettlement_id\x18\x05 \x01(\t\x12\x11\n\tcredit_id\x18\x06 \x01(\t\x12\x1d\n\x15\x63ounterpart_id_masked\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trefund_id\x18\t \x01(\t\x12\x0c\n\x04note\x18\n \x01(\t\x12\x1a\n\x12premium_payment_id\x18\x0b \x01(\t\x12\x13\n\x0btransfer_id\x18\x0c \x01(\t\"\x96\x05\n\x0cRegionPolicy\x12\x12\n\nregion_key\x18\x01 \x01(\t\x12$\n\x05scope\x18\x02 \x01(\x0e\x32\x15.gongji.v1.GrantScope\x12\x36\n\x15\x61llowed_relationships\x18\x03 \x03(\x0e\x32\x17.gongji.v1.Relationship\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x1a\x62\x65neficiary_yearly_cap_fen\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12!\n\x14\x61uthorizer_floor_fen\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12>\n\x1a\x61\x63\x63\x65pted_certificate_types\x18\x07 \x03(\x0e\x32\x1a.gongji.v1.CertificateType\x12%\n\x18mutual_aid_out_of_region\x18\x08 \x01(\x08H\x02\x88\x01\x01\x12\'\n\x1amutual_aid_out_of_province\x18\t \x01(\x08H\x03\x88\x01\x01\x12=\n\x16wholly_self_paid_rules\x18\n \x03(\x0b\x32\x1d.gongji.v1.WhollySelfPaidRule\x12\'\n\x06wallet\x18\x0b \x01(\x0b\x32\x17.gongji.v1.WalletPolicy\x12,\n\x0cwallet_order\x18\x0c \x01(\x0e\x32\x16.gongji.v1.WalletOrderB\x1d\n\x1b_beneficiary_yearly_cap_fenB\x17\n\x15_authorizer_floor_fenB\x1b\n\x19_mutual_aid_out_of_regionB\x1d\n\x1b_mutual_aid_out_of_province\"\xfb\x01\n\x0cWalletPolicy\x12.\n\rrelationships\x18\x01 \x03(\x0e\x32\x17.gongji.v1.Relationship\x12$\n\x05scope\x18\x02 \x01(\x0e\x32\x15.gongji.v1.GrantScope\x12\x1a\n\rsends_per_day\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0csend_max_fen\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nquiet_from\x18\x05 \x01(\t\x12\x13\n\x0bquiet_until\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\tB\x10\n\x0e_sends_per_dayB\x0f\n\r_send_max_fen\"i\n\x12WhollySelfPaidRule\x12$\n\x08med_type\x18\x01 \x01(\x0e\x32\x12.gongji.v1.MedType\x12\x14\n\x0c\x61\x63\x63ount_pays\x18\x02 \x01(\x08\x12\x17\n\x0fmutual_aid_pays\x18\x03 \x01(\x08\"A\n\x16SetRegionPolicyRequest\x12\'\n\x06policy\x18\x01 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy\"B\n\x17SetRegionPolicyResponse\x12\'\n\x06policy\x18\x01 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy\"\x1b\n\x19ListRegionPoliciesRequest\"x\n\x1aListRegionPoliciesResponse\x12)\n\x08policies\x18\x01 \x03(\x0b\x32\x17.gongji.v1.RegionPolicy\x12/\n\x0e\x64\x65\x66\x61ult_policy\x18\x02 \x01(\x0b\x32\x17.gongji.v1.RegionPolicy\"\x98\x01\n\x0bPremiumRate\x12\x12\n\nregion_key\x18\x01 \x01(\t\x12\x0c\n\x04year\x18\x02 \x01(\x05\x12\x12\n\namount_fen\x18\x03 \x01(\x03\x12\x10\n\x08opens_on\x18\x04 \x01(\t\x12\x11\n\tcloses_on\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x15SetPremiumRateRequest\x12$\n\x04rate\x18\x01 \x01(\x0b\x32\x16.gongji.v1.PremiumRate\">\n\x16SetPremiumRateResponse\x12$\n\x04rate\x18\x01 \x01(\x0b\x32\x16.gongji.v1.PremiumRate\"\'\n\x17ListPremiumRatesRequest\x12\x0c\n\x04year\x18\x01 \x01(\x05\"A\n\x18ListPremiumRatesResponse\x12%\n\x05rates\x18\x01 \x03(\x0b\x32\x16.gongji.v1.PremiumRate\"\xd6\x02\n\x0ePremiumPayment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08payer_id\x18\x03 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x04 \x01(\t\x12\x1d\n\x15\x62\x65neficiary_id_masked\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x0c\n\x04year\x18\x07 \x01(\x05\x12\x12\n\nregion_key\x18\x08 \x01(\t\x12\x13\n\x0bregion_code\x18\t \x01(\t\x12\x12\n\namount_fen\x18\n \x01(\x03\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brefunded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\r \x01(\t\"_\n\x11PayPremiumRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08payer_id\x18\x02 \x01(\t\x12\x16\n\x0e\x62\x65neficiary_id\x18\x03 \x01(\t\x12\x0c\n\x04year\x18\x04 \x01(\x05\"g\n\x12PayPremiumResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.gongji.v1.PremiumPayment\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\":\n\x14RefundPremiumRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"j\n\x15RefundPremiumResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.gongji.v1.PremiumPayment\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"v\n\x15ReportPremiumsRequest\x12\x11\n\tfrom_date\x18\x01 \x01(\t\x12\x0f\n\x07to_date\x18\x02 \x01(\t\x12\x12\n\nregion_key\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x84\x01\n\nPremiumDay\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x13\n\x0bregion_code\x18\x02 \x01(\t\x12\x15\n\rpayment_count\x18\x03 \x01(\x03\x12\x10\n\x08paid_fen\x18\x04 \x01(\x03\x12\x14\n\x0crefund_count\x18\x05 \x01(\x03\x12\x14\n\x0crefunded_fen\x18\x06 \x01(\x03\"V\n\x16ReportPremiumsResponse\x12#\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32\x15.gongji.v1.PremiumDay\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8f\x01\n\x0bWalletOrder\x12\x1c\n\x18WALLET_ORDER_UNSPECIFIED\x10\x00\x12\x1f\n\x1bWALLET_ORDER_BEFORE_ACCOUNT\x10\x01\x12\x1e\n\x1aWALLET_ORDER_AFTER_ACCOUNT\x10\x02\x12!\n\x1dWALLET_ORDER_AFTER_MUTUAL_AID\x10\x03\x32\x8b\x07\n\x0e\x41\x63\x63ountService\x12=\n\x06\x45nroll\x12\x18.gongji.v1.EnrollRequest\x1a\x19.gongji.v1.EnrollResponse\x12X\n\x0fSetRegionPolicy\x12!.gongji.v1.SetRegionPolicyRequest\x1a\".gongji.v1.SetRegionPolicyResponse\x12\x61\n\x12ListRegionPolicies\x12$.gongji.v1.ListRegionPoliciesRequest\x1a%.gongji.v1.ListRegionPoliciesResponse\x12=\n\x06\x43redit\x12\x18.gongji.v1.CreditRequest\x1a\x19.gongji.v1.CreditResponse\x12I\n\nGetAccount\x12\x1c.gongji.v1.GetAccountRequest\x1a\x1d.gongji.v1.GetAccountResponse\x12I\n\nListLedger\x12\x1c.gongji.v1.ListLedgerRequest\x1a\x1d.gongji.v1.ListLedgerResponse\x12U\n\x0eSetPremiumRate\x12 .gongji.v1.SetPremiumRateRequest\x1a!.gongji.v1.SetPremiumRateResponse\x12[\n\x10ListPremiumRates\x12\".gongji.v1.ListPremiumRatesRequest\x1a#.gongji.v1.ListPremiumRatesResponse\x12I\n\nPayPremium\x12\x1c.gongji.v1.PayPremiumRequest\x1a\x1d.gongji.v1.PayPremiumResponse\x12R\n\rRefundPremium\x12\x1f.gongji.v1.RefundPremiumRequest\x1a .gongji.v1.RefundPremiumResponse\x12U\n\x0eReportPremiums\x12 .gongji.v1.ReportPremiumsRequest\x1a!.gongji.v1.ReportPremiumsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gongji.v1.account_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WALLETORDER']._serialized_start=4133
-  _globals['_WALLETORDER']._serialized_end=4276
+  _globals['_WALLETORDER']._serialized_start=4151
+  _globals['_WALLETORDER']._serialized_end=4294
   _globals['_ENROLLREQUEST']._serialized_start=95
   _globals['_ENROLLREQUEST']._serialized_end=333
   _globals['_ENROLLRESPONSE']._serialized_start=335
@@ -48,53 +48,53 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETACCOUNTRESPONSE']._serialized_start=635
   _globals['_GETACCOUNTRESPONSE']._serialized_end=692
   _globals['_ACCOUNT']._serialized_start=695
-  _globals['_ACCOUNT']._serialized_end=905
-  _globals['_LISTLEDGERREQUEST']._serialized_start=907
-  _globals['_LISTLEDGERREQUEST']._serialized_end=984
-  _globals['_LISTLEDGERRESPONSE']._serialized_start=986
-  _globals['_LISTLEDGERRESPONSE']._serialized_end=1072
-  _globals['_LEDGERENTRY']._serialized_start=1075
-  _globals['_LEDGERENTRY']._serialized_end=1370
-  _globals['_REGIONPOLICY']._serialized_start=1373
-  _globals['_REGIONPOLICY']._serialized_end=2035
-  _globals['_WALLETPOLICY']._serialized_start=2038
-  _globals['_WALLETPOLICY']._serialized_end=2289
-  _globals['_WHOLLYSELFPAIDRULE']._serialized_start=2291
-  _globals['_WHOLLYSELFPAIDRULE']._serialized_end=2396
-  _globals['_SETREGIONPOLICYREQUEST']._serialized_start=2398
-  _globals['_SETREGIONPOLICYREQUEST']._serialized_end=2463
-  _globals['_SETREGIONPOLICYRESPONSE']._serialized_start=2465
-  _globals['_SETREGIONPOLICYRESPONSE']._serialized_end=2531
-  _globals['_LISTREGIONPOLICIESREQUEST']._serialized_start=2533
-  _globals['_LISTREGIONPOLICIESREQUEST']._serialized_end=2560
-  _globals['_LISTREGIONPOLICIESRESPONSE']._serialized_start=2562
-  _globals['_LISTREGIONPOLICIESRESPONSE']._serialized_end=2682
-  _globals['_PREMIUMRATE']._serialized_start=2685
-  _globals['_PREMIUMRATE']._serialized_end=2837
-  _globals['_SETPREMIUMRATEREQUEST']._serialized_start=2839
-  _globals['_SETPREMIUMRATEREQUEST']._serialized_end=2900
-  _globals['_SETPREMIUMRATERESPONSE']._serialized_start=2902
-  _globals['_SETPREMIUMRATERESPONSE']._serialized_end=2964
-  _globals['_LISTPREMIUMRATESREQUEST']._serialized_start=2966
-  _globals['_LISTPREMIUMRATESREQUEST']._serialized_end=3005
-  _globals['_LISTPREMIUMRATESRESPONSE']._serialized_start=3007
-  _globals['_LISTPREMIUMRATESRESPONSE']._serialized_end=3072
-  _globals['_PREMIUMPAYMENT']._serialized_start=3075
-  _globals['_PREMIUMPAYMENT']._serialized_end=3417
-  _globals['_PAYPREMIUMREQUEST']._serialized_start=3419
-  _globals['_PAYPREMIUMREQUEST']._serialized_end=3514
-  _globals['_PAYPREMIUMRESPONSE']._serialized_start=3516
-  _globals['_PAYPREMIUMRESPONSE']._serialized_end=3619
-  _globals['_REFUNDPREMIUMREQUEST']._serialized_start=3621
-  _globals['_REFUNDPREMIUMREQUEST']._serialized_end=3679
-  _globals['_REFUNDPREMIUMRESPONSE']._serialized_start=3681
-  _globals['_REFUNDPREMIUMRESPONSE']._serialized_end=3787
-  _globals['_REPORTPREMIUMSREQUEST']._serialized_start=3789
-  _globals['_REPORTPREMIUMSREQUEST']._serialized_end=3907
-  _globals['_PREMIUMDAY']._serialized_start=3910
-  _globals['_PREMIUMDAY']._serialized_end=4042
-  _globals['_REPORTPREMIUMSRESPONSE']._serialized_start=4044
-  _globals['_REPORTPREMIUMSRESPONSE']._serialized_end=4130
-  _globals['_ACCOUNTSERVICE']._serialized_start=4279
-  _globals['_ACCOUNTSERVICE']._serialized_end=5186
+  _globals['_ACCOUNT']._serialized_end=923
+  _globals['_LISTLEDGERREQUEST']._serialized_start=925
+  _globals['_LISTLEDGERREQUEST']._serialized_end=1002
+  _globals['_LISTLEDGERRESPONSE']._serialized_start=1004
+  _globals['_LISTLEDGERRESPONSE']._serialized_end=1090
+  _globals['_LEDGERENTRY']._serialized_start=1093
+  _globals['_LEDGERENTRY']._serialized_end=1388
+  _globals['_REGIONPOLICY']._serialized_start=1391
+  _globals['_REGIONPOLICY']._serialized_end=2053
+  _globals['_WALLETPOLICY']._serialized_start=2056
+  _globals['_WALLETPOLICY']._serialized_end=2307
+  _globals['_WHOLLYSELFPAIDRULE']._serialized_start=2309
+  _globals['_WHOLLYSELFPAIDRULE']._serialized_end=2414
+  _globals['_SETREGIONPOLICYREQUEST']._serialized_start=2416
+  _globals['_SETREGIONPOLICYREQUEST']._serialized_end=2481
+  _globals['_SETREGIONPOLICYRESPONSE']._serialized_start=2483
+  _globals['_SETREGIONPOLICYRESPONSE']._serialized_end=2549
+  _globals['_LISTREGIONPOLICIESREQUEST']._serialized_start=2551
+  _globals['_LISTREGIONPOLICIESREQUEST']._serialized_end=2578
+  _globals['_LISTREGIONPOLICIESRESPONSE']._serialized_start=2580
+  _globals['_LISTREGIONPOLICIESRESPONSE']._serialized_end=2700
+  _globals['_PREMIUMRATE']._serialized_start=2703
+  _globals['_PREMIUMRATE']._serialized_end=2855
+  _globals['_SETPREMIUMRATEREQUEST']._serialized_start=2857
+  _globals['_SETPREMIUMRATEREQUEST']._serialized_end=2918
+  _globals['_SETPREMIUMRATERESPONSE']._serialized_start=2920
+  _globals['_SETPREMIUMRATERESPONSE']._serialized_end=2982
+  _globals['_LISTPREMIUMRATESREQUEST']._serialized_start=2984
+  _globals['_LISTPREMIUMRATESREQUEST']._serialized_end=3023
+  _globals['_LISTPREMIUMRATESRESPONSE']._serialized_start=3025
+  _globals['_LISTPREMIUMRATESRESPONSE']._serialized_end=3090
+  _globals['_PREMIUMPAYMENT']._serialized_start=3093
+  _globals['_PREMIUMPAYMENT']._serialized_end=3435
+  _globals['_PAYPREMIUMREQUEST']._serialized_start=3437
+  _globals['_PAYPREMIUMREQUEST']._serialized_end=3532
+  _globals['_PAYPREMIUMRESPONSE']._serialized_start=3534
+  _globals['_PAYPREMIUMRESPONSE']._serialized_end=3637
+  _globals['_REFUNDPREMIUMREQUEST']._serialized_start=3639
+  _globals['_REFUNDPREMIUMREQUEST']._serialized_end=3697
+  _globals['_REFUNDPREMIUMRESPONSE']._serialized_start=3699
+  _globals['_REFUNDPREMIUMRESPONSE']._serialized_end=3805
+  _globals['_REPORTPREMIUMSREQUEST']._serialized_start=3807
+  _globals['_REPORTPREMIUMSREQUEST']._serialized_end=3925
+  _globals['_PREMIUMDAY']._serialized_start=3928
+  _globals['_PREMIUMDAY']._serialized_end=4060
+  _globals['_REPORTPREMIUMSRESPONSE']._serialized_start=4062
+  _globals['_REPORTPREMIUMSRESPONSE']._serialized_end=4148
+  _globals['_ACCOUNTSERVICE']._serialized_start=4297
+  _globals['_ACCOUNTSERVICE']._serialized_end=5204
 # @@protoc_insertion_point(module_scope)

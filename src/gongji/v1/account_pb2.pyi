@@ -226,6 +226,7 @@ class Account(_message.Message):
     BALANCE_FEN_FIELD_NUMBER: _builtins.int
     HAS_PERSONAL_ACCOUNT_FIELD_NUMBER: _builtins.int
     TRANSFER_PENDING_OUT_FEN_FIELD_NUMBER: _builtins.int
+    HELD_FEN_FIELD_NUMBER: _builtins.int
     person_id: _builtins.str
     scheme: _types_pb2.Scheme.ValueType
     status: _types_pb2.PersonStatus.ValueType
@@ -237,6 +238,11 @@ class Account(_message.Message):
     """Sent to a relative's 医保钱包 and not yet accepted (WalletService): out of balance_fen, and back in
     it if the transfer is declined or not accepted in time.
     """
+    held_fen: _builtins.int
+    """Held at the till by pending holds (SettlementService.Quote with hold_seconds), as the patient's own
+    account or as an authorizer's: out of balance_fen until captured, or back in it when released or
+    expired.
+    """
     def __init__(
         self,
         *,
@@ -247,10 +253,11 @@ class Account(_message.Message):
         balance_fen: _builtins.int = ...,
         has_personal_account: _builtins.bool = ...,
         transfer_pending_out_fen: _builtins.int = ...,
+        held_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "has_personal_account", b"has_personal_account", "person_id", b"person_id", "region_code", b"region_code", "scheme", b"scheme", "status", b"status", "transfer_pending_out_fen", b"transfer_pending_out_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "has_personal_account", b"has_personal_account", "held_fen", b"held_fen", "person_id", b"person_id", "region_code", b"region_code", "scheme", b"scheme", "status", b"status", "transfer_pending_out_fen", b"transfer_pending_out_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

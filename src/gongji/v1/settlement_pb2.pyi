@@ -21,6 +21,35 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _HoldState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HoldStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLD_STATE_UNSPECIFIED: _HoldState.ValueType  # 0
+    HOLD_STATE_PENDING: _HoldState.ValueType  # 1
+    """Its money is out of the accounts and the wallet, waiting for the Settle."""
+    HOLD_STATE_CAPTURED: _HoldState.ValueType  # 2
+    """A settlement took it."""
+    HOLD_STATE_RELEASED: _HoldState.ValueType  # 3
+    """Its terminal gave it back."""
+    HOLD_STATE_EXPIRED: _HoldState.ValueType  # 4
+    """Nobody captured it in time; it went back."""
+
+class HoldState(_HoldState, metaclass=_HoldStateEnumTypeWrapper): ...
+
+HOLD_STATE_UNSPECIFIED: HoldState.ValueType  # 0
+HOLD_STATE_PENDING: HoldState.ValueType  # 1
+"""Its money is out of the accounts and the wallet, waiting for the Settle."""
+HOLD_STATE_CAPTURED: HoldState.ValueType  # 2
+"""A settlement took it."""
+HOLD_STATE_RELEASED: HoldState.ValueType  # 3
+"""Its terminal gave it back."""
+HOLD_STATE_EXPIRED: HoldState.ValueType  # 4
+"""Nobody captured it in time; it went back."""
+Global___HoldState: _TypeAlias = HoldState  # noqa: Y015
+
 class _OriginalKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -251,6 +280,8 @@ class QuoteRequest(_message.Message):
     BILL_FIELD_NUMBER: _builtins.int
     MED_TYPE_FIELD_NUMBER: _builtins.int
     INSUTYPE_FIELD_NUMBER: _builtins.int
+    HOLD_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     voucher: _builtins.str
     """The patient's own e-voucher, as scanned."""
     patient_id: _builtins.str
@@ -267,6 +298,17 @@ class QuoteRequest(_message.Message):
     card_serial: _builtins.str
     med_type: _types_pb2.MedType.ValueType
     insutype: _types_pb2.Insutype.ValueType
+    hold_seconds: _builtins.int
+    """Hold the split for this many seconds, 1 to 300 (0: a plain quote, nothing held): its money leaves
+    the accounts and the wallet now, so no other settlement can spend it, until the Settle naming the
+    hold (SettleRequest.hold_id) captures exactly this split, the terminal releases it (ReleaseHold),
+    or its time is over and it goes back by itself.
+    """
+    request_id: _builtins.str
+    """Required with hold_seconds: the terminal's idempotency key of the hold, among its institution's
+    holds (a retry with the same content answers the same hold; other content is
+    IDEMPOTENCY_KEY_REUSED). Unused without a hold.
+    """
     @_builtins.property
     def bill(self) -> _types_pb2.BillParts:
         """As in SettleRequest: the bill's parts, the kind of care and the insurance."""
@@ -285,10 +327,12 @@ class QuoteRequest(_message.Message):
         bill: _types_pb2.BillParts | None = ...,
         med_type: _types_pb2.MedType.ValueType = ...,
         insutype: _types_pb2.Insutype.ValueType = ...,
+        hold_seconds: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "bill", b"bill", "use_personal_account", b"use_personal_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "bill", b"bill", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "insutype", b"insutype", "med_type", b"med_type", "patient_id", b"patient_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "bill", b"bill", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "hold_seconds", b"hold_seconds", "insutype", b"insutype", "med_type", b"med_type", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
     _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015
@@ -327,6 +371,7 @@ class QuoteResponse(_message.Message):
     WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
     WALLET_PARTS_FIELD_NUMBER: _builtins.int
     WALLET_BALC_FEN_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
     acct_pay_fen: _builtins.int
     """As in Settlement: the patient's own account only; psn_acct_pay_fen is the total of both accounts."""
     acct_mulaid_pay_fen: _builtins.int
@@ -369,6 +414,10 @@ class QuoteResponse(_message.Message):
     def cash_parts(self) -> _types_pb2.BillParts: ...
     @_builtins.property
     def wallet_parts(self) -> _types_pb2.BillParts: ...
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """Set when the Quote held its split: the hold, PENDING until captured, released or expired."""
+
     def __init__(
         self,
         *,
@@ -394,10 +443,11 @@ class QuoteResponse(_message.Message):
         wallet_pay_fen: _builtins.int = ...,
         wallet_parts: _types_pb2.BillParts | None = ...,
         wallet_balc_fen: _builtins.int | None = ...,
+        hold: Global___Hold | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "_wallet_balc_fen", b"_wallet_balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "wallet_balc_fen", b"wallet_balc_fen", "wallet_parts", b"wallet_parts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "_wallet_balc_fen", b"_wallet_balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "hold", b"hold", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "wallet_balc_fen", b"wallet_balc_fen", "wallet_parts", b"wallet_parts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "_wallet_balc_fen", b"_wallet_balc_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "bill_reading", b"bill_reading", "care_region", b"care_region", "care_scope", b"care_scope", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "insutype", b"insutype", "med_type", b"med_type", "mutual_aid_limited_by", b"mutual_aid_limited_by", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "wallet_balc_fen", b"wallet_balc_fen", "wallet_parts", b"wallet_parts", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen", "_grant_cap_left_fen", b"_grant_cap_left_fen", "_wallet_balc_fen", b"_wallet_balc_fen", "acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "balc_fen", b"balc_fen", "beneficiary_cap_left_fen", b"beneficiary_cap_left_fen", "bill", b"bill", "bill_reading", b"bill_reading", "care_region", b"care_region", "care_scope", b"care_scope", "cash_parts", b"cash_parts", "grant_cap_left_fen", b"grant_cap_left_fen", "hold", b"hold", "insutype", b"insutype", "med_type", b"med_type", "mutual_aid_limited_by", b"mutual_aid_limited_by", "mutual_aid_parts", b"mutual_aid_parts", "own_parts", b"own_parts", "psn_acct_pay_fen", b"psn_acct_pay_fen", "psn_cash_pay_fen", b"psn_cash_pay_fen", "wallet_balc_fen", b"wallet_balc_fen", "wallet_parts", b"wallet_parts", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["beneficiary_cap_left_fen"]  # noqa: Y015
     _WhichOneofArgType__beneficiary_cap_left_fen: _TypeAlias = _typing.Literal["_beneficiary_cap_left_fen", b"_beneficiary_cap_left_fen"]  # noqa: Y015
@@ -415,6 +465,119 @@ class QuoteResponse(_message.Message):
 Global___QuoteResponse: _TypeAlias = QuoteResponse  # noqa: Y015
 
 @_typing.final
+class Hold(_message.Message):
+    """A split held at the till (QuoteRequest.hold_seconds)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_PAY_FEN_FIELD_NUMBER: _builtins.int
+    ACCT_MULAID_PAY_FEN_FIELD_NUMBER: _builtins.int
+    WALLET_PAY_FEN_FIELD_NUMBER: _builtins.int
+    PSN_CASH_PAY_FEN_FIELD_NUMBER: _builtins.int
+    AUTHORIZER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    request_id: _builtins.str
+    """The Quote's request id."""
+    patient_id: _builtins.str
+    amount_fen: _builtins.int
+    acct_pay_fen: _builtins.int
+    """What is held, by source, as Settlement's fields; a capture settles exactly this."""
+    acct_mulaid_pay_fen: _builtins.int
+    wallet_pay_fen: _builtins.int
+    psn_cash_pay_fen: _builtins.int
+    authorizer_id: _builtins.str
+    state: Global___HoldState.ValueType
+    settlement_id: _builtins.str
+    """The settlement that captured it."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it goes back by itself if nobody captured it."""
+
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp:
+        """Set once it ended."""
+
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        patient_id: _builtins.str = ...,
+        amount_fen: _builtins.int = ...,
+        acct_pay_fen: _builtins.int = ...,
+        acct_mulaid_pay_fen: _builtins.int = ...,
+        wallet_pay_fen: _builtins.int = ...,
+        psn_cash_pay_fen: _builtins.int = ...,
+        authorizer_id: _builtins.str = ...,
+        state: Global___HoldState.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
+        settlement_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "resolved_at", b"resolved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_mulaid_pay_fen", b"acct_mulaid_pay_fen", "acct_pay_fen", b"acct_pay_fen", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "created_at", b"created_at", "expires_at", b"expires_at", "hold_id", b"hold_id", "patient_id", b"patient_id", "psn_cash_pay_fen", b"psn_cash_pay_fen", "request_id", b"request_id", "resolved_at", b"resolved_at", "settlement_id", b"settlement_id", "state", b"state", "wallet_pay_fen", b"wallet_pay_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hold: _TypeAlias = Hold  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldRequest: _TypeAlias = ReleaseHoldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """The hold had ended already (released or expired): nothing moved now."""
+    @_builtins.property
+    def hold(self) -> Global___Hold: ...
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldResponse: _TypeAlias = ReleaseHoldResponse  # noqa: Y015
+
+@_typing.final
 class SettleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -430,6 +593,7 @@ class SettleRequest(_message.Message):
     BILL_FIELD_NUMBER: _builtins.int
     MED_TYPE_FIELD_NUMBER: _builtins.int
     INSUTYPE_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The terminal's idempotency key: a retry with the same key and content returns the original answer."""
     voucher: _builtins.str
@@ -457,6 +621,13 @@ class SettleRequest(_message.Message):
     patient's (310 for an employee-insured patient, 390 for a resident-insured one), else
     FAILED_PRECONDITION / INSUTYPE_MISMATCH.
     """
+    hold_id: _builtins.str
+    """The hold a Quote made (QuoteResponse.hold): the settlement captures exactly its split. The request
+    must ask what the Quote asked (patient, amount, authorizer, use_personal_account, bill, med_type,
+    insutype), else FAILED_PRECONDITION / HOLD_MISMATCH; a hold ended is HOLD_RESOLVED, one past its time
+    HOLD_EXPIRED, another institution's (or none) NOT_FOUND / HOLD_NOT_FOUND. The grant it held must
+    still be live (GRANT_NOT_FOUND otherwise; the hold then expires).
+    """
     @_builtins.property
     def bill(self) -> _types_pb2.BillParts:
         """The bill's parts (unset: the bill is amount_fen alone, all of it within the policy scope, settled
@@ -481,10 +652,11 @@ class SettleRequest(_message.Message):
         bill: _types_pb2.BillParts | None = ...,
         med_type: _types_pb2.MedType.ValueType = ...,
         insutype: _types_pb2.Insutype.ValueType = ...,
+        hold_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "authorizer_id", b"authorizer_id", "bill", b"bill", "use_personal_account", b"use_personal_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "bill", b"bill", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "insutype", b"insutype", "med_type", b"med_type", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id", "_use_personal_account", b"_use_personal_account", "amount_fen", b"amount_fen", "authorizer_id", b"authorizer_id", "bill", b"bill", "card_number", b"card_number", "card_serial", b"card_serial", "certificate_type", b"certificate_type", "hold_id", b"hold_id", "insutype", b"insutype", "med_type", b"med_type", "patient_id", b"patient_id", "request_id", b"request_id", "use_personal_account", b"use_personal_account", "voucher", b"voucher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__authorizer_id: _TypeAlias = _typing.Literal["authorizer_id"]  # noqa: Y015
     _WhichOneofArgType__authorizer_id: _TypeAlias = _typing.Literal["_authorizer_id", b"_authorizer_id"]  # noqa: Y015

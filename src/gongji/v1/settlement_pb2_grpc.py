@@ -47,6 +47,11 @@ class SettlementServiceStub:
                 request_serializer=gongji_dot_v1_dot_settlement__pb2.QuoteRequest.SerializeToString,
                 response_deserializer=gongji_dot_v1_dot_settlement__pb2.QuoteResponse.FromString,
                 _registered_method=True)
+        self.ReleaseHold = channel.unary_unary(
+                '/gongji.v1.SettlementService/ReleaseHold',
+                request_serializer=gongji_dot_v1_dot_settlement__pb2.ReleaseHoldRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_settlement__pb2.ReleaseHoldResponse.FromString,
+                _registered_method=True)
         self.Settle = channel.unary_unary(
                 '/gongji.v1.SettlementService/Settle',
                 request_serializer=gongji_dot_v1_dot_settlement__pb2.SettleRequest.SerializeToString,
@@ -96,7 +101,17 @@ class SettlementServiceServicer:
     """
 
     def Quote(self, request, context):
-        """2206 pre-settlement: the split, nothing committed, the voucher not consumed.
+        """2206 pre-settlement: the split, nothing committed, the voucher not consumed. With hold_seconds, the
+        split is held (its money out of the accounts and the wallet) until a Settle naming the hold
+        captures it, the terminal releases it, or its time is over. Idempotent on request_id with a hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseHold(self, request, context):
+        """Gives a pending hold's money back (the patient did not confirm). Releasing one released or expired
+        answers it again; a captured one is FAILED_PRECONDITION / HOLD_RESOLVED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +173,11 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     servicer.Quote,
                     request_deserializer=gongji_dot_v1_dot_settlement__pb2.QuoteRequest.FromString,
                     response_serializer=gongji_dot_v1_dot_settlement__pb2.QuoteResponse.SerializeToString,
+            ),
+            'ReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHold,
+                    request_deserializer=gongji_dot_v1_dot_settlement__pb2.ReleaseHoldRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_settlement__pb2.ReleaseHoldResponse.SerializeToString,
             ),
             'Settle': grpc.unary_unary_rpc_method_handler(
                     servicer.Settle,
@@ -230,6 +250,33 @@ class SettlementService:
             '/gongji.v1.SettlementService/Quote',
             gongji_dot_v1_dot_settlement__pb2.QuoteRequest.SerializeToString,
             gongji_dot_v1_dot_settlement__pb2.QuoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.SettlementService/ReleaseHold',
+            gongji_dot_v1_dot_settlement__pb2.ReleaseHoldRequest.SerializeToString,
+            gongji_dot_v1_dot_settlement__pb2.ReleaseHoldResponse.FromString,
             options,
             channel_credentials,
             insecure,

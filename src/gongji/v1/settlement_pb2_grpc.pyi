@@ -42,7 +42,14 @@ class SettlementServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SettlementServiceAsyncStub: ...
     Quote: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.QuoteRequest, _settlement_pb2.QuoteResponse]
-    """2206 pre-settlement: the split, nothing committed, the voucher not consumed."""
+    """2206 pre-settlement: the split, nothing committed, the voucher not consumed. With hold_seconds, the
+    split is held (its money out of the accounts and the wallet) until a Settle naming the hold
+    captures it, the terminal releases it, or its time is over. Idempotent on request_id with a hold.
+    """
+    ReleaseHold: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ReleaseHoldRequest, _settlement_pb2.ReleaseHoldResponse]
+    """Gives a pending hold's money back (the patient did not confirm). Releasing one released or expired
+    answers it again; a captured one is FAILED_PRECONDITION / HOLD_RESOLVED.
+    """
     Settle: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.SettleRequest, _settlement_pb2.SettleResponse]
     """2207 settlement: debits the accounts and records the settlement. Idempotent on request_id."""
     Cancel: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.CancelRequest, _settlement_pb2.CancelResponse]
@@ -72,7 +79,14 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Quote: _aio.UnaryUnaryMultiCallable[_settlement_pb2.QuoteRequest, _settlement_pb2.QuoteResponse]  # type: ignore[assignment]
-    """2206 pre-settlement: the split, nothing committed, the voucher not consumed."""
+    """2206 pre-settlement: the split, nothing committed, the voucher not consumed. With hold_seconds, the
+    split is held (its money out of the accounts and the wallet) until a Settle naming the hold
+    captures it, the terminal releases it, or its time is over. Idempotent on request_id with a hold.
+    """
+    ReleaseHold: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ReleaseHoldRequest, _settlement_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
+    """Gives a pending hold's money back (the patient did not confirm). Releasing one released or expired
+    answers it again; a captured one is FAILED_PRECONDITION / HOLD_RESOLVED.
+    """
     Settle: _aio.UnaryUnaryMultiCallable[_settlement_pb2.SettleRequest, _settlement_pb2.SettleResponse]  # type: ignore[assignment]
     """2207 settlement: debits the accounts and records the settlement. Idempotent on request_id."""
     Cancel: _aio.UnaryUnaryMultiCallable[_settlement_pb2.CancelRequest, _settlement_pb2.CancelResponse]  # type: ignore[assignment]
@@ -105,7 +119,20 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _settlement_pb2.QuoteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.QuoteResponse, _abc.Awaitable[_settlement_pb2.QuoteResponse]]:
-        """2206 pre-settlement: the split, nothing committed, the voucher not consumed."""
+        """2206 pre-settlement: the split, nothing committed, the voucher not consumed. With hold_seconds, the
+        split is held (its money out of the accounts and the wallet) until a Settle naming the hold
+        captures it, the terminal releases it, or its time is over. Idempotent on request_id with a hold.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseHold(
+        self,
+        request: _settlement_pb2.ReleaseHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ReleaseHoldResponse, _abc.Awaitable[_settlement_pb2.ReleaseHoldResponse]]:
+        """Gives a pending hold's money back (the patient did not confirm). Releasing one released or expired
+        answers it again; a captured one is FAILED_PRECONDITION / HOLD_RESOLVED.
+        """
 
     @_abc_1.abstractmethod
     def Settle(

@@ -26,43 +26,43 @@ from gongji.v1 import types_pb2 as gongji_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gongji/v1/wallet.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"w\n\x06Wallet\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12-\n\topened_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epending_in_fen\x18\x04 \x01(\x03\"\xd2\x02\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x14\n\x0crecipient_id\x18\x04 \x01(\t\x12-\n\x0crelationship\x18\x05 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\'\n\x05state\x18\x07 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x64ue_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x11OpenWalletRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"I\n\x12OpenWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Wallet\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"%\n\x10GetWalletRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"6\n\x11GetWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Wallet\"\x95\x01\n\x13SendTransferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\t\x12\x14\n\x0crecipient_id\x18\x03 \x01(\t\x12-\n\x0crelationship\x18\x04 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12\x12\n\namount_fen\x18\x05 \x01(\x03\"O\n\x14SendTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Transfer\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"B\n\x15\x41\x63\x63\x65ptTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\"Q\n\x16\x41\x63\x63\x65ptTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Transfer\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"C\n\x16\x44\x65\x63lineTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\"R\n\x17\x44\x65\x63lineTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Transfer\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"P\n\x14ListTransfersRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.gongji.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9d\x01\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSFER_STATE_PENDING\x10\x01\x12\x19\n\x15TRANSFER_STATE_POSTED\x10\x02\x12\x19\n\x15TRANSFER_STATE_VOIDED\x10\x03\x12\x1a\n\x16TRANSFER_STATE_EXPIRED\x10\x04\x32\xf8\x03\n\rWalletService\x12I\n\nOpenWallet\x12\x1c.gongji.v1.OpenWalletRequest\x1a\x1d.gongji.v1.OpenWalletResponse\x12\x46\n\tGetWallet\x12\x1b.gongji.v1.GetWalletRequest\x1a\x1c.gongji.v1.GetWalletResponse\x12O\n\x0cSendTransfer\x12\x1e.gongji.v1.SendTransferRequest\x1a\x1f.gongji.v1.SendTransferResponse\x12U\n\x0e\x41\x63\x63\x65ptTransfer\x12 .gongji.v1.AcceptTransferRequest\x1a!.gongji.v1.AcceptTransferResponse\x12X\n\x0f\x44\x65\x63lineTransfer\x12!.gongji.v1.DeclineTransferRequest\x1a\".gongji.v1.DeclineTransferResponse\x12R\n\rListTransfers\x12\x1f.gongji.v1.ListTransfersRequest\x1a .gongji.v1.ListTransfersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gongji/v1/wallet.proto\x12\tgongji.v1\x1a\x15gongji/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x06Wallet\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61lance_fen\x18\x02 \x01(\x03\x12-\n\topened_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epending_in_fen\x18\x04 \x01(\x03\x12\x10\n\x08held_fen\x18\x05 \x01(\x03\"\xd2\x02\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x14\n\x0crecipient_id\x18\x04 \x01(\t\x12-\n\x0crelationship\x18\x05 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\'\n\x05state\x18\x07 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x64ue_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x11OpenWalletRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"I\n\x12OpenWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Wallet\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"%\n\x10GetWalletRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"6\n\x11GetWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Wallet\"\x95\x01\n\x13SendTransferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\t\x12\x14\n\x0crecipient_id\x18\x03 \x01(\t\x12-\n\x0crelationship\x18\x04 \x01(\x0e\x32\x17.gongji.v1.Relationship\x12\x12\n\namount_fen\x18\x05 \x01(\x03\"O\n\x14SendTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Transfer\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"B\n\x15\x41\x63\x63\x65ptTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\"Q\n\x16\x41\x63\x63\x65ptTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Transfer\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"C\n\x16\x44\x65\x63lineTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\"R\n\x17\x44\x65\x63lineTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Transfer\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"P\n\x14ListTransfersRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.gongji.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9d\x01\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSFER_STATE_PENDING\x10\x01\x12\x19\n\x15TRANSFER_STATE_POSTED\x10\x02\x12\x19\n\x15TRANSFER_STATE_VOIDED\x10\x03\x12\x1a\n\x16TRANSFER_STATE_EXPIRED\x10\x04\x32\xf8\x03\n\rWalletService\x12I\n\nOpenWallet\x12\x1c.gongji.v1.OpenWalletRequest\x1a\x1d.gongji.v1.OpenWalletResponse\x12\x46\n\tGetWallet\x12\x1b.gongji.v1.GetWalletRequest\x1a\x1c.gongji.v1.GetWalletResponse\x12O\n\x0cSendTransfer\x12\x1e.gongji.v1.SendTransferRequest\x1a\x1f.gongji.v1.SendTransferResponse\x12U\n\x0e\x41\x63\x63\x65ptTransfer\x12 .gongji.v1.AcceptTransferRequest\x1a!.gongji.v1.AcceptTransferResponse\x12X\n\x0f\x44\x65\x63lineTransfer\x12!.gongji.v1.DeclineTransferRequest\x1a\".gongji.v1.DeclineTransferResponse\x12R\n\rListTransfers\x12\x1f.gongji.v1.ListTransfersRequest\x1a .gongji.v1.ListTransfersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gongji.v1.wallet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSFERSTATE']._serialized_start=1475
-  _globals['_TRANSFERSTATE']._serialized_end=1632
-  _globals['_WALLET']._serialized_start=93
-  _globals['_WALLET']._serialized_end=212
-  _globals['_TRANSFER']._serialized_start=215
-  _globals['_TRANSFER']._serialized_end=553
-  _globals['_OPENWALLETREQUEST']._serialized_start=555
-  _globals['_OPENWALLETREQUEST']._serialized_end=593
-  _globals['_OPENWALLETRESPONSE']._serialized_start=595
-  _globals['_OPENWALLETRESPONSE']._serialized_end=668
-  _globals['_GETWALLETREQUEST']._serialized_start=670
-  _globals['_GETWALLETREQUEST']._serialized_end=707
-  _globals['_GETWALLETRESPONSE']._serialized_start=709
-  _globals['_GETWALLETRESPONSE']._serialized_end=763
-  _globals['_SENDTRANSFERREQUEST']._serialized_start=766
-  _globals['_SENDTRANSFERREQUEST']._serialized_end=915
-  _globals['_SENDTRANSFERRESPONSE']._serialized_start=917
-  _globals['_SENDTRANSFERRESPONSE']._serialized_end=996
-  _globals['_ACCEPTTRANSFERREQUEST']._serialized_start=998
-  _globals['_ACCEPTTRANSFERREQUEST']._serialized_end=1064
-  _globals['_ACCEPTTRANSFERRESPONSE']._serialized_start=1066
-  _globals['_ACCEPTTRANSFERRESPONSE']._serialized_end=1147
-  _globals['_DECLINETRANSFERREQUEST']._serialized_start=1149
-  _globals['_DECLINETRANSFERREQUEST']._serialized_end=1216
-  _globals['_DECLINETRANSFERRESPONSE']._serialized_start=1218
-  _globals['_DECLINETRANSFERRESPONSE']._serialized_end=1300
-  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1302
-  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1382
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1384
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1472
-  _globals['_WALLETSERVICE']._serialized_start=1635
-  _globals['_WALLETSERVICE']._serialized_end=2139
+  _globals['_TRANSFERSTATE']._serialized_start=1494
+  _globals['_TRANSFERSTATE']._serialized_end=1651
+  _globals['_WALLET']._serialized_start=94
+  _globals['_WALLET']._serialized_end=231
+  _globals['_TRANSFER']._serialized_start=234
+  _globals['_TRANSFER']._serialized_end=572
+  _globals['_OPENWALLETREQUEST']._serialized_start=574
+  _globals['_OPENWALLETREQUEST']._serialized_end=612
+  _globals['_OPENWALLETRESPONSE']._serialized_start=614
+  _globals['_OPENWALLETRESPONSE']._serialized_end=687
+  _globals['_GETWALLETREQUEST']._serialized_start=689
+  _globals['_GETWALLETREQUEST']._serialized_end=726
+  _globals['_GETWALLETRESPONSE']._serialized_start=728
+  _globals['_GETWALLETRESPONSE']._serialized_end=782
+  _globals['_SENDTRANSFERREQUEST']._serialized_start=785
+  _globals['_SENDTRANSFERREQUEST']._serialized_end=934
+  _globals['_SENDTRANSFERRESPONSE']._serialized_start=936
+  _globals['_SENDTRANSFERRESPONSE']._serialized_end=1015
+  _globals['_ACCEPTTRANSFERREQUEST']._serialized_start=1017
+  _globals['_ACCEPTTRANSFERREQUEST']._serialized_end=1083
+  _globals['_ACCEPTTRANSFERRESPONSE']._serialized_start=1085
+  _globals['_ACCEPTTRANSFERRESPONSE']._serialized_end=1166
+  _globals['_DECLINETRANSFERREQUEST']._serialized_start=1168
+  _globals['_DECLINETRANSFERREQUEST']._serialized_end=1235
+  _globals['_DECLINETRANSFERRESPONSE']._serialized_start=1237
+  _globals['_DECLINETRANSFERRESPONSE']._serialized_end=1319
+  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1321
+  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1401
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1403
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1491
+  _globals['_WALLETSERVICE']._serialized_start=1654
+  _globals['_WALLETSERVICE']._serialized_end=2158
 # @@protoc_insertion_point(module_scope)

@@ -58,10 +58,13 @@ class Wallet(_message.Message):
     BALANCE_FEN_FIELD_NUMBER: _builtins.int
     OPENED_AT_FIELD_NUMBER: _builtins.int
     PENDING_IN_FEN_FIELD_NUMBER: _builtins.int
+    HELD_FEN_FIELD_NUMBER: _builtins.int
     person_id: _builtins.str
     balance_fen: _builtins.int
     pending_in_fen: _builtins.int
     """Transfers to this wallet still waiting to be accepted: not in balance_fen."""
+    held_fen: _builtins.int
+    """Held at the till by the owner's pending holds: out of balance_fen until captured, or back in it."""
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -71,10 +74,11 @@ class Wallet(_message.Message):
         balance_fen: _builtins.int = ...,
         opened_at: _timestamp_pb2.Timestamp | None = ...,
         pending_in_fen: _builtins.int = ...,
+        held_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "opened_at", b"opened_at", "pending_in_fen", b"pending_in_fen", "person_id", b"person_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "held_fen", b"held_fen", "opened_at", b"opened_at", "pending_in_fen", b"pending_in_fen", "person_id", b"person_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

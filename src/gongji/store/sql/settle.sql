@@ -794,18 +794,88 @@ begin
 end
 $$;
 
+-- The middle of a settlement (and of a hold, gongji_hold), after the patient and what was presented
+-- passed: where care happens, the grant and then the wallet and accounts locked (gongji_lock_accounts,
+-- told what the accounts may pay of the bill), the room the caps and the floor leave on the authorizer's,
+-- and the split. outcome is null, or the refusal ('GRANT_NOT_FOUND'), nothing written. The balances are
+-- those before the settlement; the waits are the grant's and the accounts' (the wallet's counted as an
+-- account's).
+--
+-- Capturing a hold (p_hold, its row locked by the caller, all-null otherwise): the grant is the hold's,
+-- which must still be live; the authorizer's account is locked whenever the hold took mutual aid (the
+-- hold's money is out of the balances, so a peek would mislead); the hold's money then comes back
+-- (gongji_hold_move), and the split is the hold's, exactly.
+create or replace function gongji_settle_plan(
+    p_patient person, p_institution_id text, p_amount_fen bigint, p_authorizer_id text, p_grant_id bigint,
+    p_use_account boolean, p_over_limit_fen bigint, p_wholly_fen bigint, p_med_type text, p_hold settlement_hold,
+    p_now timestamptz,
+    out outcome text, out care_region text, out care_scope text, out grant_id bigint, out authorizer_id text,
+    out own_fen bigint, out mulaid_fen bigint, out wallet_fen bigint, out split bill_split, out limited_by text,
+    out wait_grant_s double precision, out wait_account_s double precision)
+language plpgsql
+as $$
+declare
+    v_capture  constant boolean := p_hold.hold_id is not null;
+    v_care     record;
+    v_grant    record;
+    v_wholly   record;
+    v_accounts record;
+    v_room     record;
+begin
+    v_care := gongji_care(p_institution_id, p_patient.person_id, p_patient.region_code, p_authorizer_id, p_grant_id,
+                          p_use_account);
+    care_region := v_care.care_region;
+    care_scope := v_care.care_scope;
+    v_grant := gongji_lock_grant(p_patient.person_id, coalesce(p_hold.authorizer_id, p_authorizer_id),
+                                 coalesce(p_hold.grant_id, p_grant_id),
+                                 case when v_capture then p_hold.grant_id is not null else v_care.mutual_aid end);
+    if v_grant.grant_id is null and (case when v_capture then p_hold.grant_id is not null
+                                          else v_care.mutual_aid and num_nonnulls(p_authorizer_id, p_grant_id) > 0 end) then
+        outcome := 'GRANT_NOT_FOUND'; return;
+    end if;
+    select v_grant.grant_id, v_grant.authorizer_id, v_grant.wait_s into grant_id, authorizer_id, wait_grant_s;
+    v_wholly := gongji_wholly_self_paid(p_patient.region_code, p_med_type, p_wholly_fen);
+    v_accounts := gongji_lock_accounts(
+        p_patient.person_id, p_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
+        case when v_capture then 9223372036854775807
+             else p_amount_fen - case when v_wholly.account then 0 else p_wholly_fen end end,
+        p_use_account, p_patient.region_code);
+    wait_account_s := v_accounts.wait_s;
+    if v_capture then
+        perform gongji_hold_move(p_hold, 1, p_now);
+        select v_accounts.own_fen + p_hold.acct_pay_fen, v_accounts.mulaid_fen + p_hold.acct_mulaid_pay_fen,
+               v_accounts.wallet_fen + p_hold.wallet_pay_fen, p_hold.mulaid_limited_by
+          into own_fen, mulaid_fen, wallet_fen, limited_by;
+        split := row(p_hold.acct_pay_fen, p_hold.acct_mulaid_pay_fen, p_hold.psn_cash_pay_fen, p_hold.acct_over_limit_fen,
+                     p_hold.acct_wholly_fen, p_hold.mulaid_over_limit_fen, p_hold.mulaid_wholly_fen,
+                     p_hold.wallet_pay_fen, p_hold.wallet_over_limit_fen, p_hold.wallet_wholly_fen);
+        return;
+    end if;
+    select v_accounts.own_fen, v_accounts.mulaid_fen, v_accounts.wallet_fen into own_fen, mulaid_fen, wallet_fen;
+    v_room := gongji_mutual_aid_limits(v_grant.grant_id, p_patient.person_id, p_patient.region_code, mulaid_fen, true);
+    split := gongji_split(p_amount_fen, coalesce(p_over_limit_fen, 0), coalesce(p_wholly_fen, 0), own_fen,
+                          v_room.room_fen, wallet_fen, p_use_account, v_wholly.account, v_wholly.mutual_aid,
+                          v_accounts.wallet_order);
+    limited_by := gongji_settlement_limit(split, p_wholly_fen, v_wholly.mutual_aid,
+                                          coalesce(v_room.limited_by, v_care.limited_by));
+end
+$$;
+
 -- Settle answers the settlement row (a new one, or the one a replay finds) and how long it waited for
 -- each of its locks, measured with clock_timestamp() around each locking statement: only the database
 -- knows this split (from Python one call is one number). The caller feeds them to the lock-wait
 -- histogram; a lock the call did not reach (a refusal, a replay) answers null and is not observed. Its
 -- locks are taken by gongji_lock_key. A bill sent as its amount only has null p_over_limit_fen and
 -- p_wholly_fen; p_insutype is the terminal's (null: it did not say), and the settlement records the
--- patient's.
+-- patient's. With p_hold_id it captures that hold (gongji_capture_hold, at p_now by the service's
+-- clock), which must have been asked with the same content (p_content_digest: the request's digest
+-- without the hold).
 create or replace function gongji_settle(
     p_institution_id text, p_terminal_id text, p_request_id text, p_request_digest bytea,
     p_voucher_id uuid, p_voucher_names_patient boolean, p_voucher_expires_at timestamptz, p_voucher_binding_id bigint,
     p_voucher_grant_id bigint, p_cert_type text, p_patient_id text, p_amount_fen bigint, p_authorizer_id text,
-    p_use_account boolean, p_over_limit_fen bigint, p_wholly_fen bigint, p_med_type text, p_insutype text)
+    p_use_account boolean, p_over_limit_fen bigint, p_wholly_fen bigint, p_med_type text, p_insutype text,
+    p_hold_id uuid, p_content_digest bytea, p_now timestamptz)
 returns table (
     outcome text, replayed boolean, settled settlement,
     lock_wait_idempotency_s double precision, lock_wait_voucher_s double precision,
@@ -814,14 +884,10 @@ language plpgsql
 as $$
 #variable_conflict use_column
 declare
-    v_seen     record;
-    v_patient  person;
-    v_grant    record;   -- grant_id and authorizer_id null: no grant is drawn on
-    v_accounts record;   -- own_fen null: no account (resident-insured); mulaid_fen null: not drawn on
-    v_room     record;   -- room_fen null: the authorizer's account is not drawn on
-    v_wholly   record;   -- whether the accounts may pay the wholly self-paid items
-    v_care     record;   -- where care happens, and whether mutual aid may pay for it there
-    v_split    bill_split;
+    v_seen    record;
+    v_patient person;
+    v_hold    settlement_hold;  -- the hold captured; all-null when none
+    v_plan    record;           -- gongji_settle_plan: the grant, the balances, the split
 begin
     lock_wait_idempotency_s := gongji_lock_key('settle/' || p_institution_id || '/' || p_request_id);
     v_seen := gongji_settle_replay(p_institution_id, p_request_id, p_request_digest);
@@ -838,35 +904,27 @@ begin
     outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
                                         p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id,
                                         p_insutype);
-    if outcome is not null then return next; return; end if;
-    -- 3. Where care happens, the grant and 4. the wallet and accounts, locked (gongji_lock_accounts, told
-    -- what the accounts may pay of the bill), and the room the caps and the floor leave on the authorizer's.
-    v_care := gongji_care(p_institution_id, p_patient_id, v_patient.region_code, p_authorizer_id, p_voucher_grant_id,
-                          p_use_account);
-    v_grant := gongji_lock_grant(p_patient_id, p_authorizer_id, p_voucher_grant_id, v_care.mutual_aid);
-    lock_wait_grant_s := v_grant.wait_s;
-    if v_care.mutual_aid and num_nonnulls(p_authorizer_id, p_voucher_grant_id) > 0 and v_grant.grant_id is null then
-        outcome := 'GRANT_NOT_FOUND'; return next; return;
+    if outcome is null and p_hold_id is not null then
+        select * into v_hold from settlement_hold h where h.hold_id = p_hold_id for update;
+        outcome := gongji_capture_refusal(v_hold, p_institution_id, p_content_digest, p_now);
     end if;
-    v_wholly := gongji_wholly_self_paid(v_patient.region_code, p_med_type, p_wholly_fen);
-    v_accounts := gongji_lock_accounts(p_patient_id, v_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
-                                       p_amount_fen - case when v_wholly.account then 0 else p_wholly_fen end,
-                                       p_use_account, v_patient.region_code);
-    lock_wait_account_s := v_accounts.wait_s;  -- the wallet's lock is counted as an account's
-    v_room := gongji_mutual_aid_limits(v_grant.grant_id, p_patient_id, v_patient.region_code, v_accounts.mulaid_fen,
-                                       true);
-    -- 5. The split, 6. the write.
-    v_split := gongji_split(p_amount_fen, coalesce(p_over_limit_fen, 0), coalesce(p_wholly_fen, 0),
-                            v_accounts.own_fen, v_room.room_fen, v_accounts.wallet_fen, p_use_account,
-                            v_wholly.account, v_wholly.mutual_aid, v_accounts.wallet_order);
+    if outcome is not null then return next; return; end if;
+    -- 3. to 5. Where care happens, the grant, the wallet and the accounts, the room, the split.
+    v_plan := gongji_settle_plan(v_patient, p_institution_id, p_amount_fen, p_authorizer_id, p_voucher_grant_id,
+                                 p_use_account, p_over_limit_fen, p_wholly_fen, p_med_type, v_hold, p_now);
+    lock_wait_grant_s := v_plan.wait_grant_s;
+    lock_wait_account_s := v_plan.wait_account_s;
+    outcome := v_plan.outcome;
+    if outcome is not null then return next; return; end if;
+    -- 6. The write.
     settled := gongji_settle_write(
         gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_voucher_id, p_patient_id,
-        v_grant.grant_id, v_grant.authorizer_id, p_amount_fen, v_accounts.own_fen, v_accounts.mulaid_fen,
-        v_accounts.wallet_fen, v_split,
-        gongji_settlement_limit(v_split, p_wholly_fen, v_wholly.mutual_aid,
-                                coalesce(v_room.limited_by, v_care.limited_by)), p_cert_type,
-        v_patient.region_code, v_care.care_region, v_care.care_scope, p_over_limit_fen, p_wholly_fen, p_med_type,
-        gongji_insutype(v_patient.scheme));
+        v_plan.grant_id, v_plan.authorizer_id, p_amount_fen, v_plan.own_fen, v_plan.mulaid_fen, v_plan.wallet_fen,
+        v_plan.split, v_plan.limited_by, p_cert_type, v_patient.region_code, v_plan.care_region, v_plan.care_scope,
+        p_over_limit_fen, p_wholly_fen, p_med_type, gongji_insutype(v_patient.scheme));
+    if v_hold.hold_id is not null then
+        perform gongji_end_hold(v_hold, 'CAPTURED', p_now, settled.settlement_id);
+    end if;
     outcome := 'OK';
     return next;
 end
