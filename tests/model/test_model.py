@@ -22,7 +22,7 @@ import contextlib
 import datetime as dt
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -1050,7 +1050,9 @@ class GongjiMachine(RuleBasedStateMachine):
     def a_wallet_family(self) -> Any:
         """Three generations with wallets: a grandparent with enough for a few transfers at the limit, a
         parent with a little (both employee-insured), and a resident-insured grandchild in another
-        province (transfers go across provinces since 2025)."""
+        province (transfers go across provinces since 2025). The parent has sent the child a little,
+        which nobody has answered yet: every sequence has a transfer that comes due, unless answered in
+        time."""
         grandparent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[0], BIRTHS[0])
         parent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[1], BIRTHS[1])
         grandchild = self._enroll(RESIDENT, ACTIVE, REGIONS[2], BIRTHS[3])
@@ -1058,6 +1060,7 @@ class GongjiMachine(RuleBasedStateMachine):
         self._credit(CreditCall(self._id("c"), parent, 1_000))
         for person in (grandparent, parent, grandchild):
             self.open_wallet(person)
+        self._send(SendCall(self._id("w"), parent, grandchild, CHILD, 300))
         return multiple(grandparent, parent, grandchild)
 
     def _check_transfer(self, got: wallet_pb2.Transfer, t: Transfer) -> None:
@@ -1204,7 +1207,7 @@ class GongjiMachine(RuleBasedStateMachine):
     @rule(
         target=send_calls,
         steps=st.lists(
-            st.sampled_from(["send"] * 3 + ["accept"] * 2 + ["decline", "clock", "clock", "expire"]),
+            st.sampled_from(["send"] * 3 + ["accept"] * 2 + ["decline", "clock", "clock", "due", "expire"]),
             min_size=3,
             max_size=8,
         ),
@@ -1212,9 +1215,9 @@ class GongjiMachine(RuleBasedStateMachine):
     )
     def a_day_of_transfers(self, steps: list[str], data: st.DataObject) -> Any:
         """A few of the wallet's steps in a row, mostly the usual ones: the family sends, the recipients
-        accept or decline, time passes and the expiry work runs. The limits (one pending, three a day,
-        the quiet hours, the due time) meet each other in every run, not only when single steps happen
-        to line up."""
+        accept or decline, time passes (now and then to the next pending transfer's due time, or just
+        past it) and the expiry work runs. The limits (one pending, three a day, the quiet hours, the
+        due time) meet each other in every run, not only when single steps happen to line up."""
         calls = []
         for step in steps:
             if step == "send":
@@ -1225,8 +1228,48 @@ class GongjiMachine(RuleBasedStateMachine):
                 self.resolve_transfer(data, step == "accept", by)
             elif step == "clock":
                 self.move_the_clock(data.draw(st.sampled_from(CLOCK_MOVES), label="move"))
+            elif step == "due":
+                due = [
+                    t.due_at for t in self.model.transfers.values() if t.state == PENDING and t.due_at > self.model.now
+                ]
+                if due:
+                    self._set_clock(min(due) + dt.timedelta(seconds=data.draw(st.sampled_from([0, 1]), label="past")))
             elif step == "expire":
                 self.run_the_expiry_work()
+        return multiple(*(c for c in calls if isinstance(c, SendCall)))
+
+    @rule(
+        target=send_calls,
+        edge=st.sampled_from(["-1s", "at", "at", "+1s", "+1h", "+1d"]),
+        then=st.sampled_from(["expire", "expire", "expire", "send", "accept", "decline"]),
+        data=st.data(),
+    )
+    def past_a_due_time(self, edge: str, then: str, data: st.DataObject) -> Any:
+        """A transfer nobody answers in time: a pending one (sent now, when there is none), the clock to
+        its due time (a second before it, at it, a little or a day after), then the expiry work runs, or
+        its sender sends again (which returns it first), or its recipient answers it (too late, or just
+        in time): what was due goes back to its sender exactly once, stamped with that time, and what
+        was not stays pending. Every transfer of the two is read back as the model has it right away,
+        not only at the end."""
+        calls: list[SendCall] = []
+        if not any(t.state == PENDING and t.transfer_id for t in self.model.transfers.values()):
+            calls.append(self.send_to_a_relative(data, "small"))
+        pending = [t for t in self.model.transfers.values() if t.state == PENDING and t.transfer_id]
+        if not pending:
+            return multiple(*(c for c in calls if isinstance(c, SendCall)))
+        t = data.draw(st.sampled_from(sorted(pending, key=lambda t: (t.due_at, t.transfer_id))), label="transfer")
+        offset = {"-1s": -1, "at": 0, "+1s": 1, "+1h": 3_600, "+1d": 86_400}[edge]
+        at = t.due_at + dt.timedelta(seconds=offset)
+        if at > self.model.now:  # time only goes on
+            self._set_clock(at)
+        if then == "expire":
+            self.run_the_expiry_work()
+        elif then == "send":
+            fen = data.draw(st.integers(1, 3_000), label="amount")
+            calls.append(self._send(SendCall(self._id("w"), t.sender, t.recipient, t.relationship, fen)))
+        else:
+            self._resolve(t.transfer_id, t.recipient, accept=then == "accept")
+        self._transfers_listed((t.sender, t.recipient))
         return multiple(*(c for c in calls if isinstance(c, SendCall)))
 
     # ---- the 医保钱包 at the till: wallet money pays at settlement --------------------------------
@@ -1455,11 +1498,22 @@ class GongjiMachine(RuleBasedStateMachine):
             assert not isinstance(family, Refused), family
             live_held = [g.authorizer_id for g in family.grants_held if g.status == types_pb2.GRANT_STATUS_LIVE]
             assert live_held == [g.authorizer for g in self.model.grants if g.live and g.beneficiary == person]
-        self._transfers_listed()
+        for t in self.model.transfers.values():
+            FIGURES.wallet[f"transfers {t.state} as a sequence ends"] += 1
+        # Time runs out for what is still pending: past the last due time, the expiry work returns all of
+        # it, as many as the model says, each back to its sender at that time (read back below).
+        due = [t.due_at for t in self.model.transfers.values() if t.state == PENDING and t.due_at > self.model.now]
+        if due:
+            self._set_clock(max(due))
+        returned = self.runner.run(self._expiry().run_once())
+        assert returned == self.model.expire()
+        FIGURES.wallet["returned at the end by the expiry work"] += returned
+        assert all(t.state != PENDING for t in self.model.transfers.values())
+        self._transfers_listed(self.model.people)
 
-    def _transfers_listed(self) -> None:
-        """Every person's transfers, sent and received, newest first, each as the model has it."""
-        for person in self.model.people:
+    def _transfers_listed(self, people: Iterable[str]) -> None:
+        """Every transfer of `people`, sent and received, newest first, each as the model has it."""
+        for person in people:
             listing = wallet_pb2.ListTransfersRequest(person_id=person, page_size=100)
             reply = self._run(lambda: self.wallet.ListTransfers(listing, metadata=self._app()))  # noqa: B023
             assert not isinstance(reply, Refused), reply
