@@ -1,16 +1,18 @@
 """Chaos: for a bounded time, concurrent POS terminals, the app backend and an operator run mixed
-traffic (settlements, refunds, reversals, credits, and 医保钱包 transfers sent, accepted and declined)
-on a few hot families against a real `gongji serve` process, while the suite injects faults:
-client cancellations and tiny deadlines, pg_terminate_backend on the server's database connections,
-and gongji restarts (SIGTERM mid-load, then start again). Then every request left without an answer
-is retried with the same request id until it has one, and the suite checks:
+traffic (settlements, refunds, reversals, credits, 医保钱包 transfers sent, accepted and declined, and
+settlements the wallets pay, some of them refunded) on a few hot families against a real `gongji
+serve` process, while the suite injects faults: client cancellations and tiny deadlines,
+pg_terminate_backend on the server's database connections, and gongji restarts (SIGTERM mid-load, then
+start again). Then every request left without an answer is retried with the same request id until it
+has one, and the suite checks:
 
 - every request converged to exactly one outcome: one settlement, refund, credit or transfer for an
   answered OK (the same one every time it was answered), none for a refusal; an accepted transfer is
   in its wallet, a declined one back with its sender;
 - `gongji audit` finds no difference; no balance is negative; no settlement is half-written (each has
   its ledger entries and its idempotency key, each key its settlement) and no voucher settled twice;
-  the money that moved adds up from the settlement, refund, credit and transfer tables alone;
+  the money that moved adds up from the settlement, refund, credit and transfer tables alone, the
+  wallets' too;
 - no call was ever answered INTERNAL or UNKNOWN.
 
 The figures are printed at the end. `make chaos` runs it with CHAOS_SECONDS of load (CI: a few).
@@ -245,6 +247,7 @@ class Chaos:
         self.figures = Figures()
         self.requests: list[Request] = []
         self.settled: list[Request] = []  # settle requests answered OK, to refund
+        self.wallet_settled: list[Request] = []  # of those, the ones a wallet paid part of
         self.sent: list[Request] = []  # 医保钱包 sends answered OK, to accept or decline
         self.families: list[tuple[str, list[str]]] = []
         self.health: health_pb2_grpc.HealthStub | None = None  # the server's, through the clients' channel
@@ -315,7 +318,9 @@ class Chaos:
 
     async def settle(self) -> None:
         _, members = self.rng.choice(self.families)
-        patient = self.rng.choice(members)
+        await self._settle(self.rng.choice(members), self.rng.randint(1, 4_000))
+
+    async def _settle(self, patient: str, amount_fen: int) -> None:
         voucher = await self._voucher(patient)
         if voucher is None:
             return
@@ -324,23 +329,60 @@ class Chaos:
             request_id=f"chaos-s-{uuid.uuid4()}",
             voucher=voucher,
             patient_id=patient,
-            amount_fen=self.rng.randint(1, 4_000),
+            amount_fen=amount_fen,
         )
         key = (institution, message.request_id)
         request = self._new("settle", key, self.api.settlement.Settle, message, self._terminal(institution))
         await self._attempt(request, faults=True)
         if request.final and request.final[0] == S.OK:
             self.settled.append(request)
+            if request.final[2].settlement.wallet_pay_fen:
+                self.wallet_settled.append(request)
+
+    async def _read(self, method: Callable[..., Any], message: Message, token: str) -> Any | None:
+        """A read's answer, or None when it got none (a fault cut it off: the caller does without)."""
+        request = Request("read", ("", ""), method, message, token)
+        await self._attempt(request, faults=True)
+        final = request.final
+        return final[2] if final and final[0] == S.OK else None
+
+    async def settle_from_the_wallet(self) -> None:
+        """A member whose 医保钱包 holds money settles about what it holds (a fen less, all of it, a fen
+        more), or about what it and their own account hold together (the resident-insured member has
+        none): the wallet pays after the own account (the default place), alone or with the own account,
+        mutual aid and cash, while transfers into it are accepted and other settlements draw on the
+        family's accounts."""
+        _, members = self.rng.choice(self.families)
+        patient = self.rng.choice([members[2], *members])  # the resident-insured one, twice as often
+        wallet = await self._read(
+            self.api.wallet.GetWallet, wallet_pb2.GetWalletRequest(person_id=patient), self.tokens.app
+        )
+        account = await self._read(
+            self.api.account.GetAccount, account_pb2.GetAccountRequest(person_id=patient), self.tokens.operator
+        )
+        if wallet is None or account is None or not wallet.wallet.balance_fen:
+            return
+        held = wallet.wallet.balance_fen + self.rng.choice([0, account.account.balance_fen])
+        await self._settle(patient, max(1, held + self.rng.choice([-1, 0, 1])))
 
     async def cancel(self) -> None:
-        if not self.settled:
-            return
-        original = self.rng.choice(self.settled)
+        if self.settled:
+            original = self.rng.choice(self.settled)
+            s = original.final[2].settlement  # type: ignore[index]
+            await self._cancel(original, self.rng.choice([0, self.rng.randint(1, max(1, s.amount_fen // 2))]))
+
+    async def refund_to_the_wallet(self) -> None:
+        """A settlement a wallet paid part of, refunded: all that is left, or past what cash and mutual
+        aid paid, so that the refund reaches the wallet (refused when earlier refunds left less)."""
+        if self.wallet_settled:
+            original = self.rng.choice(self.wallet_settled)
+            s = original.final[2].settlement  # type: ignore[index]
+            await self._cancel(original, self.rng.choice([0, s.psn_cash_pay_fen + s.acct_mulaid_pay_fen + 1]))
+
+    async def _cancel(self, original: Request, amount_fen: int) -> None:
         s = original.final[2].settlement  # type: ignore[index]
         message = settlement_pb2.CancelRequest(
-            request_id=f"chaos-c-{uuid.uuid4()}",
-            settlement_id=s.settlement_id,
-            amount_fen=self.rng.choice([0, self.rng.randint(1, max(1, s.amount_fen // 2))]),
+            request_id=f"chaos-c-{uuid.uuid4()}", settlement_id=s.settlement_id, amount_fen=amount_fen
         )
         institution = original.key[0]
         key = (institution, message.request_id)
@@ -436,7 +478,7 @@ class Chaos:
         """Until `until`, and on while faults are still being injected (a database outage that began
         late is still met by load), but never beyond LOAD_OVERRUN_S_MAX."""
         ops = [self.settle] * 6 + [self.cancel] * 2 + [self.reverse, self.credit, self.read, self.read]
-        ops += [self.send] * 2 + [self.resolve] * 2
+        ops += [self.send] * 2 + [self.resolve] * 2 + [self.settle_from_the_wallet] * 2 + [self.refund_to_the_wallet]
         for _ in range(OPS_PER_CLIENT_MAX):
             now = time.monotonic()
             if now >= until + LOAD_OVERRUN_S_MAX or (now >= until and faults_done.is_set()):
@@ -515,7 +557,9 @@ class Chaos:
         医保钱包 open. The last family lives where the published wallet limits apply (3 sends a day,
         none from 22:00 to 06:00 China time: on the machine's clock, as the server runs); the others
         where the region's policy allows 100 sends a day at any hour, so that transfers are sent,
-        accepted and declined under load whenever the suite runs."""
+        accepted and declined under load whenever the suite runs; there, the resident-insured member's
+        wallet starts with money the authorizer sent and the member accepted, so that wallets pay at the
+        till from the first second."""
         await self.check.execute(WALLET_LIMITS_LIFTED, RELAXED_REGION)
         for i in range(FAMILIES):
             region = PUBLISHED_REGION if i == FAMILIES - 1 else RELAXED_REGION
@@ -529,7 +573,21 @@ class Chaos:
             for person in (authorizer, *members):
                 opened = wallet_pb2.OpenWalletRequest(person_id=person)
                 await self.api.wallet.OpenWallet(opened, metadata=bearer(self.tokens.app))
+            if region == RELAXED_REGION:
+                await self._fund(authorizer, members[2], 2_000)
             self.families.append((authorizer, members))
+
+    async def _fund(self, sender: str, recipient: str, amount_fen: int) -> None:
+        sent = wallet_pb2.SendTransferRequest(
+            request_id=f"chaos-setup-{uuid.uuid4()}",
+            sender_id=sender,
+            recipient_id=recipient,
+            relationship=CHILD,
+            amount_fen=amount_fen,
+        )
+        reply = await self.api.wallet.SendTransfer(sent, metadata=bearer(self.tokens.app))
+        accepted = wallet_pb2.AcceptTransferRequest(transfer_id=reply.transfer.transfer_id, recipient_id=recipient)
+        await self.api.wallet.AcceptTransfer(accepted, metadata=bearer(self.tokens.app))
 
     async def check_acknowledged(self) -> list[Request]:
         """Every write any client saw answered OK, looked up in the books as they are after the load (on
@@ -555,6 +613,7 @@ class Chaos:
         gone |= {id(r) for r in self.requests if r.kind in ("accept", "decline") and r.key[0] in lost_transfers}
         self.requests = [r for r in self.requests if id(r) not in gone]
         self.settled = [r for r in self.settled if id(r) not in gone]
+        self.wallet_settled = [r for r in self.wallet_settled if id(r) not in gone]
         self.sent = [r for r in self.sent if id(r) not in gone]
 
     async def check_convergence(self) -> None:
@@ -566,6 +625,10 @@ class Chaos:
             oks = [a[2] for a in request.answers if a[0] == S.OK]
             if request.kind in ("send", "accept", "decline"):
                 self.figures.wallet[f"{request.kind} {final[1] or final[0].name}"] += 1
+            elif request.kind == "settle" and final[0] == S.OK and final[2].settlement.wallet_pay_fen:
+                self.figures.wallet["settlements a wallet paid"] += 1
+            elif request.kind == "cancel" and final[0] == S.OK and final[2].refund.wallet_pay_fen:
+                self.figures.wallet["refunds back to a wallet"] += 1
             problem = await getattr(self, f"_converged_{request.kind}")(request, final, oks)
             if problem:
                 self.figures.violations.append(f"{request.kind} {request.key}: {problem}")
@@ -678,8 +741,8 @@ class Chaos:
         assert money is not None
         if money["balances"] != money["credited"] - money["spent"] + money["returned"] - money["transferred"]:
             v.append(f"money does not add up: {dict(money)}")
-        if money["wallets"] != money["posted"]:
-            v.append(f"the wallets do not hold what was accepted: {dict(money)}")
+        if money["wallets"] != money["posted"] - money["wallets_spent"] + money["wallets_returned"]:
+            v.append(f"the wallets do not hold what was accepted, less what they paid, plus refunds: {dict(money)}")
         if await self.check.fetchval("select count(*) from account where balance_fen < 0"):
             v.append("a negative balance")
 
@@ -757,7 +820,8 @@ HALF_WRITTEN = {
 # The money of the personal accounts, from the settlement, refund, credit and transfer tables (not the
 # ledger): what is in the accounts is what was credited, less what settlements took, plus what refunds
 # gave back, less the transfers that did not come back (pending or accepted); and what is in the
-# wallets is what was accepted.
+# wallets is what was accepted, less what settlements took from them, plus what refunds gave back (the
+# run reverses no refund: every refund stands).
 MONEY = """
 select (select coalesce(sum(balance_fen), 0) from account)::bigint as balances,
        (select coalesce(sum(amount_fen), 0) from credit)::bigint as credited,
@@ -766,7 +830,9 @@ select (select coalesce(sum(balance_fen), 0) from account)::bigint as balances,
        (select coalesce(sum(amount_fen), 0) from wallet_transfer
          where state in ('PENDING', 'POSTED'))::bigint as transferred,
        (select coalesce(sum(amount_fen), 0) from wallet_transfer where state = 'POSTED')::bigint as posted,
-       (select coalesce(sum(balance_fen), 0) from wallet)::bigint as wallets"""
+       (select coalesce(sum(balance_fen), 0) from wallet)::bigint as wallets,
+       (select coalesce(sum(wallet_pay_fen), 0) from settlement)::bigint as wallets_spent,
+       (select coalesce(sum(wallet_pay_fen), 0) from refund)::bigint as wallets_returned"""
 _STATE = {name.removeprefix("TRANSFER_STATE_"): number for name, number in wallet_pb2.TransferState.items()}
 
 

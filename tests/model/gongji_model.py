@@ -1,9 +1,9 @@
 """A pure, in-memory model of docs/domain.md (and of the contract in docs/api.md and the README), written apart
 from gongji's code so that the two can disagree. Only the waterfall is shared: gongji.domain.waterfall
 is the reference for splits and refunds, as the store's own property tests already prove. Who may pay a
-bill's wholly self-paid items is the model's own reading of the region rules, and every split is
-checked against the rules said simply (Model._check_split), whatever order the waterfall takes the
-parts in.
+bill's wholly self-paid items, and where the patient's 医保钱包 stands among the sources, is the
+model's own reading of the region rules, and every split is checked against the rules said simply
+(Model._check_split), whatever order the waterfall takes the parts in.
 
 Each operation answers what gongji should answer: a value, or a Refused(code, reason), checked in the
 order the contract gives them. No I/O; the state machine in test_model.py drives the real server and
@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from gongji.domain.bill import Parts, WhollySelfPaid
-from gongji.domain.waterfall import BillSplit, Split, refund_split, split_bill
+from gongji.domain.waterfall import BillSplit, Split, WalletOrder, refund_split, split_bill
 
 EMPLOYEE, RESIDENT = "EMPLOYEE", "RESIDENT"
 ACTIVE, SUSPENDED, TERMINATED = "ACTIVE", "SUSPENDED", "TERMINATED"
@@ -40,6 +40,16 @@ CHINA_TIME = dt.timezone(dt.timedelta(hours=8))  # China keeps no summer time
 SENDS_PER_DAY = 3
 SEND_MAX_FEN = 200_000
 PENDING, POSTED, VOIDED, EXPIRED = "PENDING", "POSTED", "VOIDED", "EXPIRED"
+# Where a patient's wallet pays at settlement, by the patient's region policy (the model's reading of
+# it): the sources in the order they pay, cash last. A region that says nothing: after the own account,
+# before mutual aid (the patient's own money before a relative's).
+OWN, WALLET, MUTUAL_AID = "own", "wallet", "mutual_aid"
+WALLET_ORDERS = {
+    "BEFORE_ACCOUNT": (WALLET, OWN, MUTUAL_AID),
+    "AFTER_ACCOUNT": (OWN, WALLET, MUTUAL_AID),
+    "AFTER_MUTUAL_AID": (OWN, MUTUAL_AID, WALLET),
+}
+DEFAULT_WALLET_ORDER = "AFTER_ACCOUNT"
 
 
 @dataclass(frozen=True)
@@ -105,14 +115,12 @@ class Settlement:
     settlement_id: str = ""  # as the server named it
     grant: Grant | None = None  # the grant mutual aid was drawn on
     limited_by: str | None = None  # GRANT_CAP when the grant's cap held mutual aid back
+    wallet_balc_fen: int | None = None  # the wallet's balance after; None: no wallet, or the account not used
+    reversal: Split | None = None  # what its reversal (2601) gave back: all that was left; None: none
 
     @property
     def left(self) -> Split:
-        return Split(
-            self.paid.acct_pay_fen - self.refunded.acct_pay_fen,
-            self.paid.acct_mulaid_pay_fen - self.refunded.acct_mulaid_pay_fen,
-            self.paid.psn_cash_pay_fen - self.refunded.psn_cash_pay_fen,
-        )
+        return _minus(self.paid, self.refunded)
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,7 @@ class Quoted:
     limited_by: str | None
     parts: BillSplit
     insutype: str  # the patient's
+    wallet_balc_fen: int | None  # the wallet's balance after; None: no wallet, or the account not used
 
 
 @dataclass
@@ -214,6 +223,16 @@ def _plus(a: Split, b: Split) -> Split:
         a.acct_pay_fen + b.acct_pay_fen,
         a.acct_mulaid_pay_fen + b.acct_mulaid_pay_fen,
         a.psn_cash_pay_fen + b.psn_cash_pay_fen,
+        a.wallet_pay_fen + b.wallet_pay_fen,
+    )
+
+
+def _minus(a: Split, b: Split) -> Split:
+    return Split(
+        a.acct_pay_fen - b.acct_pay_fen,
+        a.acct_mulaid_pay_fen - b.acct_mulaid_pay_fen,
+        a.psn_cash_pay_fen - b.psn_cash_pay_fen,
+        a.wallet_pay_fen - b.wallet_pay_fen,
     )
 
 
@@ -254,6 +273,8 @@ class Model:
         # 统筹区 -> med_type -> (the personal account, mutual aid) may pay its wholly self-paid items, by
         # region policy; a kind of care without a rule: both may.
         self.wholly: dict[str, dict[str, tuple[bool, bool]]] = {}
+        # 统筹区 -> where a patient's wallet pays (WALLET_ORDERS), by region policy; none: the default.
+        self.wallet_orders: dict[str, str] = {}
         # The 医保钱包: the model's clock (the server's follows it), the open wallets, and every transfer
         # sent, by (sender, request id), in the order sent.
         self.now = dt.datetime(2032, 1, 1, 10, tzinfo=CHINA_TIME)
@@ -445,13 +466,19 @@ class Model:
         return None
 
     # ---- region policy on wholly self-paid items -------------------------------------------------
-    def set_wholly_self_paid_rules(self, region: str, rules: list[tuple[str, bool, bool]]) -> Refused | None:
+    def set_wholly_self_paid_rules(
+        self, region: str, rules: list[tuple[str, bool, bool]], wallet_order: str = DEFAULT_WALLET_ORDER
+    ) -> Refused | None:
         """A region's rules (med_type, account pays, mutual aid pays), replacing its old ones: one per
-        med_type, and mutual aid pays only where the account does (it is personal-account money too)."""
+        med_type, and mutual aid pays only where the account does (it is personal-account money too). The
+        policy set with them says where its patients' wallets pay (WALLET_ORDERS); a refused policy
+        changes neither."""
         med_types = [m for m, _, _ in rules]
         if len(set(med_types)) < len(med_types) or any(mutual and not account for _, account, mutual in rules):
             return Refused("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        assert wallet_order in WALLET_ORDERS, wallet_order
         self.wholly[region] = {m: (account, mutual) for m, account, mutual in rules}
+        self.wallet_orders[region] = wallet_order
         return None
 
     def _who_pays_wholly(self, region: str, med_type: str | None) -> WhollySelfPaid:
@@ -462,12 +489,16 @@ class Model:
     def _split(
         self, patient: str, bill: Bill, authorizer: str | None, use_account: bool, picked: Grant | None
     ) -> Refused | Quoted:
-        """The waterfall: own account, then the picked (in the app), else the named, else the oldest live
-        grant's authorizer, no more
-        than the grant's yearly cap, the beneficiary's region's yearly cap and the authorizer's region's
-        floor leave (the tightest named, on a tie the grant's, the beneficiary's, the floor), then cash."""
+        """The waterfall: own account, the patient's wallet and the picked (in the app), else the named,
+        else the oldest live grant's authorizer, no more than the grant's yearly cap, the beneficiary's
+        region's yearly cap and the authorizer's region's floor leave (the tightest named, on a tie the
+        grant's, the beneficiary's, the floor), in the order the patient's region says
+        (WALLET_ORDERS), then cash. Without the personal account, neither the wallet nor mutual aid pays:
+        both are personal-account money."""
         p = self.people[patient]
         own = p.balance_fen if p.scheme == EMPLOYEE else None
+        wallet = self.wallets[patient].balance_fen if patient in self.wallets and use_account else None
+        order = self.wallet_orders.get(p.region, DEFAULT_WALLET_ORDER)
         grant: Grant | None = None
         if use_account:
             held = [g for g in self.grants if g.live and g.beneficiary == patient]
@@ -491,38 +522,74 @@ class Model:
             mulaid = room
         wholly = self._who_pays_wholly(p.region, bill.med_type)
         parts = split_bill(
-            bill.read, own if use_account else None, mulaid, use_personal_account=use_account, wholly=wholly
+            bill.read,
+            own if use_account else None,
+            mulaid,
+            use_personal_account=use_account,
+            wholly=wholly,
+            wallet_balance_fen=wallet,
+            wallet_order=WalletOrder(order),
         )
-        self._check_split(bill.read, parts, own if use_account else None, mulaid, wholly)
+        balances = {OWN: own if use_account else None, WALLET: wallet, MUTUAL_AID: mulaid}
+        self._check_split(bill.read, parts, balances, WALLET_ORDERS[order], wholly)
         paid = parts.totals
         # balc is the patient's own balance after the settlement, used or not (0 without an account).
         balc = (own or 0) - paid.acct_pay_fen
+        wallet_balc = None if wallet is None else wallet - paid.wallet_pay_fen
         drawn = grant if paid.acct_mulaid_pay_fen else None
         # A limit held mutual aid back only when cash paid some of what mutual aid may pay.
         cash = parts.cash
         held_back = cash.in_scope_fen + cash.over_limit_fen + (cash.wholly_self_paid_fen if wholly.mutual_aid else 0)
         limited_by = limit if held_back else None
-        return Quoted(paid, drawn.authorizer if drawn else None, balc, drawn, limited_by, parts, INSUTYPES[p.scheme])
+        return Quoted(
+            paid,
+            drawn.authorizer if drawn else None,
+            balc,
+            drawn,
+            limited_by,
+            parts,
+            INSUTYPES[p.scheme],
+            wallet_balc,
+        )
 
     @staticmethod
-    def _check_split(bill: Parts, paid: BillSplit, own: int | None, mulaid: int | None, wholly: WhollySelfPaid) -> None:
+    def _check_split(
+        bill: Parts, paid: BillSplit, balances: dict[str, int | None], order: tuple[str, ...], wholly: WhollySelfPaid
+    ) -> None:
         """The rules of the split, said simply, whatever order the waterfall takes the parts in: each
-        source pays only what it may and has, the three add up to the bill part by part, and the own
-        account, then mutual aid, pay as much as they may."""
+        source pays only what it may and has, the four add up to the bill part by part, and the sources
+        pay, in `order`, as much as they may. The own account and the wallet (personal-account money
+        both) may pay the same parts; mutual aid may pay no more of them, and so what either of them
+        pays before mutual aid takes from what mutual aid may pay only beyond the wholly self-paid items
+        they alone may pay, which they pay first."""
+        by_source = {OWN: paid.own, WALLET: paid.wallet, MUTUAL_AID: paid.mutual_aid}
         fields = ("in_scope_fen", "over_limit_fen", "wholly_self_paid_fen")
         for part in fields:
-            shares = [getattr(paid.own, part), getattr(paid.mutual_aid, part), getattr(paid.cash, part)]
+            shares = [getattr(p, part) for p in (*by_source.values(), paid.cash)]
             assert min(shares) >= 0 and sum(shares) == getattr(bill, part), (part, bill, paid)
-        assert wholly.account or paid.own.wholly_self_paid_fen == paid.mutual_aid.wholly_self_paid_fen == 0
+        assert wholly.account or paid.own.wholly_self_paid_fen == paid.wallet.wholly_self_paid_fen == 0
         assert wholly.mutual_aid or paid.mutual_aid.wholly_self_paid_fen == 0
         covered = bill.in_scope_fen + bill.over_limit_fen
-        own_may = covered + (bill.wholly_self_paid_fen if wholly.account else 0)
-        assert paid.own.fen == min(own or 0, own_may), (bill, paid, own)
-        # Mutual aid pays the rest of what it may, the own account having paid first what only it may.
-        mulaid_may = covered + (bill.wholly_self_paid_fen if wholly.mutual_aid else 0)
-        only_own = bill.wholly_self_paid_fen if wholly.account and not wholly.mutual_aid else 0
-        left = mulaid_may - (paid.own.fen - min(paid.own.fen, only_own))
-        assert paid.mutual_aid.fen == min(mulaid or 0, left), (bill, paid, mulaid)
+        may = {
+            OWN: covered + (bill.wholly_self_paid_fen if wholly.account else 0),
+            WALLET: covered + (bill.wholly_self_paid_fen if wholly.account else 0),
+            MUTUAL_AID: covered + (bill.wholly_self_paid_fen if wholly.mutual_aid else 0),
+        }
+        only_accounts = bill.wholly_self_paid_fen if wholly.account and not wholly.mutual_aid else 0
+        for i, source in enumerate(order):
+            # What the sources before it paid of what it may pay: all they paid (mutual aid pays only
+            # what the accounts may), but for mutual aid the wholly self-paid items only the accounts may
+            # pay, which they paid first.
+            before = sum(by_source[s].fen for s in order[:i])
+            if source == MUTUAL_AID:
+                before -= min(before, only_accounts)
+            assert by_source[source].fen == min(balances[source] or 0, max(may[source] - before, 0)), (
+                source,
+                order,
+                bill,
+                paid,
+                balances,
+            )
 
     def _payment_refusal(self, voucher: str | None, patient: str, bill: Bill, authorizer: str | None) -> Refused | None:
         """What is refused before the database: malformed fields (INVALID_AMOUNT when the amount, or the
@@ -595,6 +662,8 @@ class Model:
             return quoted
         paid, drawn_on = quoted.paid, quoted.authorizer
         self.people[patient].balance_fen -= paid.acct_pay_fen
+        if paid.wallet_pay_fen:
+            self.wallets[patient].balance_fen -= paid.wallet_pay_fen
         if quoted.grant is not None and drawn_on is not None:
             self.people[drawn_on].balance_fen -= paid.acct_mulaid_pay_fen
             quoted.grant.used += paid.acct_mulaid_pay_fen
@@ -613,6 +682,7 @@ class Model:
             quoted.insutype,
             grant=quoted.grant,
             limited_by=quoted.limited_by,
+            wallet_balc_fen=quoted.wallet_balc_fen,
         )
         self.settlements[key] = s
         return s, False
@@ -625,6 +695,8 @@ class Model:
         # Money goes back where it came from, even to an account whose grant ended or whose person is
         # no longer ACTIVE.
         self.people[s.patient].balance_fen += back.acct_pay_fen
+        if back.wallet_pay_fen:
+            self.wallets[s.patient].balance_fen += back.wallet_pay_fen  # a wallet that paid is open for good
         if s.authorizer is not None:
             self.people[s.authorizer].balance_fen += back.acct_mulaid_pay_fen
         if s.grant is not None:
@@ -668,7 +740,7 @@ class Model:
         s = self.settlements.get(key)
         if s is not None:
             if s.left.amount_fen:
-                self._refund(s, s.left.amount_fen)
+                s.reversal = self._refund(s, s.left.amount_fen)
             s.reversed = True
         self.reversals[key] = s
         return s
@@ -676,8 +748,8 @@ class Model:
     def reverse_cancel(self, institution: str, request_id: str) -> Refused | tuple[Cancel, Settlement] | None:
         """(the Cancel taken back, its settlement now), or None when no Cancel had been committed under
         that id (a late Cancel is then refused). Refused, moving nothing, when the settlement was
-        reversed since or an account no longer holds its part of the refund. Reversing twice answers
-        the same."""
+        reversed since or an account (or the patient's wallet) no longer holds its part of the refund.
+        Reversing twice answers the same."""
         key = (institution, request_id)
         if key in self.cancel_reversals:
             done = self.cancel_reversals[key]
@@ -692,21 +764,25 @@ class Model:
             return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
         patient = self.people[s.patient]
         authorizer = self.people[s.authorizer] if s.authorizer is not None else None
-        if back.acct_pay_fen > patient.balance_fen or (
-            back.acct_mulaid_pay_fen > 0 and (authorizer is None or back.acct_mulaid_pay_fen > authorizer.balance_fen)
+        wallet = self.wallets.get(s.patient)
+        if (
+            back.acct_pay_fen > patient.balance_fen
+            or (
+                back.acct_mulaid_pay_fen > 0
+                and (authorizer is None or back.acct_mulaid_pay_fen > authorizer.balance_fen)
+            )
+            or (back.wallet_pay_fen > 0 and (wallet is None or back.wallet_pay_fen > wallet.balance_fen))
         ):
             return Refused("FAILED_PRECONDITION", "REFUND_ALREADY_SPENT")
         patient.balance_fen -= back.acct_pay_fen
+        if wallet is not None:
+            wallet.balance_fen -= back.wallet_pay_fen
         if authorizer is not None:
             authorizer.balance_fen -= back.acct_mulaid_pay_fen
         if s.grant is not None:
             s.grant.used += back.acct_mulaid_pay_fen  # the caps count it again
             self.ben_used[s.patient] += back.acct_mulaid_pay_fen
-        s.refunded = Split(
-            s.refunded.acct_pay_fen - back.acct_pay_fen,
-            s.refunded.acct_mulaid_pay_fen - back.acct_mulaid_pay_fen,
-            s.refunded.psn_cash_pay_fen - back.psn_cash_pay_fen,
-        )
+        s.refunded = _minus(s.refunded, back)
         c.reversed = True
         self.cancel_reversals[key] = c
         return c, s

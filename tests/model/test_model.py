@@ -2,8 +2,10 @@
 enrolments, status changes, credits, grants, revocations, bindings, vouchers, region rules on wholly
 self-paid items, quotes and settlements of bills sent as their amount or as their parts (with a kind of
 care and an insutype), refunds and reversals, relatives' premiums paid and refunded (retries with the
-same request id among them), and after every step compares
-every answer, split, refusal reason and balance with the pure model of the rules (docs/domain.md) in gongji_model.py.
+same request id among them), 医保钱包 wallets and transfers on a clock the model drives, and wallet
+money paying at settlement where each region's policy places it (refunded, reversed, and taken back by
+the reversal of a refund), and after every step compares every answer, split, refusal reason and
+balance (accounts and wallets) with the pure model of the rules (docs/domain.md) in gongji_model.py.
 After every step the books must also pass the audit.
 
 Hypothesis' stateful testing is synchronous, so the server runs in an event loop of the test's own
@@ -20,7 +22,7 @@ import contextlib
 import datetime as dt
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -30,6 +32,7 @@ from gongji_model import (
     CHILD,
     CHINA_TIME,
     CLOSE_RELATIVES,
+    DEFAULT_WALLET_ORDER,
     EMPLOYEE,
     FAMILY_BOUND_MEMBERS_MAX,
     GRANDCHILD,
@@ -45,6 +48,7 @@ from gongji_model import (
     SPOUSE,
     SUSPENDED,
     TERMINATED,
+    WALLET_ORDERS,
     Bill,
     Model,
     Quoted,
@@ -109,6 +113,16 @@ use_account = st.sampled_from([True, True, True, False])
 # What may pay a kind of care's wholly self-paid items (account, mutual aid); the last is refused.
 WHOLLY_RULES = [(True, True), (True, False), (False, False)]
 wholly_rules = st.dictionaries(st.sampled_from(MED_TYPES), st.sampled_from(WHOLLY_RULES), max_size=3)
+# Where a region's patients' wallets pay: mostly the default, said or (UNSPECIFIED) not.
+wallet_orders = st.sampled_from(["UNSPECIFIED", DEFAULT_WALLET_ORDER, *WALLET_ORDERS])
+# A patient's visits to the till, with the wallet's money (GongjiMachine._at_the_till).
+till_steps = st.lists(
+    st.sampled_from(
+        ["settle"] * 5 + ["cancel"] * 3 + ["reverse cancel"] * 2 + ["refund spent", "reverse", "top up", "order"]
+    ),
+    min_size=3,
+    max_size=10,
+)
 
 
 # 医保钱包 transfers: around the limit of one transfer, the odd invalid amount, mostly small ones.
@@ -154,10 +168,11 @@ class BillShape:
 
 
 @st.composite
-def bills(draw: st.DrawFn) -> BillShape:
+def bills(draw: st.DrawFn, amount_fen: int | None = None) -> BillShape:
     """Mostly bills sent as their parts, now and then as their amount only as before; now and then
-    parts that do not add up, a negative part, a missing med_type, or the wrong insutype."""
-    amount = draw(amounts, label="amount")
+    parts that do not add up, a negative part, a missing med_type, or the wrong insutype. Of
+    `amount_fen` when given."""
+    amount = draw(amounts, label="amount") if amount_fen is None else amount_fen
     med_type = draw(st.none() | st.sampled_from(MED_TYPES), label="med_type")
     insutype = draw(st.sampled_from([None, None, None, "theirs", "theirs", "other"]), label="insutype")
     if not draw(st.sampled_from([False, True, True]), label="as parts"):
@@ -239,10 +254,24 @@ class Figures:
 
 
 FIGURES = Figures()
+SOURCES = ("acct_pay_fen", "acct_mulaid_pay_fen", "wallet_pay_fen", "psn_cash_pay_fen")
 
 
 def _split_of(m: Any) -> Split:
-    return Split(m.acct_pay_fen, m.acct_mulaid_pay_fen, m.psn_cash_pay_fen)
+    """What each source paid (a Settlement, a QuoteResponse) or got back (a Refund)."""
+    return Split(m.acct_pay_fen, m.acct_mulaid_pay_fen, m.psn_cash_pay_fen, m.wallet_pay_fen)
+
+
+def _reversal_of(s: types_pb2.Settlement) -> Split | None:
+    """What a settlement's reversal (2601) gave back; None when it gave back nothing (or was none)."""
+    reversals = [_split_of(r) for r in s.refunds if r.kind == "REVERSAL"]
+    assert len(reversals) <= 1, s.refunds
+    return reversals[0] if reversals else None
+
+
+def _wallet_balc(m: Any) -> int | None:
+    """The wallet's balance after a Settlement or a QuoteResponse; None when unset."""
+    return m.wallet_balc_fen if m.HasField("wallet_balc_fen") else None
 
 
 def _parts_of(p: types_pb2.BillParts) -> Parts:
@@ -254,7 +283,9 @@ def _bill_answer(m: Any) -> tuple[object, ...]:
     return (
         types_pb2.BillReading.Name(m.bill_reading).removeprefix("BILL_READING_"),
         _parts_of(m.bill),
-        BillSplit(_parts_of(m.own_parts), _parts_of(m.mutual_aid_parts), _parts_of(m.cash_parts)),
+        BillSplit(
+            _parts_of(m.own_parts), _parts_of(m.mutual_aid_parts), _parts_of(m.cash_parts), _parts_of(m.wallet_parts)
+        ),
         str(m.med_type) if m.med_type else None,
         str(m.insutype),
     )
@@ -527,6 +558,9 @@ class GongjiMachine(RuleBasedStateMachine):
             s.settlement_id = reply.settlement_id
         assert got.replayed == replayed
         assert reply.settlement_id == s.settlement_id
+        if s.paid.wallet_pay_fen and not replayed:
+            whose = "a resident's" if s.insutype == INSUTYPES[RESIDENT] else "an employee's"
+            FIGURES.wallet[f"settled from {whose} wallet"] += 1
         assert (reply.patient_id, reply.authorizer_id, reply.amount_fen) == (
             s.patient,
             s.authorizer or "",
@@ -534,6 +568,7 @@ class GongjiMachine(RuleBasedStateMachine):
         )
         assert _split_of(reply) == s.paid, (_split_of(reply), s.paid)
         assert reply.balc_fen == s.balc_fen, (reply.balc_fen, s.balc_fen)
+        assert _wallet_balc(reply) == s.wallet_balc_fen, (_wallet_balc(reply), s.wallet_balc_fen)
         assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen  # psnAcctPay, the total
         assert reply.refunded_fen == s.refunded.amount_fen
         limit = types_pb2.MutualAidLimit.Name(reply.mutual_aid_limited_by).removeprefix("MUTUAL_AID_LIMIT_")
@@ -691,8 +726,8 @@ class GongjiMachine(RuleBasedStateMachine):
     @staticmethod
     def _check_quote(reply: settlement_pb2.QuoteResponse, bill: Bill, expected: Quoted) -> None:
         assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen
-        got = (_split_of(reply), reply.authorizer_id, reply.balc_fen)
-        assert got == (expected.paid, expected.authorizer or "", expected.balc_fen)
+        got = (_split_of(reply), reply.authorizer_id, reply.balc_fen, _wallet_balc(reply))
+        assert got == (expected.paid, expected.authorizer or "", expected.balc_fen, expected.wallet_balc_fen)
         limit = types_pb2.MutualAidLimit.Name(reply.mutual_aid_limited_by).removeprefix("MUTUAL_AID_LIMIT_")
         assert (None if limit == "UNSPECIFIED" else limit) == expected.limited_by
         assert _bill_answer(reply) == _bill_expected(bill, expected.parts, expected.insutype), (reply, expected)
@@ -711,6 +746,8 @@ class GongjiMachine(RuleBasedStateMachine):
             assert s is not None
             assert (_split_of(reply.refund), reply.replayed) == (back, replayed)
             assert reply.settlement.refunded_fen == s.refunded.amount_fen
+            if back.wallet_pay_fen and not replayed:
+                FIGURES.wallet["refund back to the wallet"] += 1
         return call
 
     @rule(
@@ -747,6 +784,10 @@ class GongjiMachine(RuleBasedStateMachine):
             assert reply.settlement.settlement_id == expected.settlement_id
             assert reply.settlement.refunded_fen == expected.refunded.amount_fen == expected.paid.amount_fen
             assert reply.settlement.HasField("reversed_at")
+            # What was left went back where it came from, the wallet's share to the wallet.
+            assert _reversal_of(reply.settlement) == expected.reversal, (reply.settlement.refunds, expected)
+            if expected.reversal is not None and expected.reversal.wallet_pay_fen:
+                FIGURES.wallet["reversal back to the wallet"] += 1
 
     @rule(call=settle_calls, other_institution=st.booleans())
     def reverse(self, call: SettleCall, other_institution: bool) -> None:
@@ -765,15 +806,23 @@ class GongjiMachine(RuleBasedStateMachine):
             original_request_id=call.request_id, original_kind=settlement_pb2.ORIGINAL_KIND_CANCEL
         )
         reply = self._run(lambda: self.api.settlement.Reverse(request, metadata=bearer(self._token(institution))))
+        first = (institution, call.request_id) not in self.model.cancel_reversals
         expected = self.model.reverse_cancel(institution, call.request_id)
         self._same_outcome(reply, expected)
         if isinstance(expected, Refused):
+            c = self.model.cancels.get((institution, call.request_id))
+            if expected.reason == "REFUND_ALREADY_SPENT" and c is not None:
+                wallet = self.model.wallets.get(self.model._settlement_of(c).patient)
+                if wallet is not None and c.refund.wallet_pay_fen > wallet.balance_fen:
+                    FIGURES.wallet["refund reversal REFUND_ALREADY_SPENT, the wallet spent it"] += 1
             return
         assert not isinstance(reply, Refused)
         assert reply.undone == (expected is not None)
         if expected is not None:
             c, s = expected
             assert (_split_of(reply.refund), reply.refund.HasField("reversed_at")) == (c.refund, True)
+            if c.refund.wallet_pay_fen and first:
+                FIGURES.wallet["refund reversal taken from the wallet"] += 1
             assert (reply.settlement.settlement_id, reply.settlement.refunded_fen) == (
                 s.settlement_id,
                 s.refunded.amount_fen,
@@ -795,17 +844,21 @@ class GongjiMachine(RuleBasedStateMachine):
         return call
 
     # ---- resident premiums paid from a relative's account (国办发〔2024〕38号) ----------------------
-    @initialize(target=people, rules=st.fixed_dictionaries({region: wholly_rules for region in REGIONS}))
-    def caps_in_one_region(self, rules: dict[str, dict[str, tuple[bool, bool]]]) -> Any:
+    @initialize(
+        target=people,
+        rules=st.fixed_dictionaries({region: wholly_rules for region in REGIONS}),
+        orders=st.fixed_dictionaries({region: wallet_orders for region in REGIONS}),
+    )
+    def caps_in_one_region(self, rules: dict[str, dict[str, tuple[bool, bool]]], orders: dict[str, str]) -> Any:
         """Region 610200 caps what mutual aid pays one beneficiary in a year and keeps a floor under its
         authorizers (set again, the same, at each example: region policy outlives one), and a family
         lives there: a parent with a little above the floor, granting a resident child. Every region's
         rules on wholly self-paid items are set afresh too: often none, else the account only, or cash
-        only, for some kinds of care."""
+        only, for some kinds of care; and where its patients' wallets pay (mostly the default)."""
         region, ben_cap, floor = REGIONS[1], 2_000, 1_000
         self.model.caps[region] = (ben_cap, floor)
         for key, by_med_type in rules.items():
-            self._set_policy(key, [(m, *who) for m, who in by_med_type.items()])
+            self._set_policy(key, [(m, *who) for m, who in by_med_type.items()], orders[key])
         parent = self._enroll(EMPLOYEE, ACTIVE, region, BIRTHS[1])
         child = self._enroll(RESIDENT, ACTIVE, region, BIRTHS[3])
         self._credit(CreditCall(self._id("c"), parent, 4_000))
@@ -813,10 +866,13 @@ class GongjiMachine(RuleBasedStateMachine):
         return multiple(parent, child)
 
     # ---- region policy on wholly self-paid items ---------------------------------------------------
-    def _set_policy(self, region: str, rules: list[tuple[str, bool, bool]]) -> None:
+    def _set_policy(self, region: str, rules: list[tuple[str, bool, bool]], wallet_order: str | None = None) -> None:
         """The region's whole policy, as the model has it (the default scope and relationships, the caps
-        of caps_in_one_region), with these rules on wholly self-paid items."""
+        of caps_in_one_region, the wallet's place), with these rules on wholly self-paid items, and the
+        wallet's place `wallet_order` when given (UNSPECIFIED: the default, said by saying nothing)."""
         ben_cap, floor = self.model.caps.get(region, (None, None))
+        if wallet_order is None:
+            wallet_order = self.model.wallet_orders.get(region, DEFAULT_WALLET_ORDER)
         policy = account_pb2.RegionPolicy(
             region_key=region,
             scope=types_pb2.GRANT_SCOPE_PROVINCE,
@@ -829,15 +885,20 @@ class GongjiMachine(RuleBasedStateMachine):
                 )
                 for m, account, mutual in rules
             ],
+            wallet_order=account_pb2.WalletOrder.Value(f"WALLET_ORDER_{wallet_order}"),
         )
         request = account_pb2.SetRegionPolicyRequest(policy=policy)
         reply = self._run(lambda: self.api.account.SetRegionPolicy(request, metadata=bearer(self.api.tokens.operator)))
-        expected = self.model.set_wholly_self_paid_rules(region, rules)
+        order = DEFAULT_WALLET_ORDER if wallet_order == "UNSPECIFIED" else wallet_order
+        expected = self.model.set_wholly_self_paid_rules(region, rules, order)
         self._same_outcome(reply, expected)
         if not isinstance(reply, Refused):
             # A rule that says what a region without one says (both pay) is not listed back.
             got = {(str(r.med_type), r.account_pays, r.mutual_aid_pays) for r in reply.policy.wholly_self_paid_rules}
             assert got == {(m, *who) for m, who in self.model.wholly[region].items() if who != (True, True)}
+            # The wallet's place is answered as it applies, the default named.
+            got_order = account_pb2.WalletOrder.Name(reply.policy.wallet_order).removeprefix("WALLET_ORDER_")
+            assert got_order == self.model.wallet_orders[region]
 
     @rule(
         region=st.sampled_from(REGIONS),
@@ -852,6 +913,14 @@ class GongjiMachine(RuleBasedStateMachine):
         """An operator sets a region's rules again: now and then two for one med_type, or mutual aid
         without the account (both refused, the old rules kept)."""
         self._set_policy(region, rules)
+
+    @rule(region=st.sampled_from(REGIONS), order=wallet_orders)
+    def change_wallet_order(self, region: str, order: str) -> None:
+        """An operator moves where a region's patients' wallets pay (its other rules kept as they are):
+        settlements from then on take the sources in the new order; refunds give back in one order
+        whatever it says, so a settlement made before refunds as it always would."""
+        rules = [(m, *who) for m, who in self.model.wholly.get(region, {}).items()]
+        self._set_policy(region, rules, order)
 
     @initialize(target=people)
     def premium_rates_and_a_resident_child(self) -> Any:
@@ -981,7 +1050,9 @@ class GongjiMachine(RuleBasedStateMachine):
     def a_wallet_family(self) -> Any:
         """Three generations with wallets: a grandparent with enough for a few transfers at the limit, a
         parent with a little (both employee-insured), and a resident-insured grandchild in another
-        province (transfers go across provinces since 2025)."""
+        province (transfers go across provinces since 2025). The parent has sent the child a little,
+        which nobody has answered yet: every sequence has a transfer that comes due, unless answered in
+        time."""
         grandparent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[0], BIRTHS[0])
         parent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[1], BIRTHS[1])
         grandchild = self._enroll(RESIDENT, ACTIVE, REGIONS[2], BIRTHS[3])
@@ -989,6 +1060,7 @@ class GongjiMachine(RuleBasedStateMachine):
         self._credit(CreditCall(self._id("c"), parent, 1_000))
         for person in (grandparent, parent, grandchild):
             self.open_wallet(person)
+        self._send(SendCall(self._id("w"), parent, grandchild, CHILD, 300))
         return multiple(grandparent, parent, grandchild)
 
     def _check_transfer(self, got: wallet_pb2.Transfer, t: Transfer) -> None:
@@ -1100,7 +1172,9 @@ class GongjiMachine(RuleBasedStateMachine):
             label="transfer",
         )
         transfer_id = str(uuid.uuid4()) if by == "unknown" else t.transfer_id
-        person = t.sender if by == "sender" else t.recipient
+        self._resolve(transfer_id, t.sender if by == "sender" else t.recipient, accept)
+
+    def _resolve(self, transfer_id: str, person: str, accept: bool) -> None:
         if accept:
             accept_request = wallet_pb2.AcceptTransferRequest(transfer_id=transfer_id, recipient_id=person)
             reply = self._run(lambda: self.wallet.AcceptTransfer(accept_request, metadata=self._app()))
@@ -1133,7 +1207,7 @@ class GongjiMachine(RuleBasedStateMachine):
     @rule(
         target=send_calls,
         steps=st.lists(
-            st.sampled_from(["send"] * 3 + ["accept"] * 2 + ["decline", "clock", "clock", "expire"]),
+            st.sampled_from(["send"] * 3 + ["accept"] * 2 + ["decline", "clock", "clock", "due", "expire"]),
             min_size=3,
             max_size=8,
         ),
@@ -1141,9 +1215,9 @@ class GongjiMachine(RuleBasedStateMachine):
     )
     def a_day_of_transfers(self, steps: list[str], data: st.DataObject) -> Any:
         """A few of the wallet's steps in a row, mostly the usual ones: the family sends, the recipients
-        accept or decline, time passes and the expiry work runs. The limits (one pending, three a day,
-        the quiet hours, the due time) meet each other in every run, not only when single steps happen
-        to line up."""
+        accept or decline, time passes (now and then to the next pending transfer's due time, or just
+        past it) and the expiry work runs. The limits (one pending, three a day, the quiet hours, the
+        due time) meet each other in every run, not only when single steps happen to line up."""
         calls = []
         for step in steps:
             if step == "send":
@@ -1154,9 +1228,198 @@ class GongjiMachine(RuleBasedStateMachine):
                 self.resolve_transfer(data, step == "accept", by)
             elif step == "clock":
                 self.move_the_clock(data.draw(st.sampled_from(CLOCK_MOVES), label="move"))
+            elif step == "due":
+                due = [
+                    t.due_at for t in self.model.transfers.values() if t.state == PENDING and t.due_at > self.model.now
+                ]
+                if due:
+                    self._set_clock(min(due) + dt.timedelta(seconds=data.draw(st.sampled_from([0, 1]), label="past")))
             elif step == "expire":
                 self.run_the_expiry_work()
         return multiple(*(c for c in calls if isinstance(c, SendCall)))
+
+    @rule(
+        target=send_calls,
+        edge=st.sampled_from(["-1s", "at", "at", "+1s", "+1h", "+1d"]),
+        then=st.sampled_from(["expire", "expire", "expire", "send", "accept", "decline"]),
+        data=st.data(),
+    )
+    def past_a_due_time(self, edge: str, then: str, data: st.DataObject) -> Any:
+        """A transfer nobody answers in time: a pending one (sent now, when there is none), the clock to
+        its due time (a second before it, at it, a little or a day after), then the expiry work runs, or
+        its sender sends again (which returns it first), or its recipient answers it (too late, or just
+        in time): what was due goes back to its sender exactly once, stamped with that time, and what
+        was not stays pending. Every transfer of the two is read back as the model has it right away,
+        not only at the end."""
+        calls: list[SendCall] = []
+        if not any(t.state == PENDING and t.transfer_id for t in self.model.transfers.values()):
+            calls.append(self.send_to_a_relative(data, "small"))
+        pending = [t for t in self.model.transfers.values() if t.state == PENDING and t.transfer_id]
+        if not pending:
+            return multiple(*(c for c in calls if isinstance(c, SendCall)))
+        t = data.draw(st.sampled_from(sorted(pending, key=lambda t: (t.due_at, t.transfer_id))), label="transfer")
+        offset = {"-1s": -1, "at": 0, "+1s": 1, "+1h": 3_600, "+1d": 86_400}[edge]
+        at = t.due_at + dt.timedelta(seconds=offset)
+        if at > self.model.now:  # time only goes on
+            self._set_clock(at)
+        if then == "expire":
+            self.run_the_expiry_work()
+        elif then == "send":
+            fen = data.draw(st.integers(1, 3_000), label="amount")
+            calls.append(self._send(SendCall(self._id("w"), t.sender, t.recipient, t.relationship, fen)))
+        else:
+            self._resolve(t.transfer_id, t.recipient, accept=then == "accept")
+        self._transfers_listed((t.sender, t.recipient))
+        return multiple(*(c for c in calls if isinstance(c, SendCall)))
+
+    # ---- the 医保钱包 at the till: wallet money pays at settlement --------------------------------
+    @initialize(
+        target=people,
+        resident_fen=st.integers(1, 3_000),
+        employee_fen=st.integers(1, 3_000),
+        own_fen=st.sampled_from([0, 1, 300, 2_000]),
+        order=wallet_orders,
+        steps=till_steps,
+        data=st.data(),
+    )
+    def wallets_that_pay(
+        self, resident_fen: int, employee_fen: int, own_fen: int, order: str, steps: list[str], data: st.DataObject
+    ) -> Any:
+        """Money in wallets from the start, sent by a parent and accepted: a resident-insured child, whose
+        wallet is all the personal-account money they have, and an employee-insured one with `own_fen`
+        in their own account too. The parent grants both, so that the own account, the wallet, mutual aid
+        and cash meet in their settlements, in the order their region's policy says; one of them goes
+        to the till at once, so that every sequence spends wallet money. (The region's policy is set
+        first, with the wallet's place and the rules the model has for it now: region policy outlives
+        an example, and caps_in_one_region may not have set this example's yet.)"""
+        parent = self._enroll(EMPLOYEE, ACTIVE, REGIONS[0], BIRTHS[0])
+        resident = self._enroll(RESIDENT, ACTIVE, REGIONS[0], BIRTHS[3])
+        employee = self._enroll(EMPLOYEE, ACTIVE, REGIONS[0], BIRTHS[2])
+        self._credit(CreditCall(self._id("c"), parent, 10_000))
+        if own_fen:
+            self._credit(CreditCall(self._id("c"), employee, own_fen))
+        for child, fen in ((resident, resident_fen), (employee, employee_fen)):
+            self.open_wallet(child)
+            self.grant(parent, child, CHILD)
+            self._fund(SendCall(self._id("w"), parent, child, CHILD, fen))
+        self.change_wallet_order(REGIONS[0], order)
+        patient = data.draw(st.sampled_from([resident, employee]), label="to the till")
+        self._at_the_till(patient, steps, data.draw(st.sampled_from(INSTITUTIONS), label="institution"), data)
+        return multiple(parent, resident, employee)
+
+    def _fund(self, call: SendCall) -> SendCall:
+        """A relative sends and the recipient accepts, as far as the rules let them (the model says)."""
+        self._send(call)
+        t = self.model.transfers.get((call.sender, call.request_id))
+        if t is not None and t.state == PENDING:
+            self._resolve(t.transfer_id, call.recipient, accept=True)
+        return call
+
+    def _settle_from_the_wallet(self, patient: str, institution: str, data: st.DataObject) -> SettleCall | None:
+        """A bill of about what the patient's wallet and own account hold: a fen below the wallet, all
+        of it, a fen more; all the two hold, a fen more; or a small one. Mostly with the personal
+        account (the wallet is personal-account money: without it, cash pays)."""
+        p = self.model.people[patient]
+        wallet = self.model.wallets[patient].balance_fen
+        own = p.balance_fen if p.scheme == EMPLOYEE else 0
+        sizes = [wallet - 1, wallet, wallet + 1, own + wallet, own + wallet + 1, 0]
+        amount = data.draw(st.sampled_from(sizes), label="amount")
+        if amount < 1:
+            amount = data.draw(st.integers(1, 3_000), label="small")
+        shape = data.draw(bills(amount), label="bill")
+        use = data.draw(st.sampled_from([True] * 5 + [False]), label="use the personal account")
+        voucher = self._issue(patient, patient)
+        if isinstance(voucher, Refused):
+            return None
+        call: SettleCall = self._settle(self._settle_call(institution, patient, shape, None, use), voucher)
+        return call
+
+    def _wallet_holders(self, scheme: str | None = None) -> list[str]:
+        """Who may settle with an open wallet (of `scheme`): those with money in it first, when any."""
+        people = self.model.people
+        holders = [p for p in self.model.wallets if people[p].status == ACTIVE and scheme in (None, people[p].scheme)]
+        return [p for p in holders if self.model.wallets[p].balance_fen] or holders
+
+    @precondition(lambda self: self._wallet_holders(RESIDENT))
+    @rule(target=settle_calls, steps=till_steps, institution=st.sampled_from(INSTITUTIONS), data=st.data())
+    def a_resident_pays_from_the_wallet(self, steps: list[str], institution: str, data: st.DataObject) -> Any:
+        """A resident-insured patient, who has no personal account of their own: the wallet is all the
+        personal-account money they have, before mutual aid (or after it, as their region says)."""
+        patient = data.draw(st.sampled_from(self._wallet_holders(RESIDENT)), label="patient")
+        return multiple(*self._at_the_till(patient, steps, institution, data))
+
+    @precondition(lambda self: self._wallet_holders())
+    @rule(target=settle_calls, steps=till_steps, institution=st.sampled_from(INSTITUTIONS), data=st.data())
+    def the_wallet_at_the_till(self, steps: list[str], institution: str, data: st.DataObject) -> Any:
+        """Anyone with an open wallet (with money in it, mostly), employee-insured ones with their own
+        account too."""
+        patient = data.draw(st.sampled_from(self._wallet_holders()), label="patient")
+        return multiple(*self._at_the_till(patient, steps, institution, data))
+
+    def _at_the_till(self, patient: str, steps: list[str], institution: str, data: st.DataObject) -> list[SettleCall]:
+        """A patient with a wallet at the till a few times in a row: bills around what the wallet holds,
+        refunds of part of one (into the wallet: past what cash and mutual aid paid) or of all that is
+        left, the POS reversing a refund (refused when the wallet has spent it since) or a settlement, a
+        relative topping the wallet up (first, when it is empty), the region moving the wallet's place.
+        Wallet money meets the own account, mutual aid, refunds and reversals in every run, not only
+        when single steps happen to line up. The settlements made, for the bundle."""
+        calls: list[SettleCall] = []
+        cancels: list[CancelCall] = []
+        if not self.model.wallets[patient].balance_fen:
+            steps = ["top up", *steps]
+        for step in steps:
+            settled = [s for c in calls if (s := self.model.settlements.get((c.institution, c.request_id))) is not None]
+            if step == "settle":
+                call = self._settle_from_the_wallet(patient, institution, data)
+                if call is not None:
+                    calls.append(call)
+            elif step == "cancel" and settled:
+                s = data.draw(st.sampled_from(settled), label="settlement")
+                left = s.left
+                into_wallet = left.psn_cash_pay_fen + left.acct_mulaid_pay_fen + 1
+                amount = data.draw(st.sampled_from([0, 1, into_wallet, left.amount_fen + 1]), label="refund")
+                cancels.append(self._cancel(CancelCall(institution, self._id("r"), s.settlement_id, amount)))
+            elif step == "reverse cancel" and cancels:
+                self.reverse_cancel(data.draw(st.sampled_from(cancels), label="cancel"), other_institution=False)
+            elif step == "refund spent" and settled:
+                self._refund_spent(data.draw(st.sampled_from(settled), label="settlement"), institution, data)
+            elif step == "reverse" and calls:
+                self._reverse(institution, data.draw(st.sampled_from(calls), label="reversed").request_id)
+            elif step == "top up":
+                self._top_up(patient, data)
+            elif step == "order":
+                self.change_wallet_order(self.model.people[patient].region, data.draw(wallet_orders, label="order"))
+        return calls
+
+    def _refund_spent(self, s: Settlement, institution: str, data: st.DataObject) -> None:
+        """What is left of a settlement refunded (to the wallet, when it paid), the wallet spent on another
+        bill, then the POS reverses the refund: refused REFUND_ALREADY_SPENT when the wallet no longer
+        holds what the refund gave it, taken back when it does (the model says which)."""
+        cancel = self._cancel(CancelCall(institution, self._id("r"), s.settlement_id, 0))
+        wallet = self.model.wallets[s.patient].balance_fen
+        if wallet and data.draw(st.sampled_from([True, True, False]), label="spend it"):
+            voucher = self._issue(s.patient, s.patient)
+            if not isinstance(voucher, Refused):
+                shape = BillShape(wallet + self.model.people[s.patient].balance_fen, None, None, None)
+                self._settle(self._settle_call(institution, s.patient, shape, None, True), voucher)
+        self.reverse_cancel(cancel, other_institution=False)
+
+    def _top_up(self, patient: str, data: st.DataObject) -> None:
+        """A relative with money sends the patient a little, and the patient accepts (when the limits
+        and the hours let it through)."""
+        people = self.model.people
+        relatives = [
+            (p, r)
+            for p in people
+            if p != patient and people[p].has_account and people[p].balance_fen
+            for r in CLOSE_RELATIVES
+            if plausible(people[p], people[patient], r)
+        ]
+        if not relatives:
+            return
+        sender, relationship = data.draw(st.sampled_from(relatives), label="relative")
+        fen = data.draw(st.integers(1, min(people[sender].balance_fen, 3_000)), label="top up")
+        self._fund(SendCall(self._id("w"), sender, patient, relationship, fen))
 
     # ---- after every step ------------------------------------------------------------------------
     @invariant()
@@ -1213,19 +1476,44 @@ class GongjiMachine(RuleBasedStateMachine):
                 s.reversed,
             )
             assert _bill_answer(got) == _bill_expected(s.bill, s.parts, s.insutype)
-            refunded = [_split_of(r) for r in got.refunds]
-            assert sum(r.amount_fen for r in refunded) == s.refunded.amount_fen
+            assert _wallet_balc(got) == s.wallet_balc_fen
+            # What the refunds standing gave back, source by source (a reversed one gave nothing back).
+            standing = [_split_of(r) for r in got.refunds if not r.HasField("reversed_at")]
+            assert [sum(getattr(r, f) for r in standing) for f in SOURCES] == [getattr(s.refunded, f) for f in SOURCES]
+            # Each Cancel's refund as the model made it, and taken back when the model took it back.
+            cancels = {
+                request_id: c
+                for (institution, request_id), c in self.model.cancels.items()
+                if institution == s.institution and c.content[0] == s.settlement_id
+            }
+            assert _reversal_of(got) == s.reversal
+            got_cancels = {r.request_id: r for r in got.refunds if r.kind == "CANCEL"}
+            assert sorted(got_cancels) == sorted(cancels), (got.refunds, cancels)
+            for request_id, r in got_cancels.items():
+                c = cancels[request_id]
+                assert (_split_of(r), r.HasField("reversed_at")) == (c.refund, c.reversed), (r, c)
         for person in self.model.people:
             listing = family_pb2.ListFamilyRequest(person_id=person)
             family = self._run(lambda: self.api.family.ListFamily(listing, metadata=bearer(self.api.tokens.app)))  # noqa: B023
             assert not isinstance(family, Refused), family
             live_held = [g.authorizer_id for g in family.grants_held if g.status == types_pb2.GRANT_STATUS_LIVE]
             assert live_held == [g.authorizer for g in self.model.grants if g.live and g.beneficiary == person]
-        self._transfers_listed()
+        for t in self.model.transfers.values():
+            FIGURES.wallet[f"transfers {t.state} as a sequence ends"] += 1
+        # Time runs out for what is still pending: past the last due time, the expiry work returns all of
+        # it, as many as the model says, each back to its sender at that time (read back below).
+        due = [t.due_at for t in self.model.transfers.values() if t.state == PENDING and t.due_at > self.model.now]
+        if due:
+            self._set_clock(max(due))
+        returned = self.runner.run(self._expiry().run_once())
+        assert returned == self.model.expire()
+        FIGURES.wallet["returned at the end by the expiry work"] += returned
+        assert all(t.state != PENDING for t in self.model.transfers.values())
+        self._transfers_listed(self.model.people)
 
-    def _transfers_listed(self) -> None:
-        """Every person's transfers, sent and received, newest first, each as the model has it."""
-        for person in self.model.people:
+    def _transfers_listed(self, people: Iterable[str]) -> None:
+        """Every transfer of `people`, sent and received, newest first, each as the model has it."""
+        for person in people:
             listing = wallet_pb2.ListTransfersRequest(person_id=person, page_size=100)
             reply = self._run(lambda: self.wallet.ListTransfers(listing, metadata=self._app()))  # noqa: B023
             assert not isinstance(reply, Refused), reply
@@ -1295,7 +1583,7 @@ def test_a_limit_that_held_nothing_back_is_not_named(server_url: str) -> None:
     the 500 it may not pay. The floor held nothing back, so no limit is named."""
     with _serving_the_machine(server_url):
         state = GongjiMachine()
-        _, child = state.caps_in_one_region({region: {} for region in REGIONS})
+        _, child = state.caps_in_one_region({region: {} for region in REGIONS}, dict.fromkeys(REGIONS, "UNSPECIFIED"))
         state.change_wholly_self_paid_rules(REGIONS[1], [("11", False, False)])
         voucher = state._issue(child, child)
         assert not isinstance(voucher, Refused)
