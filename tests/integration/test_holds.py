@@ -136,8 +136,9 @@ async def test_a_retried_holding_quote_answers_the_same_hold(w: Wallets) -> None
 
 async def test_a_hold_expires_at_its_time_and_its_money_comes_back_once(w: Wallets) -> None:
     """A capture one second before the time is over succeeds; at the time it is refused, HOLD_EXPIRED,
-    and the expiry work gives the money back, once."""
-    patient, _ = await funded(w, 3_000)
+    and the refusal gives the money back at once (the patient's next quote sees it); the expiry work
+    gives back, once, what nobody asked for."""
+    patient, _ = await funded(w, 4_000)
     early = await hold(w, patient, 1_000, seconds=60)
     w.clock.advance(dt.timedelta(seconds=59))
     assert sources(await capture(w, patient, 1_000, early.hold.hold_id)) == (0, 1_000, 0, 0)
@@ -145,12 +146,28 @@ async def test_a_hold_expires_at_its_time_and_its_money_comes_back_once(w: Walle
     late = await hold(w, patient, 1_000, seconds=60)
     w.clock.advance(dt.timedelta(seconds=60))
     await refused(capture(w, patient, 1_000, late.hold.hold_id), S.FAILED_PRECONDITION, "HOLD_EXPIRED")
-    assert (await w.wallet(patient)).held_fen == 1_000, "the refusal wrote nothing"
-    ended = await expiry_at(w.clock.now(), w).expire_holds()
-    assert ended >= 1 and await hold_state(w, late.hold.hold_id) == "EXPIRED"
-    assert ((await w.wallet(patient)).balance_fen, (await w.wallet(patient)).held_fen) == (2_000, 0)
-    assert await expiry_at(w.clock.now(), w).expire_holds() == 0, "once"
+    assert await hold_state(w, late.hold.hold_id) == "EXPIRED"
+    assert ((await w.wallet(patient)).balance_fen, (await w.wallet(patient)).held_fen) == (3_000, 0)
     await refused(capture(w, patient, 1_000, late.hold.hold_id), S.FAILED_PRECONDITION, "HOLD_RESOLVED")
+
+    forgotten = await hold(w, patient, 500, seconds=60)
+    w.clock.advance(dt.timedelta(seconds=60))
+    assert await expiry_at(w.clock.now(), w).expire_holds() >= 1
+    assert await hold_state(w, forgotten.hold.hold_id) == "EXPIRED"
+    assert ((await w.wallet(patient)).balance_fen, (await w.wallet(patient)).held_fen) == (3_000, 0)
+    assert await expiry_at(w.clock.now(), w).expire_holds() == 0, "once"
+    await books_clean(w)
+
+
+async def test_a_hold_survives_its_patient_changing_scheme(w: Wallets) -> None:
+    """An employee's hold of the own account, captured after an operator re-enrolled the patient as
+    resident-insured: the account the hold took from is locked and settled as held, never INTERNAL."""
+    patient = await w.api.enroll(balance_fen=1_000)
+    q = await hold(w, patient, 800)
+    assert sources(q) == (800, 0, 0, 0)
+    await w.api.set_status(patient, types_pb2.PERSON_STATUS_ACTIVE, scheme=types_pb2.SCHEME_RESIDENT)
+    s = await capture(w, patient, 800, q.hold.hold_id)
+    assert sources(s) == (800, 0, 0, 0)
     await books_clean(w)
 
 

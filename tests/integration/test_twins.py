@@ -993,8 +993,11 @@ async def test_the_published_wallet_limits_apply_where_no_policy_says(db_url: st
 _HOLD_ROW = "jsonb_populate_record(null::settlement_hold, $1::jsonb)"
 
 
-def _hold_json(state: holds.HoldState | None, institution: str, expires_at: dt.datetime, digest: bytes) -> str | None:
-    """A settlement_hold row as JSON with what the refusals read (None: no such hold)."""
+def _hold_json(
+    state: holds.HoldState | None, institution: str, expires_at: dt.datetime, digest: bytes, mulaid_fen: int = 0
+) -> str | None:
+    """A settlement_hold row as JSON with what the refusals read (None: no such hold): mutual aid held
+    (`mulaid_fen`) from grant 7, counted in 2031's caps."""
     if state is None:
         return None
     return json.dumps(
@@ -1004,6 +1007,9 @@ def _hold_json(state: holds.HoldState | None, institution: str, expires_at: dt.d
             "state": state.value,
             "expires_at": expires_at.isoformat(),
             "request_digest": "\\x" + digest.hex(),
+            "acct_mulaid_pay_fen": mulaid_fen,
+            "grant_id": 7 if mulaid_fen else None,
+            "cap_year": 2031,
         }
     )
 
@@ -1014,19 +1020,30 @@ async def capture_refusal_both(
     same_institution: bool,
     late: dt.timedelta,
     same_content: bool,
+    mulaid_fen: int,
+    cap_year: int,
+    picked: int | None,
 ) -> tuple[str | None, str | None]:
     expires_at = dt.datetime(2031, 5, 1, 10, tzinfo=dt.UTC)
     now = expires_at + late
-    row = _hold_json(state, "H61010300101" if same_institution else "H61010300202", expires_at, b"held")
+    row = _hold_json(state, "H61010300101" if same_institution else "H61010300202", expires_at, b"held", mulaid_fen)
     sql = await conn.fetchval(
-        f"select gongji_capture_refusal({_HOLD_ROW}, $2, $3, $4)",
+        f"select gongji_capture_refusal({_HOLD_ROW}, $2, $3, $4, $5, $6)",
         row,
         "H61010300101",
         b"held" if same_content else b"other",
         now,
+        cap_year,
+        picked,
     )
     twin = holds.capture_refusal(
-        state=state, same_institution=same_institution, expires_at=expires_at, now=now, same_content=same_content
+        state=state,
+        same_institution=same_institution,
+        expires_at=expires_at,
+        now=now,
+        same_content=same_content,
+        year_turned=mulaid_fen > 0 and cap_year != 2031,
+        other_grant_picked=mulaid_fen > 0 and picked is not None and picked != 7,
     )
     return sql, None if twin is None else twin.reason
 
@@ -1042,6 +1059,9 @@ def test_sql_capture_refusal_agrees_with_the_twin(db_url: str) -> None:
         st.booleans(),
         late,
         st.booleans(),
+        st.sampled_from([0, 100]),
+        st.sampled_from([2031, 2032]),
+        st.sampled_from([None, 7, 8]),
         examples=EXAMPLES,
     )
 

@@ -293,7 +293,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             acct_mulaid_pay_fen=h.acct_mulaid_pay_fen,
             psn_cash_pay_fen=h.psn_cash_pay_fen,
             authorizer_id=h.authorizer_id or "",
-            balc_fen=held.balc_fen or 0,
+            balc_fen=held.balc_fen,
             mutual_aid_limited_by=convert.mutual_aid_limit(h.mulaid_limited_by),
             grant_cap_left_fen=held.grant_cap_left_fen,
             beneficiary_cap_left_fen=held.beneficiary_cap_left_fen,
@@ -357,6 +357,8 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         except errors.GongjiError as exc:
             metrics.SETTLEMENTS.labels(exc.reason).inc()
             _count_voucher_refusal("Settle", exc)
+            if isinstance(exc, errors.HoldExpired):
+                metrics.HOLDS.labels("EXPIRED").inc()  # the refusal gave the hold's money back
             raise
         finally:
             _observe_settle_timing(timing)

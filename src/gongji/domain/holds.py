@@ -29,18 +29,22 @@ def capture_refusal(
     expires_at: dt.datetime,
     now: dt.datetime,
     same_content: bool,
+    year_turned: bool = False,
+    other_grant_picked: bool = False,
 ) -> type[errors.GongjiError] | None:
     """Why a Settle may not capture a hold (`state` None: no such hold), or None when it may: another
-    institution's hold is not found, one ended is resolved, one past its time has expired (even before
-    the expiry work gave its money back), and a Settle asking other content than the Quote that held does
-    not match."""
+    institution's hold is not found, one ended is resolved, one past its time has expired (the refusal
+    then gives its money back), and so has one holding mutual aid counted in another year's caps than
+    the settlement's (`year_turned`: across New Year). A Settle asking other content than the Quote that
+    held, or whose voucher carries the patient's pick of another grant than the one held
+    (`other_grant_picked`), does not match."""
     if state is None or not same_institution:
         return errors.HoldNotFound
     if state is not HoldState.PENDING:
         return errors.HoldResolved
-    if now >= expires_at:
+    if now >= expires_at or year_turned:
         return errors.HoldExpired
-    if not same_content:
+    if not same_content or other_grant_picked:
         return errors.HoldMismatch
     return None
 

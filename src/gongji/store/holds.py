@@ -14,7 +14,7 @@ from gongji.domain.eligibility import CareScope
 from gongji.domain.holds import HoldState
 from gongji.domain.waterfall import Limit
 from gongji.store import db
-from gongji.store.settlements import TERMINAL_GUARD, BillArgs, VoucherArgs
+from gongji.store.settlements import SETTLE_ATTEMPTS_MAX, TERMINAL_GUARD, BillArgs, VoucherArgs
 from gongji.store.settlements import paid_parts as _paid
 
 _COLUMNS = """hold_id, request_id, patient_id, authorizer_id, amount_fen, acct_pay_fen, acct_mulaid_pay_fen,
@@ -105,8 +105,8 @@ class Held:
 
     hold: HoldRow
     replayed: bool
-    balc_fen: int | None  # None on a replay: the balances of that moment are gone
-    wallet_balc_fen: int | None
+    balc_fen: int  # the own account's balance with the hold out of it (0 without an account)
+    wallet_balc_fen: int | None  # the wallet's, likewise; None: no wallet, or the account not to be used
     grant_cap_left_fen: int | None
     beneficiary_cap_left_fen: int | None
     care_region: str | None
@@ -131,21 +131,16 @@ async def hold(
 ) -> Held:
     """Hold the split of a Quote for `hold_seconds` from `now`, as the terminal of `credential_id`.
     Refusals raise and have written nothing."""
-    row = await db.fetchrow(
-        pool,
-        _HOLD,
-        credential_id,
-        now,
-        hold_seconds,
-        request_id,
-        digest,
-        *voucher.sql_args(),
-        patient_id,
-        amount_fen,
-        authorizer_id,
-        use_personal_account,
-        *bill.sql_args(),
-    )
+    args: tuple[object, ...] = (credential_id, now, hold_seconds, request_id, digest, *voucher.sql_args())
+    args += (patient_id, amount_fen, authorizer_id, use_personal_account, *bill.sql_args())
+    for attempt in range(1, SETTLE_ATTEMPTS_MAX + 1):
+        try:
+            row = await db.fetchrow(pool, _HOLD, *args)
+            break
+        except asyncpg.exceptions.SerializationError:
+            # A stale balance peek, as in a Settle (settlements._settle_row): nothing written; again.
+            if attempt == SETTLE_ATTEMPTS_MAX:
+                raise
     if row is None:
         raise errors.CredentialsInvalid("unknown or revoked credentials")
     if row["outcome"] != "OK":

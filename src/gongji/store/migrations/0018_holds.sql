@@ -32,6 +32,8 @@ create table settlement_hold (
     wallet_over_limit_fen bigint not null,
     wallet_wholly_fen     bigint not null,
     mulaid_limited_by     text,
+    -- The China calendar year whose caps count the mutual aid held (the year the room was read for).
+    cap_year              integer not null,
     state                 text not null check (state in ('PENDING', 'CAPTURED', 'RELEASED', 'EXPIRED')),
     created_at            timestamptz not null,
     expires_at            timestamptz not null check (expires_at > created_at),

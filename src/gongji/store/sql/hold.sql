@@ -13,8 +13,8 @@
 
 -- Move a hold's money: out of the wallet and accounts when held (p_sign -1, HOLD entries), back into
 -- them when it ends (p_sign 1, HOLD_RELEASE entries; a capture's settlement then takes it again). The
--- wallet first, then the accounts in key order. Mutual aid held counts towards the caps of the year the
--- hold was made, as paid mutual aid does, and stops counting when it comes back.
+-- wallet first, then the accounts in key order. Mutual aid held counts towards the caps of the year its
+-- room was read for (cap_year), as paid mutual aid does, and stops counting when it comes back.
 create or replace function gongji_hold_move(h settlement_hold, p_sign integer, p_now timestamptz)
 returns void
 language plpgsql
@@ -46,8 +46,7 @@ begin
                 case when v_pid = h.authorizer_id then h.patient_id end, p_now);
     end loop;
     if h.acct_mulaid_pay_fen > 0 then
-        perform gongji_count_mutual_aid(h.grant_id, h.patient_id, gongji_china_year(h.created_at),
-                                        -p_sign * h.acct_mulaid_pay_fen);
+        perform gongji_count_mutual_aid(h.grant_id, h.patient_id, h.cap_year, -p_sign * h.acct_mulaid_pay_fen);
     end if;
 end
 $$;
@@ -73,10 +72,13 @@ $$;
 
 -- Why a Settle may not capture the hold h (its row locked; all-null: no such hold) at p_now, or null.
 -- Twin: gongji.domain.holds.capture_refusal. Another institution's hold is not found; one ended is
--- resolved; one past its time is expired (the expiry work gives its money back); a Settle asking other
--- content than the Quote that held it (p_content_digest) does not match.
+-- resolved; one past its time is expired, and so is one holding mutual aid counted in another year's
+-- caps than the settlement's (p_cap_year: a capture across New Year would count it in a year whose room
+-- nobody read); a Settle asking other content than the Quote that held it (p_content_digest), or whose
+-- voucher carries the patient's pick of another grant than the one held (p_grant_id), does not match.
 create or replace function gongji_capture_refusal(
-    h settlement_hold, p_institution_id text, p_content_digest bytea, p_now timestamptz)
+    h settlement_hold, p_institution_id text, p_content_digest bytea, p_now timestamptz, p_cap_year integer,
+    p_grant_id bigint)
 returns text
 language plpgsql immutable
 as $$
@@ -84,8 +86,8 @@ begin
     return case
         when h.hold_id is null or h.institution_id <> p_institution_id then 'HOLD_NOT_FOUND'
         when h.state <> 'PENDING' then 'HOLD_RESOLVED'
-        when p_now >= h.expires_at then 'HOLD_EXPIRED'
-        when h.request_digest <> p_content_digest then 'HOLD_MISMATCH'
+        when p_now >= h.expires_at or (h.acct_mulaid_pay_fen > 0 and h.cap_year <> p_cap_year) then 'HOLD_EXPIRED'
+        when h.request_digest <> p_content_digest or p_grant_id <> h.grant_id then 'HOLD_MISMATCH'
     end;
 end
 $$;
@@ -109,14 +111,14 @@ begin
         hold_id, institution_id, terminal_id, request_id, request_digest, patient_id, authorizer_id, grant_id,
         amount_fen, over_limit_fen, wholly_self_paid_fen, med_type, acct_pay_fen, acct_mulaid_pay_fen, wallet_pay_fen,
         psn_cash_pay_fen, acct_over_limit_fen, acct_wholly_fen, mulaid_over_limit_fen, mulaid_wholly_fen,
-        wallet_over_limit_fen, wallet_wholly_fen, mulaid_limited_by, state, created_at, expires_at)
+        wallet_over_limit_fen, wallet_wholly_fen, mulaid_limited_by, cap_year, state, created_at, expires_at)
     values (
         gen_random_uuid(), p_institution_id, p_terminal_id, p_request_id, p_request_digest, p_patient_id,
         case when v_sp.acct_mulaid_pay_fen > 0 then p_plan.authorizer_id end,
         case when v_sp.acct_mulaid_pay_fen > 0 then p_plan.grant_id end, p_amount_fen, p_over_limit_fen, p_wholly_fen,
         p_med_type, v_sp.acct_pay_fen, v_sp.acct_mulaid_pay_fen, v_sp.wallet_pay_fen, v_sp.psn_cash_pay_fen,
         v_sp.acct_over_limit_fen, v_sp.acct_wholly_fen, v_sp.mulaid_over_limit_fen, v_sp.mulaid_wholly_fen,
-        v_sp.wallet_over_limit_fen, v_sp.wallet_wholly_fen, p_plan.limited_by, 'PENDING', p_now,
+        v_sp.wallet_over_limit_fen, v_sp.wallet_wholly_fen, p_plan.limited_by, gongji_china_year(now()), 'PENDING', p_now,
         p_now + make_interval(secs => p_hold_seconds))
     returning * into h;
     perform gongji_hold_move(h, -1, p_now);
@@ -244,7 +246,8 @@ declare
     v_due settlement_hold[];
     h     settlement_hold;
 begin
-    select array_agg(x order by x.expires_at) into v_due
+    -- Ended in patient order: two batches then update the beneficiaries' cap counts in one order too.
+    select array_agg(x order by x.patient_id collate "C", x.hold_id) into v_due
       from (select * from settlement_hold x
              where x.state = 'PENDING' and x.expires_at <= p_now
              order by x.expires_at

@@ -836,7 +836,7 @@ begin
     select v_grant.grant_id, v_grant.authorizer_id, v_grant.wait_s into grant_id, authorizer_id, wait_grant_s;
     v_wholly := gongji_wholly_self_paid(p_patient.region_code, p_med_type, p_wholly_fen);
     v_accounts := gongji_lock_accounts(
-        p_patient.person_id, p_patient.scheme = 'EMPLOYEE', v_grant.authorizer_id,
+        p_patient.person_id, p_patient.scheme = 'EMPLOYEE' or coalesce(p_hold.acct_pay_fen, 0) > 0, v_grant.authorizer_id,
         case when v_capture then 9223372036854775807
              else p_amount_fen - case when v_wholly.account then 0 else p_wholly_fen end end,
         p_use_account, p_patient.region_code);
@@ -906,7 +906,13 @@ begin
                                         p_insutype);
     if outcome is null and p_hold_id is not null then
         select * into v_hold from settlement_hold h where h.hold_id = p_hold_id for update;
-        outcome := gongji_capture_refusal(v_hold, p_institution_id, p_content_digest, p_now);
+        outcome := gongji_capture_refusal(v_hold, p_institution_id, p_content_digest, p_now,
+                                          gongji_china_year(now()), p_voucher_grant_id);
+        if outcome = 'HOLD_EXPIRED' then
+            -- The one write of a refusal: the hold past its time gives its money back now, as the expiry
+            -- work would, so that the patient's next quote sees it (what a late accept of a transfer does).
+            perform gongji_end_hold(v_hold, 'EXPIRED', p_now, null);
+        end if;
     end if;
     if outcome is not null then return next; return; end if;
     -- 3. to 5. Where care happens, the grant, the wallet and the accounts, the room, the split.
