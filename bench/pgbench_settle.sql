@@ -16,6 +16,6 @@ select g.outcome from credential c
  cross join lateral gongji_settle(c.institution_id, c.terminal_id, gen_random_uuid()::text, '\x00'::bytea,
                                   gen_random_uuid(), true, now() + interval '60 seconds', null::bigint, null::bigint, 'E_VOUCHER',
                                   :patient::text, 1234, null::text, true, null::bigint, null::bigint, null::text,
-                                  null::text) g
+                                  null::text, null::uuid, null::bytea, null::timestamptz) g
  where c.credential_id = :credential_id and c.revoked_at is null and c.kind = 'TERMINAL'
    and pg_try_advisory_xact_lock_shared(26474, (c.credential_id % 2147483647)::int4);

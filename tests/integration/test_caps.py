@@ -251,7 +251,8 @@ async def test_a_cap_set_while_a_settlement_runs_still_holds(api: Api, pool: asy
     settle = (
         "select outcome, (settled).acct_mulaid_pay_fen, (settled).mulaid_limited_by"
         " from gongji_settle($1, 'POS-RACE', $2, '\\x00'::bytea, gen_random_uuid(), true,"
-        " now() + interval '1 minute', null, null, 'E_VOUCHER', $3, $4, $5, true, null, null, null, null)"
+        " now() + interval '1 minute', null, null, 'E_VOUCHER', $3, $4, $5, true, null, null, null, null, null, null,"
+        " null)"
     )
     institution = await pool.fetchval("select institution_id from institution order by institution_id limit 1")
     first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
