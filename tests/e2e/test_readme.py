@@ -173,6 +173,18 @@ def _check_wallet_examples(reader: Reader) -> None:
     assert "acct_pay_fen" not in paid, "a resident has no personal account"
 
 
+def _check_hold_examples(reader: Reader) -> None:
+    """The hold-examples block: a held split out of the balance at once, then captured exactly."""
+    held_quote, capture = _commands(_block("hold-examples"))
+    quoted = reader.json(held_quote)
+    hold = quoted["hold"]
+    assert (hold["state"], hold["acct_pay_fen"], quoted["acct_pay_fen"]) == ("HOLD_STATE_PENDING", "3500", "3500")
+    assert hold["patient_id"] == demo.DEFU.person_id
+    settled = reader.json(capture)["settlement"]
+    assert (settled["amount_fen"], settled["acct_pay_fen"]) == ("3500", "3500")
+    assert settled["balc_fen"] == quoted.get("balc_fen", "0"), "the balance the hold left is the one settled to"
+
+
 def _check_buf(reader: Reader) -> None:
     if shutil.which("buf", path=BIN) is None:
         pytest.fail("buf is one of the test tools (pyproject.toml, extra 'test')")
@@ -204,6 +216,7 @@ def test_the_readme_top_to_bottom_after_make_run(env: dict[str, str]) -> None:
 
         _check_family_examples([reader.json(line) for line in _commands(_block("family-examples"))])
         _check_wallet_examples(reader)
+        _check_hold_examples(reader)
         _check_buf(reader)
     finally:
         stop(proc)
