@@ -4,8 +4,10 @@ self-paid items, quotes and settlements of bills sent as their amount or as thei
 care and an insutype), refunds and reversals, relatives' premiums paid and refunded (retries with the
 same request id among them), 医保钱包 wallets and transfers on a clock the model drives, and wallet
 money paying at settlement where each region's policy places it (refunded, reversed, and taken back by
-the reversal of a refund), and after every step compares every answer, split, refusal reason and
-balance (accounts and wallets) with the pure model of the rules (docs/domain.md) in gongji_model.py.
+the reversal of a refund), and splits held at the till (holding Quotes, their captures, releases and
+expiry on the same clock), and after every step compares every answer, split, refusal reason and
+balance (accounts and wallets, and what holds set aside of them) with the pure model of the rules
+(docs/domain.md) in gongji_model.py.
 After every step the books must also pass the audit.
 
 Hypothesis' stateful testing is synchronous, so the server runs in an event loop of the test's own
@@ -133,7 +135,9 @@ till_steps = st.lists(
 # the till with holds (GongjiMachine.holds_at_the_till).
 hold_seconds = st.sampled_from([1, 60, 60, 120, HOLD_SECONDS_MAX, HOLD_SECONDS_MAX + 1])
 hold_steps = st.lists(
-    st.sampled_from(["capture"] * 4 + ["hold"] * 2 + ["release", "settle", "retry", "clock", "clock", "expire"]),
+    st.sampled_from(
+        ["capture"] * 4 + ["hold"] * 2 + ["release", "settle", "retry", "clock", "clock", "expire", "revoke"]
+    ),
     min_size=2,
     max_size=8,
 )
@@ -1706,9 +1710,10 @@ class GongjiMachine(RuleBasedStateMachine):
     def holds_at_the_till(self, steps: list[str], institution: str, data: st.DataObject) -> Any:
         """A patient with money at the till a few times in a row: bills of about what the own account and
         the wallet hold held, captured (mostly as asked), released, retried; another settlement
-        meanwhile (the held money out of its reach), time to a hold's end (a second before, at, after)
-        and the expiry work. Holds meet settlements, the caps, the clock and each other in every run,
-        not only when single steps happen to line up. The holds asked, for the bundle."""
+        meanwhile (the held money out of its reach), time to a hold's end (a second before, at, after),
+        the expiry work, and the grant a hold drew on revoked. Holds meet settlements, the caps, grants,
+        the clock and each other in every run, not only when single steps happen to line up. The holds
+        asked, for the bundle."""
         patient = data.draw(st.sampled_from(self._with_money()), label="patient")
         return multiple(*self._holds_of(patient, steps, institution, data))
 
@@ -1751,6 +1756,9 @@ class GongjiMachine(RuleBasedStateMachine):
                 self._set_clock(at)
             elif step == "expire":
                 self.run_the_expiry_work()
+            elif step == "revoke" and h is not None and h.quoted.grant is not None:
+                # The grant the hold drew on ends: its capture is refused, and the hold runs out.
+                self.revoke(h.quoted.grant.authorizer, h.quoted.grant.beneficiary, "authorizer")
         return calls
 
     @initialize(target=people, steps=hold_steps, institution=st.sampled_from(INSTITUTIONS), data=st.data())
@@ -2015,5 +2023,30 @@ def test_a_holding_quote_answers_balc_as_a_quote_does(server_url: str) -> None:
         voucher = state._issue(child, child)
         assert not isinstance(voucher, Refused)
         state._hold(HoldCall(state._settle_call("A", child, BillShape(100, None, None, None), None, True), 60, voucher))
+        state.balances_and_books()
+        state.teardown()
+
+
+def test_a_hold_on_a_revoked_grant_is_not_captured_and_runs_out(server_url: str) -> None:
+    """a_family(), the child holds 600 (their 500, then 100 of mutual aid), the parent revokes the grant:
+    the capture is refused GRANT_NOT_FOUND and the hold stays pending, its mutual aid still counted,
+    until its time is over; a capture then is refused HOLD_EXPIRED and gives everything back."""
+    with _serving_the_machine(server_url):
+        state = GongjiMachine()
+        parent, child = state.a_family()
+        voucher = state._issue(child, child)
+        assert not isinstance(voucher, Refused)
+        asked = state._settle_call("A", child, BillShape(600, None, None, None), None, True)
+        state._hold(HoldCall(asked, 60, voucher))
+        h = state.model.holds[("A", asked.request_id)]
+        assert h.paid.acct_mulaid_pay_fen == 100
+        state.revoke(parent, child, "authorizer")
+        capture = SettleCall(**{**asked.__dict__, "request_id": state._id("s"), "hold_id": h.hold_id})
+        state._settle(capture, voucher)
+        assert h.state == PENDING and (capture.institution, capture.request_id) not in state.model.settlements
+        state.balances_and_books()
+        state._set_clock(h.expires_at)
+        state._settle(SettleCall(**{**capture.__dict__, "request_id": state._id("s")}), voucher)
+        assert h.state == "EXPIRED"
         state.balances_and_books()
         state.teardown()
