@@ -1,18 +1,20 @@
 """Chaos: for a bounded time, concurrent POS terminals, the app backend and an operator run mixed
-traffic (settlements, refunds, reversals, credits, 医保钱包 transfers sent, accepted and declined, and
-settlements the wallets pay, some of them refunded) on a few hot families against a real `gongji
+traffic (settlements, refunds, reversals, credits, 医保钱包 transfers sent, accepted and declined,
+settlements the wallets pay, some of them refunded, and splits held at the till by a Quote, then
+captured by their Settle, released, or left to run out) on a few hot families against a real `gongji
 serve` process, while the suite injects faults: client cancellations and tiny deadlines,
 pg_terminate_backend on the server's database connections, and gongji restarts (SIGTERM mid-load, then
 start again). Then every request left without an answer is retried with the same request id until it
 has one, and the suite checks:
 
-- every request converged to exactly one outcome: one settlement, refund, credit or transfer for an
-  answered OK (the same one every time it was answered), none for a refusal; an accepted transfer is
-  in its wallet, a declined one back with its sender;
+- every request converged to exactly one outcome: one settlement, refund, credit, transfer or hold for
+  an answered OK (the same one every time it was answered), none for a refusal; an accepted transfer
+  is in its wallet, a declined one back with its sender; a captured hold is the settlement that
+  captured it, exactly, a released one released, one refused HOLD_EXPIRED expired;
 - `gongji audit` finds no difference; no balance is negative; no settlement is half-written (each has
   its ledger entries and its idempotency key, each key its settlement) and no voucher settled twice;
-  the money that moved adds up from the settlement, refund, credit and transfer tables alone, the
-  wallets' too;
+  the money that moved adds up from the settlement, refund, credit, transfer and hold tables alone,
+  the wallets' too (what pending holds set aside is out of the balances);
 - no call was ever answered INTERNAL or UNKNOWN.
 
 The figures are printed at the end. `make chaos` runs it with CHAOS_SECONDS of load (CI: a few).
@@ -166,9 +168,10 @@ class GongjiProcess:
 class Request:
     """One logical request as a POS (or the operator) sent it, with every answer it got."""
 
-    kind: str  # settle, cancel, credit, reverse, send, accept, decline; read (not kept)
+    kind: str  # settle, cancel, credit, reverse, send, accept, decline, hold, release; read (not kept)
     # (institution or "", request id); a send: (sender, request id); an accept or decline: (transfer id,
-    # a name of its own).
+    # a name of its own); a hold (a holding Quote): (institution, request id); a release: (hold id, a
+    # name of its own).
     key: tuple[str, str]
     method: Callable[..., Any]  # the stub's method
     message: Message
@@ -205,6 +208,9 @@ class Figures:
     violations: list[str] = field(default_factory=list)
     # 医保钱包 requests by how they ended ("send OK", "send TRANSFER_PENDING", "accept OK", ...).
     wallet: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Holds at the till by how their requests ended ("hold OK", "capture HOLD_EXPIRED", "release OK"),
+    # and how the holds stand at the end ("holds CAPTURED").
+    holds: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def faults(self) -> int:
         database = self.restarts + self.database_restarts + sum(self.database_kills.values())
@@ -228,6 +234,7 @@ class Figures:
             + (f" {dict(self.lost)}" if self.lost else ""),
             f"chaos: retries: {self.retries} (and {self.replays_checked} answered requests sent again)",
             f"chaos: 医保钱包 requests: {', '.join(f'{what} {n}' for what, n in sorted(self.wallet.items()))}",
+            f"chaos: holds at the till: {', '.join(f'{what} {n}' for what, n in sorted(self.holds.items()))}",
             *(
                 [f"chaos: while PostgreSQL was down: health NOT_SERVING, calls answered {dict(self.outage_answers)}"]
                 if self.database_restarts or self.database_kills
@@ -249,6 +256,10 @@ class Chaos:
         self.settled: list[Request] = []  # settle requests answered OK, to refund
         self.wallet_settled: list[Request] = []  # of those, the ones a wallet paid part of
         self.sent: list[Request] = []  # 医保钱包 sends answered OK, to accept or decline
+        self.held: list[Request] = []  # holding Quotes answered OK, to capture or release later
+        # Acknowledged writes may be lost (a failover with asynchronous replication): so may the one write
+        # of a refusal (a capture refused HOLD_EXPIRED gives the hold back).
+        self.lost_allowed = False
         self.families: list[tuple[str, list[str]]] = []
         self.health: health_pb2_grpc.HealthStub | None = None  # the server's, through the clients' channel
 
@@ -458,6 +469,79 @@ class Chaos:
         request = self._new(kind, (t.transfer_id, str(uuid.uuid4())), method, message, self.tokens.app)
         await self._attempt(request, faults=True)
 
+    async def hold(self) -> None:
+        """A member's bill held at the till by a Quote (2206 with a hold): for a second or two (which
+        may run out before its capture under load), a few seconds, or minutes; then mostly captured at
+        once by the Settle presenting the same code, now and then released, or left to another client
+        (hold_later) or to its time. Held money is out of reach of every other settlement meanwhile."""
+        _, members = self.rng.choice(self.families)
+        patient = self.rng.choice(members)
+        voucher = await self._voucher(patient)
+        if voucher is None:
+            return
+        institution = self.rng.choice(["A", "B"])
+        message = settlement_pb2.QuoteRequest(
+            request_id=f"chaos-h-{uuid.uuid4()}",
+            voucher=voucher,
+            patient_id=patient,
+            amount_fen=self.rng.randint(1, 4_000),
+            hold_seconds=self.rng.choice([1, 2, 5, 60, 120]),
+        )
+        key = (institution, message.request_id)
+        request = self._new("hold", key, self.api.settlement.Quote, message, self._terminal(institution))
+        await self._attempt(request, faults=True)
+        if not (request.final and request.final[0] == S.OK):
+            return
+        self.held.append(request)
+        then = self.rng.choices(["capture", "release", "leave"], [6, 1, 2])[0]
+        if then == "capture":
+            await self._capture(request, voucher)
+        elif then == "release":
+            await self._release(request)
+
+    async def hold_later(self) -> None:
+        """A hold of this run captured (mostly) or released by another client, maybe one ended already,
+        run out, or raced by another client: each hold ends once."""
+        if self.held:
+            held = self.rng.choice(self.held)
+            await (self._capture(held, None) if self.rng.random() < 0.7 else self._release(held))
+
+    async def _capture(self, held: Request, voucher: str | None) -> None:
+        """The Settle naming the hold, asking what its Quote asked (now and then a fen more: refused
+        HOLD_MISMATCH), with the code the Quote was asked with or a fresh one."""
+        quote = held.message
+        assert isinstance(quote, settlement_pb2.QuoteRequest)
+        voucher = voucher or await self._voucher(quote.patient_id)
+        if voucher is None:
+            return
+        message = settlement_pb2.SettleRequest(
+            request_id=f"chaos-s-{uuid.uuid4()}",
+            voucher=voucher,
+            patient_id=quote.patient_id,
+            amount_fen=quote.amount_fen + (1 if self.rng.random() < 0.05 else 0),
+            hold_id=held.final[2].hold.hold_id,  # type: ignore[index]
+        )
+        institution = held.key[0]
+        key = (institution, message.request_id)
+        request = self._new("settle", key, self.api.settlement.Settle, message, self._terminal(institution))
+        await self._attempt(request, faults=True)
+        if request.final and request.final[0] == S.OK:
+            self.settled.append(request)
+            if request.final[2].settlement.wallet_pay_fen:
+                self.wallet_settled.append(request)
+
+    async def _release(self, held: Request) -> None:
+        hold_id = held.final[2].hold.hold_id  # type: ignore[index]
+        message = settlement_pb2.ReleaseHoldRequest(hold_id=hold_id)
+        request = self._new(
+            "release",
+            (hold_id, str(uuid.uuid4())),
+            self.api.settlement.ReleaseHold,
+            message,
+            self._terminal(held.key[0]),
+        )
+        await self._attempt(request, faults=True)
+
     async def read(self) -> None:
         """A quote or a balance: nothing to converge, but never INTERNAL either."""
         _, members = self.rng.choice(self.families)
@@ -479,6 +563,7 @@ class Chaos:
         late is still met by load), but never beyond LOAD_OVERRUN_S_MAX."""
         ops = [self.settle] * 6 + [self.cancel] * 2 + [self.reverse, self.credit, self.read, self.read]
         ops += [self.send] * 2 + [self.resolve] * 2 + [self.settle_from_the_wallet] * 2 + [self.refund_to_the_wallet]
+        ops += [self.hold] * 2 + [self.hold_later]
         for _ in range(OPS_PER_CLIENT_MAX):
             now = time.monotonic()
             if now >= until + LOAD_OVERRUN_S_MAX or (now >= until and faults_done.is_set()):
@@ -515,7 +600,7 @@ class Chaos:
                 if request.final is not None:
                     break
                 self.figures.retries += 1
-                if request.kind == "settle":
+                if request.kind in ("settle", "hold"):
                     await self._rescan(request)
                 await self._attempt(request, faults=False)
                 if request.final is None:
@@ -524,17 +609,20 @@ class Chaos:
                 self.figures.violations.append(f"{request.kind} {request.key}: no answer after retries")
 
     async def _rescan(self, request: Request) -> None:
-        """A POS retrying a settlement rescans the patient's code: the same request with a fresh voucher
-        (the voucher is a credential, not content, so a committed original replays; one that never
-        committed settles now)."""
-        assert isinstance(request.message, settlement_pb2.SettleRequest)
+        """A POS retrying a settlement (or a holding Quote) rescans the patient's code: the same request
+        with a fresh voucher (the voucher is a credential, not content, so a committed original replays;
+        one that never committed settles, or holds, now)."""
+        assert isinstance(request.message, settlement_pb2.SettleRequest | settlement_pb2.QuoteRequest)
         voucher = await self._voucher(request.message.patient_id)
         if voucher is not None:
             request.message.voucher = voucher
 
     async def replay_answered(self) -> None:
-        """Send a sample of answered settlements and refunds again: the same answer, nothing moved."""
-        answered = [r for r in self.requests if r.kind in ("settle", "cancel") and r.final and r.final[0] == S.OK]
+        """Send a sample of answered settlements, refunds and holding Quotes again: the same answer,
+        nothing moved."""
+        answered = [
+            r for r in self.requests if r.kind in ("settle", "cancel", "hold") and r.final and r.final[0] == S.OK
+        ]
         for request in self.rng.sample(answered, min(len(answered), 200)):
             before = request.final
             await self._attempt(request, faults=False)
@@ -546,6 +634,9 @@ class Chaos:
                 reversed_since = after[1] == "ALREADY_REVERSED"
                 if not (same and after[2].replayed) and not reversed_since:
                     self.figures.violations.append(f"settle {request.key}: answered {before[:2]}, then {after[:2]}")
+            elif request.kind == "hold":
+                if not (after[0] == S.OK and after[2].hold.hold_id == before[2].hold.hold_id):
+                    self.figures.violations.append(f"hold {request.key}: answered {before[:2]}, then {after[:2]}")
             elif not (
                 after[0] == S.OK and after[2].refund.refund_id == before[2].refund.refund_id and after[2].replayed
             ):
@@ -611,10 +702,20 @@ class Chaos:
         # An accept or decline of a transfer whose send was lost goes with it.
         lost_transfers = {_written_id("send", r.final[2], r) for r in lost if r.kind == "send" and r.final}
         gone |= {id(r) for r in self.requests if r.kind in ("accept", "decline") and r.key[0] in lost_transfers}
+        # And a capture or release of a hold that was lost, or whose capture or release was.
+        lost_holds = {_written_id("hold", r.final[2], r) for r in lost if r.kind in ("hold", "release") and r.final}
+        lost_holds |= {getattr(r.message, "hold_id", "") for r in lost if r.kind == "settle"} - {""}
+        gone |= {
+            id(r)
+            for r in self.requests
+            if (r.kind == "release" and r.key[0] in lost_holds)
+            or (r.kind == "settle" and getattr(r.message, "hold_id", "") in lost_holds)
+        }
         self.requests = [r for r in self.requests if id(r) not in gone]
         self.settled = [r for r in self.settled if id(r) not in gone]
         self.wallet_settled = [r for r in self.wallet_settled if id(r) not in gone]
         self.sent = [r for r in self.sent if id(r) not in gone]
+        self.held = [r for r in self.held if id(r) not in gone]
 
     async def check_convergence(self) -> None:
         """Each request has exactly one outcome: what its answers say is what the store holds."""
@@ -625,6 +726,10 @@ class Chaos:
             oks = [a[2] for a in request.answers if a[0] == S.OK]
             if request.kind in ("send", "accept", "decline"):
                 self.figures.wallet[f"{request.kind} {final[1] or final[0].name}"] += 1
+            elif request.kind in ("hold", "release"):
+                self.figures.holds[f"{request.kind} {final[1] or final[0].name}"] += 1
+            elif request.kind == "settle" and getattr(request.message, "hold_id", ""):
+                self.figures.holds[f"capture {final[1] or final[0].name}"] += 1
             elif request.kind == "settle" and final[0] == S.OK and final[2].settlement.wallet_pay_fen:
                 self.figures.wallet["settlements a wallet paid"] += 1
             elif request.kind == "cancel" and final[0] == S.OK and final[2].refund.wallet_pay_fen:
@@ -659,7 +764,52 @@ class Chaos:
                 return "answered OK once, but the store holds no settlement"
         elif rows or oks:
             return f"finally refused ({final[1]}), but {len(rows)} settlements are stored"
+        if getattr(request.message, "hold_id", ""):
+            return await self._converged_capture(request, final, rows[0]["id"] if rows else None)
         return None
+
+    async def _converged_capture(self, request: Request, final: tuple[S, str, Any], settled: str | None) -> str | None:
+        """A capture answered OK left its hold CAPTURED by that settlement (that it took exactly the split
+        held is HALF_WRITTEN's to say); one refused HOLD_EXPIRED found it past its time and gave it back
+        (or, retried, found it so: HOLD_RESOLVED); any other refusal left the hold as it was."""
+        hold = await self.check.fetchrow(
+            "select state, settlement_id::text as settlement_id from settlement_hold where hold_id::text = $1",
+            request.message.hold_id,  # type: ignore[attr-defined]
+        )
+        state = hold["state"] if hold else None
+        if final[0] != S.OK and state == "PENDING" and self.lost_allowed:
+            return None  # the refusal's write, or the capture or release that ended the hold, was lost
+        if final[0] == S.OK and (state != "CAPTURED" or hold["settlement_id"] != settled):  # type: ignore[index]
+            return f"answered OK; its hold is {state}, by {hold and hold['settlement_id']}"
+        if final[1] == "HOLD_EXPIRED" and state != "EXPIRED":
+            return f"refused HOLD_EXPIRED; its hold is {state}"
+        if final[1] == "HOLD_RESOLVED" and state == "PENDING":
+            return "refused HOLD_RESOLVED; its hold is PENDING"
+        return None
+
+    async def _converged_hold(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        rows = await self.check.fetch(
+            "select hold_id::text as id from settlement_hold where institution_id = $1 and request_id = $2",
+            INSTITUTIONS[request.key[0]],
+            request.key[1],
+        )
+        ids = {reply.hold.hold_id for reply in oks}
+        if len(ids) > 1:
+            return f"answered with {len(ids)} different holds"
+        if final[0] == S.OK:
+            return None if len(rows) == 1 and rows[0]["id"] in ids else f"answered OK; {len(rows)} holds stored"
+        return None if not rows and not oks else f"finally refused ({final[1]}); {len(rows)} holds stored"
+
+    async def _converged_release(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
+        """A release answered OK left its hold RELEASED (EXPIRED when its time was over); one refused
+        HOLD_RESOLVED found it CAPTURED."""
+        state = await self.check.fetchval("select state from settlement_hold where hold_id::text = $1", request.key[0])
+        if final[0] == S.OK:
+            answered = settlement_pb2.HoldState.Name(final[2].hold.state).removeprefix("HOLD_STATE_")
+            return None if state in ("RELEASED", "EXPIRED") and answered == state else f"answered OK; it is {state}"
+        if final[1] == "HOLD_RESOLVED":
+            return None if state == "CAPTURED" else f"refused HOLD_RESOLVED; it is {state}"
+        return f"refused {final[1]}; it is {state}"
 
     async def _converged_cancel(self, request: Request, final: tuple[S, str, Any], oks: list[Any]) -> str | None:
         rows = await self.check.fetch(
@@ -739,10 +889,19 @@ class Chaos:
                 v.append(f"{n} {name}")
         money = await self.check.fetchrow(MONEY)
         assert money is not None
-        if money["balances"] != money["credited"] - money["spent"] + money["returned"] - money["transferred"]:
+        accounts = money["credited"] - money["spent"] + money["returned"] - money["transferred"] - money["held"]
+        if money["balances"] != accounts:
             v.append(f"money does not add up: {dict(money)}")
-        if money["wallets"] != money["posted"] - money["wallets_spent"] + money["wallets_returned"]:
-            v.append(f"the wallets do not hold what was accepted, less what they paid, plus refunds: {dict(money)}")
+        held = await self.check.fetch("select state, count(*) as n from settlement_hold group by state")
+        self.figures.holds.update({f"holds {row['state']} at the end": row["n"] for row in held})
+        if (
+            money["wallets"]
+            != money["posted"] - money["wallets_spent"] + money["wallets_returned"] - money["wallets_held"]
+        ):
+            v.append(
+                "the wallets do not hold what was accepted, less what they paid, plus refunds, less what is held:"
+                f" {dict(money)}"
+            )
         if await self.check.fetchval("select count(*) from account where balance_fen < 0"):
             v.append("a negative balance")
 
@@ -775,6 +934,10 @@ ACKNOWLEDGED = {
     " and state = 'POSTED'",
     "decline": "select transfer_id::text from wallet_transfer where transfer_id::text = any($1::text[])"
     " and state in ('VOIDED', 'EXPIRED')",
+    "hold": "select hold_id::text from settlement_hold where hold_id::text = any($1::text[])",
+    # A release answered OK left its hold RELEASED, or EXPIRED (its time was over, or it was found so).
+    "release": "select hold_id::text from settlement_hold where hold_id::text = any($1::text[])"
+    " and state in ('RELEASED', 'EXPIRED')",
 }
 
 
@@ -787,6 +950,8 @@ def _written_id(kind: str, reply: Any, request: Request) -> str:
         return str(reply.credit_id)
     if kind in ("send", "accept", "decline"):
         return str(reply.transfer.transfer_id)
+    if kind in ("hold", "release"):
+        return str(reply.hold.hold_id)
     return request.key[1]
 
 
@@ -815,13 +980,24 @@ HALF_WRITTEN = {
             or not exists (select 1 from reversal r where r.settlement_id = s.settlement_id))""",
     "vouchers used by more than one settlement": """
         select count(*) from (select voucher_id from settlement group by voucher_id having count(*) > 1) as twice""",
+    "holds captured otherwise than by a settlement of exactly their split": """
+        select count(*) from settlement_hold h left join settlement s on s.settlement_id = h.settlement_id
+         where (h.state = 'CAPTURED') <> (h.settlement_id is not null)
+            or (h.state = 'CAPTURED' and (s.settlement_id is null
+                or (s.patient_id, s.amount_fen, s.acct_pay_fen, s.acct_mulaid_pay_fen, s.wallet_pay_fen,
+                    s.psn_cash_pay_fen, s.institution_id)
+                   is distinct from (h.patient_id, h.amount_fen, h.acct_pay_fen, h.acct_mulaid_pay_fen,
+                                     h.wallet_pay_fen, h.psn_cash_pay_fen, h.institution_id)))""",
+    "holds ended without a time, or pending with one": """
+        select count(*) from settlement_hold h where (h.state = 'PENDING') = (h.resolved_at is not null)""",
 }
 
-# The money of the personal accounts, from the settlement, refund, credit and transfer tables (not the
-# ledger): what is in the accounts is what was credited, less what settlements took, plus what refunds
-# gave back, less the transfers that did not come back (pending or accepted); and what is in the
-# wallets is what was accepted, less what settlements took from them, plus what refunds gave back (the
-# run reverses no refund: every refund stands).
+# The money of the personal accounts, from the settlement, refund, credit, transfer and hold tables (not
+# the ledger): what is in the accounts is what was credited, less what settlements took, plus what
+# refunds gave back, less the transfers that did not come back (pending or accepted), less what pending
+# holds set aside; and what is in the wallets is what was accepted, less what settlements took from
+# them, plus what refunds gave back, less what pending holds set aside (the run reverses no refund:
+# every refund stands; a captured hold's money is its settlement's, a released or expired one's back).
 MONEY = """
 select (select coalesce(sum(balance_fen), 0) from account)::bigint as balances,
        (select coalesce(sum(amount_fen), 0) from credit)::bigint as credited,
@@ -832,7 +1008,10 @@ select (select coalesce(sum(balance_fen), 0) from account)::bigint as balances,
        (select coalesce(sum(amount_fen), 0) from wallet_transfer where state = 'POSTED')::bigint as posted,
        (select coalesce(sum(balance_fen), 0) from wallet)::bigint as wallets,
        (select coalesce(sum(wallet_pay_fen), 0) from settlement)::bigint as wallets_spent,
-       (select coalesce(sum(wallet_pay_fen), 0) from refund)::bigint as wallets_returned"""
+       (select coalesce(sum(wallet_pay_fen), 0) from refund)::bigint as wallets_returned,
+       (select coalesce(sum(acct_pay_fen + acct_mulaid_pay_fen), 0) from settlement_hold
+         where state = 'PENDING')::bigint as held,
+       (select coalesce(sum(wallet_pay_fen), 0) from settlement_hold where state = 'PENDING')::bigint as wallets_held"""
 _STATE = {name.removeprefix("TRANSFER_STATE_"): number for name, number in wallet_pb2.TransferState.items()}
 
 
@@ -883,6 +1062,7 @@ async def _chaos(
         try:
             async with grpc.aio.insecure_channel(server.target) as channel:
                 chaos = Chaos(Api(channel, tokens), tokens, check, server)
+                chaos.lost_allowed = lost_allowed
                 chaos.health = health_pb2_grpc.HealthStub(channel)
                 await chaos.setup()
                 load_s = await _load(chaos, faults)

@@ -40,6 +40,10 @@ CHINA_TIME = dt.timezone(dt.timedelta(hours=8))  # China keeps no summer time
 SENDS_PER_DAY = 3
 SEND_MAX_FEN = 200_000
 PENDING, POSTED, VOIDED, EXPIRED = "PENDING", "POSTED", "VOIDED", "EXPIRED"
+# Holds at the till: a holding Quote sets its split aside for 1 to 300 s by the service's clock; then
+# exactly one of these (EXPIRED as a transfer's).
+CAPTURED, RELEASED = "CAPTURED", "RELEASED"
+HOLD_SECONDS_MAX = 300
 # Where a patient's wallet pays at settlement, by the patient's region policy (the model's reading of
 # it): the sources in the order they pay, cash last. A region that says nothing: after the own account,
 # before mutual aid (the patient's own money before a relative's).
@@ -153,6 +157,32 @@ class Quoted:
     parts: BillSplit
     insutype: str  # the patient's
     wallet_balc_fen: int | None  # the wallet's balance after; None: no wallet, or the account not used
+
+
+@dataclass
+class Hold:
+    """A split held at the till by a Quote (docs/domain.md, "Holds at the till"), and what became of it."""
+
+    institution: str
+    request_id: str
+    content: tuple[object, ...]  # patient, authorizer, use_account, bill: what the capture must ask again
+    quoted: Quoted  # the split held, as the Quote split it
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    state: str = PENDING
+    resolved_at: dt.datetime | None = None
+    settlement: Settlement | None = None  # the one that captured it
+    hold_id: str = ""  # as the server named it
+
+    @property
+    def patient(self) -> str:
+        patient = self.content[0]
+        assert isinstance(patient, str)
+        return patient
+
+    @property
+    def paid(self) -> Split:
+        return self.quoted.paid
 
 
 @dataclass
@@ -280,6 +310,7 @@ class Model:
         self.now = dt.datetime(2032, 1, 1, 10, tzinfo=CHINA_TIME)
         self.wallets: dict[str, Wallet] = {}
         self.transfers: dict[tuple[str, str], Transfer] = {}
+        self.holds: dict[tuple[str, str], Hold] = {}  # (institution, the holding Quote's request id)
 
     # ---- people and accounts ---------------------------------------------------------------------
     def enroll(self, pid: str, scheme: str, status: str, region: str, birth: dt.date) -> int:
@@ -303,11 +334,15 @@ class Model:
     def _live_grants_of(self, pid: str) -> list[Grant]:
         return [g for g in self.grants if g.live and pid in (g.authorizer, g.beneficiary)]
 
-    def account(self, pid: str) -> tuple[str, str, bool, int]:
-        """GetAccount: scheme, status, has_personal_account, balance_fen (0 when it has none)."""
+    def account(self, pid: str) -> tuple[str, str, bool, int, int]:
+        """GetAccount: scheme, status, has_personal_account, balance_fen (0 when it has none), and held_fen:
+        what pending holds took from the account, as the patient's own or as the authorizer's."""
         p = self.people[pid]
         shown = p.scheme == EMPLOYEE
-        return p.scheme, p.status, shown, p.balance_fen if shown else 0
+        held = sum(h.paid.acct_pay_fen for h in self._pending_holds() if h.patient == pid) + sum(
+            h.paid.acct_mulaid_pay_fen for h in self._pending_holds() if h.quoted.authorizer == pid
+        )
+        return p.scheme, p.status, shown, p.balance_fen if shown else 0, held
 
     def credit(self, request_id: str, pid: str, amount_fen: int) -> Refused | tuple[int, bool]:
         """(balance after, replayed). A replay answers the balance right after the original."""
@@ -591,11 +626,16 @@ class Model:
                 balances,
             )
 
-    def _payment_refusal(self, voucher: str | None, patient: str, bill: Bill, authorizer: str | None) -> Refused | None:
+    def _payment_refusal(
+        self, voucher: str | None, patient: str, bill: Bill, authorizer: str | None, hold_seconds: int = 0
+    ) -> Refused | None:
         """What is refused before the database: malformed fields (INVALID_AMOUNT when the amount, or the
-        parts that must add up to it, is all that is wrong), then a voucher that is not genuine."""
+        parts that must add up to it, is all that is wrong; a hold longer than allowed is not about the
+        amount), then a voucher that is not genuine."""
         amount_only = []  # per malformed field: whether it is about the amount
         if authorizer == patient:
+            amount_only.append(False)
+        if not 0 <= hold_seconds <= HOLD_SECONDS_MAX:
             amount_only.append(False)
         if not 0 < bill.amount_fen <= AMOUNT_FEN_MAX:
             amount_only.append(True)
@@ -619,6 +659,15 @@ class Model:
         if refusal is not None:
             return refusal
         assert voucher is not None
+        refusal = self._presented_refusal(voucher, patient, bill, authorizer)
+        if refusal is not None:
+            return refusal
+        return self._split(patient, bill, authorizer, use_account, self.vouchers[voucher].picked)
+
+    def _presented_refusal(self, voucher: str, patient: str, bill: Bill, authorizer: str | None) -> Refused | None:
+        """The patient and what they presented, in the contract's order: enrolled, the voucher (the
+        real-name rule first), ACTIVE, the terminal's authorizer against the patient's pick in the app,
+        and the insutype the terminal said."""
         if patient not in self.people:
             return Refused("NOT_FOUND", "PERSON_NOT_FOUND")
         refusal = self._voucher_refusal(voucher, patient)
@@ -631,7 +680,7 @@ class Model:
             return Refused("FAILED_PRECONDITION", "VOUCHER_AUTHORIZER_MISMATCH")  # the patient's pick wins
         if bill.insutype is not None and bill.insutype != INSUTYPES[self.people[patient].scheme]:
             return Refused("FAILED_PRECONDITION", "INSUTYPE_MISMATCH")
-        return self._split(patient, bill, authorizer, use_account, picked)
+        return None
 
     def settle(
         self,
@@ -642,8 +691,9 @@ class Model:
         bill: Bill,
         authorizer: str | None,
         use_account: bool,
+        hold_id: str | None = None,
     ) -> Refused | tuple[Settlement, bool]:
-        """(settlement, replayed)."""
+        """(settlement, replayed). With `hold_id`, the settlement captures that hold (_capture)."""
         refusal = self._payment_refusal(voucher, patient, bill, authorizer)
         if refusal is not None:
             return refusal
@@ -651,12 +701,17 @@ class Model:
         key = (institution, request_id)
         if key in self.reversals:
             return Refused("FAILED_PRECONDITION", "ALREADY_REVERSED")
-        content = (patient, authorizer, use_account, bill)
+        # A capture's request is its content and the hold it names.
+        content: tuple[object, ...] = (patient, authorizer, use_account, bill)
+        if hold_id is not None:
+            content += (hold_id,)
         known = self.settlements.get(key)
         if known is not None:
             if known.content != content:
                 return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
             return known, True
+        if hold_id is not None:
+            return self._capture(institution, request_id, voucher, content, hold_id)
         quoted = self.quote(voucher, patient, bill, authorizer, use_account)
         if isinstance(quoted, Refused):
             return quoted
@@ -686,6 +741,145 @@ class Model:
         )
         self.settlements[key] = s
         return s, False
+
+    # ---- holds at the till ----------------------------------------------------------------------
+    def _pending_holds(self) -> list[Hold]:
+        return [h for h in self.holds.values() if h.state == PENDING]
+
+    def by_hold_id(self, hold_id: str) -> Hold | None:
+        return next((h for h in self.holds.values() if h.hold_id == hold_id), None)
+
+    def hold(
+        self,
+        institution: str,
+        request_id: str,
+        voucher: str | None,
+        patient: str,
+        bill: Bill,
+        authorizer: str | None,
+        use_account: bool,
+        seconds: int,
+    ) -> Refused | tuple[Hold, bool]:
+        """A Quote that holds its split for `seconds`: (the hold as it is now, replayed). The checks and
+        the split of a settlement, the request's fields first; a retry (same institution, request id and
+        content, whatever it presents now) answers the hold again, other content is refused. The money
+        leaves the own account, the wallet and the authorizer's account at once, and the mutual aid held
+        counts towards the caps; the voucher is not used up."""
+        refusal = self._payment_refusal(voucher, patient, bill, authorizer, seconds)
+        if refusal is not None:
+            return refusal
+        assert voucher is not None
+        key = (institution, request_id)
+        content = (patient, authorizer, use_account, bill)
+        known = self.holds.get(key)
+        if known is not None:
+            if known.content != content:
+                return Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
+            return known, True
+        quoted = self.quote(voucher, patient, bill, authorizer, use_account)
+        if isinstance(quoted, Refused):
+            return quoted
+        h = Hold(institution, request_id, content, quoted, self.now, self.now + dt.timedelta(seconds=seconds))
+        self._move_held(h, -1)
+        self.holds[key] = h
+        return h, False
+
+    def _move_held(self, h: Hold, sign: int) -> None:
+        """A hold's money out of (sign -1) or back into (1) the wallet and the accounts, and its mutual
+        aid counted in the caps, or no longer."""
+        paid = h.paid
+        self.people[h.patient].balance_fen += sign * paid.acct_pay_fen
+        if paid.wallet_pay_fen:
+            self.wallets[h.patient].balance_fen += sign * paid.wallet_pay_fen
+        if h.quoted.grant is not None and h.quoted.authorizer is not None:
+            self.people[h.quoted.authorizer].balance_fen += sign * paid.acct_mulaid_pay_fen
+            h.quoted.grant.used -= sign * paid.acct_mulaid_pay_fen
+            self.ben_used[h.patient] = self.ben_used.get(h.patient, 0) - sign * paid.acct_mulaid_pay_fen
+
+    def _end_hold(self, h: Hold, state: str) -> None:
+        assert h.state == PENDING and state in (RELEASED, EXPIRED)
+        h.state, h.resolved_at = state, self.now
+        self._move_held(h, 1)
+
+    def held_answer(self, h: Hold) -> tuple[int, int | None, str]:
+        """What a holding Quote answers beside the hold, now: the patient's balance after (as a Quote
+        answers it: 0 without an account of the employee scheme), the wallet's (None without one, or
+        when the account is not to be used), and the patient's insutype."""
+        p = self.people[h.patient]
+        use_account = h.content[2]
+        balc = p.balance_fen if p.scheme == EMPLOYEE else 0
+        wallet = self.wallets.get(h.patient)
+        return balc, wallet.balance_fen if wallet is not None and use_account else None, INSUTYPES[p.scheme]
+
+    def _capture(
+        self, institution: str, request_id: str, voucher: str, content: tuple[object, ...], hold_id: str
+    ) -> Refused | tuple[Settlement, bool]:
+        """The Settle naming a hold settles exactly the split held, whatever the balances did since,
+        after what the patient presented passed; the refusals in the order of
+        gongji.domain.holds.capture_refusal (a hold past its time gives its money back as it is refused),
+        then a grant no longer live. The patient's voucher is used up."""
+        patient, authorizer, use_account, bill, _ = content
+        assert isinstance(patient, str) and isinstance(bill, Bill) and isinstance(use_account, bool)
+        assert authorizer is None or isinstance(authorizer, str)
+        refusal = self._presented_refusal(voucher, patient, bill, authorizer)
+        if refusal is not None:
+            return refusal
+        h = self.by_hold_id(hold_id)
+        if h is None or h.institution != institution:
+            return Refused("NOT_FOUND", "HOLD_NOT_FOUND")
+        if h.state != PENDING:
+            return Refused("FAILED_PRECONDITION", "HOLD_RESOLVED")
+        if self.now >= h.expires_at:
+            self._end_hold(h, EXPIRED)
+            return Refused("FAILED_PRECONDITION", "HOLD_EXPIRED")
+        picked, grant = self.vouchers[voucher].picked, h.quoted.grant
+        if h.content != content[:4] or (picked is not None and grant is not None and picked is not grant):
+            return Refused("FAILED_PRECONDITION", "HOLD_MISMATCH")
+        if grant is not None and not grant.live:
+            return Refused("FAILED_PRECONDITION", "GRANT_NOT_FOUND")  # revocation takes effect at once
+        # The money comes back and the settlement takes it again: balances and caps stay as held.
+        p = self.people[patient]
+        wallet = self.wallets.get(patient)
+        self.vouchers[voucher].used = not self.vouchers[voucher].card
+        s = Settlement(
+            institution,
+            request_id,
+            content,
+            patient,
+            h.quoted.authorizer,
+            h.paid,
+            # The balance after, of the account the hold took from (also after a change of scheme).
+            p.balance_fen if p.scheme == EMPLOYEE or h.paid.acct_pay_fen else 0,
+            bill,
+            h.quoted.parts,
+            INSUTYPES[p.scheme],
+            grant=grant,
+            limited_by=h.quoted.limited_by,
+            wallet_balc_fen=wallet.balance_fen if wallet is not None and use_account else None,
+        )
+        self.settlements[(institution, request_id)] = s
+        h.state, h.resolved_at, h.settlement = CAPTURED, self.now, s
+        return s, False
+
+    def release(self, institution: str, hold_id: str) -> Refused | tuple[Hold, bool]:
+        """Its terminal gives a hold back: (the hold as it is now, replayed). Pending past its time, it
+        ends EXPIRED; released or expired already, it is answered again; captured, refused."""
+        h = self.by_hold_id(hold_id)
+        if h is None or h.institution != institution:
+            return Refused("NOT_FOUND", "HOLD_NOT_FOUND")
+        if h.state == CAPTURED:
+            return Refused("FAILED_PRECONDITION", "HOLD_RESOLVED")
+        if h.state != PENDING:
+            return h, True
+        self._end_hold(h, EXPIRED if self.now >= h.expires_at else RELEASED)
+        return h, False
+
+    def expire_holds(self) -> int:
+        """The expiry work: every pending hold past its time gives its money back; how many."""
+        due = [h for h in self._pending_holds() if h.expires_at <= self.now]
+        for h in due:
+            self._end_hold(h, EXPIRED)
+        return len(due)
 
     def by_id(self, settlement_id: str) -> Settlement | None:
         return next((s for s in self.settlements.values() if s.settlement_id == settlement_id), None)
@@ -862,13 +1056,16 @@ class Model:
         self.wallets[pid] = Wallet(self.now)
         return self.wallets[pid], False
 
-    def wallet(self, pid: str) -> Refused | tuple[int, int]:
-        """GetWallet: the balance, and what PENDING transfers to it carry (past due too, until returned)."""
+    def wallet(self, pid: str) -> Refused | tuple[int, int, int]:
+        """GetWallet: the balance, what PENDING transfers to it carry (past due too, until returned), and
+        what its owner's pending holds at the till took from it (held_fen)."""
         w = self.wallets.get(pid)
         if w is None:
             return Refused("FAILED_PRECONDITION", "WALLET_NOT_OPEN")
-        return w.balance_fen, sum(
-            t.amount_fen for t in self.transfers.values() if t.recipient == pid and t.state == PENDING
+        return (
+            w.balance_fen,
+            sum(t.amount_fen for t in self.transfers.values() if t.recipient == pid and t.state == PENDING),
+            sum(h.paid.wallet_pay_fen for h in self._pending_holds() if h.patient == pid),
         )
 
     def send(

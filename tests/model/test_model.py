@@ -4,8 +4,10 @@ self-paid items, quotes and settlements of bills sent as their amount or as thei
 care and an insutype), refunds and reversals, relatives' premiums paid and refunded (retries with the
 same request id among them), 医保钱包 wallets and transfers on a clock the model drives, and wallet
 money paying at settlement where each region's policy places it (refunded, reversed, and taken back by
-the reversal of a refund), and after every step compares every answer, split, refusal reason and
-balance (accounts and wallets) with the pure model of the rules (docs/domain.md) in gongji_model.py.
+the reversal of a refund), and splits held at the till (holding Quotes, their captures, releases and
+expiry on the same clock), and after every step compares every answer, split, refusal reason and
+balance (accounts and wallets, and what holds set aside of them) with the pure model of the rules
+(docs/domain.md) in gongji_model.py.
 After every step the books must also pass the audit.
 
 Hypothesis' stateful testing is synchronous, so the server runs in an event loop of the test's own
@@ -37,6 +39,7 @@ from gongji_model import (
     FAMILY_BOUND_MEMBERS_MAX,
     GRANDCHILD,
     GRANDPARENT,
+    HOLD_SECONDS_MAX,
     INSUTYPES,
     MED_TYPES,
     OTHER,
@@ -50,6 +53,7 @@ from gongji_model import (
     TERMINATED,
     WALLET_ORDERS,
     Bill,
+    Hold,
     Model,
     Quoted,
     Refused,
@@ -118,12 +122,25 @@ wallet_orders = st.sampled_from(["UNSPECIFIED", DEFAULT_WALLET_ORDER, *WALLET_OR
 # A patient's visits to the till, with the wallet's money (GongjiMachine._at_the_till).
 till_steps = st.lists(
     st.sampled_from(
-        ["settle"] * 5 + ["cancel"] * 3 + ["reverse cancel"] * 2 + ["refund spent", "reverse", "top up", "order"]
+        ["settle"] * 5
+        + ["cancel"] * 3
+        + ["reverse cancel", "reverse cancel", "hold", "hold"]
+        + ["refund spent", "reverse", "top up", "order"]
     ),
     min_size=3,
     max_size=10,
 )
 
+# Holds at the till: how long (mostly allowed, now and then a second too long), and a patient's visits to
+# the till with holds (GongjiMachine.holds_at_the_till).
+hold_seconds = st.sampled_from([1, 60, 60, 120, HOLD_SECONDS_MAX, HOLD_SECONDS_MAX + 1])
+hold_steps = st.lists(
+    st.sampled_from(
+        ["capture"] * 4 + ["hold"] * 2 + ["release", "settle", "retry", "clock", "clock", "expire", "revoke"]
+    ),
+    min_size=2,
+    max_size=8,
+)
 
 # 医保钱包 transfers: around the limit of one transfer, the odd invalid amount, mostly small ones.
 wallet_amounts = st.sampled_from([0, 1, SEND_MAX_FEN - 1, SEND_MAX_FEN, SEND_MAX_FEN + 1]) | st.integers(1, 3_000)
@@ -203,10 +220,21 @@ class SettleCall:
     parts: Parts | None = None  # the bill's; None: sent as its amount only
     med_type: str | None = None
     insutype: str | None = None
+    hold_id: str | None = None  # the hold it captures; None: none
 
     @property
     def bill(self) -> Bill:
         return Bill(self.amount_fen, self.parts, self.med_type, self.insutype)
+
+
+@dataclass(frozen=True)
+class HoldCall:
+    """A Quote that holds, as a POS sent it (`asked`: its content, institution and request id; no card),
+    kept so that it can be captured, released or retried."""
+
+    asked: SettleCall
+    seconds: int
+    voucher: str | None  # what the patient presented: a capture may present it again
 
 
 @dataclass(frozen=True)
@@ -243,13 +271,17 @@ class Figures:
     # The 医保钱包's calls by what they were and how each ended ("send TRANSFER_PENDING", "accept OK"),
     # with the transfers the expiry work returned: the wallet's share of `outcomes`, told apart.
     wallet: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Holds at the till, the same way ("hold OK", "capture HOLD_EXPIRED", "release OK", "expired by the
+    # expiry work", how the holds ended).
+    holds: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def line(self) -> str:
         top = ", ".join(f"{reason} {n}" for reason, n in self.outcomes.most_common())
         wallet = ", ".join(f"{what} {n}" for what, n in sorted(self.wallet.items()))
+        holds = ", ".join(f"{what} {n}" for what, n in sorted(self.holds.items()))
         return (
             f"model: {self.examples} sequences, {self.steps} steps checked, {self.calls} calls ({top}); "
-            f"医保钱包: {wallet}; disagreements with the model: 0"
+            f"医保钱包: {wallet}; holds at the till: {holds}; disagreements with the model: 0"
         )
 
 
@@ -325,6 +357,7 @@ class GongjiMachine(RuleBasedStateMachine):
     credit_calls = Bundle("credit_calls")
     premium_calls = Bundle("premium_calls")
     send_calls = Bundle("send_calls")
+    hold_calls = Bundle("hold_calls")
 
     def __init__(self) -> None:
         super().__init__()
@@ -488,7 +521,16 @@ class GongjiMachine(RuleBasedStateMachine):
             voucher = self._issue(beneficiary, beneficiary)
             if isinstance(voucher, Refused):
                 break
-            calls.append(self._settle(self._settle_call(institution, beneficiary, shape, None, True), voucher))
+            call = self._settle_call(institution, beneficiary, shape, None, True)
+            how = data.draw(st.sampled_from(["settle", "settle", "hold, then settle", "hold"]), label="how")
+            if how == "settle":
+                calls.append(self._settle(call, voucher))
+            else:
+                # Held first (its mutual aid counted in the caps), then captured, or left pending while
+                # the next bills meet the caps.
+                held = self._hold(HoldCall(call, HOLD_SECONDS_MAX, voucher))
+                if how == "hold, then settle":
+                    self._capture(held, data)
         return multiple(*calls)
 
     # ---- kinship binding and vouchers ------------------------------------------------------------
@@ -608,6 +650,7 @@ class GongjiMachine(RuleBasedStateMachine):
             patient_id=call.patient,
             amount_fen=call.amount_fen,
             use_personal_account=call.use_account,
+            hold_id=call.hold_id or "",
         )
         if call.card is not None:
             request.voucher = ""
@@ -625,10 +668,13 @@ class GongjiMachine(RuleBasedStateMachine):
             call.bill,
             call.authorizer,
             call.use_account,
+            call.hold_id,
         )
         self._same_outcome(reply, expected)
         if not isinstance(expected, Refused):
             self._check_settlement(reply, expected)  # type: ignore[arg-type]
+        if call.hold_id is not None:
+            FIGURES.holds[f"capture {reply.reason if isinstance(reply, Refused) else 'OK'}"] += 1
         return call
 
     @rule(
@@ -1199,7 +1245,11 @@ class GongjiMachine(RuleBasedStateMachine):
 
     @rule()
     def run_the_expiry_work(self) -> None:
-        """The expiry work runs (the server's own loop is stopped: when it runs is the model's to say)."""
+        """The expiry work runs (the server's own loop is stopped: when it runs is the model's to say):
+        the holds past their time first (counted apart), then the transfers due."""
+        expired = self.runner.run(self._expiry().expire_holds())
+        assert expired == self.model.expire_holds()
+        FIGURES.holds["expired by the expiry work"] += expired
         returned = self.runner.run(self._expiry().run_once())
         assert returned == self.model.expire()
         FIGURES.wallet["returned by the expiry work"] += returned
@@ -1334,6 +1384,27 @@ class GongjiMachine(RuleBasedStateMachine):
         call: SettleCall = self._settle(self._settle_call(institution, patient, shape, None, use), voucher)
         return call
 
+    def _hold_from_the_wallet(self, patient: str, institution: str, data: st.DataObject) -> None:
+        """A bill of about what the wallet and the own account hold, held first (the patient confirms on
+        the terminal), then captured (mostly), released, or left to run out."""
+        p = self.model.people[patient]
+        wallet = self.model.wallets[patient].balance_fen
+        own = p.balance_fen if p.scheme == EMPLOYEE else 0
+        amount = data.draw(st.sampled_from([wallet, wallet + 1, own + wallet, own + wallet + 1, 0]), label="amount")
+        if amount < 1:
+            amount = data.draw(st.integers(1, 3_000), label="small")
+        voucher = self._issue(patient, patient)
+        if isinstance(voucher, Refused):
+            return
+        seconds = data.draw(st.sampled_from([1, 60, HOLD_SECONDS_MAX]), label="seconds")
+        call = self._settle_call(institution, patient, data.draw(bills(amount), label="bill"), None, True)
+        held = self._hold(HoldCall(call, seconds, voucher))
+        then = data.draw(st.sampled_from(["capture"] * 4 + ["release", "leave"]), label="then")
+        if then == "capture":
+            self._capture(held, data)
+        elif then == "release":
+            self._release_call(held, data)
+
     def _wallet_holders(self, scheme: str | None = None) -> list[str]:
         """Who may settle with an open wallet (of `scheme`): those with money in it first, when any."""
         people = self.model.people
@@ -1360,9 +1431,10 @@ class GongjiMachine(RuleBasedStateMachine):
         """A patient with a wallet at the till a few times in a row: bills around what the wallet holds,
         refunds of part of one (into the wallet: past what cash and mutual aid paid) or of all that is
         left, the POS reversing a refund (refused when the wallet has spent it since) or a settlement, a
-        relative topping the wallet up (first, when it is empty), the region moving the wallet's place.
-        Wallet money meets the own account, mutual aid, refunds and reversals in every run, not only
-        when single steps happen to line up. The settlements made, for the bundle."""
+        relative topping the wallet up (first, when it is empty), the region moving the wallet's place, a
+        bill held first (then captured, released or left to run out). Wallet money meets the own
+        account, mutual aid, holds, refunds and reversals in every run, not only when single steps happen
+        to line up. The settlements made, for the bundle."""
         calls: list[SettleCall] = []
         cancels: list[CancelCall] = []
         if not self.model.wallets[patient].balance_fen:
@@ -1373,6 +1445,8 @@ class GongjiMachine(RuleBasedStateMachine):
                 call = self._settle_from_the_wallet(patient, institution, data)
                 if call is not None:
                     calls.append(call)
+            elif step == "hold":
+                self._hold_from_the_wallet(patient, institution, data)
             elif step == "cancel" and settled:
                 s = data.draw(st.sampled_from(settled), label="settlement")
                 left = s.left
@@ -1421,13 +1495,329 @@ class GongjiMachine(RuleBasedStateMachine):
         fen = data.draw(st.integers(1, min(people[sender].balance_fen, 3_000)), label="top up")
         self._fund(SendCall(self._id("w"), sender, patient, relationship, fen))
 
+    # ---- holds at the till: a Quote holds its split, a Settle captures it --------------------------
+    def _hold(self, call: HoldCall) -> HoldCall:
+        asked = call.asked
+        request = settlement_pb2.QuoteRequest(
+            voucher=call.voucher or "GJ1.k1.AAAA.AAAA",  # None: a code whose signature does not verify
+            patient_id=asked.patient,
+            amount_fen=asked.amount_fen,
+            use_personal_account=asked.use_account,
+            hold_seconds=call.seconds,
+            request_id=asked.request_id,
+        )
+        if asked.authorizer is not None:
+            request.authorizer_id = asked.authorizer
+        _with_bill(request, asked.bill)
+        token = bearer(self._token(asked.institution))
+        reply = self._run(lambda: self.api.settlement.Quote(request, metadata=token))
+        known = (asked.institution, asked.request_id) in self.model.holds
+        expected = self.model.hold(
+            asked.institution,
+            asked.request_id,
+            call.voucher,
+            asked.patient,
+            asked.bill,
+            asked.authorizer,
+            asked.use_account,
+            call.seconds,
+        )
+        outcome = reply.reason if isinstance(reply, Refused) else "replayed" if known else "OK"
+        FIGURES.holds[f"hold {outcome}"] += 1
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert not isinstance(reply, Refused)
+            h, _ = expected
+            if not h.hold_id:
+                h.hold_id = reply.hold.hold_id
+            self._check_held(reply, h)
+        return call
+
+    def _check_held(self, reply: settlement_pb2.QuoteResponse, h: Hold) -> None:
+        """A holding Quote's answer: the split held, the balances after as they are now, the hold."""
+        balc, wallet_balc, insutype = self.model.held_answer(h)
+        q = h.quoted
+        assert reply.psn_acct_pay_fen == reply.acct_pay_fen + reply.acct_mulaid_pay_fen
+        got = (_split_of(reply), reply.authorizer_id, reply.balc_fen, _wallet_balc(reply))
+        assert got == (q.paid, q.authorizer or "", balc, wallet_balc), (got, h)
+        limit = types_pb2.MutualAidLimit.Name(reply.mutual_aid_limited_by).removeprefix("MUTUAL_AID_LIMIT_")
+        assert (None if limit == "UNSPECIFIED" else limit) == q.limited_by
+        bill = h.content[3]
+        assert isinstance(bill, Bill)
+        assert _bill_answer(reply) == _bill_expected(bill, q.parts, insutype), (reply, h)
+        self._check_hold(reply.hold, h)
+
+    @staticmethod
+    def _check_hold(got: settlement_pb2.Hold, h: Hold) -> None:
+        resolved_at = got.resolved_at.ToDatetime(dt.UTC) if got.HasField("resolved_at") else None
+        assert (
+            got.hold_id,
+            got.request_id,
+            got.patient_id,
+            got.amount_fen,
+            _split_of(got),
+            got.authorizer_id,
+            settlement_pb2.HoldState.Name(got.state).removeprefix("HOLD_STATE_"),
+            got.created_at.ToDatetime(dt.UTC),
+            got.expires_at.ToDatetime(dt.UTC),
+            resolved_at,
+            got.settlement_id,
+        ) == (
+            h.hold_id,
+            h.request_id,
+            h.patient,
+            h.paid.amount_fen,
+            h.paid,
+            h.quoted.authorizer or "",
+            h.state,
+            h.created_at,
+            h.expires_at,
+            h.resolved_at,
+            h.settlement.settlement_id if h.settlement is not None else "",
+        ), (got, h)
+
+    def _held(self, call: HoldCall) -> Hold | None:
+        return self.model.holds.get((call.asked.institution, call.asked.request_id))
+
+    def _rescanned(self, patient: str) -> str:
+        """A fresh, genuine voucher naming `patient` (a token is all there is of a voucher), told to the
+        model, whatever the patient's status now."""
+        expires_s = int(dt.datetime.now(dt.UTC).timestamp()) + 60
+        token = CODEC.issue(uuid.uuid4(), expires_s, patient, None)
+        self.model.issued(token, patient, patient)
+        return token
+
+    def _capture(self, call: HoldCall, data: st.DataObject) -> SettleCall | None:
+        """The Settle naming a hold: mostly asking what the Quote asked, now and then a fen more, another
+        authorizer, at the other institution's terminal, or naming a hold that does not exist; presenting
+        the voucher the Quote was asked with (unused: a Quote uses up nothing), or a fresh one (with a
+        family member picked in the app, sometimes)."""
+        asked, h = call.asked, self._held(call)
+        hold_id = h.hold_id if h is not None and h.hold_id else str(uuid.uuid4())
+        how = data.draw(st.sampled_from(["same"] * 6 + ["amount", "authorizer", "institution", "unknown"]), label="how")
+        other: dict[str, Any] = {"request_id": self._id("s"), "hold_id": hold_id}
+        if how == "amount":
+            other["amount_fen"] = asked.amount_fen + 1
+            if asked.parts is not None:
+                parts = asked.parts
+                other["parts"] = Parts(parts.in_scope_fen + 1, parts.over_limit_fen, parts.wholly_self_paid_fen)
+        elif how == "authorizer":
+            other["authorizer"] = None if asked.authorizer is not None else self._authorizer(data)
+        elif how == "institution":
+            other["institution"] = "B" if asked.institution == "A" else "A"
+        elif how == "unknown":
+            other["hold_id"] = str(uuid.uuid4())
+        capture = SettleCall(**{**asked.__dict__, **other})
+        presented = data.draw(st.sampled_from(["the quote's", "the quote's", "fresh", "picked"]), label="voucher")
+        voucher: str | Refused | None = call.voucher
+        if presented != "the quote's" or voucher is None:
+            picked = (
+                data.draw(st.sampled_from(list(self.model.people)), label="picked") if presented == "picked" else None
+            )
+            voucher = self._issue(asked.patient, asked.patient, picked)
+            if isinstance(voucher, Refused):
+                return None
+        result: SettleCall = self._settle(capture, voucher)
+        return result
+
+    def _release(self, hold_id: str, institution: str) -> None:
+        request = settlement_pb2.ReleaseHoldRequest(hold_id=hold_id)
+        token = bearer(self._token(institution))
+        reply = self._run(lambda: self.api.settlement.ReleaseHold(request, metadata=token))
+        expected = self.model.release(institution, hold_id)
+        outcome = "replayed" if not isinstance(reply, Refused) and reply.replayed else "OK"
+        FIGURES.holds[f"release {reply.reason if isinstance(reply, Refused) else outcome}"] += 1
+        self._same_outcome(reply, expected)
+        if not isinstance(expected, Refused):
+            assert not isinstance(reply, Refused)
+            h, replayed = expected
+            self._check_hold(reply.hold, h)
+            assert reply.replayed == replayed
+
+    def _release_call(self, call: HoldCall, data: st.DataObject) -> None:
+        """Its terminal releases a hold (mostly), or the other institution's does, or a hold that does
+        not exist is named."""
+        h = self._held(call)
+        by = data.draw(st.sampled_from(["its terminal"] * 4 + ["the other institution", "unknown"]), label="by")
+        hold_id = h.hold_id if h is not None and h.hold_id and by != "unknown" else str(uuid.uuid4())
+        institution = call.asked.institution
+        if by == "the other institution":
+            institution = "B" if institution == "A" else "A"
+        self._release(hold_id, institution)
+
+    def _retry_hold(self, call: HoldCall, data: st.DataObject) -> None:
+        """The POS retries a holding Quote with the same request id, showing a rescanned code: the same
+        content answers the same hold, whatever became of it (for another time, too: the time is not
+        content); a fen more is refused."""
+        asked = call.asked
+        how = data.draw(st.sampled_from(["same", "same", "another time", "a fen more"]), label="retry")
+        seconds = data.draw(st.sampled_from([1, 60]), label="seconds") if how == "another time" else call.seconds
+        if how == "a fen more":
+            asked = SettleCall(**{**asked.__dict__, "amount_fen": asked.amount_fen + 1, "parts": None})
+        self._hold(HoldCall(asked, seconds, self._rescanned(asked.patient)))
+
+    @rule(
+        target=hold_calls,
+        patient=people,
+        bill=bills(),
+        use=use_account,
+        institution=st.sampled_from(INSTITUTIONS),
+        seconds=hold_seconds,
+        data=st.data(),
+    )
+    def hold_at_the_till(
+        self, patient: str, bill: BillShape, use: bool, institution: str, seconds: int, data: st.DataObject
+    ) -> Any:
+        """Anyone's bill held, with the patient's fresh code (a family member picked in the app, and an
+        authorizer named by the terminal, sometimes): the checks and the split of a settlement."""
+        voucher = self._issue(patient, patient, self._picked(data))
+        if isinstance(voucher, Refused):
+            return multiple()
+        asked = self._settle_call(institution, patient, bill, self._authorizer(data), use)
+        return self._hold(HoldCall(asked, seconds, voucher))
+
+    @rule(
+        voucher=vouchers,
+        patient=people,
+        bill=bills(),
+        institution=st.sampled_from(INSTITUTIONS),
+        seconds=hold_seconds,
+    )
+    def hold_with_any_voucher(
+        self, voucher: str, patient: str, bill: BillShape, institution: str, seconds: int
+    ) -> None:
+        """Someone's code, maybe used, maybe another person's, maybe a holder's from a removed binding
+        (mostly refused: not kept for the steps that capture, release or retry holds)."""
+        self._hold(HoldCall(self._settle_call(institution, patient, bill, None, True), seconds, voucher))
+
+    def _with_money(self) -> list[str]:
+        """Who may pay at the till with money of their own, their wallet's or a relative's (all ACTIVE)."""
+        people = self.model.people
+        beneficiaries = {g.beneficiary for g in self.model.grants if g.live}
+        return [
+            p
+            for p, x in people.items()
+            if x.status == ACTIVE
+            and (
+                (x.scheme == EMPLOYEE and x.balance_fen)
+                or (p in self.model.wallets and self.model.wallets[p].balance_fen)
+                or p in beneficiaries
+            )
+        ]
+
+    @precondition(lambda self: self._with_money())
+    @rule(target=hold_calls, steps=hold_steps, institution=st.sampled_from(INSTITUTIONS), data=st.data())
+    def holds_at_the_till(self, steps: list[str], institution: str, data: st.DataObject) -> Any:
+        """A patient with money at the till a few times in a row: bills of about what the own account and
+        the wallet hold held, captured (mostly as asked), released, retried; another settlement
+        meanwhile (the held money out of its reach), time to a hold's end (a second before, at, after),
+        the expiry work, and the grant a hold drew on revoked. Holds meet settlements, the caps, grants,
+        the clock and each other in every run, not only when single steps happen to line up. The holds
+        asked, for the bundle."""
+        patient = data.draw(st.sampled_from(self._with_money()), label="patient")
+        return multiple(*self._holds_of(patient, steps, institution, data))
+
+    def _holds_of(self, patient: str, steps: list[str], institution: str, data: st.DataObject) -> list[HoldCall]:
+        """`patient` at the till, `steps` in a row (holds_at_the_till); the holds asked."""
+        calls: list[HoldCall] = []
+        for step in steps:
+            p = self.model.people[patient]
+            have = (p.balance_fen if p.scheme == EMPLOYEE else 0) + (
+                self.model.wallets[patient].balance_fen if patient in self.model.wallets else 0
+            )
+            if step in ("hold", "settle") or not calls:
+                amount = data.draw(st.sampled_from([have - 1, have, have + 1, 0]), label="amount")
+                if amount < 1:
+                    amount = data.draw(st.integers(1, 3_000), label="small")
+                shape = data.draw(bills(amount), label="bill")
+                voucher = self._issue(patient, patient)
+                if isinstance(voucher, Refused):
+                    continue
+                asked = self._settle_call(institution, patient, shape, None, True)
+                if step == "settle":
+                    self._settle(asked, voucher)
+                else:
+                    seconds = data.draw(st.sampled_from([1, 60, HOLD_SECONDS_MAX]), label="seconds")
+                    calls.append(self._hold(HoldCall(asked, seconds, voucher)))
+                continue
+            call = data.draw(st.sampled_from(calls), label="hold")
+            h = self._held(call)
+            if step == "capture":
+                self._capture(call, data)
+            elif step == "release":
+                self._release_call(call, data)
+            elif step == "retry":
+                self._retry_hold(call, data)
+            elif step == "clock":
+                at = self.model.now + dt.timedelta(seconds=1)
+                if h is not None and h.state == PENDING:
+                    offset = data.draw(st.sampled_from([-1, 0, 0, 1]), label="to its end")
+                    at = max(at, h.expires_at + dt.timedelta(seconds=offset))
+                self._set_clock(at)
+            elif step == "expire":
+                self.run_the_expiry_work()
+            elif step == "revoke" and h is not None and h.quoted.grant is not None:
+                # The grant the hold drew on ends: its capture is refused, and the hold runs out.
+                self.revoke(h.quoted.grant.authorizer, h.quoted.grant.beneficiary, "authorizer")
+        return calls
+
+    @initialize(target=people, steps=hold_steps, institution=st.sampled_from(INSTITUTIONS), data=st.data())
+    def a_family_holds_at_the_till(self, steps: list[str], institution: str, data: st.DataObject) -> Any:
+        """A parent with money granting an employee-insured child with a little of their own, in the
+        region with caps and a floor (its policy as the model has it now); the child goes to the till
+        with holds at once (holds_at_the_till), so that every sequence holds, captures and gives back."""
+        region = REGIONS[1]
+        self.model.caps[region] = (2_000, 1_000)
+        self._set_policy(region, [(m, *who) for m, who in self.model.wholly.get(region, {}).items()])
+        parent = self._enroll(EMPLOYEE, ACTIVE, region, BIRTHS[0])
+        child = self._enroll(EMPLOYEE, ACTIVE, region, BIRTHS[2])
+        self._credit(CreditCall(self._id("c"), parent, 5_000))
+        self._credit(CreditCall(self._id("c"), child, 300))
+        self.grant(parent, child, CHILD)
+        self._holds_of(child, steps, institution, data)
+        return multiple(parent, child)
+
+    @rule(call=hold_calls, data=st.data())
+    def capture_a_hold(self, call: HoldCall, data: st.DataObject) -> None:
+        """A hold captured later: after other steps changed balances, grants, caps, statuses or the time."""
+        self._capture(call, data)
+
+    @rule(call=hold_calls, data=st.data())
+    def release_a_hold(self, call: HoldCall, data: st.DataObject) -> None:
+        self._release_call(call, data)
+
+    @rule(call=hold_calls, data=st.data())
+    def retry_a_holding_quote(self, call: HoldCall, data: st.DataObject) -> None:
+        self._retry_hold(call, data)
+
+    def _holds_read_back(self) -> None:
+        """Every hold of this example as the model has it, answered by its holding Quote sent again."""
+        for h in self.model.holds.values():
+            bill = h.content[3]
+            assert isinstance(bill, Bill)
+            asked = SettleCall(
+                h.institution,
+                h.request_id,
+                h.patient,
+                bill.amount_fen,
+                h.content[1],  # type: ignore[arg-type]
+                h.content[2],  # type: ignore[arg-type]
+                parts=bill.parts,
+                med_type=bill.med_type,
+                insutype=bill.insutype,
+            )
+            seconds = int((h.expires_at - h.created_at).total_seconds())
+            self._hold(HoldCall(asked, seconds, self._rescanned(h.patient)))
+            FIGURES.holds[f"holds {h.state} as a sequence ends"] += 1
+
     # ---- after every step ------------------------------------------------------------------------
     @invariant()
     def balances_and_books(self) -> None:
-        """Every account as the model has it, and books that explain every balance."""
+        """Every account and wallet as the model has it (what holds took from them too), and books that
+        explain every balance."""
         FIGURES.steps += 1
 
-        async def accounts() -> list[tuple[str, str, bool, int]]:
+        async def accounts() -> list[tuple[str, str, bool, int, int]]:
             replies = await asyncio.gather(
                 *(
                     self.api.account.GetAccount(
@@ -1442,14 +1832,15 @@ class GongjiMachine(RuleBasedStateMachine):
                     types_pb2.PersonStatus.Name(r.account.status).removeprefix("PERSON_STATUS_"),
                     r.account.has_personal_account,
                     r.account.balance_fen,
+                    r.account.held_fen,
                 )
                 for r in replies
             ]
 
-        async def wallets() -> list[tuple[int, int]]:
+        async def wallets() -> list[tuple[int, int, int]]:
             requests = [wallet_pb2.GetWalletRequest(person_id=p) for p in self.model.wallets]
             replies = await asyncio.gather(*(self.wallet.GetWallet(r, metadata=self._app()) for r in requests))
-            return [(r.wallet.balance_fen, r.wallet.pending_in_fen) for r in replies]
+            return [(r.wallet.balance_fen, r.wallet.pending_in_fen, r.wallet.held_fen) for r in replies]
 
         got = self.runner.run(accounts())
         expected = [self.model.account(p) for p in self.model.people]
@@ -1501,15 +1892,23 @@ class GongjiMachine(RuleBasedStateMachine):
         for t in self.model.transfers.values():
             FIGURES.wallet[f"transfers {t.state} as a sequence ends"] += 1
         # Time runs out for what is still pending: past the last due time, the expiry work returns all of
-        # it, as many as the model says, each back to its sender at that time (read back below).
+        # it, as many as the model says, each back to its sender at that time (read back below), and gives
+        # back every hold nobody captured.
         due = [t.due_at for t in self.model.transfers.values() if t.state == PENDING and t.due_at > self.model.now]
+        due += [h.expires_at for h in self.model.holds.values() if h.state == PENDING and h.expires_at > self.model.now]
         if due:
             self._set_clock(max(due))
+        expired = self.runner.run(self._expiry().expire_holds())
+        assert expired == self.model.expire_holds()
+        FIGURES.holds["expired at the end by the expiry work"] += expired
         returned = self.runner.run(self._expiry().run_once())
         assert returned == self.model.expire()
         FIGURES.wallet["returned at the end by the expiry work"] += returned
         assert all(t.state != PENDING for t in self.model.transfers.values())
+        assert all(h.state != PENDING for h in self.model.holds.values())
         self._transfers_listed(self.model.people)
+        self._holds_read_back()
+        self.balances_and_books()
 
     def _transfers_listed(self, people: Iterable[str]) -> None:
         """Every transfer of `people`, sent and received, newest first, each as the model has it."""
@@ -1589,5 +1988,65 @@ def test_a_limit_that_held_nothing_back_is_not_named(server_url: str) -> None:
         assert not isinstance(voucher, Refused)
         shape = BillShape(600, Parts(100, 0, 500), "11", None)
         state._settle(state._settle_call("A", child, shape, None, True), voucher)
+        state.balances_and_books()
+        state.teardown()
+
+
+def test_mutual_aid_held_counts_in_the_year_the_caps_were_read_for(server_url: str) -> None:
+    """The first failure holds met, shrunk by hand: caps_in_one_region(), then the resident child's
+    bill of 1 fen held (mutual aid pays it) while the service's clock (the model's, years ahead) and
+    the database's disagree on the year. The hold counts its mutual aid in the caps of its cap_year,
+    the database's year, as settlements do; the audit looked for it in the year of the hold's
+    created_at, the service's clock, and found both years wrong until the hold ended. Fixed in
+    store/audit.py: a pending hold counts in its cap_year."""
+    with _serving_the_machine(server_url):
+        state = GongjiMachine()
+        _, child = state.caps_in_one_region({region: {} for region in REGIONS}, dict.fromkeys(REGIONS, "UNSPECIFIED"))
+        voucher = state._issue(child, child)
+        assert not isinstance(voucher, Refused)
+        asked = state._settle_call("A", child, BillShape(1, None, None, None), None, True)
+        state._hold(HoldCall(asked, 60, voucher))
+        assert state.model.holds[("A", asked.request_id)].paid.acct_mulaid_pay_fen == 1
+        state.balances_and_books()
+        state.teardown()
+
+
+def test_a_holding_quote_answers_balc_as_a_quote_does(server_url: str) -> None:
+    """Found by the machine: a_family(), the child becomes resident-insured (keeping the account of
+    their employee insurance, with its 500), then holds a bill of 100 (mutual aid pays it). A Quote
+    answers balc_fen 0 for a patient not employee-insured; the holding Quote answered the kept 500.
+    Fixed in store/sql/hold.sql (gongji_hold_after)."""
+    with _serving_the_machine(server_url):
+        state = GongjiMachine()
+        _, child = state.a_family()
+        state.change_person(child, RESIDENT, ACTIVE, REGIONS[0])
+        voucher = state._issue(child, child)
+        assert not isinstance(voucher, Refused)
+        state._hold(HoldCall(state._settle_call("A", child, BillShape(100, None, None, None), None, True), 60, voucher))
+        state.balances_and_books()
+        state.teardown()
+
+
+def test_a_hold_on_a_revoked_grant_is_not_captured_and_runs_out(server_url: str) -> None:
+    """a_family(), the child holds 600 (their 500, then 100 of mutual aid), the parent revokes the grant:
+    the capture is refused GRANT_NOT_FOUND and the hold stays pending, its mutual aid still counted,
+    until its time is over; a capture then is refused HOLD_EXPIRED and gives everything back."""
+    with _serving_the_machine(server_url):
+        state = GongjiMachine()
+        parent, child = state.a_family()
+        voucher = state._issue(child, child)
+        assert not isinstance(voucher, Refused)
+        asked = state._settle_call("A", child, BillShape(600, None, None, None), None, True)
+        state._hold(HoldCall(asked, 60, voucher))
+        h = state.model.holds[("A", asked.request_id)]
+        assert h.paid.acct_mulaid_pay_fen == 100
+        state.revoke(parent, child, "authorizer")
+        capture = SettleCall(**{**asked.__dict__, "request_id": state._id("s"), "hold_id": h.hold_id})
+        state._settle(capture, voucher)
+        assert h.state == PENDING and (capture.institution, capture.request_id) not in state.model.settlements
+        state.balances_and_books()
+        state._set_clock(h.expires_at)
+        state._settle(SettleCall(**{**capture.__dict__, "request_id": state._id("s")}), voucher)
+        assert h.state == "EXPIRED"
         state.balances_and_books()
         state.teardown()

@@ -95,7 +95,9 @@ select v.voucher_id
 
 # What mutual aid paid net of refunds (a reversed refund gave nothing back), and what pending holds at
 # the till hold of it, per grant and per beneficiary and calendar year (China's time zone), is what the
-# caps count (grant_usage, beneficiary_usage), to the fen.
+# caps count (grant_usage, beneficiary_usage), to the fen. A pending hold counts in its cap_year: the
+# year (by the database's clock, as a settlement's) whose room it was held against, not the year of its
+# created_at, which is the service's clock.
 _NET_MUTUAL_AID = """
 select s.grant_id, s.patient_id, gongji_china_year(s.created_at) as year,
        s.acct_mulaid_pay_fen - coalesce((select sum(r.acct_mulaid_pay_fen) from refund r
@@ -103,7 +105,7 @@ select s.grant_id, s.patient_id, gongji_china_year(s.created_at) as year,
            as fen
   from settlement s where s.grant_id is not null
 union all
-select h.grant_id, h.patient_id, gongji_china_year(h.created_at), h.acct_mulaid_pay_fen
+select h.grant_id, h.patient_id, h.cap_year, h.acct_mulaid_pay_fen
   from settlement_hold h where h.state = 'PENDING' and h.grant_id is not null"""
 _GRANT_USAGE_VS_SETTLEMENTS = f"""
 with net as ({_NET_MUTUAL_AID}), books as (select grant_id, year, sum(fen)::bigint as fen from net group by 1, 2)

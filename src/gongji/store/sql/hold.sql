@@ -127,7 +127,8 @@ end
 $$;
 
 -- What a holding Quote answers beside the hold h: the patient's balances as they stand with it held (the
--- own account's, 0 without one; the wallet's, null without one or when the account is not to be used),
+-- own account's, 0 without one or when the patient is not employee-insured now, as gongji_quote answers
+-- it; the wallet's, null without one or when the account is not to be used),
 -- what is left of the caps of the grant it holds (null: none held, or no cap), and where care happens.
 create or replace function gongji_hold_after(
     h settlement_hold, p_patient person, p_institution_id text, p_use_account boolean,
@@ -138,7 +139,8 @@ as $$
 declare
     v_room record;
 begin
-    select coalesce((select a.balance_fen from account a where a.person_id = h.patient_id), 0),
+    select coalesce((select a.balance_fen from account a
+                      where a.person_id = h.patient_id and p_patient.scheme = 'EMPLOYEE'), 0),
            (select w.balance_fen from wallet w where w.person_id = h.patient_id and p_use_account),
            (gongji_care(p_institution_id, h.patient_id, p_patient.region_code, null, null, false)).care_region
       into balc_fen, wallet_balc_fen, care_region;
