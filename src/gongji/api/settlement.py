@@ -177,6 +177,34 @@ def _presented(fields: Fields, request: Any) -> tuple[CertType, str | None]:
     return cert_type, card_number
 
 
+def _quote_reply(payment: _Payment, q: settlements.QuoteResult) -> settlement_pb2.QuoteResponse:
+    """What a Quote answers: the split it would make, or the one it held."""
+    return settlement_pb2.QuoteResponse(
+        amount_fen=payment.amount_fen,
+        acct_pay_fen=q.acct_pay_fen,
+        acct_mulaid_pay_fen=q.acct_mulaid_pay_fen,
+        psn_cash_pay_fen=q.psn_cash_pay_fen,
+        authorizer_id=q.authorizer_id or "",
+        balc_fen=q.balc_fen,
+        mutual_aid_limited_by=convert.mutual_aid_limit(q.mulaid_limited_by),
+        grant_cap_left_fen=q.grant_cap_left_fen,
+        beneficiary_cap_left_fen=q.beneficiary_cap_left_fen,
+        care_region=q.care_region or "",
+        care_scope=convert.care_scope(q.care_scope),
+        psn_acct_pay_fen=q.acct_pay_fen + q.acct_mulaid_pay_fen,
+        bill_reading=convert.bill_reading(Reading.AMOUNT if payment.bill.parts is None else Reading.PARTS),
+        bill=convert.parts(payment.bill.parts or Parts(payment.amount_fen)),
+        own_parts=convert.parts(q.own_parts),
+        mutual_aid_parts=convert.parts(q.mutual_aid_parts),
+        cash_parts=convert.parts(q.cash_parts),
+        med_type=convert.med_type(payment.bill.med_type),
+        insutype=convert.insutype(q.insutype),
+        wallet_pay_fen=q.wallet_pay_fen,
+        wallet_parts=convert.parts(q.wallet_parts),
+        wallet_balc_fen=q.wallet_balc_fen,
+    )
+
+
 class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
@@ -239,30 +267,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         except errors.GongjiError as exc:
             _count_voucher_refusal("Quote", exc)
             raise
-        return settlement_pb2.QuoteResponse(
-            amount_fen=amount_fen,
-            acct_pay_fen=q.acct_pay_fen,
-            acct_mulaid_pay_fen=q.acct_mulaid_pay_fen,
-            psn_cash_pay_fen=q.psn_cash_pay_fen,
-            authorizer_id=q.authorizer_id or "",
-            balc_fen=q.balc_fen,
-            mutual_aid_limited_by=convert.mutual_aid_limit(q.mulaid_limited_by),
-            grant_cap_left_fen=q.grant_cap_left_fen,
-            beneficiary_cap_left_fen=q.beneficiary_cap_left_fen,
-            care_region=q.care_region or "",
-            care_scope=convert.care_scope(q.care_scope),
-            psn_acct_pay_fen=q.acct_pay_fen + q.acct_mulaid_pay_fen,
-            bill_reading=convert.bill_reading(Reading.AMOUNT if payment.bill.parts is None else Reading.PARTS),
-            bill=convert.parts(payment.bill.parts or Parts(amount_fen)),
-            own_parts=convert.parts(q.own_parts),
-            mutual_aid_parts=convert.parts(q.mutual_aid_parts),
-            cash_parts=convert.parts(q.cash_parts),
-            med_type=convert.med_type(payment.bill.med_type),
-            insutype=convert.insutype(q.insutype),
-            wallet_pay_fen=q.wallet_pay_fen,
-            wallet_parts=convert.parts(q.wallet_parts),
-            wallet_balc_fen=q.wallet_balc_fen,
-        )
+        return _quote_reply(payment, q)
 
     async def _hold(self, request: settlement_pb2.QuoteRequest, payment: _Payment) -> settlement_pb2.QuoteResponse:
         """A Quote that holds its split (hold_seconds): the answer of a Quote, from the hold."""
@@ -287,31 +292,9 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         h = held.hold
         if not held.replayed:
             metrics.HOLDS.labels("HELD").inc()
-        return settlement_pb2.QuoteResponse(
-            amount_fen=h.amount_fen,
-            acct_pay_fen=h.acct_pay_fen,
-            acct_mulaid_pay_fen=h.acct_mulaid_pay_fen,
-            psn_cash_pay_fen=h.psn_cash_pay_fen,
-            authorizer_id=h.authorizer_id or "",
-            balc_fen=held.balc_fen,
-            mutual_aid_limited_by=convert.mutual_aid_limit(h.mulaid_limited_by),
-            grant_cap_left_fen=held.grant_cap_left_fen,
-            beneficiary_cap_left_fen=held.beneficiary_cap_left_fen,
-            care_region=held.care_region or "",
-            care_scope=convert.care_scope(held.care_scope),
-            psn_acct_pay_fen=h.acct_pay_fen + h.acct_mulaid_pay_fen,
-            bill_reading=convert.bill_reading(Reading.AMOUNT if payment.bill.parts is None else Reading.PARTS),
-            bill=convert.parts(h.bill),
-            own_parts=convert.parts(h.own_parts),
-            mutual_aid_parts=convert.parts(h.mutual_aid_parts),
-            cash_parts=convert.parts(h.cash_parts),
-            med_type=convert.med_type(payment.bill.med_type),
-            insutype=convert.insutype(held.insutype),
-            wallet_pay_fen=h.wallet_pay_fen,
-            wallet_parts=convert.parts(h.wallet_parts),
-            wallet_balc_fen=held.wallet_balc_fen,
-            hold=convert.hold(h),
-        )
+        reply = _quote_reply(payment, held.as_quote())
+        reply.hold.CopyFrom(convert.hold(h))
+        return reply
 
     async def ReleaseHold(
         self, request: settlement_pb2.ReleaseHoldRequest, context: Context

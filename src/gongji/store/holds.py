@@ -14,7 +14,7 @@ from gongji.domain.eligibility import CareScope
 from gongji.domain.holds import HoldState
 from gongji.domain.waterfall import Limit
 from gongji.store import db
-from gongji.store.settlements import SETTLE_ATTEMPTS_MAX, TERMINAL_GUARD, BillArgs, VoucherArgs
+from gongji.store.settlements import SETTLE_ATTEMPTS_MAX, TERMINAL_GUARD, BillArgs, QuoteResult, VoucherArgs
 from gongji.store.settlements import paid_parts as _paid
 
 _COLUMNS = """hold_id, request_id, patient_id, authorizer_id, amount_fen, acct_pay_fen, acct_mulaid_pay_fen,
@@ -112,6 +112,29 @@ class Held:
     care_region: str | None
     care_scope: CareScope | None
     insutype: Insutype
+
+    def as_quote(self) -> QuoteResult:
+        """The hold as a Quote's answer says its split."""
+        h = self.hold
+        assert self.care_scope is not None
+        return QuoteResult(
+            h.authorizer_id,
+            h.acct_pay_fen,
+            h.acct_mulaid_pay_fen,
+            h.psn_cash_pay_fen,
+            self.balc_fen,
+            h.mulaid_limited_by,
+            self.grant_cap_left_fen,
+            self.beneficiary_cap_left_fen,
+            self.care_region,
+            self.care_scope,
+            h.own_parts,
+            h.mutual_aid_parts,
+            h.cash_parts,
+            self.insutype,
+            h.wallet_parts,
+            self.wallet_balc_fen,
+        )
 
 
 async def hold(
