@@ -84,13 +84,15 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
 
 @_needs_database
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
-    """Check the books: every balance against its ledger, every settlement and refund against theirs."""
+    """Check the books: every balance against its ledger, every settlement and refund against theirs;
+    with --chain, every ledger's hash chain too (which reads every entry)."""
     from gongji import runtime
     from gongji.store import audit
 
     async def go() -> list[str]:
         async with runtime.database(settings, migrate_schema=False) as pool:
-            return await audit.differences(pool)
+            found = await audit.differences(pool)
+            return found + (await audit.chain_breaks(pool) if args.chain else [])
 
     found: list[str] = _run(go())
     for line in found:
@@ -238,7 +240,13 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     sub.add_parser("seed", help="load the demo data set").set_defaults(func=_seed)
-    sub.add_parser("audit", help="check the books; exit 1 naming each difference").set_defaults(func=_audit)
+    a = sub.add_parser("audit", help="check the books; exit 1 naming each difference")
+    a.add_argument(
+        "--chain",
+        action="store_true",
+        help="also verify every ledger's hash chain, naming the first entry that breaks it",
+    )
+    a.set_defaults(func=_audit)
 
     h = sub.add_parser("health", help="check the local server's gRPC health; exit 0 when SERVING, else 1")
     h.add_argument(

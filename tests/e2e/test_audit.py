@@ -135,3 +135,27 @@ async def test_audit_finds_a_reversed_refund_that_is_off(api: Api, pool: asyncpg
         await pool.execute(shift.format("+") + mine, authorizer)
     assert "caps count" in off.stdout
     assert _audit(db_url).returncode == 0
+
+
+async def test_audit_chain_names_the_first_entry_rewritten(api: Api, pool: asyncpg.Pool, db_url: str) -> None:
+    """`gongji audit --chain`: an entry's words changed behind the books' back move no money, so the plain
+    audit stays clean; the hash chain names that entry, and the chain holds again once it is put back."""
+    person = await api.enroll(balance_fen=1_000)
+    for amount in (100, 200):
+        await api.settle(person, amount)
+    first = await pool.fetchval("select min(entry_id) from ledger_entry where person_id = $1", person)
+    line = f"ledger of {person}: the hash chain breaks at entry {first}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")} | {"GONGJI_DATABASE_URL": db_url}
+
+    def audit_chain() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([GONGJI, "audit", "--chain"], env=env, capture_output=True, text=True, timeout=120)
+
+    assert line not in audit_chain().stdout
+    await pool.execute("update ledger_entry set note = 'adjusted' where entry_id = $1", first)
+    try:
+        assert _audit(db_url).returncode == 0, "the plain audit sees no money out of place"
+        off = audit_chain()
+    finally:
+        await pool.execute("update ledger_entry set note = null where entry_id = $1", first)
+    assert off.returncode == 1 and line in off.stdout, off.stdout + off.stderr
+    assert line not in audit_chain().stdout

@@ -176,6 +176,9 @@ async def test_a_database_of_the_released_migrations_upgrades_in_place(old_datab
         }
         assert await conn.fetch(_BALANCES) == balances
         assert await audit.differences(conn) == []
+        # The ledger's hash chains were built once by the upgrade, over every entry of before.
+        assert await conn.fetchval("select count(*) from ledger_entry where link is null") == 0
+        assert await audit.chain_breaks(conn) == []
         # Nothing left to do on the next start.
         assert await migrate.migrate(conn) == []
     finally:
@@ -231,6 +234,7 @@ async def _settles_with_todays_code(url: str) -> None:
         )
         assert paid.payment.amount_fen == 40_000
         assert await audit.differences(pool) == []
+        assert await audit.chain_breaks(pool) == [], "entries written after the upgrade extend the chains"
         assert await pool.fetchval("select sum(used_fen) from grant_usage") == 1_500 - 500 + 345
     finally:
         await pool.close()

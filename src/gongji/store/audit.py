@@ -262,6 +262,14 @@ _CHECKS = (
 )
 
 
+async def chain_breaks(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool) -> list[str]:
+    """The first entry of each person's ledger (or wallet) whose hash link does not fit the entries before
+    it (store/sql/chain.sql): changed, deleted before it, or reordered since it was written. Empty when
+    every chain holds. Reads every entry: an operator's check (`gongji audit --chain`)."""
+    rows = await conn.fetch("select book, person_id, entry_id from gongji_chain_breaks()")
+    return [f"{r['book']} of {r['person_id']}: the hash chain breaks at entry {r['entry_id']}" for r in rows]
+
+
 async def differences(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool) -> list[str]:
     """Human-readable differences; empty when the books are right. Names accounts by person_id: this
     is for operators and tests, never for logs."""
