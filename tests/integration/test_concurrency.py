@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from support import CHILD, RESIDENT, SPOUSE, STATEMENT_CACHE_SIZE, SUSPENDED, Api, account_row_held, bearer
 
 from gongji.api.validate import china_today
-from gongji.store import credentials, db, grants, settlements
+from gongji.store import audit, credentials, db, grants, settlements
 from gongji.v1 import account_pb2, settlement_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
@@ -75,6 +75,9 @@ async def test_500_concurrent_settlements_on_one_family(api: Api, pool: asyncpg.
     assert all(r["n"] == 1 for r in rows)
     expected = sum((s.acct_pay_fen > 0) + (s.acct_mulaid_pay_fen > 0) for s in settled)
     assert len(rows) == expected
+    # Written at once by 500 settlements, each account's hash chain holds, in one line.
+    family = {s.patient_id for s in settled} | {s.authorizer_id for s in settled if s.authorizer_id}
+    assert not [b for b in await audit.chain_breaks(pool) if any(p in b for p in family)]
 
 
 async def test_opposite_lock_orders_never_deadlock(api: Api) -> None:

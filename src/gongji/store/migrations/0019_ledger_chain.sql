@@ -9,8 +9,10 @@
 -- settlement of the service on its head. The hash is computed by a trigger in the transaction that
 -- writes the entry: no round trip more.
 --
--- The digest's definition is history, not code: a change would break every chain written before it, so
--- it lives here and is never replaced (a new definition would be a new column and a new migration).
+-- The link's definition must never change: a change would break every chain written before it (a new
+-- definition would be a new column and a new migration). It is written here, to build the chains of the
+-- entries of before, and again in store/sql/chain.sql, identical, with the trigger that links new entries
+-- (code files hold every function, as every gongji function may be dropped and applied again from them).
 set local lock_timeout = '10s';
 
 -- An entry's link: sha256 of the previous link of its person ('' for the first) and the entry's content:
@@ -68,31 +70,3 @@ $$;
 
 alter table ledger_entry alter column link set not null;
 alter table wallet_entry alter column link set not null;
-
--- New entries link to the newest entry of their person. The caller holds the person's account (wallet)
--- row lock, taken by the UPDATE of the balance that comes before every entry, so the newest entry read
--- here is the chain's head, committed or this transaction's own.
-create function gongji_link_ledger_entry() returns trigger
-language plpgsql
-as $$
-begin
-    new.link := gongji_ledger_link(
-        (select l.link from ledger_entry l where l.person_id = new.person_id order by l.entry_id desc limit 1), new);
-    return new;
-end
-$$;
-
-create function gongji_link_wallet_entry() returns trigger
-language plpgsql
-as $$
-begin
-    new.link := gongji_wallet_link(
-        (select w.link from wallet_entry w where w.person_id = new.person_id order by w.entry_id desc limit 1), new);
-    return new;
-end
-$$;
-
-create trigger ledger_entry_link before insert on ledger_entry
-    for each row execute function gongji_link_ledger_entry();
-create trigger wallet_entry_link before insert on wallet_entry
-    for each row execute function gongji_link_wallet_entry();

@@ -4,8 +4,60 @@
 -- reordered. Chains that fit answer nothing. `gongji audit --chain` runs it; it reads every entry once,
 -- so it is an operator's check, not one for every request.
 --
--- Code, not history: re-applied by the migration runner whenever this file changes (see settle.sql).
--- The link's definition is history: gongji_ledger_link and gongji_wallet_link in migration 0019.
+-- Code, not history: re-applied by the migration runner whenever this file changes (see settle.sql). But
+-- the two link functions must never change, whatever else here does: every chain written is computed
+-- with them (migration 0019 wrote the same, to build the chains of the entries of before).
+
+-- An entry's link: sha256 of the previous link of its person ('' for the first) and the entry's content:
+-- every column but the link itself, in a fixed order, separated by a character no value holds (US), a
+-- null written as another (RS), so that no two contents read the same.
+create or replace function gongji_ledger_link(p_prev bytea, e ledger_entry) returns bytea
+language sql immutable parallel safe
+as $$
+    select sha256(coalesce(p_prev, '') || convert_to(array_to_string(array[
+        'ledger', e.entry_id::text, e.person_id, e.amount_fen::text, e.balance_after_fen::text, e.kind,
+        e.settlement_id::text, e.credit_id::text, e.counterpart_id,
+        ((extract(epoch from e.created_at) * 1000000)::bigint)::text, e.refund_id::text, e.note,
+        e.premium_payment_id::text, e.transfer_id::text, e.hold_id::text], chr(31), chr(30)), 'UTF8'))
+$$;
+
+create or replace function gongji_wallet_link(p_prev bytea, e wallet_entry) returns bytea
+language sql immutable parallel safe
+as $$
+    select sha256(coalesce(p_prev, '') || convert_to(array_to_string(array[
+        'wallet', e.entry_id::text, e.person_id, e.amount_fen::text, e.balance_after_fen::text, e.kind,
+        e.transfer_id::text, e.counterpart_id, ((extract(epoch from e.created_at) * 1000000)::bigint)::text,
+        e.settlement_id::text, e.refund_id::text, e.hold_id::text], chr(31), chr(30)), 'UTF8'))
+$$;
+
+-- New entries link to the newest entry of their person. The caller holds the person's account (wallet)
+-- row lock, taken by the UPDATE of the balance that comes before every entry, so the newest entry read
+-- here is the chain's head, committed or this transaction's own.
+create or replace function gongji_link_ledger_entry() returns trigger
+language plpgsql
+as $$
+begin
+    new.link := gongji_ledger_link(
+        (select l.link from ledger_entry l where l.person_id = new.person_id order by l.entry_id desc limit 1), new);
+    return new;
+end
+$$;
+
+create or replace function gongji_link_wallet_entry() returns trigger
+language plpgsql
+as $$
+begin
+    new.link := gongji_wallet_link(
+        (select w.link from wallet_entry w where w.person_id = new.person_id order by w.entry_id desc limit 1), new);
+    return new;
+end
+$$;
+
+create or replace trigger ledger_entry_link before insert on ledger_entry
+    for each row execute function gongji_link_ledger_entry();
+create or replace trigger wallet_entry_link before insert on wallet_entry
+    for each row execute function gongji_link_wallet_entry();
+
 create or replace function gongji_chain_breaks()
 returns table (book text, person_id text, entry_id bigint)
 language plpgsql stable
