@@ -883,6 +883,7 @@ class Chaos:
     async def check_books(self) -> None:
         v = self.figures.violations
         v += [f"audit: {d}" for d in await audit.differences(self.check)]
+        v += [f"audit --chain: {d}" for d in await audit.chain_breaks(self.check)]
         for name, query in HALF_WRITTEN.items():
             n = await self.check.fetchval(query)
             if n:
