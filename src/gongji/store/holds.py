@@ -14,7 +14,7 @@ from gongji.domain.eligibility import CareScope
 from gongji.domain.holds import HoldState
 from gongji.domain.waterfall import Limit
 from gongji.store import db
-from gongji.store.settlements import SETTLE_ATTEMPTS_MAX, TERMINAL_GUARD, BillArgs, QuoteResult, VoucherArgs
+from gongji.store.settlements import TERMINAL_GUARD, BillArgs, QuoteResult, VoucherArgs, fetchrow_past_stale_peeks
 from gongji.store.settlements import paid_parts as _paid
 
 _COLUMNS = """hold_id, request_id, patient_id, authorizer_id, amount_fen, acct_pay_fen, acct_mulaid_pay_fen,
@@ -156,14 +156,9 @@ async def hold(
     Refusals raise and have written nothing."""
     args: tuple[object, ...] = (credential_id, now, hold_seconds, request_id, digest, *voucher.sql_args())
     args += (patient_id, amount_fen, authorizer_id, use_personal_account, *bill.sql_args())
-    for attempt in range(1, SETTLE_ATTEMPTS_MAX + 1):
-        try:
-            row = await db.fetchrow(pool, _HOLD, *args)
-            break
-        except asyncpg.exceptions.SerializationError:
-            # A stale balance peek, as in a Settle (settlements._settle_row): nothing written; again.
-            if attempt == SETTLE_ATTEMPTS_MAX:
-                raise
+    async with pool.acquire() as conn:
+        row = await fetchrow_past_stale_peeks(conn, _HOLD, *args)
+        db.known_clean(conn)
     if row is None:
         raise errors.CredentialsInvalid("unknown or revoked credentials")
     if row["outcome"] != "OK":

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from gongji import errors
 from gongji.domain.bill import NO_PARTS, Insutype, MedType, Parts, Reading
@@ -158,6 +160,9 @@ class SettleTiming:
     # Empty: no row came back.
     lock_wait_s: dict[str, float | None] = field(default_factory=dict)
 
+    def count_retry(self) -> None:
+        self.retries += 1
+
 
 def _lock_waits(row: asyncpg.Record) -> dict[str, float | None]:
     """The row's lock_wait_<kind>_s columns, by kind."""
@@ -172,6 +177,26 @@ def _lock_waits(row: asyncpg.Record) -> dict[str, float | None]:
 SETTLE_ATTEMPTS_MAX = 3
 
 
+async def fetchrow_past_stale_peeks(
+    conn: asyncpg.Connection | PoolConnectionProxy,
+    query: str,
+    *args: object,
+    on_retry: Callable[[], None] = lambda: None,
+) -> asyncpg.Record | None:
+    """Run a statement that locks accounts with gongji_lock_accounts (gongji_settle, gongji_hold), again
+    when it found its balance peek stale where the key order forbade locking the authorizer late (see
+    sql/settle.sql): nothing was written, and it re-reads. `on_retry` counts each run again."""
+    for attempt in range(1, SETTLE_ATTEMPTS_MAX + 1):
+        try:
+            row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+            return row
+        except asyncpg.exceptions.SerializationError:
+            on_retry()
+            if attempt == SETTLE_ATTEMPTS_MAX:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def _settle_row(pool: asyncpg.Pool, timing: SettleTiming, *args: object) -> asyncpg.Record:
     """Run gongji_settle on a connection of its own, timing the wait for the connection apart from the
     transaction itself (a busy pool and slow locks call for different fixes). No row: the credential
@@ -180,16 +205,7 @@ async def _settle_row(pool: asyncpg.Pool, timing: SettleTiming, *args: object) -
     async with pool.acquire() as conn:
         acquired = time.perf_counter()
         timing.pool_wait_s = acquired - started
-        for attempt in range(1, SETTLE_ATTEMPTS_MAX + 1):
-            try:
-                row = await conn.fetchrow(_SETTLE, *args)
-                break
-            except asyncpg.exceptions.SerializationError:
-                # gongji_settle found its balance peek stale where the key order forbade locking the
-                # authorizer late (see sql/settle.sql). Nothing was written; run it again.
-                timing.retries += 1
-                if attempt == SETTLE_ATTEMPTS_MAX:
-                    raise
+        row = await fetchrow_past_stale_peeks(conn, _SETTLE, *args, on_retry=timing.count_retry)
         db.known_clean(conn)
         timing.transaction_s = time.perf_counter() - acquired
     if row is None:

@@ -27,11 +27,7 @@ declare
 begin
     assert p_sign in (-1, 1);
     if h.wallet_pay_fen > 0 then
-        update wallet w set balance_fen = w.balance_fen + p_sign * h.wallet_pay_fen, updated_at = p_now
-         where w.person_id = h.patient_id returning w.balance_fen into v_after;
-        assert v_after >= 0, 'a held wallet holds what it gives';
-        insert into wallet_entry (person_id, amount_fen, balance_after_fen, kind, hold_id, created_at)
-        values (h.patient_id, p_sign * h.wallet_pay_fen, v_after, v_kind, h.hold_id, p_now);
+        perform gongji_wallet_move(h.patient_id, p_sign * h.wallet_pay_fen, v_kind, p_now, null, null, h.hold_id);
     end if;
     for v_pid in
         select gongji_in_key_order(case when h.acct_pay_fen > 0 then h.patient_id end,
@@ -141,9 +137,9 @@ declare
 begin
     select coalesce((select a.balance_fen from account a
                       where a.person_id = h.patient_id and p_patient.scheme = 'EMPLOYEE'), 0),
-           (select w.balance_fen from wallet w where w.person_id = h.patient_id and p_use_account),
-           (gongji_care(p_institution_id, h.patient_id, p_patient.region_code, null, null, false)).care_region
-      into balc_fen, wallet_balc_fen, care_region;
+           (select w.balance_fen from wallet w where w.person_id = h.patient_id and p_use_account)
+      into balc_fen, wallet_balc_fen;
+    care_region := gongji_institution_region(p_institution_id);
     care_scope := gongji_care_scope(p_patient.region_code, care_region);
     if h.grant_id is not null then
         v_room := gongji_mutual_aid_limits(h.grant_id, h.patient_id, p_patient.region_code, 0, false);

@@ -65,7 +65,8 @@ begin
     -- The wallet before the accounts, the order every money path takes them in (gongji_lock_accounts).
     if v_split.wallet_pay_fen > 0 then
         perform gongji_wallet_move(s.patient_id, v_split.wallet_pay_fen,
-                                   case p_kind when 'CANCEL' then 'REFUND' else 'REVERSAL' end, s.settlement_id, v_id);
+                                   case p_kind when 'CANCEL' then 'REFUND' else 'REVERSAL' end, now(), s.settlement_id,
+                                   v_id, null);
     end if;
 
     for v_pid in
@@ -245,7 +246,8 @@ declare
     v_after bigint;
 begin
     if r.wallet_pay_fen > 0 then
-        perform gongji_wallet_move(s.patient_id, -r.wallet_pay_fen, 'REFUND_REVERSAL', s.settlement_id, r.refund_id);
+        perform gongji_wallet_move(s.patient_id, -r.wallet_pay_fen, 'REFUND_REVERSAL', now(), s.settlement_id,
+                                   r.refund_id, null);
     end if;
     for v_pid in
         select gongji_in_key_order(case when r.acct_pay_fen > 0 then s.patient_id end,

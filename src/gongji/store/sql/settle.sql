@@ -95,22 +95,24 @@ begin
 end
 $$;
 
--- Move p_fen (negative: out) on p_person_id's wallet for settlement p_settlement_id (and refund
--- p_refund_id) with a wallet entry of p_kind, and answer the balance after. The caller holds the
+-- Move p_fen (negative: out) on p_person_id's wallet at p_now for settlement p_settlement_id (and refund
+-- p_refund_id), or hold p_hold_id, with a wallet entry of p_kind, and answer the balance after. The caller holds the
 -- wallet's row, or takes it here, wallets before accounts (gongji_lock_accounts).
 create or replace function gongji_wallet_move(
-    p_person_id text, p_fen bigint, p_kind text, p_settlement_id uuid, p_refund_id uuid)
+    p_person_id text, p_fen bigint, p_kind text, p_now timestamptz, p_settlement_id uuid, p_refund_id uuid,
+    p_hold_id uuid)
 returns bigint
 language plpgsql
 as $$
 declare
     v_after bigint;
 begin
-    update wallet w set balance_fen = w.balance_fen + p_fen, updated_at = now()
+    update wallet w set balance_fen = w.balance_fen + p_fen, updated_at = p_now
      where w.person_id = p_person_id returning w.balance_fen into v_after;
     assert v_after >= 0, 'a wallet that paid exists and holds what it gives';
-    insert into wallet_entry (person_id, amount_fen, balance_after_fen, kind, settlement_id, refund_id, created_at)
-    values (p_person_id, p_fen, v_after, p_kind, p_settlement_id, p_refund_id, now());
+    insert into wallet_entry (person_id, amount_fen, balance_after_fen, kind, settlement_id, refund_id, hold_id,
+                              created_at)
+    values (p_person_id, p_fen, v_after, p_kind, p_settlement_id, p_refund_id, p_hold_id, p_now);
     return v_after;
 end
 $$;
@@ -714,7 +716,8 @@ begin
                                         p_split.acct_mulaid_pay_fen);
     end if;
     if p_split.wallet_pay_fen > 0 then
-        v_after := gongji_wallet_move(p_patient_id, -p_split.wallet_pay_fen, 'SETTLEMENT', p_settlement_id, null);
+        v_after := gongji_wallet_move(p_patient_id, -p_split.wallet_pay_fen, 'SETTLEMENT', now(), p_settlement_id,
+                                      null, null);
         assert v_after = p_wallet_fen - p_split.wallet_pay_fen;
     end if;
     insert into idempotency_key (scope, request_id, request_digest, resource_id)
