@@ -387,6 +387,9 @@ $$;
 -- account may not pay (p_use_account false), nothing is taken from it and nothing is locked: its
 -- balance is read for balc only, the patient's balance after the settlement.
 --
+-- p_amount_fen null: the caller needs the authorizer's account whatever a peek would say (a capture of
+-- held mutual aid, whose money is out of the balances).
+--
 -- The patient's wallet (wallet_fen null: none, or the account may not pay) is locked first, as every
 -- money path takes a wallet before accounts (refunds, their reversals); its balance is then fixed, and
 -- what it pays before mutual aid (wallet_order, the patient's region policy: gongji_wallet_order, read
@@ -417,7 +420,7 @@ begin
     end if;
     if v_need_authorizer and p_has_account then
         select a.balance_fen into v_balance from account a where a.person_id = p_patient_id;
-        v_need_authorizer := coalesce(v_balance, 0) < p_amount_fen;
+        v_need_authorizer := p_amount_fen is null or coalesce(v_balance, 0) < p_amount_fen;
     end if;
     -- At most two rows, so the order is decided here rather than by a sorting query.
     v_first := case when p_has_account then p_patient_id end;
@@ -805,8 +808,9 @@ $$;
 -- account's).
 --
 -- Capturing a hold (p_hold, its row locked by the caller, all-null otherwise): the grant is the hold's,
--- which must still be live; the authorizer's account is locked whenever the hold took mutual aid (the
--- hold's money is out of the balances, so a peek would mislead); the hold's money then comes back
+-- which must still be live; the authorizer's account is locked whenever the hold took mutual aid (no
+-- amount is given to gongji_lock_accounts: the hold's money is out of the balances, so a peek would
+-- mislead); the hold's money then comes back
 -- (gongji_hold_move), and the split is the hold's, exactly.
 create or replace function gongji_settle_plan(
     p_patient person, p_institution_id text, p_amount_fen bigint, p_authorizer_id text, p_grant_id bigint,
@@ -840,8 +844,7 @@ begin
     v_wholly := gongji_wholly_self_paid(p_patient.region_code, p_med_type, p_wholly_fen);
     v_accounts := gongji_lock_accounts(
         p_patient.person_id, p_patient.scheme = 'EMPLOYEE' or coalesce(p_hold.acct_pay_fen, 0) > 0, v_grant.authorizer_id,
-        case when v_capture then 9223372036854775807
-             else p_amount_fen - case when v_wholly.account then 0 else p_wholly_fen end end,
+        case when not v_capture then p_amount_fen - case when v_wholly.account then 0 else p_wholly_fen end end,
         p_use_account, p_patient.region_code);
     wait_account_s := v_accounts.wait_s;
     if v_capture then
