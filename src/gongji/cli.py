@@ -86,19 +86,78 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
     """Check the books: every balance against its ledger, every settlement and refund against theirs;
     with --chain, every ledger's hash chain too (which reads every entry)."""
-    from gongji import runtime
+    from gongji import checkpoints, runtime
     from gongji.store import audit
+
+    try:
+        taken = [_opened_checkpoint(settings, path, args.public_key) for path in args.checkpoint]
+    except (OSError, ValueError, checkpoints.CheckpointInvalid) as exc:
+        print(f"gongji: {exc}", file=sys.stderr)
+        return 2
 
     async def go() -> list[str]:
         async with runtime.database(settings, migrate_schema=False) as pool:
             found = await audit.differences(pool)
-            return found + (await audit.chain_breaks(pool) if args.chain else [])
+            if args.chain or taken:
+                found += await audit.chain_breaks(pool)
+            for checkpoint in taken:
+                found += await checkpoints.misfits(pool, checkpoint)
+            return found
 
     found: list[str] = _run(go())
     for line in found:
         print(line)
     print(f"audit: {len(found)} differences", file=sys.stderr)
     return 1 if found else 0
+
+
+def _opened_checkpoint(settings: Settings, path: str, public_keys: list[str]) -> dict[str, Any]:
+    """The checkpoint in the file at `path`, its signature verified with the given public keys, or by
+    default with this configuration's own key."""
+    from gongji import checkpoints
+
+    keys = checkpoints.public_keys(public_keys or [_checkpoint_signer(settings).public_key_text()])
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except json.JSONDecodeError:
+        raise checkpoints.CheckpointInvalid(f"{path}: not JSON") from None
+    try:
+        return checkpoints.opened(document, keys)
+    except checkpoints.CheckpointInvalid as exc:
+        raise checkpoints.CheckpointInvalid(f"{path}: {exc}") from None
+
+
+def _checkpoint_signer(settings: Settings) -> Any:
+    from gongji import checkpoints
+
+    return checkpoints.Signer.from_bytes(settings.checkpoint_key_id, settings.checkpoint_key_bytes())
+
+
+@_needs_database
+def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
+    """Take a signed checkpoint of every hash chain's head and write it (JSON) to --out or stdout."""
+    from gongji import checkpoints, runtime
+
+    signer = _checkpoint_signer(settings)
+    if args.public_key:
+        print(signer.public_key_text())
+        return 0
+
+    async def go() -> dict[str, Any]:
+        async with runtime.database(settings, migrate_schema=False) as pool, pool.acquire() as conn:
+            return await checkpoints.take(conn, signer)
+
+    document = _run(go())
+    text = json.dumps(document, ensure_ascii=False) + "\n"
+    if args.out:
+        with open(args.out, "x", encoding="utf-8") as f:  # never over an older checkpoint
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    c = document["checkpoint"]
+    print(f"checkpoint: {c['chains']} chains, {c['entries']} entries, root {c['root']}", file=sys.stderr)
+    return 0
 
 
 def _health(settings: Settings, args: argparse.Namespace) -> int:
@@ -246,7 +305,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also verify every ledger's hash chain, naming the first entry that breaks it",
     )
+    a.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also check that the books still hold every chain head of this signed checkpoint (implies --chain; "
+        "repeatable)",
+    )
+    a.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        metavar="ID:BASE64",
+        help="a key that verifies checkpoints (repeatable; default: this configuration's own)",
+    )
     a.set_defaults(func=_audit)
+    k = sub.add_parser("checkpoint", help="take a signed checkpoint of the ledger's hash chains (JSON)")
+    k.add_argument("--out", metavar="FILE", help="write it to this new file (default: stdout)")
+    k.add_argument("--public-key", action="store_true", help="print the public key that verifies them, and exit")
+    k.set_defaults(func=_checkpoint)
 
     h = sub.add_parser("health", help="check the local server's gRPC health; exit 0 when SERVING, else 1")
     h.add_argument(

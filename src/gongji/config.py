@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
     # least the longest voucher lifetime (VOUCHER_TTL_S_MAX) after the new one starts signing.
     voucher_old_keys: SecretStr | None = None
 
+    # Ledger checkpoints (gongji.checkpoints): the Ed25519 key that signs them, as the base64 of its
+    # 32-byte private key. Unset: a key is generated once and kept in data_dir. `gongji checkpoint
+    # --public-key` prints the public half, which is all a verifier needs.
+    checkpoint_key: SecretStr | None = None
+    checkpoint_key_id: str = Field(default="c1", pattern=r"^[A-Za-z0-9]{1,16}$")
+
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # json: one object per line, for log shippers; text: for people (`make run` sets it).
     log_format: LogFormat = "json"
@@ -129,18 +136,38 @@ class Settings(BaseSettings):
             raise ValueError("GONGJI_VOUCHER_KEY must be at least 32 bytes")
         return key
 
+    def checkpoint_key_bytes(self) -> bytes:
+        """The 32 bytes of the checkpoint signing key: configured, or generated on first use and kept
+        (mode 0600) under data_dir."""
+        import base64
+        import binascii
 
-def _create_key_file(path: Path) -> None:
-    """Write a new random key to `path` (mode 0600) atomically: a process reading it at the same
-    moment sees either no file or the whole key, never an empty one."""
-    import os
+        if self.checkpoint_key is not None:
+            text = self.checkpoint_key.get_secret_value()
+        else:
+            path = self.data_dir / "checkpoint.key"
+            if not path.exists():
+                _create_key_file(path, base64.b64encode(os.urandom(32)).decode())
+            text = path.read_text()
+        try:
+            key = base64.b64decode(text.strip(), validate=True)
+        except binascii.Error:
+            key = b""
+        if len(key) != 32:
+            raise ValueError("GONGJI_CHECKPOINT_KEY is the base64 of 32 bytes (an Ed25519 private key)")
+        return key
+
+
+def _create_key_file(path: Path, key: str | None = None) -> None:
+    """Write a new key (random unless given) to `path` (mode 0600) atomically: a process reading it at
+    the same moment sees either no file or the whole key, never an empty one."""
     import secrets
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".voucher.key.")  # created with mode 0600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created with mode 0600
     with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(48))
+        f.write(key if key is not None else secrets.token_urlsafe(48))
     os.replace(tmp, path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import subprocess
@@ -159,3 +160,49 @@ async def test_audit_chain_names_the_first_entry_rewritten(api: Api, pool: async
         await pool.execute("update ledger_entry set note = null where entry_id = $1", first)
     assert off.returncode == 1 and line in off.stdout, off.stdout + off.stderr
     assert line not in audit_chain().stdout
+
+
+async def test_a_checkpoint_kept_elsewhere_finds_a_head_rewritten(
+    api: Api, pool: asyncpg.Pool, db_url: str, tmp_path: Path
+) -> None:
+    """`gongji checkpoint --out` signs the chains' heads; `gongji audit --checkpoint`, given only the public
+    key, names a head written again since (its chain still fits itself), and refuses a checkpoint that
+    another key signed."""
+    person = await api.enroll(balance_fen=1_000)
+    await api.settle(person, 100)
+    head = await pool.fetchval("select max(entry_id) from ledger_entry where person_id = $1", person)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")} | {"GONGJI_DATABASE_URL": db_url}
+    signing = clean | {"GONGJI_CHECKPOINT_KEY": base64.b64encode(os.urandom(32)).decode()}
+
+    def gongji(*args: str, env: dict[str, str] = clean) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([GONGJI, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    saved = tmp_path / "checkpoint.json"
+    taken = gongji("checkpoint", "--out", str(saved), env=signing)
+    assert taken.returncode == 0 and taken.stderr.startswith("checkpoint: "), taken.stderr
+    public_key = gongji("checkpoint", "--public-key", env=signing).stdout.strip()
+    line = f"ledger entry {head} of {person}, a chain's head then, has another link"
+    audited = gongji("audit", "--checkpoint", str(saved), "--public-key", public_key)
+    assert line not in audited.stdout, audited.stdout
+
+    async def relink(entry_id: int, note: str | None, prev: bytes | None) -> None:
+        await pool.execute("update ledger_entry set note = $2 where entry_id = $1", entry_id, note)
+        await pool.execute(
+            "update ledger_entry set link = gongji_ledger_link($2, ledger_entry) where entry_id = $1", entry_id, prev
+        )
+
+    before = await pool.fetchrow(
+        "select l.note, (select p.link from ledger_entry p where p.person_id = l.person_id and p.entry_id < l.entry_id"
+        " order by p.entry_id desc limit 1) as prev from ledger_entry l where l.entry_id = $1",
+        head,
+    )
+    await relink(head, "adjusted", before["prev"])
+    try:
+        off = gongji("audit", "--checkpoint", str(saved), "--public-key", public_key)
+    finally:
+        await relink(head, before["note"], before["prev"])
+    assert off.returncode == 1 and line in off.stdout, off.stdout + off.stderr
+    assert f"breaks at entry {head}" not in off.stdout  # the chain alone fits: only the checkpoint tells
+
+    other = gongji("audit", "--checkpoint", str(saved), "--public-key", "c1:" + base64.b64encode(bytes(32)).decode())
+    assert other.returncode == 2 and "signature does not match" in other.stderr, other.stderr

@@ -100,6 +100,7 @@ def test_kustomize_renders_every_object_with_the_image_and_the_labels(rendered: 
             "HorizontalPodAutoscaler",
             "ServiceMonitor",
             "PrometheusRule",
+            "CronJob",
         ]
     )
     _, image = _image()
@@ -115,3 +116,7 @@ def test_kustomize_renders_every_object_with_the_image_and_the_labels(rendered: 
     (rules,) = documents(RULES)
     assert rule["spec"] == rules
     assert not [d for d in rendered if d["kind"] == "Job"], "no Job: a Job's pod template cannot be re-applied"
+    (cron,) = [d for d in rendered if d["kind"] == "CronJob"]
+    (checkpoint,) = containers(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    assert checkpoint["image"] == image and checkpoint["args"] == ["checkpoint"]
+    assert {"secretRef": {"name": "gongji-checkpoint-key"}} in checkpoint["envFrom"], "never a generated key"

@@ -97,3 +97,46 @@ begin
     end loop;
 end
 $$;
+
+-- Checkpoints (gongji.checkpoints): the head of every chain, its entry and link, and how many entries the
+-- chain holds up to it, read in one snapshot. A signed copy kept elsewhere proves later that none of these
+-- entries, nor any before them, was changed, deleted or the chain rebuilt: gongji_checkpoint_misfits.
+-- The heads name entries, never people: a checkpoint carries no personal data.
+create or replace function gongji_chain_heads()
+returns table (book text, entry_id bigint, entries bigint, link bytea)
+language sql stable
+as $$
+    select 'ledger', l.entry_id, c.entries, l.link
+      from (select max(x.entry_id) as head, count(*) as entries from ledger_entry x group by x.person_id) c
+      join ledger_entry l on l.entry_id = c.head
+    union all
+    select 'wallet', w.entry_id, c.entries, w.link
+      from (select max(x.entry_id) as head, count(*) as entries from wallet_entry x group by x.person_id) c
+      join wallet_entry w on w.entry_id = c.head
+    order by 1, 2
+$$;
+
+-- The heads of a checkpoint that the books no longer hold as they were: MISSING, the entry is gone (the
+-- newest entries of its chain deleted, and the balance adjusted to match, is the tampering a chain alone
+-- cannot show); REWRITTEN, its link differs (this entry or one before it was changed and the chain built
+-- again after it); COUNT, its chain holds another number of entries up to it (one before it deleted or
+-- inserted). gongji_chain_breaks answers the rest: a chain that no longer fits its own entries.
+create or replace function gongji_checkpoint_misfits(
+    p_book text[], p_entry_id bigint[], p_entries bigint[], p_link bytea[])
+returns table (book text, entry_id bigint, person_id text, why text)
+language sql stable
+as $$
+    select h.book, h.entry_id, e.person_id,
+           case when e.person_id is null then 'MISSING' when e.link <> h.link then 'REWRITTEN' else 'COUNT' end
+      from unnest(p_book, p_entry_id, p_entries, p_link) as h (book, entry_id, entries, link)
+      left join lateral (
+           select l.person_id, l.link,
+                  (select count(*) from ledger_entry x where x.person_id = l.person_id and x.entry_id <= l.entry_id) n
+             from ledger_entry l where h.book = 'ledger' and l.entry_id = h.entry_id
+           union all
+           select w.person_id, w.link,
+                  (select count(*) from wallet_entry x where x.person_id = w.person_id and x.entry_id <= w.entry_id)
+             from wallet_entry w where h.book = 'wallet' and w.entry_id = h.entry_id) e on true
+     where e.person_id is null or e.link <> h.link or e.n <> h.entries
+     order by 1, 2
+$$;
