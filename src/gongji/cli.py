@@ -280,25 +280,8 @@ def _client(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    from gongji import client
-
-    p = argparse.ArgumentParser(prog="gongji", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("serve", help="serve gRPC and metrics until SIGTERM/SIGINT")
-    s.add_argument("--demo", action="store_true", help="load the demo data set on first start")
-    s.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("GONGJI_WORKERS", "1")),
-        choices=range(1, 33),
-        metavar="N",
-        help="server processes sharing the port (default 1, or GONGJI_WORKERS)",
-    )
-    s.set_defaults(func=_serve)
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
-    sub.add_parser("seed", help="load the demo data set").set_defaults(func=_seed)
+def _add_books_commands(sub: Any) -> None:
+    """`gongji audit` and `gongji checkpoint`."""
     a = sub.add_parser("audit", help="check the books; exit 1 naming each difference")
     a.add_argument(
         "--chain",
@@ -325,6 +308,28 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--out", metavar="FILE", help="write it to this new file (default: stdout)")
     k.add_argument("--public-key", action="store_true", help="print the public key that verifies them, and exit")
     k.set_defaults(func=_checkpoint)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from gongji import client
+
+    p = argparse.ArgumentParser(prog="gongji", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve gRPC and metrics until SIGTERM/SIGINT")
+    s.add_argument("--demo", action="store_true", help="load the demo data set on first start")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("GONGJI_WORKERS", "1")),
+        choices=range(1, 33),
+        metavar="N",
+        help="server processes sharing the port (default 1, or GONGJI_WORKERS)",
+    )
+    s.set_defaults(func=_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    sub.add_parser("seed", help="load the demo data set").set_defaults(func=_seed)
+    _add_books_commands(sub)
 
     h = sub.add_parser("health", help="check the local server's gRPC health; exit 0 when SERVING, else 1")
     h.add_argument(
