@@ -161,6 +161,7 @@ async def tokens(pool: asyncpg.Pool) -> Tokens:
         ),
         app=await credentials.create(pool, Kind.APP, "test app"),
         operator=await credentials.create(pool, Kind.OPERATOR, "test operator"),
+        consumer=await credentials.create(pool, Kind.CONSUMER, "test consumer"),
     )
 
 

@@ -88,6 +88,7 @@ async def make_tokens(pool: asyncpg.Pool) -> Tokens:
         ),
         app=await credentials.create(pool, Kind.APP, "own app"),
         operator=await credentials.create(pool, Kind.OPERATOR, "own operator"),
+        consumer=await credentials.create(pool, Kind.CONSUMER, "own consumer"),
     )
 
 

@@ -21,6 +21,8 @@ from gongji.domain.people import resident_id_check_char
 from gongji.v1 import (
     account_pb2,
     account_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     family_pb2,
     family_pb2_grpc,
     settlement_pb2,
@@ -72,6 +74,7 @@ class Tokens:
     terminal_b: str
     app: str
     operator: str
+    consumer: str = ""  # a downstream system's: EventService, ID numbers masked
 
 
 INSTITUTION_A = "H61010300101"
@@ -102,6 +105,16 @@ class Api:
         self.family = family_pb2_grpc.FamilyServiceStub(channel)
         self.account = account_pb2_grpc.AccountServiceStub(channel)
         self.wallet = wallet_pb2_grpc.WalletServiceStub(channel)
+        self.events = events_pb2_grpc.EventServiceStub(channel)
+
+    async def read_events(self, after: int = 0, *, token: str | None = None, **request: Any) -> list[events_pb2.Event]:
+        """The events after position `after` up to the newest (an operator's view unless `token`)."""
+        call = self.events.StreamEvents(
+            events_pb2.StreamEventsRequest(after_position=after, **request),
+            metadata=bearer(token or self.tokens.operator),
+            timeout=30,
+        )
+        return [r.event async for r in call]
 
     async def enroll(
         self,

@@ -276,7 +276,8 @@ def _client(settings: Settings, args: argparse.Namespace) -> int:
         return exc.status
     except KeyboardInterrupt:
         return 130  # as a shell reports SIGINT; the user knows why
-    print(json.dumps(result, ensure_ascii=False, indent=2))
+    if result is not None:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
 
 
@@ -343,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     cred = sub.add_parser("credential", help="manage bearer-token credentials")
     cred_sub = cred.add_subparsers(dest="credential_command", required=True)
     c = cred_sub.add_parser("create", help="create a bearer token (printed once, stored hashed)")
-    c.add_argument("--kind", choices=["terminal", "app", "operator"], required=True)
+    c.add_argument("--kind", choices=["terminal", "app", "operator", "consumer"], required=True)
     c.add_argument("--institution", help="institution id (terminals only)")
     c.add_argument("--institution-name", help="institution name, when it is new")
     c.add_argument(

@@ -25,6 +25,8 @@ from gongji.demo import ALIASES
 from gongji.v1 import (
     account_pb2,
     account_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     family_pb2,
     family_pb2_grpc,
     settlement_pb2,
@@ -48,12 +50,12 @@ EXIT_SERVER = 5  # a fault of the server (INTERNAL, UNKNOWN, ...)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
-TOKEN_KINDS = ("terminal", "app", "operator")
+TOKEN_KINDS = ("terminal", "app", "operator", "consumer")
 # The services of the contract, from the descriptors (tests/unit/test_client_args.py checks RPC_COMMANDS
 # against every service of every proto file).
 SERVICES = tuple(
     service
-    for module in (settlement_pb2, family_pb2, wallet_pb2, account_pb2)
+    for module in (settlement_pb2, family_pb2, wallet_pb2, account_pb2, events_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 
@@ -333,7 +335,7 @@ def _details(exc: grpc.aio.AioRpcError) -> tuple[str | None, list[str]]:
 
 
 # ---- the calls ----------------------------------------------------------------------------------------
-Call = Callable[[grpc.aio.Channel, argparse.Namespace, Tokens], Awaitable[Message]]
+Call = Callable[[grpc.aio.Channel, argparse.Namespace, Tokens], Awaitable[Message | None]]
 
 
 def _settlement(ch: grpc.aio.Channel) -> settlement_pb2_grpc.SettlementServiceAsyncStub:
@@ -728,6 +730,20 @@ async def premium_report(ch: grpc.aio.Channel, args: argparse.Namespace, tokens:
 
 
 # Every RPC of the contract, by its full name, and the subcommand that calls it.
+async def events(ch: grpc.aio.Channel, args: argparse.Namespace, tokens: Tokens) -> None:
+    """Print the events after --after, one JSON object a line (proto3 JSON: int64 as strings), as they
+    come; with --follow, until interrupted."""
+    request = events_pb2.StreamEventsRequest(
+        after_position=args.after, follow=args.follow, consumer=args.consumer or "", max_events=args.max_events
+    )
+    call = events_pb2_grpc.EventServiceStub(ch).StreamEvents(
+        request, metadata=tokens.auth(args.as_kind), timeout=None if args.follow else timeout_s(args)
+    )
+    async for reply in call:
+        line = json_format.MessageToDict(reply.event, preserving_proto_field_name=True)
+        print(json.dumps(line, ensure_ascii=False, separators=(",", ":")), flush=True)
+
+
 RPC_COMMANDS: dict[str, str] = {
     "gongji.v1.SettlementService.Quote": "quote",
     "gongji.v1.SettlementService.Settle": "settle",
@@ -762,9 +778,11 @@ RPC_COMMANDS: dict[str, str] = {
     "gongji.v1.AccountService.PayPremium": "premium-pay",
     "gongji.v1.AccountService.RefundPremium": "premium-refund",
     "gongji.v1.AccountService.ReportPremiums": "premium-report",
+    "gongji.v1.EventService.StreamEvents": "events",
 }
 
 COMMANDS: dict[str, Call] = {
+    "events": events,
     "settle": settle,
     "quote": quote,
     "release-hold": release_hold,
@@ -801,11 +819,14 @@ COMMANDS: dict[str, Call] = {
 }
 
 
-async def run(args: argparse.Namespace, tokens: Tokens) -> dict[str, Any]:
-    """Call the subcommand's RPC; its answer as a dict (proto field names, every field shown)."""
+async def run(args: argparse.Namespace, tokens: Tokens) -> dict[str, Any] | None:
+    """Call the subcommand's RPC; its answer as a dict (proto field names, every field shown). A stream
+    (events) prints as it comes and answers None."""
     command = COMMANDS[args.client_command]
     async with channel(args) as ch:
         reply = await command(ch, args, tokens)
+    if reply is None:
+        return None
     result: dict[str, Any] = json_format.MessageToDict(
         reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -850,6 +871,7 @@ def common_options(*, top: bool) -> argparse.ArgumentParser:
         ("terminal", "a terminal's settlement calls and reconcile"),
         ("app", "the app backend's family calls, vouchers, wallets and transfers, premium-pay"),
         ("operator", "an operator's enroll, credit, policies, premium rates, reports"),
+        ("consumer", "a downstream system's events (ID numbers masked)"),
     ):
         g.add_argument(
             f"--{kind}-token", metavar="TOKEN", help=f"bearer token for {calls}; default "
@@ -883,6 +905,14 @@ def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_wallet_arguments(add)
     _add_account_arguments(add)
     _add_premium_arguments(add)
+    ev = add("events", "events after a position, one JSON line each, in order (consumer, app or operator)")
+    ev.add_argument("--after", type=int, default=0, metavar="POSITION",
+                    help="the position of the last event already processed (default 0: the oldest kept)")  # fmt: skip
+    ev.add_argument("--follow", action="store_true", help="keep reading new events as they come, until interrupted")
+    ev.add_argument("--consumer", metavar="NAME", help="this consumer's name: gongji keeps its lag for the alert")
+    ev.add_argument("--max-events", type=int32, default=0, metavar="N", help="stop after N events (default: no limit)")
+    ev.add_argument("--as", dest="as_kind", choices=("consumer", "app", "operator"), default="consumer",
+                    help="call with this token (default consumer: ID numbers masked)")  # fmt: skip
 
 
 Add = Callable[[str, str], argparse.ArgumentParser]

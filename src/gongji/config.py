@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # time); it also runs once at start, catching up on what came due while gongji was down.
     wallet_expiry_interval_s: float = Field(default=30.0, gt=0, le=3600)
 
+    # How long events are kept for consumers (docs/events.md): older ones are deleted, and a consumer whose
+    # cursor is before them is told CURSOR_EXPIRED.
+    events_retention_days: int = Field(default=30, ge=1, le=3650)
+
     # TLS: certificate chain and key (PEM). With a client CA too: mTLS, a client certificate is required.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

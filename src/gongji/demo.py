@@ -161,6 +161,7 @@ async def seed(pool: asyncpg.Pool, data_dir: Path, *, premium: bool = True) -> d
         ),
         "app": await credentials.create(pool, Kind.APP, "demo app backend"),
         "operator": await credentials.create(pool, Kind.OPERATOR, "demo operator"),
+        "consumer": await credentials.create(pool, Kind.CONSUMER, "demo consumer"),
     }
     _write_tokens(token_file, tokens)
     log.info("demo data loaded; tokens in %s", token_file)

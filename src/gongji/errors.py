@@ -20,11 +20,15 @@ domain can raise them freely.
     │   ├── binding                     IDENTITY_MISMATCH, FACE_VERIFICATION_REQUIRED
     │   ├── VoucherRefused              VOUCHER_INVALID, VOUCHER_EXPIRED, VOUCHER_ALREADY_USED
     │   ├── money lifecycle             REFUND_EXCEEDS_SETTLEMENT, ALREADY_REVERSED, REFUND_ALREADY_SPENT
-    │   └── premium                     BENEFICIARY_NOT_RESIDENT, PREMIUM_NOT_SET, PREMIUM_WINDOW_CLOSED,
-    │                                   INSUFFICIENT_BALANCE
+    │   ├── premium                     BENEFICIARY_NOT_RESIDENT, PREMIUM_NOT_SET, PREMIUM_WINDOW_CLOSED,
+    │   │                               INSUFFICIENT_BALANCE
+    │   └── CursorExpired               CURSOR_EXPIRED (events after the cursor deleted by retention)
+    ├── CursorAhead                     OUT_OF_RANGE       CURSOR_AHEAD
     ├── ResourceExhausted               RESOURCE_EXHAUSTED FAMILY_LIMIT_REACHED, REGION_POLICY_LIMIT_REACHED,
     │                                                      PREMIUM_RATE_LIMIT_REACHED
-    │   └── Overloaded                  (the edge)         SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT
+    │   ├── EventConsumersLimitReached                     EVENT_CONSUMERS_LIMIT_REACHED
+    │   └── Overloaded                  (the edge)         SERVER_BUSY, CALLER_BUSY, REQUEST_MESSAGE_TIMEOUT,
+    │                                                      EVENT_STREAMS_BUSY
     ├── AlreadyExists                   ALREADY_EXISTS     IDEMPOTENCY_KEY_REUSED, PREMIUM_ALREADY_PAID
     ├── TransactionAborted              ABORTED            TRANSACTION_ABORTED (deadlock, serialization)
     ├── Unavailable                     UNAVAILABLE        DATABASE_UNAVAILABLE
@@ -391,6 +395,29 @@ class PremiumRateLimitReached(GongjiError):
     sentence = "the table of premium rates is full"
 
 
+class EventConsumersLimitReached(GongjiError):
+    """A credential names at most EVENT_CONSUMER_NAMES_MAX consumers (each is a series of the lag metric)."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "EVENT_CONSUMERS_LIMIT_REACHED"
+    sentence = "this credential names as many event consumers as it may"
+
+
+class CursorExpired(FailedPrecondition):
+    """Retention deleted events after the cursor: reading on from it would skip them unseen."""
+
+    reason = "CURSOR_EXPIRED"
+    sentence = "events after this cursor were deleted by retention; read from the oldest kept, and reconcile"
+
+
+class CursorAhead(GongjiError):
+    """The cursor is past the last position given: not one of this server's streams."""
+
+    code = "OUT_OF_RANGE"
+    reason = "CURSOR_AHEAD"
+    sentence = "the cursor is past the newest event: it is not a position of this event stream"
+
+
 class Overloaded(GongjiError):
     """Refused at the edge so that no caller takes the service from the others (gongji.api.admission).
     Nothing was read or written; the client may retry after a pause."""
@@ -418,6 +445,14 @@ class RequestMessageTimeout(Overloaded):
 
     reason = "REQUEST_MESSAGE_TIMEOUT"
     sentence = "the request message did not follow its headers in time"
+
+
+class EventStreamsBusy(Overloaded):
+    """As many event streams are open as the server, or this credential, may hold (EVENT_STREAMS_MAX,
+    EVENT_STREAMS_PER_CREDENTIAL_MAX)."""
+
+    reason = "EVENT_STREAMS_BUSY"
+    sentence = "as many event streams are open as this server or this caller may hold; retry after a pause"
 
 
 class IdempotencyKeyReused(GongjiError):

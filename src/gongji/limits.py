@@ -160,6 +160,8 @@ CALLS_IN_FLIGHT_TERMINAL_PERCENT = 25
 CALLS_IN_FLIGHT_INSTITUTION_PERCENT = 50
 CALLS_IN_FLIGHT_APP_PERCENT = 50
 CALLS_IN_FLIGHT_OPERATOR_PERCENT = 10
+# A downstream system reading events: its streams are few (EVENT_STREAMS_PER_CREDENTIAL_MAX), long and light.
+CALLS_IN_FLIGHT_CONSUMER_PERCENT = 5
 # Credential look-ups (cache misses) in flight at once: a flood of unknown tokens queues on these, not
 # on the database pool that settlements need.
 CREDENTIAL_LOOKUPS_IN_FLIGHT_MAX = 4
@@ -196,3 +198,28 @@ CANCELLATION_GRACE_S = 0.05
 # deadline passes on its side first, and the server learns of it as a cancellation one network trip
 # later, a few milliseconds on loopback, up to about a second for a POS on a poor mobile link.
 DEADLINE_SLACK_S = 1.0
+
+# The outbox (docs/events.md). Events sequenced per statement of the sequencer, and how often each server
+# runs it (the delay between a commit and its event reaching a following consumer is about this).
+EVENT_SEQUENCE_BATCH = 5_000
+EVENT_SEQUENCE_INTERVAL_S = 0.2
+# Events deleted per statement of retention, which runs every EVENT_PRUNE_INTERVAL_S.
+EVENT_PRUNE_BATCH = 10_000
+EVENT_PRUNE_INTERVAL_S = 60.0
+# How often the consumers' lag is read for the gauges.
+EVENT_LAG_INTERVAL_S = 5.0
+# A stream reads this many events per query, and a following stream that is caught up asks again after
+# this long (a position reached by another server's sequencer is seen within it).
+EVENT_PAGE = 500
+EVENT_POLL_S = 0.25
+# Open event streams per server process, and per credential. A stream holds no database connection
+# between its pages.
+EVENT_STREAMS_MAX = 64
+EVENT_STREAMS_PER_CREDENTIAL_MAX = 4
+# Consumer names one credential may have (each is a series of gongji_event_consumer_lag_*), and how long
+# a consumer stays in the gauges after it last read (a consumer retired is forgotten after it).
+EVENT_CONSUMER_NAMES_MAX = 8
+EVENT_CONSUMER_NAME_LEN_MAX = 64
+EVENT_CONSUMER_FORGET_AFTER_S = 7 * 86_400
+# How often a following stream writes its consumer's position (the lag gauge's freshness).
+EVENT_CONSUMER_SAVE_S = 1.0

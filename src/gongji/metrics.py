@@ -194,6 +194,30 @@ WALLET_OVERDUE_SECONDS = Gauge(
     " (0: none was due). Above a few minutes: the expiry work is late or failing.",
     multiprocess_mode="max",
 )
+# The outbox (docs/events.md). Events are counted when sequenced: committed, and in the stream.
+EVENTS_WRITTEN = Counter("gongji_events_written_total", "Events sequenced into the stream, by type.", ["type"])
+EVENTS_UNSEQUENCED = Gauge(
+    "gongji_events_unsequenced",
+    "Committed events still without a position after the sequencer's last run (0 unless it falls behind).",
+    multiprocess_mode="max",
+)
+EVENT_CONSUMER_LAG_EVENTS = Gauge(
+    "gongji_event_consumer_lag_events",
+    "Events sequenced that a named consumer has not read yet, by consumer (credential label/name).",
+    ["consumer"],
+    multiprocess_mode="max",
+)
+EVENT_CONSUMER_LAG_SECONDS = Gauge(
+    "gongji_event_consumer_lag_seconds",
+    "How long ago the oldest event a named consumer has not read occurred; 0 when it is caught up.",
+    ["consumer"],
+    multiprocess_mode="max",
+)
+OUTBOX_RUNS = Counter(
+    "gongji_outbox_runs_total",
+    "Runs of the outbox's upkeep, by work (sequence, prune, lag) and outcome.",
+    ["work", "outcome"],
+)
 WALLET_EXPIRY_RUNS = Counter(
     "gongji_wallet_expiry_runs_total", "Runs of the wallet expiry work, by outcome: ok, failed.", ["outcome"]
 )
@@ -310,10 +334,9 @@ def _zero_fixed_series() -> None:
         SETTLE_LOCK_WAIT_SECONDS.labels(lock)
 
 
-def zero_grpc_series(methods: Iterable[tuple[str, str]]) -> None:
-    """Create the grpc_server_* series of every (service, method) at 0, every code for handled."""
-    for service, method in methods:
-        labels = ("unary", service, method)
+def zero_grpc_series(methods: Iterable[tuple[str, str, str]]) -> None:
+    """Create the grpc_server_* series of every (type, service, method) at 0, every code for handled."""
+    for labels in methods:
         GRPC_STARTED.labels(*labels)
         GRPC_HANDLING_SECONDS.labels(*labels)
         for code in GRPC_CODES:

@@ -15,7 +15,11 @@ has one, and the suite checks:
   its ledger entries and its idempotency key, each key its settlement) and no voucher settled twice;
   the money that moved adds up from the settlement, refund, credit, transfer and hold tables alone,
   the wallets' too (what pending holds set aside is out of the balances);
-- no call was ever answered INTERNAL or UNKNOWN.
+- no call was ever answered INTERNAL or UNKNOWN;
+- a downstream system reading the event stream all the while, killed and resumed many times (and cut
+  off by every restart and terminated connection), ends with every event exactly once after
+  deduplication, and each person's events in the order of their ledger and wallet entries
+  (tests/chaos/event_consumer.py).
 
 The figures are printed at the end. `make chaos` runs it with CHAOS_SECONDS of load (CI: a few).
 """
@@ -44,6 +48,7 @@ import asyncpg
 import grpc
 import uvloop
 from conftest import VOUCHER_KEY
+from event_consumer import EventConsumer
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import error_infos, fresh_database, make_tokens
@@ -262,6 +267,9 @@ class Chaos:
         self.lost_allowed = False
         self.families: list[tuple[str, list[str]]] = []
         self.health: health_pb2_grpc.HealthStub | None = None  # the server's, through the clients' channel
+        # A downstream system reading the events meanwhile (operator's token: ID numbers whole, to hold the
+        # stream to the books), killed and resumed many times.
+        self.consumer = EventConsumer(api, tokens.operator, random.Random(SEED + 1))
 
     # ---- one call, maybe cut off -----------------------------------------------------------------
     async def _attempt(self, request: Request, *, faults: bool) -> None:
@@ -1046,7 +1054,9 @@ async def _load(chaos: Chaos, faults: Fault) -> float:
         finally:
             faults_done.set()
 
-    await asyncio.gather(*(chaos.client(until, faults_done) for _ in range(CLIENTS)), inject())
+    await asyncio.gather(
+        *(chaos.client(until, faults_done) for _ in range(CLIENTS)), inject(), chaos.consumer.run(until)
+    )
     return time.monotonic() - started
 
 
@@ -1076,12 +1086,16 @@ async def _chaos(
                 await chaos.check_convergence()
                 await chaos.check_books()
                 chaos.figures.violations += await server.audit()
+                if not lost_allowed:  # after a failover that lost commits, a consumer's cursor may be ahead
+                    await chaos.consumer.catch_up(check)
+                    chaos.figures.violations += await chaos.consumer.check(check)
         finally:
             if server.proc is not None and server.proc.poll() is None and await server.stop() != 0:
                 chaos.figures.violations.append(f"gongji exited badly at the end:\n{server.log_tail()}")
         chaos.figures.violations += server.unhandled()
     for line in chaos.figures.lines(load_s):
         print(line)
+    print(chaos.consumer.line())
     return chaos.figures
 
 

@@ -179,7 +179,7 @@ def test_prometheus_answers_the_sre_queries(env: dict[str, str], prometheus: str
         _query_until(url, "gongji:settle_lock_wait_seconds:p99_rate5m", lambda s: _has(s, lock="account"))
         _query_until(url, "gongji_db_pool_max_connections", lambda s: _has(s, job="gongji"))
         rules = [r for g in _api(url, "rules")["groups"] for r in g["rules"]]
-        assert len(rules) == 18
+        assert len(rules) == 20
         assert {r["health"] for r in rules} == {"ok"}, [(r["name"], r.get("lastError")) for r in rules]
     finally:
         stop(proc)

@@ -27,12 +27,12 @@ from support import CHILD, INSTITUTION_A, INSTITUTION_B, RESIDENT, Api, bearer, 
 from gongji.api.family import china_today
 from gongji.store import credentials
 from gongji.store.credentials import Kind
-from gongji.v1 import account_pb2, family_pb2, settlement_pb2, types_pb2, wallet_pb2
+from gongji.v1 import account_pb2, events_pb2, family_pb2, settlement_pb2, types_pb2, wallet_pb2
 
 S = grpc.StatusCode
 OLD, YOUNG = dt.date(1960, 1, 1), dt.date(1990, 1, 1)
 
-CREDENTIALS = ("none", "wrong", "malformed", "revoked", "terminal_a", "terminal_b", "app", "operator")
+CREDENTIALS = ("none", "wrong", "malformed", "revoked", "terminal_a", "terminal_b", "app", "operator", "consumer")
 
 OK = (S.OK, "")
 MISSING = (S.UNAUTHENTICATED, "CREDENTIALS_MISSING")
@@ -45,8 +45,21 @@ MISMATCH = (S.PERMISSION_DENIED, "INSTITUTION_MISMATCH")
 _NOBODY = {"none": MISSING, "wrong": INVALID, "malformed": INVALID, "revoked": INVALID}
 
 
-def _row(*, terminal_a: Any = DENIED, terminal_b: Any = DENIED, app: Any = DENIED, operator: Any = DENIED) -> Any:
-    return _NOBODY | {"terminal_a": terminal_a, "terminal_b": terminal_b, "app": app, "operator": operator}
+def _row(
+    *,
+    terminal_a: Any = DENIED,
+    terminal_b: Any = DENIED,
+    app: Any = DENIED,
+    operator: Any = DENIED,
+    consumer: Any = DENIED,
+) -> Any:
+    return _NOBODY | {
+        "terminal_a": terminal_a,
+        "terminal_b": terminal_b,
+        "app": app,
+        "operator": operator,
+        "consumer": consumer,
+    }
 
 
 # The matrix. Institution A's terminal owns the settlements the requests name.
@@ -90,6 +103,8 @@ EXPECTED: dict[str, dict[str, tuple[S, str]]] = {
     "WalletService/AcceptTransfer": _row(app=OK),
     "WalletService/DeclineTransfer": _row(app=OK),
     "WalletService/ListTransfers": _row(app=OK),
+    # Events: a downstream system (ID numbers masked), the app backend and operators; no terminal.
+    "EventService/StreamEvents": _row(app=OK, operator=OK, consumer=OK),
 }
 
 
@@ -239,6 +254,8 @@ async def _make_request(rpc: str, scene: Scene) -> Message:
             return account_pb2.ReportPremiumsRequest(from_date=today, to_date=today)
     if rpc.startswith("WalletService/"):
         return await _wallet_request(rpc, scene)
+    if rpc == "EventService/StreamEvents":
+        return events_pb2.StreamEventsRequest(max_events=1)
     raise AssertionError(f"no request for {rpc}")
 
 
@@ -340,11 +357,18 @@ async def metadata(api: Api, pool: asyncpg.Pool) -> dict[str, tuple[tuple[str, s
         "terminal_b": bearer(t.terminal_b),
         "app": bearer(t.app),
         "operator": bearer(t.operator),
+        "consumer": bearer(t.consumer),
     }
 
 
 def _stub_call(api: Api, rpc: str) -> Callable[..., Awaitable[Any]]:
     service, method = rpc.split("/")
+    if service == "EventService":  # a stream: read to its end
+
+        async def drained(request: Message, **options: Any) -> list[Any]:
+            return [reply async for reply in api.events.StreamEvents(request, **options)]
+
+        return drained
     stubs = {"SettlementService": api.settlement, "FamilyService": api.family, "AccountService": api.account}
     stub = (stubs | {"WalletService": api.wallet})[service]
     call: Callable[..., Awaitable[Any]] = getattr(stub, method)
@@ -354,6 +378,7 @@ def _stub_call(api: Api, rpc: str) -> Callable[..., Awaitable[Any]]:
 def test_the_matrix_names_every_rpc_and_every_credential() -> None:
     from gongji.api.server import SERVICE_NAMES
     from gongji.v1 import account_pb2 as a
+    from gongji.v1 import events_pb2 as e
     from gongji.v1 import family_pb2 as f
     from gongji.v1 import settlement_pb2 as s
     from gongji.v1 import wallet_pb2 as w
@@ -363,6 +388,7 @@ def test_the_matrix_names_every_rpc_and_every_credential() -> None:
         "gongji.v1.FamilyService": f,
         "gongji.v1.AccountService": a,
         "gongji.v1.WalletService": w,
+        "gongji.v1.EventService": e,
     }
     rpcs = {
         f"{name.split('.')[-1]}/{m.name}"

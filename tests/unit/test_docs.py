@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gongji import errors
-from gongji.v1 import account_pb2, family_pb2, settlement_pb2, wallet_pb2
+from gongji.v1 import account_pb2, events_pb2, family_pb2, settlement_pb2, wallet_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted(
@@ -67,11 +67,11 @@ def test_the_contract_page_lists_every_rpc_and_every_refusal() -> None:
     text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     rpcs = [
         m.name
-        for module in (settlement_pb2, family_pb2, wallet_pb2, account_pb2)
+        for module in (settlement_pb2, family_pb2, wallet_pb2, account_pb2, events_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for m in service.methods
     ]
-    assert len(rpcs) >= 30
+    assert len(rpcs) >= 34
     missing = [name for name in rpcs if f"`{name}`" not in text]
     assert missing == [], f"RPCs docs/api.md does not describe: {missing}"
     rows = {m[2]: (m[1], m[3]) for m in re.finditer(r"^\| `([A-Z_]+)` \| `([A-Z_]+)` \| (.+?) \|$", text, re.M)}

@@ -35,6 +35,8 @@ NOT_REASONS = frozenset(
         *("BEFORE_ACCOUNT", "AFTER_ACCOUNT", "AFTER_MUTUAL_AID", "OWN", "WALLET", "MULAID"),
         # A hold at the till: its states and its entries.
         *("CAPTURED", "RELEASED", "HOLD", "HOLD_RELEASE"),
+        # What a checkpoint's head that no longer holds found (checkpoints.misfits), and trigger operations.
+        *("MISSING", "REWRITTEN", "COUNT", "INSERT", "UPDATE"),
     }
 )
 _LITERAL = re.compile(r"'([A-Z][A-Z_]*[A-Z])'")

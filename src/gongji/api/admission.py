@@ -36,6 +36,7 @@ class Admission:
             Kind.TERMINAL: share(calls_in_flight_max, limits.CALLS_IN_FLIGHT_TERMINAL_PERCENT),
             Kind.APP: share(calls_in_flight_max, limits.CALLS_IN_FLIGHT_APP_PERCENT),
             Kind.OPERATOR: share(calls_in_flight_max, limits.CALLS_IN_FLIGHT_OPERATOR_PERCENT),
+            Kind.CONSUMER: share(calls_in_flight_max, limits.CALLS_IN_FLIGHT_CONSUMER_PERCENT),
         }
         self._per_institution = share(calls_in_flight_max, limits.CALLS_IN_FLIGHT_INSTITUTION_PERCENT)
         self.in_flight = 0

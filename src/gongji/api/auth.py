@@ -20,6 +20,9 @@ _SERVICE_KINDS: dict[str, frozenset[Kind]] = {
     "gongji.v1.FamilyService": frozenset({Kind.APP}),
     "gongji.v1.WalletService": frozenset({Kind.APP}),
     "gongji.v1.AccountService": frozenset({Kind.OPERATOR}),
+    # Events: a downstream system (ID numbers masked), the app backend (which tells people of their
+    # family's use of their account) and operators; a terminal sees no one else's business.
+    "gongji.v1.EventService": frozenset({Kind.CONSUMER, Kind.APP, Kind.OPERATOR}),
 }
 # Operators reconcile any institution (a terminal reconciles its own). The app backend reads a person's
 # balance and history (交易记录) for the app, and pays a relative's resident premium: the insured person

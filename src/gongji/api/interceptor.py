@@ -5,9 +5,10 @@ Written by hand rather than taken from a package: the released Python gRPC-Prome
 cancelled calls and calls past their deadline, and authentication needs our own credential store.
 Health and reflection pass through untouched (no credentials, no metrics).
 
-Every gongji method is unary, yet the interceptor serves it as a stream-unary handler (the bytes on the
-wire are the same). grpc.aio runs a unary handler only once the request message has arrived, and counts
-the call from its headers: a client could hold any number of calls open by sending headers and never a
+Every gongji method but one is unary, yet the interceptor serves it as a stream-unary handler (the bytes
+on the wire are the same); the server-streaming one (EventService.StreamEvents) as a stream-stream
+handler. grpc.aio runs a unary handler only once the request message has arrived, and counts the call
+from its headers: a client could hold any number of calls open by sending headers and never a
 message. Served as a stream, the call is authenticated as soon as its headers arrive (a caller without
 valid credentials is refused at once and holds nothing), admitted against its caller's fair share
 (gongji.api.admission), and only then is its one message read, within REQUEST_MESSAGE_WAIT_S.
@@ -16,6 +17,7 @@ valid credentials is refused at once and holds nothing), admitted against its ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -51,6 +53,7 @@ class _Undecodable:
 
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior = Callable[[AsyncIterator[Any], Context], Awaitable[Any]]
+Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 
 
 class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -75,22 +78,20 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         served = self._methods.get(method)
         if served is not None and served.source is handler:
             return served.handler
-        if (
-            handler is None
-            or not method.startswith(_PREFIX)
-            or handler.unary_unary is None
-            or handler.request_deserializer is None
-        ):
+        if handler is None or not method.startswith(_PREFIX) or handler.request_deserializer is None:
             return handler
+        if handler.unary_unary is None and handler.unary_stream is None:
+            raise TypeError(f"{method}: gongji serves unary and server-streaming methods only")
         served = self._methods[method] = self._serve(method, handler)
         return served.handler
 
     def _serve(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> _Method:
         """How `method` is served: the same for every call (nothing of a call is in it; the behavior reads
-        the call's metadata from its context), so built once."""
+        the call's metadata from its context), so built once. A unary method is served as stream-unary, a
+        server-streaming one as stream-stream: either way its one request is read once admitted."""
         service, name = method[1:].split("/", 1)
-        served = _Method(method, name, handler, ("unary", service, name))
-        inner = cast(Behavior, handler.unary_unary)
+        streaming = handler.unary_unary is None
+        served = _Method(method, name, handler, ("server_stream" if streaming else "unary", service, name))
         deserialize = handler.request_deserializer
         assert deserialize is not None
 
@@ -98,7 +99,16 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             call = _Call(served)
             metrics.GRPC_STARTED.labels(*served.labels).inc()
             try:
-                return await self._run(inner, context, call)
+                return await self._run(cast(Behavior, handler.unary_unary), context, call)
+            finally:
+                call.finish(context)
+
+        async def stream_behavior(_requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            call = _Call(served)
+            metrics.GRPC_STARTED.labels(*served.labels).inc()
+            try:
+                async for response in self._run_stream(cast(Streaming, handler.unary_stream), context, call):
+                    yield response
             finally:
                 call.finish(context)
 
@@ -110,49 +120,78 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except DecodeError:
                 return _Undecodable()
 
-        served.handler = grpc.stream_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=tolerant_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if streaming:
+            served.handler = grpc.stream_stream_rpc_method_handler(
+                stream_behavior,
+                request_deserializer=tolerant_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            served.handler = grpc.stream_unary_rpc_method_handler(
+                behavior,
+                request_deserializer=tolerant_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return served
 
     async def _run(self, inner: Behavior, context: Context, call: _Call) -> Any:
         """Authenticate, admit, read the request, run the servicer, and turn whatever it raises into one
         status."""
         try:
-            metadata: Any = context.invocation_metadata()  # (key, value) pairs, as HandlerCallDetails has them
-            call.principal = await self._auth.authenticate(metadata, call.method)
-            if self._mtls:
-                check_certificate(call.principal, context.auth_context())
-            with self._admission.admit(call.principal):
-                call.request = request = await self._request(context)
-                if isinstance(request, _Undecodable):
-                    raise errors.InvalidArgument.one("request", f"not a valid {call.served.name} request message")
-                token = current_principal.set(call.principal)
-                try:
-                    return await inner(request, context)
-                finally:
-                    current_principal.reset(token)
-        except errors.GongjiError as exc:
+            async with self._admitted(context, call) as request:
+                return await inner(request, context)
+        except BaseException as exc:
+            await self._failed(context, call, exc)
+
+    async def _run_stream(self, inner: Streaming, context: Context, call: _Call) -> AsyncIterator[Any]:
+        """As _run, for a server-streaming method: its answers pass through as they come, and whatever it
+        raises, before its first answer or after its last, ends the stream with one status."""
+        try:
+            async with self._admitted(context, call) as request:
+                async for response in inner(request, context):
+                    yield response
+        except BaseException as exc:
+            await self._failed(context, call, exc)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, context: Context, call: _Call) -> AsyncIterator[Any]:
+        """The call authenticated, admitted against its caller's share, and its request read: the request,
+        with the caller as current_principal while the servicer runs."""
+        metadata: Any = context.invocation_metadata()  # (key, value) pairs, as HandlerCallDetails has them
+        call.principal = await self._auth.authenticate(metadata, call.method)
+        if self._mtls:
+            check_certificate(call.principal, context.auth_context())
+        with self._admission.admit(call.principal):
+            call.request = request = await self._request(context)
+            if isinstance(request, _Undecodable):
+                raise errors.InvalidArgument.one("request", f"not a valid {call.served.name} request message")
+            token = current_principal.set(call.principal)
+            try:
+                yield request
+            finally:
+                current_principal.reset(token)
+
+    async def _failed(self, context: Context, call: _Call, exc: BaseException) -> None:
+        """End the call with the status for `exc` (re-raising what must go on up: a cancellation, an abort
+        already sent, a generator closed)."""
+        if isinstance(exc, errors.GongjiError):
             await call.abort(context, exc)
-        except asyncio.CancelledError:
+        if isinstance(exc, asyncio.CancelledError):
             # grpc.aio cancels the handler both when the client cancels and when the deadline
             # passes; the remaining time tells them apart.
             call.code = _cut_off_code(context)
-            raise
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            database = db.as_gongji_error(exc)  # the store reads the driver's errors, in one place
-            if database is not None:
-                log.warning("%s during %s: %s", database.reason, call.method, type(exc).__name__)
-                await call.abort(context, database)
-            # The class and frames only, to the log and never to the client: messages of database
-            # errors and failed assertions can quote row values (PII, balances).
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-            log.error("unhandled %s in %s\n%s", type(exc).__name__, call.method, frames)
-            await call.abort(context, errors.Internal("internal error"))
+            raise exc
+        if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        database = db.as_gongji_error(exc)  # the store reads the driver's errors, in one place
+        if database is not None:
+            log.warning("%s during %s: %s", database.reason, call.method, type(exc).__name__)
+            await call.abort(context, database)
+        # The class and frames only, to the log and never to the client: messages of database
+        # errors and failed assertions can quote row values (PII, balances).
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("unhandled %s in %s\n%s", type(exc).__name__, call.method, frames)
+        await call.abort(context, errors.Internal("internal error"))
 
     async def _request(self, context: Context) -> Any:
         """The call's one request message, which must come within the wait. A unary client sends exactly

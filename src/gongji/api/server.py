@@ -19,8 +19,10 @@ from gongji.api.admission import Admission
 from gongji.api.app import App
 from gongji.api.auth import Authenticator
 from gongji.api.credential_watch import CredentialWatch
+from gongji.api.events import EventService
 from gongji.api.family import FamilyService
 from gongji.api.interceptor import GongjiInterceptor
+from gongji.api.outbox import Outbox
 from gongji.api.settlement import SettlementService
 from gongji.api.wallet import WalletService
 from gongji.api.wallet_expiry import WalletExpiry
@@ -29,6 +31,8 @@ from gongji.store import db
 from gongji.v1 import (
     account_pb2,
     account_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     family_pb2,
     family_pb2_grpc,
     settlement_pb2,
@@ -44,6 +48,7 @@ SERVICE_NAMES = (
     family_pb2.DESCRIPTOR.services_by_name["FamilyService"].full_name,
     wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 )
 
 
@@ -92,6 +97,7 @@ class Running:
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     wallet_expiry: WalletExpiry | None = None
+    outbox: Outbox | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, stop accepting, let in-flight RPCs finish within `grace_s`; then stop
@@ -102,6 +108,8 @@ class Running:
         await self.server.stop(grace_s)
         if self.wallet_expiry is not None:
             await self.wallet_expiry.close()
+        if self.outbox is not None:
+            await self.outbox.close()
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.credentials.close()
@@ -150,8 +158,8 @@ async def watch_database(pool: db.Pool, health: HealthServicer) -> None:
 
 # Every (service, method) of the contract, for the metrics that exist before the first call.
 _METHODS = tuple(
-    (service.full_name, method.name)
-    for module in (settlement_pb2, family_pb2, account_pb2, wallet_pb2)
+    ("server_stream" if method.server_streaming else "unary", service.full_name, method.name)
+    for module in (settlement_pb2, family_pb2, account_pb2, wallet_pb2, events_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 )
@@ -182,6 +190,7 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     family_pb2_grpc.add_FamilyServiceServicer_to_server(FamilyService(app), server)
     wallet_pb2_grpc.add_WalletServiceServicer_to_server(WalletService(app), server)
     account_pb2_grpc.add_AccountServiceServicer_to_server(AccountService(app), server)
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventService(app), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -210,7 +219,11 @@ async def start(app: App, listen: str, *, reuse_port: bool = False) -> Running:
     credential_watch.start()
     wallet_expiry = WalletExpiry(app.pool, app.clock, app.settings.wallet_expiry_interval_s)
     wallet_expiry.start()
-    return Running(server, port, health_servicer, watch, credential_watch, health_server, health_port, wallet_expiry)
+    outbox = Outbox(app.pool, app.settings.events_retention_days)
+    outbox.start()
+    return Running(
+        server, port, health_servicer, watch, credential_watch, health_server, health_port, wallet_expiry, outbox
+    )
 
 
 async def run_until_signalled(running: Running, grace_s: float, on_stop: Callable[[], Awaitable[None]]) -> None:

@@ -17,6 +17,7 @@ class Kind(enum.StrEnum):
     TERMINAL = "TERMINAL"  # a POS terminal of one institution: SettlementService
     APP = "APP"  # the insured person's app backend: FamilyService
     OPERATOR = "OPERATOR"  # insurer operators: AccountService, Reconcile for any institution
+    CONSUMER = "CONSUMER"  # a downstream system: EventService, ID numbers masked
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,16 @@ _REFERENCED = re.compile(r"\breferences\s+(\w+)", re.IGNORECASE)
 _UPGRADE_LOCK_TIMEOUT = "10s"
 
 # The code files, in the order they are applied (a later file may use an earlier one's functions).
-CODE_FILES = ("settle.sql", "premium.sql", "lifecycle.sql", "credentials.sql", "wallet.sql", "hold.sql", "chain.sql")
+CODE_FILES = (
+    "settle.sql",
+    "premium.sql",
+    "lifecycle.sql",
+    "credentials.sql",
+    "wallet.sql",
+    "hold.sql",
+    "chain.sql",
+    "events.sql",
+)
 
 
 @dataclass(frozen=True, slots=True)

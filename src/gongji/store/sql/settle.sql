@@ -910,6 +910,11 @@ begin
     outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
                                         p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id,
                                         p_insutype);
+    if outcome = 'VOUCHER_PATIENT_MISMATCH' then
+        -- The fraud signal goes downstream (events.sql); the settlement is refused all the same.
+        perform gongji_real_name_mismatch_event(p_institution_id, p_terminal_id, p_request_id, p_patient_id,
+                                                p_voucher_id);
+    end if;
     if outcome is null and p_hold_id is not null then
         select * into v_hold from settlement_hold h where h.hold_id = p_hold_id for update;
         outcome := gongji_capture_refusal(v_hold, p_institution_id, p_content_digest, p_now,
