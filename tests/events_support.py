@@ -77,13 +77,19 @@ async def stream_vs_books(pool: asyncpg.Pool, events: list[events_pb2.Event], pe
     problems: list[str] = []
     for book in ("ledger_entry", "wallet_entry"):
         rows = await pool.fetch(
-            f"select * from {book} where person_id = any($1::text[]) order by person_id, entry_id",
+            f"""select e.*, h.settlement_id as captured_by from {book} e
+                  left join settlement_hold h on h.hold_id = e.hold_id and h.state = 'CAPTURED'
+                 where e.person_id = any($1::text[]) order by e.person_id, e.entry_id""",
             list(people),
         )
         last: dict[str, tuple[int, int]] = {}
         for r in rows:
             kind, column = _ENTRY_EVENT[r["kind"]]
             k = (kind, str(r[column]))
+            if r["kind"] == "HOLD_RELEASE" and r["captured_by"] is not None:
+                # A capture gives the hold's money back and settles in one commit: its entries come in
+                # that order, its events as settlement.settled, then hold.captured.
+                k = ("settlement.settled", str(r["captured_by"]))
             if k not in position:
                 problems.append(f"{book} {r['entry_id']} ({r['kind']}): no event {k}")
                 continue

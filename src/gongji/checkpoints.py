@@ -102,14 +102,15 @@ def opened(document: Any, keys: dict[str, Ed25519PublicKey]) -> dict[str, Any]:
         if key is None:
             raise CheckpointInvalid(f"signed with key {key_id!r}, which is not given")
         key.verify(base64.b64decode(signature, validate=True), canonical(checkpoint))
-    except (TypeError, KeyError, binascii.Error) as exc:
+    except (TypeError, KeyError, ValueError) as exc:  # binascii.Error is a ValueError
         raise CheckpointInvalid(f"not a gongji checkpoint ({type(exc).__name__})") from None
     except InvalidSignature:
         raise CheckpointInvalid(
             "the signature does not match: the checkpoint was changed after it was signed"
         ) from None
-    if checkpoint.get("version") != VERSION:
-        raise CheckpointInvalid(f"checkpoint version {checkpoint.get('version')!r}, this gongji reads {VERSION}")
+    if not isinstance(checkpoint, dict) or checkpoint.get("version") != VERSION:
+        version = checkpoint.get("version") if isinstance(checkpoint, dict) else None
+        raise CheckpointInvalid(f"checkpoint version {version!r}, this gongji reads {VERSION}")
     return dict(checkpoint)
 
 

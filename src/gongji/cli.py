@@ -116,22 +116,22 @@ def _opened_checkpoint(settings: Settings, path: str, public_keys: list[str]) ->
     default with this configuration's own key."""
     from gongji import checkpoints
 
-    keys = checkpoints.public_keys(public_keys or [_checkpoint_signer(settings).public_key_text()])
+    keys = checkpoints.public_keys(public_keys or [_checkpoint_signer(settings, create=False).public_key_text()])
     try:
         with open(path, encoding="utf-8") as f:
             document = json.load(f)
-    except json.JSONDecodeError:
-        raise checkpoints.CheckpointInvalid(f"{path}: not JSON") from None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past any checkpoint's depth
+        raise checkpoints.CheckpointInvalid(f"{path}: not a JSON checkpoint") from None
     try:
         return checkpoints.opened(document, keys)
     except checkpoints.CheckpointInvalid as exc:
         raise checkpoints.CheckpointInvalid(f"{path}: {exc}") from None
 
 
-def _checkpoint_signer(settings: Settings) -> Any:
+def _checkpoint_signer(settings: Settings, *, create: bool = True) -> Any:
     from gongji import checkpoints
 
-    return checkpoints.Signer.from_bytes(settings.checkpoint_key_id, settings.checkpoint_key_bytes())
+    return checkpoints.Signer.from_bytes(settings.checkpoint_key_id, settings.checkpoint_key_bytes(create=create))
 
 
 @_needs_database

@@ -140,9 +140,10 @@ class Settings(BaseSettings):
             raise ValueError("GONGJI_VOUCHER_KEY must be at least 32 bytes")
         return key
 
-    def checkpoint_key_bytes(self) -> bytes:
+    def checkpoint_key_bytes(self, *, create: bool = True) -> bytes:
         """The 32 bytes of the checkpoint signing key: configured, or generated on first use and kept
-        (mode 0600) under data_dir."""
+        (mode 0600) under data_dir. Without `create`, a key that is neither configured nor kept is a
+        ValueError: a verifier must not make a key of its own, which would refuse every checkpoint."""
         import base64
         import binascii
 
@@ -150,6 +151,11 @@ class Settings(BaseSettings):
             text = self.checkpoint_key.get_secret_value()
         else:
             path = self.data_dir / "checkpoint.key"
+            if not path.exists() and not create:
+                raise ValueError(
+                    "no checkpoint key here (GONGJI_CHECKPOINT_KEY unset, none kept in the data directory):"
+                    " pass --public-key ID:KEY, as `gongji checkpoint --public-key` prints it where the key is"
+                )
             if not path.exists():
                 _create_key_file(path, base64.b64encode(os.urandom(32)).decode())
             text = path.read_text()

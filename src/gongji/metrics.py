@@ -196,9 +196,9 @@ WALLET_OVERDUE_SECONDS = Gauge(
 )
 # The outbox (docs/events.md). Events are counted when sequenced: committed, and in the stream.
 EVENTS_WRITTEN = Counter("gongji_events_written_total", "Events sequenced into the stream, by type.", ["type"])
-EVENTS_UNSEQUENCED = Gauge(
-    "gongji_events_unsequenced",
-    "Committed events still without a position after the sequencer's last run (0 unless it falls behind).",
+EVENTS_UNSEQUENCED_SECONDS = Gauge(
+    "gongji_events_unsequenced_seconds",
+    "How long ago the oldest event still waiting for its position occurred (a fraction of a second when well).",
     multiprocess_mode="max",
 )
 EVENT_CONSUMER_LAG_EVENTS = Gauge(
@@ -215,7 +215,8 @@ EVENT_CONSUMER_LAG_SECONDS = Gauge(
 )
 OUTBOX_RUNS = Counter(
     "gongji_outbox_runs_total",
-    "Runs of the outbox's upkeep, by work (sequence, prune, lag) and outcome.",
+    "Runs of the outbox's upkeep, by work (sequence, prune, lag) and outcome (ok; skipped: another server"
+    " held the head; failed).",
     ["work", "outcome"],
 )
 WALLET_EXPIRY_RUNS = Counter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -206,3 +207,32 @@ async def test_a_checkpoint_kept_elsewhere_finds_a_head_rewritten(
 
     other = gongji("audit", "--checkpoint", str(saved), "--public-key", "c1:" + base64.b64encode(bytes(32)).decode())
     assert other.returncode == 2 and "signature does not match" in other.stderr, other.stderr
+
+
+def test_a_crafted_or_unverifiable_checkpoint_is_one_line_not_a_traceback(db_url: str, tmp_path: Path) -> None:
+    """Whatever the file holds, `gongji audit --checkpoint` says what is wrong in one line and exits 2; and a
+    verifier with no key of its own is told to pass the public key, never given a new key of its own
+    that would refuse every genuine checkpoint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")}
+    env |= {"GONGJI_DATABASE_URL": db_url, "GONGJI_DATA_DIR": str(tmp_path / "data")}
+    key = "c1:" + base64.b64encode(bytes(32)).decode()
+    files = {
+        "deep.json": "[" * 100_000 + "]" * 100_000,
+        "binary.json": "\udcff",
+        "list.json": json.dumps({"checkpoint": [1], "key_id": "c1", "signature": "é"}),
+        "empty.json": "",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8", errors="surrogateescape")
+        ran = subprocess.run(
+            [GONGJI, "audit", "--checkpoint", str(tmp_path / name), "--public-key", key],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 2 and "Traceback" not in ran.stderr, (name, ran.stderr)
+        assert len(ran.stderr.strip().splitlines()) == 1, (name, ran.stderr)
+    unkeyed = subprocess.run(
+        [GONGJI, "audit", "--checkpoint", str(tmp_path / "empty.json")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert unkeyed.returncode == 2 and "pass --public-key" in unkeyed.stderr, unkeyed.stderr
+    assert not (tmp_path / "data" / "checkpoint.key").exists()

@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from gongji.api.app import App
 from gongji.api.validate import china_today
 from gongji.clock import ManualClock
 from gongji.config import Settings
+from gongji.domain.people import mask_id
 from gongji.store import db
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
@@ -42,7 +44,7 @@ class Servers:
     port: int
     tls_port: int
     mtls_port: int
-    tokens: dict[str, str]  # the demo tokens: terminal (the demo pharmacy), app, operator
+    tokens: dict[str, str]  # the demo tokens: terminal (the demo pharmacy), app, operator, consumer
     pki: dict[str, Path]
     data_dir: Path  # holds the demo-tokens.json the seed wrote
     # The servers' clock, for the 医保钱包's decisions by time of day (quiet hours, due times): the
@@ -141,7 +143,7 @@ class Client:
 
     def flags(self) -> list[str]:
         t = self.servers.tokens
-        return [f"--terminal-token={t['terminal']}", f"--app-token={t['app']}", f"--operator-token={t['operator']}"]
+        return [f"--{kind}-token={t[kind]}" for kind in ("terminal", "app", "operator", "consumer")]
 
     def run(self, *args: str, target: bool = True, tokens: bool = True) -> Ran:
         where = ["--target", f"127.0.0.1:{self.servers.port}"] if target else []
@@ -619,6 +621,30 @@ def test_ledger(gongji: Client) -> None:
     assert "out of range (a 32-bit integer)" in gongji.usage(
         "ledger", "--person", "demo:defu", "--page-size", str(2**31)
     )
+
+
+# ---- EventService -------------------------------------------------------------------------------------
+def test_events(gongji: Client) -> None:
+    """JSON lines in order; the consumer's token sees ID numbers masked, the operator's whole; a cursor
+    the stream never gave is refused."""
+    settled = _settle(gongji, 100)
+    lines: list[dict[str, Any]] = []
+    for _ in range(50):  # the server's sequencer gives the settlement's event its position within 0.2 s
+        ran = gongji.run("events", "--after", "0")
+        assert (ran.code, ran.err) == (0, ""), ran
+        lines = [json.loads(line) for line in ran.out.splitlines()]
+        if any(e.get("settlement", {}).get("settlement_id") == settled["settlement_id"] for e in lines):
+            break
+        time.sleep(0.1)
+    positions = [int(e["position"]) for e in lines]
+    assert positions == list(range(1, len(lines) + 1))
+    (event,) = [e for e in lines if e.get("settlement", {}).get("settlement_id") == settled["settlement_id"]]
+    assert event["type"] == "settlement.settled" and event["settlement"]["patient_id"] == mask_id(demo.XIAOLI.person_id)
+    assert demo.XIAOLI.person_id not in ran.out
+    whole = gongji.run("events", "--after", str(int(event["position"]) - 1), "--max-events", "1", "--as", "operator")
+    assert json.loads(whole.out)["settlement"]["patient_id"] == demo.XIAOLI.person_id
+    line = gongji.fails(EXIT_REFUSED, "events", "--after", str(10**12))
+    assert reason(line) == "CURSOR_AHEAD", line
 
 
 def test_premium_rates_pay_refund_and_report(gongji: Client) -> None:

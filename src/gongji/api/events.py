@@ -65,11 +65,23 @@ def data_field(event_type: str) -> str:
     return _DATA_FIELD.get(event_type) or _DATA_FIELD_BY_PREFIX[event_type.partition(".")[0]]
 
 
+# An ID number inside any other text a client chose (a request id such as `credit-610102199203154021`).
+_ID_NUMBER = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
+
+
+def _masked(field: str, value: Any) -> Any:
+    if field in PERSON_FIELDS and isinstance(value, str):
+        return mask_id(value)
+    if isinstance(value, str):
+        return _ID_NUMBER.sub(lambda m: mask_id(m.group()), value)
+    return value
+
+
 def event(row: asyncpg.Record, *, masked: bool) -> events_pb2.Event:
     data: dict[str, Any] = json.loads(row["data"])
     person_ids: list[str] = row["person_ids"]
     if masked:
-        data = {k: mask_id(v) if k in PERSON_FIELDS else v for k, v in data.items()}
+        data = {k: _masked(k, v) for k, v in data.items()}
         person_ids = [mask_id(p) for p in person_ids]
     e = events_pb2.Event(
         event_id=str(row["event_id"]),
@@ -78,7 +90,8 @@ def event(row: asyncpg.Record, *, masked: bool) -> events_pb2.Event:
         occurred_at=timestamp(row["occurred_at"]),
         person_ids=person_ids,
     )
-    json_format.ParseDict(data, getattr(e, data_field(row["type"])))
+    # Fields the proto does not know yet are left out, never a stream stopped at the event for good.
+    json_format.ParseDict(data, getattr(e, data_field(row["type"])), ignore_unknown_fields=True)
     return e
 
 
@@ -125,22 +138,27 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         pool = self._app.pool
         with self._streams.open(principal.credential_id):
             head = await events.head(pool)
-            if request.after_position > head.position:
+            after = request.after_position or head.pruned_through  # 0: from the oldest kept
+            if after > head.position:
                 raise errors.CursorAhead(f"the newest position is {head.position}")
-            if request.after_position < head.pruned_through:
-                raise errors.CursorExpired(f"events up to position {head.pruned_through} were deleted")
-            consumer = _Consumer(pool, principal.credential_id, request.consumer, request.after_position)
+            if after < head.pruned_through:
+                raise errors.CursorExpired(
+                    f"events up to position {head.pruned_through} were deleted; the oldest kept follows it"
+                )
+            consumer = _Consumer(pool, principal.credential_id, request.consumer, after)
             await consumer.save()
             masked = principal.kind not in _SEES_ID_NUMBERS
-            async for e in _follow(pool, request, masked):
+            async for e in _follow(pool, after, request, masked):
                 yield events_pb2.StreamEventsResponse(event=e)
                 await consumer.reached(e.position)
             await consumer.save()
 
 
-async def _follow(pool: Any, request: events_pb2.StreamEventsRequest, masked: bool) -> AsyncIterator[events_pb2.Event]:
-    """The events after the request's position, page by page; on as they come with `follow`."""
-    position, left = request.after_position, request.max_events or None
+async def _follow(
+    pool: Any, after: int, request: events_pb2.StreamEventsRequest, masked: bool
+) -> AsyncIterator[events_pb2.Event]:
+    """The events after position `after`, page by page; on as they come with `follow`."""
+    position, left = after, request.max_events or None
     while True:
         want = min(limits.EVENT_PAGE, left) if left else limits.EVENT_PAGE
         rows = await events.read(pool, position, want)

@@ -169,13 +169,20 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 yield request
             finally:
-                current_principal.reset(token)
+                with contextlib.suppress(ValueError):
+                    # A stream the client left is closed by grpc from a context of its own, where the
+                    # token cannot be reset: that context ends with the call, nothing is left to undo.
+                    current_principal.reset(token)
 
     async def _failed(self, context: Context, call: _Call, exc: BaseException) -> None:
         """End the call with the status for `exc` (re-raising what must go on up: a cancellation, an abort
         already sent, a generator closed)."""
         if isinstance(exc, errors.GongjiError):
             await call.abort(context, exc)
+        if isinstance(exc, GeneratorExit):
+            # A stream closed before its end: the client went away (grpc cancelled the call at a write).
+            call.code = "CANCELLED"
+            raise exc
         if isinstance(exc, asyncio.CancelledError):
             # grpc.aio cancels the handler both when the client cancels and when the deadline
             # passes; the remaining time tells them apart.

@@ -33,24 +33,17 @@ class Outbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: set[str] = set()  # the consumer labels the gauges have
 
-    async def sequence(self) -> int:
-        """Sequence every committed event, a batch per statement; how many."""
-        done = 0
+    async def sequence(self) -> str:
+        """Sequence every committed event, a batch per statement; the run's outcome: ok, or skipped when
+        another sequencer held the head (counted apart: a head held for long must not look healthy)."""
         while True:
             counts = await events.sequence(self._pool, limits.EVENT_SEQUENCE_BATCH)
+            if counts is None:
+                return "skipped"
             for event_type, n in counts.items():
                 metrics.EVENTS_WRITTEN.labels(event_type).inc(n)
-            batch = sum(counts.values())
-            done += batch
-            if batch < limits.EVENT_SEQUENCE_BATCH:
-                metrics.EVENTS_UNSEQUENCED.set(0 if counts or done else await self._unsequenced())
-                return done
-
-    async def _unsequenced(self) -> int:
-        count: int = await self._pool.fetchval(
-            "select count(*) from (select 1 from outbox_event where position is null limit 100000) x"
-        )
-        return count
+            if sum(counts.values()) < limits.EVENT_SEQUENCE_BATCH:
+                return "ok"
 
     async def prune(self) -> int:
         """Delete the events past retention, a batch per statement; how many."""
@@ -65,6 +58,7 @@ class Outbox:
                 return deleted
 
     async def read_lags(self) -> None:
+        metrics.EVENTS_UNSEQUENCED_SECONDS.set(await events.unsequenced_seconds(self._pool))
         lags = await events.consumer_lags(self._pool, dt.timedelta(seconds=limits.EVENT_CONSUMER_FORGET_AFTER_S))
         current = {lag.label for lag in lags}
         for gone in self._consumers - current:
@@ -78,8 +72,8 @@ class Outbox:
     async def _every(self, work: str, interval_s: float, run: Callable[[], Awaitable[object]]) -> None:
         while True:
             try:
-                await run()
-                metrics.OUTBOX_RUNS.labels(work, "ok").inc()
+                outcome = await run()
+                metrics.OUTBOX_RUNS.labels(work, outcome if isinstance(outcome, str) else "ok").inc()
             except Exception:
                 metrics.OUTBOX_RUNS.labels(work, "failed").inc()
                 log.warning("the outbox's %s work failed; it runs again", work, exc_info=True)

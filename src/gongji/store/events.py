@@ -21,13 +21,26 @@ class Head:
 class ConsumerLag:
     label: str  # the credential's label and the consumer's name: operator-chosen words, never personal data
     events: int  # positions given that it has not read
-    seconds: float  # how long ago the oldest of them occurred; 0 when it is caught up
+    seconds: float  # how long ago the oldest of them occurred; 0 when caught up; inf when retention deleted them
 
 
-async def sequence(pool: db.Pool, limit: int) -> dict[str, int]:
-    """Give committed events their positions (gongji_sequence_events); how many of each type."""
+async def sequence(pool: db.Pool, limit: int) -> dict[str, int] | None:
+    """Give committed events their positions (gongji_sequence_events); how many of each type, or None
+    when another sequencer holds the head (this one skipped)."""
     rows = await pool.fetch("select type, events from gongji_sequence_events($1)", limit)
+    if any(r["events"] < 0 for r in rows):
+        return None
     return {r["type"]: r["events"] for r in rows}
+
+
+async def unsequenced_seconds(pool: db.Pool) -> float:
+    """How long ago the oldest event still without a position occurred; 0 when none waits."""
+    seconds: float = await pool.fetchval(
+        """select coalesce(extract(epoch from now() - (
+                   select e.occurred_at from outbox_event e where e.position is null order by e.event_id limit 1)),
+               0)::float8"""
+    )
+    return max(seconds, 0.0)
 
 
 async def prune(pool: db.Pool, before: dt.datetime, limit: int) -> int:
@@ -82,8 +95,10 @@ async def consumer_lags(pool: db.Pool, seen_within: dt.timedelta) -> list[Consum
     rows = await pool.fetch(
         """select c.label || '/' || e.name as label, h.position - e.position as events,
                   coalesce(extract(epoch from now() - (
-                      select o.occurred_at from outbox_event o where o.position = e.position + 1)), 0)::float8
-                      as seconds
+                      select o.occurred_at from outbox_event o where o.position > e.position
+                       order by o.position limit 1))::float8,
+                      -- Retention deleted what it had not read, and kept nothing after: it lost events.
+                      case when e.position < h.pruned_through then 'Infinity'::float8 else 0 end) as seconds
              from event_consumer e join credential c using (credential_id) cross join outbox_head h
             where c.revoked_at is null and e.seen_at > now() - $1::interval
             order by 1""",

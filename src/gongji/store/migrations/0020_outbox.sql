@@ -45,6 +45,18 @@ create table event_consumer (
     primary key (credential_id, name)
 );
 
+-- The fraud signal: e-vouchers presented for another patient than the one they name (the settlement is
+-- refused). One row per terminal request, so a retried refusal is one signal, told once.
+create table voucher_mismatch (
+    institution_id text not null,
+    request_id     text not null,
+    terminal_id    text not null,
+    patient_id     text not null,
+    voucher_id     uuid not null,
+    created_at     timestamptz not null default now(),
+    primary key (institution_id, request_id)
+);
+
 -- A fourth kind of caller: a downstream system that reads events and nothing else, with ID numbers masked.
 alter table credential drop constraint credential_kind_check;
 alter table credential add constraint credential_kind_check

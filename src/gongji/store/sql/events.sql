@@ -144,15 +144,17 @@ end
 $$;
 
 -- The fraud signal (欺诈骗保): an e-voucher presented for another patient than the one it names. The
--- settlement is refused and writes nothing else; gongji_settle calls this on that refusal.
-create or replace function gongji_real_name_mismatch_event(
-    p_institution_id text, p_terminal_id text, p_request_id text, p_patient_id text, p_voucher_id uuid)
-returns void
-language sql
+-- settlement is refused; gongji_settle records the refusal (voucher_mismatch, once per request: a retry
+-- is the same signal) and this trigger tells it, at the commit as every other event.
+create or replace function gongji_real_name_mismatch_event() returns trigger
+language plpgsql
 as $$
-    select gongji_event('voucher.real_name_mismatch', array[p_patient_id], jsonb_build_object(
-        'institution_id', p_institution_id, 'terminal_id', p_terminal_id, 'request_id', p_request_id,
-        'patient_id', p_patient_id, 'voucher_id', p_voucher_id, 'created_at', now()))
+begin
+    perform gongji_event('voucher.real_name_mismatch', array[new.patient_id], jsonb_build_object(
+        'institution_id', new.institution_id, 'terminal_id', new.terminal_id, 'request_id', new.request_id,
+        'patient_id', new.patient_id, 'voucher_id', new.voucher_id, 'created_at', new.created_at));
+    return null;
+end
 $$;
 
 -- The triggers, each created once (a trigger of a table is not replaced: dropping it would lock the
@@ -182,7 +184,8 @@ begin
          'old.state is distinct from new.state'),
         ('settlement_hold', 'hold_event', 'insert', 'gongji_hold_event', 'true'),
         ('settlement_hold', 'hold_resolved_event', 'update of state', 'gongji_hold_event',
-         'old.state is distinct from new.state')
+         'old.state is distinct from new.state'),
+        ('voucher_mismatch', 'voucher_mismatch_event', 'insert', 'gongji_real_name_mismatch_event', 'true')
     ) as x (tab, name, events, fn, cond) loop
         if not exists (select 1 from pg_trigger g where g.tgname = t.name and g.tgrelid = t.tab::regclass) then
             execute format('create constraint trigger %I after %s on %I deferrable initially deferred '
@@ -193,8 +196,9 @@ end
 $$;
 
 -- Give the committed events without a position theirs, in event_id order, after the last position given;
--- at most p_limit. One sequencer at a time: the head row's lock, skipped by any other (which has nothing
--- to do then). Answers how many of each type it sequenced (gongji_events_written_total).
+-- at most p_limit. One sequencer at a time: the head row's lock, skipped by any other, which answers one
+-- row (null, -1): skipped, so that a head held for long shows in the metrics. Otherwise answers how many
+-- of each type it sequenced (gongji_events_written_total).
 --
 -- Why positions follow commits: an event is sequenced only once its transaction committed (it is seen),
 -- and an event of the same account written before it committed before it (see the top of this file), so
@@ -211,6 +215,8 @@ declare
 begin
     select h.position into v_head from outbox_head h for update skip locked;
     if not found then
+        type := null; events := -1;
+        return next;
         return;
     end if;
     update outbox_event e set position = v_head + t.n
@@ -237,12 +243,15 @@ declare
     v_head    outbox_head;
     v_through bigint;
     v_count   bigint;
+    v_cap     bigint;
 begin
     select * into v_head from outbox_head for update;
-    v_through := least(
-        coalesce((select min(e.position) - 1 from outbox_event e
-                   where e.position > v_head.pruned_through and e.occurred_at >= p_before), v_head.position),
-        v_head.pruned_through + p_limit);
+    -- At most p_limit positions further, and the search bounded as much: a long backlog (retention
+    -- shortened, or run for the first time) costs each call one page of the index, not a scan.
+    v_cap := least(v_head.position, v_head.pruned_through + p_limit);
+    v_through := coalesce((select min(e.position) - 1 from outbox_event e
+                            where e.position > v_head.pruned_through and e.position <= v_cap
+                              and e.occurred_at >= p_before), v_cap);
     if v_through <= v_head.pruned_through then
         return 0;
     end if;
