@@ -145,7 +145,17 @@ $$;
 
 -- The fraud signal (欺诈骗保): an e-voucher presented for another patient than the one it names. The
 -- settlement is refused; gongji_settle records the refusal (voucher_mismatch, once per request: a retry
--- is the same signal) and this trigger tells it, at the commit as every other event.
+-- is the same signal) and the trigger below tells it, at the commit as every other event.
+create or replace function gongji_note_mismatch(
+    p_institution_id text, p_request_id text, p_terminal_id text, p_patient_id text, p_voucher_id uuid)
+returns void
+language sql
+as $$
+    insert into voucher_mismatch (institution_id, request_id, terminal_id, patient_id, voucher_id)
+    values (p_institution_id, p_request_id, p_terminal_id, p_patient_id, p_voucher_id)
+    on conflict do nothing
+$$;
+
 create or replace function gongji_real_name_mismatch_event() returns trigger
 language plpgsql
 as $$

@@ -910,12 +910,8 @@ begin
     outcome := gongji_presented_refusal(v_patient, p_voucher_id, p_voucher_names_patient, p_voucher_expires_at,
                                         p_voucher_binding_id, p_voucher_grant_id, p_cert_type, p_authorizer_id,
                                         p_insutype);
-    if outcome = 'VOUCHER_PATIENT_MISMATCH' then
-        -- The fraud signal, once per request (a retry is the same signal), told downstream by its event
-        -- (events.sql); the settlement is refused all the same.
-        insert into voucher_mismatch (institution_id, request_id, terminal_id, patient_id, voucher_id)
-        values (p_institution_id, p_request_id, p_terminal_id, p_patient_id, p_voucher_id)
-        on conflict do nothing;
+    if outcome = 'VOUCHER_PATIENT_MISMATCH' then  -- the fraud signal, told downstream (events.sql)
+        perform gongji_note_mismatch(p_institution_id, p_request_id, p_terminal_id, p_patient_id, p_voucher_id);
     end if;
     if outcome is null and p_hold_id is not null then
         select * into v_hold from settlement_hold h where h.hold_id = p_hold_id for update;
