@@ -73,6 +73,9 @@ async def test_someone_elses_card_is_the_real_name_violation(api: Api, pool: asy
     assert await fingerprint(pool) == before
     after = REGISTRY.get_sample_value("gongji_real_name_mismatches_total", {"institution": institution})
     assert after == counted + 2
+    # Each refusal is recorded once, as the fraud signal the event stream tells (no e-voucher: a card).
+    recorded = "select count(*) from voucher_mismatch where patient_id = $1 and voucher_id is null"
+    assert await pool.fetchval(recorded, patient) == 2
 
 
 async def test_a_region_may_refuse_cards(api: Api, pool: asyncpg.Pool) -> None:

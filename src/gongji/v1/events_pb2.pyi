@@ -593,8 +593,9 @@ Global___HoldEvent: _TypeAlias = HoldEvent  # noqa: Y015
 
 @_typing.final
 class RealNameMismatchEvent(_message.Message):
-    """voucher.real_name_mismatch: an e-voucher presented at a Settle for another patient than the one it
-    names (the real-name rule). The settlement was refused (PERMISSION_DENIED / VOUCHER_PATIENT_MISMATCH).
+    """voucher.real_name_mismatch: an e-voucher, or a card, presented at a Settle for another patient than the
+    one it names (the real-name rule). The settlement was refused (PERMISSION_DENIED /
+    VOUCHER_PATIENT_MISMATCH).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -611,6 +612,7 @@ class RealNameMismatchEvent(_message.Message):
     patient_id: _builtins.str
     """The patient the terminal asked to settle for."""
     voucher_id: _builtins.str
+    """Empty when a card was presented."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(

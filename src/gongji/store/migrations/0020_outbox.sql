@@ -52,7 +52,7 @@ create table voucher_mismatch (
     request_id     text not null,
     terminal_id    text not null,
     patient_id     text not null,
-    voucher_id     uuid not null,
+    voucher_id     uuid,            -- null: a card (社保卡, ID card) presented, not an e-voucher
     created_at     timestamptz not null default now(),
     primary key (institution_id, request_id)
 );
