@@ -76,9 +76,14 @@ reliability: $(TEST_ENV)
 demo: $(RUN_ENV)
 	$(BIN)/gongji client settle --patient demo:xiaoli --amount-fen 3500
 
-## The benchmarks: seed, load every scenario, measure the ceilings, check the books (bench/README.md).
+## The benchmarks: seed, load every scenario, measure the ceilings, check the books (bench/README.md);
+## then what the hash chain and the outbox cost per settlement, four configurations in turns
+## (bench/functions.py --books, about 3 minutes with BOOKS_ARGS; it needs a PostgreSQL server, not the
+## embedded one: GONGJI_BENCH_SERVER_URL, else 127.0.0.1:5432).
+BOOKS_ARGS ?= --users 8 --seconds 15 --rounds 2
 bench: $(DEV_ENV) pgbench
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/functions.py --books $(BOOKS_ARGS)
 
 ## The same, small and fast (CI runs it; no target is asserted).
 bench-smoke: $(DEV_ENV) pgbench

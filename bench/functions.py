@@ -4,6 +4,7 @@
     .venv/bin/python bench/functions.py --against HEAD~1   # alternate with another revision's SQL code
     .venv/bin/python bench/functions.py --variant "SQL" --undo "SQL"   # alternate with a schema change
     .venv/bin/python bench/functions.py --server-python ../before/.venv/bin/python   # another checkout's
+    .venv/bin/python bench/functions.py --books   # what the hash chain and the outbox cost (issue 19)
 
 Seeds a fresh database `gongji_functions` (bench/seed.py), turns on PostgreSQL's function statistics for
 it (`track_functions = 'pl'`: PL/pgSQL and C functions are counted, SQL functions only when they are
@@ -18,6 +19,10 @@ applied (a constraint dropped, an index added), undone after each of its rounds:
 change before it becomes a migration. With `--server-python PATH` (as in bench/run.py), another
 checkout's interpreter seeds the database, so its migrations and functions are measured with its own
 `bench/pgbench_settle.sql`: for a revision whose schema differs, run it and this tree's in turns.
+With `--books`, the rounds alternate four configurations of this tree: as it is, without the outbox's
+triggers, without the hash chain's (the link made nullable), without both; a table of PostgreSQL's CPU
+and the rate per configuration follows, each beside "neither". The triggers are put back after each
+round; the link stays nullable when entries were written without it (the database is a scratch one).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import subprocess
 import sys
 
@@ -33,6 +40,9 @@ from ceilings import prepare_pgbench, run_db_ceiling
 from common import DEFAULT_SERVER_URL, ROOT, Result, fresh_database
 
 DATABASE = "gongji_functions"
+# A version measured: its name, its server-side code (None: what is there), a schema change applied
+# before each of its rounds and what undoes it after each.
+Version = tuple[str, str | None, str | None, str | None]
 
 
 def _code_of(rev: str | None) -> str:
@@ -71,6 +81,75 @@ begin
     end loop;
 end
 $$"""
+
+
+# --books (issue 19): the settlement's two kinds of per-row triggers, each left out in turn. The outbox's
+# are the deferred constraint triggers calling gongji_*_event (a settlement fires settlement_event only);
+# the chain's are the two BEFORE INSERT link triggers, whose column must then take nulls.
+_NO_OUTBOX = r"""
+do $$
+declare t record;
+begin
+    for t in select g.tgname, g.tgrelid::regclass as tab from pg_trigger g join pg_proc p on p.oid = g.tgfoid
+              where p.proname like 'gongji\_%\_event'
+    loop
+        execute format('drop trigger %I on %s', t.tgname, t.tab);
+    end loop;
+end
+$$"""
+_NO_CHAIN = """
+drop trigger ledger_entry_link on ledger_entry;
+drop trigger wallet_entry_link on wallet_entry;
+alter table ledger_entry alter column link drop not null;
+alter table wallet_entry alter column link drop not null"""
+_BOOKS = ("chain + outbox (as is)", "chain, no outbox", "outbox, no chain", "neither")
+
+
+def _books_versions() -> list[Version]:
+    """The four configurations of --books. Re-applying chain.sql and events.sql puts back what one
+    dropped, as the code files define it: chain.sql creates the link triggers, events.sql's DO block
+    every outbox trigger that is missing."""
+    from gongji.store import migrate
+
+    restore = "\n".join(code.sql for code in migrate.bundled_code() if code.name in ("chain.sql", "events.sql"))
+    changes = (None, _NO_OUTBOX, _NO_CHAIN, _NO_OUTBOX + ";\n" + _NO_CHAIN)
+    return [(name, None, change, change and restore) for name, change in zip(_BOOKS, changes, strict=True)]
+
+
+async def _restore_link_not_null(db_url: str) -> None:
+    """The link NOT NULL again, unless rounds without the chain wrote entries without a link."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        for table in ("ledger_entry", "wallet_entry"):
+            unlinked = await conn.fetchval(f"select count(*) from {table} where link is null")
+            if unlinked:
+                print(f"{table}.link stays nullable: {unlinked:,} entries were written without the chain")
+            else:
+                await conn.execute(f"alter table {table} alter column link set not null")
+    finally:
+        await conn.close()
+
+
+def _books_table(figures: dict[str, list[tuple[float | None, float]]]) -> None:
+    """Each configuration's PostgreSQL CPU per settlement and rate, in each round and on average, with
+    the difference of the averages to "neither"."""
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.fmean(known) if known else None
+
+    cpu = {name: mean([pg for pg, _ in rounds]) for name, rounds in figures.items()}
+    rate = {name: statistics.fmean(tps for _, tps in rounds) for name, rounds in figures.items()}
+    base_cpu, base_rate = cpu["neither"], rate["neither"]
+    print(
+        "\n| configuration | PostgreSQL CPU µs per settlement, each round | mean | settlements/s, mean"
+        " | CPU − neither, µs | settlements/s × neither |\n|---|---|---|---|---|---|"
+    )
+    for name, rounds in figures.items():
+        each = " / ".join("n/a" if pg is None else f"{pg:,.0f}" for pg, _ in rounds)
+        diff = "n/a" if cpu[name] is None or base_cpu is None else f"{cpu[name] - base_cpu:+,.0f}"
+        mean_cpu = "n/a" if cpu[name] is None else f"{cpu[name]:,.0f}"
+        print(f"| {name} | {each} | {mean_cpu} | {rate[name]:,.0f} | {diff} | {rate[name] / base_rate:.2f} |")
 
 
 async def _track_functions(db_url: str) -> None:
@@ -121,13 +200,20 @@ def main() -> int:
     parser.add_argument("--people", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=32, help="pgbench clients are a quarter of this (2 to 16)")
     parser.add_argument("--seconds", type=int, default=30)
-    parser.add_argument("--server-url", default=DEFAULT_SERVER_URL)
+    parser.add_argument("--server-url", default=os.environ.get("GONGJI_BENCH_SERVER_URL", DEFAULT_SERVER_URL))
     parser.add_argument("--against", metavar="REV", help="alternate with the server-side code of this git revision")
     parser.add_argument("--rounds", type=int, default=1, help="measurements of each version")
     parser.add_argument("--variant", metavar="SQL", help="alternate with this tree plus this schema change")
     parser.add_argument("--undo", metavar="SQL", help="what undoes --variant after each of its rounds")
     parser.add_argument("--server-python", metavar="PATH", help="measure another checkout's schema and functions")
+    parser.add_argument("--books", action="store_true", help="alternate with and without the chain and the outbox")
     cfg = parser.parse_args()
+    if bool(cfg.variant) != bool(cfg.undo):
+        parser.error("--variant and --undo go together")
+    if cfg.server_python and (cfg.against or cfg.variant or cfg.books):
+        parser.error("--server-python measures that checkout alone")
+    if cfg.books and (cfg.against or cfg.variant):
+        parser.error("--books compares this tree's configurations alone")
     out = ROOT / "bench" / "results" / "functions"
     out.mkdir(parents=True, exist_ok=True)
     db_url = asyncio.run(fresh_database(cfg.server_url, DATABASE))
@@ -138,33 +224,43 @@ def main() -> int:
     patients = json.loads(population.read_text())["patients"]
     credential_id = asyncio.run(prepare_pgbench(db_url, patients))
     asyncio.run(_track_functions(db_url))
-    if bool(cfg.variant) != bool(cfg.undo):
-        parser.error("--variant and --undo go together")
-    if cfg.server_python and (cfg.against or cfg.variant):
-        parser.error("--server-python measures that checkout alone")
-    # Code None: the functions the seed applied stay (another checkout's own).
-    versions: list[tuple[str, str | None, str | None]] = [("this tree", _code_of(None), None)]
-    if cfg.server_python:
-        versions = [(f"the checkout of {cfg.server_python}", None, None)]
-    if cfg.against:
-        versions.append((cfg.against, _code_of(cfg.against), None))
-    if cfg.variant:
-        versions.append(("this tree with the variant", _code_of(None), cfg.variant))
+    versions = _versions(cfg)
+    figures: dict[str, list[tuple[float | None, float]]] = {name: [] for name, *_ in versions}
     failures = 0
     for round_ in range(1, cfg.rounds + 1):
-        for name, sql, variant in versions:
+        for name, sql, variant, undo in versions:
             asyncio.run(_apply(db_url, sql))
             if variant:
                 asyncio.run(_execute(db_url, variant))
             try:
                 ceiling = run_db_ceiling(cfg, db_url, len(patients), credential_id, out)
             finally:
-                if variant:
-                    asyncio.run(_execute(db_url, cfg.undo))
+                if undo:
+                    asyncio.run(_execute(db_url, undo))
             failures += ceiling.failures
+            pg_us = ceiling.cost.per_settlement()["postgres_us"] if ceiling.cost is not None else None
+            figures[name].append((pg_us, ceiling.throughput_rps))
             _report(f"round {round_}, {name}", ceiling, asyncio.run(_function_times(db_url)))
     asyncio.run(_apply(db_url, versions[0][1]))
+    if cfg.books:
+        asyncio.run(_restore_link_not_null(db_url))
+        _books_table(figures)
     return 0 if failures == 0 else 1
+
+
+def _versions(cfg: argparse.Namespace) -> list[Version]:
+    """What the rounds alternate: this tree and what the options name. Code None: the functions the
+    seed applied stay (another checkout's own, or this tree's for --books)."""
+    if cfg.server_python:
+        return [(f"the checkout of {cfg.server_python}", None, None, None)]
+    if cfg.books:
+        return _books_versions()
+    versions: list[Version] = [("this tree", _code_of(None), None, None)]
+    if cfg.against:
+        versions.append((cfg.against, _code_of(cfg.against), None, None))
+    if cfg.variant:
+        versions.append(("this tree with the variant", _code_of(None), cfg.variant, cfg.undo))
+    return versions
 
 
 def _report(title: str, ceiling: Result, rows: list[asyncpg.Record]) -> None:
