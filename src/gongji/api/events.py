@@ -8,7 +8,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -148,15 +148,17 @@ class EventService(events_pb2_grpc.EventServiceServicer):
             consumer = _Consumer(pool, principal.credential_id, request.consumer, after)
             await consumer.save()
             masked = principal.kind not in _SEES_ID_NUMBERS
-            async for e in _follow(pool, after, request, masked):
-                yield events_pb2.StreamEventsResponse(event=e)
-                await consumer.reached(e.position)
+            read = _follow(pool, after, request, masked)
+            async with contextlib.aclosing(read):
+                async for e in read:
+                    yield events_pb2.StreamEventsResponse(event=e)
+                    await consumer.reached(e.position)
             await consumer.save()
 
 
 async def _follow(
     pool: Any, after: int, request: events_pb2.StreamEventsRequest, masked: bool
-) -> AsyncIterator[events_pb2.Event]:
+) -> AsyncGenerator[events_pb2.Event, None]:
     """The events after position `after`, page by page; on as they come with `follow`."""
     position, left = after, request.max_events or None
     while True:

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
@@ -53,7 +53,7 @@ class _Undecodable:
 
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior = Callable[[AsyncIterator[Any], Context], Awaitable[Any]]
-Streaming = Callable[[Any, Context], AsyncIterator[Any]]
+Streaming = Callable[[Any, Context], AsyncGenerator[Any, None]]
 
 
 class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -103,12 +103,17 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             finally:
                 call.finish(context)
 
-        async def stream_behavior(_requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        async def stream_behavior(_requests: AsyncIterator[Any], context: Context) -> None:
+            # A coroutine that writes, not a generator handed to grpc: a client that goes away cancels it
+            # at its write, and every generator below is closed then (aclosing), in the call's own task,
+            # while the call is alive; none is left for the garbage collector to close later, elsewhere.
             call = _Call(served)
             metrics.GRPC_STARTED.labels(*served.labels).inc()
             try:
-                async for response in self._run_stream(cast(Streaming, handler.unary_stream), context, call):
-                    yield response
+                answers = self._run_stream(cast(Streaming, handler.unary_stream), context, call)
+                async with contextlib.aclosing(answers):
+                    async for response in answers:
+                        await context.write(response)
             finally:
                 call.finish(context)
 
@@ -143,13 +148,15 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except BaseException as exc:
             await self._failed(context, call, exc)
 
-    async def _run_stream(self, inner: Streaming, context: Context, call: _Call) -> AsyncIterator[Any]:
+    async def _run_stream(self, inner: Streaming, context: Context, call: _Call) -> AsyncGenerator[Any, None]:
         """As _run, for a server-streaming method: its answers pass through as they come, and whatever it
         raises, before its first answer or after its last, ends the stream with one status."""
         try:
             async with self._admitted(context, call) as request:
-                async for response in inner(request, context):
-                    yield response
+                answers = inner(request, context)
+                async with contextlib.aclosing(answers):
+                    async for response in answers:
+                        yield response
         except BaseException as exc:
             await self._failed(context, call, exc)
 
