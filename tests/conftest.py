@@ -38,7 +38,7 @@ from gongji.store.credentials import Kind
 ROOT = Path(__file__).resolve().parent.parent
 VOUCHER_KEY = b"test-voucher-key-0123456789abcdef-0123456789"
 # The 医保钱包's server with a clock the test holds, for the modules that use it.
-pytest_plugins = ["wallet_support"]
+pytest_plugins = ["wallet_support", "books_support"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

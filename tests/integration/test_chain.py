@@ -7,8 +7,6 @@ shared books stay as the service wrote them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 from support import Api
@@ -29,18 +27,6 @@ async def family(api: Api) -> tuple[str, str]:
         await api.settle(patient, amount)
     await api.settle(patient, 600)  # 100 left: mutual aid pays 500
     return patient, authorizer
-
-
-@pytest.fixture
-async def forger(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A connection in a transaction that is rolled back after the test: a forger's session."""
-    async with pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            yield conn
-        finally:
-            await tx.rollback()
 
 
 async def entries(conn: asyncpg.Connection, person_id: str) -> list[int]:

@@ -7,7 +7,6 @@ forgery is made in a transaction rolled back afterwards.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -39,18 +38,6 @@ async def checkpoint(patient: str, pool: asyncpg.Pool) -> dict[str, Any]:
     async with pool.acquire() as conn:
         document = await checkpoints.take(conn, SIGNER)
     return checkpoints.opened(json.loads(json.dumps(document)), KEYS)
-
-
-@pytest.fixture
-async def forger(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A connection in a transaction that is rolled back after the test: a forger's session."""
-    async with pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            yield conn
-        finally:
-            await tx.rollback()
 
 
 async def newest(conn: asyncpg.Connection, person_id: str) -> asyncpg.Record:
