@@ -104,16 +104,10 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 call.finish(context)
 
         async def stream_behavior(_requests: AsyncIterator[Any], context: Context) -> None:
-            # A coroutine that writes, not a generator handed to grpc: a client that goes away cancels it
-            # at its write, and every generator below is closed then (aclosing), in the call's own task,
-            # while the call is alive; none is left for the garbage collector to close later, elsewhere.
             call = _Call(served)
             metrics.GRPC_STARTED.labels(*served.labels).inc()
             try:
-                answers = self._run_stream(cast(Streaming, handler.unary_stream), context, call)
-                async with contextlib.aclosing(answers):
-                    async for response in answers:
-                        await context.write(response)
+                await self._run_stream(cast(Streaming, handler.unary_stream), context, call)
             finally:
                 call.finish(context)
 
@@ -148,15 +142,19 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except BaseException as exc:
             await self._failed(context, call, exc)
 
-    async def _run_stream(self, inner: Streaming, context: Context, call: _Call) -> AsyncGenerator[Any, None]:
-        """As _run, for a server-streaming method: its answers pass through as they come, and whatever it
-        raises, before its first answer or after its last, ends the stream with one status."""
+    async def _run_stream(self, inner: Streaming, context: Context, call: _Call) -> None:
+        """As _run, for a server-streaming method: its answers are written as they come, and whatever it
+        raises, before its first answer or after its last, ends the stream with one status.
+
+        A coroutine that writes, not a generator handed to grpc: a client that goes away cancels it at its
+        write, here, and the servicer's generator is closed then (aclosing), in the call's own task while
+        the call is alive; nothing is left for the garbage collector to close later, in another task."""
         try:
             async with self._admitted(context, call) as request:
                 answers = inner(request, context)
                 async with contextlib.aclosing(answers):
                     async for response in answers:
-                        yield response
+                        await context.write(response)
         except BaseException as exc:
             await self._failed(context, call, exc)
 
@@ -176,20 +174,13 @@ class GongjiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 yield request
             finally:
-                with contextlib.suppress(ValueError):
-                    # A stream the client left is closed by grpc from a context of its own, where the
-                    # token cannot be reset: that context ends with the call, nothing is left to undo.
-                    current_principal.reset(token)
+                current_principal.reset(token)
 
     async def _failed(self, context: Context, call: _Call, exc: BaseException) -> None:
         """End the call with the status for `exc` (re-raising what must go on up: a cancellation, an abort
-        already sent, a generator closed)."""
+        already sent)."""
         if isinstance(exc, errors.GongjiError):
             await call.abort(context, exc)
-        if isinstance(exc, GeneratorExit):
-            # A stream closed before its end: the client went away (grpc cancelled the call at a write).
-            call.code = "CANCELLED"
-            raise exc
         if isinstance(exc, asyncio.CancelledError):
             # grpc.aio cancels the handler both when the client cancels and when the deadline
             # passes; the remaining time tells them apart.
