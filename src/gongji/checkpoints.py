@@ -50,6 +50,10 @@ class Signer:
     def from_bytes(cls, key_id: str, key: bytes) -> Signer:
         return cls(key_id, Ed25519PrivateKey.from_private_bytes(key))
 
+    def verifiers(self) -> dict[str, Ed25519PublicKey]:
+        """The key that verifies this signer's checkpoints, by its id (as public_keys answers)."""
+        return {self.key_id: self.private_key.public_key()}
+
     def public_key_text(self) -> str:
         """`id:base64` of the public key, as `--public-key` takes it."""
         raw = self.private_key.public_key().public_bytes_raw()

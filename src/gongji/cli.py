@@ -116,7 +116,9 @@ def _opened_checkpoint(settings: Settings, path: str, public_keys: list[str]) ->
     default with this configuration's own key."""
     from gongji import checkpoints
 
-    keys = checkpoints.public_keys(public_keys or [_checkpoint_signer(settings, create=False).public_key_text()])
+    keys = (
+        checkpoints.public_keys(public_keys) if public_keys else _checkpoint_signer(settings, create=False).verifiers()
+    )
     try:
         with open(path, encoding="utf-8") as f:
             document = json.load(f)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
+import secrets
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -129,13 +134,9 @@ class Settings(BaseSettings):
 
     def voucher_key_bytes(self) -> bytes:
         """The configured key, or one generated on first use and kept (mode 0600) under data_dir."""
-        if self.voucher_key is not None:
-            key = self.voucher_key.get_secret_value().encode()
-        else:
-            path = self.data_dir / "voucher.key"
-            if not path.exists():
-                _create_key_file(path)
-            key = path.read_text().strip().encode()
+        text = self._key_text(self.voucher_key, "voucher.key", lambda: secrets.token_urlsafe(48))
+        assert text is not None  # made when there was none
+        key = text.encode()
         if len(key) < 32:
             raise ValueError("GONGJI_VOUCHER_KEY must be at least 32 bytes")
         return key
@@ -144,21 +145,13 @@ class Settings(BaseSettings):
         """The 32 bytes of the checkpoint signing key: configured, or generated on first use and kept
         (mode 0600) under data_dir. Without `create`, a key that is neither configured nor kept is a
         ValueError: a verifier must not make a key of its own, which would refuse every checkpoint."""
-        import base64
-        import binascii
-
-        if self.checkpoint_key is not None:
-            text = self.checkpoint_key.get_secret_value()
-        else:
-            path = self.data_dir / "checkpoint.key"
-            if not path.exists() and not create:
-                raise ValueError(
-                    "no checkpoint key here (GONGJI_CHECKPOINT_KEY unset, none kept in the data directory):"
-                    " pass --public-key ID:KEY, as `gongji checkpoint --public-key` prints it where the key is"
-                )
-            if not path.exists():
-                _create_key_file(path, base64.b64encode(os.urandom(32)).decode())
-            text = path.read_text()
+        new = (lambda: base64.b64encode(os.urandom(32)).decode()) if create else None
+        text = self._key_text(self.checkpoint_key, "checkpoint.key", new)
+        if text is None:
+            raise ValueError(
+                "no checkpoint key here (GONGJI_CHECKPOINT_KEY unset, none kept in the data directory):"
+                " pass --public-key ID:KEY, as `gongji checkpoint --public-key` prints it where the key is"
+            )
         try:
             key = base64.b64decode(text.strip(), validate=True)
         except binascii.Error:
@@ -167,17 +160,26 @@ class Settings(BaseSettings):
             raise ValueError("GONGJI_CHECKPOINT_KEY is the base64 of 32 bytes (an Ed25519 private key)")
         return key
 
+    def _key_text(self, configured: SecretStr | None, name: str, new: Callable[[], str] | None) -> str | None:
+        """A key as configured, else the one kept in data_dir/`name`, written there first from `new()` when
+        there is none yet (None: none is made, and None is answered)."""
+        if configured is not None:
+            return configured.get_secret_value()
+        path = self.data_dir / name
+        if not path.exists():
+            if new is None:
+                return None
+            _create_key_file(path, new())
+        return path.read_text().strip()
 
-def _create_key_file(path: Path, key: str | None = None) -> None:
-    """Write a new key (random unless given) to `path` (mode 0600) atomically: a process reading it at
-    the same moment sees either no file or the whole key, never an empty one."""
-    import secrets
-    import tempfile
 
+def _create_key_file(path: Path, key: str) -> None:
+    """Write `key` to `path` (mode 0600) atomically: a process reading it at the same moment sees either
+    no file or the whole key, never an empty one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created with mode 0600
     with os.fdopen(fd, "w") as f:
-        f.write(key if key is not None else secrets.token_urlsafe(48))
+        f.write(key)
     os.replace(tmp, path)
 
 
