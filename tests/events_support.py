@@ -7,7 +7,17 @@ from collections.abc import Iterable
 
 import asyncpg
 
+from gongji import limits
+from gongji.store import events as outbox
 from gongji.v1 import events_pb2
+
+
+async def head(pool: asyncpg.Pool) -> int:
+    """The newest position, once every event committed so far is sequenced (the tests sequence them
+    themselves rather than wait for the server's sequencer: one at a time, whichever)."""
+    await outbox.sequence(pool, limits.EVENT_SEQUENCE_BATCH)
+    return (await outbox.head(pool)).position
+
 
 # An entry's kind -> the event it comes with: (type or type group, the entry's column naming its subject).
 _ENTRY_EVENT = {

@@ -11,20 +11,14 @@ import datetime as dt
 import asyncpg
 import grpc
 import pytest
-from events_support import deduplicated, stream_vs_books
+from events_support import deduplicated, head, stream_vs_books
 from support import PARENT, SPOUSE, Api, bearer, cancel, reverse
 
-from gongji import limits
 from gongji.domain.people import mask_id
 from gongji.store import events
 from gongji.v1 import events_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
-
-
-async def head(pool: asyncpg.Pool) -> int:
-    await events.sequence(pool, limits.EVENT_SEQUENCE_BATCH)
-    return (await events.head(pool)).position
 
 
 async def since(api: Api, pool: asyncpg.Pool, after: int, person: str) -> list[events_pb2.Event]:

@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from events_support import stream_vs_books
+from events_support import head, stream_vs_books
 from support import Api
 from wallet_support import Wallets
 
@@ -23,11 +23,6 @@ from gongji.store import events
 from gongji.v1 import events_pb2, settlement_pb2
 
 pytestmark = pytest.mark.usefixtures("books")
-
-
-async def head(pool: asyncpg.Pool) -> int:
-    await events.sequence(pool, limits.EVENT_SEQUENCE_BATCH)
-    return (await events.head(pool)).position
 
 
 async def test_a_retried_real_name_mismatch_is_told_once(api: Api, pool: asyncpg.Pool) -> None:
