@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import asyncpg
 
 from gongji import limits, metrics
+from gongji.api import upkeep
 from gongji.store import events
 
 log = logging.getLogger(__name__)
@@ -69,15 +71,9 @@ class Outbox:
             metrics.EVENT_CONSUMER_LAG_SECONDS.labels(lag.label).set(lag.seconds)
         self._consumers = current
 
-    async def _every(self, work: str, interval_s: float, run: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            try:
-                outcome = await run()
-                metrics.OUTBOX_RUNS.labels(work, outcome if isinstance(outcome, str) else "ok").inc()
-            except Exception:
-                metrics.OUTBOX_RUNS.labels(work, "failed").inc()
-                log.warning("the outbox's %s work failed; it runs again", work, exc_info=True)
-            await asyncio.sleep(interval_s)
+    def _every(self, work: str, interval_s: float, run: Callable[[], Awaitable[object]]) -> Coroutine[Any, Any, None]:
+        count = metrics.OUTBOX_RUNS.labels
+        return upkeep.every(interval_s, run, lambda outcome: count(work, outcome).inc(), f"outbox's {work} work", log)
 
     def start(self) -> None:
         self._tasks = [

@@ -18,6 +18,7 @@ import logging
 import asyncpg
 
 from gongji import limits, metrics
+from gongji.api import upkeep
 from gongji.api.wallet import count_ended
 from gongji.clock import Clock
 from gongji.store import holds, wallets
@@ -69,20 +70,15 @@ class WalletExpiry:
             log.info("holds at the till expired, their money given back", extra={"released": released})
         return released
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-                metrics.WALLET_EXPIRY_RUNS.labels("ok").inc()
-            except Exception:
-                # Whatever failed (the database away or busy, a defect), the work must go on: the due
-                # transfers stay due and the next run catches up; the log and the metric tell.
-                metrics.WALLET_EXPIRY_RUNS.labels("failed").inc()
-                log.warning("the wallet expiry work failed; it runs again", exc_info=True)
-            await asyncio.sleep(self._interval_s)
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="gongji-wallet-expiry")
+        work = upkeep.every(
+            self._interval_s,
+            self.run_once,
+            lambda outcome: metrics.WALLET_EXPIRY_RUNS.labels(outcome).inc(),
+            "wallet expiry work",
+            log,
+        )
+        self._task = asyncio.create_task(work, name="gongji-wallet-expiry")
 
     async def close(self) -> None:
         if self._task is not None:
